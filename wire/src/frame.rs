@@ -1,0 +1,144 @@
+//! Length-prefixed frames: a little-endian `u32` length, then that many bytes.
+//!
+//! The declared length is checked against a limit before a single byte is reserved for it, so a
+//! peer that announces a 4 GiB frame costs us four bytes of reading and a refusal.
+
+use crate::WireError;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Bytes in the length prefix.
+pub const PREFIX_LEN: usize = 4;
+
+/// Default limit for one frame. Frames carry control values and array chunks; model weights never
+/// need a larger frame because they are chunked (see [`crate::stream`]).
+pub const DEFAULT_MAX_FRAME: u32 = 8 * 1024 * 1024;
+
+/// Checks a received length prefix against `limit` and returns the payload length.
+pub fn payload_len(prefix: [u8; PREFIX_LEN], limit: u32) -> Result<usize, WireError> {
+    let declared = u32::from_le_bytes(prefix);
+    if declared > limit {
+        return Err(WireError::FrameTooLarge {
+            declared: declared.into(),
+            limit: limit.into(),
+        });
+    }
+    Ok(declared as usize)
+}
+
+/// The length prefix for a payload of `len` bytes.
+pub fn prefix(len: usize) -> Result<[u8; PREFIX_LEN], WireError> {
+    u32::try_from(len)
+        .map(u32::to_le_bytes)
+        .map_err(|_| WireError::FrameTooLarge {
+            declared: len as u64,
+            limit: u32::MAX.into(),
+        })
+}
+
+/// Serialises `value` with postcard into a complete frame (prefix included).
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
+    let mut frame = postcard::to_extend(value, vec![0u8; PREFIX_LEN])
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    let len = frame.len() - PREFIX_LEN;
+    frame[..PREFIX_LEN].copy_from_slice(&prefix(len)?);
+    Ok(frame)
+}
+
+/// Decodes one value from a frame payload (prefix already removed). Trailing bytes are an error:
+/// two encodings of one value must not both be accepted.
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, WireError> {
+    let (value, rest) = postcard::take_from_bytes::<T>(payload)?;
+    if !rest.is_empty() {
+        return Err(WireError::TrailingBytes(rest.len()));
+    }
+    Ok(value)
+}
+
+/// A sans-IO frame splitter: push received bytes, pull complete payloads.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    /// Bytes received and not yet returned as frames.
+    buffer: Vec<u8>,
+    /// Largest payload accepted.
+    limit: u32,
+}
+
+impl FrameDecoder {
+    /// A decoder refusing payloads above `limit` bytes.
+    pub fn new(limit: u32) -> Self {
+        FrameDecoder {
+            buffer: Vec::new(),
+            limit,
+        }
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// The next complete payload, `None` if more bytes are needed, or an error for an oversized frame.
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, WireError> {
+        let Some(head) = self.buffer.first_chunk::<PREFIX_LEN>() else {
+            return Ok(None);
+        };
+        let len = payload_len(*head, self.limit)?;
+        if self.buffer.len() < PREFIX_LEN + len {
+            return Ok(None);
+        }
+        let payload = self.buffer[PREFIX_LEN..PREFIX_LEN + len].to_vec();
+        self.buffer.drain(..PREFIX_LEN + len);
+        Ok(Some(payload))
+    }
+
+    /// Whether bytes of an unfinished frame remain (a stream that ends now was truncated).
+    pub fn has_partial(&self) -> bool {
+        !self.buffer.is_empty()
+    }
+
+    /// Number of buffered bytes not yet returned as frames.
+    pub fn buffered_len(&self) -> usize {
+        self.buffer.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_prefix_is_refused_before_allocation() {
+        let mut decoder = FrameDecoder::new(1024);
+        decoder.push(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            decoder.next_frame(),
+            Err(WireError::FrameTooLarge {
+                declared: u32::MAX.into(),
+                limit: 1024
+            })
+        );
+    }
+
+    #[test]
+    fn frames_split_across_pushes_are_reassembled() {
+        let frame = encode(&("hello".to_string(), 7u32)).unwrap();
+        let mut decoder = FrameDecoder::new(1024);
+        decoder.push(&frame[..3]);
+        assert_eq!(decoder.next_frame(), Ok(None));
+        decoder.push(&frame[3..]);
+        let payload = decoder.next_frame().unwrap().unwrap();
+        assert_eq!(
+            decode::<(String, u32)>(&payload).unwrap(),
+            ("hello".into(), 7)
+        );
+        assert!(!decoder.has_partial());
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut payload = postcard::to_stdvec(&5u32).unwrap();
+        payload.push(0);
+        assert_eq!(decode::<u32>(&payload), Err(WireError::TrailingBytes(1)));
+    }
+}

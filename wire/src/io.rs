@@ -1,0 +1,108 @@
+//! Async helpers that move frames over any tokio byte stream. Only IO lives here: every check is the
+//! sans-IO code of [`crate::frame`] and [`crate::stream`].
+
+use crate::stream::{Limits, MessageAssembler, OutFrame, encode_message};
+use crate::{Message, WireError, frame};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Failure to read or write a frame.
+#[derive(Debug, Error)]
+pub enum FrameIoError {
+    /// The byte stream failed.
+    #[error("stream error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The bytes were not a valid frame or value.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The peer finished the stream where a frame was expected.
+    #[error("the peer closed the stream")]
+    Closed,
+}
+
+/// Reads one frame payload; `Ok(None)` if the stream ended cleanly before the first byte.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: u32,
+) -> Result<Option<Vec<u8>>, FrameIoError> {
+    let mut prefix = [0u8; frame::PREFIX_LEN];
+    let mut filled = 0;
+    while filled < prefix.len() {
+        let n = reader.read(&mut prefix[filled..]).await?;
+        if n == 0 {
+            return if filled == 0 {
+                Ok(None)
+            } else {
+                Err(WireError::Truncated("frame prefix").into())
+            };
+        }
+        filled += n;
+    }
+    let len = frame::payload_len(prefix, limit)?;
+    let mut payload = vec![0u8; len];
+    reader.read_exact(&mut payload).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            FrameIoError::Wire(WireError::Truncated("frame payload"))
+        } else {
+            FrameIoError::Io(e)
+        }
+    })?;
+    Ok(Some(payload))
+}
+
+/// Reads one postcard value; a stream that ends first is [`FrameIoError::Closed`].
+pub async fn read_value<T: DeserializeOwned, R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: u32,
+) -> Result<T, FrameIoError> {
+    let payload = read_frame(reader, limit)
+        .await?
+        .ok_or(FrameIoError::Closed)?;
+    Ok(frame::decode(&payload)?)
+}
+
+/// Writes one postcard value as a frame.
+pub async fn write_value<T: Serialize, W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    value: &T,
+) -> Result<(), FrameIoError> {
+    writer.write_all(&frame::encode(value)?).await?;
+    Ok(())
+}
+
+/// Writes a message as a head frame and chunk frames, without copying its arrays.
+pub async fn write_message<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    message: &Message,
+    chunk: usize,
+) -> Result<u64, FrameIoError> {
+    let mut written = 0u64;
+    for out in encode_message(message, chunk)? {
+        let payload: &[u8] = match &out {
+            OutFrame::Head(bytes) => bytes,
+            OutFrame::Chunk(bytes) => bytes,
+        };
+        writer.write_all(&frame::prefix(payload.len())?).await?;
+        writer.write_all(payload).await?;
+        written += (frame::PREFIX_LEN + payload.len()) as u64;
+    }
+    Ok(written)
+}
+
+/// Reads one streamed message, enforcing `limits`.
+pub async fn read_message<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limits: Limits,
+) -> Result<Message, FrameIoError> {
+    let mut assembler = MessageAssembler::new(limits);
+    loop {
+        let payload = read_frame(reader, limits.max_frame)
+            .await?
+            .ok_or(FrameIoError::Closed)?;
+        if let Some(message) = assembler.feed(&payload)? {
+            return Ok(message);
+        }
+    }
+}

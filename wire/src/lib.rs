@@ -1,0 +1,38 @@
+//! The protocol contract between `flower-superlink`, `flower-supernode` and `flwr`.
+//!
+//! Nothing in this crate opens a socket or needs an async runtime: bytes go in, typed values or typed
+//! errors come out. The broker, the node and the CLI only move these bytes over QUIC.
+//!
+//! # Layout
+//! - [`ids`]: node, run and message identifiers.
+//! - [`records`]: `RecordDict` with `ArrayRecord`, `MetricRecord` and `ConfigRecord`, as in Flower.
+//! - [`message`]: `Message` = `Metadata` + content or error.
+//! - [`fleet`], [`control`]: the request and response types of the two APIs.
+//! - [`frame`]: length-prefixed postcard frames with a size limit checked before allocation.
+//! - [`stream`]: messages whose array payloads travel as bounded chunks.
+//! - [`handshake`]: the exporter-bound challenge-response as sans-IO state machines.
+//! - `io` (feature `io`): async helpers moving frames over tokio streams.
+//! - [`alpn`]: the versioned ALPN identifiers of the two APIs.
+
+#![forbid(unsafe_code)]
+
+pub mod alpn;
+pub mod control;
+pub mod error;
+pub mod fleet;
+pub mod frame;
+pub mod handshake;
+pub mod ids;
+#[cfg(feature = "io")]
+pub mod io;
+pub mod message;
+pub mod records;
+pub mod stream;
+
+pub use error::WireError;
+pub use ids::{MessageId, NodeId, RunId};
+pub use message::{Message, MessageBody, MessageType, Metadata};
+pub use records::{
+    Array, ArrayRecord, ConfigRecord, ConfigValue, DType, MetricRecord, MetricValue, Record,
+    RecordDict,
+};

@@ -1,0 +1,359 @@
+//! Records, following Flower's `RecordDict`: named `ArrayRecord`s (model weights), `MetricRecord`s
+//! (numbers reported back) and `ConfigRecord`s (instructions and settings).
+//!
+//! Every collection keeps insertion order and unique names. Order matters for arrays: it is the order of
+//! PyTorch's `state_dict`, so a model trained here loads there unchanged.
+
+use crate::WireError;
+use serde::{Deserialize, Serialize};
+
+/// Element type of an [`Array`]. Variants are only ever appended (wire compatibility).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DType {
+    /// 32-bit IEEE float.
+    F32,
+    /// 64-bit IEEE float.
+    F64,
+    /// 16-bit IEEE float.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// Signed 8-bit integer.
+    I8,
+    /// Signed 32-bit integer.
+    I32,
+    /// Signed 64-bit integer.
+    I64,
+    /// Unsigned 8-bit integer.
+    U8,
+    /// Boolean, one byte each.
+    Bool,
+}
+
+impl DType {
+    /// Size of one element in bytes.
+    pub fn size(self) -> u64 {
+        match self {
+            DType::F64 | DType::I64 => 8,
+            DType::F32 | DType::I32 => 4,
+            DType::F16 | DType::BF16 => 2,
+            DType::I8 | DType::U8 | DType::Bool => 1,
+        }
+    }
+
+    /// The name safetensors and NumPy use for this type.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "F32",
+            DType::F64 => "F64",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+            DType::I8 => "I8",
+            DType::I32 => "I32",
+            DType::I64 => "I64",
+            DType::U8 => "U8",
+            DType::Bool => "BOOL",
+        }
+    }
+}
+
+/// Number of bytes an array of `dtype` with `shape` occupies, or `None` on overflow.
+pub fn byte_len(dtype: DType, shape: &[u64]) -> Option<u64> {
+    shape
+        .iter()
+        .try_fold(dtype.size(), |acc, &dim| acc.checked_mul(dim))
+}
+
+/// A dense tensor: element type, shape, and little-endian bytes in row-major order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Array {
+    /// Element type.
+    pub dtype: DType,
+    /// Dimensions, outermost first (PyTorch's layout).
+    pub shape: Vec<u64>,
+    /// Little-endian element bytes, row-major.
+    pub data: Vec<u8>,
+}
+
+impl Array {
+    /// An `f32` array from values; fails when the shape does not match the number of values.
+    pub fn from_f32(shape: Vec<u64>, values: &[f32]) -> Result<Self, WireError> {
+        let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let array = Array {
+            dtype: DType::F32,
+            shape,
+            data,
+        };
+        array.validate()?;
+        Ok(array)
+    }
+
+    /// The values of an `f32` array; `None` for another dtype.
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
+        if self.dtype != DType::F32 || !self.data.len().is_multiple_of(4) {
+            return None;
+        }
+        Some(
+            self.data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        )
+    }
+
+    /// Number of elements the shape describes.
+    pub fn numel(&self) -> u64 {
+        self.shape.iter().product()
+    }
+
+    /// Checks that the byte length matches dtype and shape.
+    pub fn validate(&self) -> Result<(), WireError> {
+        let expected = byte_len(self.dtype, &self.shape)
+            .ok_or_else(|| WireError::Invalid("array shape overflows".into()))?;
+        if expected != self.data.len() as u64 {
+            return Err(WireError::Invalid(format!(
+                "array of shape {:?} and dtype {} needs {expected} bytes, has {}",
+                self.shape,
+                self.dtype.name(),
+                self.data.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Ordered, uniquely named entries. Serialised as a sequence of pairs so that order survives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Named<T> {
+    entries: Vec<(String, T)>,
+}
+
+impl<T> Default for Named<T> {
+    fn default() -> Self {
+        Named {
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<T> Named<T> {
+    /// An empty collection.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Inserts or replaces `name`, keeping the position of an existing entry.
+    pub fn insert(&mut self, name: impl Into<String>, value: T) {
+        let name = name.into();
+        match self.entries.iter_mut().find(|(n, _)| *n == name) {
+            Some(entry) => entry.1 = value,
+            None => self.entries.push((name, value)),
+        }
+    }
+
+    /// Builder form of [`Named::insert`].
+    pub fn with(mut self, name: impl Into<String>, value: T) -> Self {
+        self.insert(name, value);
+        self
+    }
+
+    /// The entry called `name`.
+    pub fn get(&self, name: &str) -> Option<&T> {
+        self.entries.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// Mutable access to the entry called `name`.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut T> {
+        self.entries
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+    }
+
+    /// Entries in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &T)> {
+        self.entries.iter().map(|(n, v)| (n.as_str(), v))
+    }
+
+    /// Mutable entries in insertion order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut T)> {
+        self.entries.iter_mut().map(|(n, v)| (n.as_str(), v))
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Names in insertion order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// Fails on a duplicate name: decoded input must not smuggle two values under one name.
+    pub fn check_unique(&self, what: &str) -> Result<(), WireError> {
+        let mut names: Vec<&str> = self.names().collect();
+        names.sort_unstable();
+        match names.windows(2).find(|pair| pair[0] == pair[1]) {
+            Some(pair) => Err(WireError::Invalid(format!(
+                "duplicate {what} name {:?}",
+                pair[0]
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<T> FromIterator<(String, T)> for Named<T> {
+    fn from_iter<I: IntoIterator<Item = (String, T)>>(iter: I) -> Self {
+        let mut named = Named::new();
+        for (name, value) in iter {
+            named.insert(name, value);
+        }
+        named
+    }
+}
+
+/// Named arrays: model weights, in `state_dict` order.
+pub type ArrayRecord = Named<Array>;
+
+/// A metric value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MetricValue {
+    /// An integer metric (for example `num-examples`).
+    Int(i64),
+    /// A float metric (for example `train_loss`).
+    Float(f64),
+    /// A list of integers.
+    IntList(Vec<i64>),
+    /// A list of floats.
+    FloatList(Vec<f64>),
+}
+
+/// Named metrics.
+pub type MetricRecord = Named<MetricValue>;
+
+/// A configuration value, as TOML types it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ConfigValue {
+    /// Integer.
+    Int(i64),
+    /// Float.
+    Float(f64),
+    /// Boolean.
+    Bool(bool),
+    /// String.
+    Str(String),
+    /// Raw bytes.
+    Bytes(Vec<u8>),
+}
+
+/// Named configuration values.
+pub type ConfigRecord = Named<ConfigValue>;
+
+/// One record of a [`RecordDict`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Record {
+    /// Arrays.
+    Arrays(ArrayRecord),
+    /// Metrics.
+    Metrics(MetricRecord),
+    /// Configuration.
+    Config(ConfigRecord),
+}
+
+/// The content of a message: named records of any kind.
+pub type RecordDict = Named<Record>;
+
+impl RecordDict {
+    /// The array record called `name`.
+    pub fn arrays(&self, name: &str) -> Option<&ArrayRecord> {
+        match self.get(name) {
+            Some(Record::Arrays(arrays)) => Some(arrays),
+            _ => None,
+        }
+    }
+
+    /// The metric record called `name`.
+    pub fn metrics(&self, name: &str) -> Option<&MetricRecord> {
+        match self.get(name) {
+            Some(Record::Metrics(metrics)) => Some(metrics),
+            _ => None,
+        }
+    }
+
+    /// The config record called `name`.
+    pub fn config(&self, name: &str) -> Option<&ConfigRecord> {
+        match self.get(name) {
+            Some(Record::Config(config)) => Some(config),
+            _ => None,
+        }
+    }
+
+    /// Checks every invariant a decoded record dict must hold.
+    pub fn validate(&self) -> Result<(), WireError> {
+        self.check_unique("record")?;
+        for (_, record) in self.iter() {
+            match record {
+                Record::Arrays(arrays) => {
+                    arrays.check_unique("array")?;
+                    for (_, array) in arrays.iter() {
+                        array.validate()?;
+                    }
+                }
+                Record::Metrics(metrics) => metrics.check_unique("metric")?,
+                Record::Config(config) => config.check_unique("config")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_keeps_order_and_replaces_in_place() {
+        let mut record = MetricRecord::new();
+        record.insert("b", MetricValue::Int(1));
+        record.insert("a", MetricValue::Int(2));
+        record.insert("b", MetricValue::Int(3));
+        let names: Vec<_> = record.names().collect();
+        assert_eq!(names, ["b", "a"]);
+        assert_eq!(record.get("b"), Some(&MetricValue::Int(3)));
+    }
+
+    #[test]
+    fn array_with_wrong_length_is_invalid() {
+        let array = Array {
+            dtype: DType::F32,
+            shape: vec![2, 2],
+            data: vec![0; 15],
+        };
+        assert!(matches!(array.validate(), Err(WireError::Invalid(_))));
+    }
+
+    #[test]
+    fn overflowing_shape_is_invalid() {
+        let array = Array {
+            dtype: DType::F64,
+            shape: vec![u64::MAX, 2],
+            data: vec![],
+        };
+        assert!(array.validate().is_err());
+    }
+
+    #[test]
+    fn f32_round_trip() {
+        let array = Array::from_f32(vec![3], &[1.0, -2.5, 3.25]).unwrap();
+        assert_eq!(array.to_f32().unwrap(), [1.0, -2.5, 3.25]);
+        assert!(Array::from_f32(vec![4], &[1.0]).is_err());
+    }
+}

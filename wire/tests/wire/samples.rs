@@ -1,0 +1,210 @@
+//! One deterministic value of every protocol type, shared by the round-trip and golden tests.
+
+use wire::control::{
+    ControlError, ControlFrame, ControlRequest, ControlResponse, NodeInfo, NodeStatus,
+    OperatorFrame,
+};
+use wire::fleet::{BrokerFrame, InstructionAck, NodeFrame, ReplyOutcome};
+use wire::handshake::{Challenge, Proof, Refusal};
+use wire::message::{ErrorCode, MessageError};
+use wire::*;
+
+pub fn metadata() -> Metadata {
+    Metadata {
+        run_id: RunId(0x1122_3344_5566_7788),
+        message_id: MessageId(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10),
+        src_node_id: NodeId::SERVER,
+        dst_node_id: NodeId(0xdead_beef),
+        reply_to: None,
+        group_id: "3".into(),
+        ttl_ms: 43_200_000,
+        message_type: MessageType::Train,
+        created_at_ms: 1_700_000_000_000,
+    }
+}
+
+pub fn content() -> RecordDict {
+    let arrays = ArrayRecord::new()
+        .with(
+            "conv1.weight",
+            Array::from_f32(vec![2, 3], &[0.5, -1.0, 2.0, 3.5, -0.25, 8.0]).unwrap(),
+        )
+        .with("conv1.bias", Array::from_f32(vec![2], &[1.0, 2.0]).unwrap())
+        .with(
+            "steps",
+            Array {
+                dtype: DType::I64,
+                shape: vec![],
+                data: 7i64.to_le_bytes().to_vec(),
+            },
+        );
+    let metrics = MetricRecord::new()
+        .with("num-examples", MetricValue::Int(128))
+        .with("train_loss", MetricValue::Float(0.75))
+        .with("per-class", MetricValue::FloatList(vec![0.1, 0.9]))
+        .with("counts", MetricValue::IntList(vec![1, 2, 3]));
+    let config = ConfigRecord::new()
+        .with("server-round", ConfigValue::Int(3))
+        .with("learning-rate", ConfigValue::Float(0.01))
+        .with("evaluate", ConfigValue::Bool(true))
+        .with("dataset", ConfigValue::Str("cifar10".into()))
+        .with("blob", ConfigValue::Bytes(vec![0, 255]));
+    RecordDict::new()
+        .with("arrays", Record::Arrays(arrays))
+        .with("metrics", Record::Metrics(metrics))
+        .with("config", Record::Config(config))
+}
+
+pub fn message() -> Message {
+    Message {
+        metadata: metadata(),
+        body: MessageBody::Content(content()),
+    }
+}
+
+pub fn error_message() -> Message {
+    let mut metadata = metadata();
+    metadata.reply_to = Some(MessageId(42));
+    metadata.message_type = MessageType::Evaluate;
+    Message {
+        metadata,
+        body: MessageBody::Error(MessageError {
+            code: ErrorCode::NodeUnavailable,
+            reason: "node went offline".into(),
+        }),
+    }
+}
+
+pub fn node_info() -> NodeInfo {
+    NodeInfo {
+        node_id: NodeId(0xdead_beef),
+        owner: "alice".into(),
+        status: NodeStatus::Online,
+        key_fingerprint: "SHA256:abc".into(),
+        registered_at_ms: 1_700_000_000_000,
+        online_at_ms: Some(1_700_000_001_000),
+        offline_at_ms: None,
+        unregistered_at_ms: None,
+        status_changed_at_ms: 1_700_000_001_000,
+    }
+}
+
+pub fn node_frames() -> Vec<(&'static str, NodeFrame)> {
+    vec![
+        ("node_hello", NodeFrame::Hello { version: 1 }),
+        (
+            "node_proof",
+            NodeFrame::Proof(Proof {
+                signature: vec![0x30, 0x44, 1, 2, 3],
+            }),
+        ),
+        ("node_heartbeat", NodeFrame::Heartbeat { seq: 300 }),
+        ("node_goodbye", NodeFrame::Goodbye),
+    ]
+}
+
+pub fn broker_frames() -> Vec<(&'static str, BrokerFrame)> {
+    vec![
+        (
+            "broker_challenge",
+            BrokerFrame::Challenge(Challenge { nonce: [7; 32] }),
+        ),
+        (
+            "broker_welcome",
+            BrokerFrame::Welcome {
+                node_id: NodeId(0xdead_beef),
+                heartbeat_interval_ms: 5000,
+            },
+        ),
+        ("broker_refused", BrokerFrame::Refused(Refusal::UnknownKey)),
+        (
+            "broker_heartbeat_ack",
+            BrokerFrame::HeartbeatAck { seq: 300 },
+        ),
+    ]
+}
+
+pub fn instruction_ack() -> InstructionAck {
+    InstructionAck {
+        message_id: MessageId(99),
+    }
+}
+
+pub fn reply_outcomes() -> Vec<(&'static str, ReplyOutcome)> {
+    vec![
+        ("reply_accepted", ReplyOutcome::Accepted),
+        (
+            "reply_rejected",
+            ReplyOutcome::Rejected("wrong node".into()),
+        ),
+    ]
+}
+
+pub fn operator_frames() -> Vec<(&'static str, OperatorFrame)> {
+    vec![
+        ("operator_hello", OperatorFrame::Hello { version: 1 }),
+        (
+            "operator_proof",
+            OperatorFrame::Proof(Proof {
+                signature: vec![9; 4],
+            }),
+        ),
+        (
+            "operator_register",
+            OperatorFrame::Request(ControlRequest::RegisterNode {
+                public_key: "ecdsa-sha2-nistp256 AAAA node1".into(),
+            }),
+        ),
+        (
+            "operator_unregister",
+            OperatorFrame::Request(ControlRequest::UnregisterNode {
+                node_id: NodeId(77),
+            }),
+        ),
+        (
+            "operator_list",
+            OperatorFrame::Request(ControlRequest::ListNodes {
+                include_unregistered: true,
+            }),
+        ),
+    ]
+}
+
+pub fn control_frames() -> Vec<(&'static str, ControlFrame)> {
+    vec![
+        (
+            "control_challenge",
+            ControlFrame::Challenge(Challenge { nonce: [1; 32] }),
+        ),
+        (
+            "control_welcome",
+            ControlFrame::Welcome {
+                operator: "alice".into(),
+            },
+        ),
+        (
+            "control_refused",
+            ControlFrame::Refused(Refusal::NotOperator),
+        ),
+        (
+            "control_registered",
+            ControlFrame::Response(ControlResponse::NodeRegistered {
+                node_id: NodeId(77),
+            }),
+        ),
+        (
+            "control_unregistered",
+            ControlFrame::Response(ControlResponse::NodeUnregistered {
+                node_id: NodeId(77),
+            }),
+        ),
+        (
+            "control_nodes",
+            ControlFrame::Response(ControlResponse::Nodes(vec![node_info()])),
+        ),
+        (
+            "control_error",
+            ControlFrame::Response(ControlResponse::Error(ControlError::KeyInUse)),
+        ),
+    ]
+}
