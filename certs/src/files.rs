@@ -1,0 +1,65 @@
+//! Writing key material: private keys get mode 0600 from the moment they exist, and nothing is
+//! overwritten unless asked.
+
+use crate::CertsError;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Whether a file holds a secret (and so must not be readable by others).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrecy {
+    /// Mode 0600.
+    Private,
+    /// Mode 0644.
+    Public,
+}
+
+/// Fails with [`CertsError::Exists`] for the first of `paths` that exists, unless `force`.
+pub fn refuse_overwrite(paths: &[PathBuf], force: bool) -> Result<(), CertsError> {
+    if force {
+        return Ok(());
+    }
+    match paths.iter().find(|p| p.exists()) {
+        Some(path) => Err(CertsError::Exists { path: path.clone() }),
+        None => Ok(()),
+    }
+}
+
+/// Writes `contents` to `path` through a temporary file in the same directory, so a crash never
+/// leaves half a key behind; the temporary file is created with the final mode.
+pub fn write_file(path: &Path, contents: &[u8], secrecy: Secrecy) -> Result<(), CertsError> {
+    let io = |source| CertsError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(match secrecy {
+            Secrecy::Private => 0o600,
+            Secrecy::Public => 0o644,
+        });
+    }
+    let result = (|| {
+        let mut file = options.open(&temp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result.map_err(io)
+}
