@@ -1,1 +1,17 @@
-//! placeholder
+//! `flower-superlink`: the broker. It accepts nodes on the Fleet API and operators on the Control
+//! API, both over QUIC with TLS 1.3, and keeps its state in a redb database.
+//!
+//! # Layout
+//! - [`settings`]: command-line flags resolved into a [`settings::Settings`].
+//! - [`store`]: the durable state (node registry).
+//! - [`server`]: binds the endpoints and runs the accept loops until shutdown.
+
+#![forbid(unsafe_code)]
+
+pub mod store;
+pub mod config;
+pub mod control;
+pub mod fleet;
+pub mod server;
+pub mod sessions;
+pub mod settings;

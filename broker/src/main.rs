@@ -1,3 +1,104 @@
-//! Binary entry point.
+//! `flower-superlink`: parse flags, open the database, serve until SIGINT or SIGTERM.
 
-fn main() {}
+use broker::config::{NodeAuth, OperatorAuth};
+use broker::settings::{Args, DatabaseLocation, LogFormat};
+use broker::store::Store;
+use clap::Parser as _;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let settings = match args.resolve() {
+        Ok(settings) => settings,
+        Err(reason) => {
+            eprintln!("flower-superlink: {reason}");
+            return ExitCode::from(2);
+        }
+    };
+    let store = match &settings.database {
+        DatabaseLocation::InMemory => Store::in_memory(),
+        DatabaseLocation::File(path) => Store::open(path),
+    };
+    let store = match store {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln!("flower-superlink: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match store.mark_online_nodes_offline(wire::message::now_ms()) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(nodes = n, "nodes left online by the previous run are offline until they reconnect"),
+        Err(error) => {
+            eprintln!("flower-superlink: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if settings.insecure {
+        tracing::warn!("INSECURE MODE: self-signed certificate, no node authentication. Development only.");
+    }
+    if settings.config.node_auth == NodeAuth::Automatic {
+        tracing::warn!("SuperNode authentication is off: any node that reaches the Fleet API may join (use --enable-supernode-auth)");
+    }
+    if matches!(settings.config.operator_auth, OperatorAuth::LoopbackOnly) {
+        tracing::warn!("no --control-auth-public-keys: the Control API answers loopback clients only");
+    }
+    match &settings.database {
+        DatabaseLocation::InMemory => tracing::info!("database in memory: state is lost on exit"),
+        DatabaseLocation::File(path) => tracing::info!(path = %path.display(), "database"),
+    }
+    let shutdown = CancellationToken::new();
+    let broker = match broker::server::start(
+        settings.config,
+        store,
+        settings.fleet_address,
+        settings.control_address,
+        shutdown.clone(),
+    ) {
+        Ok(broker) => broker,
+        Err(error) => {
+            eprintln!("flower-superlink: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(address = %broker.fleet_addr, "Fleet API listening");
+    tracing::info!(address = %broker.control_addr, "Control API listening");
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    broker.shutdown();
+    broker.join().await;
+    ExitCode::SUCCESS
+}

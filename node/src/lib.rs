@@ -1,1 +1,14 @@
-//! placeholder
+//! `flower-supernode`: a long-running node daemon. It keeps one authenticated QUIC connection to the
+//! broker's Fleet API, reconnecting with capped exponential backoff when the broker goes away, and
+//! exits with a clear message when the broker refuses its key for good.
+//!
+//! # Layout
+//! - [`settings`]: command-line flags resolved into [`settings::NodeSettings`].
+//! - [`session`]: one connection: TLS, the challenge-response, heartbeats.
+//! - [`daemon`]: the reconnect loop around sessions, and the node's observable state.
+
+#![forbid(unsafe_code)]
+
+pub mod daemon;
+pub mod session;
+pub mod settings;

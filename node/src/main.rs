@@ -1,3 +1,81 @@
-//! Binary entry point.
+//! `flower-supernode`: parse flags, run the daemon until SIGINT or SIGTERM.
 
-fn main() {}
+use clap::Parser as _;
+use node::daemon::{self, NodeState};
+use node::settings::{Args, LogFormat};
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let insecure = args.insecure;
+    let settings = match args.resolve() {
+        Ok(settings) => settings,
+        Err(reason) => {
+            eprintln!("flower-supernode: {reason}");
+            return ExitCode::from(2);
+        }
+    };
+    if insecure {
+        tracing::warn!("INSECURE MODE: the SuperLink's certificate is not verified. Development only.");
+    }
+    if settings.ephemeral_identity {
+        tracing::warn!("no --auth-supernode-private-key: using an ephemeral key (only a SuperLink without --enable-supernode-auth accepts it)");
+    }
+    tracing::info!(
+        superlink = %settings.superlink,
+        key = %settings.identity.public_key().fingerprint(),
+        clientappio = %settings.clientappio_address,
+        "starting SuperNode"
+    );
+    let shutdown = CancellationToken::new();
+    let (state, _) = tokio::sync::watch::channel(NodeState::Connecting);
+    let daemon = tokio::spawn(daemon::run(settings, shutdown.clone(), state));
+    tokio::pin!(daemon);
+    let result = tokio::select! {
+        result = &mut daemon => result,
+        _ = wait_for_signal() => {
+            tracing::info!("shutting down");
+            shutdown.cancel();
+            daemon.await
+        }
+    };
+    match result {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(error)) => {
+            eprintln!("flower-supernode: {error}");
+            ExitCode::FAILURE
+        }
+        Err(panic) => {
+            eprintln!("flower-supernode: internal error: {panic}");
+            ExitCode::FAILURE
+        }
+    }
+}

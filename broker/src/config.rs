@@ -1,0 +1,65 @@
+//! What a running broker needs, resolved from flags (see [`crate::settings`]) or built by tests.
+
+use certs::openssh::PublicKeyLine;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::time::Duration;
+
+/// Which nodes may join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeAuth {
+    /// Only keys registered with `flwr supernode register` (`--enable-supernode-auth`).
+    Registered,
+    /// Any node; unknown keys register themselves on connect (Flower's automatic mode).
+    Automatic,
+}
+
+/// Who may use the Control API.
+#[derive(Debug, Clone)]
+pub enum OperatorAuth {
+    /// Holders of these keys, named by each line's comment (`--control-auth-public-keys`).
+    Keys(Vec<PublicKeyLine>),
+    /// Anyone connecting from a loopback address (no operator keys given).
+    LoopbackOnly,
+}
+
+/// Everything the broker's endpoints need.
+#[derive(Debug)]
+pub struct BrokerConfig {
+    /// The server certificate chain presented on both APIs.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The server's private key.
+    pub key: PrivateKeyDer<'static>,
+    /// Node admission.
+    pub node_auth: NodeAuth,
+    /// Operator admission.
+    pub operator_auth: OperatorAuth,
+    /// How often nodes should send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// How long without a heartbeat before a node is considered gone.
+    pub heartbeat_timeout: Duration,
+    /// Longest time a connection may take from its first packet to a finished authentication.
+    pub handshake_timeout: Duration,
+    /// Most connections allowed to be authenticating at once (per API).
+    pub max_pending_handshakes: usize,
+}
+
+impl BrokerConfig {
+    /// A configuration with the default timings and limits.
+    pub fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        node_auth: NodeAuth,
+        operator_auth: OperatorAuth,
+    ) -> Self {
+        BrokerConfig {
+            chain,
+            key,
+            node_auth,
+            operator_auth,
+            heartbeat_interval: Duration::from_secs(2),
+            heartbeat_timeout: Duration::from_secs(6),
+            handshake_timeout: Duration::from_secs(10),
+            max_pending_handshakes: 256,
+        }
+    }
+}

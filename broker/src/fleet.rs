@@ -1,0 +1,207 @@
+//! One node connection on the Fleet API: authenticate, then keep the session alive.
+
+use crate::config::NodeAuth;
+use crate::server::Shared;
+use crate::store::{AUTOMATIC_OWNER, StoreError};
+use certs::PublicKey;
+use std::sync::Arc;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use wire::NodeId;
+use wire::control::NodeStatus;
+use wire::fleet::{BrokerFrame, NodeFrame, PROTOCOL_VERSION, close};
+use wire::handshake::{Domain, Refusal, ServerHandshake};
+use wire::io::{FrameIoError, read_value, write_value};
+use wire::message::now_ms;
+
+/// Largest session-stream frame: session frames are small; anything bigger is an attack.
+const SESSION_FRAME_LIMIT: u32 = 64 * 1024;
+
+/// Why a connection ended before or during authentication (logged, never sent in detail).
+#[derive(Debug, thiserror::Error)]
+enum HandshakeFailure {
+    #[error("TLS handshake failed: {0}")]
+    Tls(quinn::ConnectionError),
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("bad frame: {0}")]
+    Frame(#[from] FrameIoError),
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    #[error("registry error: {0}")]
+    Store(#[from] StoreError),
+    #[error("no channel binding available")]
+    NoExporter,
+}
+
+/// Serves one incoming Fleet connection to the end.
+pub async fn handle(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    permit: OwnedSemaphorePermit,
+    shutdown: CancellationToken,
+) {
+    let remote = incoming.remote_address();
+    let span = tracing::info_span!("fleet", %remote, node_id = tracing::field::Empty);
+    async move {
+        let authenticated = tokio::time::timeout(
+            shared.config.handshake_timeout,
+            authenticate(&shared, incoming),
+        )
+        .await;
+        drop(permit);
+        let (connection, node_id, mut send, recv) = match authenticated {
+            Ok(Ok(session)) => session,
+            Ok(Err(failure)) => {
+                tracing::warn!(reason = %failure, "node refused");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(reason = "handshake timeout", "node refused");
+                return;
+            }
+        };
+        tracing::Span::current().record("node_id", node_id.0);
+        let generation = shared
+            .sessions
+            .attach(node_id, connection.clone(), close::REPLACED);
+        let end = match welcome(&shared, node_id, &mut send).await {
+            Ok(()) => {
+                tracing::info!("node online");
+                run_session(&shared, &connection, send, recv, shutdown).await
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not welcome the node");
+                connection.close(close::PROTOCOL.into(), b"welcome failed");
+                "welcome failed"
+            }
+        };
+        if shared.sessions.detach(node_id, generation) {
+            if let Err(error) = shared.store.set_node_status(node_id, NodeStatus::Offline, now_ms()) {
+                tracing::error!(%error, "could not record the node as offline");
+            }
+        }
+        tracing::info!(reason = end, "node offline");
+    }
+    .instrument(span)
+    .await
+}
+
+type Session = (quinn::Connection, NodeId, quinn::SendStream, quinn::RecvStream);
+
+/// TLS (the client key was already vetted by the verifier), then the challenge-response, then the
+/// registry. Returns the session stream of a node that may join.
+async fn authenticate(shared: &Shared, incoming: quinn::Incoming) -> Result<Session, HandshakeFailure> {
+    let connection = incoming.await.map_err(HandshakeFailure::Tls)?;
+    let refuse = |connection: &quinn::Connection, refusal: Refusal| {
+        connection.close(close::REFUSED.into(), refusal.to_string().as_bytes());
+        HandshakeFailure::Refused(refusal)
+    };
+    let Some(key) = certs::quic::peer_public_key(&connection) else {
+        return Err(refuse(&connection, Refusal::KeyRequired));
+    };
+    let exporter = certs::quic::exporter(&connection).ok_or(HandshakeFailure::NoExporter)?;
+    let (mut send, mut recv) = connection.accept_bi().await?;
+
+    match read_value::<NodeFrame, _>(&mut recv, SESSION_FRAME_LIMIT).await? {
+        NodeFrame::Hello { version } if version == PROTOCOL_VERSION => {}
+        NodeFrame::Hello { version } => {
+            let refusal = Refusal::UnsupportedVersion(version);
+            let _ = write_value(&mut send, &BrokerFrame::Refused(refusal.clone())).await;
+            return Err(refuse(&connection, refusal));
+        }
+        _ => return Err(refuse(&connection, Refusal::Unexpected)),
+    }
+    let (mut handshake, challenge) = ServerHandshake::new(Domain::Fleet, exporter);
+    write_value(&mut send, &BrokerFrame::Challenge(challenge)).await?;
+    let NodeFrame::Proof(proof) = read_value::<NodeFrame, _>(&mut recv, SESSION_FRAME_LIMIT).await? else {
+        return Err(refuse(&connection, Refusal::Unexpected));
+    };
+    if let Err(refusal) = handshake.receive_proof(&proof, &key) {
+        let _ = write_value(&mut send, &BrokerFrame::Refused(refusal.clone())).await;
+        return Err(refuse(&connection, refusal));
+    }
+    let node_id = match admit(shared, &key) {
+        Ok(node_id) => node_id,
+        Err(HandshakeFailure::Refused(refusal)) => {
+            let _ = write_value(&mut send, &BrokerFrame::Refused(refusal.clone())).await;
+            return Err(refuse(&connection, refusal));
+        }
+        Err(other) => return Err(other),
+    };
+    Ok((connection, node_id, send, recv))
+}
+
+/// Records the node online (committed first), then tells it so.
+async fn welcome(shared: &Shared, node_id: NodeId, send: &mut quinn::SendStream) -> Result<(), HandshakeFailure> {
+    shared.store.set_node_status(node_id, NodeStatus::Online, now_ms())?;
+    let welcome = BrokerFrame::Welcome {
+        node_id,
+        heartbeat_interval_ms: shared.config.heartbeat_interval.as_millis() as u64,
+    };
+    write_value(send, &welcome).await?;
+    Ok(())
+}
+
+/// The registry's verdict on a key that proved possession: its node id, or a refusal.
+fn admit(shared: &Shared, key: &PublicKey) -> Result<NodeId, HandshakeFailure> {
+    match shared.store.node_by_key(key)? {
+        Some(record) if record.info.status == NodeStatus::Unregistered => {
+            Err(HandshakeFailure::Refused(Refusal::Revoked))
+        }
+        Some(record) => Ok(record.info.node_id),
+        None if shared.config.node_auth == NodeAuth::Automatic => {
+            match shared.store.register_node(key, AUTOMATIC_OWNER, now_ms()) {
+                Ok(info) => Ok(info.node_id),
+                // A concurrent connection with the same key registered it first.
+                Err(StoreError::KeyInUse) => admit(shared, key),
+                Err(other) => Err(other.into()),
+            }
+        }
+        None => Err(HandshakeFailure::Refused(Refusal::UnknownKey)),
+    }
+}
+
+/// Answers heartbeats until the node leaves, goes silent, breaks the protocol, or the broker stops.
+/// Returns why the session ended.
+async fn run_session(
+    shared: &Shared,
+    connection: &quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    shutdown: CancellationToken,
+) -> &'static str {
+    loop {
+        let frame = tokio::select! {
+            _ = shutdown.cancelled() => {
+                connection.close(close::SHUTDOWN.into(), b"broker shutting down");
+                return "broker shutting down";
+            }
+            frame = tokio::time::timeout(
+                shared.config.heartbeat_timeout,
+                read_value::<NodeFrame, _>(&mut recv, SESSION_FRAME_LIMIT),
+            ) => frame,
+        };
+        match frame {
+            Err(_) => {
+                connection.close(close::TIMEOUT.into(), b"heartbeat timeout");
+                return "heartbeat timeout";
+            }
+            Ok(Ok(NodeFrame::Heartbeat { seq })) => {
+                if write_value(&mut send, &BrokerFrame::HeartbeatAck { seq }).await.is_err() {
+                    return "connection lost";
+                }
+            }
+            Ok(Ok(NodeFrame::Goodbye)) => {
+                connection.close(close::NORMAL.into(), b"goodbye");
+                return "node said goodbye";
+            }
+            Ok(Ok(_)) | Ok(Err(FrameIoError::Wire(_))) => {
+                connection.close(close::PROTOCOL.into(), b"protocol violation");
+                return "protocol violation";
+            }
+            Ok(Err(_)) => return "connection lost",
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Binds the two QUIC endpoints and runs their accept loops until the shutdown token fires.
+//!
+//! Shutdown order: stop accepting, close every connection with a "shutting down" code, wait for
+//! the connection tasks, then let the endpoints drain.
+
+use crate::config::{BrokerConfig, NodeAuth, OperatorAuth};
+use crate::sessions::Sessions;
+use crate::store::Store;
+use crate::{control, fleet};
+use certs::PublicKey;
+use certs::tls::ClientAuth;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use thiserror::Error;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use wire::control::NodeStatus;
+
+/// A failure to start the broker.
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    /// TLS or QUIC configuration failed.
+    #[error(transparent)]
+    Certs(#[from] certs::CertsError),
+    /// An address could not be bound.
+    #[error("cannot listen on {address} ({api} API): {source}")]
+    Bind {
+        /// Which API.
+        api: &'static str,
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// State shared by every connection task.
+pub struct Shared {
+    /// The durable state.
+    pub store: Arc<Store>,
+    /// Live node connections.
+    pub sessions: Sessions,
+    /// Settings.
+    pub config: BrokerConfig,
+}
+
+/// A broker running in this process.
+pub struct RunningBroker {
+    /// Where the Fleet API listens (with the real port when 0 was asked).
+    pub fleet_addr: SocketAddr,
+    /// Where the Control API listens.
+    pub control_addr: SocketAddr,
+    /// Shared state, for inspection by tests and the binary.
+    pub shared: Arc<Shared>,
+    /// Cancels everything.
+    shutdown: CancellationToken,
+    /// The accept loops.
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningBroker {
+    /// Asks the broker to stop.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until the broker stopped (after [`Self::shutdown`] or the token passed to [`start`]).
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Whether `key` may complete the TLS handshake on the Fleet API.
+fn fleet_key_allowed(store: &Store, node_auth: NodeAuth, key: &PublicKey) -> bool {
+    match store.node_by_key(key) {
+        Ok(Some(record)) => record.info.status != NodeStatus::Unregistered,
+        Ok(None) => node_auth == NodeAuth::Automatic,
+        Err(error) => {
+            tracing::error!(%error, "registry lookup failed during TLS; refusing the key");
+            false
+        }
+    }
+}
+
+fn endpoint(
+    api: &'static str,
+    address: SocketAddr,
+    tls: rustls::ServerConfig,
+    config: &BrokerConfig,
+) -> Result<quinn::Endpoint, BrokerError> {
+    let transport = certs::quic::transport(config.heartbeat_timeout, None);
+    let server = certs::quic::server_config(tls, transport)?;
+    quinn::Endpoint::server(server, address).map_err(|source| BrokerError::Bind {
+        api,
+        address,
+        source,
+    })
+}
+
+/// Binds both APIs and starts serving; returns once the endpoints listen.
+pub fn start(
+    config: BrokerConfig,
+    store: Store,
+    fleet_address: SocketAddr,
+    control_address: SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<RunningBroker, BrokerError> {
+    let store = Arc::new(store);
+
+    let fleet_policy = {
+        let store = store.clone();
+        let node_auth = config.node_auth;
+        move |key: &PublicKey| fleet_key_allowed(&store, node_auth, key)
+    };
+    let fleet_tls = certs::tls::server_config(
+        config.chain.clone(),
+        config.key.clone_key(),
+        ClientAuth {
+            policy: Arc::new(fleet_policy),
+            mandatory: true,
+        },
+        wire::alpn::FLEET,
+    )?;
+
+    let control_auth = match &config.operator_auth {
+        OperatorAuth::Keys(lines) => {
+            let keys: Vec<PublicKey> = lines.iter().map(|line| line.key).collect();
+            ClientAuth {
+                policy: Arc::new(move |key: &PublicKey| keys.contains(key)),
+                mandatory: true,
+            }
+        }
+        OperatorAuth::LoopbackOnly => ClientAuth {
+            policy: Arc::new(|_: &PublicKey| true),
+            mandatory: false,
+        },
+    };
+    let control_tls = certs::tls::server_config(
+        config.chain.clone(),
+        config.key.clone_key(),
+        control_auth,
+        wire::alpn::CONTROL,
+    )?;
+
+    let fleet_endpoint = endpoint("Fleet", fleet_address, fleet_tls, &config)?;
+    let control_endpoint = endpoint("Control", control_address, control_tls, &config)?;
+    let fleet_addr = local_addr(&fleet_endpoint, "Fleet", fleet_address)?;
+    let control_addr = local_addr(&control_endpoint, "Control", control_address)?;
+
+    let shared = Arc::new(Shared {
+        store,
+        sessions: Sessions::default(),
+        config,
+    });
+    let task = tokio::spawn(serve(
+        shared.clone(),
+        fleet_endpoint,
+        control_endpoint,
+        shutdown.clone(),
+    ));
+    Ok(RunningBroker {
+        fleet_addr,
+        control_addr,
+        shared,
+        shutdown,
+        task,
+    })
+}
+
+fn local_addr(
+    endpoint: &quinn::Endpoint,
+    api: &'static str,
+    address: SocketAddr,
+) -> Result<SocketAddr, BrokerError> {
+    endpoint.local_addr().map_err(|source| BrokerError::Bind {
+        api,
+        address,
+        source,
+    })
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    fleet_endpoint: quinn::Endpoint,
+    control_endpoint: quinn::Endpoint,
+    shutdown: CancellationToken,
+) {
+    let mut tasks = JoinSet::new();
+    let fleet_slots = Arc::new(Semaphore::new(shared.config.max_pending_handshakes));
+    let control_slots = Arc::new(Semaphore::new(shared.config.max_pending_handshakes));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            incoming = fleet_endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                if let Some((incoming, permit)) = admit(incoming, &fleet_slots, "Fleet") {
+                    tasks.spawn(fleet::handle(shared.clone(), incoming, permit, shutdown.child_token()));
+                }
+            }
+            incoming = control_endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                if let Some((incoming, permit)) = admit(incoming, &control_slots, "Control") {
+                    tasks.spawn(control::handle(shared.clone(), incoming, permit, shutdown.child_token()));
+                }
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    // Connection tasks watch the same token: they close their connections with SHUTDOWN.
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    fleet_endpoint.close(wire::fleet::close::SHUTDOWN.into(), b"broker shutting down");
+    control_endpoint.close(wire::fleet::close::SHUTDOWN.into(), b"broker shutting down");
+    drain(fleet_endpoint.wait_idle(), control_endpoint.wait_idle()).await;
+}
+
+async fn drain(a: impl Future<Output = ()>, b: impl Future<Output = ()>) {
+    let both = async {
+        a.await;
+        b.await;
+    };
+    // Peers get their close frames; a peer that never answers does not hold up the exit.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), both).await;
+}
+
+/// Takes a handshake slot for `incoming`, or refuses it when too many are authenticating already.
+fn admit(
+    incoming: quinn::Incoming,
+    slots: &Arc<Semaphore>,
+    api: &str,
+) -> Option<(quinn::Incoming, OwnedSemaphorePermit)> {
+    match slots.clone().try_acquire_owned() {
+        Ok(permit) => Some((incoming, permit)),
+        Err(_) => {
+            tracing::warn!(api, remote = %incoming.remote_address(), "too many unauthenticated connections; refusing");
+            incoming.refuse();
+            None
+        }
+    }
+}

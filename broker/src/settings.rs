@@ -1,0 +1,164 @@
+//! The command line of `flower-superlink`, with Flower's flag names, resolved into a
+//! [`BrokerConfig`] before anything starts.
+
+use crate::config::{BrokerConfig, NodeAuth, OperatorAuth};
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `--database` value selecting an ephemeral in-memory database.
+pub const IN_MEMORY: &str = ":flwr-in-memory:";
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flower SuperLink: the broker between operators (Control API) and SuperNodes (Fleet API).
+#[derive(Debug, Parser)]
+#[command(name = "flower-superlink", version, about)]
+pub struct Args {
+    /// CA certificate the server certificate chains to (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub ssl_ca_certfile: Option<PathBuf>,
+    /// Server certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub ssl_certfile: Option<PathBuf>,
+    /// Server private key (PEM: PKCS#8, RSA or EC).
+    #[arg(long, value_name = "FILE")]
+    pub ssl_keyfile: Option<PathBuf>,
+    /// Development only: a throw-away self-signed certificate; clients must skip verification.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Admit only SuperNodes whose public keys were registered with `flwr supernode register`.
+    #[arg(long)]
+    pub enable_supernode_auth: bool,
+    /// Fleet API address (SuperNodes connect here).
+    #[arg(long, default_value = "0.0.0.0:9092", value_name = "ADDR")]
+    pub fleet_api_address: SocketAddr,
+    /// Control API address (the flwr CLI connects here).
+    #[arg(long, default_value = "0.0.0.0:9093", value_name = "ADDR")]
+    pub control_api_address: SocketAddr,
+    /// Database file (redb); `:flwr-in-memory:` keeps state in memory only.
+    /// [default: ~/.flwr/superlink/state.redb]
+    #[arg(long, value_name = "PATH")]
+    pub database: Option<String>,
+    /// Operators' OpenSSH public keys, one per line; each line's comment names the operator.
+    /// Without it, only loopback clients may use the Control API.
+    #[arg(long, value_name = "FILE")]
+    pub control_auth_public_keys: Option<PathBuf>,
+    /// Seconds between node heartbeats.
+    #[arg(long, default_value_t = 2.0, value_name = "SECS")]
+    pub heartbeat_interval: f64,
+    /// Seconds without a heartbeat after which a node is marked offline.
+    #[arg(long, default_value_t = 6.0, value_name = "SECS")]
+    pub heartbeat_timeout: f64,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Where the broker keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseLocation {
+    /// A redb file.
+    File(PathBuf),
+    /// Memory only.
+    InMemory,
+}
+
+/// Everything resolved from the command line.
+#[derive(Debug)]
+pub struct Settings {
+    /// The endpoints' configuration.
+    pub config: BrokerConfig,
+    /// Fleet API address.
+    pub fleet_address: SocketAddr,
+    /// Control API address.
+    pub control_address: SocketAddr,
+    /// The database.
+    pub database: DatabaseLocation,
+    /// Whether `--insecure` is on.
+    pub insecure: bool,
+}
+
+fn seconds(flag: &str, value: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("--{flag} must be a positive number of seconds, got {value}"))
+}
+
+/// The default database file: `~/.flwr/superlink/state.redb`.
+pub fn default_database() -> PathBuf {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".flwr").join("superlink").join("state.redb")
+}
+
+impl Args {
+    /// Checks flag combinations and loads every file the broker needs.
+    pub fn resolve(self) -> Result<Settings, String> {
+        if self.insecure && self.enable_supernode_auth {
+            return Err("--enable-supernode-auth needs TLS: it cannot be combined with --insecure".into());
+        }
+        let tls_flags = [
+            ("--ssl-ca-certfile", &self.ssl_ca_certfile),
+            ("--ssl-certfile", &self.ssl_certfile),
+            ("--ssl-keyfile", &self.ssl_keyfile),
+        ];
+        let missing: Vec<&str> = tls_flags.iter().filter(|(_, v)| v.is_none()).map(|(n, _)| *n).collect();
+        let (chain, key) = if self.insecure {
+            if missing.len() < tls_flags.len() {
+                return Err("--insecure cannot be combined with --ssl-* certificate flags".into());
+            }
+            certs::generate::ephemeral_server_certificate()
+                .map(|(cert, key)| (vec![cert], key))
+                .map_err(|e| e.to_string())?
+        } else if !missing.is_empty() {
+            return Err(format!(
+                "missing {}: TLS needs --ssl-ca-certfile, --ssl-certfile and --ssl-keyfile (or --insecure for development)",
+                missing.join(", ")
+            ));
+        } else {
+            let (Some(ca), Some(cert), Some(key)) = (&self.ssl_ca_certfile, &self.ssl_certfile, &self.ssl_keyfile) else {
+                return Err("TLS flags incomplete".into());
+            };
+            certs::load::load_certificates(ca).map_err(|e| e.to_string())?;
+            let chain = certs::load::load_certificates(cert).map_err(|e| e.to_string())?;
+            let key = certs::load::load_tls_private_key(key).map_err(|e| e.to_string())?;
+            (chain, key)
+        };
+        let operator_auth = match &self.control_auth_public_keys {
+            Some(path) => OperatorAuth::Keys(certs::load::load_public_key_list(path).map_err(|e| e.to_string())?),
+            None => OperatorAuth::LoopbackOnly,
+        };
+        let node_auth = if self.enable_supernode_auth {
+            NodeAuth::Registered
+        } else {
+            NodeAuth::Automatic
+        };
+        let mut config = BrokerConfig::new(chain, key, node_auth, operator_auth);
+        config.heartbeat_interval = seconds("heartbeat-interval", self.heartbeat_interval)?;
+        config.heartbeat_timeout = seconds("heartbeat-timeout", self.heartbeat_timeout)?;
+        if config.heartbeat_timeout <= config.heartbeat_interval {
+            return Err("--heartbeat-timeout must be longer than --heartbeat-interval".into());
+        }
+        let database = match self.database.as_deref() {
+            Some(IN_MEMORY) => DatabaseLocation::InMemory,
+            Some(path) => DatabaseLocation::File(PathBuf::from(path)),
+            None => DatabaseLocation::File(default_database()),
+        };
+        Ok(Settings {
+            config,
+            fleet_address: self.fleet_api_address,
+            control_address: self.control_api_address,
+            database,
+            insecure: self.insecure,
+        })
+    }
+}

@@ -1,0 +1,141 @@
+//! The node's life: connect, serve the session, and when it breaks, reconnect with capped
+//! exponential backoff and jitter; stop for good on a permanent refusal or when the retry budget
+//! (`--max-retries`, `--max-wait-time`) is spent.
+
+use crate::session::{self, SessionEnd, SessionError};
+use crate::settings::NodeSettings;
+use rand::RngExt as _;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use wire::NodeId;
+
+/// First reconnect delay.
+const BACKOFF_START: Duration = Duration::from_millis(250);
+
+/// Longest reconnect delay.
+const BACKOFF_CAP: Duration = Duration::from_secs(10);
+
+/// Heartbeat period assumed before the broker announced its own (sizes the idle timeout).
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// What the node is doing, for observers (the binary's logs, tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    /// Trying to reach the broker.
+    Connecting,
+    /// Authenticated, with this id.
+    Online(NodeId),
+    /// Finished.
+    Stopped,
+}
+
+/// Why the node stopped without being asked to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// The broker refused this node for good.
+    #[error("{0}")]
+    Refused(String),
+    /// The retry budget ran out.
+    #[error("gave up after {attempts} failed connection attempts: {last}")]
+    GaveUp {
+        /// Consecutive failures.
+        attempts: u32,
+        /// The last failure.
+        last: String,
+    },
+    /// The node could not even start (socket, configuration).
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Retry bookkeeping for one stretch of consecutive failures.
+struct Backoff {
+    /// Failures so far in this stretch.
+    attempts: u32,
+    /// When this stretch began.
+    since: tokio::time::Instant,
+    /// Next delay before jitter.
+    delay: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff {
+            attempts: 0,
+            since: tokio::time::Instant::now(),
+            delay: BACKOFF_START,
+        }
+    }
+
+    /// Records a failure; returns how long to wait, or `None` when the budget is spent.
+    fn next(&mut self, settings: &NodeSettings) -> Option<Duration> {
+        self.attempts += 1;
+        if settings.max_retries.is_some_and(|max| self.attempts > max) {
+            return None;
+        }
+        if settings.max_wait_time.is_some_and(|max| self.since.elapsed() >= max) {
+            return None;
+        }
+        let jitter = rand::rng().random_range(0.75..1.25);
+        let wait = self.delay.mul_f64(jitter);
+        self.delay = (self.delay * 2).min(BACKOFF_CAP);
+        Some(wait)
+    }
+}
+
+/// Runs the node until `shutdown` fires (`Ok`) or it must stop (`Err`). `state` follows along.
+pub async fn run(
+    settings: NodeSettings,
+    shutdown: CancellationToken,
+    state: watch::Sender<NodeState>,
+) -> Result<(), NodeError> {
+    let (_, address) = session::resolve(&settings.superlink).await.map_err(|e| NodeError::Setup(e.to_string()))?;
+    let endpoint = certs::quic::client_endpoint(address).map_err(|e| NodeError::Setup(format!("cannot open a UDP socket: {e}")))?;
+    let mut heartbeat = DEFAULT_HEARTBEAT;
+    let mut backoff = Backoff::new();
+    let result = loop {
+        let _ = state.send(NodeState::Connecting);
+        let attempt = async {
+            let config = session::client_config(&settings, heartbeat)?;
+            session::open(&endpoint, &settings, config).await
+        };
+        let opened = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            opened = attempt => opened,
+        };
+        let failure = match opened {
+            Ok(session) => {
+                backoff = Backoff::new();
+                heartbeat = session.heartbeat_interval;
+                tracing::info!(node_id = session.node_id.0, "connected to the SuperLink");
+                let _ = state.send(NodeState::Online(session.node_id));
+                match session.run(shutdown.clone()).await {
+                    Ok(SessionEnd::Shutdown) => break Ok(()),
+                    Err(error) => error,
+                }
+            }
+            Err(error) => error,
+        };
+        match failure {
+            SessionError::Permanent(reason) => break Err(NodeError::Refused(reason)),
+            SessionError::Transient(reason) => {
+                let Some(wait) = backoff.next(&settings) else {
+                    break Err(NodeError::GaveUp {
+                        attempts: backoff.attempts,
+                        last: reason,
+                    });
+                };
+                tracing::warn!(%reason, retry_in = ?wait, "connection to the SuperLink failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break Ok(()),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    };
+    let _ = state.send(NodeState::Stopped);
+    // Let close frames reach the broker before the socket goes away.
+    let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
+    result
+}

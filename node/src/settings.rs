@@ -1,0 +1,122 @@
+//! The command line of `flower-supernode`, with Flower's flag names.
+
+use certs::IdentityKey;
+use clap::Parser;
+use rustls_pki_types::CertificateDer;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use wire::ConfigRecord;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flower SuperNode: a long-running node that trains on its private data for the SuperLink.
+#[derive(Debug, Parser)]
+#[command(name = "flower-supernode", version, about)]
+pub struct Args {
+    /// SuperLink Fleet API address (host:port).
+    #[arg(long, default_value = "127.0.0.1:9092", value_name = "HOST:PORT")]
+    pub superlink: String,
+    /// CA certificate(s) to verify the SuperLink with (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub root_certificates: Option<PathBuf>,
+    /// Development only: do not verify the SuperLink's certificate.
+    #[arg(long)]
+    pub insecure: bool,
+    /// This node's ECDSA private key (OpenSSH or PEM). Without it, an ephemeral key is used, which only
+    /// a SuperLink without --enable-supernode-auth accepts.
+    #[arg(long, value_name = "FILE")]
+    pub auth_supernode_private_key: Option<PathBuf>,
+    /// Node configuration passed to apps, e.g. 'dataset-path="datasets/cifar10_part_1" k=3' (TOML values).
+    #[arg(long, default_value = "", value_name = "CONFIG")]
+    pub node_config: String,
+    /// Address where the node serves the ClientApp process.
+    #[arg(long, default_value = "0.0.0.0:9094", value_name = "ADDR")]
+    pub clientappio_api_address: SocketAddr,
+    /// Give up after this many failed connection attempts in a row (default: never).
+    #[arg(long, value_name = "N")]
+    pub max_retries: Option<u32>,
+    /// Give up after trying to (re)connect for this many seconds in a row (default: never).
+    #[arg(long, value_name = "SECS")]
+    pub max_wait_time: Option<f64>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How the node verifies the broker.
+#[derive(Debug, Clone)]
+pub enum ServerTrust {
+    /// Certificates chaining to these roots.
+    Roots(Vec<CertificateDer<'static>>),
+    /// Anything (`--insecure`).
+    Insecure,
+}
+
+/// Everything resolved from the command line.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// Broker Fleet API, as `host:port`.
+    pub superlink: String,
+    /// How to verify the broker.
+    pub trust: ServerTrust,
+    /// This node's key.
+    pub identity: IdentityKey,
+    /// Whether the key is ephemeral (no `--auth-supernode-private-key`).
+    pub ephemeral_identity: bool,
+    /// Passed to apps.
+    pub node_config: ConfigRecord,
+    /// Where the ClientApp process is served.
+    pub clientappio_address: SocketAddr,
+    /// Retry limit (consecutive failures).
+    pub max_retries: Option<u32>,
+    /// Retry time limit (consecutive).
+    pub max_wait_time: Option<Duration>,
+}
+
+impl Args {
+    /// Checks flag combinations and loads the files.
+    pub fn resolve(self) -> Result<NodeSettings, String> {
+        let trust = match (&self.root_certificates, self.insecure) {
+            (Some(_), true) => return Err("--root-certificates and --insecure exclude each other".into()),
+            (Some(path), false) => ServerTrust::Roots(certs::load::load_certificates(path).map_err(|e| e.to_string())?),
+            (None, true) => ServerTrust::Insecure,
+            (None, false) => {
+                return Err("give --root-certificates FILE to verify the SuperLink (or --insecure for development)".into());
+            }
+        };
+        let (identity, ephemeral_identity) = match &self.auth_supernode_private_key {
+            Some(_) if self.insecure => {
+                return Err("--auth-supernode-private-key needs TLS: drop --insecure and give --root-certificates".into());
+            }
+            Some(path) => (certs::load::load_identity_key(path).map_err(|e| e.to_string())?, false),
+            None => (IdentityKey::generate(), true),
+        };
+        let node_config = model::config::parse_overrides(&self.node_config)
+            .map_err(|e| format!("--node-config: {e}"))?;
+        let max_wait_time = match self.max_wait_time {
+            Some(secs) => Some(
+                Duration::try_from_secs_f64(secs)
+                    .map_err(|_| format!("--max-wait-time must be a non-negative number of seconds, got {secs}"))?,
+            ),
+            None => None,
+        };
+        Ok(NodeSettings {
+            superlink: self.superlink,
+            trust,
+            identity,
+            ephemeral_identity,
+            node_config,
+            clientappio_address: self.clientappio_api_address,
+            max_retries: self.max_retries,
+            max_wait_time,
+        })
+    }
+}
