@@ -110,9 +110,15 @@ pub fn start(
     let store = Arc::new(store);
 
     let fleet_policy = {
-        let store = store.clone();
+        // Weak: the TLS configuration may outlive the broker inside QUIC's endpoint driver, and
+        // must not keep the database open after shutdown.
+        let store = Arc::downgrade(&store);
         let node_auth = config.node_auth;
-        move |key: &PublicKey| fleet_key_allowed(&store, node_auth, key)
+        move |key: &PublicKey| {
+            store
+                .upgrade()
+                .is_some_and(|store| fleet_key_allowed(&store, node_auth, key))
+        }
     };
     let fleet_tls = certs::tls::server_config(
         config.chain.clone(),

@@ -1,0 +1,118 @@
+//! `flwr supernode register | unregister | list`.
+
+use crate::CliError;
+use crate::app_config::AppConfig;
+use crate::args::{SupernodeCommand, Target};
+use crate::control_client::ControlClient;
+use crate::output::{self, Format, colour};
+use serde_json::json;
+use wire::NodeId;
+use wire::control::{ControlRequest, ControlResponse, NodeInfo, NodeStatus};
+use wire::message::now_ms;
+
+async fn connect(target: &Target) -> Result<ControlClient, CliError> {
+    let config = AppConfig::load(&target.app)?;
+    let (_, federation) = config.federation(target.federation.as_deref())?;
+    ControlClient::connect(&federation).await
+}
+
+async fn ask(target: &Target, request: ControlRequest) -> Result<ControlResponse, CliError> {
+    let mut client = connect(target).await?;
+    let response = client.request(request).await;
+    client.close().await;
+    match response? {
+        ControlResponse::Error(error) => Err(CliError::Request(error.to_string())),
+        response => Ok(response),
+    }
+}
+
+/// Runs `flwr supernode ...`.
+pub async fn run(command: SupernodeCommand) -> Result<(), CliError> {
+    match command {
+        SupernodeCommand::Register { public_key, target } => {
+            let text = std::fs::read_to_string(&public_key)
+                .map_err(|e| CliError::Io(format!("{}: {e}", public_key.display())))?;
+            // Check locally first: a malformed file gets a precise reason without a round trip.
+            certs::load::parse_public_key(&text)
+                .map_err(|reason| CliError::Request(format!("Public key is not valid: {}: {reason}", public_key.display())))?;
+            let response = ask(&target, ControlRequest::RegisterNode { public_key: text }).await?;
+            let ControlResponse::NodeRegistered { node_id } = response else {
+                return Err(CliError::Request(format!("unexpected answer: {response:?}")));
+            };
+            match target.format {
+                Format::Json => super::print_json(&json!({"success": true, "node-id": node_id.0})),
+                Format::Default => println!("SuperNode {node_id} registered successfully."),
+            }
+        }
+        SupernodeCommand::Unregister { node_id, target } => {
+            let response = ask(&target, ControlRequest::UnregisterNode { node_id: NodeId(node_id) }).await?;
+            let ControlResponse::NodeUnregistered { node_id } = response else {
+                return Err(CliError::Request(format!("unexpected answer: {response:?}")));
+            };
+            match target.format {
+                Format::Json => super::print_json(&json!({"success": true, "node-id": node_id.0})),
+                Format::Default => println!("SuperNode {node_id} unregistered successfully."),
+            }
+        }
+        SupernodeCommand::List { target, verbose } => {
+            let response = ask(&target, ControlRequest::ListNodes { include_unregistered: verbose }).await?;
+            let ControlResponse::Nodes(nodes) = response else {
+                return Err(CliError::Request(format!("unexpected answer: {response:?}")));
+            };
+            let now = now_ms();
+            match target.format {
+                Format::Json => super::print_json(&json!({
+                    "success": true,
+                    "nodes": nodes.iter().map(|n| node_json(n, now)).collect::<Vec<_>>(),
+                })),
+                Format::Default => print!("{}", node_table(&nodes, now)),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn status_cell(status: NodeStatus) -> String {
+    let colour = match status {
+        NodeStatus::Online => colour::GREEN,
+        NodeStatus::Registered => colour::YELLOW,
+        NodeStatus::Offline => colour::RED,
+        NodeStatus::Unregistered => colour::GREY,
+    };
+    output::paint(status.as_str(), colour)
+}
+
+/// The node table: Node ID | Owner | Status | Elapsed | Status Changed @.
+pub fn node_table(nodes: &[NodeInfo], now: u64) -> String {
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.node_id.to_string(),
+                n.owner.clone(),
+                status_cell(n.status),
+                output::elapsed(n.status_changed_at_ms, now),
+                output::timestamp(n.status_changed_at_ms),
+            ]
+        })
+        .collect();
+    output::table(&["Node ID", "Owner", "Status", "Elapsed", "Status Changed @"], &rows)
+}
+
+/// One node as JSON, with stable kebab-case keys.
+pub fn node_json(node: &NodeInfo, now: u64) -> serde_json::Value {
+    let time = |ms: Option<u64>| ms.map(output::timestamp);
+    json!({
+        "node-id": node.node_id.0,
+        "owner": node.owner,
+        "status": node.status.as_str(),
+        "elapsed": output::elapsed(node.status_changed_at_ms, now),
+        "elapsed-seconds": now.saturating_sub(node.status_changed_at_ms) / 1000,
+        "status-changed-at": output::timestamp(node.status_changed_at_ms),
+        "registered-at": output::timestamp(node.registered_at_ms),
+        "online-at": time(node.online_at_ms),
+        "offline-at": time(node.offline_at_ms),
+        "unregistered-at": time(node.unregistered_at_ms),
+        "key-fingerprint": node.key_fingerprint,
+    })
+}

@@ -1,0 +1,119 @@
+//! Output for people (tables, colour on a terminal only) and for programs (`--format json`).
+
+use std::io::IsTerminal as _;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// How a command prints its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// Tables and sentences.
+    #[default]
+    Default,
+    /// One JSON document on stdout.
+    Json,
+}
+
+/// `YYYY-MM-DD HH:MM:SSZ` for a Unix time in milliseconds.
+pub fn timestamp(ms: u64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(time)
+        .to_string()
+        .replace('T', " ")
+}
+
+/// `HH:MM:SS` (hours may exceed 24) between two Unix times in milliseconds.
+pub fn elapsed(from_ms: u64, to_ms: u64) -> String {
+    let secs = to_ms.saturating_sub(from_ms) / 1000;
+    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// Wraps `text` in an ANSI colour when stdout is a terminal and `NO_COLOR` is unset.
+pub fn paint(text: &str, colour: u8) -> String {
+    if std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+        format!("\x1b[{colour}m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
+/// ANSI colour codes used for statuses.
+pub mod colour {
+    /// Green.
+    pub const GREEN: u8 = 32;
+    /// Yellow.
+    pub const YELLOW: u8 = 33;
+    /// Red.
+    pub const RED: u8 = 31;
+    /// Grey.
+    pub const GREY: u8 = 90;
+}
+
+/// Visible width of a cell, ignoring ANSI colour sequences.
+fn visible_width(cell: &str) -> usize {
+    let mut width = 0;
+    let mut in_escape = false;
+    for c in cell.chars() {
+        match (in_escape, c) {
+            (false, '\x1b') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+            (false, _) => width += 1,
+        }
+    }
+    width
+}
+
+/// A box-drawn table like Flower's.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(visible_width(cell));
+            }
+        }
+    }
+    let line = |left: &str, mid: &str, right: &str| {
+        let bars: Vec<String> = widths.iter().map(|w| "─".repeat(w + 2)).collect();
+        format!("{left}{}{right}\n", bars.join(mid))
+    };
+    let render = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!(" {cell}{} ", " ".repeat(w - visible_width(cell))))
+            .collect();
+        format!("│{}│\n", padded.join("│"))
+    };
+    let mut out = line("┌", "┬", "┐");
+    out.push_str(&render(headers.to_vec()));
+    out.push_str(&line("├", "┼", "┤"));
+    for row in rows {
+        out.push_str(&render(row.iter().map(String::as_str).collect()));
+    }
+    out.push_str(&line("└", "┴", "┘"));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elapsed_formats_hours_minutes_seconds() {
+        assert_eq!(elapsed(0, 3_723_000), "01:02:03");
+        assert_eq!(elapsed(10, 5), "00:00:00");
+    }
+
+    #[test]
+    fn timestamps_are_utc_and_readable() {
+        assert_eq!(timestamp(0), "1970-01-01 00:00:00Z");
+    }
+
+    #[test]
+    fn table_columns_align_ignoring_colour() {
+        let text = table(&["A", "B"], &[vec!["\x1b[32mxx\x1b[0m".into(), "y".into()]]);
+        let widths: Vec<usize> = text.lines().map(visible_width).collect();
+        assert!(widths.windows(2).all(|w| w[0] == w[1]), "{text}");
+    }
+}
