@@ -56,8 +56,11 @@ pub async fn handle(
     let remote = incoming.remote_address();
     let span = tracing::info_span!("control", %remote, operator = tracing::field::Empty);
     async move {
-        let authenticated =
-            tokio::time::timeout(shared.config.handshake_timeout, authenticate(&shared, incoming, remote)).await;
+        let authenticated = tokio::time::timeout(
+            shared.config.handshake_timeout,
+            authenticate(&shared, incoming, remote),
+        )
+        .await;
         drop(permit);
         let (connection, operator, mut send, mut recv) = match authenticated {
             Ok(Ok(session)) => session,
@@ -88,7 +91,10 @@ pub async fn handle(
                 Err(_) => return,
             };
             let response = answer(&shared, &operator, request);
-            if write_value(&mut send, &ControlFrame::Response(response)).await.is_err() {
+            if write_value(&mut send, &ControlFrame::Response(response))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -97,7 +103,12 @@ pub async fn handle(
     .await
 }
 
-type Session = (quinn::Connection, String, quinn::SendStream, quinn::RecvStream);
+type Session = (
+    quinn::Connection,
+    String,
+    quinn::SendStream,
+    quinn::RecvStream,
+);
 
 async fn authenticate(
     shared: &Shared,
@@ -137,7 +148,9 @@ async fn authenticate(
             let exporter = certs::quic::exporter(&connection).ok_or(Failure::NoExporter)?;
             let (mut handshake, challenge) = ServerHandshake::new(Domain::Control, exporter);
             write_value(&mut send, &ControlFrame::Challenge(challenge)).await?;
-            let OperatorFrame::Proof(proof) = read_value::<OperatorFrame, _>(&mut recv, REQUEST_FRAME_LIMIT).await? else {
+            let OperatorFrame::Proof(proof) =
+                read_value::<OperatorFrame, _>(&mut recv, REQUEST_FRAME_LIMIT).await?
+            else {
                 return Err(refuse(&connection, Refusal::Unexpected));
             };
             if let Err(refusal) = handshake.receive_proof(&proof, &line.key) {
@@ -151,7 +164,13 @@ async fn authenticate(
             }
         }
     };
-    write_value(&mut send, &ControlFrame::Welcome { operator: operator.clone() }).await?;
+    write_value(
+        &mut send,
+        &ControlFrame::Welcome {
+            operator: operator.clone(),
+        },
+    )
+    .await?;
     Ok((connection, operator, send, recv))
 }
 

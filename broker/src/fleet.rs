@@ -77,10 +77,13 @@ pub async fn handle(
                 "welcome failed"
             }
         };
-        if shared.sessions.detach(node_id, generation) {
-            if let Err(error) = shared.store.set_node_status(node_id, NodeStatus::Offline, now_ms()) {
-                tracing::error!(%error, "could not record the node as offline");
-            }
+        // Only the current session may mark the node offline: a newer one may already be live.
+        if shared.sessions.detach(node_id, generation)
+            && let Err(error) = shared
+                .store
+                .set_node_status(node_id, NodeStatus::Offline, now_ms())
+        {
+            tracing::error!(%error, "could not record the node as offline");
         }
         tracing::info!(reason = end, "node offline");
     }
@@ -88,11 +91,19 @@ pub async fn handle(
     .await
 }
 
-type Session = (quinn::Connection, NodeId, quinn::SendStream, quinn::RecvStream);
+type Session = (
+    quinn::Connection,
+    NodeId,
+    quinn::SendStream,
+    quinn::RecvStream,
+);
 
 /// TLS (the client key was already vetted by the verifier), then the challenge-response, then the
 /// registry. Returns the session stream of a node that may join.
-async fn authenticate(shared: &Shared, incoming: quinn::Incoming) -> Result<Session, HandshakeFailure> {
+async fn authenticate(
+    shared: &Shared,
+    incoming: quinn::Incoming,
+) -> Result<Session, HandshakeFailure> {
     let connection = incoming.await.map_err(HandshakeFailure::Tls)?;
     let refuse = |connection: &quinn::Connection, refusal: Refusal| {
         connection.close(close::REFUSED.into(), refusal.to_string().as_bytes());
@@ -115,7 +126,9 @@ async fn authenticate(shared: &Shared, incoming: quinn::Incoming) -> Result<Sess
     }
     let (mut handshake, challenge) = ServerHandshake::new(Domain::Fleet, exporter);
     write_value(&mut send, &BrokerFrame::Challenge(challenge)).await?;
-    let NodeFrame::Proof(proof) = read_value::<NodeFrame, _>(&mut recv, SESSION_FRAME_LIMIT).await? else {
+    let NodeFrame::Proof(proof) =
+        read_value::<NodeFrame, _>(&mut recv, SESSION_FRAME_LIMIT).await?
+    else {
         return Err(refuse(&connection, Refusal::Unexpected));
     };
     if let Err(refusal) = handshake.receive_proof(&proof, &key) {
@@ -134,8 +147,14 @@ async fn authenticate(shared: &Shared, incoming: quinn::Incoming) -> Result<Sess
 }
 
 /// Records the node online (committed first), then tells it so.
-async fn welcome(shared: &Shared, node_id: NodeId, send: &mut quinn::SendStream) -> Result<(), HandshakeFailure> {
-    shared.store.set_node_status(node_id, NodeStatus::Online, now_ms())?;
+async fn welcome(
+    shared: &Shared,
+    node_id: NodeId,
+    send: &mut quinn::SendStream,
+) -> Result<(), HandshakeFailure> {
+    shared
+        .store
+        .set_node_status(node_id, NodeStatus::Online, now_ms())?;
     let welcome = BrokerFrame::Welcome {
         node_id,
         heartbeat_interval_ms: shared.config.heartbeat_interval.as_millis() as u64,
@@ -189,7 +208,10 @@ async fn run_session(
                 return "heartbeat timeout";
             }
             Ok(Ok(NodeFrame::Heartbeat { seq })) => {
-                if write_value(&mut send, &BrokerFrame::HeartbeatAck { seq }).await.is_err() {
+                if write_value(&mut send, &BrokerFrame::HeartbeatAck { seq })
+                    .await
+                    .is_err()
+                {
                     return "connection lost";
                 }
             }

@@ -8,10 +8,10 @@
 
 #![forbid(unsafe_code)]
 
-pub mod store;
 pub mod config;
 pub mod control;
 pub mod fleet;
 pub mod server;
 pub mod sessions;
 pub mod settings;
+pub mod store;

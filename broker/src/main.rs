@@ -10,7 +10,9 @@ use tokio_util::sync::CancellationToken;
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -21,13 +23,14 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -61,20 +64,29 @@ async fn main() -> ExitCode {
     };
     match store.mark_online_nodes_offline(wire::message::now_ms()) {
         Ok(0) => {}
-        Ok(n) => tracing::info!(nodes = n, "nodes left online by the previous run are offline until they reconnect"),
+        Ok(n) => tracing::info!(
+            nodes = n,
+            "nodes left online by the previous run are offline until they reconnect"
+        ),
         Err(error) => {
             eprintln!("flower-superlink: {error}");
             return ExitCode::FAILURE;
         }
     }
     if settings.insecure {
-        tracing::warn!("INSECURE MODE: self-signed certificate, no node authentication. Development only.");
+        tracing::warn!(
+            "INSECURE MODE: self-signed certificate, no node authentication. Development only."
+        );
     }
     if settings.config.node_auth == NodeAuth::Automatic {
-        tracing::warn!("SuperNode authentication is off: any node that reaches the Fleet API may join (use --enable-supernode-auth)");
+        tracing::warn!(
+            "SuperNode authentication is off: any node that reaches the Fleet API may join (use --enable-supernode-auth)"
+        );
     }
     if matches!(settings.config.operator_auth, OperatorAuth::LoopbackOnly) {
-        tracing::warn!("no --control-auth-public-keys: the Control API answers loopback clients only");
+        tracing::warn!(
+            "no --control-auth-public-keys: the Control API answers loopback clients only"
+        );
     }
     match &settings.database {
         DatabaseLocation::InMemory => tracing::info!("database in memory: state is lost on exit"),

@@ -28,9 +28,13 @@ impl Sessions {
     /// Returns the new session's generation.
     pub fn attach(&self, node: NodeId, connection: quinn::Connection, replaced_code: u32) -> u64 {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let previous = self
-            .lock()
-            .insert(node, Session { connection, generation });
+        let previous = self.lock().insert(
+            node,
+            Session {
+                connection,
+                generation,
+            },
+        );
         if let Some(previous) = previous {
             previous
                 .connection
@@ -42,7 +46,10 @@ impl Sessions {
     /// Forgets `node`'s session if it is still generation `generation`; returns whether it was.
     pub fn detach(&self, node: NodeId, generation: u64) -> bool {
         let mut sessions = self.lock();
-        if sessions.get(&node).is_some_and(|s| s.generation == generation) {
+        if sessions
+            .get(&node)
+            .is_some_and(|s| s.generation == generation)
+        {
             sessions.remove(&node);
             true
         } else {
@@ -74,6 +81,8 @@ impl Sessions {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Session>> {
         // A panic while holding this lock cannot leave the map inconsistent (single inserts and
         // removes), so a poisoned lock is still safe to use.
-        self.by_node.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.by_node
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -96,7 +96,9 @@ fn seconds(flag: &str, value: f64) -> Result<Duration, String> {
 
 /// The default database file: `~/.flwr/superlink/state.redb`.
 pub fn default_database() -> PathBuf {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".flwr").join("superlink").join("state.redb")
 }
 
@@ -104,14 +106,20 @@ impl Args {
     /// Checks flag combinations and loads every file the broker needs.
     pub fn resolve(self) -> Result<Settings, String> {
         if self.insecure && self.enable_supernode_auth {
-            return Err("--enable-supernode-auth needs TLS: it cannot be combined with --insecure".into());
+            return Err(
+                "--enable-supernode-auth needs TLS: it cannot be combined with --insecure".into(),
+            );
         }
         let tls_flags = [
             ("--ssl-ca-certfile", &self.ssl_ca_certfile),
             ("--ssl-certfile", &self.ssl_certfile),
             ("--ssl-keyfile", &self.ssl_keyfile),
         ];
-        let missing: Vec<&str> = tls_flags.iter().filter(|(_, v)| v.is_none()).map(|(n, _)| *n).collect();
+        let missing: Vec<&str> = tls_flags
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(n, _)| *n)
+            .collect();
         let (chain, key) = if self.insecure {
             if missing.len() < tls_flags.len() {
                 return Err("--insecure cannot be combined with --ssl-* certificate flags".into());
@@ -125,7 +133,9 @@ impl Args {
                 missing.join(", ")
             ));
         } else {
-            let (Some(ca), Some(cert), Some(key)) = (&self.ssl_ca_certfile, &self.ssl_certfile, &self.ssl_keyfile) else {
+            let (Some(ca), Some(cert), Some(key)) =
+                (&self.ssl_ca_certfile, &self.ssl_certfile, &self.ssl_keyfile)
+            else {
                 return Err("TLS flags incomplete".into());
             };
             certs::load::load_certificates(ca).map_err(|e| e.to_string())?;
@@ -134,7 +144,9 @@ impl Args {
             (chain, key)
         };
         let operator_auth = match &self.control_auth_public_keys {
-            Some(path) => OperatorAuth::Keys(certs::load::load_public_key_list(path).map_err(|e| e.to_string())?),
+            Some(path) => OperatorAuth::Keys(
+                certs::load::load_public_key_list(path).map_err(|e| e.to_string())?,
+            ),
             None => OperatorAuth::LoopbackOnly,
         };
         let node_auth = if self.enable_supernode_auth {

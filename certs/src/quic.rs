@@ -32,7 +32,8 @@ pub fn server_config(
     tls: rustls::ServerConfig,
     transport: quinn::TransportConfig,
 ) -> Result<quinn::ServerConfig, CertsError> {
-    let crypto = QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| CertsError::Tls(e.to_string()))?;
+    let crypto =
+        QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| CertsError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport));
     // No address-validation round trip on loopback-heavy deployments; the handshake is bounded anyway.
@@ -44,7 +45,8 @@ pub fn client_config(
     tls: rustls::ClientConfig,
     transport: quinn::TransportConfig,
 ) -> Result<quinn::ClientConfig, CertsError> {
-    let crypto = QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| CertsError::Tls(e.to_string()))?;
+    let crypto =
+        QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| CertsError::Tls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport));
     Ok(config)

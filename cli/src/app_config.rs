@@ -84,9 +84,14 @@ impl AppConfig {
     pub fn load(dir: &Path) -> Result<Self, CliError> {
         let path = dir.join(FILE_NAME);
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            CliError::Config(format!("cannot read {}: {e} (is {} an app directory?)", path.display(), dir.display()))
+            CliError::Config(format!(
+                "cannot read {}: {e} (is {} an app directory?)",
+                path.display(),
+                dir.display()
+            ))
         })?;
-        let file: File = toml::from_str(&text).map_err(|e| CliError::Config(format!("{}: {}", path.display(), e.message())))?;
+        let file: File = toml::from_str(&text)
+            .map_err(|e| CliError::Config(format!("{}: {}", path.display(), e.message())))?;
         let (default_federation, federations) = match file.federations {
             Some(f) => (f.default, f.named),
             None => (None, BTreeMap::new()),
@@ -115,11 +120,21 @@ impl AppConfig {
             CliError::Config(format!(
                 "no federation {name:?} in {} (known: {})",
                 self.dir.join(FILE_NAME).display(),
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             ))
         })?;
         let mut federation = federation.clone();
-        let resolve = |p: &PathBuf| if p.is_absolute() { p.clone() } else { self.dir.join(p) };
+        let resolve = |p: &PathBuf| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                self.dir.join(p)
+            }
+        };
         federation.root_certificates = federation.root_certificates.as_ref().map(resolve);
         federation.operator_key = federation.operator_key.as_ref().map(resolve);
         Ok((name.to_string(), federation))
@@ -137,11 +152,17 @@ mod tests {
     #[test]
     fn default_federation_and_relative_paths_resolve() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "[app]\nname='a'\nversion='1'\n[federations]\ndefault='f'\n[federations.f]\naddress='127.0.0.1:9093'\nroot-certificates='c/ca.crt'\n");
+        write(
+            dir.path(),
+            "[app]\nname='a'\nversion='1'\n[federations]\ndefault='f'\n[federations.f]\naddress='127.0.0.1:9093'\nroot-certificates='c/ca.crt'\n",
+        );
         let config = AppConfig::load(dir.path()).unwrap();
         let (name, federation) = config.federation(None).unwrap();
         assert_eq!(name, "f");
-        assert_eq!(federation.root_certificates.unwrap(), dir.path().join("c/ca.crt"));
+        assert_eq!(
+            federation.root_certificates.unwrap(),
+            dir.path().join("c/ca.crt")
+        );
     }
 
     #[test]
@@ -150,7 +171,14 @@ mod tests {
         let missing = AppConfig::load(dir.path()).unwrap_err().to_string();
         assert!(missing.contains("flwr.toml"), "{missing}");
         write(dir.path(), "[federations.f]\naddress='x:1'\n");
-        let error = AppConfig::load(dir.path()).unwrap().federation(Some("g")).unwrap_err().to_string();
-        assert!(error.contains("no federation \"g\"") && error.contains("known: f"), "{error}");
+        let error = AppConfig::load(dir.path())
+            .unwrap()
+            .federation(Some("g"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("no federation \"g\"") && error.contains("known: f"),
+            "{error}"
+        );
     }
 }

@@ -60,16 +60,18 @@ fn frame_error(error: FrameIoError, connection: &quinn::Connection, address: &st
     if let Some(reason) = connection.close_reason() {
         return connection_error(&reason, address);
     }
-    CliError::Connect(format!("Control API session with {address} failed: {error}"))
+    CliError::Connect(format!(
+        "Control API session with {address} failed: {error}"
+    ))
 }
 
 impl ControlClient {
     /// Connects to `federation`, authenticating with its operator key if it names one.
     pub async fn connect(federation: &Federation) -> Result<Self, CliError> {
         let address = federation.address.as_str();
-        let (host, _) = address
-            .rsplit_once(':')
-            .ok_or_else(|| CliError::Config(format!("federation address {address:?} is not HOST:PORT")))?;
+        let (host, _) = address.rsplit_once(':').ok_or_else(|| {
+            CliError::Config(format!("federation address {address:?} is not HOST:PORT"))
+        })?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let remote = tokio::net::lookup_host(address)
             .await
@@ -84,47 +86,90 @@ impl ControlClient {
             certs::tls::insecure_client_config(identity.as_ref(), wire::alpn::CONTROL)?
         } else {
             let roots = federation.root_certificates.as_ref().ok_or_else(|| {
-                CliError::Config("the federation needs root-certificates (or insecure = true for development)".into())
+                CliError::Config(
+                    "the federation needs root-certificates (or insecure = true for development)"
+                        .into(),
+                )
             })?;
-            certs::tls::client_config(&certs::load::load_certificates(roots)?, identity.as_ref(), wire::alpn::CONTROL)?
+            certs::tls::client_config(
+                &certs::load::load_certificates(roots)?,
+                identity.as_ref(),
+                wire::alpn::CONTROL,
+            )?
         };
-        let transport = certs::quic::transport(Duration::from_secs(30), Some(Duration::from_secs(5)));
+        let transport =
+            certs::quic::transport(Duration::from_secs(30), Some(Duration::from_secs(5)));
         let config = certs::quic::client_config(tls, transport)?;
-        let endpoint = certs::quic::client_endpoint(remote).map_err(|e| CliError::Connect(format!("cannot open a UDP socket: {e}")))?;
+        let endpoint = certs::quic::client_endpoint(remote)
+            .map_err(|e| CliError::Connect(format!("cannot open a UDP socket: {e}")))?;
         let connecting = endpoint
             .connect_with(config, remote, host)
             .map_err(|e| CliError::Connect(format!("cannot connect to {address}: {e}")))?;
         let opened = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let connection = connecting.await.map_err(|e| connection_error(&e, address))?;
-            let (send, recv) = connection.open_bi().await.map_err(|e| connection_error(&e, address))?;
+            let connection = connecting
+                .await
+                .map_err(|e| connection_error(&e, address))?;
+            let (send, recv) = connection
+                .open_bi()
+                .await
+                .map_err(|e| connection_error(&e, address))?;
             Ok::<_, CliError>((connection, send, recv))
         })
         .await
-        .map_err(|_| CliError::Connect(format!("no SuperLink answered at {address} within {CONNECT_TIMEOUT:?}")))??;
+        .map_err(|_| {
+            CliError::Connect(format!(
+                "no SuperLink answered at {address} within {CONNECT_TIMEOUT:?}"
+            ))
+        })??;
         let (connection, mut send, mut recv) = opened;
         let fail = |e: FrameIoError| frame_error(e, &connection, address);
-        write_value(&mut send, &OperatorFrame::Hello { version: PROTOCOL_VERSION }).await.map_err(fail)?;
-        let mut frame: ControlFrame = tokio::time::timeout(CONNECT_TIMEOUT, read_value(&mut recv, RESPONSE_FRAME_LIMIT))
-            .await
-            .map_err(|_| CliError::Connect(format!("the SuperLink at {address} did not answer the handshake")))?
-            .map_err(fail)?;
+        write_value(
+            &mut send,
+            &OperatorFrame::Hello {
+                version: PROTOCOL_VERSION,
+            },
+        )
+        .await
+        .map_err(fail)?;
+        let mut frame: ControlFrame =
+            tokio::time::timeout(CONNECT_TIMEOUT, read_value(&mut recv, RESPONSE_FRAME_LIMIT))
+                .await
+                .map_err(|_| {
+                    CliError::Connect(format!(
+                        "the SuperLink at {address} did not answer the handshake"
+                    ))
+                })?
+                .map_err(fail)?;
         if let ControlFrame::Challenge(challenge) = &frame {
             let Some(identity) = &identity else {
-                return Err(CliError::Refused("the SuperLink asks for an operator key: set operator-key in flwr.toml".into()));
+                return Err(CliError::Refused(
+                    "the SuperLink asks for an operator key: set operator-key in flwr.toml".into(),
+                ));
             };
-            let exporter = certs::quic::exporter(&connection).ok_or_else(|| CliError::Connect("no TLS exporter".into()))?;
+            let exporter = certs::quic::exporter(&connection)
+                .ok_or_else(|| CliError::Connect("no TLS exporter".into()))?;
             let proof = ClientHandshake::new(Domain::Control, exporter)
                 .respond(challenge, identity)
                 .map_err(|e| CliError::Connect(e.to_string()))?;
-            write_value(&mut send, &OperatorFrame::Proof(proof)).await.map_err(fail)?;
-            frame = read_value(&mut recv, RESPONSE_FRAME_LIMIT).await.map_err(fail)?;
+            write_value(&mut send, &OperatorFrame::Proof(proof))
+                .await
+                .map_err(fail)?;
+            frame = read_value(&mut recv, RESPONSE_FRAME_LIMIT)
+                .await
+                .map_err(fail)?;
         }
         let operator = match frame {
             ControlFrame::Welcome { operator } => operator,
             ControlFrame::Refused(refusal) => {
-                return Err(CliError::Refused(format!("the SuperLink refused this operator: {refusal}")));
+                return Err(CliError::Refused(format!(
+                    "the SuperLink refused this operator: {refusal}"
+                )));
             }
-            other => return Err(CliError::Connect(format!("unexpected answer from the SuperLink: {other:?}"))),
+            other => {
+                return Err(CliError::Connect(format!(
+                    "unexpected answer from the SuperLink: {other:?}"
+                )));
+            }
         };
         Ok(ControlClient {
             endpoint,
@@ -146,7 +191,9 @@ impl ControlClient {
             .map_err(|e| frame_error(e, &self.connection, &address))?
         {
             ControlFrame::Response(response) => Ok(response),
-            other => Err(CliError::Connect(format!("unexpected answer from the SuperLink: {other:?}"))),
+            other => Err(CliError::Connect(format!(
+                "unexpected answer from the SuperLink: {other:?}"
+            ))),
         }
     }
 

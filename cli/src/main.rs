@@ -14,7 +14,9 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             if format == Format::Json {
-                commands::print_json(&serde_json::json!({"success": false, "error-message": error.to_string()}));
+                commands::print_json(
+                    &serde_json::json!({"success": false, "error-message": error.to_string()}),
+                );
             }
             eprintln!("flwr: {error}");
             ExitCode::FAILURE

@@ -115,8 +115,13 @@ mod tests {
 
     #[test]
     fn values_keep_their_toml_types() {
-        let record = parse_overrides(r#"dataset-path="datasets/a b" batch-size=32 lr=0.01 debug=true"#).unwrap();
-        assert_eq!(record.get("dataset-path"), Some(&ConfigValue::Str("datasets/a b".into())));
+        let record =
+            parse_overrides(r#"dataset-path="datasets/a b" batch-size=32 lr=0.01 debug=true"#)
+                .unwrap();
+        assert_eq!(
+            record.get("dataset-path"),
+            Some(&ConfigValue::Str("datasets/a b".into()))
+        );
         assert_eq!(record.get("batch-size"), Some(&ConfigValue::Int(32)));
         assert_eq!(record.get("lr"), Some(&ConfigValue::Float(0.01)));
         assert_eq!(record.get("debug"), Some(&ConfigValue::Bool(true)));
@@ -124,11 +129,26 @@ mod tests {
 
     #[test]
     fn malformed_input_is_a_typed_error() {
-        assert!(matches!(parse_overrides("novalue"), Err(ConfigError::NotAPair(_))));
-        assert!(matches!(parse_overrides("k=unquoted"), Err(ConfigError::BadValue { .. })));
-        assert!(matches!(parse_overrides("k=\"open"), Err(ConfigError::Unterminated(_))));
-        assert!(matches!(parse_overrides("=3"), Err(ConfigError::NotAPair(_))));
-        assert!(matches!(parse_overrides("k=[1,2]"), Err(ConfigError::BadValue { .. })));
+        assert!(matches!(
+            parse_overrides("novalue"),
+            Err(ConfigError::NotAPair(_))
+        ));
+        assert!(matches!(
+            parse_overrides("k=unquoted"),
+            Err(ConfigError::BadValue { .. })
+        ));
+        assert!(matches!(
+            parse_overrides("k=\"open"),
+            Err(ConfigError::Unterminated(_))
+        ));
+        assert!(matches!(
+            parse_overrides("=3"),
+            Err(ConfigError::NotAPair(_))
+        ));
+        assert!(matches!(
+            parse_overrides("k=[1,2]"),
+            Err(ConfigError::BadValue { .. })
+        ));
     }
 
     #[test]

@@ -74,7 +74,10 @@ impl Backoff {
         if settings.max_retries.is_some_and(|max| self.attempts > max) {
             return None;
         }
-        if settings.max_wait_time.is_some_and(|max| self.since.elapsed() >= max) {
+        if settings
+            .max_wait_time
+            .is_some_and(|max| self.since.elapsed() >= max)
+        {
             return None;
         }
         let jitter = rand::rng().random_range(0.75..1.25);
@@ -90,8 +93,11 @@ pub async fn run(
     shutdown: CancellationToken,
     state: watch::Sender<NodeState>,
 ) -> Result<(), NodeError> {
-    let (_, address) = session::resolve(&settings.superlink).await.map_err(|e| NodeError::Setup(e.to_string()))?;
-    let endpoint = certs::quic::client_endpoint(address).map_err(|e| NodeError::Setup(format!("cannot open a UDP socket: {e}")))?;
+    let (_, address) = session::resolve(&settings.superlink)
+        .await
+        .map_err(|e| NodeError::Setup(e.to_string()))?;
+    let endpoint = certs::quic::client_endpoint(address)
+        .map_err(|e| NodeError::Setup(format!("cannot open a UDP socket: {e}")))?;
     let mut heartbeat = DEFAULT_HEARTBEAT;
     let mut backoff = Backoff::new();
     let result = loop {

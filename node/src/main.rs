@@ -9,7 +9,9 @@ use tokio_util::sync::CancellationToken;
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -44,10 +46,14 @@ async fn main() -> ExitCode {
         }
     };
     if insecure {
-        tracing::warn!("INSECURE MODE: the SuperLink's certificate is not verified. Development only.");
+        tracing::warn!(
+            "INSECURE MODE: the SuperLink's certificate is not verified. Development only."
+        );
     }
     if settings.ephemeral_identity {
-        tracing::warn!("no --auth-supernode-private-key: using an ephemeral key (only a SuperLink without --enable-supernode-auth accepts it)");
+        tracing::warn!(
+            "no --auth-supernode-private-key: using an ephemeral key (only a SuperLink without --enable-supernode-auth accepts it)"
+        );
     }
     tracing::info!(
         superlink = %settings.superlink,

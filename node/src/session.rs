@@ -72,17 +72,24 @@ fn frame_error(error: FrameIoError) -> SessionError {
                 Err(io) => SessionError::Transient(io.to_string()),
             },
         },
-        FrameIoError::Closed => SessionError::Transient("the SuperLink closed the session stream".into()),
-        FrameIoError::Wire(wire) => SessionError::Transient(format!("malformed frame from the SuperLink: {wire}")),
+        FrameIoError::Closed => {
+            SessionError::Transient("the SuperLink closed the session stream".into())
+        }
+        FrameIoError::Wire(wire) => {
+            SessionError::Transient(format!("malformed frame from the SuperLink: {wire}"))
+        }
     }
 }
 
 /// `host:port` into the host (for TLS name checks) and a socket address.
 pub async fn resolve(superlink: &str) -> Result<(String, SocketAddr), SessionError> {
-    let (host, _) = superlink
-        .rsplit_once(':')
-        .ok_or_else(|| SessionError::Permanent(format!("--superlink {superlink:?} is not HOST:PORT")))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let (host, _) = superlink.rsplit_once(':').ok_or_else(|| {
+        SessionError::Permanent(format!("--superlink {superlink:?} is not HOST:PORT"))
+    })?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let address = tokio::net::lookup_host(superlink)
         .await
         .map_err(|e| SessionError::Transient(format!("cannot resolve {superlink}: {e}")))?
@@ -92,10 +99,17 @@ pub async fn resolve(superlink: &str) -> Result<(String, SocketAddr), SessionErr
 }
 
 /// The QUIC client configuration for this node.
-pub fn client_config(settings: &NodeSettings, heartbeat: Duration) -> Result<quinn::ClientConfig, SessionError> {
+pub fn client_config(
+    settings: &NodeSettings,
+    heartbeat: Duration,
+) -> Result<quinn::ClientConfig, SessionError> {
     let tls = match &settings.trust {
-        ServerTrust::Roots(roots) => certs::tls::client_config(roots, Some(&settings.identity), wire::alpn::FLEET),
-        ServerTrust::Insecure => certs::tls::insecure_client_config(Some(&settings.identity), wire::alpn::FLEET),
+        ServerTrust::Roots(roots) => {
+            certs::tls::client_config(roots, Some(&settings.identity), wire::alpn::FLEET)
+        }
+        ServerTrust::Insecure => {
+            certs::tls::insecure_client_config(Some(&settings.identity), wire::alpn::FLEET)
+        }
     }
     .map_err(|e| SessionError::Permanent(e.to_string()))?;
     let transport = certs::quic::transport(heartbeat * 3, Some(heartbeat));
@@ -140,33 +154,70 @@ pub async fn open(
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
-        .map_err(|_| SessionError::Transient(format!("no answer from {address} within {HANDSHAKE_TIMEOUT:?}")))?
+        .map_err(|_| {
+            SessionError::Transient(format!(
+                "no answer from {address} within {HANDSHAKE_TIMEOUT:?}"
+            ))
+        })?
 }
 
-async fn authenticate(connection: &quinn::Connection, settings: &NodeSettings) -> Result<Session, SessionError> {
+async fn authenticate(
+    connection: &quinn::Connection,
+    settings: &NodeSettings,
+) -> Result<Session, SessionError> {
     let exporter = certs::quic::exporter(connection)
         .ok_or_else(|| SessionError::Transient("no TLS exporter on this connection".into()))?;
     let (mut send, mut recv) = connection.open_bi().await.map_err(|e| classify(&e))?;
-    write_value(&mut send, &NodeFrame::Hello { version: PROTOCOL_VERSION }).await.map_err(frame_error)?;
-    let challenge = match read_value::<BrokerFrame, _>(&mut recv, SESSION_FRAME_LIMIT).await.map_err(frame_error)? {
+    write_value(
+        &mut send,
+        &NodeFrame::Hello {
+            version: PROTOCOL_VERSION,
+        },
+    )
+    .await
+    .map_err(frame_error)?;
+    let challenge = match read_value::<BrokerFrame, _>(&mut recv, SESSION_FRAME_LIMIT)
+        .await
+        .map_err(frame_error)?
+    {
         BrokerFrame::Challenge(challenge) => challenge,
-        BrokerFrame::Refused(refusal) => return Err(SessionError::Permanent(format!("the SuperLink refused this node: {refusal}"))),
-        other => return Err(SessionError::Transient(format!("unexpected frame from the SuperLink: {other:?}"))),
+        BrokerFrame::Refused(refusal) => {
+            return Err(SessionError::Permanent(format!(
+                "the SuperLink refused this node: {refusal}"
+            )));
+        }
+        other => {
+            return Err(SessionError::Transient(format!(
+                "unexpected frame from the SuperLink: {other:?}"
+            )));
+        }
     };
     let proof = ClientHandshake::new(Domain::Fleet, exporter)
         .respond(&challenge, &settings.identity)
         .map_err(|e| SessionError::Transient(e.to_string()))?;
-    write_value(&mut send, &NodeFrame::Proof(proof)).await.map_err(frame_error)?;
-    match read_value::<BrokerFrame, _>(&mut recv, SESSION_FRAME_LIMIT).await.map_err(frame_error)? {
-        BrokerFrame::Welcome { node_id, heartbeat_interval_ms } => Ok(Session {
+    write_value(&mut send, &NodeFrame::Proof(proof))
+        .await
+        .map_err(frame_error)?;
+    match read_value::<BrokerFrame, _>(&mut recv, SESSION_FRAME_LIMIT)
+        .await
+        .map_err(frame_error)?
+    {
+        BrokerFrame::Welcome {
+            node_id,
+            heartbeat_interval_ms,
+        } => Ok(Session {
             connection: connection.clone(),
             node_id,
             heartbeat_interval: Duration::from_millis(heartbeat_interval_ms.clamp(100, 60_000)),
             send,
             recv,
         }),
-        BrokerFrame::Refused(refusal) => Err(SessionError::Permanent(format!("the SuperLink refused this node: {refusal}"))),
-        other => Err(SessionError::Transient(format!("unexpected frame from the SuperLink: {other:?}"))),
+        BrokerFrame::Refused(refusal) => Err(SessionError::Permanent(format!(
+            "the SuperLink refused this node: {refusal}"
+        ))),
+        other => Err(SessionError::Transient(format!(
+            "unexpected frame from the SuperLink: {other:?}"
+        ))),
     }
 }
 
@@ -180,12 +231,20 @@ pub enum SessionEnd {
 impl Session {
     /// Sends heartbeats until shutdown (then says goodbye) or until the connection fails.
     pub async fn run(self, shutdown: CancellationToken) -> Result<SessionEnd, SessionError> {
-        let Session { connection, heartbeat_interval, mut send, mut recv, .. } = self;
+        let Session {
+            connection,
+            heartbeat_interval,
+            mut send,
+            mut recv,
+            ..
+        } = self;
         // Reads happen in their own task: a read cancelled halfway would lose part of a frame.
         let (acks, mut ack_rx) = tokio::sync::mpsc::channel::<Result<BrokerFrame, SessionError>>(8);
         let reader = tokio::spawn(async move {
             loop {
-                let frame = read_value::<BrokerFrame, _>(&mut recv, SESSION_FRAME_LIMIT).await.map_err(frame_error);
+                let frame = read_value::<BrokerFrame, _>(&mut recv, SESSION_FRAME_LIMIT)
+                    .await
+                    .map_err(frame_error);
                 let failed = frame.is_err();
                 if acks.send(frame).await.is_err() || failed {
                     return;

@@ -85,8 +85,12 @@ impl Args {
     /// Checks flag combinations and loads the files.
     pub fn resolve(self) -> Result<NodeSettings, String> {
         let trust = match (&self.root_certificates, self.insecure) {
-            (Some(_), true) => return Err("--root-certificates and --insecure exclude each other".into()),
-            (Some(path), false) => ServerTrust::Roots(certs::load::load_certificates(path).map_err(|e| e.to_string())?),
+            (Some(_), true) => {
+                return Err("--root-certificates and --insecure exclude each other".into());
+            }
+            (Some(path), false) => {
+                ServerTrust::Roots(certs::load::load_certificates(path).map_err(|e| e.to_string())?)
+            }
             (None, true) => ServerTrust::Insecure,
             (None, false) => {
                 return Err("give --root-certificates FILE to verify the SuperLink (or --insecure for development)".into());
@@ -96,16 +100,18 @@ impl Args {
             Some(_) if self.insecure => {
                 return Err("--auth-supernode-private-key needs TLS: drop --insecure and give --root-certificates".into());
             }
-            Some(path) => (certs::load::load_identity_key(path).map_err(|e| e.to_string())?, false),
+            Some(path) => (
+                certs::load::load_identity_key(path).map_err(|e| e.to_string())?,
+                false,
+            ),
             None => (IdentityKey::generate(), true),
         };
         let node_config = model::config::parse_overrides(&self.node_config)
             .map_err(|e| format!("--node-config: {e}"))?;
         let max_wait_time = match self.max_wait_time {
-            Some(secs) => Some(
-                Duration::try_from_secs_f64(secs)
-                    .map_err(|_| format!("--max-wait-time must be a non-negative number of seconds, got {secs}"))?,
-            ),
+            Some(secs) => Some(Duration::try_from_secs_f64(secs).map_err(|_| {
+                format!("--max-wait-time must be a non-negative number of seconds, got {secs}")
+            })?),
             None => None,
         };
         Ok(NodeSettings {

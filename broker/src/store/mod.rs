@@ -70,7 +70,8 @@ impl NodeRecord {
 }
 
 fn decode_record(bytes: &[u8]) -> Result<NodeRecord, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Storage(format!("corrupt node record: {e}")))
+    postcard::from_bytes(bytes)
+        .map_err(|e| StoreError::Storage(format!("corrupt node record: {e}")))
 }
 
 fn encode_record(record: &NodeRecord) -> Result<Vec<u8>, StoreError> {
@@ -306,9 +307,15 @@ mod tests {
         let store = Store::in_memory().unwrap();
         let key = IdentityKey::generate().public_key();
         let node = store.register_node(&key, "alice", 1).unwrap();
-        assert!(matches!(store.register_node(&key, "bob", 2), Err(StoreError::KeyInUse)));
+        assert!(matches!(
+            store.register_node(&key, "bob", 2),
+            Err(StoreError::KeyInUse)
+        ));
         store.unregister_node(node.node_id, 3).unwrap();
-        assert!(matches!(store.register_node(&key, "alice", 4), Err(StoreError::KeyInUse)));
+        assert!(matches!(
+            store.register_node(&key, "alice", 4),
+            Err(StoreError::KeyInUse)
+        ));
         assert!(matches!(
             store.unregister_node(node.node_id, 5),
             Err(StoreError::AlreadyUnregistered(_))
@@ -321,7 +328,14 @@ mod tests {
         let key = IdentityKey::generate().public_key();
         let id = store.register_node(&key, "alice", 10).unwrap().node_id;
         let online = store.set_node_status(id, NodeStatus::Online, 20).unwrap();
-        assert_eq!((online.status, online.online_at_ms, online.status_changed_at_ms), (NodeStatus::Online, Some(20), 20));
+        assert_eq!(
+            (
+                online.status,
+                online.online_at_ms,
+                online.status_changed_at_ms
+            ),
+            (NodeStatus::Online, Some(20), 20)
+        );
         store.unregister_node(id, 30).unwrap();
         let after = store.set_node_status(id, NodeStatus::Online, 40).unwrap();
         assert_eq!(after.status, NodeStatus::Unregistered);
@@ -344,9 +358,16 @@ mod tests {
         assert_eq!(store.mark_online_nodes_offline(3).unwrap(), 1);
 
         let foreign = dir.path().join("foreign.redb");
-        std::fs::write(&foreign, b"this is not a database at all, but it is long enough").unwrap();
+        std::fs::write(
+            &foreign,
+            b"this is not a database at all, but it is long enough",
+        )
+        .unwrap();
         let error = Store::open(&foreign).unwrap_err();
         assert!(matches!(error, StoreError::Unusable { .. }), "{error}");
-        assert_eq!(std::fs::read(&foreign).unwrap(), b"this is not a database at all, but it is long enough");
+        assert_eq!(
+            std::fs::read(&foreign).unwrap(),
+            b"this is not a database at all, but it is long enough"
+        );
     }
 }

@@ -78,7 +78,10 @@ fn a_server_from_another_ca_is_refused() {
     )
     .unwrap_err();
     // Both CAs are called "Flower CA": the chain is refused on its signature, not its issuer name.
-    assert!(error.to_string().contains("invalid peer certificate"), "{error}");
+    assert!(
+        error.to_string().contains("invalid peer certificate"),
+        "{error}"
+    );
 }
 
 #[test]

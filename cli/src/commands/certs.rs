@@ -7,10 +7,21 @@ use serde_json::json;
 
 /// Runs `flwr certs ...`.
 pub fn run(command: CertsCommand) -> Result<(), CliError> {
-    let CertsCommand::Generate { out, sans, force, format } = command;
+    let CertsCommand::Generate {
+        out,
+        sans,
+        force,
+        format,
+    } = command;
     let paths = certs::generate::generate_certificates(&out, &sans, force)?;
-    let mut names: Vec<String> = certs::generate::DEFAULT_SANS.iter().map(|s| s.to_string()).collect();
-    names.extend(sans.into_iter().filter(|s| !certs::generate::DEFAULT_SANS.contains(&s.as_str())));
+    let mut names: Vec<String> = certs::generate::DEFAULT_SANS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    names.extend(
+        sans.into_iter()
+            .filter(|s| !certs::generate::DEFAULT_SANS.contains(&s.as_str())),
+    );
     match format {
         Format::Json => super::print_json(&json!({
             "success": true,
@@ -22,10 +33,23 @@ pub fn run(command: CertsCommand) -> Result<(), CliError> {
         })),
         Format::Default => {
             println!("Generated in {}:", out.display());
-            println!("  {}  CA certificate (give to SuperNodes and flwr.toml)", paths.ca_cert.display());
-            println!("  {}  CA private key (0600; keep it offline)", paths.ca_key.display());
-            println!("  {}  SuperLink certificate for {}", paths.server_cert.display(), names.join(", "));
-            println!("  {}  SuperLink private key (0600)", paths.server_key.display());
+            println!(
+                "  {}  CA certificate (give to SuperNodes and flwr.toml)",
+                paths.ca_cert.display()
+            );
+            println!(
+                "  {}  CA private key (0600; keep it offline)",
+                paths.ca_key.display()
+            );
+            println!(
+                "  {}  SuperLink certificate for {}",
+                paths.server_cert.display(),
+                names.join(", ")
+            );
+            println!(
+                "  {}  SuperLink private key (0600)",
+                paths.server_key.display()
+            );
         }
     }
     Ok(())

@@ -26,10 +26,18 @@ pub fn run(command: KeysCommand) -> Result<(), CliError> {
         format,
     } = command;
     if prefix.is_empty() || prefix.contains(std::path::is_separator) {
-        return Err(CliError::Config(format!("--prefix {prefix:?} must be a plain file name")));
+        return Err(CliError::Config(format!(
+            "--prefix {prefix:?} must be a plain file name"
+        )));
     }
     let operator = (!no_operator).then(|| operator_name.unwrap_or_else(default_operator_name));
-    let pairs = certs::generate::generate_federation_keys(&out, &prefix, count, operator.as_deref(), force)?;
+    let pairs = certs::generate::generate_federation_keys(
+        &out,
+        &prefix,
+        count,
+        operator.as_deref(),
+        force,
+    )?;
     let (nodes, operator_pair) = pairs.split_at(count);
     match format {
         Format::Json => super::print_json(&json!({
@@ -39,7 +47,11 @@ pub fn run(command: KeysCommand) -> Result<(), CliError> {
         })),
         Format::Default => {
             for pair in nodes {
-                println!("SuperNode key  {}  (+ {})", pair.private.display(), pair.public.display());
+                println!(
+                    "SuperNode key  {}  (+ {})",
+                    pair.private.display(),
+                    pair.public.display()
+                );
             }
             if let Some(pair) = operator_pair.first() {
                 println!(

@@ -32,5 +32,8 @@ pub async fn run(command: Command) -> Result<(), CliError> {
 
 /// Prints a JSON document on stdout.
 pub fn print_json(value: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
 }

@@ -33,11 +33,17 @@ pub async fn run(command: SupernodeCommand) -> Result<(), CliError> {
             let text = std::fs::read_to_string(&public_key)
                 .map_err(|e| CliError::Io(format!("{}: {e}", public_key.display())))?;
             // Check locally first: a malformed file gets a precise reason without a round trip.
-            certs::load::parse_public_key(&text)
-                .map_err(|reason| CliError::Request(format!("Public key is not valid: {}: {reason}", public_key.display())))?;
+            certs::load::parse_public_key(&text).map_err(|reason| {
+                CliError::Request(format!(
+                    "Public key is not valid: {}: {reason}",
+                    public_key.display()
+                ))
+            })?;
             let response = ask(&target, ControlRequest::RegisterNode { public_key: text }).await?;
             let ControlResponse::NodeRegistered { node_id } = response else {
-                return Err(CliError::Request(format!("unexpected answer: {response:?}")));
+                return Err(CliError::Request(format!(
+                    "unexpected answer: {response:?}"
+                )));
             };
             match target.format {
                 Format::Json => super::print_json(&json!({"success": true, "node-id": node_id.0})),
@@ -45,9 +51,17 @@ pub async fn run(command: SupernodeCommand) -> Result<(), CliError> {
             }
         }
         SupernodeCommand::Unregister { node_id, target } => {
-            let response = ask(&target, ControlRequest::UnregisterNode { node_id: NodeId(node_id) }).await?;
+            let response = ask(
+                &target,
+                ControlRequest::UnregisterNode {
+                    node_id: NodeId(node_id),
+                },
+            )
+            .await?;
             let ControlResponse::NodeUnregistered { node_id } = response else {
-                return Err(CliError::Request(format!("unexpected answer: {response:?}")));
+                return Err(CliError::Request(format!(
+                    "unexpected answer: {response:?}"
+                )));
             };
             match target.format {
                 Format::Json => super::print_json(&json!({"success": true, "node-id": node_id.0})),
@@ -55,9 +69,17 @@ pub async fn run(command: SupernodeCommand) -> Result<(), CliError> {
             }
         }
         SupernodeCommand::List { target, verbose } => {
-            let response = ask(&target, ControlRequest::ListNodes { include_unregistered: verbose }).await?;
+            let response = ask(
+                &target,
+                ControlRequest::ListNodes {
+                    include_unregistered: verbose,
+                },
+            )
+            .await?;
             let ControlResponse::Nodes(nodes) = response else {
-                return Err(CliError::Request(format!("unexpected answer: {response:?}")));
+                return Err(CliError::Request(format!(
+                    "unexpected answer: {response:?}"
+                )));
             };
             let now = now_ms();
             match target.format {
@@ -96,7 +118,10 @@ pub fn node_table(nodes: &[NodeInfo], now: u64) -> String {
             ]
         })
         .collect();
-    output::table(&["Node ID", "Owner", "Status", "Elapsed", "Status Changed @"], &rows)
+    output::table(
+        &["Node ID", "Owner", "Status", "Elapsed", "Status Changed @"],
+        &rows,
+    )
 }
 
 /// One node as JSON, with stable kebab-case keys.

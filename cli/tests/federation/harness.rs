@@ -1,0 +1,252 @@
+//! A federation in a temporary directory: certificates, keys, `flwr.toml`, a broker on
+//! `127.0.0.1:0`, and nodes started and stopped at will.
+
+use broker::config::{BrokerConfig, NodeAuth, OperatorAuth};
+use broker::server::RunningBroker;
+use broker::store::Store;
+use certs::generate::{CertificatePaths, generate_certificates, generate_federation_keys};
+use cli::app_config::AppConfig;
+use cli::control_client::ControlClient;
+use node::daemon::{NodeError, NodeState};
+use node::settings::{NodeSettings, ServerTrust};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use wire::NodeId;
+use wire::control::{ControlRequest, ControlResponse, NodeInfo, NodeStatus};
+
+/// Upper bound for anything a test waits for; the expected case is milliseconds.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+/// Where the database lives.
+pub enum Db {
+    Memory,
+    File,
+}
+
+pub struct Federation {
+    pub dir: tempfile::TempDir,
+    pub certs: CertificatePaths,
+    pub broker: Option<RunningBroker>,
+    pub node_auth: NodeAuth,
+    pub operator_keys: bool,
+    pub db: Db,
+}
+
+impl Federation {
+    pub async fn start(node_auth: NodeAuth, operator_keys: bool, db: Db) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = generate_certificates(&dir.path().join("certificates"), &[], false).unwrap();
+        generate_federation_keys(
+            &dir.path().join("keys"),
+            "client_credentials",
+            3,
+            Some("alice"),
+            false,
+        )
+        .unwrap();
+        let mut federation = Federation {
+            dir,
+            certs,
+            broker: None,
+            node_auth,
+            operator_keys,
+            db,
+        };
+        federation.start_broker(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        );
+        federation
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    pub fn start_broker(&mut self, fleet: SocketAddr, control: SocketAddr) {
+        let chain = certs::load::load_certificates(&self.certs.server_cert).unwrap();
+        let key = certs::load::load_tls_private_key(&self.certs.server_key).unwrap();
+        let operator_auth = if self.operator_keys {
+            OperatorAuth::Keys(
+                certs::load::load_public_key_list(&self.path("keys/operator.pub")).unwrap(),
+            )
+        } else {
+            OperatorAuth::LoopbackOnly
+        };
+        let mut config = BrokerConfig::new(chain, key, self.node_auth, operator_auth);
+        config.heartbeat_interval = Duration::from_millis(200);
+        config.heartbeat_timeout = Duration::from_millis(1000);
+        let store = match self.db {
+            Db::Memory => Store::in_memory().unwrap(),
+            Db::File => Store::open(&self.path("state.redb")).unwrap(),
+        };
+        let broker =
+            broker::server::start(config, store, fleet, control, CancellationToken::new()).unwrap();
+        self.write_flwr_toml(
+            broker.control_addr,
+            self.operator_keys.then_some("keys/operator"),
+        );
+        self.broker = Some(broker);
+    }
+
+    pub async fn stop_broker(&mut self) {
+        let broker = self.broker.take().expect("broker running");
+        broker.shutdown();
+        broker.join().await;
+    }
+
+    pub fn broker(&self) -> &RunningBroker {
+        self.broker.as_ref().expect("broker running")
+    }
+
+    pub fn write_flwr_toml(&self, control: SocketAddr, operator_key: Option<&str>) {
+        let operator_line = operator_key
+            .map(|k| format!("operator-key = \"{k}\"\n"))
+            .unwrap_or_default();
+        let text = format!(
+            "[app]\nname = \"test\"\nversion = \"1.0.0\"\n\n[federations]\ndefault = \"local\"\n\n\
+             [federations.local]\naddress = \"{control}\"\nroot-certificates = \"certificates/ca.crt\"\n{operator_line}"
+        );
+        std::fs::write(self.path("flwr.toml"), text).unwrap();
+    }
+
+    pub async fn operator(&self) -> Result<ControlClient, cli::CliError> {
+        let config = AppConfig::load(self.dir.path()).unwrap();
+        let (_, federation) = config.federation(None).unwrap();
+        ControlClient::connect(&federation).await
+    }
+
+    pub async fn request(&self, request: ControlRequest) -> ControlResponse {
+        let mut client = self.operator().await.unwrap();
+        let response = client.request(request).await.unwrap();
+        client.close().await;
+        response
+    }
+
+    pub async fn register(&self, key: &str) -> NodeId {
+        let public_key = std::fs::read_to_string(self.path(&format!("keys/{key}.pub"))).unwrap();
+        match self
+            .request(ControlRequest::RegisterNode { public_key })
+            .await
+        {
+            ControlResponse::NodeRegistered { node_id } => node_id,
+            other => panic!("registration failed: {other:?}"),
+        }
+    }
+
+    pub async fn nodes(&self, include_unregistered: bool) -> Vec<NodeInfo> {
+        match self
+            .request(ControlRequest::ListNodes {
+                include_unregistered,
+            })
+            .await
+        {
+            ControlResponse::Nodes(nodes) => nodes,
+            other => panic!("list failed: {other:?}"),
+        }
+    }
+
+    pub async fn status_of(&self, node_id: NodeId) -> Option<NodeStatus> {
+        self.nodes(true)
+            .await
+            .into_iter()
+            .find(|n| n.node_id == node_id)
+            .map(|n| n.status)
+    }
+
+    /// Polls the registry until `node_id` has `status`, or fails after [`PATIENCE`].
+    pub async fn wait_for_status(&self, node_id: NodeId, status: NodeStatus) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if self.status_of(node_id).await == Some(status) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {node_id} never became {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn node_settings(&self, key: Option<&str>) -> NodeSettings {
+        let roots = certs::load::load_certificates(&self.certs.ca_cert).unwrap();
+        node_settings(
+            self.broker().fleet_addr,
+            ServerTrust::Roots(roots),
+            key.map(|k| self.path(&format!("keys/{k}"))).as_deref(),
+        )
+    }
+}
+
+pub fn node_settings(fleet: SocketAddr, trust: ServerTrust, key: Option<&Path>) -> NodeSettings {
+    let (identity, ephemeral_identity) = match key {
+        Some(path) => (certs::load::load_identity_key(path).unwrap(), false),
+        None => (certs::IdentityKey::generate(), true),
+    };
+    NodeSettings {
+        superlink: fleet.to_string(),
+        trust,
+        identity,
+        ephemeral_identity,
+        node_config: wire::ConfigRecord::new(),
+        clientappio_address: SocketAddr::from(([127, 0, 0, 1], 0)),
+        max_retries: None,
+        max_wait_time: None,
+    }
+}
+
+/// A node daemon running in this process.
+pub struct RunningNode {
+    pub state: watch::Receiver<NodeState>,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), NodeError>>,
+}
+
+impl RunningNode {
+    pub fn start(settings: NodeSettings) -> Self {
+        let shutdown = CancellationToken::new();
+        let (state_tx, state) = watch::channel(NodeState::Connecting);
+        let task = tokio::spawn(node::daemon::run(settings, shutdown.clone(), state_tx));
+        RunningNode {
+            state,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Waits until the node is online and returns its id.
+    pub async fn online(&mut self) -> NodeId {
+        let state = tokio::time::timeout(
+            PATIENCE,
+            self.state
+                .wait_for(|s| matches!(s, NodeState::Online(_) | NodeState::Stopped)),
+        )
+        .await
+        .expect("node never came online")
+        .expect("node task gone")
+        .to_owned();
+        match state {
+            NodeState::Online(id) => id,
+            other => panic!("node stopped instead of coming online: {other:?}"),
+        }
+    }
+
+    /// Stops the node cleanly.
+    pub async fn stop(self) -> Result<(), NodeError> {
+        self.shutdown.cancel();
+        self.finished().await
+    }
+
+    /// Waits for the node to end by itself.
+    pub async fn finished(self) -> Result<(), NodeError> {
+        tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .expect("node did not stop")
+            .expect("node panicked")
+    }
+}

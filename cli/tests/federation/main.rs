@@ -1,0 +1,10 @@
+//! End-to-end tests of the authenticated federation: a real broker, real nodes and the real CLI
+//! client, in process, over QUIC on loopback.
+
+// Helpers outside #[test] functions unwrap too: a failure there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod harness;
+mod lifecycle;
+mod operators;
+mod refusals;

@@ -1,0 +1,174 @@
+//! Everything that must not get in: unregistered keys, missing certificates, the wrong ALPN, a
+//! proof made for another connection, a broker the node does not trust. Nothing is written.
+
+use crate::harness::{Db, Federation, RunningNode, node_settings};
+use broker::config::NodeAuth;
+use certs::IdentityKey;
+use node::settings::ServerTrust;
+use std::net::SocketAddr;
+use std::time::Duration;
+use wire::control::NodeStatus;
+use wire::fleet::{BrokerFrame, NodeFrame, PROTOCOL_VERSION};
+use wire::handshake::{ClientHandshake, Domain};
+use wire::io::{read_value, write_value};
+
+async fn connect(
+    address: SocketAddr,
+    tls: rustls::ClientConfig,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let transport = certs::quic::transport(Duration::from_secs(5), None);
+    let config = certs::quic::client_config(tls, transport).unwrap();
+    let endpoint = certs::quic::client_endpoint(address).unwrap();
+    endpoint
+        .connect_with(config, address, "localhost")
+        .unwrap()
+        .await
+}
+
+fn roots(federation: &Federation) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+    certs::load::load_certificates(&federation.certs.ca_cert).unwrap()
+}
+
+/// Opens the session stream and sends hello; returns what the broker answers (or the failure).
+async fn hello(
+    connection: &quinn::Connection,
+) -> Result<(quinn::SendStream, quinn::RecvStream, BrokerFrame), String> {
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    write_value(
+        &mut send,
+        &NodeFrame::Hello {
+            version: PROTOCOL_VERSION,
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let frame = read_value::<BrokerFrame, _>(&mut recv, 1 << 16)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((send, recv, frame))
+}
+
+#[tokio::test]
+async fn an_unregistered_key_is_refused_before_anything_is_readable() {
+    let federation = Federation::start(NodeAuth::Registered, false, Db::Memory).await;
+    let key = IdentityKey::generate();
+    let tls =
+        certs::tls::client_config(&roots(&federation), Some(&key), wire::alpn::FLEET).unwrap();
+    // TLS 1.3 lets the client believe it connected; the refusal arrives as the first read fails.
+    let error = match connect(federation.broker().fleet_addr, tls).await {
+        Ok(connection) => {
+            let outcome = hello(&connection).await.map(|(_, _, frame)| frame);
+            assert!(
+                outcome.is_err(),
+                "an unregistered key got an answer: {outcome:?}"
+            );
+            connection.close_reason().expect("connection closed")
+        }
+        Err(error) => error,
+    };
+    assert_eq!(
+        certs::quic::tls_alert(&error),
+        Some(rustls::AlertDescription::AccessDenied),
+        "{error}"
+    );
+
+    let node = RunningNode::start(federation.node_settings(Some("client_credentials_2")));
+    let error = node.finished().await.unwrap_err().to_string();
+    assert!(error.contains("register it"), "{error}");
+    assert!(
+        federation.nodes(true).await.is_empty(),
+        "nothing written to the registry"
+    );
+}
+
+#[tokio::test]
+async fn a_node_without_a_client_certificate_is_refused() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let tls = certs::tls::client_config(&roots(&federation), None, wire::alpn::FLEET).unwrap();
+    let outcome = match connect(federation.broker().fleet_addr, tls).await {
+        Ok(connection) => hello(&connection).await.map(|(_, _, frame)| frame),
+        Err(error) => Err(error.to_string()),
+    };
+    assert!(outcome.is_err(), "{outcome:?}");
+    assert!(federation.nodes(true).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_wrong_alpn_is_refused_on_both_apis() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let key = IdentityKey::generate();
+    for (address, alpn) in [
+        (federation.broker().fleet_addr, wire::alpn::CONTROL),
+        (federation.broker().control_addr, wire::alpn::FLEET),
+        (federation.broker().fleet_addr, b"h3".as_slice()),
+    ] {
+        let tls = certs::tls::client_config(&roots(&federation), Some(&key), alpn).unwrap();
+        let error = connect(address, tls)
+            .await
+            .expect_err("wrong ALPN accepted");
+        assert_eq!(
+            certs::quic::tls_alert(&error),
+            Some(rustls::AlertDescription::NoApplicationProtocol),
+            "{error}"
+        );
+    }
+    assert!(federation.nodes(true).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_proof_signed_over_another_connections_exporter_is_refused() {
+    let federation = Federation::start(NodeAuth::Registered, false, Db::Memory).await;
+    let id = federation.register("client_credentials_1").await;
+    let key =
+        certs::load::load_identity_key(&federation.path("keys/client_credentials_1")).unwrap();
+    let tls =
+        || certs::tls::client_config(&roots(&federation), Some(&key), wire::alpn::FLEET).unwrap();
+    let first = connect(federation.broker().fleet_addr, tls())
+        .await
+        .unwrap();
+    let second = connect(federation.broker().fleet_addr, tls())
+        .await
+        .unwrap();
+    let (mut send, mut recv, frame) = hello(&second).await.unwrap();
+    let BrokerFrame::Challenge(challenge) = frame else {
+        panic!("{frame:?}")
+    };
+    // The attacker signs the second connection's nonce, but over the first connection's binding.
+    let first_exporter = certs::quic::exporter(&first).unwrap();
+    let proof = ClientHandshake::new(Domain::Fleet, first_exporter)
+        .respond(&challenge, &key)
+        .unwrap();
+    write_value(&mut send, &NodeFrame::Proof(proof))
+        .await
+        .unwrap();
+    // The refusal arrives as a frame, or (when the close overtakes it) as the close reason.
+    let answer = read_value::<BrokerFrame, _>(&mut recv, 1 << 16).await;
+    let refused_by_frame = matches!(
+        answer,
+        Ok(BrokerFrame::Refused(wire::handshake::Refusal::BadProof))
+    );
+    let refused_by_close = matches!(
+        second.close_reason(),
+        Some(quinn::ConnectionError::ApplicationClosed(ref close))
+            if u64::from(close.error_code) == u64::from(wire::fleet::close::REFUSED)
+                && String::from_utf8_lossy(&close.reason).contains("does not verify")
+    );
+    assert!(refused_by_frame || refused_by_close, "{answer:?}");
+    assert_eq!(
+        federation.status_of(id).await,
+        Some(NodeStatus::Registered),
+        "never online"
+    );
+}
+
+#[tokio::test]
+async fn a_broker_whose_certificate_does_not_chain_to_the_nodes_roots_is_refused() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = certs::generate::generate_certificates(other.path(), &[], false).unwrap();
+    let trust = ServerTrust::Roots(certs::load::load_certificates(&other_ca.ca_cert).unwrap());
+    let node = RunningNode::start(node_settings(federation.broker().fleet_addr, trust, None));
+    let error = node.finished().await.unwrap_err().to_string();
+    assert!(error.contains("TLS with the SuperLink failed"), "{error}");
+    assert!(federation.nodes(true).await.is_empty());
+}
