@@ -41,6 +41,10 @@ pub struct BrokerConfig {
     pub handshake_timeout: Duration,
     /// Most connections allowed to be authenticating at once (per API).
     pub max_pending_handshakes: usize,
+    /// Server apps runs may use, by name.
+    pub apps: model::apps::ServerApps,
+    /// Limits on messages nodes send (replies).
+    pub limits: wire::stream::Limits,
 }
 
 impl BrokerConfig {
@@ -60,6 +64,8 @@ impl BrokerConfig {
             heartbeat_timeout: Duration::from_secs(6),
             handshake_timeout: Duration::from_secs(10),
             max_pending_handshakes: 256,
+            apps: model::apps::ServerApps::builtin(),
+            limits: wire::stream::Limits::default(),
         }
     }
 }

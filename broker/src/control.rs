@@ -1,6 +1,7 @@
 //! One operator connection on the Control API: authenticate, then answer requests.
 
 use crate::config::OperatorAuth;
+use crate::runs::{RunEvent, runner};
 use crate::server::Shared;
 use crate::store::{AUTOMATIC_OWNER, StoreError};
 use std::net::SocketAddr;
@@ -8,8 +9,10 @@ use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
+use wire::RunId;
 use wire::control::{
-    ControlError, ControlFrame, ControlRequest, ControlResponse, NodeStatus, OperatorFrame,
+    ControlError, ControlFrame, ControlRequest, ControlResponse, LogLine, NodeStatus,
+    OperatorFrame, RunStatus,
 };
 use wire::fleet::{PROTOCOL_VERSION, close};
 use wire::handshake::{Domain, Refusal, ServerHandshake};
@@ -90,11 +93,18 @@ pub async fn handle(
                 }
                 Err(_) => return,
             };
-            let response = answer(&shared, &operator, request);
-            if write_value(&mut send, &ControlFrame::Response(response))
-                .await
-                .is_err()
-            {
+            let written = match request {
+                ControlRequest::Log {
+                    run_id,
+                    after,
+                    follow,
+                } => send_log(&shared, &mut send, run_id, after, follow, &shutdown).await,
+                request => {
+                    let response = answer(&shared, &operator, request);
+                    write_value(&mut send, &ControlFrame::Response(response)).await
+                }
+            };
+            if written.is_err() {
                 return;
             }
         }
@@ -179,12 +189,13 @@ fn store_error(error: StoreError) -> ControlError {
         StoreError::KeyInUse => ControlError::KeyInUse,
         StoreError::UnknownNode(id) => ControlError::UnknownNode(id),
         StoreError::AlreadyUnregistered(id) => ControlError::AlreadyUnregistered(id),
+        StoreError::UnknownRun(id) => ControlError::UnknownRun(id),
         other => ControlError::Internal(other.to_string()),
     }
 }
 
 /// Carries out one request for `operator`.
-fn answer(shared: &Shared, operator: &str, request: ControlRequest) -> ControlResponse {
+fn answer(shared: &Arc<Shared>, operator: &str, request: ControlRequest) -> ControlResponse {
     let result = match request {
         ControlRequest::RegisterNode { public_key } => register(shared, operator, &public_key),
         ControlRequest::UnregisterNode { node_id } => unregister(shared, operator, node_id),
@@ -202,8 +213,121 @@ fn answer(shared: &Shared, operator: &str, request: ControlRequest) -> ControlRe
                 )
             })
             .map_err(store_error),
+        ControlRequest::StartRun {
+            app_name,
+            app_version,
+            config,
+        } => runner::start(shared, operator, app_name, app_version, config).map(|info| {
+            ControlResponse::RunStarted {
+                run_id: info.run_id,
+            }
+        }),
+        ControlRequest::ListRuns {
+            run_id: Some(run_id),
+        } => match shared.store.run(run_id) {
+            Ok(Some(run)) => Ok(ControlResponse::Runs(vec![run])),
+            Ok(None) => Err(ControlError::UnknownRun(run_id)),
+            Err(error) => Err(store_error(error)),
+        },
+        ControlRequest::ListRuns { run_id: None } => shared
+            .store
+            .list_runs()
+            .map(ControlResponse::Runs)
+            .map_err(store_error),
+        ControlRequest::StopRun { run_id } => {
+            runner::stop(shared, run_id, operator).map(|()| ControlResponse::RunStopped { run_id })
+        }
+        // Served by send_log, which may answer with many frames.
+        ControlRequest::Log { run_id, .. } => {
+            Err(ControlError::Internal(format!("log of {run_id} misrouted")))
+        }
     };
     result.unwrap_or_else(ControlResponse::Error)
+}
+
+fn log_frame(lines: Vec<LogLine>, finished: Option<RunStatus>) -> ControlFrame {
+    ControlFrame::Response(ControlResponse::Log { lines, finished })
+}
+
+/// Answers a log request: the stored lines from `after` on, then, when following, each new line as
+/// it is written, until the run finishes (a last frame carries its status).
+async fn send_log(
+    shared: &Shared,
+    send: &mut quinn::SendStream,
+    run_id: RunId,
+    after: u64,
+    follow: bool,
+    shutdown: &CancellationToken,
+) -> Result<(), FrameIoError> {
+    // Subscribe before reading the store, so no line falls between the two.
+    let mut events = if follow {
+        shared.runs.subscribe(run_id)
+    } else {
+        None
+    };
+    let run = match shared.store.run(run_id) {
+        Ok(Some(run)) => run,
+        Ok(None) => {
+            return write_value(
+                send,
+                &ControlFrame::Response(ControlResponse::Error(ControlError::UnknownRun(run_id))),
+            )
+            .await;
+        }
+        Err(error) => {
+            return write_value(
+                send,
+                &ControlFrame::Response(ControlResponse::Error(store_error(error))),
+            )
+            .await;
+        }
+    };
+    let stored = shared.store.logs(run_id, after).unwrap_or_default();
+    let mut next = stored.last().map_or(after, |line| line.index + 1);
+    let Some(events) = events.as_mut() else {
+        // Not following, or the run is not executing: what is stored is all there is.
+        let finished = run
+            .status
+            .is_finished()
+            .then_some(run.status)
+            .or(follow.then_some(run.status));
+        return write_value(send, &log_frame(stored, finished)).await;
+    };
+    write_value(send, &log_frame(stored, None)).await?;
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            event = events.recv() => event,
+        };
+        match event {
+            Ok(RunEvent::Line(line)) if line.index >= next => {
+                next = line.index + 1;
+                write_value(send, &log_frame(vec![line], None)).await?;
+            }
+            Ok(RunEvent::Line(_)) => {}
+            Ok(RunEvent::Finished(status)) => {
+                let rest = shared.store.logs(run_id, next).unwrap_or_default();
+                return write_value(send, &log_frame(rest, Some(status))).await;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                let missed = shared.store.logs(run_id, next).unwrap_or_default();
+                if let Some(last) = missed.last() {
+                    next = last.index + 1;
+                }
+                write_value(send, &log_frame(missed, None)).await?;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                let rest = shared.store.logs(run_id, next).unwrap_or_default();
+                let status = shared
+                    .store
+                    .run(run_id)
+                    .ok()
+                    .flatten()
+                    .map_or(RunStatus::Failed, |r| r.status);
+                return write_value(send, &log_frame(rest, Some(status))).await;
+            }
+        }
+    }
 }
 
 fn register(shared: &Shared, operator: &str, text: &str) -> Result<ControlResponse, ControlError> {

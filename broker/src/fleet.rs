@@ -63,13 +63,34 @@ pub async fn handle(
             }
         };
         tracing::Span::current().record("node_id", node_id.0);
-        let generation = shared
+        let attached = shared
             .sessions
             .attach(node_id, connection.clone(), close::REPLACED);
+        let generation = attached.generation;
         let end = match welcome(&shared, node_id, &mut send).await {
             Ok(()) => {
                 tracing::info!("node online");
-                run_session(&shared, &connection, send, recv, shutdown).await
+                let delivery = tokio::spawn(
+                    crate::delivery::deliver(
+                        shared.clone(),
+                        node_id,
+                        connection.clone(),
+                        attached.wake,
+                    )
+                    .instrument(tracing::Span::current()),
+                );
+                let end = run_session(
+                    &shared,
+                    node_id,
+                    &connection,
+                    send,
+                    recv,
+                    attached.pushes,
+                    shutdown,
+                )
+                .await;
+                delivery.abort();
+                end
             }
             Err(error) => {
                 tracing::warn!(%error, "could not welcome the node");
@@ -182,48 +203,71 @@ fn admit(shared: &Shared, key: &PublicKey) -> Result<NodeId, HandshakeFailure> {
     }
 }
 
-/// Answers heartbeats until the node leaves, goes silent, breaks the protocol, or the broker stops.
-/// Returns why the session ended.
+/// Answers heartbeats, pushes frames, and accepts reply streams until the node leaves, goes
+/// silent, breaks the protocol, or the broker stops. Returns why the session ended.
 async fn run_session(
-    shared: &Shared,
+    shared: &Arc<Shared>,
+    node_id: NodeId,
     connection: &quinn::Connection,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
+    mut pushes: tokio::sync::mpsc::UnboundedReceiver<BrokerFrame>,
     shutdown: CancellationToken,
 ) -> &'static str {
-    loop {
-        let frame = tokio::select! {
+    // Session frames are read in their own task: a read cancelled halfway would lose part of a frame.
+    let (frames_tx, mut frames) = tokio::sync::mpsc::channel(8);
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = read_value::<NodeFrame, _>(&mut recv, SESSION_FRAME_LIMIT).await;
+            let failed = frame.is_err();
+            if frames_tx.send(frame).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    let mut replies = tokio::task::JoinSet::new();
+    let end = loop {
+        let heartbeat = tokio::time::sleep(shared.config.heartbeat_timeout);
+        tokio::select! {
             _ = shutdown.cancelled() => {
                 connection.close(close::SHUTDOWN.into(), b"broker shutting down");
-                return "broker shutting down";
+                break "broker shutting down";
             }
-            frame = tokio::time::timeout(
-                shared.config.heartbeat_timeout,
-                read_value::<NodeFrame, _>(&mut recv, SESSION_FRAME_LIMIT),
-            ) => frame,
-        };
-        match frame {
-            Err(_) => {
+            _ = heartbeat => {
                 connection.close(close::TIMEOUT.into(), b"heartbeat timeout");
-                return "heartbeat timeout";
+                break "heartbeat timeout";
             }
-            Ok(Ok(NodeFrame::Heartbeat { seq })) => {
-                if write_value(&mut send, &BrokerFrame::HeartbeatAck { seq })
-                    .await
-                    .is_err()
-                {
-                    return "connection lost";
+            Some(frame) = pushes.recv() => {
+                if write_value(&mut send, &frame).await.is_err() {
+                    break "connection lost";
                 }
             }
-            Ok(Ok(NodeFrame::Goodbye)) => {
-                connection.close(close::NORMAL.into(), b"goodbye");
-                return "node said goodbye";
-            }
-            Ok(Ok(_)) | Ok(Err(FrameIoError::Wire(_))) => {
-                connection.close(close::PROTOCOL.into(), b"protocol violation");
-                return "protocol violation";
-            }
-            Ok(Err(_)) => return "connection lost",
+            stream = connection.accept_bi() => match stream {
+                Ok((reply_send, reply_recv)) => {
+                    replies.spawn(crate::delivery::receive_reply(shared.clone(), node_id, reply_send, reply_recv));
+                }
+                Err(_) => break "connection lost",
+            },
+            Some(_) = replies.join_next(), if !replies.is_empty() => {}
+            frame = frames.recv() => match frame {
+                Some(Ok(NodeFrame::Heartbeat { seq })) => {
+                    if write_value(&mut send, &BrokerFrame::HeartbeatAck { seq }).await.is_err() {
+                        break "connection lost";
+                    }
+                }
+                Some(Ok(NodeFrame::Goodbye)) => {
+                    connection.close(close::NORMAL.into(), b"goodbye");
+                    break "node said goodbye";
+                }
+                Some(Ok(_)) | Some(Err(FrameIoError::Wire(_))) => {
+                    connection.close(close::PROTOCOL.into(), b"protocol violation");
+                    break "protocol violation";
+                }
+                Some(Err(_)) | None => break "connection lost",
+            },
         }
-    }
+    };
+    reader.abort();
+    replies.abort_all();
+    end
 }

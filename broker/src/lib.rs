@@ -4,13 +4,16 @@
 //! # Layout
 //! - [`settings`]: command-line flags resolved into a [`settings::Settings`].
 //! - [`store`]: the durable state (node registry).
+//! - [`runs`]: runs, their server apps, and the grid they use.
 //! - [`server`]: binds the endpoints and runs the accept loops until shutdown.
 
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod control;
+pub mod delivery;
 pub mod fleet;
+pub mod runs;
 pub mod server;
 pub mod sessions;
 pub mod settings;

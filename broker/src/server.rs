@@ -4,6 +4,8 @@
 //! the connection tasks, then let the endpoints drain.
 
 use crate::config::{BrokerConfig, NodeAuth, OperatorAuth};
+use crate::runs::ActiveRuns;
+use crate::runs::grid::{LiveContents, ReplyRouter};
 use crate::sessions::Sessions;
 use crate::store::Store;
 use crate::{control, fleet};
@@ -44,6 +46,14 @@ pub struct Shared {
     pub sessions: Sessions,
     /// Settings.
     pub config: BrokerConfig,
+    /// Runs whose server app is executing.
+    pub runs: ActiveRuns,
+    /// Replies on their way to the runs waiting for them.
+    pub router: ReplyRouter,
+    /// Contents of in-flight instructions.
+    pub contents: LiveContents,
+    /// Server apps by name.
+    pub apps: model::apps::ServerApps,
 }
 
 /// A broker running in this process.
@@ -155,11 +165,24 @@ pub fn start(
     let fleet_addr = local_addr(&fleet_endpoint, "Fleet", fleet_address)?;
     let control_addr = local_addr(&control_endpoint, "Control", control_address)?;
 
+    let apps = config.apps.clone();
     let shared = Arc::new(Shared {
         store,
         sessions: Sessions::default(),
         config,
+        runs: ActiveRuns::default(),
+        router: ReplyRouter::default(),
+        contents: LiveContents::default(),
+        apps,
     });
+    match crate::runs::runner::fail_interrupted_runs(&shared) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            runs = n,
+            "runs interrupted by the previous shutdown are marked failed"
+        ),
+        Err(error) => tracing::error!(%error, "could not mark interrupted runs"),
+    }
     let task = tokio::spawn(serve(
         shared.clone(),
         fleet_endpoint,
@@ -216,6 +239,7 @@ async fn serve(
     }
     // Connection tasks watch the same token: they close their connections with SHUTDOWN.
     shutdown.cancel();
+    shared.runs.cancel_all();
     while tasks.join_next().await.is_some() {}
     fleet_endpoint.close(wire::fleet::close::SHUTDOWN.into(), b"broker shutting down");
     control_endpoint.close(wire::fleet::close::SHUTDOWN.into(), b"broker shutting down");

@@ -25,6 +25,49 @@ pub enum Command {
     /// Register, unregister and list SuperNodes.
     #[command(subcommand)]
     Supernode(SupernodeCommand),
+    /// Start a run of the app in APP_DIR on a federation.
+    Run {
+        /// App directory and federation.
+        #[command(flatten)]
+        target: Target,
+        /// Override run config values of [app.config], e.g. 'num-server-rounds=5 learning-rate=0.01'.
+        #[arg(long, value_name = "CONFIG")]
+        run_config: Option<String>,
+        /// Follow the run's log until it finishes; exit non-zero unless it completed.
+        #[arg(long)]
+        stream: bool,
+    },
+    /// List runs, or show one run in detail.
+    Ls {
+        /// App directory and federation.
+        #[command(flatten)]
+        target: Target,
+        /// Show this run only, with all its timestamps.
+        #[arg(long, value_name = "ID")]
+        run_id: Option<u64>,
+    },
+    /// Show a run's log, or follow it live.
+    Log {
+        /// The run.
+        run_id: u64,
+        /// App directory and federation.
+        #[command(flatten)]
+        target: Target,
+        /// Follow the log until the run finishes (the default).
+        #[arg(long, conflicts_with = "show")]
+        stream: bool,
+        /// Print the log so far and exit.
+        #[arg(long)]
+        show: bool,
+    },
+    /// Stop a run.
+    Stop {
+        /// The run.
+        run_id: u64,
+        /// App directory and federation.
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 /// `flwr certs ...`

@@ -182,10 +182,21 @@ impl ControlClient {
 
     /// Sends one request and waits for its response.
     pub async fn request(&mut self, request: ControlRequest) -> Result<ControlResponse, CliError> {
+        self.send_request(request).await?;
+        self.receive().await
+    }
+
+    /// Sends a request without waiting (for requests answered by several frames).
+    pub async fn send_request(&mut self, request: ControlRequest) -> Result<(), CliError> {
         let address = self.connection.remote_address().to_string();
         write_value(&mut self.send, &OperatorFrame::Request(request))
             .await
-            .map_err(|e| frame_error(e, &self.connection, &address))?;
+            .map_err(|e| frame_error(e, &self.connection, &address))
+    }
+
+    /// Reads the next response frame.
+    pub async fn receive(&mut self) -> Result<ControlResponse, CliError> {
+        let address = self.connection.remote_address().to_string();
         match read_value::<ControlFrame, _>(&mut self.recv, RESPONSE_FRAME_LIMIT)
             .await
             .map_err(|e| frame_error(e, &self.connection, &address))?

@@ -90,9 +90,11 @@ impl Backoff {
 /// Runs the node until `shutdown` fires (`Ok`) or it must stop (`Err`). `state` follows along.
 pub async fn run(
     settings: NodeSettings,
+    apps: model::apps::ClientApps,
     shutdown: CancellationToken,
     state: watch::Sender<NodeState>,
 ) -> Result<(), NodeError> {
+    let worker = std::sync::Arc::new(crate::work::Worker::new(apps, settings.node_config.clone()));
     let (_, address) = session::resolve(&settings.superlink)
         .await
         .map_err(|e| NodeError::Setup(e.to_string()))?;
@@ -116,7 +118,7 @@ pub async fn run(
                 heartbeat = session.heartbeat_interval;
                 tracing::info!(node_id = session.node_id.0, "connected to the SuperLink");
                 let _ = state.send(NodeState::Online(session.node_id));
-                match session.run(shutdown.clone()).await {
+                match session.run(worker.clone(), shutdown.clone()).await {
                     Ok(SessionEnd::Shutdown) => break Ok(()),
                     Err(error) => error,
                 }

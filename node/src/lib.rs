@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`settings`]: command-line flags resolved into [`settings::NodeSettings`].
 //! - [`session`]: one connection: TLS, the challenge-response, heartbeats.
+//! - [`work`]: instructions in, client app, replies out.
 //! - [`daemon`]: the reconnect loop around sessions, and the node's observable state.
 
 #![forbid(unsafe_code)]
@@ -12,3 +13,4 @@
 pub mod daemon;
 pub mod session;
 pub mod settings;
+pub mod work;

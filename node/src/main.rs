@@ -63,7 +63,8 @@ async fn main() -> ExitCode {
     );
     let shutdown = CancellationToken::new();
     let (state, _) = tokio::sync::watch::channel(NodeState::Connecting);
-    let daemon = tokio::spawn(daemon::run(settings, shutdown.clone(), state));
+    let apps = model::apps::ClientApps::builtin();
+    let daemon = tokio::spawn(daemon::run(settings, apps, shutdown.clone(), state));
     tokio::pin!(daemon);
     let result = tokio::select! {
         result = &mut daemon => result,

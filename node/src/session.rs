@@ -2,7 +2,9 @@
 //! challenge-response bound to this connection, then heartbeats until something ends it.
 
 use crate::settings::{NodeSettings, ServerTrust};
+use crate::work::Worker;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use wire::NodeId;
@@ -229,15 +231,22 @@ pub enum SessionEnd {
 }
 
 impl Session {
-    /// Sends heartbeats until shutdown (then says goodbye) or until the connection fails.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<SessionEnd, SessionError> {
+    /// Sends heartbeats and serves instructions until shutdown (then says goodbye) or until the
+    /// connection fails.
+    pub async fn run(
+        self,
+        worker: Arc<Worker>,
+        shutdown: CancellationToken,
+    ) -> Result<SessionEnd, SessionError> {
         let Session {
             connection,
+            node_id,
             heartbeat_interval,
             mut send,
             mut recv,
-            ..
         } = self;
+        worker.flush_outbox(&connection).await;
+        let mut work = tokio::task::JoinSet::new();
         // Reads happen in their own task: a read cancelled halfway would lose part of a frame.
         let (acks, mut ack_rx) = tokio::sync::mpsc::channel::<Result<BrokerFrame, SessionError>>(8);
         let reader = tokio::spawn(async move {
@@ -275,8 +284,16 @@ impl Session {
                         break Err(frame_error(error));
                     }
                 }
+                stream = connection.accept_bi() => match stream {
+                    Ok((stream_send, stream_recv)) => {
+                        work.spawn(worker.clone().serve(node_id, connection.clone(), stream_send, stream_recv));
+                    }
+                    Err(error) => break Err(classify(&error)),
+                },
+                Some(_) = work.join_next(), if !work.is_empty() => {}
                 frame = ack_rx.recv() => match frame {
                     Some(Ok(BrokerFrame::HeartbeatAck { .. })) => last_ack = tokio::time::Instant::now(),
+                    Some(Ok(BrokerFrame::RunStopped { run_id })) => worker.stop_run(run_id),
                     Some(Ok(other)) => break Err(SessionError::Transient(format!("unexpected frame from the SuperLink: {other:?}"))),
                     Some(Err(error)) => break Err(connection.close_reason().map(|r| classify(&r)).unwrap_or(error)),
                     None => break Err(SessionError::Transient("session stream ended".into())),
@@ -285,6 +302,8 @@ impl Session {
             }
         };
         reader.abort();
+        // Work in progress keeps running: its replies go to the outbox if they cannot be sent now.
+        work.detach_all();
         result
     }
 }

@@ -4,8 +4,8 @@
 //! keys, receives a welcome when it connects from loopback), then sends requests and reads one
 //! response each. Variants are only ever appended.
 
-use crate::NodeId;
 use crate::handshake::{Challenge, Proof, Refusal};
+use crate::{ConfigRecord, NodeId, RunId};
 use serde::{Deserialize, Serialize};
 
 /// CLI to broker.
@@ -56,6 +56,122 @@ pub enum ControlRequest {
         /// Include unregistered nodes.
         include_unregistered: bool,
     },
+    /// Start a run of an app.
+    StartRun {
+        /// App name (`[app] name` of flwr.toml).
+        app_name: String,
+        /// App version.
+        app_version: String,
+        /// The run config: `[app.config]` with overrides fused in.
+        config: ConfigRecord,
+    },
+    /// List runs, or one run.
+    ListRuns {
+        /// Only this run.
+        run_id: Option<RunId>,
+    },
+    /// Stop a run.
+    StopRun {
+        /// The run.
+        run_id: RunId,
+    },
+    /// A run's log from line `after` on; with `follow`, new lines keep coming as
+    /// [`ControlResponse::Log`] frames until the run finishes.
+    Log {
+        /// The run.
+        run_id: RunId,
+        /// Index of the first line wanted.
+        after: u64,
+        /// Keep streaming until the run finishes.
+        follow: bool,
+    },
+}
+
+/// Lifecycle of a run. Variants are only ever appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RunStatus {
+    /// Accepted, not started.
+    Pending,
+    /// The server app is being set up.
+    Starting,
+    /// The server app is running.
+    Running,
+    /// Finished successfully.
+    Completed,
+    /// Finished with an error (see the run's details).
+    Failed,
+    /// Stopped by an operator.
+    Stopped,
+}
+
+impl RunStatus {
+    /// Flower's status string: `pending`, `running`, `finished:completed` ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Pending => "pending",
+            RunStatus::Starting => "starting",
+            RunStatus::Running => "running",
+            RunStatus::Completed => "finished:completed",
+            RunStatus::Failed => "finished:failed",
+            RunStatus::Stopped => "finished:stopped",
+        }
+    }
+
+    /// Whether the run is over.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Stopped
+        )
+    }
+}
+
+/// A run as the broker knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// The run id.
+    pub run_id: RunId,
+    /// App name.
+    pub app_name: String,
+    /// App version.
+    pub app_version: String,
+    /// The run config.
+    pub config: ConfigRecord,
+    /// Current status.
+    pub status: RunStatus,
+    /// Why it failed, or who stopped it.
+    pub details: String,
+    /// The operator who started it.
+    pub owner: String,
+    /// When it was accepted (ms since the Unix epoch, broker clock).
+    pub pending_at_ms: u64,
+    /// When the server app began setting up.
+    pub starting_at_ms: Option<u64>,
+    /// When the server app began running.
+    pub running_at_ms: Option<u64>,
+    /// When it finished.
+    pub finished_at_ms: Option<u64>,
+}
+
+impl RunInfo {
+    /// When the current status began.
+    pub fn status_changed_at_ms(&self) -> u64 {
+        self.finished_at_ms
+            .or(self.running_at_ms)
+            .or(self.starting_at_ms)
+            .unwrap_or(self.pending_at_ms)
+    }
+}
+
+/// One line of a run's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Position in the run's log, from 0.
+    pub index: u64,
+    /// When it was written (ms since the Unix epoch, broker clock).
+    pub at_ms: u64,
+    /// The text.
+    pub text: String,
 }
 
 /// Registry status of a node.
@@ -121,6 +237,12 @@ pub enum ControlError {
     AlreadyUnregistered(NodeId),
     /// The broker failed internally (storage); nothing was changed.
     Internal(String),
+    /// No such run.
+    UnknownRun(RunId),
+    /// The run already finished.
+    RunFinished(RunId),
+    /// The broker has no server app of this name.
+    UnknownApp(String),
 }
 
 impl std::fmt::Display for ControlError {
@@ -134,6 +256,9 @@ impl std::fmt::Display for ControlError {
                 write!(f, "Node ID {id} is already unregistered")
             }
             ControlError::Internal(why) => write!(f, "SuperLink internal error: {why}"),
+            ControlError::UnknownRun(id) => write!(f, "Run ID {id} not found"),
+            ControlError::RunFinished(id) => write!(f, "Run ID {id} has already finished"),
+            ControlError::UnknownApp(name) => write!(f, "The SuperLink has no app named {name:?}"),
         }
     }
 }
@@ -157,4 +282,23 @@ pub enum ControlResponse {
     Nodes(Vec<NodeInfo>),
     /// The request failed.
     Error(ControlError),
+    /// A run was accepted.
+    RunStarted {
+        /// Its id.
+        run_id: RunId,
+    },
+    /// The run table.
+    Runs(Vec<RunInfo>),
+    /// A run was stopped.
+    RunStopped {
+        /// Its id.
+        run_id: RunId,
+    },
+    /// Log lines; `finished` is set on the last frame of a followed log, once the run is over.
+    Log {
+        /// The lines, in order.
+        lines: Vec<LogLine>,
+        /// The run's final status, once it finished.
+        finished: Option<RunStatus>,
+    },
 }

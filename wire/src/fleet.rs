@@ -6,8 +6,8 @@
 //! [`InstructionAck`]); each reply travels on its own stream opened by the node (a streamed message,
 //! answered by [`ReplyOutcome`]). Variants are only ever appended.
 
-use crate::NodeId;
 use crate::handshake::{Challenge, Proof, Refusal};
+use crate::{ConfigRecord, NodeId, RunId};
 use serde::{Deserialize, Serialize};
 
 /// Protocol version a node announces in its hello.
@@ -51,6 +51,22 @@ pub enum BrokerFrame {
         /// The heartbeat's sequence number.
         seq: u64,
     },
+    /// The run was stopped: abandon its work.
+    RunStopped {
+        /// The run.
+        run_id: RunId,
+    },
+}
+
+/// Broker to node, first frame of an instruction stream; the streamed message follows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstructionHeader {
+    /// Which client app handles it.
+    pub app_name: String,
+    /// The app's version.
+    pub app_version: String,
+    /// The run's config.
+    pub run_config: ConfigRecord,
 }
 
 /// Node to broker, on an instruction stream, once the instruction was received and stored.

@@ -1,8 +1,9 @@
 //! Async helpers that move frames over any tokio byte stream. Only IO lives here: every check is the
 //! sans-IO code of [`crate::frame`] and [`crate::stream`].
 
-use crate::stream::{Limits, MessageAssembler, OutFrame, encode_message};
-use crate::{Message, WireError, frame};
+use crate::message::MessageError;
+use crate::stream::{Limits, MessageAssembler, OutFrame, encode_message, encode_parts};
+use crate::{Message, Metadata, RecordDict, WireError, frame};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
@@ -78,8 +79,25 @@ pub async fn write_message<W: AsyncWrite + Unpin>(
     message: &Message,
     chunk: usize,
 ) -> Result<u64, FrameIoError> {
+    write_frames(writer, encode_message(message, chunk)?).await
+}
+
+/// Writes a message given as parts (see [`crate::stream::encode_parts`]).
+pub async fn write_message_parts<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    metadata: &Metadata,
+    body: Result<&RecordDict, &MessageError>,
+    chunk: usize,
+) -> Result<u64, FrameIoError> {
+    write_frames(writer, encode_parts(metadata, body, chunk)?).await
+}
+
+async fn write_frames<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    frames: Vec<OutFrame<'_>>,
+) -> Result<u64, FrameIoError> {
     let mut written = 0u64;
-    for out in encode_message(message, chunk)? {
+    for out in frames {
         let payload: &[u8] = match &out {
             OutFrame::Head(bytes) => bytes,
             OutFrame::Chunk(bytes) => bytes,

@@ -71,7 +71,9 @@ pub struct Array {
     pub dtype: DType,
     /// Dimensions, outermost first (PyTorch's layout).
     pub shape: Vec<u64>,
-    /// Little-endian element bytes, row-major.
+    /// Little-endian element bytes, row-major. Serialised as one byte string (same encoding as a
+    /// sequence of bytes in postcard, but copied in one go instead of byte by byte).
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 

@@ -7,8 +7,9 @@
 //! without a frame of that size, and the sender never copies the weights into a buffer.
 
 use crate::frame;
+use crate::message::MessageError;
 use crate::records::byte_len;
-use crate::{Message, MessageBody, Record, RecordDict, WireError};
+use crate::{Message, MessageBody, Metadata, Record, RecordDict, WireError};
 
 /// Default chunk size: large enough to amortise per-frame costs, small enough to interleave streams.
 pub const DEFAULT_CHUNK: usize = 1024 * 1024;
@@ -65,19 +66,35 @@ fn skeleton(content: &RecordDict) -> RecordDict {
 
 /// The frames that carry `message`: the head, then its array bytes in chunks of at most `chunk` bytes.
 pub fn encode_message(message: &Message, chunk: usize) -> Result<Vec<OutFrame<'_>>, WireError> {
-    message.validate()?;
+    let body = match &message.body {
+        MessageBody::Content(content) => Ok(content),
+        MessageBody::Error(error) => Err(error),
+    };
+    encode_parts(&message.metadata, body, chunk)
+}
+
+/// Like [`encode_message`] for a message given as parts, so content shared by many messages (one
+/// model sent to every node) is never copied to build each of them.
+pub fn encode_parts<'a>(
+    metadata: &Metadata,
+    body: Result<&'a RecordDict, &MessageError>,
+    chunk: usize,
+) -> Result<Vec<OutFrame<'a>>, WireError> {
+    if let Ok(content) = body {
+        content.validate()?;
+    }
     let chunk = chunk.max(1);
     let head = Message {
-        metadata: message.metadata.clone(),
-        body: match &message.body {
-            MessageBody::Content(content) => MessageBody::Content(skeleton(content)),
-            MessageBody::Error(error) => MessageBody::Error(error.clone()),
+        metadata: metadata.clone(),
+        body: match body {
+            Ok(content) => MessageBody::Content(skeleton(content)),
+            Err(error) => MessageBody::Error(error.clone()),
         },
     };
     let mut frames = vec![OutFrame::Head(
         postcard::to_stdvec(&head).map_err(|e| WireError::Malformed(e.to_string()))?,
     )];
-    if let MessageBody::Content(content) = &message.body {
+    if let Ok(content) = body {
         for (_, record) in content.iter() {
             if let Record::Arrays(arrays) = record {
                 for (_, array) in arrays.iter() {

@@ -11,3 +11,25 @@ pub const NODE_KEYS: TableDefinition<&[u8], u64> = TableDefinition::new("node_ke
 
 /// Store-wide facts such as the schema version.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_v1");
+
+/// Run id -> postcard-encoded `wire::control::RunInfo`.
+pub const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs_v1");
+
+/// (run id, line index) -> postcard-encoded `wire::control::LogLine`.
+pub const RUN_LOGS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("run_logs_v1");
+
+/// (run id, artifact name) -> bytes (the final model, metrics ...).
+pub const ARTIFACTS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("artifacts_v1");
+
+/// Content id -> postcard-encoded `wire::RecordDict`, shared by every instruction that carries it.
+pub const CONTENTS: TableDefinition<u128, &[u8]> = TableDefinition::new("contents_v1");
+
+/// Instruction message id -> postcard-encoded [`super::InstructionRecord`].
+pub const INSTRUCTIONS: TableDefinition<u128, &[u8]> = TableDefinition::new("instructions_v1");
+
+/// (node id, instruction message id) -> (): instructions not yet delivered to that node.
+pub const QUEUE: TableDefinition<(u64, u128), ()> = TableDefinition::new("queue_v1");
+
+/// Instruction message id -> postcard-encoded reply `wire::Message` (real, or an error made by the
+/// broker when the node went away or the instruction expired).
+pub const REPLIES: TableDefinition<u128, &[u8]> = TableDefinition::new("replies_v1");

@@ -2,6 +2,7 @@
 
 pub mod certs;
 pub mod keys;
+pub mod runs;
 pub mod supernode;
 
 use crate::CliError;
@@ -18,6 +19,10 @@ pub fn format_of(command: &Command) -> Format {
             | SupernodeCommand::Unregister { target, .. }
             | SupernodeCommand::List { target, .. },
         ) => target.format,
+        Command::Run { target, .. }
+        | Command::Ls { target, .. }
+        | Command::Log { target, .. }
+        | Command::Stop { target, .. } => target.format,
     }
 }
 
@@ -27,6 +32,19 @@ pub async fn run(command: Command) -> Result<(), CliError> {
         Command::Certs(command) => certs::run(command),
         Command::Keys(command) => keys::run(command),
         Command::Supernode(command) => supernode::run(command).await,
+        Command::Run {
+            target,
+            run_config,
+            stream,
+        } => runs::start(&target, run_config.as_deref(), stream).await,
+        Command::Ls { target, run_id } => runs::list(&target, run_id).await,
+        Command::Log {
+            run_id,
+            target,
+            stream: _,
+            show,
+        } => runs::log(&target, run_id, !show).await,
+        Command::Stop { run_id, target } => runs::stop(&target, run_id).await,
     }
 }
 

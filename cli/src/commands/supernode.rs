@@ -10,13 +10,15 @@ use wire::NodeId;
 use wire::control::{ControlRequest, ControlResponse, NodeInfo, NodeStatus};
 use wire::message::now_ms;
 
-async fn connect(target: &Target) -> Result<ControlClient, CliError> {
+/// Connects to the federation `target` names.
+pub async fn connect(target: &Target) -> Result<ControlClient, CliError> {
     let config = AppConfig::load(&target.app)?;
     let (_, federation) = config.federation(target.federation.as_deref())?;
     ControlClient::connect(&federation).await
 }
 
-async fn ask(target: &Target, request: ControlRequest) -> Result<ControlResponse, CliError> {
+/// Sends one request to the federation `target` names; a refused request is an error.
+pub async fn ask(target: &Target, request: ControlRequest) -> Result<ControlResponse, CliError> {
     let mut client = connect(target).await?;
     let response = client.request(request).await;
     client.close().await;

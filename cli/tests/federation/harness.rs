@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 use wire::NodeId;
 use wire::control::{ControlRequest, ControlResponse, NodeInfo, NodeStatus};
 
+/// The app every test federation runs.
+pub const APP: &str = model::apps::vector_add::NAME;
+
 /// Upper bound for anything a test waits for; the expected case is milliseconds.
 pub const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -108,7 +111,8 @@ impl Federation {
             .map(|k| format!("operator-key = \"{k}\"\n"))
             .unwrap_or_default();
         let text = format!(
-            "[app]\nname = \"test\"\nversion = \"1.0.0\"\n\n[federations]\ndefault = \"local\"\n\n\
+            "[app]\nname = \"{APP}\"\nversion = \"1.0.0\"\n\n[app.config]\nnum-server-rounds = 3\nvector-length = 4\n\
+             min-nodes = 1\nround-timeout = 10.0\nnode-wait-timeout = 10.0\n\n[federations]\ndefault = \"local\"\n\n\
              [federations.local]\naddress = \"{control}\"\nroot-certificates = \"certificates/ca.crt\"\n{operator_line}"
         );
         std::fs::write(self.path("flwr.toml"), text).unwrap();
@@ -173,6 +177,13 @@ impl Federation {
         }
     }
 
+    /// Settings of a node with `--node-config` `config`.
+    pub fn node_settings_with(&self, key: Option<&str>, config: &str) -> NodeSettings {
+        let mut settings = self.node_settings(key);
+        settings.node_config = model::config::parse_overrides(config).unwrap();
+        settings
+    }
+
     pub fn node_settings(&self, key: Option<&str>) -> NodeSettings {
         let roots = certs::load::load_certificates(&self.certs.ca_cert).unwrap();
         node_settings(
@@ -211,7 +222,13 @@ impl RunningNode {
     pub fn start(settings: NodeSettings) -> Self {
         let shutdown = CancellationToken::new();
         let (state_tx, state) = watch::channel(NodeState::Connecting);
-        let task = tokio::spawn(node::daemon::run(settings, shutdown.clone(), state_tx));
+        let apps = model::apps::ClientApps::builtin();
+        let task = tokio::spawn(node::daemon::run(
+            settings,
+            apps,
+            shutdown.clone(),
+            state_tx,
+        ));
         RunningNode {
             state,
             shutdown,

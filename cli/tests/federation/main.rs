@@ -8,3 +8,4 @@ mod harness;
 mod lifecycle;
 mod operators;
 mod refusals;
+mod runs;

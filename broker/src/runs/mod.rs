@@ -1,0 +1,104 @@
+//! Runs: starting, stopping and following them. The server half of each run's app executes in
+//! [`runner`] and reaches the nodes through [`grid::BrokerGrid`].
+
+pub mod grid;
+pub mod runner;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use wire::RunId;
+use wire::control::{LogLine, RunStatus};
+
+/// What followers of a run's log receive.
+#[derive(Debug, Clone)]
+pub enum RunEvent {
+    /// A line was appended (and stored).
+    Line(LogLine),
+    /// The run is over.
+    Finished(RunStatus),
+}
+
+/// A run whose server app is executing.
+#[derive(Clone)]
+struct ActiveRun {
+    /// Cancelled when an operator stops the run.
+    cancel: CancellationToken,
+    /// Pushes log lines to followers as they are written.
+    events: broadcast::Sender<RunEvent>,
+}
+
+/// The runs executing in this broker.
+#[derive(Default)]
+pub struct ActiveRuns {
+    /// By run id; a std mutex because no lock is held across an await.
+    runs: Mutex<HashMap<RunId, ActiveRun>>,
+}
+
+/// Events buffered per follower before it is considered lagging (it then re-reads the store).
+const EVENT_BUFFER: usize = 1024;
+
+impl ActiveRuns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, ActiveRun>> {
+        // Inserts and removes only: a poisoned map is still consistent.
+        self.runs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a starting run; returns its cancellation token.
+    pub fn insert(&self, run_id: RunId) -> CancellationToken {
+        let cancel = CancellationToken::new();
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        self.lock().insert(
+            run_id,
+            ActiveRun {
+                cancel: cancel.clone(),
+                events,
+            },
+        );
+        cancel
+    }
+
+    /// The cancellation token of an executing run.
+    pub fn token(&self, run_id: RunId) -> Option<CancellationToken> {
+        self.lock().get(&run_id).map(|run| run.cancel.clone())
+    }
+
+    /// Forgets a finished run.
+    pub fn remove(&self, run_id: RunId) {
+        self.lock().remove(&run_id);
+    }
+
+    /// Follows a run's events; `None` when the run is not executing.
+    pub fn subscribe(&self, run_id: RunId) -> Option<broadcast::Receiver<RunEvent>> {
+        self.lock().get(&run_id).map(|run| run.events.subscribe())
+    }
+
+    /// Tells followers of `run_id`, if any.
+    pub fn publish(&self, run_id: RunId, event: RunEvent) {
+        if let Some(run) = self.lock().get(&run_id) {
+            // No follower is not an error.
+            let _ = run.events.send(event);
+        }
+    }
+
+    /// Cancels a run's server app; returns whether it was executing.
+    pub fn cancel(&self, run_id: RunId) -> bool {
+        match self.lock().get(&run_id) {
+            Some(run) => {
+                run.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Cancels every run (broker shutdown).
+    pub fn cancel_all(&self) {
+        for run in self.lock().values() {
+            run.cancel.cancel();
+        }
+    }
+}

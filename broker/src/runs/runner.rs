@@ -1,0 +1,192 @@
+//! The life of one run: pending -> starting -> running -> finished, with the server app executing
+//! on a blocking thread and every step written to the run's log.
+
+use super::RunEvent;
+use super::grid::BrokerGrid;
+use crate::server::Shared;
+use std::sync::Arc;
+use tracing::Instrument as _;
+use wire::control::{ControlError, RunInfo, RunStatus};
+use wire::fleet::BrokerFrame;
+use wire::message::now_ms;
+use wire::{ConfigRecord, RunId};
+
+/// Appends a line to a run's log and pushes it to followers. A storage failure is logged here:
+/// a lost log line must not fail the run.
+pub fn log(shared: &Shared, run_id: RunId, text: &str) {
+    match shared.store.append_log(run_id, text, now_ms()) {
+        Ok(line) => shared.runs.publish(run_id, RunEvent::Line(line)),
+        Err(error) => tracing::error!(run_id = run_id.0, %error, "could not store a log line"),
+    }
+}
+
+/// Records the final status (unless an operator already stopped the run) and tells followers.
+fn finish(shared: &Shared, run_id: RunId, status: RunStatus, details: &str) {
+    let stored = shared
+        .store
+        .set_run_status(run_id, status, details, now_ms());
+    let final_status = match stored {
+        Ok(info) => info.status,
+        Err(error) => {
+            tracing::error!(run_id = run_id.0, %error, "could not record the run's end");
+            status
+        }
+    };
+    shared
+        .runs
+        .publish(run_id, RunEvent::Finished(final_status));
+    shared.runs.remove(run_id);
+}
+
+/// Accepts a run and starts its server app in the background.
+pub fn start(
+    shared: &Arc<Shared>,
+    operator: &str,
+    app_name: String,
+    app_version: String,
+    config: ConfigRecord,
+) -> Result<RunInfo, ControlError> {
+    let info = RunInfo {
+        run_id: RunId(0),
+        app_name,
+        app_version,
+        config,
+        status: RunStatus::Pending,
+        details: String::new(),
+        owner: operator.to_string(),
+        pending_at_ms: now_ms(),
+        starting_at_ms: None,
+        running_at_ms: None,
+        finished_at_ms: None,
+    };
+    let info = shared
+        .store
+        .create_run(info)
+        .map_err(|e| ControlError::Internal(e.to_string()))?;
+    shared.runs.insert(info.run_id);
+    let span = tracing::info_span!("run", run_id = info.run_id.0, app = %info.app_name);
+    tokio::spawn(execute(shared.clone(), info.clone()).instrument(span));
+    Ok(info)
+}
+
+async fn execute(shared: Arc<Shared>, info: RunInfo) {
+    let run_id = info.run_id;
+    let Some(cancel) = shared.runs.token(run_id) else {
+        return;
+    };
+    log(
+        &shared,
+        run_id,
+        &format!(
+            "Starting run {run_id}: app {} {}",
+            info.app_name, info.app_version
+        ),
+    );
+    if let Err(error) = shared
+        .store
+        .set_run_status(run_id, RunStatus::Starting, "", now_ms())
+    {
+        tracing::error!(%error, "could not record the run as starting");
+    }
+    let Some(app) = shared.apps.get(&info.app_name) else {
+        let reason = format!(
+            "unknown app {:?}: this SuperLink has {}",
+            info.app_name,
+            shared.apps.names().join(", ")
+        );
+        log(&shared, run_id, &format!("ERROR: {reason}"));
+        finish(&shared, run_id, RunStatus::Failed, &reason);
+        return;
+    };
+    if let Err(error) = shared
+        .store
+        .set_run_status(run_id, RunStatus::Running, "", now_ms())
+    {
+        tracing::error!(%error, "could not record the run as running");
+    }
+    tracing::info!("run started");
+    let grid = BrokerGrid::new(
+        shared.clone(),
+        run_id,
+        cancel.clone(),
+        tokio::runtime::Handle::current(),
+    );
+    let context = model::app::ServerContext {
+        run_id,
+        run_config: info.config.clone(),
+    };
+    let outcome = tokio::task::spawn_blocking(move || app.run(&grid, &context)).await;
+    if cancel.is_cancelled() {
+        // stop() already recorded finished:stopped and told everyone.
+        tracing::info!("run stopped");
+        return;
+    }
+    let (status, details) = match outcome {
+        Ok(Ok(())) => (RunStatus::Completed, String::new()),
+        Ok(Err(error)) => (RunStatus::Failed, error.to_string()),
+        Err(join) => (RunStatus::Failed, format!("the server app crashed: {join}")),
+    };
+    if status == RunStatus::Failed {
+        log(&shared, run_id, &format!("ERROR: {details}"));
+    }
+    log(
+        &shared,
+        run_id,
+        &format!("Run {run_id} finished: {}", status.as_str()),
+    );
+    tracing::info!(status = status.as_str(), "run finished");
+    finish(&shared, run_id, status, &details);
+}
+
+/// Stops a run: recorded as finished:stopped at once, its queued instructions dropped, its server
+/// app cancelled, and every node told to abandon its work.
+pub fn stop(shared: &Shared, run_id: RunId, operator: &str) -> Result<(), ControlError> {
+    let internal = |e: crate::store::StoreError| ControlError::Internal(e.to_string());
+    let info = shared
+        .store
+        .run(run_id)
+        .map_err(internal)?
+        .ok_or(ControlError::UnknownRun(run_id))?;
+    if info.status.is_finished() {
+        return Err(ControlError::RunFinished(run_id));
+    }
+    shared
+        .store
+        .set_run_status(
+            run_id,
+            RunStatus::Stopped,
+            &format!("stopped by {operator}"),
+            now_ms(),
+        )
+        .map_err(internal)?;
+    shared.store.drop_queued_for_run(run_id).map_err(internal)?;
+    shared.runs.cancel(run_id);
+    shared.sessions.push_all(BrokerFrame::RunStopped { run_id });
+    log(
+        shared,
+        run_id,
+        &format!("Run {run_id} stopped by {operator}"),
+    );
+    shared
+        .runs
+        .publish(run_id, RunEvent::Finished(RunStatus::Stopped));
+    shared.runs.remove(run_id);
+    Ok(())
+}
+
+/// At start-up: runs a previous process left active cannot continue; they are marked failed with
+/// their logs kept, and their queued instructions dropped.
+pub fn fail_interrupted_runs(shared: &Shared) -> Result<usize, crate::store::StoreError> {
+    let interrupted = shared.store.unfinished_runs()?;
+    for run in &interrupted {
+        let reason = "the SuperLink restarted while this run was active";
+        shared.store.drop_queued_for_run(run.run_id)?;
+        shared
+            .store
+            .append_log(run.run_id, &format!("ERROR: {reason}"), now_ms())?;
+        shared
+            .store
+            .set_run_status(run.run_id, RunStatus::Failed, reason, now_ms())?;
+    }
+    Ok(interrupted.len())
+}

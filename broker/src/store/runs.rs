@@ -1,0 +1,183 @@
+//! Runs, their logs and their artifacts.
+
+use super::{Store, StoreError, decode, encode, storage, tables};
+use redb::{ReadableDatabase as _, ReadableTable as _};
+use wire::RunId;
+use wire::control::{LogLine, RunInfo, RunStatus};
+
+impl Store {
+    /// Records a new run (pending) under a fresh id.
+    pub fn create_run(&self, mut info: RunInfo) -> Result<RunInfo, StoreError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut runs = txn.open_table(tables::RUNS).map_err(storage)?;
+            info.run_id = loop {
+                let candidate = RunId::random();
+                if runs.get(candidate.0).map_err(storage)?.is_none() {
+                    break candidate;
+                }
+            };
+            runs.insert(info.run_id.0, encode(&info)?.as_slice())
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(info)
+    }
+
+    /// The run `run_id`.
+    pub fn run(&self, run_id: RunId) -> Result<Option<RunInfo>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let runs = txn.open_table(tables::RUNS).map_err(storage)?;
+        let value = runs.get(run_id.0).map_err(storage)?;
+        value.map(|bytes| decode("run", bytes.value())).transpose()
+    }
+
+    /// Every run, oldest first.
+    pub fn list_runs(&self) -> Result<Vec<RunInfo>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let runs = txn.open_table(tables::RUNS).map_err(storage)?;
+        let mut list = Vec::new();
+        for entry in runs.iter().map_err(storage)? {
+            let (_, bytes) = entry.map_err(storage)?;
+            list.push(decode::<RunInfo>("run", bytes.value())?);
+        }
+        list.sort_by_key(|run| (run.pending_at_ms, run.run_id));
+        Ok(list)
+    }
+
+    /// Applies `change` to a run in one transaction; returns the updated run.
+    pub fn update_run(
+        &self,
+        run_id: RunId,
+        change: impl FnOnce(&mut RunInfo),
+    ) -> Result<RunInfo, StoreError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let info = {
+            let mut runs = txn.open_table(tables::RUNS).map_err(storage)?;
+            let mut info: RunInfo = match runs.get(run_id.0).map_err(storage)? {
+                Some(bytes) => decode("run", bytes.value())?,
+                None => return Err(StoreError::UnknownRun(run_id)),
+            };
+            change(&mut info);
+            runs.insert(run_id.0, encode(&info)?.as_slice())
+                .map_err(storage)?;
+            info
+        };
+        txn.commit().map_err(storage)?;
+        Ok(info)
+    }
+
+    /// Moves a run to `status` at `now_ms` unless it already finished; returns the run as stored.
+    pub fn set_run_status(
+        &self,
+        run_id: RunId,
+        status: RunStatus,
+        details: &str,
+        now_ms: u64,
+    ) -> Result<RunInfo, StoreError> {
+        self.update_run(run_id, |info| {
+            if info.status.is_finished() {
+                return;
+            }
+            info.status = status;
+            match status {
+                RunStatus::Pending => {}
+                RunStatus::Starting => info.starting_at_ms = Some(now_ms),
+                RunStatus::Running => info.running_at_ms = Some(now_ms),
+                RunStatus::Completed | RunStatus::Failed | RunStatus::Stopped => {
+                    info.finished_at_ms = Some(now_ms);
+                    info.details = details.to_string();
+                }
+            }
+        })
+    }
+
+    /// Appends a line to a run's log; returns it with its index.
+    pub fn append_log(
+        &self,
+        run_id: RunId,
+        text: &str,
+        now_ms: u64,
+    ) -> Result<LogLine, StoreError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let line = {
+            let mut logs = txn.open_table(tables::RUN_LOGS).map_err(storage)?;
+            let index = match logs
+                .range((run_id.0, 0)..=(run_id.0, u64::MAX))
+                .map_err(storage)?
+                .next_back()
+            {
+                Some(last) => last.map_err(storage)?.0.value().1 + 1,
+                None => 0,
+            };
+            let line = LogLine {
+                index,
+                at_ms: now_ms,
+                text: text.to_string(),
+            };
+            logs.insert((run_id.0, index), encode(&line)?.as_slice())
+                .map_err(storage)?;
+            line
+        };
+        txn.commit().map_err(storage)?;
+        Ok(line)
+    }
+
+    /// A run's log lines from index `after` on.
+    pub fn logs(&self, run_id: RunId, after: u64) -> Result<Vec<LogLine>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let logs = txn.open_table(tables::RUN_LOGS).map_err(storage)?;
+        let mut lines = Vec::new();
+        for entry in logs
+            .range((run_id.0, after)..=(run_id.0, u64::MAX))
+            .map_err(storage)?
+        {
+            let (_, bytes) = entry.map_err(storage)?;
+            lines.push(decode("log line", bytes.value())?);
+        }
+        Ok(lines)
+    }
+
+    /// Stores (or replaces) an artifact of a run.
+    pub fn save_artifact(&self, run_id: RunId, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut artifacts = txn.open_table(tables::ARTIFACTS).map_err(storage)?;
+            artifacts.insert((run_id.0, name), bytes).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// A run's artifact.
+    pub fn artifact(&self, run_id: RunId, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let artifacts = txn.open_table(tables::ARTIFACTS).map_err(storage)?;
+        let value = artifacts.get((run_id.0, name)).map_err(storage)?;
+        Ok(value.map(|bytes| bytes.value().to_vec()))
+    }
+
+    /// Names of a run's artifacts.
+    pub fn artifact_names(&self, run_id: RunId) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let artifacts = txn.open_table(tables::ARTIFACTS).map_err(storage)?;
+        let mut names = Vec::new();
+        for entry in artifacts.range((run_id.0, "")..).map_err(storage)? {
+            let (key, _) = entry.map_err(storage)?;
+            let (run, name) = key.value();
+            if run != run_id.0 {
+                break;
+            }
+            names.push(name.to_string());
+        }
+        Ok(names)
+    }
+
+    /// Runs a previous broker process left unfinished.
+    pub fn unfinished_runs(&self) -> Result<Vec<RunInfo>, StoreError> {
+        Ok(self
+            .list_runs()?
+            .into_iter()
+            .filter(|run| !run.status.is_finished())
+            .collect())
+    }
+}

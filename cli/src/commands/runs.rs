@@ -1,0 +1,308 @@
+//! `flwr run`, `flwr ls`, `flwr log`, `flwr stop`.
+
+use super::supernode::{ask, connect};
+use crate::CliError;
+use crate::app_config::AppConfig;
+use crate::args::Target;
+use crate::control_client::ControlClient;
+use crate::output::{self, Format, colour};
+use serde_json::json;
+use std::io::Write as _;
+use wire::control::{ControlRequest, ControlResponse, LogLine, RunInfo, RunStatus};
+use wire::message::now_ms;
+use wire::{ConfigRecord, ConfigValue, RunId};
+
+/// The run config: `[app.config]` with `overrides` fused in; an override of a key that does not
+/// exist is refused, as in Flower.
+pub fn run_config(
+    app: &crate::app_config::App,
+    overrides: Option<&str>,
+) -> Result<ConfigRecord, CliError> {
+    let mut config = model::config::from_table(&app.config)
+        .map_err(|e| CliError::Config(format!("[app.config]: {e}")))?;
+    if let Some(text) = overrides {
+        let overrides = model::config::parse_overrides(text)
+            .map_err(|e| CliError::Config(format!("--run-config: {e}")))?;
+        for (key, value) in overrides.iter() {
+            let Some(slot) = config.get_mut(key) else {
+                let known: Vec<&str> = config.names().collect();
+                return Err(CliError::Config(format!(
+                    "--run-config: unknown key {key:?}; [app.config] has: {}",
+                    known.join(", ")
+                )));
+            };
+            *slot = value.clone();
+        }
+    }
+    Ok(config)
+}
+
+fn config_json(config: &ConfigRecord) -> serde_json::Value {
+    let entries = config.iter().map(|(key, value)| {
+        let value = match value {
+            ConfigValue::Int(v) => json!(v),
+            ConfigValue::Float(v) => json!(v),
+            ConfigValue::Bool(v) => json!(v),
+            ConfigValue::Str(v) => json!(v),
+            ConfigValue::Bytes(v) => json!(v),
+        };
+        (key.to_string(), value)
+    });
+    serde_json::Value::Object(entries.collect())
+}
+
+/// `flwr run`.
+pub async fn start(target: &Target, overrides: Option<&str>, stream: bool) -> Result<(), CliError> {
+    let config = AppConfig::load(&target.app)?;
+    let app = config.app.as_ref().ok_or_else(|| {
+        CliError::Config(format!(
+            "no [app] table in {}",
+            target.app.join("flwr.toml").display()
+        ))
+    })?;
+    let run_config = run_config(app, overrides)?;
+    let (_, federation) = config.federation(target.federation.as_deref())?;
+    let mut client = ControlClient::connect(&federation).await?;
+    let request = ControlRequest::StartRun {
+        app_name: app.name.clone(),
+        app_version: app.version.clone(),
+        config: run_config,
+    };
+    let run_id = match client.request(request).await? {
+        ControlResponse::RunStarted { run_id } => run_id,
+        ControlResponse::Error(error) => return Err(CliError::Request(error.to_string())),
+        other => return Err(CliError::Request(format!("unexpected answer: {other:?}"))),
+    };
+    if target.format == Format::Json && !stream {
+        super::print_json(&json!({"success": true, "run-id": run_id.0}));
+    } else if target.format == Format::Default {
+        println!("Successfully started run {run_id}");
+    }
+    if !stream {
+        client.close().await;
+        return Ok(());
+    }
+    let outcome = follow(&mut client, run_id, target.format).await;
+    client.close().await;
+    finish(run_id, outcome?, target.format)
+}
+
+/// Exits non-zero unless the run completed.
+fn finish(run_id: RunId, status: RunStatus, format: Format) -> Result<(), CliError> {
+    if format == Format::Json {
+        super::print_json(
+            &json!({"success": status == RunStatus::Completed, "run-id": run_id.0, "status": status.as_str()}),
+        );
+    }
+    if status == RunStatus::Completed {
+        Ok(())
+    } else {
+        Err(CliError::Request(format!(
+            "run {run_id} {}",
+            status.as_str()
+        )))
+    }
+}
+
+fn print_line(line: &LogLine, format: Format) {
+    match format {
+        Format::Json => println!(
+            "{}",
+            json!({"index": line.index, "at": output::timestamp(line.at_ms), "text": line.text})
+        ),
+        Format::Default => println!("{}", line.text),
+    }
+    let _ = std::io::stdout().flush();
+}
+
+/// Prints a run's log as it grows until the run finishes; returns its final status.
+async fn follow(
+    client: &mut ControlClient,
+    run_id: RunId,
+    format: Format,
+) -> Result<RunStatus, CliError> {
+    client
+        .send_request(ControlRequest::Log {
+            run_id,
+            after: 0,
+            follow: true,
+        })
+        .await?;
+    loop {
+        match client.receive().await? {
+            ControlResponse::Log { lines, finished } => {
+                for line in &lines {
+                    print_line(line, format);
+                }
+                if let Some(status) = finished {
+                    return Ok(status);
+                }
+            }
+            ControlResponse::Error(error) => return Err(CliError::Request(error.to_string())),
+            other => return Err(CliError::Request(format!("unexpected answer: {other:?}"))),
+        }
+    }
+}
+
+/// `flwr log`.
+pub async fn log(target: &Target, run_id: u64, stream: bool) -> Result<(), CliError> {
+    let run_id = RunId(run_id);
+    let mut client = connect(target).await?;
+    if stream {
+        let status = follow(&mut client, run_id, target.format).await;
+        client.close().await;
+        let status = status?;
+        if target.format == Format::Default {
+            println!("Run {run_id} {}", status.as_str());
+        }
+        return Ok(());
+    }
+    let response = client
+        .request(ControlRequest::Log {
+            run_id,
+            after: 0,
+            follow: false,
+        })
+        .await;
+    client.close().await;
+    match response? {
+        ControlResponse::Log { lines, .. } => {
+            for line in &lines {
+                print_line(line, target.format);
+            }
+            Ok(())
+        }
+        ControlResponse::Error(error) => Err(CliError::Request(error.to_string())),
+        other => Err(CliError::Request(format!("unexpected answer: {other:?}"))),
+    }
+}
+
+/// `flwr stop`.
+pub async fn stop(target: &Target, run_id: u64) -> Result<(), CliError> {
+    let response = ask(
+        target,
+        ControlRequest::StopRun {
+            run_id: RunId(run_id),
+        },
+    )
+    .await?;
+    let ControlResponse::RunStopped { run_id } = response else {
+        return Err(CliError::Request(format!(
+            "unexpected answer: {response:?}"
+        )));
+    };
+    match target.format {
+        Format::Json => super::print_json(&json!({"success": true, "run-id": run_id.0})),
+        Format::Default => println!("Run {run_id} stopped."),
+    }
+    Ok(())
+}
+
+fn status_cell(status: RunStatus) -> String {
+    let colour = match status {
+        RunStatus::Completed => colour::GREEN,
+        RunStatus::Pending | RunStatus::Starting | RunStatus::Running => colour::YELLOW,
+        RunStatus::Failed => colour::RED,
+        RunStatus::Stopped => colour::GREY,
+    };
+    output::paint(status.as_str(), colour)
+}
+
+/// Elapsed time of a run: from starting to finished, or to now while it is active.
+fn run_elapsed(run: &RunInfo, now: u64) -> String {
+    match run.starting_at_ms {
+        Some(start) => output::elapsed(start, run.finished_at_ms.unwrap_or(now)),
+        None => output::elapsed(0, 0),
+    }
+}
+
+/// The run table: Run ID | App | Status | Elapsed | Status Changed @.
+pub fn run_table(runs: &[RunInfo], now: u64) -> String {
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|run| {
+            vec![
+                run.run_id.to_string(),
+                format!("{}=={}", run.app_name, run.app_version),
+                status_cell(run.status),
+                run_elapsed(run, now),
+                output::timestamp(run.status_changed_at_ms()),
+            ]
+        })
+        .collect();
+    output::table(
+        &["Run ID", "App", "Status", "Elapsed", "Status Changed @"],
+        &rows,
+    )
+}
+
+/// One run as JSON, with stable kebab-case keys.
+pub fn run_json(run: &RunInfo, now: u64) -> serde_json::Value {
+    let time = |ms: Option<u64>| ms.map(output::timestamp);
+    json!({
+        "run-id": run.run_id.0,
+        "app": run.app_name,
+        "app-version": run.app_version,
+        "status": run.status.as_str(),
+        "details": run.details,
+        "owner": run.owner,
+        "elapsed": run_elapsed(run, now),
+        "status-changed-at": output::timestamp(run.status_changed_at_ms()),
+        "pending-at": output::timestamp(run.pending_at_ms),
+        "starting-at": time(run.starting_at_ms),
+        "running-at": time(run.running_at_ms),
+        "finished-at": time(run.finished_at_ms),
+        "run-config": config_json(&run.config),
+    })
+}
+
+/// `flwr ls`.
+pub async fn list(target: &Target, run_id: Option<u64>) -> Result<(), CliError> {
+    let response = ask(
+        target,
+        ControlRequest::ListRuns {
+            run_id: run_id.map(RunId),
+        },
+    )
+    .await?;
+    let ControlResponse::Runs(runs) = response else {
+        return Err(CliError::Request(format!(
+            "unexpected answer: {response:?}"
+        )));
+    };
+    let now = now_ms();
+    match (target.format, run_id, runs.first()) {
+        (Format::Json, _, _) => super::print_json(&json!({
+            "success": true,
+            "runs": runs.iter().map(|run| run_json(run, now)).collect::<Vec<_>>(),
+        })),
+        (Format::Default, Some(_), Some(run)) => {
+            let time = |ms: Option<u64>| ms.map(output::timestamp).unwrap_or_else(|| "-".into());
+            let rows = vec![
+                vec!["Run ID".into(), run.run_id.to_string()],
+                vec![
+                    "App".into(),
+                    format!("{}=={}", run.app_name, run.app_version),
+                ],
+                vec!["Status".into(), status_cell(run.status)],
+                vec![
+                    "Details".into(),
+                    if run.details.is_empty() {
+                        "-".into()
+                    } else {
+                        run.details.clone()
+                    },
+                ],
+                vec!["Owner".into(), run.owner.clone()],
+                vec!["Elapsed".into(), run_elapsed(run, now)],
+                vec!["Pending @".into(), output::timestamp(run.pending_at_ms)],
+                vec!["Starting @".into(), time(run.starting_at_ms)],
+                vec!["Running @".into(), time(run.running_at_ms)],
+                vec!["Finished @".into(), time(run.finished_at_ms)],
+            ];
+            print!("{}", output::table(&["Field", "Value"], &rows));
+        }
+        (Format::Default, _, _) => print!("{}", run_table(&runs, now)),
+    }
+    Ok(())
+}

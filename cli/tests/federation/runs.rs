@@ -1,0 +1,347 @@
+//! Runs end to end: queues, delivery, the runner, log streaming, stop, failures.
+
+use crate::harness::{APP, Db, Federation, PATIENCE, RunningNode};
+use broker::config::NodeAuth;
+use cli::app_config::AppConfig;
+use std::time::{Duration, Instant};
+use wire::control::{ControlRequest, ControlResponse, RunInfo, RunStatus};
+use wire::{ArrayRecord, RunId};
+
+async fn start_run(federation: &Federation, overrides: &str) -> RunId {
+    let config = AppConfig::load(federation.dir.path()).unwrap();
+    let app = config.app.as_ref().unwrap();
+    let run_config = cli::commands::runs::run_config(app, Some(overrides)).unwrap();
+    let request = ControlRequest::StartRun {
+        app_name: app.name.clone(),
+        app_version: app.version.clone(),
+        config: run_config,
+    };
+    match federation.request(request).await {
+        ControlResponse::RunStarted { run_id } => run_id,
+        other => panic!("run not started: {other:?}"),
+    }
+}
+
+/// Follows the run's log to its end; returns the lines and the final status.
+async fn follow(federation: &Federation, run_id: RunId) -> (Vec<String>, RunStatus) {
+    let mut client = federation.operator().await.unwrap();
+    client
+        .send_request(ControlRequest::Log {
+            run_id,
+            after: 0,
+            follow: true,
+        })
+        .await
+        .unwrap();
+    let mut lines = Vec::new();
+    let status = tokio::time::timeout(PATIENCE * 2, async {
+        loop {
+            match client.receive().await.unwrap() {
+                ControlResponse::Log {
+                    lines: new,
+                    finished,
+                } => {
+                    lines.extend(new.into_iter().map(|l| l.text));
+                    if let Some(status) = finished {
+                        return status;
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("run never finished");
+    client.close().await;
+    (lines, status)
+}
+
+async fn run_info(federation: &Federation, run_id: RunId) -> RunInfo {
+    match federation
+        .request(ControlRequest::ListRuns {
+            run_id: Some(run_id),
+        })
+        .await
+    {
+        ControlResponse::Runs(mut runs) => runs.remove(0),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn final_vector(federation: &Federation, run_id: RunId) -> Vec<f32> {
+    let bytes = federation
+        .broker()
+        .shared
+        .store
+        .artifact(run_id, "final.arrays")
+        .unwrap()
+        .expect("final arrays stored");
+    let arrays: ArrayRecord = postcard::from_bytes(&bytes).unwrap();
+    arrays.get("vector").unwrap().to_f32().unwrap()
+}
+
+async fn nodes_with_values(federation: &Federation, values: &[&str]) -> Vec<RunningNode> {
+    let mut nodes = Vec::new();
+    for value in values {
+        let mut node = RunningNode::start(federation.node_settings_with(None, value));
+        node.online().await;
+        nodes.push(node);
+    }
+    nodes
+}
+
+#[tokio::test]
+async fn three_rounds_with_three_nodes_complete_with_the_exact_arrays() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let nodes = nodes_with_values(&federation, &["value=1", "value=2", "value=6"]).await;
+    let run_id = start_run(&federation, "min-nodes=3").await;
+    let (lines, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Completed, "{lines:#?}");
+    // Each round adds the mean of the values, 3: after three rounds every element is 9, exactly.
+    assert_eq!(final_vector(&federation, run_id), [9.0; 4]);
+    let rounds: Vec<&String> = lines.iter().filter(|l| l.starts_with("[ROUND")).collect();
+    assert_eq!(rounds, ["[ROUND 1/3]", "[ROUND 2/3]", "[ROUND 3/3]"]);
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("received 3 results and 0 failures"))
+            .count(),
+        3,
+        "{lines:#?}"
+    );
+    let info = run_info(&federation, run_id).await;
+    assert_eq!(
+        (info.status, info.app_name.as_str()),
+        (RunStatus::Completed, APP)
+    );
+    assert!(
+        info.starting_at_ms.is_some()
+            && info.running_at_ms.is_some()
+            && info.finished_at_ms.is_some()
+    );
+    for node in nodes {
+        node.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_stopped_run_ends_within_a_second_and_sends_nothing_more() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let _nodes = nodes_with_values(&federation, &["value=1 delay-ms=10000"]).await;
+    let run_id = start_run(&federation, "").await;
+    let mut client = federation.operator().await.unwrap();
+    client
+        .send_request(ControlRequest::Log {
+            run_id,
+            after: 0,
+            follow: true,
+        })
+        .await
+        .unwrap();
+    // Wait until round 1 is under way.
+    loop {
+        let ControlResponse::Log { lines, .. } = client.receive().await.unwrap() else {
+            panic!()
+        };
+        if lines.iter().any(|l| l.text.starts_with("[ROUND 1")) {
+            break;
+        }
+    }
+    let started = Instant::now();
+    let response = federation.request(ControlRequest::StopRun { run_id }).await;
+    assert_eq!(response, ControlResponse::RunStopped { run_id });
+    // The follower hears the end at once.
+    let status = loop {
+        let ControlResponse::Log { finished, .. } = client.receive().await.unwrap() else {
+            panic!()
+        };
+        if let Some(status) = finished {
+            break status;
+        }
+    };
+    assert_eq!(status, RunStatus::Stopped);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        run_info(&federation, run_id).await.status,
+        RunStatus::Stopped
+    );
+    // The server app is gone: no round 2 ever starts, no instruction waits in any queue.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = federation.broker().shared.store.logs(run_id, 0).unwrap();
+    assert!(
+        !log.iter().any(|l| l.text.starts_with("[ROUND 2")),
+        "{log:#?}"
+    );
+    let stopped_again = federation.request(ControlRequest::StopRun { run_id }).await;
+    assert!(matches!(stopped_again, ControlResponse::Error(_)));
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_node_killed_mid_round_fails_over_and_the_run_goes_on_with_the_others() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let mut nodes = nodes_with_values(&federation, &["value=3", "value=1 delay-ms=4000"]).await;
+    let slow = nodes.pop().unwrap();
+    let run_id = start_run(&federation, "num-server-rounds=1 min-nodes=2").await;
+    // Kill the slow node once its instruction is out.
+    let store = federation.broker().shared.store.clone();
+    let deadline = Instant::now() + PATIENCE;
+    while !store
+        .logs(run_id, 0)
+        .unwrap()
+        .iter()
+        .any(|l| l.text.starts_with("configure_train"))
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    slow.task.abort();
+    let started = Instant::now();
+    let (lines, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Completed, "{lines:#?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "failover took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("received 1 results and 1 failures")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("NodeUnavailable")),
+        "{lines:#?}"
+    );
+    assert_eq!(final_vector(&federation, run_id), [3.0; 4]);
+}
+
+#[tokio::test]
+async fn too_few_nodes_fail_the_run_with_a_reason_instead_of_hanging() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let _nodes = nodes_with_values(&federation, &["value=1"]).await;
+    let run_id = start_run(&federation, "min-nodes=2 node-wait-timeout=0.5").await;
+    let (lines, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Failed);
+    let info = run_info(&federation, run_id).await;
+    assert!(
+        info.details.contains("only 1 of the 2 required nodes"),
+        "{}",
+        info.details
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("ERROR: round 1: only 1 of the 2")),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn an_app_the_node_lacks_is_reported_in_the_run_log() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let settings = federation.node_settings(None);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (state_tx, mut state) = tokio::sync::watch::channel(node::daemon::NodeState::Connecting);
+    // A node with no apps at all.
+    tokio::spawn(node::daemon::run(
+        settings,
+        model::apps::ClientApps::default(),
+        shutdown.clone(),
+        state_tx,
+    ));
+    state
+        .wait_for(|s| matches!(s, node::daemon::NodeState::Online(_)))
+        .await
+        .unwrap();
+    let run_id = start_run(&federation, "num-server-rounds=1").await;
+    let (lines, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Failed);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("UnknownApp") && l.contains("has no app named")),
+        "{lines:#?}"
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn an_app_the_broker_lacks_fails_the_run_with_a_clear_log_line() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let request = ControlRequest::StartRun {
+        app_name: "no-such-app".into(),
+        app_version: "1.0".into(),
+        config: wire::ConfigRecord::new(),
+    };
+    let ControlResponse::RunStarted { run_id } = federation.request(request).await else {
+        panic!()
+    };
+    let (lines, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Failed);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("unknown app \"no-such-app\"")),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_run_config_key_is_refused() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let config = AppConfig::load(federation.dir.path()).unwrap();
+    let error =
+        cli::commands::runs::run_config(config.app.as_ref().unwrap(), Some("no-such-key=1"))
+            .unwrap_err()
+            .to_string();
+    assert!(error.contains("unknown key \"no-such-key\""), "{error}");
+    let typed =
+        cli::commands::runs::run_config(config.app.as_ref().unwrap(), Some("num-server-rounds=7"))
+            .unwrap();
+    assert_eq!(
+        typed.get("num-server-rounds"),
+        Some(&wire::ConfigValue::Int(7))
+    );
+}
+
+#[tokio::test]
+async fn a_broker_restarted_mid_run_keeps_the_run_and_its_log() {
+    let mut federation = Federation::start(NodeAuth::Automatic, false, Db::File).await;
+    let _nodes = nodes_with_values(&federation, &["value=1 delay-ms=3000"]).await;
+    let run_id = start_run(&federation, "").await;
+    let store = federation.broker().shared.store.clone();
+    let deadline = Instant::now() + PATIENCE;
+    while !store
+        .logs(run_id, 0)
+        .unwrap()
+        .iter()
+        .any(|l| l.text.starts_with("configure_train"))
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(store);
+    let before = federation.broker().shared.store.logs(run_id, 0).unwrap();
+    let (fleet, control) = (
+        federation.broker().fleet_addr,
+        federation.broker().control_addr,
+    );
+    federation.stop_broker().await;
+    federation.start_broker(fleet, control);
+    let info = run_info(&federation, run_id).await;
+    assert_eq!(info.status, RunStatus::Failed);
+    assert!(info.details.contains("restarted"), "{}", info.details);
+    let after = federation.broker().shared.store.logs(run_id, 0).unwrap();
+    assert_eq!(
+        &after[..before.len()],
+        &before[..],
+        "no log line lost or changed"
+    );
+}

@@ -1,0 +1,215 @@
+//! Instructions in, replies out: the node's side of message delivery. Each instruction arrives on
+//! its own stream and is acknowledged once fully read; the client app runs on a blocking thread;
+//! the reply goes back on a stream of its own. A reply that cannot be delivered waits in an outbox
+//! and is sent again after reconnecting (the broker ignores duplicates).
+
+use model::app::{AppError, ClientContext};
+use model::apps::ClientApps;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wire::fleet::{InstructionAck, InstructionHeader, ReplyOutcome};
+use wire::io::{read_message, read_value, write_message, write_value};
+use wire::message::{ErrorCode, MessageError, now_ms};
+use wire::stream::{DEFAULT_CHUNK, Limits};
+use wire::{ConfigRecord, Message, MessageBody, NodeId, RunId};
+
+/// Largest instruction header (app name, version, run config).
+const HEADER_LIMIT: u32 = 1024 * 1024;
+
+/// How long the broker has to answer a reply.
+const OUTCOME_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The node's work: its apps, its configuration, what is running, and what is waiting to be sent.
+pub struct Worker {
+    /// Client apps by name.
+    apps: ClientApps,
+    /// `--node-config`, given to every app.
+    node_config: ConfigRecord,
+    /// Limits on instructions received.
+    limits: Limits,
+    /// Cancellation flags of runs with work in progress.
+    running: Mutex<HashMap<RunId, Arc<AtomicBool>>>,
+    /// Runs the broker stopped: their instructions are refused.
+    stopped: Mutex<HashSet<RunId>>,
+    /// Replies not yet accepted by the broker.
+    outbox: Mutex<Vec<Message>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain inserts and removes: a poisoned value is still consistent.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Worker {
+    /// A worker with `apps`.
+    pub fn new(apps: ClientApps, node_config: ConfigRecord) -> Self {
+        Worker {
+            apps,
+            node_config,
+            limits: Limits::default(),
+            running: Mutex::default(),
+            stopped: Mutex::default(),
+            outbox: Mutex::default(),
+        }
+    }
+
+    /// The broker stopped `run_id`: abandon its work.
+    pub fn stop_run(&self, run_id: RunId) {
+        lock(&self.stopped).insert(run_id);
+        if let Some(flag) = lock(&self.running).get(&run_id) {
+            flag.store(true, Ordering::Relaxed);
+        }
+        tracing::info!(
+            run_id = run_id.0,
+            "run stopped by the SuperLink; abandoning its work"
+        );
+    }
+
+    /// Replies waiting to be sent.
+    pub fn outbox_len(&self) -> usize {
+        lock(&self.outbox).len()
+    }
+
+    /// Sends every reply in the outbox over `connection`; those that fail stay.
+    pub async fn flush_outbox(&self, connection: &quinn::Connection) {
+        let pending: Vec<Message> = std::mem::take(&mut *lock(&self.outbox));
+        for reply in pending {
+            if let Err(reply) = self.send_reply(connection, reply).await {
+                lock(&self.outbox).push(reply);
+            }
+        }
+    }
+
+    /// Serves one instruction stream opened by the broker.
+    pub async fn serve(
+        self: Arc<Self>,
+        node_id: NodeId,
+        connection: quinn::Connection,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let header: InstructionHeader = match read_value(&mut recv, HEADER_LIMIT).await {
+            Ok(header) => header,
+            Err(error) => {
+                tracing::warn!(%error, "unreadable instruction header");
+                return;
+            }
+        };
+        let instruction = match read_message(&mut recv, self.limits).await {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::warn!(%error, "unreadable instruction");
+                return;
+            }
+        };
+        let ack = InstructionAck {
+            message_id: instruction.metadata.message_id,
+        };
+        if write_value(&mut send, &ack).await.is_err() {
+            return;
+        }
+        let _ = send.finish();
+        let run_id = instruction.metadata.run_id;
+        if lock(&self.stopped).contains(&run_id) {
+            return;
+        }
+        tracing::info!(
+            run_id = run_id.0,
+            app = %header.app_name,
+            message_type = instruction.metadata.message_type.as_str(),
+            round = %instruction.metadata.group_id,
+            "instruction received"
+        );
+        let cancelled = lock(&self.running)
+            .entry(run_id)
+            .or_insert_with(|| Arc::new(AtomicBool::new(false)))
+            .clone();
+        let body = self
+            .execute(node_id, &header, &instruction, cancelled.clone())
+            .await;
+        if cancelled.load(Ordering::Relaxed) {
+            return;
+        }
+        let reply = instruction.reply(body, now_ms());
+        if let Err(reply) = self.send_reply(&connection, reply).await {
+            lock(&self.outbox).push(reply);
+        }
+    }
+
+    /// Runs the client app named in `header` on `instruction`, off the async runtime.
+    async fn execute(
+        &self,
+        node_id: NodeId,
+        header: &InstructionHeader,
+        instruction: &Message,
+        cancelled: Arc<AtomicBool>,
+    ) -> MessageBody {
+        let Some(app) = self.apps.get(&header.app_name) else {
+            tracing::warn!(app = %header.app_name, "no such client app");
+            return MessageBody::Error(MessageError {
+                code: ErrorCode::UnknownApp,
+                reason: format!("node {node_id} has no app named {:?}", header.app_name),
+            });
+        };
+        let context = ClientContext {
+            node_id,
+            node_config: self.node_config.clone(),
+            run_config: header.run_config.clone(),
+            cancelled,
+        };
+        let message = instruction.clone();
+        let started = std::time::Instant::now();
+        let outcome = tokio::task::spawn_blocking(move || app.handle(&message, &context)).await;
+        let outcome = outcome
+            .unwrap_or_else(|panic| Err(AppError::new(format!("the client app crashed: {panic}"))));
+        match outcome {
+            Ok(content) => {
+                tracing::info!(elapsed = ?started.elapsed(), "client app finished");
+                MessageBody::Content(content)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "client app failed");
+                MessageBody::Error(MessageError {
+                    code: ErrorCode::ClientAppRaisedException,
+                    reason: error.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Sends one reply; gives it back if it could not be delivered (to retry later).
+    async fn send_reply(
+        &self,
+        connection: &quinn::Connection,
+        reply: Message,
+    ) -> Result<(), Message> {
+        let attempt = async {
+            let (mut send, mut recv) = connection.open_bi().await.ok()?;
+            write_message(&mut send, &reply, DEFAULT_CHUNK).await.ok()?;
+            send.finish().ok()?;
+            tokio::time::timeout(
+                OUTCOME_TIMEOUT,
+                read_value::<ReplyOutcome, _>(&mut recv, 64 * 1024),
+            )
+            .await
+            .ok()?
+            .ok()
+        };
+        match attempt.await {
+            Some(ReplyOutcome::Accepted) => {
+                tracing::info!(instruction = ?reply.metadata.reply_to.map(|id| id.to_string()), "reply accepted");
+                Ok(())
+            }
+            Some(ReplyOutcome::Rejected(reason)) => {
+                // Retrying cannot change the verdict.
+                tracing::warn!(%reason, "the SuperLink rejected a reply");
+                Ok(())
+            }
+            None => Err(reply),
+        }
+    }
+}
