@@ -1,8 +1,10 @@
 //! What the broker and the node share above the wire: FedAvg, the app traits, the built-in apps,
-//! and typed configuration. Nothing here needs Burn.
+//! and typed configuration. Only the `cnn` module (feature `burn`) needs Burn.
 //!
 //! # Layout
 //! - [`fedavg`]: weighted averaging of `ArrayRecord`s, folded one reply at a time.
+//! - `cnn` (feature `burn`): the CNN on Burn, conversion, training, device choice.
+//! - [`net`]: the CNN's layout and initialisation without Burn.
 //! - [`app`]: the `ServerApp`, `ClientApp` and `Grid` traits.
 //! - [`apps`]: the built-in apps and the registries that find apps by name.
 //! - [`data`]: the prepared-dataset format, sources and partitioning.
@@ -11,7 +13,12 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+#[cfg(feature = "burn")]
+pub mod cnn;
 pub mod apps;
 pub mod config;
 pub mod data;
 pub mod fedavg;
+pub mod net;
+pub mod plot;
+pub mod safetensors;

@@ -1,5 +1,6 @@
 //! The apps every broker and node ship with, and the registries that find apps by name.
 
+pub mod fedavg_cnn;
 pub mod vector_add;
 
 use crate::app::{ClientApp, ServerApp};
@@ -30,6 +31,7 @@ impl ServerApps {
     pub fn builtin() -> Self {
         let mut apps = ServerApps::default();
         apps.add(vector_add::NAME, Arc::new(vector_add::Server));
+        apps.add(fedavg_cnn::NAME, Arc::new(fedavg_cnn::Server));
         apps
     }
 
