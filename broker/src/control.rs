@@ -237,12 +237,24 @@ fn answer(shared: &Arc<Shared>, operator: &str, request: ControlRequest) -> Cont
         ControlRequest::StopRun { run_id } => {
             runner::stop(shared, run_id, operator).map(|()| ControlResponse::RunStopped { run_id })
         }
+        ControlRequest::PullArtifacts { run_id } => artifacts(shared, run_id),
         // Served by send_log, which may answer with many frames.
         ControlRequest::Log { run_id, .. } => {
             Err(ControlError::Internal(format!("log of {run_id} misrouted")))
         }
     };
     result.unwrap_or_else(ControlResponse::Error)
+}
+
+fn artifacts(shared: &Shared, run_id: RunId) -> Result<ControlResponse, ControlError> {
+    shared.store.run(run_id).map_err(store_error)?.ok_or(ControlError::UnknownRun(run_id))?;
+    let mut artifacts = Vec::new();
+    for name in shared.store.artifact_names(run_id).map_err(store_error)? {
+        if let Some(bytes) = shared.store.artifact(run_id, &name).map_err(store_error)? {
+            artifacts.push(wire::control::Artifact { name, bytes });
+        }
+    }
+    Ok(ControlResponse::Artifacts(artifacts))
 }
 
 fn log_frame(lines: Vec<LogLine>, finished: Option<RunStatus>) -> ControlFrame {

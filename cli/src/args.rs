@@ -25,6 +25,20 @@ pub enum Command {
     /// Register, unregister and list SuperNodes.
     #[command(subcommand)]
     Supernode(SupernodeCommand),
+    /// Prepare dataset partitions for SuperNodes.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
+    /// Download a finished run's final model, metrics and plot.
+    Pull {
+        /// The run.
+        run_id: u64,
+        /// App directory and federation.
+        #[command(flatten)]
+        target: Target,
+        /// Output directory [default: runs/<run-id>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Start a run of the app in APP_DIR on a federation.
     Run {
         /// App directory and federation.
@@ -83,6 +97,64 @@ pub enum CertsCommand {
         #[arg(long = "san", value_name = "NAME_OR_IP")]
         sans: Vec<String>,
         /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+/// Datasets a partition can be made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DatasetName {
+    /// CIFAR-10 (downloaded, or --source).
+    Cifar10,
+    /// Fashion-MNIST from IDX files (Debian's dataset-fashion-mnist, or --source).
+    FashionMnist,
+    /// Seeded synthetic images of CIFAR-10's shape.
+    Synthetic,
+}
+
+/// How samples are divided among partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Partitioner {
+    /// Seeded shuffle, equal shards.
+    Iid,
+    /// Label skew drawn from Dirichlet(alpha).
+    Dirichlet,
+}
+
+/// `flwr dataset ...`
+#[derive(Debug, Subcommand)]
+pub enum DatasetCommand {
+    /// Partition a dataset into OUT/<name>_part_{1..N} (each split 80/20 into train and test).
+    Prepare {
+        /// Which dataset.
+        #[arg(long, value_enum, default_value_t = DatasetName::Cifar10)]
+        dataset: DatasetName,
+        /// Number of partitions (one per SuperNode).
+        #[arg(long, default_value_t = 2)]
+        partitions: usize,
+        /// How to divide samples among partitions.
+        #[arg(long, value_enum, default_value_t = Partitioner::Iid)]
+        partitioner: Partitioner,
+        /// Concentration of the Dirichlet partitioner (smaller: more skew).
+        #[arg(long, default_value_t = 0.5)]
+        alpha: f64,
+        /// Seed of every shuffle.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Where the source data is: CIFAR-10 tarball or directory, Fashion-MNIST IDX directory.
+        #[arg(long)]
+        source: Option<PathBuf>,
+        /// Output directory.
+        #[arg(long, default_value = "datasets")]
+        out: PathBuf,
+        /// Use at most this many samples (a quick subset; synthetic: how many to make, default 10000).
+        #[arg(long, value_name = "N")]
+        max_samples: Option<usize>,
+        /// Overwrite existing partitions.
         #[arg(long)]
         force: bool,
         /// Output format.

@@ -63,7 +63,19 @@ async fn main() -> ExitCode {
     );
     let shutdown = CancellationToken::new();
     let (state, _) = tokio::sync::watch::channel(NodeState::Connecting);
-    let apps = model::apps::ClientApps::builtin();
+    let device = match model::cnn::backend::select(settings.backend) {
+        Ok(device) => device,
+        Err(reason) => {
+            eprintln!("flower-supernode: {reason}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(device = %device.description, "training device");
+    let mut apps = model::apps::ClientApps::builtin();
+    apps.add(
+        model::apps::fedavg_cnn::NAME,
+        std::sync::Arc::new(model::cnn::client::Client::new(device)),
+    );
     let daemon = tokio::spawn(daemon::run(settings, apps, shutdown.clone(), state));
     tokio::pin!(daemon);
     let result = tokio::select! {

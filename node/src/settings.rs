@@ -46,6 +46,9 @@ pub struct Args {
     /// Give up after trying to (re)connect for this many seconds in a row (default: never).
     #[arg(long, value_name = "SECS")]
     pub max_wait_time: Option<f64>,
+    /// Where to train: auto (a GPU through wgpu if one exists, else the CPU), wgpu, or cpu.
+    #[arg(long, env = "FLWR_BACKEND", default_value = "auto", value_name = "BACKEND")]
+    pub backend: model::cnn::backend::BackendChoice,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -79,6 +82,8 @@ pub struct NodeSettings {
     pub max_retries: Option<u32>,
     /// Retry time limit (consecutive).
     pub max_wait_time: Option<Duration>,
+    /// Where to train.
+    pub backend: model::cnn::backend::BackendChoice,
 }
 
 impl Args {
@@ -123,6 +128,7 @@ impl Args {
             clientappio_address: self.clientappio_api_address,
             max_retries: self.max_retries,
             max_wait_time,
+            backend: self.backend,
         })
     }
 }

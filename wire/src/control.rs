@@ -85,6 +85,11 @@ pub enum ControlRequest {
         /// Keep streaming until the run finishes.
         follow: bool,
     },
+    /// The artifacts a run stored (final model, metrics, plot).
+    PullArtifacts {
+        /// The run.
+        run_id: RunId,
+    },
 }
 
 /// Lifecycle of a run. Variants are only ever appended.
@@ -301,4 +306,16 @@ pub enum ControlResponse {
         /// The run's final status, once it finished.
         finished: Option<RunStatus>,
     },
+    /// A run's artifacts.
+    Artifacts(Vec<Artifact>),
+}
+
+/// A named file a run stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// File name (`model.safetensors`, `metrics.json`, `metrics.svg`).
+    pub name: String,
+    /// Contents.
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
 }

@@ -1,12 +1,13 @@
 //! One module per subcommand; [`run`] dispatches.
 
 pub mod certs;
+pub mod dataset;
 pub mod keys;
 pub mod runs;
 pub mod supernode;
 
 use crate::CliError;
-use crate::args::{CertsCommand, Command, KeysCommand, SupernodeCommand};
+use crate::args::{CertsCommand, Command, DatasetCommand, KeysCommand, SupernodeCommand};
 use crate::output::Format;
 
 /// The output format the command asked for (errors are printed in it too).
@@ -19,7 +20,9 @@ pub fn format_of(command: &Command) -> Format {
             | SupernodeCommand::Unregister { target, .. }
             | SupernodeCommand::List { target, .. },
         ) => target.format,
-        Command::Run { target, .. }
+        Command::Dataset(DatasetCommand::Prepare { format, .. }) => *format,
+        Command::Pull { target, .. }
+        | Command::Run { target, .. }
         | Command::Ls { target, .. }
         | Command::Log { target, .. }
         | Command::Stop { target, .. } => target.format,
@@ -37,6 +40,8 @@ pub async fn run(command: Command) -> Result<(), CliError> {
             run_config,
             stream,
         } => runs::start(&target, run_config.as_deref(), stream).await,
+        Command::Dataset(command) => dataset::run(command),
+        Command::Pull { run_id, target, out } => runs::pull(&target, run_id, out).await,
         Command::Ls { target, run_id } => runs::list(&target, run_id).await,
         Command::Log {
             run_id,

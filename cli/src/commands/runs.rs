@@ -306,3 +306,42 @@ pub async fn list(target: &Target, run_id: Option<u64>) -> Result<(), CliError> 
     }
     Ok(())
 }
+
+/// `flwr pull`.
+pub async fn pull(target: &Target, run_id: u64, out: Option<std::path::PathBuf>) -> Result<(), CliError> {
+    let run_id = RunId(run_id);
+    let response = ask(target, ControlRequest::PullArtifacts { run_id }).await?;
+    let ControlResponse::Artifacts(artifacts) = response else {
+        return Err(CliError::Request(format!("unexpected answer: {response:?}")));
+    };
+    if artifacts.is_empty() {
+        return Err(CliError::Request(format!(
+            "run {run_id} stored no artifacts (it has not finished, or its app saves none)"
+        )));
+    }
+    let out = out.unwrap_or_else(|| std::path::PathBuf::from("runs").join(run_id.to_string()));
+    std::fs::create_dir_all(&out).map_err(|e| CliError::Io(format!("{}: {e}", out.display())))?;
+    let mut files = Vec::new();
+    for artifact in &artifacts {
+        // Names come from the broker: keep only the file name, never a path.
+        let name = std::path::Path::new(&artifact.name)
+            .file_name()
+            .ok_or_else(|| CliError::Request(format!("artifact with unusable name {:?}", artifact.name)))?;
+        let path = out.join(name);
+        std::fs::write(&path, &artifact.bytes).map_err(|e| CliError::Io(format!("{}: {e}", path.display())))?;
+        files.push((path, artifact.bytes.len()));
+    }
+    match target.format {
+        Format::Json => super::print_json(&json!({
+            "success": true,
+            "run-id": run_id.0,
+            "files": files.iter().map(|(p, n)| json!({"path": p, "bytes": n})).collect::<Vec<_>>(),
+        })),
+        Format::Default => {
+            for (path, bytes) in &files {
+                println!("{}  ({bytes} bytes)", path.display());
+            }
+        }
+    }
+    Ok(())
+}

@@ -208,6 +208,7 @@ pub fn node_settings(fleet: SocketAddr, trust: ServerTrust, key: Option<&Path>) 
         clientappio_address: SocketAddr::from(([127, 0, 0, 1], 0)),
         max_retries: None,
         max_wait_time: None,
+        backend: model::cnn::backend::BackendChoice::Cpu,
     }
 }
 
@@ -220,9 +221,12 @@ pub struct RunningNode {
 
 impl RunningNode {
     pub fn start(settings: NodeSettings) -> Self {
+        Self::start_with_apps(settings, model::apps::ClientApps::builtin())
+    }
+
+    pub fn start_with_apps(settings: NodeSettings, apps: model::apps::ClientApps) -> Self {
         let shutdown = CancellationToken::new();
         let (state_tx, state) = watch::channel(NodeState::Connecting);
-        let apps = model::apps::ClientApps::builtin();
         let task = tokio::spawn(node::daemon::run(
             settings,
             apps,
