@@ -8,9 +8,9 @@ use model::data::{partition, sources};
 use std::sync::Arc;
 use wire::control::{ControlRequest, ControlResponse, RunStatus};
 
-/// Samples used: 4,000 of the 60,000 keep the test under a minute on two cores while leaving
-/// 1,600 training images per node, enough to learn well above chance in two rounds.
-const SAMPLES: usize = 4000;
+/// Samples used: 10,000 of the 60,000 keep the test to seconds on two cores while leaving 4,000
+/// training images (125 steps of 32) per node and round.
+const SAMPLES: usize = 10_000;
 
 fn prepare(federation: &Federation) -> Vec<String> {
     let data = sources::fashion_mnist(std::path::Path::new(sources::FASHION_MNIST_DIR))
@@ -80,9 +80,10 @@ async fn fedavg_on_fashion_mnist_learns_well_above_chance_in_two_rounds() {
         .map(|r| r["eval_acc"].as_f64().unwrap())
         .collect();
     assert_eq!(accuracy.len(), 2, "{metrics}");
-    // Chance is 0.10. Round 1 must already beat it; round 2 must improve on round 1 and reach 0.5,
-    // which PyTorch reaches with this CNN and data after 100 SGD steps at lr 0.01.
-    assert!(accuracy[0] > 0.15, "round 1 accuracy {}: {}", accuracy[0], log.join("\n"));
+    eprintln!("accuracy per round: {accuracy:?}");
+    // Chance is 0.10. Round 1 must reach three times chance; round 2 must improve on round 1 and reach 0.5,
+    // five times chance (this configuration measured 0.72-0.75 here, 0.63-0.66 after round 1).
+    assert!(accuracy[0] > 0.3, "round 1 accuracy {}: {}", accuracy[0], log.join("\n"));
     assert!(accuracy[1] > accuracy[0], "accuracy fell: {accuracy:?}");
     assert!(accuracy[1] > 0.5, "round 2 accuracy {}: {}", accuracy[1], log.join("\n"));
     let model = store.artifact(run_id, "model.safetensors").unwrap().unwrap();

@@ -58,3 +58,34 @@ mod tests {
         assert!(accuracy > 0.2, "accuracy {accuracy} is no better than chance");
     }
 }
+
+/// The wgpu path, once: on a machine without a GPU this runs on Mesa's lavapipe (software Vulkan),
+/// which `.ci/run` installs.
+#[cfg(test)]
+mod wgpu_tests {
+    use super::backend::{BackendChoice, select};
+    use super::train::{TrainConfig, evaluate, input_shape, train};
+    use crate::data::sources::synthetic;
+    use crate::net::initial_parameters;
+
+    #[test]
+    fn wgpu_trains_and_agrees_with_the_cpu_backend() {
+        let gpu = select(BackendChoice::Wgpu).expect("a wgpu adapter (install mesa-vulkan-drivers for lavapipe)");
+        let cpu = select(BackendChoice::Cpu).unwrap();
+        let data = synthetic(64, 9);
+        let arrays = initial_parameters(input_shape(&data), 2).unwrap();
+        let (gpu_loss, _) = evaluate(&arrays, &data, 32, &gpu.device).unwrap();
+        let (cpu_loss, _) = evaluate(&arrays, &data, 32, &cpu.device).unwrap();
+        assert!((gpu_loss - cpu_loss).abs() < 1e-3, "wgpu {gpu_loss} vs cpu {cpu_loss}");
+        let config = TrainConfig {
+            learning_rate: 0.01,
+            momentum: 0.9,
+            epochs: 1,
+            batch_size: 32,
+            seed: 1,
+        };
+        let (trained, loss) = train(&arrays, &data, &config, &gpu.device, &mut |_| {}, &|| false).unwrap();
+        assert!(loss.is_finite());
+        assert_ne!(trained, arrays);
+    }
+}
