@@ -247,7 +247,11 @@ fn answer(shared: &Arc<Shared>, operator: &str, request: ControlRequest) -> Cont
 }
 
 fn artifacts(shared: &Shared, run_id: RunId) -> Result<ControlResponse, ControlError> {
-    shared.store.run(run_id).map_err(store_error)?.ok_or(ControlError::UnknownRun(run_id))?;
+    shared
+        .store
+        .run(run_id)
+        .map_err(store_error)?
+        .ok_or(ControlError::UnknownRun(run_id))?;
     let mut artifacts = Vec::new();
     for name in shared.store.artifact_names(run_id).map_err(store_error)? {
         if let Some(bytes) = shared.store.artifact(run_id, &name).map_err(store_error)? {

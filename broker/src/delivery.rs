@@ -141,7 +141,11 @@ fn judge(shared: &Shared, node: NodeId, reply: wire::Message) -> ReplyOutcome {
     match shared.store.run(reply.metadata.run_id) {
         Ok(Some(run)) if run.status == RunStatus::Running => {}
         Ok(Some(run)) => {
-            return ReplyOutcome::Rejected(format!("run {} is {}", run.run_id, run.status.as_str()));
+            return ReplyOutcome::Rejected(format!(
+                "run {} is {}",
+                run.run_id,
+                run.status.as_str()
+            ));
         }
         Ok(None) => return ReplyOutcome::Rejected(format!("no run {}", reply.metadata.run_id)),
         Err(error) => return ReplyOutcome::Rejected(format!("SuperLink storage error: {error}")),

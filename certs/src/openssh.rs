@@ -206,7 +206,7 @@ pub fn format_private_key(key: &IdentityKey, comment: &str) -> String {
     put_mpint(&mut private, &key.scalar_bytes());
     put_string(&mut private, comment.as_bytes());
     let mut pad = 1u8;
-    while private.len() % 8 != 0 {
+    while !private.len().is_multiple_of(8) {
         private.push(pad);
         pad += 1;
     }

@@ -25,6 +25,9 @@ pub enum Command {
     /// Register, unregister and list SuperNodes.
     #[command(subcommand)]
     Supernode(SupernodeCommand),
+    /// Run a whole local federation on embedded defaults: certificates, keys, data, a SuperLink with
+    /// SuperNode authentication, SuperNodes, and the seed's run.
+    Demo(DemoArgs),
     /// Prepare dataset partitions for SuperNodes.
     #[command(subcommand)]
     Dataset(DatasetCommand),
@@ -103,6 +106,45 @@ pub enum CertsCommand {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+}
+
+/// Which data the demo trains on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoDataset {
+    /// Fashion-MNIST when installed, else CIFAR-10 when it can be downloaded, else synthetic.
+    Auto,
+    /// Fashion-MNIST (Debian's dataset-fashion-mnist).
+    FashionMnist,
+    /// CIFAR-10 (downloaded once).
+    Cifar10,
+    /// Seeded synthetic images.
+    Synthetic,
+}
+
+/// `flwr demo` options.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Working directory for certificates, keys, data, logs and results.
+    #[arg(long, default_value = "flwr-demo")]
+    pub dir: PathBuf,
+    /// Number of SuperNodes.
+    #[arg(long, default_value_t = 2)]
+    pub nodes: usize,
+    /// Number of FedAvg rounds.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Training data.
+    #[arg(long, value_enum, default_value_t = DemoDataset::Auto)]
+    pub dataset: DemoDataset,
+    /// Use at most this many samples (all by default).
+    #[arg(long, value_name = "N")]
+    pub max_samples: Option<usize>,
+    /// Learning rate (the seed's 0.1 diverges with this CNN; 0.01 learns).
+    #[arg(long, default_value_t = 0.01)]
+    pub learning_rate: f64,
+    /// Where the SuperNodes train: auto, wgpu or cpu.
+    #[arg(long, default_value = "auto")]
+    pub backend: String,
 }
 
 /// Datasets a partition can be made from.

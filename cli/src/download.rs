@@ -11,9 +11,11 @@ use std::path::{Path, PathBuf};
 pub fn bytes_bar(total: Option<u64>, message: &str) -> ProgressBar {
     let bar = match total {
         Some(total) => ProgressBar::new(total).with_style(
-            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         ),
         None => ProgressBar::new_spinner(),
     };
@@ -22,17 +24,24 @@ pub fn bytes_bar(total: Option<u64>, message: &str) -> ProgressBar {
 }
 
 fn md5_of(path: &Path) -> Result<String, CliError> {
-    let mut file = std::fs::File::open(path).map_err(|e| CliError::Io(format!("{}: {e}", path.display())))?;
+    let mut file =
+        std::fs::File::open(path).map_err(|e| CliError::Io(format!("{}: {e}", path.display())))?;
     let mut hasher = Md5::new();
     let mut buffer = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buffer).map_err(|e| CliError::Io(format!("{}: {e}", path.display())))?;
+        let n = file
+            .read(&mut buffer)
+            .map_err(|e| CliError::Io(format!("{}: {e}", path.display())))?;
         if n == 0 {
             break;
         }
         hasher.update(&buffer[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Downloads `url` to `dir/name` unless a verified copy is already there; a partial download
@@ -79,10 +88,12 @@ pub fn fetch_verified(url: &str, md5: &str, dir: &Path, name: &str) -> Result<Pa
         if n == 0 {
             break;
         }
-        file.write_all(&buffer[..n]).map_err(|e| CliError::Io(format!("{}: {e}", partial.display())))?;
+        file.write_all(&buffer[..n])
+            .map_err(|e| CliError::Io(format!("{}: {e}", partial.display())))?;
         bar.inc(n as u64);
     }
-    file.sync_all().map_err(|e| CliError::Io(format!("{}: {e}", partial.display())))?;
+    file.sync_all()
+        .map_err(|e| CliError::Io(format!("{}: {e}", partial.display())))?;
     bar.finish_and_clear();
     let actual = md5_of(&partial)?;
     if actual != md5 {
@@ -91,6 +102,7 @@ pub fn fetch_verified(url: &str, md5: &str, dir: &Path, name: &str) -> Result<Pa
             "downloaded {url} but its MD5 is {actual}, not the published {md5}; the partial file was removed, try again"
         )));
     }
-    std::fs::rename(&partial, &target).map_err(|e| CliError::Io(format!("{}: {e}", target.display())))?;
+    std::fs::rename(&partial, &target)
+        .map_err(|e| CliError::Io(format!("{}: {e}", target.display())))?;
     Ok(target)
 }

@@ -13,9 +13,9 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod apps;
 #[cfg(feature = "burn")]
 pub mod cnn;
-pub mod apps;
 pub mod config;
 pub mod data;
 pub mod fedavg;

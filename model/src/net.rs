@@ -69,7 +69,12 @@ pub fn layout(input: InputShape) -> Option<Vec<(&'static str, Vec<usize>)>> {
 
 /// Number of parameters (62,006 for CIFAR-10).
 pub fn parameter_count(input: InputShape) -> Option<usize> {
-    Some(layout(input)?.iter().map(|(_, shape)| shape.iter().product::<usize>()).sum())
+    Some(
+        layout(input)?
+            .iter()
+            .map(|(_, shape)| shape.iter().product::<usize>())
+            .sum(),
+    )
 }
 
 /// Fresh parameters as PyTorch initialises them: every weight and bias uniform in
@@ -85,7 +90,9 @@ pub fn initial_parameters(input: InputShape, seed: u64) -> Option<ArrayRecord> {
         }
         let bound = 1.0 / (fan_in as f32).sqrt();
         let count: usize = shape.iter().product();
-        let values: Vec<f32> = (0..count).map(|_| rng.random_range(-bound..bound)).collect();
+        let values: Vec<f32> = (0..count)
+            .map(|_| rng.random_range(-bound..bound))
+            .collect();
         let dims = shape.iter().map(|&d| d as u64).collect();
         record.insert(name, Array::from_f32(dims, &values).ok()?);
     }
@@ -110,7 +117,14 @@ mod tests {
             classes: 10,
         };
         assert_eq!(fmnist.flat_features(), Some(256));
-        assert_eq!(InputShape { height: 8, ..fmnist }.flat_features(), None);
+        assert_eq!(
+            InputShape {
+                height: 8,
+                ..fmnist
+            }
+            .flat_features(),
+            None
+        );
     }
 
     #[test]

@@ -9,7 +9,10 @@ use wire::{Array, ArrayRecord, DType};
 pub fn encode(arrays: &ArrayRecord, metadata: &[(&str, String)]) -> Vec<u8> {
     let mut header = Map::new();
     if !metadata.is_empty() {
-        let meta: Map<String, Value> = metadata.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let meta: Map<String, Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
         header.insert("__metadata__".into(), Value::Object(meta));
     }
     let mut offset = 0usize;
@@ -23,7 +26,7 @@ pub fn encode(arrays: &ArrayRecord, metadata: &[(&str, String)]) -> Vec<u8> {
     }
     let mut header_bytes = Value::Object(header).to_string().into_bytes();
     // The data section starts 8-byte aligned.
-    while header_bytes.len() % 8 != 0 {
+    while !header_bytes.len().is_multiple_of(8) {
         header_bytes.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + header_bytes.len() + offset);
@@ -52,30 +55,47 @@ fn dtype(name: &str) -> Option<DType> {
 
 /// Decodes a safetensors file into arrays, ordered by their position in the data section.
 pub fn decode(bytes: &[u8]) -> Result<ArrayRecord, String> {
-    let len_bytes: [u8; 8] = bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or("truncated header length")?;
-    let header_len = usize::try_from(u64::from_le_bytes(len_bytes)).map_err(|_| "header too large")?;
-    let data_start = 8usize.checked_add(header_len).filter(|&e| e <= bytes.len()).ok_or("truncated header")?;
-    let header: Map<String, Value> =
-        serde_json::from_slice(&bytes[8..data_start]).map_err(|e| format!("malformed header: {e}"))?;
+    let len_bytes: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("truncated header length")?;
+    let header_len =
+        usize::try_from(u64::from_le_bytes(len_bytes)).map_err(|_| "header too large")?;
+    let data_start = 8usize
+        .checked_add(header_len)
+        .filter(|&e| e <= bytes.len())
+        .ok_or("truncated header")?;
+    let header: Map<String, Value> = serde_json::from_slice(&bytes[8..data_start])
+        .map_err(|e| format!("malformed header: {e}"))?;
     let data = &bytes[data_start..];
     let mut entries = Vec::new();
     for (name, info) in header {
         if name == "__metadata__" {
             continue;
         }
-        let dtype = info["dtype"].as_str().and_then(dtype).ok_or_else(|| format!("{name}: unknown dtype"))?;
+        let dtype = info["dtype"]
+            .as_str()
+            .and_then(dtype)
+            .ok_or_else(|| format!("{name}: unknown dtype"))?;
         let shape: Vec<u64> = info["shape"]
             .as_array()
             .ok_or_else(|| format!("{name}: no shape"))?
             .iter()
             .map(|d| d.as_u64().ok_or_else(|| format!("{name}: bad shape")))
             .collect::<Result<_, _>>()?;
-        let offsets = info["data_offsets"].as_array().ok_or_else(|| format!("{name}: no offsets"))?;
+        let offsets = info["data_offsets"]
+            .as_array()
+            .ok_or_else(|| format!("{name}: no offsets"))?;
         let (start, end) = match offsets.as_slice() {
-            [a, b] => (a.as_u64().unwrap_or(u64::MAX) as usize, b.as_u64().unwrap_or(0) as usize),
+            [a, b] => (
+                a.as_u64().unwrap_or(u64::MAX) as usize,
+                b.as_u64().unwrap_or(0) as usize,
+            ),
             _ => return Err(format!("{name}: bad offsets")),
         };
-        let slice = data.get(start..end).ok_or_else(|| format!("{name}: offsets outside the data"))?;
+        let slice = data
+            .get(start..end)
+            .ok_or_else(|| format!("{name}: offsets outside the data"))?;
         let array = Array {
             dtype,
             shape,
@@ -85,7 +105,10 @@ pub fn decode(bytes: &[u8]) -> Result<ArrayRecord, String> {
         entries.push((start, name, array));
     }
     entries.sort_by_key(|(start, _, _)| *start);
-    Ok(entries.into_iter().map(|(_, name, array)| (name, array)).collect())
+    Ok(entries
+        .into_iter()
+        .map(|(_, name, array)| (name, array))
+        .collect())
 }
 
 #[cfg(test)]
@@ -95,8 +118,14 @@ mod tests {
     #[test]
     fn round_trip_keeps_names_order_and_bytes() {
         let arrays = ArrayRecord::new()
-            .with("b.weight", Array::from_f32(vec![2, 1], &[1.0, 2.0]).unwrap())
-            .with("a.bias", Array::from_f32(vec![3], &[3.0, 4.0, 5.0]).unwrap());
+            .with(
+                "b.weight",
+                Array::from_f32(vec![2, 1], &[1.0, 2.0]).unwrap(),
+            )
+            .with(
+                "a.bias",
+                Array::from_f32(vec![3], &[3.0, 4.0, 5.0]).unwrap(),
+            );
         let bytes = encode(&arrays, &[("format", "pt".into())]);
         let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap());
         assert_eq!(header_len % 8, 0);

@@ -47,7 +47,12 @@ pub struct Args {
     #[arg(long, value_name = "SECS")]
     pub max_wait_time: Option<f64>,
     /// Where to train: auto (a GPU through wgpu if one exists, else the CPU), wgpu, or cpu.
-    #[arg(long, env = "FLWR_BACKEND", default_value = "auto", value_name = "BACKEND")]
+    #[arg(
+        long,
+        env = "FLWR_BACKEND",
+        default_value = "auto",
+        value_name = "BACKEND"
+    )]
     pub backend: model::cnn::backend::BackendChoice,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]

@@ -12,12 +12,20 @@ use std::path::{Path, PathBuf};
 /// Samples the synthetic set has unless --max-samples says otherwise.
 const SYNTHETIC_DEFAULT: usize = 10_000;
 
-fn load_source(dataset: DatasetName, source: Option<&Path>, out: &Path, max: Option<usize>, seed: u64) -> Result<Dataset, CliError> {
+fn load_source(
+    dataset: DatasetName,
+    source: Option<&Path>,
+    out: &Path,
+    max: Option<usize>,
+    seed: u64,
+) -> Result<Dataset, CliError> {
     let data_error = |e: model::data::DatasetError| CliError::Io(e.to_string());
     match dataset {
         DatasetName::Synthetic => Ok(sources::synthetic(max.unwrap_or(SYNTHETIC_DEFAULT), seed)),
         DatasetName::FashionMnist => {
-            let dir = source.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(sources::FASHION_MNIST_DIR));
+            let dir = source
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(sources::FASHION_MNIST_DIR));
             sources::fashion_mnist(&dir).map_err(data_error)
         }
         DatasetName::Cifar10 => {
@@ -64,16 +72,24 @@ pub fn run(command: DatasetCommand) -> Result<(), CliError> {
         indices.truncate(max);
         data = data.select(&indices);
     }
-    let dirs: Vec<PathBuf> = (1..=partitions).map(|i| out.join(format!("{}_part_{i}", data.name))).collect();
+    let dirs: Vec<PathBuf> = (1..=partitions)
+        .map(|i| out.join(format!("{}_part_{i}", data.name)))
+        .collect();
     if !force
-        && let Some(existing) = dirs.iter().find(|d| d.join(TRAIN_FILE).exists() || d.join(TEST_FILE).exists())
+        && let Some(existing) = dirs
+            .iter()
+            .find(|d| d.join(TRAIN_FILE).exists() || d.join(TEST_FILE).exists())
     {
-        return Err(CliError::Io(format!("{} already exists (use --force to overwrite)", existing.display())));
+        return Err(CliError::Io(format!(
+            "{} already exists (use --force to overwrite)",
+            existing.display()
+        )));
     }
     let shards = match partitioner {
         Partitioner::Iid => partition::iid(data.len(), partitions, seed),
         Partitioner::Dirichlet => {
-            partition::dirichlet(&data.labels, data.classes, partitions, alpha, 10, seed).map_err(CliError::Config)?
+            partition::dirichlet(&data.labels, data.classes, partitions, alpha, 10, seed)
+                .map_err(CliError::Config)?
         }
     };
     let bar = ProgressBar::new(partitions as u64).with_style(
@@ -85,7 +101,9 @@ pub fn run(command: DatasetCommand) -> Result<(), CliError> {
     for (index, (dir, shard)) in dirs.iter().zip(&shards).enumerate() {
         let (train, test) = partition::train_test(shard, seed.wrapping_add(index as u64 + 1));
         let io = |e: model::data::DatasetError| CliError::Io(e.to_string());
-        data.select(&train).write(&dir.join(TRAIN_FILE)).map_err(io)?;
+        data.select(&train)
+            .write(&dir.join(TRAIN_FILE))
+            .map_err(io)?;
         data.select(&test).write(&dir.join(TEST_FILE)).map_err(io)?;
         written.push(json!({"path": dir, "train": train.len(), "test": test.len()}));
         bar.inc(1);

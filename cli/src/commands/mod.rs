@@ -2,6 +2,7 @@
 
 pub mod certs;
 pub mod dataset;
+pub mod demo;
 pub mod keys;
 pub mod runs;
 pub mod supernode;
@@ -21,6 +22,7 @@ pub fn format_of(command: &Command) -> Format {
             | SupernodeCommand::List { target, .. },
         ) => target.format,
         Command::Dataset(DatasetCommand::Prepare { format, .. }) => *format,
+        Command::Demo(_) => Format::Default,
         Command::Pull { target, .. }
         | Command::Run { target, .. }
         | Command::Ls { target, .. }
@@ -41,7 +43,12 @@ pub async fn run(command: Command) -> Result<(), CliError> {
             stream,
         } => runs::start(&target, run_config.as_deref(), stream).await,
         Command::Dataset(command) => dataset::run(command),
-        Command::Pull { run_id, target, out } => runs::pull(&target, run_id, out).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Pull {
+            run_id,
+            target,
+            out,
+        } => runs::pull(&target, run_id, out).await,
         Command::Ls { target, run_id } => runs::list(&target, run_id).await,
         Command::Log {
             run_id,

@@ -308,11 +308,17 @@ pub async fn list(target: &Target, run_id: Option<u64>) -> Result<(), CliError> 
 }
 
 /// `flwr pull`.
-pub async fn pull(target: &Target, run_id: u64, out: Option<std::path::PathBuf>) -> Result<(), CliError> {
+pub async fn pull(
+    target: &Target,
+    run_id: u64,
+    out: Option<std::path::PathBuf>,
+) -> Result<(), CliError> {
     let run_id = RunId(run_id);
     let response = ask(target, ControlRequest::PullArtifacts { run_id }).await?;
     let ControlResponse::Artifacts(artifacts) = response else {
-        return Err(CliError::Request(format!("unexpected answer: {response:?}")));
+        return Err(CliError::Request(format!(
+            "unexpected answer: {response:?}"
+        )));
     };
     if artifacts.is_empty() {
         return Err(CliError::Request(format!(
@@ -326,9 +332,12 @@ pub async fn pull(target: &Target, run_id: u64, out: Option<std::path::PathBuf>)
         // Names come from the broker: keep only the file name, never a path.
         let name = std::path::Path::new(&artifact.name)
             .file_name()
-            .ok_or_else(|| CliError::Request(format!("artifact with unusable name {:?}", artifact.name)))?;
+            .ok_or_else(|| {
+                CliError::Request(format!("artifact with unusable name {:?}", artifact.name))
+            })?;
         let path = out.join(name);
-        std::fs::write(&path, &artifact.bytes).map_err(|e| CliError::Io(format!("{}: {e}", path.display())))?;
+        std::fs::write(&path, &artifact.bytes)
+            .map_err(|e| CliError::Io(format!("{}: {e}", path.display())))?;
         files.push((path, artifact.bytes.len()));
     }
     match target.format {

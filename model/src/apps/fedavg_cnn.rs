@@ -19,8 +19,8 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wire::{
-    ArrayRecord, ConfigRecord, ConfigValue, Message, MessageBody, MessageType, MetricRecord, MetricValue, NodeId,
-    Record, RecordDict,
+    ArrayRecord, ConfigRecord, ConfigValue, Message, MessageBody, MessageType, MetricRecord,
+    MetricValue, NodeId, Record, RecordDict,
 };
 
 /// The app's name in flwr.toml.
@@ -58,22 +58,37 @@ struct Settings {
 impl Settings {
     fn read(config: &ConfigRecord) -> Result<Settings, AppError> {
         let seconds = |key: &str, default: f64| -> Result<Duration, AppError> {
-            Duration::try_from_secs_f64(config_f64(config, key, default)?)
-                .map_err(|_| AppError::new(format!("{key} must be a non-negative number of seconds")))
+            Duration::try_from_secs_f64(config_f64(config, key, default)?).map_err(|_| {
+                AppError::new(format!("{key} must be a non-negative number of seconds"))
+            })
         };
         let fraction = |key: &str, default: f64| -> Result<f64, AppError> {
             let value = config_f64(config, key, default)?;
             if (0.0..=1.0).contains(&value) {
                 Ok(value)
             } else {
-                Err(AppError::new(format!("{key} must be between 0 and 1, got {value}")))
+                Err(AppError::new(format!(
+                    "{key} must be between 0 and 1, got {value}"
+                )))
             }
         };
         let train_config = ConfigRecord::new()
-            .with("local-epochs", ConfigValue::Int(config_i64(config, "local-epochs", 1)?.max(1)))
-            .with("learning-rate", ConfigValue::Float(config_f64(config, "learning-rate", 0.1)?))
-            .with("momentum", ConfigValue::Float(config_f64(config, "momentum", 0.9)?))
-            .with("batch-size", ConfigValue::Int(config_i64(config, "batch-size", 32)?.max(1)));
+            .with(
+                "local-epochs",
+                ConfigValue::Int(config_i64(config, "local-epochs", 1)?.max(1)),
+            )
+            .with(
+                "learning-rate",
+                ConfigValue::Float(config_f64(config, "learning-rate", 0.1)?),
+            )
+            .with(
+                "momentum",
+                ConfigValue::Float(config_f64(config, "momentum", 0.9)?),
+            )
+            .with(
+                "batch-size",
+                ConfigValue::Int(config_i64(config, "batch-size", 32)?.max(1)),
+            );
         Ok(Settings {
             rounds: config_i64(config, "num-server-rounds", 3)?.max(0) as u64,
             fraction_train: fraction("fraction-train", 1.0)?,
@@ -128,12 +143,18 @@ impl MetricMeans {
         if self.weight <= 0.0 {
             return Vec::new();
         }
-        self.sums.iter().map(|(n, s)| (n.clone(), s / self.weight)).collect()
+        self.sums
+            .iter()
+            .map(|(n, s)| (n.clone(), s / self.weight))
+            .collect()
     }
 }
 
 fn format_means(means: &[(String, f64)]) -> String {
-    let parts: Vec<String> = means.iter().map(|(n, v)| format!("'{n}': {v:.4}")).collect();
+    let parts: Vec<String> = means
+        .iter()
+        .map(|(n, v)| format!("'{n}': {v:.4}"))
+        .collect();
     format!("{{{}}}", parts.join(", "))
 }
 
@@ -154,14 +175,22 @@ fn sample(nodes: &[NodeId], count: usize, seed: u64) -> Vec<NodeId> {
 
 fn failure(reply: &Message) -> Option<String> {
     match &reply.body {
-        MessageBody::Error(error) => Some(format!("node {}: {:?}: {}", reply.metadata.src_node_id, error.code, error.reason)),
+        MessageBody::Error(error) => Some(format!(
+            "node {}: {:?}: {}",
+            reply.metadata.src_node_id, error.code, error.reason
+        )),
         MessageBody::Content(_) => None,
     }
 }
 
 impl Server {
     /// Asks the nodes what their data looks like; they must agree.
-    fn discover_input(&self, grid: &dyn Grid, nodes: &[NodeId], timeout: Duration) -> Result<InputShape, AppError> {
+    fn discover_input(
+        &self,
+        grid: &dyn Grid,
+        nodes: &[NodeId],
+        timeout: Duration,
+    ) -> Result<InputShape, AppError> {
         let content = Arc::new(RecordDict::new());
         let instructions = nodes
             .iter()
@@ -179,7 +208,9 @@ impl Server {
                 failures.push(reason);
                 return;
             }
-            let MessageBody::Content(content) = &reply.body else { return };
+            let MessageBody::Content(content) = &reply.body else {
+                return;
+            };
             let shape = content.metrics(METRICS).and_then(|m| {
                 let get = |name| metric(m, name).map(|v| v as usize);
                 Some(InputShape {
@@ -191,17 +222,24 @@ impl Server {
             });
             match shape {
                 Some(shape) => shapes.push((reply.metadata.src_node_id, shape)),
-                None => failures.push(format!("node {}: no data shape in its answer", reply.metadata.src_node_id)),
+                None => failures.push(format!(
+                    "node {}: no data shape in its answer",
+                    reply.metadata.src_node_id
+                )),
             }
         })?;
         for failure in &failures {
             grid.log(&format!("  query failure from {failure}"));
         }
         let Some(&(_, first)) = shapes.first() else {
-            return Err(AppError::new("no node described its data (see the failures above)"));
+            return Err(AppError::new(
+                "no node described its data (see the failures above)",
+            ));
         };
         if let Some((node, other)) = shapes.iter().find(|(_, s)| *s != first) {
-            return Err(AppError::new(format!("nodes disagree on the data: {first:?} versus {other:?} at node {node}")));
+            return Err(AppError::new(format!(
+                "nodes disagree on the data: {first:?} versus {other:?} at node {node}"
+            )));
         }
         Ok(first)
     }
@@ -220,8 +258,9 @@ impl ServerApp for Server {
             )));
         }
         let input = self.discover_input(grid, &nodes, settings.round_timeout)?;
-        let mut arrays = initial_parameters(input, settings.seed)
-            .ok_or_else(|| AppError::new(format!("images of {input:?} are too small for the network")))?;
+        let mut arrays = initial_parameters(input, settings.seed).ok_or_else(|| {
+            AppError::new(format!("images of {input:?} are too small for the network"))
+        })?;
         let parameters: u64 = arrays.iter().map(|(_, a)| a.numel()).sum();
         grid.log(&format!(
             "Starting FedAvg: {} rounds, CNN with {parameters} parameters for {}x{}x{} images in {} classes",
@@ -240,17 +279,22 @@ impl ServerApp for Server {
                     settings.min_nodes
                 )));
             }
-            let (new_arrays, train_means) = self.train_round(grid, &settings, &nodes, round, &arrays)?;
+            let (new_arrays, train_means) =
+                self.train_round(grid, &settings, &nodes, round, &arrays)?;
             arrays = new_arrays;
             let eval_means = self.evaluate_round(grid, &settings, &nodes, round, &arrays)?;
-            let mut entry = json!({"round": round, "seconds": round_started.elapsed().as_secs_f64()});
+            let mut entry =
+                json!({"round": round, "seconds": round_started.elapsed().as_secs_f64()});
             for (name, value) in train_means.iter().chain(&eval_means) {
                 entry[name] = json!(value);
             }
             history.push(entry);
         }
         grid.log("");
-        grid.log(&format!("Strategy execution finished in {:.2}s", started.elapsed().as_secs_f64()));
+        grid.log(&format!(
+            "Strategy execution finished in {:.2}s",
+            started.elapsed().as_secs_f64()
+        ));
         let model = crate::safetensors::encode(&arrays, &[("format", "pt".into())]);
         grid.save_artifact(MODEL_ARTIFACT, &model)?;
         let metrics = json!({"app": NAME, "run-id": context.run_id.0, "rounds": history});
@@ -272,7 +316,11 @@ impl Server {
     ) -> Result<(ArrayRecord, Vec<(String, f64)>), AppError> {
         let count = sample_size(nodes.len(), settings.fraction_train, settings.min_nodes);
         let sampled = sample(nodes, count, settings.seed.wrapping_add(round));
-        grid.log(&format!("configure_train: Sampled {} nodes (out of {})", sampled.len(), nodes.len()));
+        grid.log(&format!(
+            "configure_train: Sampled {} nodes (out of {})",
+            sampled.len(),
+            nodes.len()
+        ));
         let config = settings
             .train_config
             .clone()
@@ -299,9 +347,12 @@ impl Server {
                 failures.push(reason);
                 return;
             }
-            let MessageBody::Content(content) = &reply.body else { return };
+            let MessageBody::Content(content) = &reply.body else {
+                return;
+            };
             let node = reply.metadata.src_node_id;
-            let (Some(update), Some(metrics)) = (content.arrays(ARRAYS), content.metrics(METRICS)) else {
+            let (Some(update), Some(metrics)) = (content.arrays(ARRAYS), content.metrics(METRICS))
+            else {
                 failures.push(format!("node {node}: reply lacks arrays or metrics"));
                 return;
             };
@@ -323,10 +374,15 @@ impl Server {
             grid.log(&format!("  failure from {failure}"));
         }
         if fedavg.accepted() == 0 {
-            return Err(AppError::new(format!("round {round}: no node returned a training result")));
+            return Err(AppError::new(format!(
+                "round {round}: no node returned a training result"
+            )));
         }
         let means = means.means();
-        grid.log(&format!("  └──> Aggregated MetricRecord: {}", format_means(&means)));
+        grid.log(&format!(
+            "  └──> Aggregated MetricRecord: {}",
+            format_means(&means)
+        ));
         let arrays = fedavg.finish().map_err(|e| AppError::new(e.to_string()))?;
         Ok((arrays, means))
     }
@@ -343,11 +399,26 @@ impl Server {
             return Ok(Vec::new());
         }
         let count = sample_size(nodes.len(), settings.fraction_evaluate, 1);
-        let sampled = sample(nodes, count, settings.seed.wrapping_add(round).wrapping_mul(31));
-        grid.log(&format!("configure_evaluate: Sampled {} nodes (out of {})", sampled.len(), nodes.len()));
+        let sampled = sample(
+            nodes,
+            count,
+            settings.seed.wrapping_add(round).wrapping_mul(31),
+        );
+        grid.log(&format!(
+            "configure_evaluate: Sampled {} nodes (out of {})",
+            sampled.len(),
+            nodes.len()
+        ));
         let config = ConfigRecord::new()
             .with("server-round", ConfigValue::Int(round as i64))
-            .with("batch-size", settings.train_config.get("batch-size").cloned().unwrap_or(ConfigValue::Int(32)));
+            .with(
+                "batch-size",
+                settings
+                    .train_config
+                    .get("batch-size")
+                    .cloned()
+                    .unwrap_or(ConfigValue::Int(32)),
+            );
         let content = Arc::new(
             RecordDict::new()
                 .with(ARRAYS, Record::Arrays(arrays.clone()))
@@ -370,13 +441,21 @@ impl Server {
                 failures.push(reason);
                 return;
             }
-            let MessageBody::Content(content) = &reply.body else { return };
-            match content.metrics(METRICS).and_then(|m| num_examples(m).map(|w| (m, w))) {
+            let MessageBody::Content(content) = &reply.body else {
+                return;
+            };
+            match content
+                .metrics(METRICS)
+                .and_then(|m| num_examples(m).map(|w| (m, w)))
+            {
                 Some((metrics, weight)) if weight > 0.0 => {
                     received += 1;
                     means.add(metrics, &["eval_loss", "eval_acc"], weight);
                 }
-                _ => failures.push(format!("node {}: evaluation reply lacks metrics", reply.metadata.src_node_id)),
+                _ => failures.push(format!(
+                    "node {}: evaluation reply lacks metrics",
+                    reply.metadata.src_node_id
+                )),
             }
         })?;
         grid.log(&format!(
@@ -387,7 +466,10 @@ impl Server {
             grid.log(&format!("  failure from {failure}"));
         }
         let means = means.means();
-        grid.log(&format!("  └──> Aggregated MetricRecord: {}", format_means(&means)));
+        grid.log(&format!(
+            "  └──> Aggregated MetricRecord: {}",
+            format_means(&means)
+        ));
         Ok(means)
     }
 }
@@ -407,8 +489,16 @@ mod tests {
     #[test]
     fn metric_means_weight_by_examples() {
         let mut means = MetricMeans::default();
-        means.add(&MetricRecord::new().with("eval_acc", MetricValue::Float(1.0)), &["eval_acc"], 1.0);
-        means.add(&MetricRecord::new().with("eval_acc", MetricValue::Float(0.0)), &["eval_acc"], 3.0);
+        means.add(
+            &MetricRecord::new().with("eval_acc", MetricValue::Float(1.0)),
+            &["eval_acc"],
+            1.0,
+        );
+        means.add(
+            &MetricRecord::new().with("eval_acc", MetricValue::Float(0.0)),
+            &["eval_acc"],
+            3.0,
+        );
         assert_eq!(means.means(), [("eval_acc".to_string(), 0.25)]);
     }
 }

@@ -63,7 +63,10 @@ pub fn select(choice: BackendChoice) -> Result<TrainingDevice, String> {
                 device,
                 description: "GPU via wgpu (default adapter)".into(),
             })
-            .ok_or_else(|| "no wgpu adapter: install a Vulkan, Metal or DX12 driver, or use --backend cpu".into()),
+            .ok_or_else(|| {
+                "no wgpu adapter: install a Vulkan, Metal or DX12 driver, or use --backend cpu"
+                    .into()
+            }),
         BackendChoice::Auto => {
             for (kind, name) in [
                 (DeviceKind::DiscreteGpu(0), "discrete GPU"),

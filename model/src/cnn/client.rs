@@ -10,7 +10,9 @@ use crate::data::format::read_partition;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wire::{ConfigRecord, Message, MessageBody, MessageType, MetricRecord, MetricValue, Record, RecordDict};
+use wire::{
+    ConfigRecord, Message, MessageBody, MessageType, MetricRecord, MetricValue, Record, RecordDict,
+};
 
 /// How often training progress reaches the node's log.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -37,7 +39,9 @@ impl Client {
         if let Some(partition) = cache.get(path) {
             return Ok(partition.clone());
         }
-        let partition = Arc::new(read_partition(std::path::Path::new(path)).map_err(|e| AppError::new(e.to_string()))?);
+        let partition = Arc::new(
+            read_partition(std::path::Path::new(path)).map_err(|e| AppError::new(e.to_string()))?,
+        );
         tracing::info!(
             path,
             train = partition.0.len(),
@@ -55,7 +59,12 @@ fn instruction_config(content: &RecordDict) -> ConfigRecord {
 }
 
 fn reply_metrics(pairs: &[(&str, MetricValue)]) -> Record {
-    Record::Metrics(pairs.iter().map(|(n, v)| (n.to_string(), v.clone())).collect::<MetricRecord>())
+    Record::Metrics(
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.clone()))
+            .collect::<MetricRecord>(),
+    )
 }
 
 impl ClientApp for Client {
@@ -83,7 +92,9 @@ impl ClientApp for Client {
                 ))
             }
             MessageType::Train => {
-                let arrays = content.arrays(ARRAYS).ok_or_else(|| AppError::new("instruction lacks arrays"))?;
+                let arrays = content
+                    .arrays(ARRAYS)
+                    .ok_or_else(|| AppError::new("instruction lacks arrays"))?;
                 let config = instruction_config(content);
                 let round = config_i64(&config, "server-round", 0)?;
                 let settings = TrainConfig {
@@ -111,20 +122,30 @@ impl ClientApp for Client {
                         );
                     }
                 };
-                let (updated, loss) = train(arrays, train_set, &settings, &self.device.device, &mut report, &|| {
-                    context.is_cancelled()
-                })?;
-                Ok(RecordDict::new().with(ARRAYS, Record::Arrays(updated)).with(
-                    METRICS,
-                    reply_metrics(&[
-                        ("train_loss", MetricValue::Float(loss)),
-                        ("num-examples", MetricValue::Int(train_set.len() as i64)),
-                    ]),
-                ))
+                let (updated, loss) = train(
+                    arrays,
+                    train_set,
+                    &settings,
+                    &self.device.device,
+                    &mut report,
+                    &|| context.is_cancelled(),
+                )?;
+                Ok(RecordDict::new()
+                    .with(ARRAYS, Record::Arrays(updated))
+                    .with(
+                        METRICS,
+                        reply_metrics(&[
+                            ("train_loss", MetricValue::Float(loss)),
+                            ("num-examples", MetricValue::Int(train_set.len() as i64)),
+                        ]),
+                    ))
             }
             MessageType::Evaluate => {
-                let arrays = content.arrays(ARRAYS).ok_or_else(|| AppError::new("instruction lacks arrays"))?;
-                let batch = config_i64(&instruction_config(content), "batch-size", 32)?.max(1) as usize;
+                let arrays = content
+                    .arrays(ARRAYS)
+                    .ok_or_else(|| AppError::new("instruction lacks arrays"))?;
+                let batch =
+                    config_i64(&instruction_config(content), "batch-size", 32)?.max(1) as usize;
                 let (loss, accuracy) = evaluate(arrays, test_set, batch, &self.device.device)?;
                 tracing::info!(loss, accuracy, examples = test_set.len(), "evaluated");
                 Ok(RecordDict::new().with(

@@ -34,20 +34,35 @@ fn values(arrays: &ArrayRecord, name: &str, shape: &[usize]) -> Result<Vec<f32>,
             array.shape
         )));
     }
-    array.to_f32().ok_or_else(|| AppError::new(format!("{name:?} is malformed")))
+    array
+        .to_f32()
+        .ok_or_else(|| AppError::new(format!("{name:?} is malformed")))
 }
 
-fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Param<Tensor<D>> {
+fn tensor<const D: usize>(
+    values: Vec<f32>,
+    shape: [usize; D],
+    device: &Device,
+) -> Param<Tensor<D>> {
     Param::from_tensor(Tensor::from_data(TensorData::new(values, shape), device))
 }
 
 /// Builds the network for `input` on `device` with the parameters in `arrays`.
-pub fn from_arrays(arrays: &ArrayRecord, input: InputShape, device: &Device) -> Result<Net, AppError> {
+pub fn from_arrays(
+    arrays: &ArrayRecord,
+    input: InputShape,
+    device: &Device,
+) -> Result<Net, AppError> {
     let layout = layout(input).ok_or_else(|| AppError::new("images too small for the network"))?;
     if arrays.len() != layout.len() {
-        return Err(AppError::new(format!("{} arrays, the network has {}", arrays.len(), layout.len())));
+        return Err(AppError::new(format!(
+            "{} arrays, the network has {}",
+            arrays.len(),
+            layout.len()
+        )));
     }
-    let mut net = Net::new(input, device).ok_or_else(|| AppError::new("images too small for the network"))?;
+    let mut net =
+        Net::new(input, device).ok_or_else(|| AppError::new("images too small for the network"))?;
     let get = |i: usize| values(arrays, layout[i].0, &layout[i].1);
     let dims4 = |s: &[usize]| [s[0], s[1], s[2], s[3]];
     net.conv1.weight = tensor(get(0)?, dims4(&layout[0].1), device);
@@ -71,13 +86,15 @@ fn read<const D: usize>(param: &Param<Tensor<D>>) -> Result<Vec<f32>, AppError> 
 }
 
 fn array(shape: &[usize], values: &[f32]) -> Result<Array, AppError> {
-    Array::from_f32(shape.iter().map(|&d| d as u64).collect(), values).map_err(|e| AppError::new(e.to_string()))
+    Array::from_f32(shape.iter().map(|&d| d as u64).collect(), values)
+        .map_err(|e| AppError::new(e.to_string()))
 }
 
 /// The network's parameters as PyTorch names them.
 pub fn to_arrays(net: &Net, input: InputShape) -> Result<ArrayRecord, AppError> {
     let layout = layout(input).ok_or_else(|| AppError::new("images too small for the network"))?;
-    let bias = |b: &Option<Param<Tensor<1>>>| b.as_ref().map(read).unwrap_or_else(|| Ok(Vec::new()));
+    let bias =
+        |b: &Option<Param<Tensor<1>>>| b.as_ref().map(read).unwrap_or_else(|| Ok(Vec::new()));
     let mut record = ArrayRecord::new();
     record.insert(layout[0].0, array(&layout[0].1, &read(&net.conv1.weight)?)?);
     record.insert(layout[1].0, array(&layout[1].1, &bias(&net.conv1.bias)?)?);
@@ -87,7 +104,10 @@ pub fn to_arrays(net: &Net, input: InputShape) -> Result<ArrayRecord, AppError> 
         let (out, inp) = (layout[index].1[0], layout[index].1[1]);
         let weight = transpose(&read(&linear.weight)?, inp, out);
         record.insert(layout[index].0, array(&layout[index].1, &weight)?);
-        record.insert(layout[index + 1].0, array(&layout[index + 1].1, &bias(&linear.bias)?)?);
+        record.insert(
+            layout[index + 1].0,
+            array(&layout[index + 1].1, &bias(&linear.bias)?)?,
+        );
     }
     Ok(record)
 }

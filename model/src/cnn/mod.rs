@@ -35,7 +35,9 @@ mod tests {
             width: 28,
             classes: 10,
         };
-        let error = from_arrays(&arrays, fmnist, &device).unwrap_err().to_string();
+        let error = from_arrays(&arrays, fmnist, &device)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("conv1.weight"), "{error}");
     }
 
@@ -55,7 +57,10 @@ mod tests {
         let (trained, _) = train(&arrays, &data, &config, &device, &mut |_| {}, &|| false).unwrap();
         let (after, accuracy) = evaluate(&trained, &data, 64, &device).unwrap();
         assert!(after < before, "loss {before} -> {after}");
-        assert!(accuracy > 0.2, "accuracy {accuracy} is no better than chance");
+        assert!(
+            accuracy > 0.2,
+            "accuracy {accuracy} is no better than chance"
+        );
     }
 }
 
@@ -70,13 +75,17 @@ mod wgpu_tests {
 
     #[test]
     fn wgpu_trains_and_agrees_with_the_cpu_backend() {
-        let gpu = select(BackendChoice::Wgpu).expect("a wgpu adapter (install mesa-vulkan-drivers for lavapipe)");
+        let gpu = select(BackendChoice::Wgpu)
+            .expect("a wgpu adapter (install mesa-vulkan-drivers for lavapipe)");
         let cpu = select(BackendChoice::Cpu).unwrap();
         let data = synthetic(64, 9);
         let arrays = initial_parameters(input_shape(&data), 2).unwrap();
         let (gpu_loss, _) = evaluate(&arrays, &data, 32, &gpu.device).unwrap();
         let (cpu_loss, _) = evaluate(&arrays, &data, 32, &cpu.device).unwrap();
-        assert!((gpu_loss - cpu_loss).abs() < 1e-3, "wgpu {gpu_loss} vs cpu {cpu_loss}");
+        assert!(
+            (gpu_loss - cpu_loss).abs() < 1e-3,
+            "wgpu {gpu_loss} vs cpu {cpu_loss}"
+        );
         let config = TrainConfig {
             learning_rate: 0.01,
             momentum: 0.9,
@@ -84,7 +93,8 @@ mod wgpu_tests {
             batch_size: 32,
             seed: 1,
         };
-        let (trained, loss) = train(&arrays, &data, &config, &gpu.device, &mut |_| {}, &|| false).unwrap();
+        let (trained, loss) =
+            train(&arrays, &data, &config, &gpu.device, &mut |_| {}, &|| false).unwrap();
         assert!(loss.is_finite());
         assert_ne!(trained, arrays);
     }

@@ -42,7 +42,9 @@ impl Net {
 
     /// Logits for a batch of normalised images `[batch, channels, height, width]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        let x = self.pool.forward(self.relu.forward(self.conv1.forward(images)));
+        let x = self
+            .pool
+            .forward(self.relu.forward(self.conv1.forward(images)));
         let x = self.pool.forward(self.relu.forward(self.conv2.forward(x)));
         let [batch, channels, height, width] = x.dims();
         let x = x.reshape([batch, channels * height * width]);

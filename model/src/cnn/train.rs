@@ -63,7 +63,10 @@ fn batch(data: &Dataset, indices: &[usize], device: &Device) -> (Tensor<4>, Tens
         labels.push(i64::from(data.labels[i]));
     }
     let images = Tensor::from_data(
-        TensorData::new(pixels, [indices.len(), data.channels, data.height, data.width]),
+        TensorData::new(
+            pixels,
+            [indices.len(), data.channels, data.height, data.width],
+        ),
         device,
     );
     let targets = Tensor::from_data(TensorData::new(labels, [indices.len()]), device);
@@ -133,7 +136,12 @@ pub fn train(
 }
 
 /// Mean loss and accuracy of `arrays` on `data`.
-pub fn evaluate(arrays: &ArrayRecord, data: &Dataset, batch_size: usize, device: &Device) -> Result<(f64, f64), AppError> {
+pub fn evaluate(
+    arrays: &ArrayRecord,
+    data: &Dataset,
+    batch_size: usize,
+    device: &Device,
+) -> Result<(f64, f64), AppError> {
     if data.is_empty() {
         return Err(AppError::new("no test data"));
     }

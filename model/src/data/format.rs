@@ -135,7 +135,11 @@ impl Dataset {
                 self.image_len()
             ));
         }
-        if let Some(bad) = self.labels.iter().find(|&&l| usize::from(l) >= self.classes) {
+        if let Some(bad) = self
+            .labels
+            .iter()
+            .find(|&&l| usize::from(l) >= self.classes)
+        {
             return Err(format!("label {bad} outside 0..{}", self.classes));
         }
         Ok(())
@@ -144,7 +148,9 @@ impl Dataset {
     /// The file's bytes.
     pub fn encode(&self) -> Vec<u8> {
         let name = self.name.as_bytes();
-        let mut bytes = Vec::with_capacity(HEADER_FIXED + name.len() + self.pixels.len() + self.labels.len() + CHECKSUM_LEN);
+        let mut bytes = Vec::with_capacity(
+            HEADER_FIXED + name.len() + self.pixels.len() + self.labels.len() + CHECKSUM_LEN,
+        );
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&VERSION.to_le_bytes());
         for dim in [self.channels, self.height, self.width, self.classes] {
@@ -163,15 +169,21 @@ impl Dataset {
     /// Parses a file's bytes; `Err` says what is wrong.
     pub fn decode(bytes: &[u8]) -> Result<Dataset, String> {
         if bytes.len() < 8 || &bytes[..8] != MAGIC {
-            return Err("not a prepared dataset (bad magic); prepare it with `flwr dataset prepare`".into());
+            return Err(
+                "not a prepared dataset (bad magic); prepare it with `flwr dataset prepare`".into(),
+            );
         }
         if bytes.len() < HEADER_FIXED + CHECKSUM_LEN {
             return Err("truncated header".into());
         }
-        let u32_at = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        let u32_at = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize
+        };
         let version = u32_at(8) as u32;
         if version != VERSION {
-            return Err(format!("format version {version}; this build reads version {VERSION}"));
+            return Err(format!(
+                "format version {version}; this build reads version {VERSION}"
+            ));
         }
         let (body, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
         let (channels, height, width, classes) = (u32_at(12), u32_at(16), u32_at(20), u32_at(24));
@@ -185,7 +197,11 @@ impl Dataset {
             .ok_or("image size overflows")?;
         let count = usize::try_from(count).map_err(|_| "image count overflows")?;
         let expected = (HEADER_FIXED + name_len)
-            .checked_add(count.checked_mul(image_len + 1).ok_or("dataset size overflows")?)
+            .checked_add(
+                count
+                    .checked_mul(image_len + 1)
+                    .ok_or("dataset size overflows")?,
+            )
             .ok_or("dataset size overflows")?;
         if body.len() != expected {
             return Err(format!(
@@ -243,7 +259,10 @@ impl Dataset {
 
 /// A partition directory's train and test splits.
 pub fn read_partition(dir: &Path) -> Result<(Dataset, Dataset), DatasetError> {
-    Ok((Dataset::read(&dir.join(TRAIN_FILE))?, Dataset::read(&dir.join(TEST_FILE))?))
+    Ok((
+        Dataset::read(&dir.join(TRAIN_FILE))?,
+        Dataset::read(&dir.join(TEST_FILE))?,
+    ))
 }
 
 #[cfg(test)]
@@ -272,7 +291,10 @@ mod tests {
     fn every_truncation_and_any_bit_flip_is_refused() {
         let bytes = sample().encode();
         for cut in 0..bytes.len() {
-            assert!(Dataset::decode(&bytes[..cut]).is_err(), "cut at {cut} accepted");
+            assert!(
+                Dataset::decode(&bytes[..cut]).is_err(),
+                "cut at {cut} accepted"
+            );
         }
         for i in 0..bytes.len() {
             let mut flipped = bytes.clone();
@@ -283,7 +305,8 @@ mod tests {
 
     #[test]
     fn a_foreign_file_is_refused_with_a_hint() {
-        let error = Dataset::decode(b"PK\x03\x04 some zip file contents here, long enough").unwrap_err();
+        let error =
+            Dataset::decode(b"PK\x03\x04 some zip file contents here, long enough").unwrap_err();
         assert!(error.contains("flwr dataset prepare"), "{error}");
     }
 }

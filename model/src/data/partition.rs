@@ -104,7 +104,8 @@ pub fn dirichlet(
                 let end = if p + 1 == partitions {
                     indices.len()
                 } else {
-                    ((cumulative * indices.len() as f64).round() as usize).clamp(start, indices.len())
+                    ((cumulative * indices.len() as f64).round() as usize)
+                        .clamp(start, indices.len())
                 };
                 shards[p].extend_from_slice(&indices[start..end]);
                 start = end;
@@ -151,7 +152,10 @@ mod tests {
         assert_eq!(iid(100, 3, 7), iid(100, 3, 7));
         assert_ne!(iid(100, 3, 7), iid(100, 3, 8));
         let labels: Vec<u8> = (0..1000).map(|i| (i % 10) as u8).collect();
-        assert_eq!(dirichlet(&labels, 10, 4, 0.5, 10, 1), dirichlet(&labels, 10, 4, 0.5, 10, 1));
+        assert_eq!(
+            dirichlet(&labels, 10, 4, 0.5, 10, 1),
+            dirichlet(&labels, 10, 4, 0.5, 10, 1)
+        );
     }
 
     #[test]

@@ -67,11 +67,24 @@ fn parse_idx(bytes: &[u8], what: &str) -> Result<(Vec<usize>, Vec<u8>), DatasetE
         return Err(source(format!("{what}: truncated IDX header")));
     }
     let dims: Vec<usize> = (0..rank)
-        .map(|i| u32::from_be_bytes([bytes[4 + 4 * i], bytes[5 + 4 * i], bytes[6 + 4 * i], bytes[7 + 4 * i]]) as usize)
+        .map(|i| {
+            u32::from_be_bytes([
+                bytes[4 + 4 * i],
+                bytes[5 + 4 * i],
+                bytes[6 + 4 * i],
+                bytes[7 + 4 * i],
+            ]) as usize
+        })
         .collect();
-    let len = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| source(format!("{what}: size overflows")))?;
+    let len = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| source(format!("{what}: size overflows")))?;
     if bytes.len() != header + len {
-        return Err(source(format!("{what}: {} data bytes, header announces {len}", bytes.len() - header)));
+        return Err(source(format!(
+            "{what}: {} data bytes, header announces {len}",
+            bytes.len() - header
+        )));
     }
     Ok((dims, bytes[header..].to_vec()))
 }
@@ -80,13 +93,24 @@ fn parse_idx(bytes: &[u8], what: &str) -> Result<(Vec<usize>, Vec<u8>), DatasetE
 pub fn fashion_mnist(dir: &Path) -> Result<Dataset, DatasetError> {
     let images_path = find(dir, "train-images-idx3-ubyte")?;
     let labels_path = find(dir, "train-labels-idx1-ubyte")?;
-    let (image_dims, pixels) = parse_idx(&read_maybe_gz(&images_path)?, &images_path.display().to_string())?;
-    let (label_dims, labels) = parse_idx(&read_maybe_gz(&labels_path)?, &labels_path.display().to_string())?;
+    let (image_dims, pixels) = parse_idx(
+        &read_maybe_gz(&images_path)?,
+        &images_path.display().to_string(),
+    )?;
+    let (label_dims, labels) = parse_idx(
+        &read_maybe_gz(&labels_path)?,
+        &labels_path.display().to_string(),
+    )?;
     let [count, height, width] = image_dims[..] else {
-        return Err(source(format!("{}: expected 3 dimensions", images_path.display())));
+        return Err(source(format!(
+            "{}: expected 3 dimensions",
+            images_path.display()
+        )));
     };
     if label_dims != [count] {
-        return Err(source(format!("{count} images but labels of shape {label_dims:?}")));
+        return Err(source(format!(
+            "{count} images but labels of shape {label_dims:?}"
+        )));
     }
     let dataset = Dataset {
         name: "fashion-mnist".into(),
@@ -103,8 +127,11 @@ pub fn fashion_mnist(dir: &Path) -> Result<Dataset, DatasetError> {
 
 /// Appends the records of one CIFAR-10 binary batch.
 fn push_cifar_batch(bytes: &[u8], name: &str, dataset: &mut Dataset) -> Result<(), DatasetError> {
-    if bytes.is_empty() || bytes.len() % CIFAR_RECORD != 0 {
-        return Err(source(format!("{name}: {} bytes is not a whole number of CIFAR-10 records", bytes.len())));
+    if bytes.is_empty() || !bytes.len().is_multiple_of(CIFAR_RECORD) {
+        return Err(source(format!(
+            "{name}: {} bytes is not a whole number of CIFAR-10 records",
+            bytes.len()
+        )));
     }
     for record in bytes.chunks_exact(CIFAR_RECORD) {
         dataset.labels.push(record[0]);
@@ -134,16 +161,25 @@ pub fn cifar10(path: &Path) -> Result<Dataset, DatasetError> {
         };
         for i in 1..=5 {
             let file = dir.join(format!("data_batch_{i}.bin"));
-            let bytes = std::fs::read(&file).map_err(|e| DatasetError::Io { path: file.clone(), source: e })?;
+            let bytes = std::fs::read(&file).map_err(|e| DatasetError::Io {
+                path: file.clone(),
+                source: e,
+            })?;
             push_cifar_batch(&bytes, &file.display().to_string(), &mut dataset)?;
         }
     } else {
-        let file = std::fs::File::open(path).map_err(|e| DatasetError::Io { path: path.to_path_buf(), source: e })?;
+        let file = std::fs::File::open(path).map_err(|e| DatasetError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
         let mut archive = tar::Archive::new(GzDecoder::new(file));
-        let entries = archive.entries().map_err(|e| source(format!("{}: not a tar.gz archive: {e}", path.display())))?;
+        let entries = archive
+            .entries()
+            .map_err(|e| source(format!("{}: not a tar.gz archive: {e}", path.display())))?;
         let mut batches = Vec::new();
         for entry in entries {
-            let mut entry = entry.map_err(|e| source(format!("{}: damaged archive: {e}", path.display())))?;
+            let mut entry =
+                entry.map_err(|e| source(format!("{}: damaged archive: {e}", path.display())))?;
             let name = entry
                 .path()
                 .ok()
@@ -151,13 +187,19 @@ pub fn cifar10(path: &Path) -> Result<Dataset, DatasetError> {
                 .unwrap_or_default();
             if wanted(&name) {
                 let mut bytes = Vec::new();
-                entry.read_to_end(&mut bytes).map_err(|e| source(format!("{name}: {e}")))?;
+                entry
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| source(format!("{name}: {e}")))?;
                 batches.push((name, bytes));
             }
         }
         batches.sort();
         if batches.len() != 5 {
-            return Err(source(format!("{}: expected data_batch_1..5.bin, found {}", path.display(), batches.len())));
+            return Err(source(format!(
+                "{}: expected data_batch_1..5.bin, found {}",
+                path.display(),
+                batches.len()
+            )));
         }
         for (name, bytes) in batches {
             push_cifar_batch(&bytes, &name, &mut dataset)?;
@@ -177,7 +219,11 @@ pub fn synthetic(count: usize, seed: u64) -> Dataset {
     let mut rng = super::partition::rng(seed);
     let cells = SIDE / BLOCK;
     let templates: Vec<Vec<f32>> = (0..CLASSES)
-        .map(|_| (0..3 * cells * cells).map(|_| rng.random::<f32>()).collect())
+        .map(|_| {
+            (0..3 * cells * cells)
+                .map(|_| rng.random::<f32>())
+                .collect()
+        })
         .collect();
     let mut pixels = Vec::with_capacity(count * 3 * SIDE * SIDE);
     let mut labels = Vec::with_capacity(count);
