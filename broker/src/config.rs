@@ -45,6 +45,8 @@ pub struct BrokerConfig {
     pub apps: model::apps::ServerApps,
     /// Limits on messages nodes send (replies).
     pub limits: wire::stream::Limits,
+    /// Where to serve Prometheus metrics (off when `None`).
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 impl BrokerConfig {
@@ -66,6 +68,7 @@ impl BrokerConfig {
             max_pending_handshakes: 256,
             apps: model::apps::ServerApps::builtin(),
             limits: wire::stream::Limits::default(),
+            metrics_address: None,
         }
     }
 }

@@ -35,6 +35,24 @@ enum HandshakeFailure {
     NoExporter,
 }
 
+impl HandshakeFailure {
+    /// The reason's label on the metrics endpoint.
+    fn label(&self) -> &'static str {
+        match self {
+            HandshakeFailure::Tls(_) => "tls",
+            HandshakeFailure::Connection(_) => "connection_lost",
+            HandshakeFailure::Frame(_) => "protocol",
+            HandshakeFailure::Refused(Refusal::BadProof) => "bad_proof",
+            HandshakeFailure::Refused(Refusal::UnknownKey) => "unknown_key",
+            HandshakeFailure::Refused(Refusal::Revoked) => "revoked",
+            HandshakeFailure::Refused(Refusal::UnsupportedVersion(_)) => "version",
+            HandshakeFailure::Refused(_) => "refused",
+            HandshakeFailure::Store(_) => "storage",
+            HandshakeFailure::NoExporter => "tls",
+        }
+    }
+}
+
 /// Serves one incoming Fleet connection to the end.
 pub async fn handle(
     shared: Arc<Shared>,
@@ -55,10 +73,12 @@ pub async fn handle(
             Ok(Ok(session)) => session,
             Ok(Err(failure)) => {
                 tracing::warn!(reason = %failure, "node refused");
+                shared.metrics.handshake_failed(failure.label());
                 return;
             }
             Err(_) => {
                 tracing::warn!(reason = "handshake timeout", "node refused");
+                shared.metrics.handshake_failed("timeout");
                 return;
             }
         };
@@ -106,6 +126,7 @@ pub async fn handle(
         {
             tracing::error!(%error, "could not record the node as offline");
         }
+        shared.metrics.connection_closed(&connection);
         tracing::info!(reason = end, "node offline");
     }
     .instrument(span)

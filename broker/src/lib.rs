@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`settings`]: command-line flags resolved into a [`settings::Settings`].
 //! - [`store`]: the durable state (node registry).
+//! - [`metrics`]: the Prometheus endpoint.
 //! - [`runs`]: runs, their server apps, and the grid they use.
 //! - [`server`]: binds the endpoints and runs the accept loops until shutdown.
 
@@ -13,6 +14,7 @@ pub mod config;
 pub mod control;
 pub mod delivery;
 pub mod fleet;
+pub mod metrics;
 pub mod runs;
 pub mod server;
 pub mod sessions;

@@ -108,6 +108,9 @@ async fn main() -> ExitCode {
     };
     tracing::info!(address = %broker.fleet_addr, "Fleet API listening");
     tracing::info!(address = %broker.control_addr, "Control API listening");
+    if let Some(address) = broker.metrics_addr {
+        tracing::info!(%address, "Prometheus metrics at http://{address}/metrics");
+    }
     wait_for_signal().await;
     tracing::info!("shutting down");
     broker.shutdown();

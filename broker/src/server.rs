@@ -54,6 +54,8 @@ pub struct Shared {
     pub contents: LiveContents,
     /// Server apps by name.
     pub apps: model::apps::ServerApps,
+    /// Counters for the metrics endpoint.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// A broker running in this process.
@@ -62,6 +64,8 @@ pub struct RunningBroker {
     pub fleet_addr: SocketAddr,
     /// Where the Control API listens.
     pub control_addr: SocketAddr,
+    /// Where the metrics endpoint listens, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
     /// Shared state, for inspection by tests and the binary.
     pub shared: Arc<Shared>,
     /// Cancels everything.
@@ -174,6 +178,7 @@ pub fn start(
         router: ReplyRouter::default(),
         contents: LiveContents::default(),
         apps,
+        metrics: crate::metrics::Metrics::default(),
     });
     match crate::runs::runner::fail_interrupted_runs(&shared) {
         Ok(0) => {}
@@ -183,6 +188,44 @@ pub fn start(
         ),
         Err(error) => tracing::error!(%error, "could not mark interrupted runs"),
     }
+    let metrics_addr = match shared.config.metrics_address {
+        Some(address) => {
+            let std_listener =
+                std::net::TcpListener::bind(address).map_err(|source| BrokerError::Bind {
+                    api: "metrics",
+                    address,
+                    source,
+                })?;
+            std_listener
+                .set_nonblocking(true)
+                .map_err(|source| BrokerError::Bind {
+                    api: "metrics",
+                    address,
+                    source,
+                })?;
+            let bound = std_listener
+                .local_addr()
+                .map_err(|source| BrokerError::Bind {
+                    api: "metrics",
+                    address,
+                    source,
+                })?;
+            let listener = tokio::net::TcpListener::from_std(std_listener).map_err(|source| {
+                BrokerError::Bind {
+                    api: "metrics",
+                    address,
+                    source,
+                }
+            })?;
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                shared.clone(),
+                shutdown.clone(),
+            ));
+            Some(bound)
+        }
+        None => None,
+    };
     let task = tokio::spawn(serve(
         shared.clone(),
         fleet_endpoint,
@@ -192,6 +235,7 @@ pub fn start(
     Ok(RunningBroker {
         fleet_addr,
         control_addr,
+        metrics_addr,
         shared,
         shutdown,
         task,

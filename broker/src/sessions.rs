@@ -176,6 +176,14 @@ impl Sessions {
         self.departures.subscribe()
     }
 
+    /// UDP bytes (received, sent) so far on the live connections.
+    pub fn traffic(&self) -> (u64, u64) {
+        self.lock().values().fold((0, 0), |(rx, tx), session| {
+            let stats = session.connection.stats();
+            (rx + stats.udp_rx.bytes, tx + stats.udp_tx.bytes)
+        })
+    }
+
     /// Number of live sessions.
     pub fn len(&self) -> usize {
         self.lock().len()

@@ -58,6 +58,9 @@ pub struct Args {
     /// Seconds without a heartbeat after which a node is marked offline.
     #[arg(long, default_value_t = 6.0, value_name = "SECS")]
     pub heartbeat_timeout: f64,
+    /// Serve Prometheus metrics over plain HTTP on this address (off by default).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_address: Option<SocketAddr>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -160,6 +163,7 @@ impl Args {
         if config.heartbeat_timeout <= config.heartbeat_interval {
             return Err("--heartbeat-timeout must be longer than --heartbeat-interval".into());
         }
+        config.metrics_address = self.metrics_address;
         let database = match self.database.as_deref() {
             Some(IN_MEMORY) => DatabaseLocation::InMemory,
             Some(path) => DatabaseLocation::File(PathBuf::from(path)),

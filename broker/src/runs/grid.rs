@@ -183,6 +183,7 @@ impl Grid for BrokerGrid {
             }
         }
         let ids: Vec<MessageId> = outstanding.keys().copied().collect();
+        let round_started = std::time::Instant::now();
         let result = self.handle.block_on(async {
             let mut departures = self.shared.sessions.departures();
             for (content_id, content, list) in &batches {
@@ -247,6 +248,9 @@ impl Grid for BrokerGrid {
         }
         for (content_id, _, _) in &batches {
             self.shared.contents.remove(*content_id);
+        }
+        if result.is_ok() {
+            self.shared.metrics.round_finished(round_started.elapsed());
         }
         result
     }

@@ -83,6 +83,7 @@ impl Federation {
         let mut config = BrokerConfig::new(chain, key, self.node_auth, operator_auth);
         config.heartbeat_interval = Duration::from_millis(200);
         config.heartbeat_timeout = Duration::from_millis(1000);
+        config.metrics_address = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         let store = match self.db {
             Db::Memory => Store::in_memory().unwrap(),
             Db::File => Store::open(&self.path("state.redb")).unwrap(),

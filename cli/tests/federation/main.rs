@@ -7,6 +7,7 @@
 mod harness;
 mod learning;
 mod lifecycle;
+mod metrics;
 mod operators;
 mod refusals;
 mod runs;
