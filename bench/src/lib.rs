@@ -1,1 +1,33 @@
-//! Benchmarks live in `benches/`.
+//! Inputs shared by the benchmarks in `benches/`: model-shaped `ArrayRecord`s of a given size.
+//!
+//! Run them with `cargo bench -p bench`; each group measures our code beside a baseline in the same
+//! run (memcpy for the codec, a plain read of the same bytes and the straightforward implementation
+//! for aggregation), so results read as ratios.
+
+use wire::{Array, ArrayRecord};
+
+/// Parameter counts measured: the seed's CNN and a 10M-parameter model.
+pub const SIZES: [(usize, &str); 2] = [(62_006, "62k"), (10_000_000, "10M")];
+
+/// An `ArrayRecord` of `parameters` f32 values split like a small network (four arrays), filled
+/// with `seed`-dependent values.
+pub fn record(parameters: usize, seed: u32) -> ArrayRecord {
+    let shares = [parameters / 2, parameters / 4, parameters / 8];
+    let last = parameters - shares.iter().sum::<usize>();
+    let mut record = ArrayRecord::new();
+    for (i, len) in shares.into_iter().chain([last]).enumerate() {
+        let values: Vec<f32> = (0..len)
+            .map(|j| ((j as u32 ^ seed) % 1000) as f32 * 1e-3)
+            .collect();
+        // The length always matches the shape: from_f32 cannot fail here.
+        if let Ok(array) = Array::from_f32(vec![len as u64], &values) {
+            record.insert(format!("layer{i}.weight"), array);
+        }
+    }
+    record
+}
+
+/// Total bytes of a record's arrays.
+pub fn bytes(record: &ArrayRecord) -> u64 {
+    record.iter().map(|(_, a)| a.data.len() as u64).sum()
+}
