@@ -172,3 +172,74 @@ async fn a_broker_whose_certificate_does_not_chain_to_the_nodes_roots_is_refused
     assert!(error.contains("TLS with the SuperLink failed"), "{error}");
     assert!(federation.nodes(true).await.is_empty());
 }
+
+#[tokio::test]
+async fn an_authenticated_node_cannot_reply_in_another_nodes_name() {
+    let federation = Federation::start(NodeAuth::Registered, false, Db::Memory).await;
+    let me = federation.register("client_credentials_1").await;
+    let other = federation.register("client_credentials_2").await;
+    let key =
+        certs::load::load_identity_key(&federation.path("keys/client_credentials_1")).unwrap();
+    let tls =
+        certs::tls::client_config(&roots(&federation), Some(&key), wire::alpn::FLEET).unwrap();
+    let connection = connect(federation.broker().fleet_addr, tls).await.unwrap();
+    let (mut send, mut recv, frame) = hello(&connection).await.unwrap();
+    let BrokerFrame::Challenge(challenge) = frame else {
+        panic!("{frame:?}")
+    };
+    let exporter = certs::quic::exporter(&connection).unwrap();
+    let proof = ClientHandshake::new(Domain::Fleet, exporter)
+        .respond(&challenge, &key)
+        .unwrap();
+    write_value(&mut send, &NodeFrame::Proof(proof))
+        .await
+        .unwrap();
+    let welcome = read_value::<BrokerFrame, _>(&mut recv, 1 << 16)
+        .await
+        .unwrap();
+    assert!(
+        matches!(welcome, BrokerFrame::Welcome { node_id, .. } if node_id == me),
+        "{welcome:?}"
+    );
+
+    for (sender, what) in [
+        (other, "another node's name"),
+        (me, "an instruction that does not exist"),
+    ] {
+        let forged = wire::Message {
+            metadata: wire::Metadata {
+                run_id: wire::RunId(1),
+                message_id: wire::MessageId::random(),
+                src_node_id: sender,
+                dst_node_id: wire::NodeId::SERVER,
+                reply_to: Some(wire::MessageId::random()),
+                group_id: "1".into(),
+                ttl_ms: 60_000,
+                message_type: wire::MessageType::Train,
+                created_at_ms: 0,
+            },
+            body: wire::MessageBody::Content(wire::RecordDict::new()),
+        };
+        let (mut reply_send, mut reply_recv) = connection.open_bi().await.unwrap();
+        wire::io::write_message(&mut reply_send, &forged, 1 << 20)
+            .await
+            .unwrap();
+        reply_send.finish().unwrap();
+        let outcome = read_value::<wire::fleet::ReplyOutcome, _>(&mut reply_recv, 1 << 16)
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, wire::fleet::ReplyOutcome::Rejected(_)),
+            "{what}: {outcome:?}"
+        );
+    }
+    // The forger's own session is unaffected.
+    write_value(&mut send, &NodeFrame::Heartbeat { seq: 1 })
+        .await
+        .unwrap();
+    let ack = read_value::<BrokerFrame, _>(&mut recv, 1 << 16)
+        .await
+        .unwrap();
+    assert_eq!(ack, BrokerFrame::HeartbeatAck { seq: 1 });
+    assert_eq!(federation.status_of(me).await, Some(NodeStatus::Online));
+}
