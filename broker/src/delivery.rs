@@ -118,7 +118,13 @@ pub async fn receive_reply(
     mut recv: quinn::RecvStream,
 ) {
     let outcome = match read_message(&mut recv, shared.config.limits).await {
-        Ok(reply) => judge(&shared, node, reply),
+        // Storing a reply is a durable write of a whole model: keep it off the async workers.
+        Ok(reply) => {
+            let shared = shared.clone();
+            tokio::task::spawn_blocking(move || judge(&shared, node, reply))
+                .await
+                .unwrap_or_else(|e| ReplyOutcome::Rejected(format!("SuperLink error: {e}")))
+        }
         Err(error) => {
             tracing::warn!(%error, "unreadable reply");
             ReplyOutcome::Rejected(format!("unreadable reply: {error}"))

@@ -98,13 +98,18 @@ fn fleet_key_allowed(store: &Store, node_auth: NodeAuth, key: &PublicKey) -> boo
     }
 }
 
+/// How long an operator's connection may stay silent (while it follows a quiet run's log, say);
+/// its client sends keep-alives well inside this.
+const CONTROL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn endpoint(
     api: &'static str,
     address: SocketAddr,
     tls: rustls::ServerConfig,
-    config: &BrokerConfig,
+    idle_timeout: std::time::Duration,
 ) -> Result<quinn::Endpoint, BrokerError> {
-    let transport = certs::quic::transport(config.heartbeat_timeout, None);
+    // Nodes are judged gone after the heartbeat timeout; operators get longer.
+    let transport = certs::quic::transport(idle_timeout, None);
     let server = certs::quic::server_config(tls, transport)?;
     quinn::Endpoint::server(server, address).map_err(|source| BrokerError::Bind {
         api,
@@ -164,8 +169,13 @@ pub fn start(
         wire::alpn::CONTROL,
     )?;
 
-    let fleet_endpoint = endpoint("Fleet", fleet_address, fleet_tls, &config)?;
-    let control_endpoint = endpoint("Control", control_address, control_tls, &config)?;
+    let fleet_endpoint = endpoint("Fleet", fleet_address, fleet_tls, config.heartbeat_timeout)?;
+    let control_endpoint = endpoint(
+        "Control",
+        control_address,
+        control_tls,
+        CONTROL_IDLE_TIMEOUT,
+    )?;
     let fleet_addr = local_addr(&fleet_endpoint, "Fleet", fleet_address)?;
     let control_addr = local_addr(&control_endpoint, "Control", control_address)?;
 

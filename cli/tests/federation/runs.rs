@@ -345,3 +345,28 @@ async fn a_broker_restarted_mid_run_keeps_the_run_and_its_log() {
         "no log line lost or changed"
     );
 }
+
+/// One round of vector-add over a vector of `length` f32 values: the whole array goes to the node
+/// in chunks, comes back in chunks, and is aggregated.
+async fn round_trip_of(length: usize) {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let _nodes = nodes_with_values(&federation, &["value=1"]).await;
+    let overrides = format!("num-server-rounds=1 vector-length={length} round-timeout=600.0");
+    let run_id = start_run(&federation, &overrides).await;
+    let (lines, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Completed, "{lines:#?}");
+    let vector = final_vector(&federation, run_id);
+    assert_eq!(vector.len(), length);
+    assert!(vector.iter().all(|&v| v == 1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_64_mib_array_record_goes_to_a_node_and_back() {
+    round_trip_of(16 << 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "1 GiB each way: run with `cargo test --release -- --ignored` on a machine with 8 GiB free"]
+async fn a_1_gib_array_record_goes_to_a_node_and_back() {
+    round_trip_of(256 << 20).await;
+}

@@ -56,6 +56,16 @@ fn vector_of(arrays: &ArrayRecord) -> Vec<f32> {
         .unwrap_or_default()
 }
 
+/// The vector for a log line: in full when short, its head and length otherwise.
+fn describe(arrays: &ArrayRecord) -> String {
+    let vector = vector_of(arrays);
+    if vector.len() <= 8 {
+        format!("{vector:?}")
+    } else {
+        format!("{:?} ... ({} values)", &vector[..8], vector.len())
+    }
+}
+
 impl ServerApp for Server {
     fn run(&self, grid: &dyn Grid, context: &ServerContext) -> Result<(), AppError> {
         let config = &context.run_config;
@@ -140,11 +150,11 @@ impl ServerApp for Server {
                 )));
             }
             arrays = fedavg.finish().map_err(|e| AppError::new(e.to_string()))?;
-            grid.log(&format!("  vector = {:?}", vector_of(&arrays)));
+            grid.log(&format!("  vector = {}", describe(&arrays)));
         }
         let encoded = postcard::to_stdvec(&arrays).map_err(|e| AppError::new(e.to_string()))?;
         grid.save_artifact("final.arrays", &encoded)?;
-        grid.log(&format!("final vector = {:?}", vector_of(&arrays)));
+        grid.log(&format!("final vector = {}", describe(&arrays)));
         Ok(())
     }
 }
