@@ -43,6 +43,7 @@ fn fleet_frames_round_trip_and_match_golden_bytes() {
         round_trip(name, &value);
     }
     round_trip("instruction_ack", &samples::instruction_ack());
+    round_trip("instruction_header", &samples::instruction_header());
     for (name, value) in samples::reply_outcomes() {
         round_trip(name, &value);
     }

@@ -1,10 +1,10 @@
 //! One deterministic value of every protocol type, shared by the round-trip and golden tests.
 
 use wire::control::{
-    ControlError, ControlFrame, ControlRequest, ControlResponse, NodeInfo, NodeStatus,
-    OperatorFrame,
+    Artifact, ControlError, ControlFrame, ControlRequest, ControlResponse, LogLine, NodeInfo,
+    NodeStatus, OperatorFrame, RunInfo, RunStatus,
 };
-use wire::fleet::{BrokerFrame, InstructionAck, NodeFrame, ReplyOutcome};
+use wire::fleet::{BrokerFrame, InstructionAck, InstructionHeader, NodeFrame, ReplyOutcome};
 use wire::handshake::{Challenge, Proof, Refusal};
 use wire::message::{ErrorCode, MessageError};
 use wire::*;
@@ -121,6 +121,10 @@ pub fn broker_frames() -> Vec<(&'static str, BrokerFrame)> {
             "broker_heartbeat_ack",
             BrokerFrame::HeartbeatAck { seq: 300 },
         ),
+        (
+            "broker_run_stopped",
+            BrokerFrame::RunStopped { run_id: RunId(5) },
+        ),
     ]
 }
 
@@ -167,7 +171,53 @@ pub fn operator_frames() -> Vec<(&'static str, OperatorFrame)> {
                 include_unregistered: true,
             }),
         ),
+        (
+            "operator_start_run",
+            OperatorFrame::Request(ControlRequest::StartRun {
+                app_name: "fedavg-cnn".into(),
+                app_version: "1.0.0".into(),
+                config: ConfigRecord::new().with("num-server-rounds", ConfigValue::Int(3)),
+            }),
+        ),
+        (
+            "operator_list_runs",
+            OperatorFrame::Request(ControlRequest::ListRuns {
+                run_id: Some(RunId(5)),
+            }),
+        ),
+        (
+            "operator_stop_run",
+            OperatorFrame::Request(ControlRequest::StopRun { run_id: RunId(5) }),
+        ),
+        (
+            "operator_log",
+            OperatorFrame::Request(ControlRequest::Log {
+                run_id: RunId(5),
+                after: 3,
+                follow: true,
+            }),
+        ),
+        (
+            "operator_pull",
+            OperatorFrame::Request(ControlRequest::PullArtifacts { run_id: RunId(5) }),
+        ),
     ]
+}
+
+pub fn run_info() -> RunInfo {
+    RunInfo {
+        run_id: RunId(5),
+        app_name: "fedavg-cnn".into(),
+        app_version: "1.0.0".into(),
+        config: ConfigRecord::new().with("learning-rate", ConfigValue::Float(0.01)),
+        status: RunStatus::Completed,
+        details: String::new(),
+        owner: "alice".into(),
+        pending_at_ms: 1_700_000_000_000,
+        starting_at_ms: Some(1_700_000_000_100),
+        running_at_ms: Some(1_700_000_000_200),
+        finished_at_ms: Some(1_700_000_060_000),
+    }
 }
 
 pub fn control_frames() -> Vec<(&'static str, ControlFrame)> {
@@ -206,5 +256,43 @@ pub fn control_frames() -> Vec<(&'static str, ControlFrame)> {
             "control_error",
             ControlFrame::Response(ControlResponse::Error(ControlError::KeyInUse)),
         ),
+        (
+            "control_run_started",
+            ControlFrame::Response(ControlResponse::RunStarted { run_id: RunId(5) }),
+        ),
+        (
+            "control_runs",
+            ControlFrame::Response(ControlResponse::Runs(vec![run_info()])),
+        ),
+        (
+            "control_run_stopped",
+            ControlFrame::Response(ControlResponse::RunStopped { run_id: RunId(5) }),
+        ),
+        (
+            "control_log",
+            ControlFrame::Response(ControlResponse::Log {
+                lines: vec![LogLine {
+                    index: 0,
+                    at_ms: 1_700_000_000_000,
+                    text: "[ROUND 1/3]".into(),
+                }],
+                finished: Some(RunStatus::Completed),
+            }),
+        ),
+        (
+            "control_artifacts",
+            ControlFrame::Response(ControlResponse::Artifacts(vec![Artifact {
+                name: "metrics.json".into(),
+                bytes: b"{}".to_vec(),
+            }])),
+        ),
     ]
+}
+
+pub fn instruction_header() -> InstructionHeader {
+    InstructionHeader {
+        app_name: "fedavg-cnn".into(),
+        app_version: "1.0.0".into(),
+        run_config: ConfigRecord::new().with("batch-size", ConfigValue::Int(32)),
+    }
 }
