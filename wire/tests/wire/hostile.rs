@@ -67,17 +67,17 @@ fn a_head_announcing_a_huge_array_is_refused_before_allocation() {
 
 #[test]
 fn bytes_beyond_the_announced_arrays_are_refused() {
-    let mut assembler = MessageAssembler::new(Limits::default());
     let message = samples::message();
     let frames = stream::encode_message(&message, 1 << 20).unwrap();
-    let mut last = None;
-    for out in &frames {
-        last = assembler.feed(out.payload()).unwrap();
-    }
-    assert!(last.is_some());
-    // A fresh assembler fed a chunk before any head reads it as a (malformed) head.
-    let mut fresh = MessageAssembler::new(Limits::default());
-    assert!(fresh.feed(&[0xff; 16]).is_err());
+    let announced: usize = frames[1..].iter().map(|f| f.payload().len()).sum();
+    let mut assembler = MessageAssembler::new(Limits::default());
+    assert!(assembler.feed(frames[0].payload()).unwrap().is_none());
+    // One chunk carrying every announced byte plus one more.
+    let oversized = vec![0u8; announced + 1];
+    assert!(matches!(
+        assembler.feed(&oversized),
+        Err(WireError::Stream(_))
+    ));
 }
 
 #[test]
