@@ -190,13 +190,10 @@ pub fn start(
         apps,
         metrics: crate::metrics::Metrics::default(),
     });
-    match crate::runs::runner::fail_interrupted_runs(&shared) {
+    match crate::runs::runner::resume_interrupted_runs(&shared) {
         Ok(0) => {}
-        Ok(n) => tracing::warn!(
-            runs = n,
-            "runs interrupted by the previous shutdown are marked failed"
-        ),
-        Err(error) => tracing::error!(%error, "could not mark interrupted runs"),
+        Ok(n) => tracing::warn!(runs = n, "resuming runs the previous process left active"),
+        Err(error) => tracing::error!(%error, "could not resume interrupted runs"),
     }
     let metrics_addr = match shared.config.metrics_address {
         Some(address) => {

@@ -80,6 +80,10 @@ pub trait Grid: Send + Sync {
     /// Stores a named artifact with the run (for example the final model), replacing any earlier one.
     fn save_artifact(&self, name: &str, bytes: &[u8]) -> Result<(), GridError>;
 
+    /// Durably stores the app's state after a completed round, replacing the previous one. If the
+    /// SuperLink restarts mid-run, the run starts again with it in [`ServerContext::checkpoint`].
+    fn save_checkpoint(&self, state: &[u8]) -> Result<(), GridError>;
+
     /// [`Grid::send_and_fold`], collecting the replies.
     fn send_and_receive(
         &self,
@@ -99,6 +103,9 @@ pub struct ServerContext {
     pub run_id: RunId,
     /// The run config.
     pub run_config: ConfigRecord,
+    /// The last state the app saved with [`Grid::save_checkpoint`], when the run is resumed after
+    /// a SuperLink restart; `None` on a fresh start.
+    pub checkpoint: Option<Vec<u8>>,
 }
 
 /// The server half of an app.

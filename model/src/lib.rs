@@ -7,6 +7,7 @@
 //! - [`net`]: the CNN's layout and initialisation without Burn.
 //! - [`app`]: the `ServerApp`, `ClientApp` and `Grid` traits.
 //! - [`apps`]: the built-in apps and the registries that find apps by name.
+//! - [`checkpoint`]: the state saved after each round, from which a restarted run resumes.
 //! - [`data`]: the prepared-dataset format, sources and partitioning.
 //! - [`config`]: `k=v` override strings and TOML tables turned into a [`wire::ConfigRecord`].
 
@@ -14,6 +15,7 @@
 
 pub mod app;
 pub mod apps;
+pub mod checkpoint;
 #[cfg(feature = "burn")]
 pub mod cnn;
 pub mod config;

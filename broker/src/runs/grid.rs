@@ -265,6 +265,13 @@ impl Grid for BrokerGrid {
             .save_artifact(self.run_id, name, bytes)
             .map_err(|e| GridError::Internal(e.to_string()))
     }
+
+    fn save_checkpoint(&self, state: &[u8]) -> Result<(), GridError> {
+        self.shared
+            .store
+            .save_checkpoint(self.run_id, state)
+            .map_err(|e| GridError::Internal(e.to_string()))
+    }
 }
 
 /// Contents of in-flight instructions, so delivery to many nodes reads the model once from memory

@@ -32,10 +32,18 @@ fn finish(shared: &Shared, run_id: RunId, status: RunStatus, details: &str) {
             status
         }
     };
+    forget_checkpoint(shared, run_id);
     shared
         .runs
         .publish(run_id, RunEvent::Finished(final_status));
     shared.runs.remove(run_id);
+}
+
+/// Drops a finished run's checkpoint; a leftover one only costs space, so a failure is logged.
+fn forget_checkpoint(shared: &Shared, run_id: RunId) {
+    if let Err(error) = shared.store.remove_checkpoint(run_id) {
+        tracing::warn!(run_id = run_id.0, %error, "could not drop the run's checkpoint");
+    }
 }
 
 /// Accepts a run and starts its server app in the background.
@@ -63,10 +71,15 @@ pub fn start(
         .store
         .create_run(info)
         .map_err(|e| ControlError::Internal(e.to_string()))?;
+    launch(shared, info.clone());
+    Ok(info)
+}
+
+/// Executes a stored run's server app in the background.
+fn launch(shared: &Arc<Shared>, info: RunInfo) {
     shared.runs.insert(info.run_id);
     let span = tracing::info_span!("run", run_id = info.run_id.0, app = %info.app_name);
-    tokio::spawn(execute(shared.clone(), info.clone()).instrument(span));
-    Ok(info)
+    tokio::spawn(execute(shared.clone(), info).instrument(span));
 }
 
 async fn execute(shared: Arc<Shared>, info: RunInfo) {
@@ -111,9 +124,19 @@ async fn execute(shared: Arc<Shared>, info: RunInfo) {
         cancel.clone(),
         tokio::runtime::Handle::current(),
     );
+    let checkpoint = match shared.store.checkpoint(run_id) {
+        Ok(checkpoint) => checkpoint,
+        Err(error) => {
+            let reason = format!("cannot read the run's checkpoint: {error}");
+            log(&shared, run_id, &format!("ERROR: {reason}"));
+            finish(&shared, run_id, RunStatus::Failed, &reason);
+            return;
+        }
+    };
     let context = model::app::ServerContext {
         run_id,
         run_config: info.config.clone(),
+        checkpoint,
     };
     let outcome = tokio::task::spawn_blocking(move || app.run(&grid, &context)).await;
     if cancel.is_cancelled() {
@@ -160,6 +183,7 @@ pub fn stop(shared: &Shared, run_id: RunId, operator: &str) -> Result<(), Contro
         )
         .map_err(internal)?;
     shared.store.drop_queued_for_run(run_id).map_err(internal)?;
+    forget_checkpoint(shared, run_id);
     shared.runs.cancel(run_id);
     shared.sessions.push_all(BrokerFrame::RunStopped { run_id });
     log(
@@ -174,19 +198,25 @@ pub fn stop(shared: &Shared, run_id: RunId, operator: &str) -> Result<(), Contro
     Ok(())
 }
 
-/// At start-up: runs a previous process left active cannot continue; they are marked failed with
-/// their logs kept, and their queued instructions dropped.
-pub fn fail_interrupted_runs(shared: &Shared) -> Result<usize, crate::store::StoreError> {
+/// At start-up: runs a previous process left active (a crash, a kill, a shutdown mid-run) start
+/// again, from their last checkpoint when the app saved one. Instructions still queued belong to
+/// the interrupted round and are dropped: the resumed app sends that round afresh, and a late
+/// reply to an old instruction finds nobody waiting for it, so it is never aggregated.
+pub fn resume_interrupted_runs(shared: &Arc<Shared>) -> Result<usize, crate::store::StoreError> {
     let interrupted = shared.store.unfinished_runs()?;
     for run in &interrupted {
-        let reason = "the SuperLink restarted while this run was active";
         shared.store.drop_queued_for_run(run.run_id)?;
-        shared
-            .store
-            .append_log(run.run_id, &format!("ERROR: {reason}"), now_ms())?;
-        shared
-            .store
-            .set_run_status(run.run_id, RunStatus::Failed, reason, now_ms())?;
+        let from = if shared.store.checkpoint(run.run_id)?.is_some() {
+            "resuming it from its last checkpoint"
+        } else {
+            "starting it again (no round had completed)"
+        };
+        log(
+            shared,
+            run.run_id,
+            &format!("The SuperLink restarted while this run was active: {from}"),
+        );
+        launch(shared, run.clone());
     }
     Ok(interrupted.len())
 }

@@ -2,6 +2,8 @@
 //! operation is one short write transaction, committed (durably) before the caller acknowledges
 //! anything to a peer.
 
+#[cfg(test)]
+mod fault_tests;
 mod messages;
 mod nodes;
 mod runs;
@@ -149,6 +151,7 @@ impl Store {
             txn.open_table(tables::INSTRUCTIONS).map_err(storage)?;
             txn.open_table(tables::QUEUE).map_err(storage)?;
             txn.open_table(tables::REPLIES).map_err(storage)?;
+            txn.open_table(tables::CHECKPOINTS).map_err(storage)?;
         }
         txn.commit().map_err(storage)
     }

@@ -172,6 +172,34 @@ impl Store {
         Ok(names)
     }
 
+    /// Replaces a run's checkpoint.
+    pub fn save_checkpoint(&self, run_id: RunId, state: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut checkpoints = txn.open_table(tables::CHECKPOINTS).map_err(storage)?;
+            checkpoints.insert(run_id.0, state).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// A run's last checkpoint.
+    pub fn checkpoint(&self, run_id: RunId) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let checkpoints = txn.open_table(tables::CHECKPOINTS).map_err(storage)?;
+        let value = checkpoints.get(run_id.0).map_err(storage)?;
+        Ok(value.map(|bytes| bytes.value().to_vec()))
+    }
+
+    /// Forgets a finished run's checkpoint (it is only good for resuming).
+    pub fn remove_checkpoint(&self, run_id: RunId) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut checkpoints = txn.open_table(tables::CHECKPOINTS).map_err(storage)?;
+            checkpoints.remove(run_id.0).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
     /// Runs a previous broker process left unfinished.
     pub fn unfinished_runs(&self) -> Result<Vec<RunInfo>, StoreError> {
         Ok(self

@@ -33,3 +33,7 @@ pub const QUEUE: TableDefinition<(u64, u128), ()> = TableDefinition::new("queue_
 /// Instruction message id -> postcard-encoded reply `wire::Message` (real, or an error made by the
 /// broker when the node went away or the instruction expired).
 pub const REPLIES: TableDefinition<u128, &[u8]> = TableDefinition::new("replies_v1");
+
+/// Run id -> the server app's state after its last completed round (opaque to the broker), from
+/// which the run resumes after a restart.
+pub const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints_v1");

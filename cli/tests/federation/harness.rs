@@ -37,10 +37,52 @@ pub struct Federation {
     pub node_auth: NodeAuth,
     pub operator_keys: bool,
     pub db: Db,
+    /// Applied to the broker's configuration at every start.
+    pub tune: fn(&mut BrokerConfig),
+}
+
+/// The broker configuration of a test federation in `dir`: fast heartbeats, metrics on.
+pub fn broker_config(dir: &Path, node_auth: NodeAuth, operator_keys: bool) -> BrokerConfig {
+    let certs = CertificatePaths::in_dir(&dir.join("certificates"));
+    let chain = certs::load::load_certificates(&certs.server_cert).unwrap();
+    let key = certs::load::load_tls_private_key(&certs.server_key).unwrap();
+    let operator_auth = if operator_keys {
+        OperatorAuth::Keys(
+            certs::load::load_public_key_list(&dir.join("keys/operator.pub")).unwrap(),
+        )
+    } else {
+        OperatorAuth::LoopbackOnly
+    };
+    let mut config = BrokerConfig::new(chain, key, node_auth, operator_auth);
+    config.heartbeat_interval = Duration::from_millis(200);
+    config.heartbeat_timeout = Duration::from_millis(1000);
+    config.metrics_address = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    config
 }
 
 impl Federation {
     pub async fn start(node_auth: NodeAuth, operator_keys: bool, db: Db) -> Self {
+        Self::start_tuned(node_auth, operator_keys, db, |_| {}).await
+    }
+
+    /// A federation whose broker configuration `tune` adjusts.
+    pub async fn start_tuned(
+        node_auth: NodeAuth,
+        operator_keys: bool,
+        db: Db,
+        tune: fn(&mut BrokerConfig),
+    ) -> Self {
+        let mut federation = Self::prepare(node_auth, operator_keys, db);
+        federation.tune = tune;
+        federation.start_broker(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        );
+        federation
+    }
+
+    /// Certificates and keys in a fresh directory; no broker yet.
+    pub fn prepare(node_auth: NodeAuth, operator_keys: bool, db: Db) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let certs = generate_certificates(&dir.path().join("certificates"), &[], false).unwrap();
         generate_federation_keys(
@@ -51,19 +93,15 @@ impl Federation {
             false,
         )
         .unwrap();
-        let mut federation = Federation {
+        Federation {
             dir,
             certs,
             broker: None,
             node_auth,
             operator_keys,
             db,
-        };
-        federation.start_broker(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-        );
-        federation
+            tune: |_| {},
+        }
     }
 
     pub fn path(&self, relative: &str) -> PathBuf {
@@ -71,19 +109,8 @@ impl Federation {
     }
 
     pub fn start_broker(&mut self, fleet: SocketAddr, control: SocketAddr) {
-        let chain = certs::load::load_certificates(&self.certs.server_cert).unwrap();
-        let key = certs::load::load_tls_private_key(&self.certs.server_key).unwrap();
-        let operator_auth = if self.operator_keys {
-            OperatorAuth::Keys(
-                certs::load::load_public_key_list(&self.path("keys/operator.pub")).unwrap(),
-            )
-        } else {
-            OperatorAuth::LoopbackOnly
-        };
-        let mut config = BrokerConfig::new(chain, key, self.node_auth, operator_auth);
-        config.heartbeat_interval = Duration::from_millis(200);
-        config.heartbeat_timeout = Duration::from_millis(1000);
-        config.metrics_address = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let mut config = broker_config(self.dir.path(), self.node_auth, self.operator_keys);
+        (self.tune)(&mut config);
         let store = match self.db {
             Db::Memory => Store::in_memory().unwrap(),
             Db::File => Store::open(&self.path("state.redb")).unwrap(),

@@ -4,7 +4,9 @@
 //! Each run: a query round asks the nodes for their data's shape (so the network fits CIFAR-10 or
 //! Fashion-MNIST alike), then `num-server-rounds` rounds of train (a `fraction-train` sample) and
 //! evaluate (a `fraction-evaluate` sample), both aggregated weighted by `num-examples`. The final
-//! model is stored as safetensors with PyTorch's names, the per-round metrics as JSON.
+//! model is stored as safetensors with PyTorch's names, the per-round metrics as JSON. The model
+//! and the metrics so far are checkpointed after every round, so a run interrupted by a SuperLink
+//! restart resumes from its last completed round.
 //!
 //! Run config (flwr.toml `[app.config]`): `num-server-rounds` (3), `fraction-train` (1.0),
 //! `fraction-evaluate` (0.5), `min-nodes` (2), `local-epochs` (1), `learning-rate` (0.1),
@@ -12,6 +14,7 @@
 //! seconds (120), `seed` (42).
 
 use crate::app::{AppError, Grid, Instruction, ServerApp, ServerContext, config_f64, config_i64};
+use crate::checkpoint;
 use crate::fedavg::FedAvg;
 use crate::net::{InputShape, initial_parameters};
 use rand::seq::SliceRandom as _;
@@ -249,25 +252,21 @@ impl ServerApp for Server {
     fn run(&self, grid: &dyn Grid, context: &ServerContext) -> Result<(), AppError> {
         let settings = Settings::read(&context.run_config)?;
         let started = Instant::now();
-        let nodes = grid.wait_for_nodes(settings.min_nodes, settings.node_wait)?;
-        if nodes.len() < settings.min_nodes {
-            return Err(AppError::new(format!(
-                "only {} of the {} required nodes are online (min-nodes)",
-                nodes.len(),
-                settings.min_nodes
-            )));
-        }
-        let input = self.discover_input(grid, &nodes, settings.round_timeout)?;
-        let mut arrays = initial_parameters(input, settings.seed).ok_or_else(|| {
-            AppError::new(format!("images of {input:?} are too small for the network"))
-        })?;
-        let parameters: u64 = arrays.iter().map(|(_, a)| a.numel()).sum();
-        grid.log(&format!(
-            "Starting FedAvg: {} rounds, CNN with {parameters} parameters for {}x{}x{} images in {} classes",
-            settings.rounds, input.channels, input.height, input.width, input.classes
-        ));
-        let mut history = Vec::new();
-        for round in 1..=settings.rounds {
+        let (mut arrays, mut history, first_round) = match checkpoint::resume_point(context)? {
+            Some(resumed) => {
+                grid.log(&format!(
+                    "Resuming FedAvg after round {} of {} from the run's checkpoint",
+                    resumed.completed_rounds, settings.rounds
+                ));
+                let history: Vec<serde_json::Value> = serde_json::from_str(&resumed.history)
+                    .map_err(|e| {
+                        AppError::new(format!("the checkpoint's history is damaged: {e}"))
+                    })?;
+                (resumed.arrays, history, resumed.completed_rounds + 1)
+            }
+            None => (self.initial_model(grid, &settings)?, Vec::new(), 1),
+        };
+        for round in first_round..=settings.rounds {
             let round_started = Instant::now();
             grid.log("");
             grid.log(&format!("[ROUND {round}/{}]", settings.rounds));
@@ -289,6 +288,9 @@ impl ServerApp for Server {
                 entry[name] = json!(value);
             }
             history.push(entry);
+            let history_text = serde_json::to_string(&history)
+                .map_err(|e| AppError::new(format!("cannot encode the history: {e}")))?;
+            grid.save_checkpoint(&checkpoint::encode(round, &arrays, &history_text)?)?;
         }
         grid.log("");
         grid.log(&format!(
@@ -306,6 +308,28 @@ impl ServerApp for Server {
 }
 
 impl Server {
+    /// Waits for the nodes, learns their data's shape, and initialises the network for it.
+    fn initial_model(&self, grid: &dyn Grid, settings: &Settings) -> Result<ArrayRecord, AppError> {
+        let nodes = grid.wait_for_nodes(settings.min_nodes, settings.node_wait)?;
+        if nodes.len() < settings.min_nodes {
+            return Err(AppError::new(format!(
+                "only {} of the {} required nodes are online (min-nodes)",
+                nodes.len(),
+                settings.min_nodes
+            )));
+        }
+        let input = self.discover_input(grid, &nodes, settings.round_timeout)?;
+        let arrays = initial_parameters(input, settings.seed).ok_or_else(|| {
+            AppError::new(format!("images of {input:?} are too small for the network"))
+        })?;
+        let parameters: u64 = arrays.iter().map(|(_, a)| a.numel()).sum();
+        grid.log(&format!(
+            "Starting FedAvg: {} rounds, CNN with {parameters} parameters for {}x{}x{} images in {} classes",
+            settings.rounds, input.channels, input.height, input.width, input.classes
+        ));
+        Ok(arrays)
+    }
+
     fn train_round(
         &self,
         grid: &dyn Grid,

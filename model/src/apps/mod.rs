@@ -1,6 +1,8 @@
 //! The apps every broker and node ship with, and the registries that find apps by name.
 
 pub mod fedavg_cnn;
+#[cfg(test)]
+mod resume_tests;
 pub mod vector_add;
 
 use crate::app::{ClientApp, ServerApp};

@@ -2,7 +2,8 @@
 //! vector; each round every sampled node returns the vector plus its own node-config `value`; the
 //! server averages the replies with [`FedAvg`]. After R rounds with values v_i the vector holds
 //! R x mean(v_i) in every element, exactly, which makes it a precise end-to-end check of delivery,
-//! replies and aggregation.
+//! replies and aggregation. The vector is checkpointed after every round, so a run interrupted by a
+//! SuperLink restart resumes from its last completed round and still ends on the exact value.
 //!
 //! Run config: `num-server-rounds` (3), `vector-length` (4), `min-nodes` (1), `round-timeout`
 //! seconds (30), `node-wait-timeout` seconds (30). Node config: `value` (1.0), `delay-ms` (0, to
@@ -12,6 +13,7 @@ use crate::app::{
     AppError, ClientApp, ClientContext, Grid, Instruction, ServerApp, ServerContext, config_f64,
     config_i64,
 };
+use crate::checkpoint;
 use crate::fedavg::FedAvg;
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,12 +80,21 @@ impl ServerApp for Server {
             "node-wait-timeout",
         )?;
 
-        let mut arrays = ArrayRecord::new().with(
-            VECTOR,
-            Array::from_f32(vec![length as u64], &vec![0.0; length])
-                .map_err(|e| AppError::new(e.to_string()))?,
-        );
-        for round in 1..=rounds {
+        let (mut arrays, first_round) = match checkpoint::resume_point(context)? {
+            Some(resumed) => {
+                grid.log(&format!(
+                    "Resuming after round {} of {rounds} from the run's checkpoint",
+                    resumed.completed_rounds
+                ));
+                (resumed.arrays, resumed.completed_rounds + 1)
+            }
+            None => {
+                let zeros = Array::from_f32(vec![length as u64], &vec![0.0; length])
+                    .map_err(|e| AppError::new(e.to_string()))?;
+                (ArrayRecord::new().with(VECTOR, zeros), 1)
+            }
+        };
+        for round in first_round..=rounds {
             let nodes = grid.wait_for_nodes(min_nodes, node_wait)?;
             if nodes.len() < min_nodes {
                 return Err(AppError::new(format!(
@@ -151,6 +162,7 @@ impl ServerApp for Server {
             }
             arrays = fedavg.finish().map_err(|e| AppError::new(e.to_string()))?;
             grid.log(&format!("  vector = {}", describe(&arrays)));
+            grid.save_checkpoint(&checkpoint::encode(round, &arrays, "")?)?;
         }
         let encoded = postcard::to_stdvec(&arrays).map_err(|e| AppError::new(e.to_string()))?;
         grid.save_artifact("final.arrays", &encoded)?;
