@@ -132,6 +132,7 @@ pub async fn receive_reply(
     };
     if let ReplyOutcome::Rejected(reason) = &outcome {
         tracing::warn!(%reason, "reply rejected");
+        shared.metrics.reply_received("rejected");
     }
     let _ = write_value(&mut send, &outcome).await;
     let _ = send.finish();
@@ -158,11 +159,16 @@ fn judge(shared: &Shared, node: NodeId, reply: wire::Message) -> ReplyOutcome {
     }
     match shared.store.store_reply(&reply) {
         Ok(ReplyStored::New) => {
+            shared.metrics.reply_received("stored");
             shared.router.route(reply);
             ReplyOutcome::Accepted
         }
-        // At-least-once delivery: a re-sent reply is acknowledged and ignored.
-        Ok(ReplyStored::Duplicate) => ReplyOutcome::Accepted,
+        // At-least-once delivery: a re-sent reply, or one that comes after the round gave up on
+        // it (its stand-in answer is stored), is acknowledged and ignored.
+        Ok(ReplyStored::Duplicate) => {
+            shared.metrics.reply_received("duplicate");
+            ReplyOutcome::Accepted
+        }
         Err(error) => ReplyOutcome::Rejected(error.to_string()),
     }
 }

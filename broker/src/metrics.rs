@@ -1,5 +1,6 @@
 //! A Prometheus endpoint (`--metrics-address`, off by default): nodes by status, runs by status,
-//! queued instructions, bytes in and out, handshake failures by reason, round durations.
+//! queued instructions, bytes in and out, handshake failures by reason, replies by fate, round
+//! durations.
 //! Plain HTTP/1.1 on its own address: it exposes counts, never keys, ids or names.
 
 use crate::server::Shared;
@@ -21,6 +22,8 @@ const ROUND_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 9
 pub struct Metrics {
     /// Failed authentications by reason.
     handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
+    /// Replies received, by what became of them (stored, duplicate, rejected).
+    replies: Mutex<BTreeMap<&'static str, u64>>,
     /// UDP bytes received on connections that have closed.
     closed_bytes_in: AtomicU64,
     /// UDP bytes sent on connections that have closed.
@@ -32,12 +35,18 @@ pub struct Metrics {
 impl Metrics {
     /// Counts a failed authentication.
     pub fn handshake_failed(&self, reason: &'static str) {
-        *self
-            .handshake_failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(reason)
-            .or_insert(0) += 1;
+        bump(&self.handshake_failures, reason);
+    }
+
+    /// Counts a received reply by its fate: `stored`, `duplicate` or `rejected`.
+    pub fn reply_received(&self, fate: &'static str) {
+        bump(&self.replies, fate);
+    }
+
+    /// How many replies met `fate` so far.
+    pub fn replies(&self, fate: &str) -> u64 {
+        let replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+        replies.get(fate).copied().unwrap_or(0)
     }
 
     /// Adds a closed connection's traffic.
@@ -64,6 +73,14 @@ impl Metrics {
         rounds.1 += 1;
         rounds.2 += seconds;
     }
+}
+
+fn bump(counters: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
+    *counters
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key)
+        .or_insert(0) += 1;
 }
 
 /// The exposition text.
@@ -139,6 +156,18 @@ pub fn render(shared: &Shared) -> String {
             out,
             "flwr_handshake_failures_total{{reason=\"{reason}\"}} {count}"
         );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP flwr_replies_total Replies received, by fate: stored, duplicate (already answered, for instance by a stale round's stand-in) or rejected.\n# TYPE flwr_replies_total counter"
+    );
+    for (fate, count) in metrics
+        .replies
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let _ = writeln!(out, "flwr_replies_total{{fate=\"{fate}\"}} {count}");
     }
     let rounds = metrics
         .rounds

@@ -6,6 +6,7 @@
 
 mod crash;
 mod harness;
+mod hostile;
 mod learning;
 mod lifecycle;
 mod metrics;

@@ -12,7 +12,7 @@ use wire::fleet::{BrokerFrame, NodeFrame, PROTOCOL_VERSION};
 use wire::handshake::{ClientHandshake, Domain};
 use wire::io::{read_value, write_value};
 
-async fn connect(
+pub async fn connect(
     address: SocketAddr,
     tls: rustls::ClientConfig,
 ) -> Result<quinn::Connection, quinn::ConnectionError> {
@@ -25,12 +25,12 @@ async fn connect(
         .await
 }
 
-fn roots(federation: &Federation) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+pub fn roots(federation: &Federation) -> Vec<rustls_pki_types::CertificateDer<'static>> {
     certs::load::load_certificates(&federation.certs.ca_cert).unwrap()
 }
 
 /// Opens the session stream and sends hello; returns what the broker answers (or the failure).
-async fn hello(
+pub async fn hello(
     connection: &quinn::Connection,
 ) -> Result<(quinn::SendStream, quinn::RecvStream, BrokerFrame), String> {
     let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
@@ -46,6 +46,31 @@ async fn hello(
         .await
         .map_err(|e| e.to_string())?;
     Ok((send, recv, frame))
+}
+
+/// Hello, challenge, proof and welcome on `connection` with `key`: the session stream and the id.
+pub async fn authenticate(
+    connection: &quinn::Connection,
+    key: &IdentityKey,
+) -> (quinn::SendStream, quinn::RecvStream, wire::NodeId) {
+    let (mut send, mut recv, frame) = hello(connection).await.unwrap();
+    let BrokerFrame::Challenge(challenge) = frame else {
+        panic!("{frame:?}")
+    };
+    let exporter = certs::quic::exporter(connection).unwrap();
+    let proof = ClientHandshake::new(Domain::Fleet, exporter)
+        .respond(&challenge, key)
+        .unwrap();
+    write_value(&mut send, &NodeFrame::Proof(proof))
+        .await
+        .unwrap();
+    match read_value::<BrokerFrame, _>(&mut recv, 1 << 16)
+        .await
+        .unwrap()
+    {
+        BrokerFrame::Welcome { node_id, .. } => (send, recv, node_id),
+        other => panic!("not welcomed: {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -183,24 +208,8 @@ async fn an_authenticated_node_cannot_reply_in_another_nodes_name() {
     let tls =
         certs::tls::client_config(&roots(&federation), Some(&key), wire::alpn::FLEET).unwrap();
     let connection = connect(federation.broker().fleet_addr, tls).await.unwrap();
-    let (mut send, mut recv, frame) = hello(&connection).await.unwrap();
-    let BrokerFrame::Challenge(challenge) = frame else {
-        panic!("{frame:?}")
-    };
-    let exporter = certs::quic::exporter(&connection).unwrap();
-    let proof = ClientHandshake::new(Domain::Fleet, exporter)
-        .respond(&challenge, &key)
-        .unwrap();
-    write_value(&mut send, &NodeFrame::Proof(proof))
-        .await
-        .unwrap();
-    let welcome = read_value::<BrokerFrame, _>(&mut recv, 1 << 16)
-        .await
-        .unwrap();
-    assert!(
-        matches!(welcome, BrokerFrame::Welcome { node_id, .. } if node_id == me),
-        "{welcome:?}"
-    );
+    let (mut send, mut recv, node_id) = authenticate(&connection, &key).await;
+    assert_eq!(node_id, me);
 
     for (sender, what) in [
         (other, "another node's name"),

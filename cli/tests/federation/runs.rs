@@ -311,6 +311,40 @@ async fn an_unknown_run_config_key_is_refused() {
     );
 }
 
+#[tokio::test]
+async fn a_stale_reply_from_an_earlier_round_is_not_aggregated() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    // The slow node answers round 1 while round 2 is under way, long after round 1 gave up on it.
+    let _nodes = nodes_with_values(&federation, &["value=1", "value=100 delay-ms=700"]).await;
+    let run_id = start_run(&federation, "num-server-rounds=2 round-timeout=0.4").await;
+    let (lines, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Completed, "{lines:#?}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("received 1 results and 1 failures"))
+            .count(),
+        2,
+        "{lines:#?}"
+    );
+    // Wait for the late replies to come in: they are acknowledged, never counted.
+    let metrics = &federation.broker().shared.metrics;
+    let deadline = Instant::now() + PATIENCE;
+    while metrics.replies("duplicate") + metrics.replies("rejected") < 2 {
+        assert!(Instant::now() < deadline, "the late replies never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        metrics.replies("duplicate") >= 1,
+        "round 1's late reply came during round 2"
+    );
+    assert_eq!(
+        final_vector(&federation, run_id),
+        [2.0; 4],
+        "only value=1 counted"
+    );
+}
+
 /// Waits until the run's stored log has a line starting with `prefix` `count` times.
 async fn wait_for_log(federation: &Federation, run_id: RunId, prefix: &str, count: usize) {
     let deadline = Instant::now() + PATIENCE;

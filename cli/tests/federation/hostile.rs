@@ -1,0 +1,232 @@
+//! Peers that try to wear the broker down, and one that is merely wrong about the time:
+//! handshakes that never finish, more of them than the broker admits, a flood from one address
+//! while real nodes work, and a node whose clock is ten minutes off.
+
+use crate::harness::{Db, Federation, PATIENCE, RunningNode};
+use crate::refusals::{authenticate, connect, hello, roots};
+use broker::config::{BrokerConfig, NodeAuth};
+use certs::IdentityKey;
+use node::daemon::NodeState;
+use rustls_pki_types::UnixTime;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+use wire::control::{NodeStatus, RunStatus};
+use wire::fleet::{BrokerFrame, NodeFrame};
+use wire::io::{read_value, write_value};
+
+/// Authentication must finish within this in these tests (10 s by default).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(400);
+
+fn strict(config: &mut BrokerConfig) {
+    config.handshake_timeout = HANDSHAKE_TIMEOUT;
+    config.max_pending_handshakes = 4;
+}
+
+fn fleet_tls(federation: &Federation, key: &IdentityKey) -> rustls::ClientConfig {
+    certs::tls::client_config(&roots(federation), Some(key), wire::alpn::FLEET).unwrap()
+}
+
+#[tokio::test]
+async fn a_connection_that_never_authenticates_is_closed_after_the_handshake_timeout() {
+    let federation = Federation::start_tuned(NodeAuth::Automatic, false, Db::Memory, strict).await;
+    let key = IdentityKey::generate();
+    let started = Instant::now();
+    let connection = connect(federation.broker().fleet_addr, fleet_tls(&federation, &key))
+        .await
+        .unwrap();
+    // TLS done; the hello never comes.
+    let _stream = connection.open_bi().await.unwrap();
+    tokio::time::timeout(PATIENCE, connection.closed())
+        .await
+        .expect("never closed");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= HANDSHAKE_TIMEOUT && elapsed < HANDSHAKE_TIMEOUT * 5,
+        "{elapsed:?}"
+    );
+    assert!(
+        federation.nodes(true).await.is_empty(),
+        "nothing registered"
+    );
+}
+
+#[tokio::test]
+async fn unauthenticated_connections_beyond_the_bound_are_refused_until_slots_free_up() {
+    let federation = Federation::start_tuned(NodeAuth::Automatic, false, Db::Memory, strict).await;
+    let key = IdentityKey::generate();
+    let address = federation.broker().fleet_addr;
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        stalled.push(
+            connect(address, fleet_tls(&federation, &key))
+                .await
+                .unwrap(),
+        );
+    }
+    let refused = connect(address, fleet_tls(&federation, &key)).await;
+    assert!(
+        matches!(refused, Err(quinn::ConnectionError::ConnectionClosed(_))),
+        "a fifth unauthenticated connection was admitted: {refused:?}"
+    );
+    // The stalled ones time out and give their slots back: a real node gets in.
+    for connection in &stalled {
+        tokio::time::timeout(PATIENCE, connection.closed())
+            .await
+            .expect("stalled connection never closed");
+    }
+    let mut node = RunningNode::start(federation.node_settings(None));
+    node.online().await;
+}
+
+/// Clients that open connections as fast as they can and never authenticate, all from one UDP
+/// socket, until `stop`; returns how many connection attempts they made.
+async fn flood(
+    federation: &Federation,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinSet<u64> {
+    let address = federation.broker().fleet_addr;
+    let endpoint = certs::quic::client_endpoint(address).unwrap();
+    let key = IdentityKey::generate();
+    let transport = || certs::quic::transport(Duration::from_secs(5), None);
+    let config = certs::quic::client_config(fleet_tls(federation, &key), transport()).unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..clients {
+        let (endpoint, config, stop) = (endpoint.clone(), config.clone(), stop.clone());
+        tasks.spawn(async move {
+            let mut attempts = 0;
+            while !stop.load(Ordering::Relaxed) {
+                attempts += 1;
+                let Ok(connecting) = endpoint.connect_with(config.clone(), address, "localhost")
+                else {
+                    continue;
+                };
+                if let Ok(connection) = connecting.await {
+                    if i % 2 == 0 {
+                        // Half send a hello and then nothing; half send garbage.
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(1), hello(&connection)).await;
+                    } else if let Ok((mut send, _)) = connection.open_bi().await {
+                        let _ = send.write_all(&[0xFF; 64]).await;
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(1), connection.closed()).await;
+                    }
+                }
+            }
+            attempts
+        });
+    }
+    tasks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_nodes_stay_online_and_finish_a_run_through_a_handshake_flood() {
+    let federation = Federation::start_tuned(NodeAuth::Registered, false, Db::Memory, |config| {
+        config.handshake_timeout = HANDSHAKE_TIMEOUT;
+        config.max_pending_handshakes = 16;
+    })
+    .await;
+    let mut nodes = Vec::new();
+    let mut ids = Vec::new();
+    for key in ["client_credentials_1", "client_credentials_2"] {
+        federation.register(key).await;
+        let mut node =
+            RunningNode::start(federation.node_settings_with(Some(key), "value=1 delay-ms=300"));
+        ids.push(node.online().await);
+        nodes.push(node);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut flooders = flood(&federation, 32, stop.clone()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let run_id = crate::runs::start_run(&federation, "min-nodes=2").await;
+    let (lines, status) = crate::runs::follow(&federation, run_id).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut attempts = 0;
+    while let Some(count) = flooders.join_next().await {
+        attempts += count.unwrap();
+    }
+    assert_eq!(status, RunStatus::Completed, "{lines:#?}");
+    assert!(attempts >= 100, "the flood hardly ran: {attempts} attempts");
+    for node in &nodes {
+        assert!(
+            matches!(*node.state.borrow(), NodeState::Online(_)),
+            "a node lost its session"
+        );
+    }
+    let listed = federation.nodes(false).await;
+    for id in ids {
+        let info = listed.iter().find(|n| n.node_id == id).unwrap();
+        assert_eq!(info.status, NodeStatus::Online);
+        assert!(
+            info.offline_at_ms.is_none(),
+            "node {id} went offline during the flood"
+        );
+    }
+}
+
+/// The node's view of the time, `offset` away from the truth.
+#[derive(Debug)]
+struct SkewedClock {
+    ahead: bool,
+    offset: Duration,
+}
+
+impl rustls::time_provider::TimeProvider for SkewedClock {
+    fn current_time(&self) -> Option<UnixTime> {
+        let now = SystemTime::now();
+        let skewed = if self.ahead {
+            now + self.offset
+        } else {
+            now - self.offset
+        };
+        Some(UnixTime::since_unix_epoch(
+            skewed.duration_since(SystemTime::UNIX_EPOCH).ok()?,
+        ))
+    }
+}
+
+#[tokio::test]
+async fn a_node_whose_clock_is_ten_minutes_off_still_authenticates() {
+    // Fresh certificates, as an operator makes them just before starting: a node behind the
+    // SuperLink's clock still finds them valid.
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let beat = AtomicU64::new(1);
+    for ahead in [false, true] {
+        let key = IdentityKey::generate();
+        let mut trusted = rustls::RootCertStore::empty();
+        for root in roots(&federation) {
+            trusted.add(root).unwrap();
+        }
+        let (cert, private) = certs::generate::client_certificate(&key).unwrap();
+        let clock = SkewedClock {
+            ahead,
+            offset: Duration::from_secs(600),
+        };
+        let mut tls =
+            rustls::ClientConfig::builder_with_details(certs::tls::provider(), Arc::new(clock))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(trusted)
+                .with_client_auth_cert(vec![cert], private)
+                .unwrap();
+        tls.alpn_protocols = vec![wire::alpn::FLEET.to_vec()];
+        let connection = connect(federation.broker().fleet_addr, tls).await.unwrap();
+        let (mut send, mut recv, node_id) = authenticate(&connection, &key).await;
+        let seq = beat.fetch_add(1, Ordering::Relaxed);
+        write_value(&mut send, &NodeFrame::Heartbeat { seq })
+            .await
+            .unwrap();
+        assert_eq!(
+            read_value::<BrokerFrame, _>(&mut recv, 1 << 16)
+                .await
+                .unwrap(),
+            BrokerFrame::HeartbeatAck { seq }
+        );
+        assert_eq!(
+            federation.status_of(node_id).await,
+            Some(NodeStatus::Online)
+        );
+    }
+}
