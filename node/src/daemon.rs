@@ -2,8 +2,10 @@
 //! exponential backoff and jitter; stop for good on a permanent refusal or when the retry budget
 //! (`--max-retries`, `--max-wait-time`) is spent.
 
+use crate::isolation::{ClientAppIo, Isolation};
 use crate::session::{self, SessionEnd, SessionError};
 use crate::settings::NodeSettings;
+use crate::work::Isolated;
 use rand::RngExt as _;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -94,7 +96,29 @@ pub async fn run(
     shutdown: CancellationToken,
     state: watch::Sender<NodeState>,
 ) -> Result<(), NodeError> {
-    let worker = std::sync::Arc::new(crate::work::Worker::new(apps, settings.node_config.clone()));
+    let mut worker = crate::work::Worker::new(apps, settings.node_config.clone());
+    if let Isolation::Subprocess { program, args } = &settings.isolation {
+        let address = settings.clientappio_address;
+        let io = ClientAppIo::start(address, shutdown.clone())
+            .await
+            .map_err(|error| {
+                let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
+                    " (another SuperNode on this machine? give each its own --clientappio-api-address)"
+                } else {
+                    ""
+                };
+                NodeError::Setup(format!(
+                    "cannot serve the ClientAppIo API on {address}: {error}{hint}"
+                ))
+            })?;
+        tracing::info!(address = %io.address(), program = %program.display(), "client apps run in their own processes");
+        worker = worker.isolated(Isolated {
+            io,
+            program: program.clone(),
+            args: args.clone(),
+        });
+    }
+    let worker = std::sync::Arc::new(worker);
     let (_, address) = session::resolve(&settings.superlink)
         .await
         .map_err(|e| NodeError::Setup(e.to_string()))?;

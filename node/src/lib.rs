@@ -6,11 +6,17 @@
 //! - [`settings`]: command-line flags resolved into [`settings::NodeSettings`].
 //! - [`session`]: one connection: TLS, the challenge-response, heartbeats.
 //! - [`work`]: instructions in, client app, replies out.
+//! - [`isolation`]: client apps in a `flwr-clientapp` process of their own.
+//! - [`clientapp`]: that process's side (the `flwr-clientapp` binary).
+//! - [`logging`]: log output of both executables.
 //! - [`daemon`]: the reconnect loop around sessions, and the node's observable state.
 
 #![forbid(unsafe_code)]
 
+pub mod clientapp;
 pub mod daemon;
+pub mod isolation;
+pub mod logging;
 pub mod session;
 pub mod settings;
 pub mod work;

@@ -2,21 +2,9 @@
 
 use clap::Parser as _;
 use node::daemon::{self, NodeState};
-use node::settings::{Args, LogFormat};
+use node::settings::Args;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
 
 async fn wait_for_signal() {
     #[cfg(unix)]
@@ -36,7 +24,7 @@ async fn wait_for_signal() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
+    node::logging::init(args.log_format);
     let insecure = args.insecure;
     let settings = match args.resolve() {
         Ok(settings) => settings,

@@ -1,5 +1,6 @@
 //! The command line of `flower-supernode`, with Flower's flag names.
 
+use crate::isolation::Isolation;
 use certs::IdentityKey;
 use clap::Parser;
 use rustls_pki_types::CertificateDer;
@@ -15,6 +16,15 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// Where client apps run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IsolationMode {
+    /// A `flwr-clientapp` process per instruction: a crashing app costs one error reply.
+    Subprocess,
+    /// On a thread of the node: faster to start, but an app that aborts takes the node down.
+    InProcess,
 }
 
 /// Flower SuperNode: a long-running node that trains on its private data for the SuperLink.
@@ -37,9 +47,17 @@ pub struct Args {
     /// Node configuration passed to apps, e.g. 'dataset-path="datasets/cifar10_part_1" k=3' (TOML values).
     #[arg(long, default_value = "", value_name = "CONFIG")]
     pub node_config: String,
-    /// Address where the node serves the ClientApp process.
-    #[arg(long, default_value = "0.0.0.0:9094", value_name = "ADDR")]
+    /// Address where the node serves its client app processes (port 0 picks a free one). Give each
+    /// SuperNode on one machine its own.
+    #[arg(long, default_value = "127.0.0.1:9094", value_name = "ADDR")]
     pub clientappio_api_address: SocketAddr,
+    /// Where client apps run.
+    #[arg(long, value_enum, default_value_t = IsolationMode::Subprocess)]
+    pub isolation: IsolationMode,
+    /// The client app program for --isolation subprocess [default: flwr-clientapp beside this
+    /// executable].
+    #[arg(long, value_name = "FILE")]
+    pub clientapp_program: Option<PathBuf>,
     /// Give up after this many failed connection attempts in a row (default: never).
     #[arg(long, value_name = "N")]
     pub max_retries: Option<u32>,
@@ -81,8 +99,10 @@ pub struct NodeSettings {
     pub ephemeral_identity: bool,
     /// Passed to apps.
     pub node_config: ConfigRecord,
-    /// Where the ClientApp process is served.
+    /// Where client app processes connect.
     pub clientappio_address: SocketAddr,
+    /// Where client apps run.
+    pub isolation: crate::isolation::Isolation,
     /// Retry limit (consecutive failures).
     pub max_retries: Option<u32>,
     /// Retry time limit (consecutive).
@@ -124,6 +144,13 @@ impl Args {
             })?),
             None => None,
         };
+        let isolation = match self.isolation {
+            IsolationMode::InProcess => Isolation::InProcess,
+            IsolationMode::Subprocess => Isolation::Subprocess {
+                program: clientapp_program(self.clientapp_program)?,
+                args: vec!["--backend".into(), self.backend.as_str().into()],
+            },
+        };
         Ok(NodeSettings {
             superlink: self.superlink,
             trust,
@@ -131,9 +158,73 @@ impl Args {
             ephemeral_identity,
             node_config,
             clientappio_address: self.clientappio_api_address,
+            isolation,
             max_retries: self.max_retries,
             max_wait_time,
             backend: self.backend,
         })
+    }
+}
+
+/// The program of `--isolation subprocess`: the one given, or `flwr-clientapp` beside this
+/// executable. It must exist now, not at the first instruction.
+fn clientapp_program(given: Option<PathBuf>) -> Result<PathBuf, String> {
+    let program = match given {
+        Some(program) => program,
+        None => std::env::current_exe()
+            .map_err(|e| format!("cannot locate this executable: {e}"))?
+            .with_file_name(format!("flwr-clientapp{}", std::env::consts::EXE_SUFFIX)),
+    };
+    if program.is_file() {
+        Ok(program)
+    } else {
+        Err(format!(
+            "the client app program {} does not exist: build it (cargo build --bins), give \
+             --clientapp-program, or run apps inside the node with --isolation in-process",
+            program.display()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(extra: &[&str]) -> Result<NodeSettings, String> {
+        let mut argv = vec!["flower-supernode", "--insecure"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .resolve()
+    }
+
+    #[test]
+    fn subprocess_isolation_needs_an_existing_client_app_program() {
+        let error = resolve(&["--clientapp-program", "/nonexistent/flwr-clientapp"]).unwrap_err();
+        assert!(error.contains("does not exist"), "{error}");
+        assert!(error.contains("--isolation in-process"), "{error}");
+        let settings = resolve(&["--isolation", "in-process"]).unwrap();
+        assert_eq!(settings.isolation, Isolation::InProcess);
+        let program = std::env::current_exe().unwrap();
+        let settings = resolve(&[
+            "--clientapp-program",
+            program.to_str().unwrap(),
+            "--backend",
+            "cpu",
+        ])
+        .unwrap();
+        assert_eq!(
+            settings.isolation,
+            Isolation::Subprocess {
+                program,
+                args: vec!["--backend".into(), "cpu".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn an_unknown_isolation_mode_is_refused() {
+        let error = resolve(&["--isolation", "container"]).unwrap_err();
+        assert!(error.contains("invalid value 'container'"), "{error}");
     }
 }

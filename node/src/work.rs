@@ -3,12 +3,15 @@
 //! the reply goes back on a stream of its own. A reply that cannot be delivered waits in an outbox
 //! and is sent again after reconnecting (the broker ignores duplicates).
 
+use crate::isolation::ClientAppIo;
 use model::app::{AppError, ClientContext};
 use model::apps::ClientApps;
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use wire::clientappio::AppJob;
 use wire::fleet::{InstructionAck, InstructionHeader, ReplyOutcome};
 use wire::io::{read_message, read_value, write_message, write_value};
 use wire::message::{ErrorCode, MessageError, now_ms};
@@ -35,6 +38,18 @@ pub struct Worker {
     stopped: Mutex<HashSet<RunId>>,
     /// Replies not yet accepted by the broker.
     outbox: Mutex<Vec<Message>>,
+    /// Set when apps run in child processes.
+    isolated: Option<Isolated>,
+}
+
+/// Client apps in child processes: the program and the API they connect to.
+pub struct Isolated {
+    /// The node's ClientAppIo API.
+    pub io: Arc<ClientAppIo>,
+    /// `flwr-clientapp`.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -54,7 +69,14 @@ impl Worker {
             running: Mutex::default(),
             stopped: Mutex::default(),
             outbox: Mutex::default(),
+            isolated: None,
         }
+    }
+
+    /// Runs client apps in child processes instead of in the node.
+    pub fn isolated(mut self, isolated: Isolated) -> Self {
+        self.isolated = Some(isolated);
+        self
     }
 
     /// The broker stopped `run_id`: abandon its work.
@@ -148,6 +170,28 @@ impl Worker {
         instruction: &Message,
         cancelled: Arc<AtomicBool>,
     ) -> MessageBody {
+        if let Some(isolated) = &self.isolated {
+            let job = AppJob {
+                node_id,
+                node_config: self.node_config.clone(),
+                header: header.clone(),
+            };
+            let started = std::time::Instant::now();
+            let body = isolated
+                .io
+                .run(
+                    &isolated.program,
+                    &isolated.args,
+                    job,
+                    instruction,
+                    cancelled,
+                )
+                .await;
+            if matches!(body, MessageBody::Content(_)) {
+                tracing::info!(elapsed = ?started.elapsed(), "client app process finished");
+            }
+            return body;
+        }
         let Some(app) = self.apps.get(&header.app_name) else {
             tracing::warn!(app = %header.app_name, "no such client app");
             return MessageBody::Error(MessageError {

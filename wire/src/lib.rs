@@ -8,6 +8,7 @@
 //! - [`records`]: `RecordDict` with `ArrayRecord`, `MetricRecord` and `ConfigRecord`, as in Flower.
 //! - [`message`]: `Message` = `Metadata` + content or error.
 //! - [`fleet`], [`control`]: the request and response types of the two APIs.
+//! - [`clientappio`]: a node and the client app process it starts for one instruction.
 //! - [`frame`]: length-prefixed postcard frames with a size limit checked before allocation.
 //! - [`stream`]: messages whose array payloads travel as bounded chunks.
 //! - [`handshake`]: the exporter-bound challenge-response as sans-IO state machines.
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alpn;
+pub mod clientappio;
 pub mod control;
 pub mod error;
 pub mod fleet;

@@ -274,6 +274,9 @@ async fn federation(
                 ),
                 "--backend".into(),
                 args.backend.clone(),
+                // Each node serves its client app processes on a port of its own.
+                "--clientappio-api-address".into(),
+                "127.0.0.1:0".into(),
             ],
             &dir.join(format!("logs/supernode_{i}.log")),
         )?;

@@ -234,6 +234,8 @@ pub fn node_settings(fleet: SocketAddr, trust: ServerTrust, key: Option<&Path>) 
         ephemeral_identity,
         node_config: wire::ConfigRecord::new(),
         clientappio_address: SocketAddr::from(([127, 0, 0, 1], 0)),
+        // Client app processes are tested in the node crate, where flwr-clientapp is built.
+        isolation: node::isolation::Isolation::InProcess,
         max_retries: None,
         max_wait_time: None,
         backend: model::cnn::backend::BackendChoice::Cpu,

@@ -312,6 +312,28 @@ async fn an_unknown_run_config_key_is_refused() {
 }
 
 #[tokio::test]
+async fn poisoned_updates_are_rejected_and_the_rounds_go_on() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let _nodes = nodes_with_values(&federation, &["value=1", "value=nan", "value=-inf"]).await;
+    let run_id = start_run(&federation, "min-nodes=3").await;
+    let (lines, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Completed, "{lines:#?}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("received 1 results and 2 failures"))
+            .count(),
+        3,
+        "{lines:#?}"
+    );
+    assert_eq!(
+        final_vector(&federation, run_id),
+        [3.0; 4],
+        "only value=1 counted"
+    );
+}
+
+#[tokio::test]
 async fn a_stale_reply_from_an_earlier_round_is_not_aggregated() {
     let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
     // The slow node answers round 1 while round 2 is under way, long after round 1 gave up on it.

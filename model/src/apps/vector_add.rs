@@ -7,11 +7,12 @@
 //!
 //! Run config: `num-server-rounds` (3), `vector-length` (4), `min-nodes` (1), `round-timeout`
 //! seconds (30), `node-wait-timeout` seconds (30). Node config: `value` (1.0), `delay-ms` (0, to
-//! simulate slow work).
+//! simulate slow work), and `fault` with `fault-round` to simulate a client app that crashes (see
+//! [`simulate_fault`]).
 
 use crate::app::{
     AppError, ClientApp, ClientContext, Grid, Instruction, ServerApp, ServerContext, config_f64,
-    config_i64,
+    config_i64, config_str,
 };
 use crate::checkpoint;
 use crate::fedavg::FedAvg;
@@ -171,6 +172,35 @@ impl ServerApp for Server {
     }
 }
 
+/// The crash a node's operator asked this app to simulate, through node config `fault`: `panic`,
+/// `abort` (the process dies at once, as on a fatal error in native code) or `out-of-memory` (the
+/// allocator's failure path, which aborts the process). With `fault-round = r` (r >= 1) only round
+/// r's instruction crashes; without it, every one. Under subprocess isolation only the app's process
+/// dies; in process, the whole node does, which is what isolation is for.
+fn simulate_fault(message: &Message, context: &ClientContext) -> Result<(), AppError> {
+    let Some(fault) = config_str(&context.node_config, "fault")? else {
+        return Ok(());
+    };
+    let only_round = config_i64(&context.node_config, "fault-round", 0)?;
+    if only_round != 0 && message.metadata.group_id != only_round.to_string() {
+        return Ok(());
+    }
+    match fault {
+        "panic" => panic!("vector-add: simulated panic (node config fault = \"panic\")"),
+        "abort" => {
+            eprintln!("vector-add: simulated abort (node config fault = \"abort\")");
+            std::process::abort()
+        }
+        "out-of-memory" => {
+            // What the global allocator's failure ends in: a message on stderr, then an abort.
+            std::alloc::handle_alloc_error(std::alloc::Layout::new::<[u8; 1 << 30]>())
+        }
+        other => Err(AppError::new(format!(
+            "unknown fault {other:?}: use panic, abort or out-of-memory"
+        ))),
+    }
+}
+
 impl ClientApp for Client {
     fn handle(&self, message: &Message, context: &ClientContext) -> Result<RecordDict, AppError> {
         let MessageBody::Content(content) = &message.body else {
@@ -179,6 +209,7 @@ impl ClientApp for Client {
         let arrays = content
             .arrays(ARRAYS)
             .ok_or_else(|| AppError::new("instruction lacks the arrays record"))?;
+        simulate_fault(message, context)?;
         let value = config_f64(&context.node_config, "value", 1.0)? as f32;
         let delay = config_i64(&context.node_config, "delay-ms", 0)?.max(0) as u64;
         let deadline = std::time::Instant::now() + Duration::from_millis(delay);

@@ -17,6 +17,17 @@ pub enum BackendChoice {
     Cpu,
 }
 
+impl BackendChoice {
+    /// The name `--backend` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Wgpu => "wgpu",
+            BackendChoice::Cpu => "cpu",
+        }
+    }
+}
+
 impl std::str::FromStr for BackendChoice {
     type Err = String;
 

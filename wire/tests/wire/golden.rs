@@ -44,6 +44,8 @@ fn fleet_frames_round_trip_and_match_golden_bytes() {
     }
     round_trip("instruction_ack", &samples::instruction_ack());
     round_trip("instruction_header", &samples::instruction_header());
+    round_trip("app_hello", &samples::app_hello());
+    round_trip("app_job", &samples::app_job());
     for (name, value) in samples::reply_outcomes() {
         round_trip(name, &value);
     }

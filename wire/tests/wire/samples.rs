@@ -296,3 +296,18 @@ pub fn instruction_header() -> InstructionHeader {
         run_config: ConfigRecord::new().with("batch-size", ConfigValue::Int(32)),
     }
 }
+
+pub fn app_hello() -> wire::clientappio::AppHello {
+    wire::clientappio::AppHello {
+        version: wire::clientappio::CLIENTAPPIO_VERSION,
+        token: std::array::from_fn(|i| i as u8),
+    }
+}
+
+pub fn app_job() -> wire::clientappio::AppJob {
+    wire::clientappio::AppJob {
+        node_id: wire::NodeId(0x0102_0304_0506_0708),
+        node_config: ConfigRecord::new().with("partition-id", ConfigValue::Int(1)),
+        header: instruction_header(),
+    }
+}

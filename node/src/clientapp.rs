@@ -1,0 +1,151 @@
+//! `flwr-clientapp`: the process a node starts for one instruction under subprocess isolation. It
+//! connects to the node's ClientAppIo API, proves with the token from its environment that it is
+//! the child the node started, runs the client app on the instruction, sends the reply and exits.
+//! Whatever the app does to this process (abort, running out of memory), the node lives on.
+
+use crate::settings::LogFormat;
+use clap::Parser;
+use model::app::{AppError, ClientApp, ClientContext};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
+use wire::clientappio::{
+    AppHello, AppJob, CLIENTAPPIO_VERSION, CONTROL_FRAME_LIMIT, TOKEN_ENV, decode_token,
+};
+use wire::io::{read_message, read_value, write_message};
+use wire::message::{ErrorCode, MessageError, now_ms};
+use wire::stream::{DEFAULT_CHUNK, Limits};
+use wire::{Message, MessageBody};
+
+/// Runs one client app instruction for the SuperNode that started this process.
+#[derive(Debug, Parser)]
+#[command(name = "flwr-clientapp", version, about)]
+pub struct Args {
+    /// The SuperNode's ClientAppIo API.
+    #[arg(long, value_name = "ADDR")]
+    pub clientappio_api_address: SocketAddr,
+    /// Where to train: auto, wgpu or cpu.
+    #[arg(
+        long,
+        env = "FLWR_BACKEND",
+        default_value = "auto",
+        value_name = "BACKEND"
+    )]
+    pub backend: model::cnn::backend::BackendChoice,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Why this process could not do its one job.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientAppError {
+    /// Started by hand, or the environment was lost.
+    #[error(
+        "{TOKEN_ENV} is missing or malformed: flwr-clientapp is started by flower-supernode, not by hand"
+    )]
+    NoToken,
+    /// The node could not be reached or broke the exchange.
+    #[error("ClientAppIo API at {address}: {reason}")]
+    Io {
+        /// The node's address.
+        address: SocketAddr,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// The app called `name`: the built-in ones, and the CNN on the `backend` device.
+fn find_app(
+    name: &str,
+    backend: model::cnn::backend::BackendChoice,
+) -> Result<Option<Arc<dyn ClientApp>>, AppError> {
+    if name == model::apps::fedavg_cnn::NAME {
+        let device = model::cnn::backend::select(backend).map_err(AppError::new)?;
+        return Ok(Some(Arc::new(model::cnn::client::Client::new(device))));
+    }
+    Ok(model::apps::ClientApps::builtin().get(name))
+}
+
+/// Runs the client app on `instruction`; a panic becomes an error reply, like in the node.
+async fn answer(job: &AppJob, instruction: &Message, args: &Args) -> MessageBody {
+    let app = match find_app(&job.header.app_name, args.backend) {
+        Ok(Some(app)) => app,
+        Ok(None) => {
+            return MessageBody::Error(MessageError {
+                code: ErrorCode::UnknownApp,
+                reason: format!(
+                    "node {} has no app named {:?}",
+                    job.node_id, job.header.app_name
+                ),
+            });
+        }
+        Err(error) => {
+            return MessageBody::Error(MessageError {
+                code: ErrorCode::ClientAppRaisedException,
+                reason: error.to_string(),
+            });
+        }
+    };
+    let context = ClientContext {
+        node_id: job.node_id,
+        node_config: job.node_config.clone(),
+        run_config: job.header.run_config.clone(),
+        // A stopped run ends this process: nothing needs the flag.
+        cancelled: Arc::new(AtomicBool::new(false)),
+    };
+    let message = instruction.clone();
+    let outcome = tokio::task::spawn_blocking(move || app.handle(&message, &context))
+        .await
+        .unwrap_or_else(|panic| Err(AppError::new(format!("the client app crashed: {panic}"))));
+    match outcome {
+        Ok(content) => MessageBody::Content(content),
+        Err(error) => MessageBody::Error(MessageError {
+            code: ErrorCode::ClientAppRaisedException,
+            reason: error.to_string(),
+        }),
+    }
+}
+
+/// Connects, receives the instruction, answers it.
+pub async fn run(args: &Args) -> Result<(), ClientAppError> {
+    let token = std::env::var(TOKEN_ENV)
+        .ok()
+        .and_then(|text| decode_token(&text))
+        .ok_or(ClientAppError::NoToken)?;
+    let address = args.clientappio_api_address;
+    let io = |reason: String| ClientAppError::Io { address, reason };
+    let mut stream = TcpStream::connect(address)
+        .await
+        .map_err(|e| io(e.to_string()))?;
+    let hello = AppHello {
+        version: CLIENTAPPIO_VERSION,
+        token,
+    };
+    wire::io::write_value(&mut stream, &hello)
+        .await
+        .map_err(|e| io(e.to_string()))?;
+    let job: AppJob = read_value(&mut stream, CONTROL_FRAME_LIMIT)
+        .await
+        .map_err(|e| io(format!("no job: {e}")))?;
+    let instruction = read_message(&mut stream, Limits::default())
+        .await
+        .map_err(|e| io(format!("unreadable instruction: {e}")))?;
+    tracing::info!(
+        app = %job.header.app_name,
+        message_type = instruction.metadata.message_type.as_str(),
+        round = %instruction.metadata.group_id,
+        "running the client app"
+    );
+    let body = answer(&job, &instruction, args).await;
+    let reply = instruction.reply(body, now_ms());
+    write_message(&mut stream, &reply, DEFAULT_CHUNK)
+        .await
+        .map_err(|e| io(format!("cannot send the reply: {e}")))?;
+    stream
+        .shutdown()
+        .await
+        .map_err(|e| io(format!("cannot send the reply: {e}")))
+}

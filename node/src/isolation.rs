@@ -1,0 +1,360 @@
+//! Client apps in a process of their own (Flower's subprocess isolation). For each instruction the
+//! node starts `flwr-clientapp`, which connects back to the ClientAppIo API on
+//! `--clientappio-api-address`, proves with a one-time token that it is the child the node started,
+//! receives the instruction, and sends the reply. A child that aborts, runs out of memory or is
+//! killed costs that one instruction an error reply; the node itself carries on.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::Command;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use wire::clientappio::{
+    AppHello, AppJob, CLIENTAPPIO_VERSION, CONTROL_FRAME_LIMIT, TOKEN_ENV, TOKEN_LEN, encode_token,
+};
+use wire::io::{read_message, read_value, write_message, write_value};
+use wire::message::{ErrorCode, MessageError};
+use wire::stream::{DEFAULT_CHUNK, Limits};
+use wire::{Message, MessageBody};
+
+/// How long a started child has to connect and say hello.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long an accepted connection has to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a running child is checked for a stopped run.
+const CANCEL_POLL: Duration = Duration::from_millis(100);
+
+/// Where client apps run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Isolation {
+    /// On a thread of the node: fastest to start, but an abort or running out of memory in the app
+    /// takes the node down.
+    InProcess,
+    /// In a `program` process per instruction.
+    Subprocess {
+        /// The `flwr-clientapp` executable.
+        program: PathBuf,
+        /// Arguments passed before the ClientAppIo address (the training backend, for example).
+        args: Vec<String>,
+    },
+}
+
+/// Children the node started and is waiting to hear from, by token.
+type Waiting = HashMap<[u8; TOKEN_LEN], oneshot::Sender<TcpStream>>;
+
+/// The node's side of the ClientAppIo API.
+pub struct ClientAppIo {
+    /// The address children connect to.
+    address: SocketAddr,
+    /// Started children not yet connected.
+    waiting: Mutex<Waiting>,
+    /// Limits on the replies children send.
+    limits: Limits,
+}
+
+impl ClientAppIo {
+    /// Binds `address` (port 0 picks a free one) and serves it until `shutdown`.
+    pub async fn start(
+        address: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Arc<Self>> {
+        let listener = TcpListener::bind(address).await?;
+        let io = Arc::new(ClientAppIo {
+            address: listener.local_addr()?,
+            waiting: Mutex::default(),
+            limits: Limits::default(),
+        });
+        tokio::spawn(io.clone().serve(listener, shutdown));
+        Ok(io)
+    }
+
+    /// The bound address.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        // Inserts and removes only: a poisoned map is still consistent.
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    tokio::spawn(self.clone().admit(stream, peer));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "ClientAppIo accept failed");
+                    tokio::time::sleep(CANCEL_POLL).await;
+                }
+            }
+        }
+    }
+
+    /// Hands a connection to the instruction whose child holds its token; anything else is
+    /// dropped without a word.
+    async fn admit(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+        let hello = tokio::time::timeout(
+            HELLO_TIMEOUT,
+            read_value::<AppHello, _>(&mut stream, CONTROL_FRAME_LIMIT),
+        )
+        .await;
+        let hello = match hello {
+            Ok(Ok(hello)) if hello.version == CLIENTAPPIO_VERSION => hello,
+            _ => {
+                tracing::warn!(%peer, "ClientAppIo connection without a valid hello; dropped");
+                return;
+            }
+        };
+        let Some(waiting) = self.waiting().remove(&hello.token) else {
+            tracing::warn!(%peer, "ClientAppIo connection with an unknown token; dropped");
+            return;
+        };
+        let _ = waiting.send(stream);
+    }
+
+    /// Runs `instruction` in a fresh child process; returns the reply's body, or an error body
+    /// saying why there is none.
+    pub async fn run(
+        &self,
+        program: &PathBuf,
+        args: &[String],
+        job: AppJob,
+        instruction: &Message,
+        cancelled: Arc<AtomicBool>,
+    ) -> MessageBody {
+        let token: [u8; TOKEN_LEN] = rand::random();
+        let (connected, connection) = oneshot::channel();
+        self.waiting().insert(token, connected);
+        let outcome = self
+            .supervise(
+                program,
+                args,
+                token,
+                connection,
+                job,
+                instruction,
+                cancelled,
+            )
+            .await;
+        self.waiting().remove(&token);
+        match outcome {
+            Ok(body) => body,
+            Err(reason) => {
+                tracing::warn!(%reason, "client app process failed");
+                MessageBody::Error(MessageError {
+                    code: ErrorCode::ClientAppRaisedException,
+                    reason,
+                })
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn supervise(
+        &self,
+        program: &PathBuf,
+        args: &[String],
+        token: [u8; TOKEN_LEN],
+        connection: oneshot::Receiver<TcpStream>,
+        job: AppJob,
+        instruction: &Message,
+        cancelled: Arc<AtomicBool>,
+    ) -> Result<MessageBody, String> {
+        let mut child = Command::new(program)
+            .args(args)
+            .arg("--clientappio-api-address")
+            .arg(self.address.to_string())
+            .env(TOKEN_ENV, encode_token(&token))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+        let mut stderr = child
+            .stderr
+            .take()
+            .map(|stderr| tokio::spawn(forward_stderr(stderr)));
+
+        let mut stream = tokio::select! {
+            connected = connection => connected.map_err(|_| "the ClientAppIo API stopped".to_string())?,
+            status = child.wait() => return Err(crash_report(status, stderr.take()).await),
+            _ = tokio::time::sleep(CONNECT_TIMEOUT) => {
+                return Err(format!("the client app process did not connect within {CONNECT_TIMEOUT:?}"));
+            }
+        };
+        let exchange = async {
+            write_value(&mut stream, &job)
+                .await
+                .map_err(|e| e.to_string())?;
+            write_message(&mut stream, instruction, DEFAULT_CHUNK)
+                .await
+                .map_err(|e| e.to_string())?;
+            read_message(&mut stream, self.limits)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let stopped = async {
+            while !cancelled.load(Ordering::Relaxed) {
+                tokio::time::sleep(CANCEL_POLL).await;
+            }
+        };
+        tokio::pin!(exchange);
+        let reply = tokio::select! {
+            reply = &mut exchange => reply,
+            _ = stopped => {
+                let _ = child.kill().await;
+                return Err("run stopped".into());
+            }
+        };
+        let reply = match reply {
+            Ok(reply) => reply,
+            // The connection broke: the child died mid-work; its exit status says how.
+            Err(error) => {
+                let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                return Err(match status {
+                    Ok(status) => crash_report(status, stderr.take()).await,
+                    Err(_) => {
+                        let _ = child.kill().await;
+                        format!("the client app process broke the ClientAppIo exchange: {error}")
+                    }
+                });
+            }
+        };
+        if reply.metadata.reply_to != Some(instruction.metadata.message_id) {
+            let _ = child.kill().await;
+            return Err("the client app process answered another instruction".into());
+        }
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+        Ok(reply.body)
+    }
+}
+
+/// Logs the child's stderr as the node's own; returns its last line worth quoting.
+async fn forward_stderr(stderr: tokio::process::ChildStderr) -> Option<String> {
+    let mut last = None;
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::info!(target: "clientapp", "{line}");
+        if !is_backtrace(&line) {
+            last = Some(line.trim().to_string());
+        }
+    }
+    last
+}
+
+/// Lines of a Rust backtrace and its notes: they follow the message that explains a crash.
+fn is_backtrace(line: &str) -> bool {
+    line.trim().is_empty()
+        || line.starts_with(char::is_whitespace)
+        || line.starts_with("stack backtrace:")
+        || line.starts_with("note: ")
+}
+
+/// Why a child ended without replying: its exit status and the last thing it said.
+async fn crash_report(
+    status: std::io::Result<ExitStatus>,
+    stderr: Option<tokio::task::JoinHandle<Option<String>>>,
+) -> String {
+    let last = match stderr {
+        Some(task) => tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten(),
+        None => None,
+    };
+    let last = last.map(|line| format!(": {line}")).unwrap_or_default();
+    format!("the client app process {}{last}", describe(status))
+}
+
+/// How a child ended, in words.
+fn describe(status: std::io::Result<ExitStatus>) -> String {
+    let status = match status {
+        Ok(status) => status,
+        Err(error) => return format!("could not be waited for: {error}"),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt as _;
+        if let Some(signal) = status.signal() {
+            let name = nix::sys::signal::Signal::try_from(signal)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| "an unknown signal".into());
+            return format!("was killed by signal {signal} ({name})");
+        }
+    }
+    match status.code() {
+        Some(code) => format!("exited with status {code} before replying"),
+        None => "ended before replying".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// Reads until the node closes the connection; returns what it sent.
+    async fn answer_to(bytes: &[u8], io: &ClientAppIo) -> Vec<u8> {
+        let mut stream = TcpStream::connect(io.address()).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        let mut received = Vec::new();
+        tokio::time::timeout(HELLO_TIMEOUT * 2, stream.read_to_end(&mut received))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        received
+    }
+
+    #[tokio::test]
+    async fn connections_without_a_token_the_node_waits_for_get_nothing() {
+        let io = ClientAppIo::start(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let (waiting, _connection) = oneshot::channel();
+        io.waiting().insert([1; TOKEN_LEN], waiting);
+        let unknown = wire::frame::encode(&AppHello {
+            version: CLIENTAPPIO_VERSION,
+            token: [2; TOKEN_LEN],
+        })
+        .unwrap();
+        let wrong_version = wire::frame::encode(&AppHello {
+            version: CLIENTAPPIO_VERSION + 1,
+            token: [1; TOKEN_LEN],
+        })
+        .unwrap();
+        for bytes in [unknown, wrong_version, vec![0xFF; 16]] {
+            assert!(answer_to(&bytes, &io).await.is_empty());
+        }
+        assert!(
+            io.waiting().contains_key(&[1; TOKEN_LEN]),
+            "the real child's slot is untouched"
+        );
+    }
+}

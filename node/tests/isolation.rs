@@ -1,0 +1,289 @@
+//! Client apps in processes of their own: a real broker and real nodes in this process, and
+//! `flwr-clientapp` (built with this package) started for every instruction.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use broker::config::{BrokerConfig, NodeAuth, OperatorAuth};
+use broker::server::RunningBroker;
+use broker::store::Store;
+use node::daemon::{NodeError, NodeState};
+use node::isolation::Isolation;
+use node::settings::{NodeSettings, ServerTrust};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use wire::control::RunStatus;
+use wire::{ArrayRecord, ConfigRecord, ConfigValue, RunId};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+struct Federation {
+    _dir: tempfile::TempDir,
+    roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    broker: RunningBroker,
+}
+
+fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn start_broker() -> Federation {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = certs::generate::generate_certificates(dir.path(), &[], false).unwrap();
+    let chain = certs::load::load_certificates(&paths.server_cert).unwrap();
+    let key = certs::load::load_tls_private_key(&paths.server_key).unwrap();
+    let mut config = BrokerConfig::new(chain, key, NodeAuth::Automatic, OperatorAuth::LoopbackOnly);
+    config.heartbeat_interval = Duration::from_millis(200);
+    config.heartbeat_timeout = Duration::from_millis(1000);
+    let broker = broker::server::start(
+        config,
+        Store::in_memory().unwrap(),
+        any_port(),
+        any_port(),
+        CancellationToken::new(),
+    )
+    .unwrap();
+    Federation {
+        roots: certs::load::load_certificates(&paths.ca_cert).unwrap(),
+        _dir: dir,
+        broker,
+    }
+}
+
+fn clientapp() -> Isolation {
+    Isolation::Subprocess {
+        program: PathBuf::from(env!("CARGO_BIN_EXE_flwr-clientapp")),
+        args: vec!["--backend".into(), "cpu".into()],
+    }
+}
+
+fn settings(federation: &Federation, node_config: &str, isolation: Isolation) -> NodeSettings {
+    NodeSettings {
+        superlink: federation.broker.fleet_addr.to_string(),
+        trust: ServerTrust::Roots(federation.roots.clone()),
+        identity: certs::IdentityKey::generate(),
+        ephemeral_identity: true,
+        node_config: model::config::parse_overrides(node_config).unwrap(),
+        clientappio_address: any_port(),
+        isolation,
+        max_retries: Some(3),
+        max_wait_time: None,
+        backend: model::cnn::backend::BackendChoice::Cpu,
+    }
+}
+
+struct Node {
+    state: watch::Receiver<NodeState>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), NodeError>>,
+}
+
+impl Node {
+    fn start(settings: NodeSettings) -> Self {
+        let shutdown = CancellationToken::new();
+        let (state_tx, state) = watch::channel(NodeState::Connecting);
+        let task = tokio::spawn(node::daemon::run(
+            settings,
+            model::apps::ClientApps::builtin(),
+            shutdown.clone(),
+            state_tx,
+        ));
+        Node {
+            state,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn online(&mut self) {
+        tokio::time::timeout(
+            PATIENCE,
+            self.state.wait_for(|s| matches!(s, NodeState::Online(_))),
+        )
+        .await
+        .expect("node never came online")
+        .unwrap();
+    }
+
+    fn is_online(&self) -> bool {
+        matches!(*self.state.borrow(), NodeState::Online(_))
+    }
+}
+
+/// Runs vector-add with `config` to its end; returns the status and the log.
+async fn run_vector_add(
+    federation: &Federation,
+    config: ConfigRecord,
+) -> (RunId, RunStatus, Vec<String>) {
+    let shared = &federation.broker.shared;
+    let info = broker::runs::runner::start(
+        shared,
+        "test",
+        model::apps::vector_add::NAME.into(),
+        "1.0.0".into(),
+        config,
+    )
+    .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let run = shared.store.run(info.run_id).unwrap().unwrap();
+        if run.status.is_finished() {
+            let lines = shared.store.logs(info.run_id, 0).unwrap();
+            return (
+                info.run_id,
+                run.status,
+                lines.into_iter().map(|l| l.text).collect(),
+            );
+        }
+        assert!(Instant::now() < deadline, "run never finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn final_vector(federation: &Federation, run_id: RunId) -> Vec<f32> {
+    let bytes = federation
+        .broker
+        .shared
+        .store
+        .artifact(run_id, "final.arrays")
+        .unwrap()
+        .expect("final arrays stored");
+    let arrays: ArrayRecord = postcard::from_bytes(&bytes).unwrap();
+    arrays.get("vector").unwrap().to_f32().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_app_that_aborts_runs_out_of_memory_or_panics_costs_one_reply_not_the_node() {
+    let federation = start_broker();
+    let mut nodes = Vec::new();
+    for node_config in [
+        "value=1",
+        "value=1 fault=\"abort\" fault-round=1",
+        "value=1 fault=\"out-of-memory\" fault-round=1",
+        "value=1 fault=\"panic\" fault-round=1",
+    ] {
+        let mut node = Node::start(settings(&federation, node_config, clientapp()));
+        node.online().await;
+        nodes.push(node);
+    }
+    let config = ConfigRecord::new()
+        .with("num-server-rounds", ConfigValue::Int(2))
+        .with("min-nodes", ConfigValue::Int(4));
+    let (run_id, status, lines) = run_vector_add(&federation, config).await;
+    assert_eq!(status, RunStatus::Completed, "{lines:#?}");
+    let has = |text: &str| lines.iter().any(|l| l.contains(text));
+    assert!(has("received 1 results and 3 failures"), "{lines:#?}");
+    assert!(
+        has("received 4 results and 0 failures"),
+        "round 2 whole again: {lines:#?}"
+    );
+    let failures: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("failure from"))
+        .collect();
+    let aborted = failures
+        .iter()
+        .filter(|l| l.contains("signal 6 (SIGABRT)"))
+        .count();
+    assert_eq!(aborted, 2, "abort and out-of-memory: {failures:#?}");
+    assert!(
+        failures.iter().any(|l| l.contains("memory allocation of")),
+        "the allocator's last words: {failures:#?}"
+    );
+    assert!(
+        failures.iter().any(|l| l.contains("simulated panic")),
+        "{failures:#?}"
+    );
+    // Round 1 kept value 1 from the healthy node, round 2 the mean of four 1s.
+    assert_eq!(final_vector(&federation, run_id), [2.0; 4]);
+    for node in &nodes {
+        assert!(node.is_online(), "a node went down with its app");
+    }
+    for node in nodes {
+        node.shutdown.cancel();
+        node.task.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_run_kills_the_client_app_process() {
+    let federation = start_broker();
+    let mut node = Node::start(settings(&federation, "value=1 delay-ms=30000", clientapp()));
+    node.online().await;
+    let shared = &federation.broker.shared;
+    let info = broker::runs::runner::start(
+        shared,
+        "test",
+        model::apps::vector_add::NAME.into(),
+        "1.0.0".into(),
+        ConfigRecord::new(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while !shared
+        .store
+        .logs(info.run_id, 0)
+        .unwrap()
+        .iter()
+        .any(|l| l.text.starts_with("configure_train"))
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the child start, then stop the run: the node kills the child within its poll period.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(children_named("flwr-clientapp"), 1);
+    broker::runs::runner::stop(shared, info.run_id, "test").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while children_named("flwr-clientapp") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the client app process outlived its run"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(node.is_online());
+}
+
+/// Live (not zombie) child processes of this test process with the executable name `name`.
+fn children_named(name: &str) -> usize {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .filter(|stat| {
+            // pid (comm) state ppid ...
+            let Some((comm, rest)) = stat.split_once(") ") else {
+                return false;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            comm.ends_with(&format!("({name}"))
+                && fields.first() != Some(&"Z")
+                && fields.get(1) == Some(&me.as_str())
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn a_clientappio_address_in_use_stops_the_node_with_a_hint() {
+    let federation = start_broker();
+    let taken = std::net::TcpListener::bind(any_port()).unwrap();
+    let mut settings = settings(&federation, "", clientapp());
+    settings.clientappio_address = taken.local_addr().unwrap();
+    let node = Node::start(settings);
+    let error = tokio::time::timeout(PATIENCE, node.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("give each its own --clientappio-api-address"),
+        "{error}"
+    );
+}

@@ -1,0 +1,78 @@
+//! The ClientAppIo API: a node and the `flwr-clientapp` process it starts for one instruction
+//! (Flower's subprocess isolation), over TCP on the node's `--clientappio-api-address`.
+//!
+//! The child connects and sends [`AppHello`] with the one-time token the node gave it in its
+//! environment ([`TOKEN_ENV`]); a connection without a token the node is waiting for gets
+//! nothing. The node answers with [`AppJob`] followed by the instruction as a message stream;
+//! the child sends the reply as a message stream and exits. A child that dies instead (abort, out
+//! of memory, a signal) costs only that instruction: the node answers it with an error.
+
+use crate::fleet::InstructionHeader;
+use crate::{ConfigRecord, NodeId};
+use serde::{Deserialize, Serialize};
+
+/// Version of this API; a child of another version is refused.
+pub const CLIENTAPPIO_VERSION: u16 = 1;
+
+/// The environment variable carrying the token, hex-encoded (not a flag: flags are visible to
+/// every local user in the process list).
+pub const TOKEN_ENV: &str = "FLWR_CLIENTAPP_TOKEN";
+
+/// Length of a token in bytes.
+pub const TOKEN_LEN: usize = 32;
+
+/// Largest [`AppHello`] or [`AppJob`] frame.
+pub const CONTROL_FRAME_LIMIT: u32 = 1024 * 1024;
+
+/// Child to node, first frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppHello {
+    /// [`CLIENTAPPIO_VERSION`] of the child.
+    pub version: u16,
+    /// The token from [`TOKEN_ENV`].
+    pub token: [u8; TOKEN_LEN],
+}
+
+/// Node to child: what to run. The instruction follows as a message stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppJob {
+    /// The node the child works for.
+    pub node_id: NodeId,
+    /// The node's `--node-config`.
+    pub node_config: ConfigRecord,
+    /// App name, version and run config, as the broker sent them.
+    pub header: InstructionHeader,
+}
+
+/// Hex text of a token.
+pub fn encode_token(token: &[u8; TOKEN_LEN]) -> String {
+    token.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A token from its hex text; `None` unless it is exactly [`TOKEN_LEN`] bytes of hex.
+pub fn decode_token(text: &str) -> Option<[u8; TOKEN_LEN]> {
+    let text = text.trim();
+    if text.len() != TOKEN_LEN * 2 || !text.is_ascii() {
+        return None;
+    }
+    let mut token = [0u8; TOKEN_LEN];
+    for (byte, pair) in token.iter_mut().zip(text.as_bytes().chunks(2)) {
+        let pair = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_through_hex_and_malformed_text_is_refused() {
+        let token: [u8; TOKEN_LEN] = std::array::from_fn(|i| (i * 37) as u8);
+        assert_eq!(decode_token(&encode_token(&token)), Some(token));
+        assert_eq!(decode_token("00"), None);
+        assert_eq!(decode_token(&"zz".repeat(TOKEN_LEN)), None);
+        assert_eq!(decode_token(&"é".repeat(TOKEN_LEN)), None);
+    }
+}
