@@ -22,6 +22,9 @@ const DIR_VAR: &str = "FLWR_TEST_BROKER_DIR";
 /// The Fleet and Control addresses it binds.
 const FLEET_VAR: &str = "FLWR_TEST_BROKER_FLEET";
 const CONTROL_VAR: &str = "FLWR_TEST_BROKER_CONTROL";
+/// Its heartbeat interval in milliseconds (the timeout is three times that); the harness's fast
+/// heartbeats when unset.
+const HEARTBEAT_VAR: &str = "FLWR_TEST_BROKER_HEARTBEAT_MS";
 /// Where it announces the addresses it bound: "fleet control".
 const ANNOUNCE_FILE: &str = "broker.addresses";
 
@@ -34,7 +37,11 @@ fn broker_process() {
     let address = |var: &str| -> SocketAddr { std::env::var(var).unwrap().parse().unwrap() };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let config = broker_config(&dir, NodeAuth::Automatic, false);
+        let mut config = broker_config(&dir, NodeAuth::Automatic, false);
+        if let Ok(ms) = std::env::var(HEARTBEAT_VAR) {
+            config.heartbeat_interval = Duration::from_millis(ms.parse().unwrap());
+            config.heartbeat_timeout = config.heartbeat_interval * 3;
+        }
         let store = Store::open(&dir.join("state.redb")).unwrap();
         let broker = broker::server::start(
             config,
@@ -56,18 +63,32 @@ fn broker_process() {
 }
 
 /// A broker process; killed (SIGKILL) when dropped.
-struct BrokerProcess {
-    child: Child,
-    fleet: SocketAddr,
-    control: SocketAddr,
+pub struct BrokerProcess {
+    pub child: Child,
+    pub fleet: SocketAddr,
+    pub control: SocketAddr,
 }
 
 impl BrokerProcess {
     /// Starts a broker on `dir`'s database and waits until it has bound its ports.
-    fn spawn(dir: &Path, fleet: SocketAddr, control: SocketAddr) -> Self {
+    pub fn spawn(dir: &Path, fleet: SocketAddr, control: SocketAddr) -> Self {
+        Self::spawn_with(dir, fleet, control, None)
+    }
+
+    /// [`BrokerProcess::spawn`] with a heartbeat interval of its own.
+    pub fn spawn_with(
+        dir: &Path,
+        fleet: SocketAddr,
+        control: SocketAddr,
+        heartbeat: Option<Duration>,
+    ) -> Self {
         let announce = dir.join(ANNOUNCE_FILE);
         let _ = std::fs::remove_file(&announce);
-        let child = Command::new(std::env::current_exe().unwrap())
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        if let Some(heartbeat) = heartbeat {
+            command.env(HEARTBEAT_VAR, heartbeat.as_millis().to_string());
+        }
+        let child = command
             .args(["--exact", "crash::broker_process", "--ignored", "--quiet"])
             .env(DIR_VAR, dir)
             .env(FLEET_VAR, fleet.to_string())
@@ -93,7 +114,7 @@ impl BrokerProcess {
     }
 
     /// SIGKILL: no shutdown code runs, nothing is flushed.
-    fn kill(&mut self) {
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

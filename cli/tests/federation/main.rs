@@ -9,6 +9,7 @@ mod harness;
 mod hostile;
 mod learning;
 mod lifecycle;
+mod load;
 mod metrics;
 mod operators;
 mod refusals;
