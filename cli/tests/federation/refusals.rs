@@ -198,30 +198,71 @@ async fn a_broker_whose_certificate_does_not_chain_to_the_nodes_roots_is_refused
     assert!(federation.nodes(true).await.is_empty());
 }
 
+/// Sends `bytes` as a reply stream; returns the broker's verdict, or why there was none.
+async fn send_reply_bytes(
+    connection: &quinn::Connection,
+    bytes: &[u8],
+) -> Result<wire::fleet::ReplyOutcome, String> {
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    send.write_all(bytes).await.map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    read_value::<wire::fleet::ReplyOutcome, _>(&mut recv, 1 << 16)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 #[tokio::test]
-async fn an_authenticated_node_cannot_reply_in_another_nodes_name() {
+async fn an_authenticated_node_cannot_forge_replies_or_disturb_other_sessions() {
     let federation = Federation::start(NodeAuth::Registered, false, Db::Memory).await;
     let me = federation.register("client_credentials_1").await;
     let other = federation.register("client_credentials_2").await;
-    let key =
-        certs::load::load_identity_key(&federation.path("keys/client_credentials_1")).unwrap();
-    let tls =
-        certs::tls::client_config(&roots(&federation), Some(&key), wire::alpn::FLEET).unwrap();
+    let session = |name: &str| {
+        let key =
+            certs::load::load_identity_key(&federation.path(&format!("keys/{name}"))).unwrap();
+        let tls =
+            certs::tls::client_config(&roots(&federation), Some(&key), wire::alpn::FLEET).unwrap();
+        (key, tls)
+    };
+    let (key, tls) = session("client_credentials_1");
     let connection = connect(federation.broker().fleet_addr, tls).await.unwrap();
     let (mut send, mut recv, node_id) = authenticate(&connection, &key).await;
     assert_eq!(node_id, me);
+    // The other node is online but never takes its instruction, which stays queued.
+    let (other_key, other_tls) = session("client_credentials_2");
+    let other_connection = connect(federation.broker().fleet_addr, other_tls)
+        .await
+        .unwrap();
+    let (mut other_send, mut other_recv, _) = authenticate(&other_connection, &other_key).await;
+    let run_id = crate::runs::start_run(&federation, "min-nodes=2").await;
+    let store = federation.broker().shared.store.clone();
+    let deadline = std::time::Instant::now() + crate::harness::PATIENCE;
+    let others_instruction = loop {
+        if let Some(id) = store.queued_for(other).unwrap().first() {
+            break *id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no instruction for the other node"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
 
-    for (sender, what) in [
-        (other, "another node's name"),
-        (me, "an instruction that does not exist"),
+    for (sender, reply_to, what) in [
+        (other, wire::MessageId::random(), "another node's name"),
+        (
+            me,
+            wire::MessageId::random(),
+            "an instruction that does not exist",
+        ),
+        (me, others_instruction, "another node's instruction"),
     ] {
         let forged = wire::Message {
             metadata: wire::Metadata {
-                run_id: wire::RunId(1),
+                run_id,
                 message_id: wire::MessageId::random(),
                 src_node_id: sender,
                 dst_node_id: wire::NodeId::SERVER,
-                reply_to: Some(wire::MessageId::random()),
+                reply_to: Some(reply_to),
                 group_id: "1".into(),
                 ttl_ms: 60_000,
                 message_type: wire::MessageType::Train,
@@ -229,19 +270,41 @@ async fn an_authenticated_node_cannot_reply_in_another_nodes_name() {
             },
             body: wire::MessageBody::Content(wire::RecordDict::new()),
         };
-        let (mut reply_send, mut reply_recv) = connection.open_bi().await.unwrap();
-        wire::io::write_message(&mut reply_send, &forged, 1 << 20)
-            .await
-            .unwrap();
-        reply_send.finish().unwrap();
-        let outcome = read_value::<wire::fleet::ReplyOutcome, _>(&mut reply_recv, 1 << 16)
-            .await
-            .unwrap();
+        let bytes = wire::stream::encode_message_bytes(&forged, 1 << 20).unwrap();
+        let outcome = send_reply_bytes(&connection, &bytes).await;
         assert!(
-            matches!(outcome, wire::fleet::ReplyOutcome::Rejected(_)),
+            matches!(outcome, Ok(wire::fleet::ReplyOutcome::Rejected(_))),
             "{what}: {outcome:?}"
         );
     }
+    assert_eq!(
+        store.reply(others_instruction).unwrap(),
+        None,
+        "nothing stored"
+    );
+    // Garbage, a truncated frame and a huge length prefix on authenticated streams: each stream
+    // is refused on its own.
+    for bytes in [
+        vec![0xA5; 64],
+        vec![7, 0, 0, 0, 1],
+        u32::MAX.to_le_bytes().to_vec(),
+    ] {
+        let outcome = send_reply_bytes(&connection, &bytes).await;
+        assert!(
+            !matches!(outcome, Ok(wire::fleet::ReplyOutcome::Accepted)),
+            "{bytes:?}: {outcome:?}"
+        );
+    }
+    // The other node's session is unaffected.
+    write_value(&mut other_send, &NodeFrame::Heartbeat { seq: 1 })
+        .await
+        .unwrap();
+    assert_eq!(
+        read_value::<BrokerFrame, _>(&mut other_recv, 1 << 16)
+            .await
+            .unwrap(),
+        BrokerFrame::HeartbeatAck { seq: 1 }
+    );
     // The forger's own session is unaffected.
     write_value(&mut send, &NodeFrame::Heartbeat { seq: 1 })
         .await
