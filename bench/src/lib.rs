@@ -6,8 +6,8 @@
 
 use wire::{Array, ArrayRecord};
 
-/// Parameter counts measured: the seed's CNN and a 10M-parameter model.
-pub const SIZES: [(usize, &str); 2] = [(62_006, "62k"), (10_000_000, "10M")];
+/// Parameter counts measured: the seed's CNN, and models of 10M and 100M parameters.
+pub const SIZES: [(usize, &str); 3] = [(62_006, "62k"), (10_000_000, "10M"), (100_000_000, "100M")];
 
 /// An `ArrayRecord` of `parameters` f32 values split like a small network (four arrays), filled
 /// with `seed`-dependent values.
