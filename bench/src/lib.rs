@@ -1,10 +1,13 @@
-//! Inputs shared by the benchmarks in `benches/`: model-shaped `ArrayRecord`s of a given size.
+//! Inputs shared by the benchmarks in `benches/`: model-shaped `ArrayRecord`s of a given size, and
+//! (in [`federation`]) a broker with nodes in this process.
 //!
 //! Run them with `cargo bench -p bench`; each group measures our code beside a baseline in the same
 //! run (memcpy for the codec, a plain read of the same bytes and the straightforward implementation
 //! for aggregation), so results read as ratios.
 
-use wire::{Array, ArrayRecord};
+pub mod federation;
+
+use wire::{Array, ArrayRecord, Record, RecordDict};
 
 /// Parameter counts measured: the seed's CNN, and models of 10M and 100M parameters.
 pub const SIZES: [(usize, &str); 3] = [(62_006, "62k"), (10_000_000, "10M"), (100_000_000, "100M")];
@@ -30,4 +33,9 @@ pub fn record(parameters: usize, seed: u32) -> ArrayRecord {
 /// Total bytes of a record's arrays.
 pub fn bytes(record: &ArrayRecord) -> u64 {
     record.iter().map(|(_, a)| a.data.len() as u64).sum()
+}
+
+/// A message content holding `record` as its `arrays` record.
+pub fn content(record: ArrayRecord) -> std::sync::Arc<RecordDict> {
+    std::sync::Arc::new(RecordDict::new().with("arrays", Record::Arrays(record)))
 }

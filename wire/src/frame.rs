@@ -58,8 +58,10 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, WireError> {
 /// A sans-IO frame splitter: push received bytes, pull complete payloads.
 #[derive(Debug)]
 pub struct FrameDecoder {
-    /// Bytes received and not yet returned as frames.
+    /// Bytes received; those before `start` were already returned as frames.
     buffer: Vec<u8>,
+    /// Where the next frame begins in `buffer`.
+    start: usize,
     /// Largest payload accepted.
     limit: u32,
 }
@@ -69,37 +71,49 @@ impl FrameDecoder {
     pub fn new(limit: u32) -> Self {
         FrameDecoder {
             buffer: Vec::new(),
+            start: 0,
             limit,
         }
     }
 
     /// Appends received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
+        // Consumed bytes are dropped only once they are at least half the buffer, so every byte
+        // is moved a bounded number of times however many frames a buffer holds.
+        if self.start > 0 && self.start >= self.buffer.len() / 2 {
+            self.buffer.drain(..self.start);
+            self.start = 0;
+        }
         self.buffer.extend_from_slice(bytes);
     }
 
     /// The next complete payload, `None` if more bytes are needed, or an error for an oversized frame.
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, WireError> {
-        let Some(head) = self.buffer.first_chunk::<PREFIX_LEN>() else {
+        let pending = &self.buffer[self.start..];
+        let Some(head) = pending.first_chunk::<PREFIX_LEN>() else {
             return Ok(None);
         };
         let len = payload_len(*head, self.limit)?;
-        if self.buffer.len() < PREFIX_LEN + len {
+        if pending.len() < PREFIX_LEN + len {
             return Ok(None);
         }
-        let payload = self.buffer[PREFIX_LEN..PREFIX_LEN + len].to_vec();
-        self.buffer.drain(..PREFIX_LEN + len);
+        let payload = pending[PREFIX_LEN..PREFIX_LEN + len].to_vec();
+        self.start += PREFIX_LEN + len;
+        if self.start == self.buffer.len() {
+            self.buffer.clear();
+            self.start = 0;
+        }
         Ok(Some(payload))
     }
 
     /// Whether bytes of an unfinished frame remain (a stream that ends now was truncated).
     pub fn has_partial(&self) -> bool {
-        !self.buffer.is_empty()
+        self.buffered_len() > 0
     }
 
     /// Number of buffered bytes not yet returned as frames.
     pub fn buffered_len(&self) -> usize {
-        self.buffer.len()
+        self.buffer.len() - self.start
     }
 }
 
@@ -118,6 +132,30 @@ mod tests {
                 limit: 1024
             })
         );
+    }
+
+    #[test]
+    fn frames_come_out_in_order_while_consumed_bytes_are_dropped() {
+        let frames: Vec<Vec<u8>> = (0..40u32)
+            .map(|i| encode(&vec![i as u8; (i as usize * 37) % 300]).unwrap())
+            .collect();
+        let mut decoder = FrameDecoder::new(1024);
+        let mut seen = Vec::new();
+        for pair in frames.chunks(2) {
+            for frame in pair {
+                decoder.push(frame);
+            }
+            // Take one frame per two pushed, so consumed and pending bytes interleave.
+            if let Some(payload) = decoder.next_frame().unwrap() {
+                seen.push(payload);
+            }
+        }
+        while let Some(payload) = decoder.next_frame().unwrap() {
+            seen.push(payload);
+        }
+        assert!(!decoder.has_partial());
+        let expected: Vec<Vec<u8>> = frames.iter().map(|f| f[PREFIX_LEN..].to_vec()).collect();
+        assert_eq!(seen, expected);
     }
 
     #[test]
