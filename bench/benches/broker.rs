@@ -27,11 +27,7 @@ fn raise_open_file_limit() {
 
 fn broker(c: &mut Criterion) {
     raise_open_file_limit();
-    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    else {
+    let Ok(runtime) = bench::runtime() else {
         return;
     };
     let tiny = content(record(4, 1));

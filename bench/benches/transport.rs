@@ -55,7 +55,11 @@ impl RawQuinn {
         let transport = certs::quic::transport(Duration::from_secs(30), None);
         let client = certs::quic::client_endpoint(address)?;
         let connection = client
-            .connect_with(certs::quic::client_config(tls, transport)?, address, "localhost")?
+            .connect_with(
+                certs::quic::client_config(tls, transport)?,
+                address,
+                "localhost",
+            )?
             .await?;
         Ok(RawQuinn {
             connection,
@@ -78,11 +82,7 @@ impl RawQuinn {
 }
 
 fn transport(c: &mut Criterion) {
-    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    else {
+    let Ok(runtime) = bench::runtime() else {
         return;
     };
     let runtime: &Runtime = &runtime;
@@ -101,7 +101,9 @@ fn transport(c: &mut Criterion) {
     if std::env::var_os("FLWR_BENCH_1GIB").is_some() {
         sizes.push((1 << 30, "1GiB"));
     } else {
-        eprintln!("transport/1GiB: skipped (set FLWR_BENCH_1GIB=1; it needs about 8 GiB of memory)");
+        eprintln!(
+            "transport/1GiB: skipped (set FLWR_BENCH_1GIB=1; it needs about 8 GiB of memory)"
+        );
     }
     for (bytes, label) in sizes {
         let payload = content(record(bytes / 4, 1));

@@ -5,9 +5,7 @@
 use broker::config::{BrokerConfig, NodeAuth, OperatorAuth};
 use broker::server::RunningBroker;
 use broker::store::Store;
-use model::app::{
-    AppError, ClientApp, ClientContext, Grid, Instruction, ServerApp, ServerContext,
-};
+use model::app::{AppError, ClientApp, ClientContext, Grid, Instruction, ServerApp, ServerContext};
 use node::daemon::NodeState;
 use node::isolation::Isolation;
 use node::settings::{NodeSettings, ServerTrust};
@@ -86,7 +84,11 @@ impl ServerApp for ProbeServer {
             let delivery = self
                 .receipts
                 .lock()
-                .map(|r| r.iter().map(|t| t.saturating_duration_since(started)).collect())
+                .map(|r| {
+                    r.iter()
+                        .map(|t| t.saturating_duration_since(started))
+                        .collect()
+                })
                 .unwrap_or_default();
             if self
                 .results
@@ -149,7 +151,8 @@ impl Federation {
         let receipts = Arc::new(Mutex::new(Vec::new()));
         let (round_tx, round_rx) = mpsc::channel();
         let (result_tx, result_rx) = mpsc::channel();
-        let mut config = BrokerConfig::new(chain, key, NodeAuth::Automatic, OperatorAuth::LoopbackOnly);
+        let mut config =
+            BrokerConfig::new(chain, key, NodeAuth::Automatic, OperatorAuth::LoopbackOnly);
         config.apps.add(
             PROBE,
             Arc::new(ProbeServer {

@@ -39,3 +39,11 @@ pub fn bytes(record: &ArrayRecord) -> u64 {
 pub fn content(record: ArrayRecord) -> std::sync::Arc<RecordDict> {
     std::sync::Arc::new(RecordDict::new().with("arrays", Record::Arrays(record)))
 }
+
+/// The runtime the benches drive the broker and nodes on: two workers, as the machine has cores.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}

@@ -3,7 +3,7 @@
 //! the child the node started, runs the client app on the instruction, sends the reply and exits.
 //! Whatever the app does to this process (abort, running out of memory), the node lives on.
 
-use crate::settings::LogFormat;
+use crate::settings::RuntimeArgs;
 use clap::Parser;
 use model::app::{AppError, ClientApp, ClientContext};
 use std::net::SocketAddr;
@@ -26,17 +26,9 @@ pub struct Args {
     /// The SuperNode's ClientAppIo API.
     #[arg(long, value_name = "ADDR")]
     pub clientappio_api_address: SocketAddr,
-    /// Where to train: auto, wgpu or cpu.
-    #[arg(
-        long,
-        env = "FLWR_BACKEND",
-        default_value = "auto",
-        value_name = "BACKEND"
-    )]
-    pub backend: model::cnn::backend::BackendChoice,
-    /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// Training device and log format.
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// Why this process could not do its one job.
@@ -71,7 +63,7 @@ fn find_app(
 
 /// Runs the client app on `instruction`; a panic becomes an error reply, like in the node.
 async fn answer(job: &AppJob, instruction: &Message, args: &Args) -> MessageBody {
-    let app = match find_app(&job.header.app_name, args.backend) {
+    let app = match find_app(&job.header.app_name, args.runtime.backend) {
         Ok(Some(app)) => app,
         Ok(None) => {
             return MessageBody::Error(MessageError {

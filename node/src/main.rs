@@ -24,7 +24,7 @@ async fn wait_for_signal() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    node::logging::init(args.log_format);
+    node::logging::init(args.runtime.log_format);
     let insecure = args.insecure;
     let settings = match args.resolve() {
         Ok(settings) => settings,

@@ -64,6 +64,14 @@ pub struct Args {
     /// Give up after trying to (re)connect for this many seconds in a row (default: never).
     #[arg(long, value_name = "SECS")]
     pub max_wait_time: Option<f64>,
+    /// Training device and log format.
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+/// Flags both node executables take (`flower-supernode` and the `flwr-clientapp` it starts).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RuntimeArgs {
     /// Where to train: auto (a GPU through wgpu if one exists, else the CPU), wgpu, or cpu.
     #[arg(
         long,
@@ -148,7 +156,7 @@ impl Args {
             IsolationMode::InProcess => Isolation::InProcess,
             IsolationMode::Subprocess => Isolation::Subprocess {
                 program: clientapp_program(self.clientapp_program)?,
-                args: vec!["--backend".into(), self.backend.as_str().into()],
+                args: vec!["--backend".into(), self.runtime.backend.as_str().into()],
             },
         };
         Ok(NodeSettings {
@@ -161,7 +169,7 @@ impl Args {
             isolation,
             max_retries: self.max_retries,
             max_wait_time,
-            backend: self.backend,
+            backend: self.runtime.backend,
         })
     }
 }

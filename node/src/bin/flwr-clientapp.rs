@@ -8,7 +8,7 @@ use std::process::ExitCode;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    node::logging::init(args.log_format);
+    node::logging::init(args.runtime.log_format);
     match run(&args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
