@@ -216,12 +216,19 @@ impl ClientAppIo {
                 tokio::time::sleep(CANCEL_POLL).await;
             }
         };
+        // The broker stops waiting for the reply after the instruction's time to live; a child
+        // still working then (stuck, or simply too slow) is of no more use to anyone.
+        let ttl = Duration::from_millis(instruction.metadata.ttl_ms);
         tokio::pin!(exchange);
         let reply = tokio::select! {
             reply = &mut exchange => reply,
             _ = stopped => {
                 let _ = child.kill().await;
                 return Err("run stopped".into());
+            }
+            _ = tokio::time::sleep(ttl) => {
+                let _ = child.kill().await;
+                return Err(format!("the client app did not finish within the instruction's time to live ({ttl:?}); its process was killed"));
             }
         };
         let reply = match reply {

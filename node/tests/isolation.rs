@@ -19,6 +19,9 @@ use wire::{ArrayRecord, ConfigRecord, ConfigValue, RunId};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
+/// Tests that start client app processes take turns: some count this process's children.
+static CHILDREN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Federation {
     _dir: tempfile::TempDir,
     roots: Vec<rustls_pki_types::CertificateDer<'static>>,
@@ -156,6 +159,7 @@ fn final_vector(federation: &Federation, run_id: RunId) -> Vec<f32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_app_that_aborts_runs_out_of_memory_or_panics_costs_one_reply_not_the_node() {
+    let _turn = CHILDREN.lock().await;
     let federation = start_broker();
     let mut nodes = Vec::new();
     for node_config in [
@@ -209,6 +213,7 @@ async fn a_client_app_that_aborts_runs_out_of_memory_or_panics_costs_one_reply_n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_run_kills_the_client_app_process() {
+    let _turn = CHILDREN.lock().await;
     let federation = start_broker();
     let mut node = Node::start(settings(&federation, "value=1 delay-ms=30000", clientapp()));
     node.online().await;
@@ -267,6 +272,30 @@ fn children_named(name: &str) -> usize {
                 && fields.get(1) == Some(&me.as_str())
         })
         .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_app_still_working_after_the_round_timeout_is_killed() {
+    let _turn = CHILDREN.lock().await;
+    let federation = start_broker();
+    let mut node = Node::start(settings(&federation, "value=1 delay-ms=60000", clientapp()));
+    node.online().await;
+    let config = ConfigRecord::new()
+        .with("num-server-rounds", ConfigValue::Int(1))
+        .with("round-timeout", ConfigValue::Float(1.0));
+    let started = Instant::now();
+    let (_, status, lines) = run_vector_add(&federation, config).await;
+    assert_eq!(status, RunStatus::Failed, "{lines:#?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while children_named("flwr-clientapp") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the client app process outlived its instruction"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(node.is_online());
 }
 
 #[tokio::test]
