@@ -53,7 +53,7 @@ type Waiting = HashMap<[u8; TOKEN_LEN], oneshot::Sender<TcpStream>>;
 
 /// The node's side of the ClientAppIo API.
 pub struct ClientAppIo {
-    /// The address children connect to.
+    /// The address children connect to (loopback when bound to every interface).
     address: SocketAddr,
     /// Started children not yet connected.
     waiting: Mutex<Waiting>,
@@ -68,8 +68,16 @@ impl ClientAppIo {
         shutdown: CancellationToken,
     ) -> std::io::Result<Arc<Self>> {
         let listener = TcpListener::bind(address).await?;
+        let mut bound = listener.local_addr()?;
+        // Bound to every interface (Flower's 0.0.0.0:9094): children reach it on loopback.
+        if bound.ip().is_unspecified() {
+            bound.set_ip(match bound {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
         let io = Arc::new(ClientAppIo {
-            address: listener.local_addr()?,
+            address: bound,
             waiting: Mutex::default(),
             limits: Limits::default(),
         });
@@ -77,7 +85,7 @@ impl ClientAppIo {
         Ok(io)
     }
 
-    /// The bound address.
+    /// The address children connect to.
     pub fn address(&self) -> SocketAddr {
         self.address
     }
@@ -334,6 +342,15 @@ mod tests {
             .unwrap()
             .unwrap_or(0);
         received
+    }
+
+    #[tokio::test]
+    async fn bound_to_every_interface_children_are_sent_to_loopback() {
+        let io = ClientAppIo::start(SocketAddr::from(([0, 0, 0, 0], 0)), CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(io.address().ip().is_loopback(), "{}", io.address());
+        assert_ne!(io.address().port(), 0);
     }
 
     #[tokio::test]
