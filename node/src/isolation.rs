@@ -346,9 +346,12 @@ mod tests {
 
     #[tokio::test]
     async fn bound_to_every_interface_children_are_sent_to_loopback() {
-        let io = ClientAppIo::start(SocketAddr::from(([0, 0, 0, 0], 0)), CancellationToken::new())
-            .await
-            .unwrap();
+        let io = ClientAppIo::start(
+            SocketAddr::from(([0, 0, 0, 0], 0)),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
         assert!(io.address().ip().is_loopback(), "{}", io.address());
         assert_ne!(io.address().port(), 0);
     }
