@@ -83,6 +83,20 @@ fn bump(counters: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
         .or_insert(0) += 1;
 }
 
+/// A counter family with one label, one line per key.
+fn write_counters(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    counters: &Mutex<BTreeMap<&'static str, u64>>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (key, count) in counters.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = writeln!(out, "{name}{{{label}=\"{key}\"}} {count}");
+    }
+}
+
 /// The exposition text.
 pub fn render(shared: &Shared) -> String {
     let mut out = String::new();
@@ -142,33 +156,20 @@ pub fn render(shared: &Shared) -> String {
         "# HELP flwr_bytes_sent_total UDP bytes sent on Fleet connections.\n# TYPE flwr_bytes_sent_total counter\nflwr_bytes_sent_total {}",
         metrics.closed_bytes_out.load(Ordering::Relaxed) + live_out
     );
-    let _ = writeln!(
-        out,
-        "# HELP flwr_handshake_failures_total Refused authentications by reason.\n# TYPE flwr_handshake_failures_total counter"
+    write_counters(
+        &mut out,
+        "flwr_handshake_failures_total",
+        "Refused authentications by reason.",
+        "reason",
+        &metrics.handshake_failures,
     );
-    for (reason, count) in metrics
-        .handshake_failures
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-    {
-        let _ = writeln!(
-            out,
-            "flwr_handshake_failures_total{{reason=\"{reason}\"}} {count}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP flwr_replies_total Replies received, by fate: stored, duplicate (already answered, for instance by a stale round's stand-in) or rejected.\n# TYPE flwr_replies_total counter"
+    write_counters(
+        &mut out,
+        "flwr_replies_total",
+        "Replies received, by fate: stored, duplicate (already answered, for instance by a stale round's stand-in) or rejected.",
+        "fate",
+        &metrics.replies,
     );
-    for (fate, count) in metrics
-        .replies
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-    {
-        let _ = writeln!(out, "flwr_replies_total{{fate=\"{fate}\"}} {count}");
-    }
     let rounds = metrics
         .rounds
         .lock()

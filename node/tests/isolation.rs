@@ -115,27 +115,45 @@ impl Node {
     }
 }
 
+/// Starts a vector-add run with `config`.
+fn start_vector_add(federation: &Federation, config: ConfigRecord) -> RunId {
+    broker::runs::runner::start(
+        &federation.broker.shared,
+        "test",
+        model::apps::vector_add::NAME.into(),
+        "1.0.0".into(),
+        config,
+    )
+    .unwrap()
+    .run_id
+}
+
+/// Waits up to five seconds for every client app process of this test process to be gone.
+async fn wait_until_no_client_app_runs(why: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while children_named("flwr-clientapp") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a client app process outlived {why}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Runs vector-add with `config` to its end; returns the status and the log.
 async fn run_vector_add(
     federation: &Federation,
     config: ConfigRecord,
 ) -> (RunId, RunStatus, Vec<String>) {
     let shared = &federation.broker.shared;
-    let info = broker::runs::runner::start(
-        shared,
-        "test",
-        model::apps::vector_add::NAME.into(),
-        "1.0.0".into(),
-        config,
-    )
-    .unwrap();
+    let run_id = start_vector_add(federation, config);
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let run = shared.store.run(info.run_id).unwrap().unwrap();
+        let run = shared.store.run(run_id).unwrap().unwrap();
         if run.status.is_finished() {
-            let lines = shared.store.logs(info.run_id, 0).unwrap();
+            let lines = shared.store.logs(run_id, 0).unwrap();
             return (
-                info.run_id,
+                run_id,
                 run.status,
                 lines.into_iter().map(|l| l.text).collect(),
             );
@@ -218,18 +236,11 @@ async fn a_stopped_run_kills_the_client_app_process() {
     let mut node = Node::start(settings(&federation, "value=1 delay-ms=30000", clientapp()));
     node.online().await;
     let shared = &federation.broker.shared;
-    let info = broker::runs::runner::start(
-        shared,
-        "test",
-        model::apps::vector_add::NAME.into(),
-        "1.0.0".into(),
-        ConfigRecord::new(),
-    )
-    .unwrap();
+    let run_id = start_vector_add(&federation, ConfigRecord::new());
     let deadline = Instant::now() + PATIENCE;
     while !shared
         .store
-        .logs(info.run_id, 0)
+        .logs(run_id, 0)
         .unwrap()
         .iter()
         .any(|l| l.text.starts_with("configure_train"))
@@ -240,15 +251,8 @@ async fn a_stopped_run_kills_the_client_app_process() {
     // Let the child start, then stop the run: the node kills the child within its poll period.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(children_named("flwr-clientapp"), 1);
-    broker::runs::runner::stop(shared, info.run_id, "test").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while children_named("flwr-clientapp") > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the client app process outlived its run"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    broker::runs::runner::stop(shared, run_id, "test").unwrap();
+    wait_until_no_client_app_runs("its run").await;
     assert!(node.is_online());
 }
 
@@ -286,14 +290,7 @@ async fn a_client_app_still_working_after_the_round_timeout_is_killed() {
     let started = Instant::now();
     let (_, status, lines) = run_vector_add(&federation, config).await;
     assert_eq!(status, RunStatus::Failed, "{lines:#?}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while children_named("flwr-clientapp") > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the client app process outlived its instruction"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_no_client_app_runs("its instruction").await;
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(node.is_online());
 }

@@ -206,7 +206,7 @@ pub fn resume_interrupted_runs(shared: &Arc<Shared>) -> Result<usize, crate::sto
     let interrupted = shared.store.unfinished_runs()?;
     for run in &interrupted {
         shared.store.drop_queued_for_run(run.run_id)?;
-        let from = if shared.store.checkpoint(run.run_id)?.is_some() {
+        let from = if shared.store.has_checkpoint(run.run_id)? {
             "resuming it from its last checkpoint"
         } else {
             "starting it again (no round had completed)"

@@ -190,6 +190,13 @@ impl Store {
         Ok(value.map(|bytes| bytes.value().to_vec()))
     }
 
+    /// Whether a run has a checkpoint (without reading it).
+    pub fn has_checkpoint(&self, run_id: RunId) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let checkpoints = txn.open_table(tables::CHECKPOINTS).map_err(storage)?;
+        Ok(checkpoints.get(run_id.0).map_err(storage)?.is_some())
+    }
+
     /// Forgets a finished run's checkpoint (it is only good for resuming).
     pub fn remove_checkpoint(&self, run_id: RunId) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(storage)?;
