@@ -82,12 +82,11 @@ async fn deliver_one(
         shared.store.mark_delivered(node, id)?;
         return Ok(());
     }
-    let content = match shared.contents.get(record.content_id) {
-        Some(content) => content,
-        None => match shared.store.content(record.content_id)? {
-            Some(content) => Arc::new(content),
-            None => return Ok(()),
-        },
+    let Some(content) = shared.contents.get(record.content_id) else {
+        // Contents live as long as their round: this instruction's round is over (it was answered
+        // by a stand-in) or was interrupted by a restart (it is resent from a checkpoint).
+        shared.store.mark_delivered(node, id)?;
+        return Ok(());
     };
     let header = InstructionHeader {
         app_name: run.app_name,

@@ -77,15 +77,16 @@ impl BrokerGrid {
         }
     }
 
-    /// An error reply made by the broker for an instruction that will get no real one, stored like
-    /// a real reply so that a late real one is recognised as a duplicate. If a real reply won the
-    /// race, that one is returned instead.
+    /// An error reply made by the broker for an instruction that will get no real one, recorded
+    /// like a real reply so that a late real one is recognised as a duplicate. `None` when a real
+    /// reply won the race: it is recorded before it is routed, so it is already on its way to the
+    /// round.
     fn stand_in(
         &self,
         metadata: &Metadata,
         code: ErrorCode,
         reason: String,
-    ) -> Result<Message, GridError> {
+    ) -> Result<Option<Message>, GridError> {
         let instruction = Message {
             metadata: metadata.clone(),
             body: MessageBody::Error(MessageError {
@@ -94,15 +95,30 @@ impl BrokerGrid {
             }),
         };
         let reply = instruction.reply(MessageBody::Error(MessageError { code, reason }), now_ms());
-        let store = &self.shared.store;
-        match store.store_reply(&reply) {
-            Ok(crate::store::ReplyStored::New) => Ok(reply),
-            Ok(crate::store::ReplyStored::Duplicate) => store
-                .reply(metadata.message_id)
-                .map_err(|e| GridError::Internal(e.to_string()))?
-                .ok_or_else(|| GridError::Internal("reply vanished".into())),
+        match self.shared.store.store_reply(&reply) {
+            Ok(crate::store::ReplyStored::New) => Ok(Some(reply)),
+            Ok(crate::store::ReplyStored::Duplicate) => Ok(None),
             Err(error) => Err(GridError::Internal(error.to_string())),
         }
+    }
+
+    /// Answers each of `missing` with a stand-in made from `reason`, and stops waiting for it,
+    /// unless its real reply has come in meanwhile.
+    fn give_up_on(
+        &self,
+        missing: Vec<Metadata>,
+        outstanding: &mut HashMap<MessageId, Metadata>,
+        code: ErrorCode,
+        reason: impl Fn(&Metadata) -> String,
+        on_reply: &mut dyn FnMut(Message),
+    ) -> Result<(), GridError> {
+        for metadata in missing {
+            if let Some(stand_in) = self.stand_in(&metadata, code, reason(&metadata))? {
+                outstanding.remove(&metadata.message_id);
+                on_reply(stand_in);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -188,7 +204,7 @@ impl Grid for BrokerGrid {
             let mut departures = self.shared.sessions.departures();
             for (content_id, content, list) in &batches {
                 self.shared.contents.insert(*content_id, content.clone());
-                self.shared.store.enqueue(*content_id, content, list).map_err(internal)?;
+                self.shared.store.enqueue(*content_id, list).map_err(internal)?;
             }
             let mut absent = Vec::new();
             for (_, _, list) in &batches {
@@ -198,12 +214,8 @@ impl Grid for BrokerGrid {
                     }
                 }
             }
-            for metadata in absent {
-                if outstanding.remove(&metadata.message_id).is_some() {
-                    let reason = format!("node {} is not online", metadata.dst_node_id);
-                    on_reply(self.stand_in(&metadata, ErrorCode::NodeUnavailable, reason)?);
-                }
-            }
+            self.give_up_on(absent, &mut outstanding, ErrorCode::NodeUnavailable,
+                |m| format!("node {} is not online", m.dst_node_id), on_reply)?;
             let deadline = tokio::time::Instant::now() + timeout;
             while !outstanding.is_empty() {
                 tokio::select! {
@@ -224,17 +236,13 @@ impl Grid for BrokerGrid {
                                 .cloned()
                                 .collect(),
                         };
-                        for metadata in gone {
-                            outstanding.remove(&metadata.message_id);
-                            let reason = format!("node {} went offline", metadata.dst_node_id);
-                            on_reply(self.stand_in(&metadata, ErrorCode::NodeUnavailable, reason)?);
-                        }
+                        self.give_up_on(gone, &mut outstanding, ErrorCode::NodeUnavailable,
+                            |m| format!("node {} went offline", m.dst_node_id), on_reply)?;
                     }
                     _ = tokio::time::sleep_until(deadline) => {
-                        for (_, metadata) in outstanding.drain() {
-                            let reason = format!("no reply from node {} within {timeout:?}", metadata.dst_node_id);
-                            on_reply(self.stand_in(&metadata, ErrorCode::MessageUnavailable, reason)?);
-                        }
+                        let late = outstanding.values().cloned().collect();
+                        self.give_up_on(late, &mut outstanding, ErrorCode::MessageUnavailable,
+                            |m| format!("no reply from node {} within {timeout:?}", m.dst_node_id), on_reply)?;
                     }
                 }
             }

@@ -32,11 +32,20 @@ fn finish(shared: &Shared, run_id: RunId, status: RunStatus, details: &str) {
             status
         }
     };
-    forget_checkpoint(shared, run_id);
+    forget_run_state(shared, run_id);
     shared
         .runs
         .publish(run_id, RunEvent::Finished(final_status));
     shared.runs.remove(run_id);
+}
+
+/// Drops what only a running run needs: its checkpoint, and its instructions with their queue
+/// entries and reply receipts. Leftovers only cost space, so a failure is logged.
+fn forget_run_state(shared: &Shared, run_id: RunId) {
+    forget_checkpoint(shared, run_id);
+    if let Err(error) = shared.store.forget_messages_of_run(run_id) {
+        tracing::warn!(run_id = run_id.0, %error, "could not drop the run's instructions");
+    }
 }
 
 /// Drops a finished run's checkpoint; a leftover one only costs space, so a failure is logged.
@@ -140,8 +149,13 @@ async fn execute(shared: Arc<Shared>, info: RunInfo) {
     };
     let outcome = tokio::task::spawn_blocking(move || app.run(&grid, &context)).await;
     if cancel.is_cancelled() {
-        // stop() already recorded finished:stopped and told everyone.
-        tracing::info!("run stopped");
+        // Either stop() already recorded finished:stopped and told everyone, or the broker is
+        // shutting down and the run stays active, to resume at the next start.
+        let stopped = matches!(shared.store.run(run_id), Ok(Some(run)) if run.status.is_finished());
+        if stopped {
+            tracing::info!("run stopped");
+            forget_run_state(&shared, run_id);
+        }
         return;
     }
     let (status, details) = match outcome {

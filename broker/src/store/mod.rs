@@ -9,7 +9,7 @@ mod nodes;
 mod runs;
 mod tables;
 
-pub use messages::{InstructionRecord, ReplyStored};
+pub use messages::{InstructionRecord, ReplyReceipt, ReplyStored};
 pub use nodes::NodeRecord;
 
 use redb::{Database, ReadableTable as _};
@@ -147,11 +147,14 @@ impl Store {
             txn.open_table(tables::RUNS).map_err(storage)?;
             txn.open_table(tables::RUN_LOGS).map_err(storage)?;
             txn.open_table(tables::ARTIFACTS).map_err(storage)?;
-            txn.open_table(tables::CONTENTS).map_err(storage)?;
             txn.open_table(tables::INSTRUCTIONS).map_err(storage)?;
             txn.open_table(tables::QUEUE).map_err(storage)?;
             txn.open_table(tables::REPLIES).map_err(storage)?;
             txn.open_table(tables::CHECKPOINTS).map_err(storage)?;
+            for retired in tables::RETIRED {
+                let table: redb::TableDefinition<u128, &[u8]> = redb::TableDefinition::new(retired);
+                txn.delete_table(table).map_err(storage)?;
+            }
         }
         txn.commit().map_err(storage)
     }

@@ -278,7 +278,7 @@ async fn an_authenticated_node_cannot_forge_replies_or_disturb_other_sessions() 
         );
     }
     assert_eq!(
-        store.reply(others_instruction).unwrap(),
+        store.reply_receipt(others_instruction).unwrap(),
         None,
         "nothing stored"
     );

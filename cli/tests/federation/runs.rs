@@ -176,6 +176,16 @@ async fn a_stopped_run_ends_within_a_second_and_sends_nothing_more() {
         !log.iter().any(|l| l.text.starts_with("[ROUND 2")),
         "{log:#?}"
     );
+    assert_eq!(
+        federation
+            .broker()
+            .shared
+            .store
+            .forget_messages_of_run(run_id)
+            .unwrap(),
+        0,
+        "a stopped run leaves no instruction behind once its app has let go"
+    );
     let stopped_again = federation.request(ControlRequest::StopRun { run_id }).await;
     assert!(matches!(stopped_again, ControlResponse::Error(_)));
     client.close().await;
@@ -418,6 +428,16 @@ async fn a_broker_restarted_mid_run_resumes_from_its_last_completed_round() {
         federation.broker().shared.store.checkpoint(run_id).unwrap(),
         None,
         "a finished run keeps no checkpoint"
+    );
+    assert_eq!(
+        federation
+            .broker()
+            .shared
+            .store
+            .forget_messages_of_run(run_id)
+            .unwrap(),
+        0,
+        "nor any instruction or reply receipt"
     );
 }
 
