@@ -1,6 +1,8 @@
 """Flower and flower-rs side by side on this machine: runs Flower's FedAvg.aggregate_train and
 PyTorch's training step for the seed's Net on the same shapes as the criterion benches, reads our
-criterion results from target/criterion, and prints one table (also as JSON with --json).
+criterion results from target/criterion and the end-to-end seed run from bench/e2e.py's JSON
+(--e2e), and prints one table (also as JSON with --json). The last column is always a speed ratio:
+above 1, ours is faster.
 
 Run through bench/compare.sh, which builds the virtual environment and runs our benches first.
 """
@@ -120,6 +122,7 @@ def criterion_seconds(root, group, function):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--criterion", default="target/criterion")
+    parser.add_argument("--e2e", help="bench/e2e.py --json output")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     import flwr
@@ -146,13 +149,29 @@ def main():
             "flower": torch_rate,
         }
     )
+    if args.e2e:
+        e2e = json.loads(Path(args.e2e).read_text())
+        setup = f"{e2e['samples']} images, lr {e2e['learning_rate']}, Flower nodes {e2e['flower_threads']} thread(s)"
+        for key, label in [("cold", "SuperLink start to run end"), ("run", "flwr run to run end")]:
+            rows.append(
+                {
+                    "workload": f"Seed run, 2 nodes x 3 rounds ({setup}): {label}, s",
+                    "ours": e2e["ours"][key],
+                    "flower": e2e["flower"][key],
+                    "seconds": True,
+                }
+            )
     for row in rows:
-        row["ratio"] = row["ours"] / row["flower"] if row["ours"] and row["flower"] else None
+        ours, flower = row["ours"], row["flower"]
+        if ours and flower:
+            row["ratio"] = flower / ours if row.get("seconds") else ours / flower
+        else:
+            row["ratio"] = None
     if args.json:
         print(json.dumps({"flower": flwr.__version__, "rows": rows}, indent=2))
         return
     print(f"Flower {flwr.__version__} beside flower-rs, same machine, same session\n")
-    print(f"| workload | ours | Flower / PyTorch | ours / theirs |\n| --- | --- | --- | --- |")
+    print("| workload | ours | Flower / PyTorch | speed, ours / theirs |\n| --- | --- | --- | --- |")
     for row in rows:
         ours = f"{row['ours']:.3g}" if row["ours"] else "not measured"
         ratio = f"{row['ratio']:.2f}" if row["ratio"] else "-"

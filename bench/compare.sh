@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Flower and flower-rs side by side, in one session on this machine: builds a Python virtual
 # environment with Flower and PyTorch from PyPI (gigabytes: not part of CI), runs our aggregation
-# and training benches, then Flower's FedAvg.aggregate_train and PyTorch's training step on the
-# same shapes, and prints one table: workload, ours, theirs, ratio.
+# and training benches, Flower's FedAvg.aggregate_train and PyTorch's training step on the same
+# shapes, and the seed run end to end on both systems (bench/e2e.py), and prints one table:
+# workload, ours, theirs, ratio.
 #
 #   bench/compare.sh            # FLOWER_VERSION=1.42.* by default; COMPARE_VENV to reuse a venv
 set -euo pipefail
@@ -17,4 +18,6 @@ fi
 quick=(--warm-up-time 1 --measurement-time 3)
 cargo bench -p bench --bench aggregation -- "${quick[@]}" '(62k|10M)x(2|10)/fedavg'
 cargo bench -p bench --bench training -- "${quick[@]}" 'CPU'
-"$venv/bin/python" bench/compare.py --criterion target/criterion "$@"
+cargo build --release --bins --locked
+"$venv/bin/python" bench/e2e.py --flower-bin "$(cd "$venv/bin" && pwd)" --json > target/e2e.json
+"$venv/bin/python" bench/compare.py --criterion target/criterion --e2e target/e2e.json "$@"

@@ -1,0 +1,225 @@
+"""The seed workload end to end on both systems: a SuperLink, two SuperNodes on the same prepared
+partitions, and a 3-round FedAvg run of the seed's CNN (flwr.toml's run config), first through
+flower-rs, then through Flower's Deployment Engine (bench/flower-app). Both run in development mode
+(--insecure) so that each does the same work; flower-rs's authenticated mode adds a handshake per
+node, not per round.
+
+Both run with learning rate 0.01 by default (`--learning-rate`): at the seed's 0.1 this CNN
+diverges, and PyTorch then slows down three to four times (its weights fill with denormal values),
+which would flatter flower-rs for a reason that has nothing to do with either system.
+
+Flower's nodes run with OMP_NUM_THREADS=1 (`--flower-threads`): one core each, as two nodes share
+this machine's two. PyTorch's default, a thread per core in every process, oversubscribes the
+cores, and its spinning threads then train some 18 times slower (two processes at once: 125
+samples/s each with 2 threads, 2,300 with 1), which again would say nothing about Flower itself.
+
+Measured per system: from launching the SuperLink to the end of the run ("cold"), from `flwr run` to
+the end of the run, and the strategy's own "Strategy execution finished in" figure, which both print.
+
+Run through bench/compare.sh (it builds our release binaries and the virtual environment), or:
+    python bench/e2e.py --flower-bin VENV/bin --ours-bin target/release --work DIR [--json]
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RUN_CONFIG = """
+[app.config]
+num-server-rounds = 3
+fraction-train = 1.0
+fraction-evaluate = 0.5
+local-epochs = 1
+learning-rate = 0.1
+momentum = 0.9
+batch-size = 32
+min-nodes = 2
+"""
+STRATEGY = re.compile(r"Strategy execution finished in ([0-9.]+)s")
+
+
+class Processes:
+    """Background processes, each in its own process group, killed together at the end."""
+
+    def __init__(self, logs):
+        self.logs, self.running = logs, []
+
+    def start(self, name, argv, env=None):
+        log = open(self.logs / f"{name}.log", "w")
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.running.append(process)
+        return process
+
+    def stop(self):
+        for process in self.running:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for process in self.running:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        self.running.clear()
+
+
+def wait_until(ready, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready after {timeout} s")
+        time.sleep(0.05)
+
+
+def tcp_open(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def timed_run(argv, cwd, env, log_path, learning_rate):
+    """Runs `flwr run ... --stream` to its end; its wall time and the strategy's own figure."""
+    argv = argv + ["--run-config", f"learning-rate={learning_rate}"]
+    started = time.monotonic()
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
+    wall = time.monotonic() - started
+    Path(log_path).write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise RuntimeError(f"{argv[0]} run exited {done.returncode}; see {log_path}")
+    found = STRATEGY.search(done.stdout + done.stderr)
+    return wall, float(found.group(1)) if found else None
+
+
+def ours(bins, work, datasets, learning_rate):
+    """flower-rs: its release binaries, app `fedavg-cnn` from an flwr.toml written here."""
+    app = work / "ours"
+    shutil.rmtree(app, ignore_errors=True)
+    app.mkdir(parents=True)
+    (app / "flwr.toml").write_text(
+        '[app]\nname = "fedavg-cnn"\nversion = "1.0.0"\n'
+        + RUN_CONFIG
+        + '\n[federations]\ndefault = "bench"\n\n[federations.bench]\naddress = "127.0.0.1:9093"\ninsecure = true\n'
+    )
+    processes = Processes(app)
+    try:
+        started = time.monotonic()
+        processes.start("superlink", [f"{bins}/flower-superlink", "--insecure", "--database", str(app / "state.redb")])
+        for i in (1, 2):
+            processes.start(
+                f"supernode{i}",
+                [
+                    f"{bins}/flower-supernode",
+                    "--insecure",
+                    "--superlink",
+                    "127.0.0.1:9092",
+                    "--clientappio-api-address",
+                    "127.0.0.1:0",
+                    "--node-config",
+                    f'dataset-path="{datasets}/synthetic_part_{i}"',
+                ],
+            )
+        ls = [f"{bins}/flwr", "ls", ".", "bench"]
+        wait_until(lambda: subprocess.run(ls, cwd=app, capture_output=True).returncode == 0, "the SuperLink")
+        wall, strategy = timed_run([f"{bins}/flwr", "run", ".", "bench", "--stream"], app, None, app / "run.log", learning_rate)
+        return {"cold": time.monotonic() - started, "run": wall, "strategy": strategy}
+    finally:
+        processes.stop()
+
+
+def flower(bins, work, datasets, learning_rate, threads):
+    """Flower: flower-superlink, flower-supernode and flwr from the virtual environment, app
+    bench/flower-app, a SuperLink connection in a private FLWR_HOME."""
+    home = work / "flower"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "127.0.0.1:8000"\ninsecure = true\n'
+    )
+    env = dict(
+        os.environ,
+        FLWR_HOME=str(home),
+        PATH=f"{bins}{os.pathsep}{os.environ['PATH']}",
+        OMP_NUM_THREADS=str(threads),
+    )
+    processes = Processes(home)
+    try:
+        started = time.monotonic()
+        processes.start("superlink", [f"{bins}/flower-superlink", "--insecure"], env)
+        for i in (1, 2):
+            processes.start(
+                f"supernode{i}",
+                [
+                    f"{bins}/flower-supernode",
+                    "--insecure",
+                    "--superlink",
+                    "127.0.0.1:8000",
+                    "--port",
+                    str(9094 + i),
+                    "--node-config",
+                    f'dataset-path="{datasets}/synthetic_part_{i}"',
+                ],
+                env,
+            )
+        wait_until(lambda: tcp_open(8000), "Flower's SuperLink")
+        argv = [f"{bins}/flwr", "run", str(REPO / "bench" / "flower-app"), "bench", "--stream"]
+        wall, strategy = timed_run(argv, home, env, home / "run.log", learning_rate)
+        return {"cold": time.monotonic() - started, "run": wall, "strategy": strategy}
+    finally:
+        processes.stop()
+
+
+def prepare(bins, work, samples):
+    datasets = work / "datasets"
+    argv = [f"{bins}/flwr", "dataset", "prepare", "--dataset", "synthetic", "--max-samples", str(samples)]
+    argv += ["--partitions", "2", "--out", str(datasets), "--force"]
+    subprocess.run(argv, check=True, capture_output=True)
+    return datasets
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--flower-bin", required=True, help="the virtual environment's bin directory")
+    parser.add_argument("--ours-bin", default=str(REPO / "target" / "release"))
+    parser.add_argument("--work", default=str(REPO / "target" / "e2e"))
+    parser.add_argument("--samples", type=int, default=50_000, help="synthetic CIFAR-10-shaped images in all")
+    parser.add_argument("--learning-rate", type=float, default=0.01)
+    parser.add_argument("--flower-threads", type=int, default=1, help="OMP_NUM_THREADS of Flower's nodes")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    datasets = prepare(args.ours_bin, work, args.samples)
+    results = {
+        "ours": ours(args.ours_bin, work, datasets, args.learning_rate),
+        "flower": flower(args.flower_bin, work, datasets, args.learning_rate, args.flower_threads),
+    }
+    results["samples"], results["learning_rate"] = args.samples, args.learning_rate
+    results["flower_threads"] = args.flower_threads
+    if args.json:
+        json.dump(results, sys.stdout, indent=2)
+        print()
+        return
+    print(
+        f"seed workload: 2 nodes, 3 rounds, {args.samples} synthetic CIFAR-10-shaped images, "
+        f"learning rate {args.learning_rate}, Flower's nodes with {args.flower_threads} thread(s)"
+    )
+    for key, label in [("cold", "SuperLink start to run end"), ("run", "flwr run to run end"), ("strategy", "strategy")]:
+        a, b = results["ours"][key], results["flower"][key]
+        ratio = f"{b / a:.1f}x faster" if a and b else "-"
+        print(f"  {label:<28} ours {a:7.1f} s   Flower {b:7.1f} s   {ratio}")
+
+
+if __name__ == "__main__":
+    main()
