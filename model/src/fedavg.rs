@@ -172,13 +172,14 @@ fn all_finite(array: &Array) -> bool {
 /// Writes `sum * scale` into `out` (bytes of `dtype`, little-endian, exactly as many values as
 /// `sum`), in one pass: straight into place when `out` can be seen as `f32`s.
 fn write_scaled(out: &mut [u8], dtype: DType, sum: &[f32], scale: f32) {
-    if dtype == DType::F32 && cfg!(target_endian = "little") {
-        if let Ok(values) = bytemuck::try_cast_slice_mut::<u8, f32>(out) {
-            for (o, &s) in values.iter_mut().zip(sum) {
-                *o = s * scale;
-            }
-            return;
+    if dtype == DType::F32
+        && cfg!(target_endian = "little")
+        && let Ok(values) = bytemuck::try_cast_slice_mut::<u8, f32>(out)
+    {
+        for (o, &s) in values.iter_mut().zip(sum) {
+            *o = s * scale;
         }
+        return;
     }
     let width = dtype.size() as usize;
     for (o, &s) in out.chunks_exact_mut(width).zip(sum) {
