@@ -6,6 +6,11 @@
 //! in memory for the life of their round: a broker that restarts drops an interrupted round and its
 //! run resends that round from its last checkpoint, so a stored content would have no reader, and
 //! writing it would put a durable write of the whole model on every round's path, twice.
+//!
+//! For the same reason, queuing instructions and marking them delivered are committed without an
+//! fsync of their own: they become durable with the next durable commit (a reply's receipt, a
+//! log line). A crash may lose them, and a restart drops the queued instructions of every
+//! interrupted round anyway. A reply's receipt is durable before the node hears "accepted".
 
 use super::{Store, StoreError, decode, encode, storage, tables};
 use redb::{ReadableDatabase as _, ReadableTable as _};
@@ -58,7 +63,7 @@ impl Store {
     /// Stores one instruction per metadata, each referring to content `content_id` and queued for
     /// its destination.
     pub fn enqueue(&self, content_id: u128, instructions: &[Metadata]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.begin_write_lazily()?;
         {
             let mut records = txn.open_table(tables::INSTRUCTIONS).map_err(storage)?;
             let mut queue = txn.open_table(tables::QUEUE).map_err(storage)?;
@@ -105,7 +110,7 @@ impl Store {
 
     /// Removes a delivered instruction from `node`'s queue.
     pub fn mark_delivered(&self, node: NodeId, id: MessageId) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.begin_write_lazily()?;
         {
             let mut queue = txn.open_table(tables::QUEUE).map_err(storage)?;
             queue.remove((node.0, id.0)).map_err(storage)?;

@@ -1,6 +1,7 @@
 //! The broker's durable state in redb. redb types never leave this module; every logical
 //! operation is one short write transaction, committed (durably) before the caller acknowledges
-//! anything to a peer.
+//! anything to a peer. The two exceptions, queuing an instruction and marking it delivered, are
+//! explained in [`messages`].
 
 #[cfg(test)]
 mod fault_tests;
@@ -105,6 +106,16 @@ impl Store {
         let store = Store { db };
         store.check_schema().map_err(|e| unusable(e.to_string()))?;
         Ok(store)
+    }
+
+    /// A write transaction whose commit becomes durable with the next durable commit rather than
+    /// on its own (a crash rolls back to the last durable commit, so what survives is always a
+    /// consistent prefix). Only for changes a restart discards anyway: see [`messages`].
+    fn begin_write_lazily(&self) -> Result<redb::WriteTransaction, StoreError> {
+        let mut txn = self.db.begin_write().map_err(storage)?;
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| StoreError::Storage(e.to_string()))?;
+        Ok(txn)
     }
 
     /// An ephemeral database in memory (`--database :flwr-in-memory:`).
