@@ -214,8 +214,13 @@ impl Grid for BrokerGrid {
                     }
                 }
             }
-            self.give_up_on(absent, &mut outstanding, ErrorCode::NodeUnavailable,
-                |m| format!("node {} is not online", m.dst_node_id), on_reply)?;
+            self.give_up_on(
+                absent,
+                &mut outstanding,
+                ErrorCode::NodeUnavailable,
+                |m| format!("node {} is not online", m.dst_node_id),
+                on_reply,
+            )?;
             let deadline = tokio::time::Instant::now() + timeout;
             while !outstanding.is_empty() {
                 tokio::select! {
@@ -236,13 +241,25 @@ impl Grid for BrokerGrid {
                                 .cloned()
                                 .collect(),
                         };
-                        self.give_up_on(gone, &mut outstanding, ErrorCode::NodeUnavailable,
-                            |m| format!("node {} went offline", m.dst_node_id), on_reply)?;
+                        self.give_up_on(
+                            gone,
+                            &mut outstanding,
+                            ErrorCode::NodeUnavailable,
+                            |m| format!("node {} went offline", m.dst_node_id),
+                            on_reply,
+                        )?;
                     }
                     _ = tokio::time::sleep_until(deadline) => {
+                        // A reply recorded just before the deadline stays outstanding: it is
+                        // already in the channel, and the next turn of the loop takes it.
                         let late = outstanding.values().cloned().collect();
-                        self.give_up_on(late, &mut outstanding, ErrorCode::MessageUnavailable,
-                            |m| format!("no reply from node {} within {timeout:?}", m.dst_node_id), on_reply)?;
+                        self.give_up_on(
+                            late,
+                            &mut outstanding,
+                            ErrorCode::MessageUnavailable,
+                            |m| format!("no reply from node {} within {timeout:?}", m.dst_node_id),
+                            on_reply,
+                        )?;
                     }
                 }
             }
