@@ -1,7 +1,7 @@
 //! FedAvg over N replies of P parameters, beside a plain read of the same bytes (the memory
 //! bandwidth ceiling) and the straightforward implementation (decode every reply into f32 vectors,
 //! then average). Ours runs in both forms: one pass over replies in memory, and streaming (replies
-//! folded in one at a time, as they arrive).
+//! folded in one at a time, as they arrive), whose peak memory is printed first.
 
 use bench::{SIZES, bytes, record};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -53,7 +53,54 @@ fn straightforward(replies: &[ArrayRecord], weights: &[f64]) -> Vec<Vec<f32>> {
     out
 }
 
+/// Resident memory's high-water mark, from /proc/self/status (Linux).
+fn resident_high_water() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Peak resident memory, above what was resident at the start, while `replies` replies of
+/// `parameters` values stream through FedAvg: each is made just before it is folded in and
+/// dropped just after, as replies arriving off the network are. The model is made beforehand.
+/// `None` where the high-water mark cannot be reset (through /proc/self/clear_refs, Linux).
+fn streaming_peak(parameters: usize, replies: usize) -> Option<u64> {
+    let model = record(parameters, 0);
+    std::fs::write("/proc/self/clear_refs", "5").ok()?;
+    let start = resident_high_water()?;
+    let mut fedavg = FedAvg::new(&model).ok()?;
+    for i in 0..replies {
+        let reply = record(parameters, i as u32 + 1);
+        fedavg.add(&reply, 100.0 + i as f64).ok()?;
+    }
+    black_box(fedavg.finish().ok()?);
+    Some(resident_high_water()?.saturating_sub(start))
+}
+
+/// Prints streaming FedAvg's peak memory in models' worth, for several reply counts: it should be
+/// about one model (the running sum) plus one reply, then the mean, whatever N.
+fn report_streaming_peaks() {
+    for (parameters, label, replies) in [
+        (10_000_000, "10M", 2),
+        (10_000_000, "10M", 10),
+        (10_000_000, "10M", 100),
+        (100_000_000, "100M", 10),
+    ] {
+        let model_bytes = parameters as f64 * 4.0;
+        match streaming_peak(parameters, replies) {
+            Some(peak) => eprintln!(
+                "aggregation/{label}x{replies}/fedavg (streaming): peak memory {:.0} MiB, {:.2} models",
+                peak as f64 / f64::from(1 << 20),
+                peak as f64 / model_bytes
+            ),
+            None => eprintln!("aggregation/{label}x{replies}: peak memory not measured here"),
+        }
+    }
+}
+
 fn aggregation(c: &mut Criterion) {
+    report_streaming_peaks();
     for (parameters, label) in SIZES {
         let model = record(parameters, 0);
         for replies in REPLIES {
