@@ -55,6 +55,19 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, WireError> {
     Ok(value)
 }
 
+/// A frame's payload, borrowed, and the bytes after the frame.
+pub type FrameAndRest<'a> = (&'a [u8], &'a [u8]);
+
+/// The first frame of `bytes`, in place: its payload and the bytes after it; `None` when `bytes`
+/// does not hold a whole frame yet; an error when the declared length is over `limit`.
+pub fn take_frame(bytes: &[u8], limit: u32) -> Result<Option<FrameAndRest<'_>>, WireError> {
+    let Some(head) = bytes.first_chunk::<PREFIX_LEN>() else {
+        return Ok(None);
+    };
+    let len = payload_len(*head, limit)?;
+    Ok(bytes[PREFIX_LEN..].split_at_checked(len))
+}
+
 /// A sans-IO frame splitter: push received bytes, pull complete payloads.
 #[derive(Debug)]
 pub struct FrameDecoder {
@@ -89,16 +102,11 @@ impl FrameDecoder {
 
     /// The next complete payload, `None` if more bytes are needed, or an error for an oversized frame.
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, WireError> {
-        let pending = &self.buffer[self.start..];
-        let Some(head) = pending.first_chunk::<PREFIX_LEN>() else {
+        let Some((payload, _)) = take_frame(&self.buffer[self.start..], self.limit)? else {
             return Ok(None);
         };
-        let len = payload_len(*head, self.limit)?;
-        if pending.len() < PREFIX_LEN + len {
-            return Ok(None);
-        }
-        let payload = pending[PREFIX_LEN..PREFIX_LEN + len].to_vec();
-        self.start += PREFIX_LEN + len;
+        let payload = payload.to_vec();
+        self.start += PREFIX_LEN + payload.len();
         if self.start == self.buffer.len() {
             self.buffer.clear();
             self.start = 0;

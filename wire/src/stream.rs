@@ -261,16 +261,17 @@ impl MessageAssembler {
 
 /// Decodes a message from a contiguous buffer of prefixed frames; the buffer must hold exactly one message.
 pub fn decode_message_bytes(bytes: &[u8], limits: Limits) -> Result<Message, WireError> {
-    let mut decoder = frame::FrameDecoder::new(limits.max_frame);
-    decoder.push(bytes);
+    // Frames are read in place: each chunk's bytes are copied once, into their array.
+    let mut rest = bytes;
     let mut assembler = MessageAssembler::new(limits);
     loop {
-        let Some(payload) = decoder.next_frame()? else {
+        let Some((payload, after)) = frame::take_frame(rest, limits.max_frame)? else {
             return Err(WireError::Truncated("message stream"));
         };
-        if let Some(message) = assembler.feed(&payload)? {
-            if decoder.has_partial() {
-                return Err(WireError::TrailingBytes(decoder.buffered_len()));
+        rest = after;
+        if let Some(message) = assembler.feed(payload)? {
+            if !rest.is_empty() {
+                return Err(WireError::TrailingBytes(rest.len()));
             }
             return Ok(message);
         }
