@@ -5,8 +5,9 @@ flower-rs, then through Flower's Deployment Engine (bench/flower-app). Both run 
 node, not per round.
 
 Both run with learning rate 0.01 by default (`--learning-rate`): at the seed's 0.1 this CNN
-diverges, and PyTorch then slows down three to four times (its weights fill with denormal values),
-which would flatter flower-rs for a reason that has nothing to do with either system.
+diverges, and PyTorch's training step then runs three times slower (one thread: 2,300 against
+6,900 samples/s), which would flatter flower-rs for a reason that has nothing to do with either
+system.
 
 Flower's nodes run with OMP_NUM_THREADS=1 (`--flower-threads`): one core each, as two nodes share
 this machine's two. PyTorch's default, a thread per core in every process, oversubscribes the
