@@ -90,6 +90,13 @@ def tcp_open(port):
         return False
 
 
+def start_supernodes(processes, datasets, argv, env=None):
+    """Starts SuperNodes 1 and 2, each with `argv(i)` and its own partition."""
+    for i in (1, 2):
+        node_config = ["--node-config", f'dataset-path="{datasets}/synthetic_part_{i}"']
+        processes.start(f"supernode{i}", argv(i) + node_config, env)
+
+
 def timed_run(argv, cwd, env, log_path, learning_rate):
     """Runs `flwr run ... --stream` to its end; its wall time and the strategy's own figure."""
     argv = argv + ["--run-config", f"learning-rate={learning_rate}"]
@@ -117,20 +124,12 @@ def ours(bins, work, datasets, learning_rate):
     try:
         started = time.monotonic()
         processes.start("superlink", [f"{bins}/flower-superlink", "--insecure", "--database", str(app / "state.redb")])
-        for i in (1, 2):
-            processes.start(
-                f"supernode{i}",
-                [
-                    f"{bins}/flower-supernode",
-                    "--insecure",
-                    "--superlink",
-                    "127.0.0.1:9092",
-                    "--clientappio-api-address",
-                    "127.0.0.1:0",
-                    "--node-config",
-                    f'dataset-path="{datasets}/synthetic_part_{i}"',
-                ],
-            )
+        start_supernodes(
+            processes,
+            datasets,
+            lambda i: [f"{bins}/flower-supernode", "--insecure", "--superlink", "127.0.0.1:9092"]
+            + ["--clientappio-api-address", "127.0.0.1:0"],
+        )
         ls = [f"{bins}/flwr", "ls", ".", "bench"]
         wait_until(lambda: subprocess.run(ls, cwd=app, capture_output=True).returncode == 0, "the SuperLink")
         wall, strategy = timed_run([f"{bins}/flwr", "run", ".", "bench", "--stream"], app, None, app / "run.log", learning_rate)
@@ -158,21 +157,13 @@ def flower(bins, work, datasets, learning_rate, threads):
     try:
         started = time.monotonic()
         processes.start("superlink", [f"{bins}/flower-superlink", "--insecure"], env)
-        for i in (1, 2):
-            processes.start(
-                f"supernode{i}",
-                [
-                    f"{bins}/flower-supernode",
-                    "--insecure",
-                    "--superlink",
-                    "127.0.0.1:8000",
-                    "--port",
-                    str(9094 + i),
-                    "--node-config",
-                    f'dataset-path="{datasets}/synthetic_part_{i}"',
-                ],
-                env,
-            )
+        start_supernodes(
+            processes,
+            datasets,
+            lambda i: [f"{bins}/flower-supernode", "--insecure", "--superlink", "127.0.0.1:8000"]
+            + ["--port", str(9094 + i)],
+            env,
+        )
         wait_until(lambda: tcp_open(8000), "Flower's SuperLink")
         argv = [f"{bins}/flwr", "run", str(REPO / "bench" / "flower-app"), "bench", "--stream"]
         wall, strategy = timed_run(argv, home, env, home / "run.log", learning_rate)

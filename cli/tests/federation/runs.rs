@@ -68,6 +68,17 @@ async fn run_info(federation: &Federation, run_id: RunId) -> RunInfo {
     }
 }
 
+/// How many of a finished run's instructions the broker still holds (forgetting them is how the
+/// store counts them; the run is over, so nothing else needs them).
+fn leftover_instructions(federation: &Federation, run_id: RunId) -> usize {
+    federation
+        .broker()
+        .shared
+        .store
+        .forget_messages_of_run(run_id)
+        .unwrap()
+}
+
 fn final_vector(federation: &Federation, run_id: RunId) -> Vec<f32> {
     let bytes = federation
         .broker()
@@ -177,12 +188,7 @@ async fn a_stopped_run_ends_within_a_second_and_sends_nothing_more() {
         "{log:#?}"
     );
     assert_eq!(
-        federation
-            .broker()
-            .shared
-            .store
-            .forget_messages_of_run(run_id)
-            .unwrap(),
+        leftover_instructions(&federation, run_id),
         0,
         "a stopped run leaves no instruction behind once its app has let go"
     );
@@ -430,12 +436,7 @@ async fn a_broker_restarted_mid_run_resumes_from_its_last_completed_round() {
         "a finished run keeps no checkpoint"
     );
     assert_eq!(
-        federation
-            .broker()
-            .shared
-            .store
-            .forget_messages_of_run(run_id)
-            .unwrap(),
+        leftover_instructions(&federation, run_id),
         0,
         "nor any instruction or reply receipt"
     );
