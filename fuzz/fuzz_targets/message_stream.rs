@@ -8,6 +8,7 @@ fuzz_target!(|data: &[u8]| {
     let limits = Limits {
         max_frame: 1 << 16,
         max_payload: 1 << 20,
+        ..Limits::default()
     };
     if let Ok(message) = decode_message_bytes(data, limits) {
         assert!(message.validate().is_ok());

@@ -124,11 +124,66 @@ impl Array {
     }
 }
 
+/// Most entries one collection may hold when decoded: a head frame of a few MiB could otherwise
+/// announce about a million tiny entries, and every later step would pay for each of them.
+pub const MAX_ENTRIES: usize = 1 << 16;
+
+/// Longest entry name, in bytes, when decoded (PyTorch's longest `state_dict` keys are far shorter).
+pub const MAX_NAME_LEN: usize = 1024;
+
 /// Ordered, uniquely named entries. Serialised as a sequence of pairs so that order survives.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(transparent)]
 pub struct Named<T> {
     entries: Vec<(String, T)>,
+}
+
+/// Decodes the sequence of pairs, refusing it as soon as it grows past [`MAX_ENTRIES`] or a name
+/// past [`MAX_NAME_LEN`], so a hostile count costs nothing beyond the entries actually read.
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Named<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries<T>(std::marker::PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Entries<T> {
+            type Value = Named<T>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "at most {MAX_ENTRIES} named entries")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                use serde::de::Error as _;
+                let announced = seq.size_hint().unwrap_or(0);
+                if announced > MAX_ENTRIES {
+                    return Err(A::Error::custom(format!(
+                        "{announced} entries in one record (at most {MAX_ENTRIES})"
+                    )));
+                }
+                // The hint is the peer's count: trust it only as far as a small reservation.
+                let mut entries = Vec::with_capacity(announced.min(1024));
+                while let Some((name, value)) = seq.next_element::<(String, T)>()? {
+                    if entries.len() == MAX_ENTRIES {
+                        return Err(A::Error::custom(format!(
+                            "more than {MAX_ENTRIES} entries in one record"
+                        )));
+                    }
+                    if name.len() > MAX_NAME_LEN {
+                        return Err(A::Error::custom(format!(
+                            "a name of {} bytes (at most {MAX_NAME_LEN})",
+                            name.len()
+                        )));
+                    }
+                    entries.push((name, value));
+                }
+                Ok(Named { entries })
+            }
+        }
+
+        deserializer.deserialize_seq(Entries(std::marker::PhantomData))
+    }
 }
 
 impl<T> Default for Named<T> {
@@ -178,6 +233,23 @@ impl<T> Named<T> {
         self.entries.iter().map(|(n, v)| (n.as_str(), v))
     }
 
+    /// Mutable access to the entry at `index` (insertion order), in constant time.
+    pub fn get_index_mut(&mut self, index: usize) -> Option<&mut T> {
+        self.entries.get_mut(index).map(|(_, v)| v)
+    }
+
+    /// The same names in the same order, each value mapped by `f`. Linear: unlike collecting into
+    /// a new collection, it never searches for duplicates, which the source cannot have.
+    pub fn map_values<U>(&self, mut f: impl FnMut(&T) -> U) -> Named<U> {
+        Named {
+            entries: self
+                .entries
+                .iter()
+                .map(|(name, value)| (name.clone(), f(value)))
+                .collect(),
+        }
+    }
+
     /// Mutable entries in insertion order.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut T)> {
         self.entries.iter_mut().map(|(n, v)| (n.as_str(), v))
@@ -212,13 +284,22 @@ impl<T> Named<T> {
     }
 }
 
+/// Later duplicates replace earlier values in place, as [`Named::insert`] does, in linear time.
 impl<T> FromIterator<(String, T)> for Named<T> {
     fn from_iter<I: IntoIterator<Item = (String, T)>>(iter: I) -> Self {
-        let mut named = Named::new();
+        let mut positions: std::collections::HashMap<String, usize> =
+            std::collections::HashMap::new();
+        let mut entries: Vec<(String, T)> = Vec::new();
         for (name, value) in iter {
-            named.insert(name, value);
+            match positions.get(&name) {
+                Some(&index) => entries[index].1 = value,
+                None => {
+                    positions.insert(name.clone(), entries.len());
+                    entries.push((name, value));
+                }
+            }
         }
-        named
+        Named { entries }
     }
 }
 

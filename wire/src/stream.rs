@@ -17,6 +17,13 @@ pub const DEFAULT_CHUNK: usize = 1024 * 1024;
 /// Default limit on the array bytes of one message (16 GiB).
 pub const DEFAULT_MAX_PAYLOAD: u64 = 16 * 1024 * 1024 * 1024;
 
+/// Default limit on the arrays of one message (all records together). The seed's CNN has 10, a
+/// large language model a few thousand.
+pub const DEFAULT_MAX_ARRAYS: usize = 1 << 16;
+
+/// Most dimensions one array may have (PyTorch allows 64; real weights use up to 5).
+pub const MAX_DIMS: usize = 64;
+
 /// One outgoing frame payload, borrowed from the message where possible.
 #[derive(Debug)]
 pub enum OutFrame<'a> {
@@ -36,32 +43,16 @@ impl OutFrame<'_> {
     }
 }
 
-/// A copy of `content` with every array's bytes left out.
+/// A copy of `content` with every array's bytes left out (linear in the number of entries).
 fn skeleton(content: &RecordDict) -> RecordDict {
-    content
-        .iter()
-        .map(|(name, record)| {
-            let record = match record {
-                Record::Arrays(arrays) => Record::Arrays(
-                    arrays
-                        .iter()
-                        .map(|(array_name, array)| {
-                            (
-                                array_name.to_string(),
-                                crate::Array {
-                                    dtype: array.dtype,
-                                    shape: array.shape.clone(),
-                                    data: Vec::new(),
-                                },
-                            )
-                        })
-                        .collect(),
-                ),
-                other => other.clone(),
-            };
-            (name.to_string(), record)
-        })
-        .collect()
+    content.map_values(|record| match record {
+        Record::Arrays(arrays) => Record::Arrays(arrays.map_values(|array| crate::Array {
+            dtype: array.dtype,
+            shape: array.shape.clone(),
+            data: Vec::new(),
+        })),
+        other => other.clone(),
+    })
 }
 
 /// The frames that carry `message`: the head, then its array bytes in chunks of at most `chunk` bytes.
@@ -123,6 +114,8 @@ pub struct Limits {
     pub max_frame: u32,
     /// Largest total of array bytes in one message.
     pub max_payload: u64,
+    /// Most arrays in one message, all records together.
+    pub max_arrays: usize,
 }
 
 impl Default for Limits {
@@ -130,6 +123,7 @@ impl Default for Limits {
         Limits {
             max_frame: frame::DEFAULT_MAX_FRAME,
             max_payload: DEFAULT_MAX_PAYLOAD,
+            max_arrays: DEFAULT_MAX_ARRAYS,
         }
     }
 }
@@ -176,17 +170,59 @@ impl MessageAssembler {
         self.message.is_some()
     }
 
+    /// The metadata of the message being assembled, once its head arrived: a receiver can judge
+    /// the message (who sent it, what it answers) before reading a single array byte.
+    pub fn head(&self) -> Option<&Metadata> {
+        self.message.as_ref().map(|message| &message.metadata)
+    }
+
+    /// The array bytes the head announced (0 before the head).
+    pub fn announced_payload(&self) -> u64 {
+        self.pending.iter().map(|&(_, _, len)| len as u64).sum()
+    }
+
+    /// Bytes reserved so far for arrays: memory grows with the bytes that arrived, never with
+    /// what a head merely announced.
+    pub fn reserved(&self) -> usize {
+        match self.message.as_ref().map(|m| &m.body) {
+            Some(MessageBody::Content(content)) => content
+                .iter()
+                .filter_map(|(_, record)| match record {
+                    Record::Arrays(arrays) => {
+                        Some(arrays.iter().map(|(_, a)| a.data.capacity()).sum::<usize>())
+                    }
+                    _ => None,
+                })
+                .sum(),
+            _ => 0,
+        }
+    }
+
     fn accept_head(&mut self, payload: &[u8]) -> Result<(), WireError> {
         let head: Message = frame::decode(payload)?;
         let mut pending = Vec::new();
         let mut total: u64 = 0;
+        let mut arrays_seen = 0usize;
         if let MessageBody::Content(content) = &head.body {
             content.check_unique("record")?;
             for (record_index, (_, record)) in content.iter().enumerate() {
                 match record {
                     Record::Arrays(arrays) => {
+                        arrays_seen += arrays.len();
+                        if arrays_seen > self.limits.max_arrays {
+                            return Err(WireError::Invalid(format!(
+                                "more than {} arrays in one message",
+                                self.limits.max_arrays
+                            )));
+                        }
                         arrays.check_unique("array")?;
                         for (array_index, (name, array)) in arrays.iter().enumerate() {
+                            if array.shape.len() > MAX_DIMS {
+                                return Err(WireError::Invalid(format!(
+                                    "array {name:?} has {} dimensions (at most {MAX_DIMS})",
+                                    array.shape.len()
+                                )));
+                            }
                             if !array.data.is_empty() {
                                 return Err(WireError::Invalid(format!(
                                     "array {name:?} carries bytes inside the head"
@@ -237,18 +273,16 @@ impl MessageAssembler {
                     payload.len()
                 )));
             };
+            // Direct indexing: the cost of a chunk is its bytes, whatever the number of arrays.
             let array = content
-                .iter_mut()
-                .nth(record_index)
-                .and_then(|(_, record)| match record {
-                    Record::Arrays(arrays) => arrays.iter_mut().nth(array_index).map(|(_, a)| a),
+                .get_index_mut(record_index)
+                .and_then(|record| match record {
+                    Record::Arrays(arrays) => arrays.get_index_mut(array_index),
                     _ => None,
                 })
                 .ok_or_else(|| WireError::Stream("array index out of range".into()))?;
-            if array.data.capacity() == 0 {
-                array.data.reserve_exact(len);
-            }
             let take = (len - array.data.len()).min(payload.len());
+            reserve_for(&mut array.data, take, len);
             array.data.extend_from_slice(&payload[..take]);
             payload = &payload[take..];
             if array.data.len() == len {
@@ -257,6 +291,19 @@ impl MessageAssembler {
         }
         Ok(())
     }
+}
+
+/// Makes room in `data` for `incoming` more bytes of an array announced at `len` bytes. Capacity
+/// at most doubles what actually arrived, so a head that announces gigabytes and sends one byte
+/// costs one byte; an honest large array grows geometrically, which the allocator does by
+/// remapping pages rather than copying them.
+fn reserve_for(data: &mut Vec<u8>, incoming: usize, len: usize) {
+    let needed = data.len() + incoming;
+    if needed <= data.capacity() {
+        return;
+    }
+    let target = needed.max(data.capacity().saturating_mul(2)).min(len);
+    data.reserve_exact(target - data.len());
 }
 
 /// Decodes a message from a contiguous buffer of prefixed frames; the buffer must hold exactly one message.

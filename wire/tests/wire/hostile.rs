@@ -43,11 +43,89 @@ fn payload_above_the_limit_is_refused_at_the_head() {
     let limits = Limits {
         max_frame: 1 << 20,
         max_payload: 8,
+        ..Limits::default()
     };
     assert!(matches!(
         stream::decode_message_bytes(&bytes, limits),
         Err(WireError::FrameTooLarge { .. })
     ));
+}
+
+/// A message whose array record holds `count` one-byte arrays.
+fn many_tiny_arrays(count: usize) -> wire::Message {
+    let arrays: wire::ArrayRecord = (0..count)
+        .map(|i| {
+            let array = wire::Array {
+                dtype: wire::DType::U8,
+                shape: vec![1],
+                data: vec![i as u8],
+            };
+            (format!("a{i}"), array)
+        })
+        .collect();
+    wire::Message {
+        metadata: samples::metadata(),
+        body: wire::MessageBody::Content(
+            wire::RecordDict::new().with("arrays", wire::Record::Arrays(arrays)),
+        ),
+    }
+}
+
+/// Decodes `bytes` on another thread and returns what it gave within `deadline`, or `None`: a
+/// super-linear decoder fails the test at the deadline instead of running it for minutes.
+fn decode_within(
+    bytes: Vec<u8>,
+    limits: Limits,
+    deadline: std::time::Duration,
+) -> Option<Result<wire::Message, WireError>> {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(stream::decode_message_bytes(&bytes, limits));
+    });
+    result.recv_timeout(deadline).ok()
+}
+
+#[test]
+fn two_hundred_thousand_one_byte_arrays_are_refused_at_the_head_within_100_ms() {
+    // About 1.8 MB of head: well inside the 8 MiB frame limit.
+    let bytes = stream::encode_message_bytes(&many_tiny_arrays(200_000), 1 << 20).unwrap();
+    let started = std::time::Instant::now();
+    let result = decode_within(
+        bytes,
+        Limits::default(),
+        std::time::Duration::from_millis(100),
+    )
+    .unwrap_or_else(|| panic!("still decoding after {:?}", started.elapsed()));
+    // postcard keeps no text for a decoder's own refusal: it is a malformed value.
+    let error = result.unwrap_err();
+    assert!(matches!(error, WireError::Malformed(_)), "{error}");
+}
+
+#[test]
+fn assembly_is_linear_in_the_number_of_arrays() {
+    // Below every cap, so the whole message is assembled: tens of thousands of arrays filled from
+    // one chunk. Walking to each array from the start made this take minutes.
+    let count = 60_000;
+    let message = many_tiny_arrays(count);
+    let bytes = stream::encode_message_bytes(&message, 1 << 20).unwrap();
+    let decoded = decode_within(bytes, Limits::default(), std::time::Duration::from_secs(5))
+        .expect("assembly did not finish within 5 s")
+        .unwrap();
+    assert_eq!(decoded, message);
+}
+
+#[test]
+fn more_arrays_than_the_receiver_allows_are_refused_at_the_head() {
+    let bytes = stream::encode_message_bytes(&many_tiny_arrays(11), 1 << 20).unwrap();
+    let limits = Limits {
+        max_arrays: 10,
+        ..Limits::default()
+    };
+    let error = stream::decode_message_bytes(&bytes, limits).unwrap_err();
+    assert!(
+        matches!(error, WireError::Invalid(ref why) if why.contains("more than 10 arrays")),
+        "{error}"
+    );
 }
 
 #[test]
@@ -56,13 +134,59 @@ fn a_head_announcing_a_huge_array_is_refused_before_allocation() {
     if let wire::MessageBody::Content(content) = &mut message.body
         && let Some(wire::Record::Arrays(arrays)) = content.get_mut("arrays")
     {
-        let array = arrays.get_mut("conv1.bias").unwrap();
-        array.shape = vec![1 << 40, 1 << 20];
-        array.data.clear();
+        // A head carries no array bytes: every array is announced, this one hugely.
+        for (_, array) in arrays.iter_mut() {
+            array.data.clear();
+        }
+        arrays.get_mut("conv1.bias").unwrap().shape = vec![1 << 40, 1 << 20];
     }
     let head = postcard::to_stdvec(&message).unwrap();
     let mut assembler = MessageAssembler::new(Limits::default());
-    assert!(assembler.feed(&head).is_err());
+    assert!(matches!(
+        assembler.feed(&head),
+        Err(WireError::FrameTooLarge { .. })
+    ));
+}
+
+#[test]
+fn a_head_announcing_exactly_the_limit_reserves_only_what_arrives() {
+    // One F32 array of 2^32 elements: exactly the default 16 GiB limit, so the head is accepted.
+    let message = wire::Message {
+        metadata: samples::metadata(),
+        body: wire::MessageBody::Content(wire::RecordDict::new().with(
+            "arrays",
+            wire::Record::Arrays(wire::ArrayRecord::new().with(
+                "w",
+                wire::Array {
+                    dtype: wire::DType::F32,
+                    shape: vec![1 << 32],
+                    data: Vec::new(),
+                },
+            )),
+        )),
+    };
+    let limits = Limits::default();
+    assert_eq!(limits.max_payload, 1 << 34);
+    let mut assembler = MessageAssembler::new(limits);
+    assert!(
+        assembler
+            .feed(&postcard::to_stdvec(&message).unwrap())
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(assembler.announced_payload(), 1 << 34);
+    assert!(assembler.feed(&[7]).unwrap().is_none());
+    assert!(
+        assembler.reserved() <= 2,
+        "{} bytes reserved for one byte received",
+        assembler.reserved()
+    );
+    // Honest bytes keep coming: capacity stays within twice what arrived.
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..8 {
+        assert!(assembler.feed(&chunk).unwrap().is_none());
+    }
+    assert!(assembler.reserved() <= 2 * (8 << 20) + 2);
 }
 
 #[test]
