@@ -36,9 +36,12 @@ pub enum AggregationError {
     /// The reply holds NaN or infinity.
     #[error("array {0:?} holds NaN or infinite values")]
     NotFinite(String),
-    /// The weight (number of examples) is zero, negative or not finite.
-    #[error("weight {0} is not a positive number of examples")]
+    /// The weight (number of examples) is zero, negative, not finite, or above [`MAX_WEIGHT`].
+    #[error("weight {0} is not a number of examples between 0 and {MAX_WEIGHT}")]
     BadWeight(f64),
+    /// Folding the reply in could take the sum beyond what f32 holds.
+    #[error("array {0:?} would overflow the sum (values too large for their weight)")]
+    Overflow(String),
     /// Only floating-point arrays can be averaged.
     #[error("array {name:?} has dtype {dtype}, which cannot be averaged")]
     UnsupportedDType {
@@ -64,7 +67,18 @@ pub struct FedAvg {
     total_weight: f64,
     /// Number of accepted replies.
     accepted: usize,
+    /// An upper bound of every accumulator's magnitude: the sum of each accepted reply's weight
+    /// times its largest magnitude. A reply that would take it past [`SUM_CEILING`] is rejected
+    /// before it touches the sums, so no accumulator can ever overflow.
+    bound: f64,
 }
+
+/// Largest weight (number of examples) a reply may carry: 2^32. A "finite" 1e39 would become
+/// infinity in f32, and a single node would outweigh any federation anyway.
+pub const MAX_WEIGHT: f64 = 4_294_967_296.0;
+
+/// Ceiling of [`FedAvg`]'s magnitude bound: half of f32's range, leaving room for rounding.
+const SUM_CEILING: f64 = f32::MAX as f64 / 2.0;
 
 /// Exponent bits of an f32: all set means infinity or NaN.
 const F32_EXPONENT: u32 = 0x7f80_0000;
@@ -155,6 +169,34 @@ fn fold(acc: &mut [f32], dtype: DType, bytes: &[u8], weight: f32) -> bool {
         DType::F64 => fold_f64(acc, bytes, weight),
         _ => fold_f32(acc, bytes, weight),
     }
+}
+
+/// The largest magnitude in `array`, or `None` if a value is NaN or infinite (f64 values beyond
+/// f32's range count as infinite: they are summed in f32).
+fn magnitude(array: &Array) -> Option<f64> {
+    if !all_finite(array) {
+        return None;
+    }
+    let largest = match array.dtype {
+        DType::F64 => array
+            .data
+            .chunks_exact(8)
+            .map(|chunk| {
+                let mut raw = [0u8; 8];
+                raw.copy_from_slice(chunk);
+                f64::from_le_bytes(raw).abs()
+            })
+            .fold(0.0, f64::max),
+        _ => match as_f32s(&array.data) {
+            Some(values) => f64::from(values.iter().fold(0f32, |m, v| m.max(v.abs()))),
+            None => array
+                .data
+                .chunks_exact(4)
+                .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]).abs()))
+                .fold(0.0, f64::max),
+        },
+    };
+    (largest <= f64::from(f32::MAX)).then_some(largest)
 }
 
 /// Whether every value of `array` is finite.
@@ -253,8 +295,10 @@ fn check_layout(
     Ok(())
 }
 
-fn check_weight(weight: f64) -> Result<(), AggregationError> {
-    if weight.is_finite() && weight > 0.0 {
+/// Checks a reply's weight: positive, finite, at most [`MAX_WEIGHT`]. Evaluation weights its
+/// metrics the same way and uses the same check.
+pub fn check_weight(weight: f64) -> Result<(), AggregationError> {
+    if weight.is_finite() && weight > 0.0 && weight <= MAX_WEIGHT {
         Ok(())
     } else {
         Err(AggregationError::BadWeight(weight))
@@ -274,6 +318,7 @@ impl FedAvg {
             sums,
             total_weight: 0.0,
             accepted: 0,
+            bound: 0.0,
         })
     }
 
@@ -293,10 +338,22 @@ impl FedAvg {
         check_weight(weight)?;
         check_layout(&self.layout, reply)?;
         // Everything is checked before anything is folded: a NaN in the last array must not
-        // reach the sum through the first.
-        if let Some((name, _)) = reply.iter().find(|(_, array)| !all_finite(array)) {
-            return Err(AggregationError::NotFinite(name.to_string()));
+        // reach the sum through the first, nor may a sum overflow halfway.
+        let mut largest: Option<(&str, f64)> = None;
+        for (name, array) in reply.iter() {
+            let Some(m) = magnitude(array) else {
+                return Err(AggregationError::NotFinite(name.to_string()));
+            };
+            if largest.is_none_or(|(_, l)| m > l) {
+                largest = Some((name, m));
+            }
         }
+        let (name, largest) = largest.unwrap_or(("", 0.0));
+        let bound = self.bound + weight * largest;
+        if bound > SUM_CEILING {
+            return Err(AggregationError::Overflow(name.to_string()));
+        }
+        self.bound = bound;
         let w = weight as f32;
         for ((_, array), sum) in reply.iter().zip(&mut self.sums) {
             let width = array.dtype.size() as usize;
@@ -361,18 +418,18 @@ pub fn aggregate(
         let total: f64 = accepted.iter().map(|&(index, _, _)| replies[index].1).sum();
         match one_pass(&layout, &accepted, (1.0 / total) as f32) {
             Ok(mean) => return Ok(Aggregate { mean, rejected }),
-            Err((index, name)) => rejected.push((index, AggregationError::NotFinite(name))),
+            Err((index, error)) => rejected.push((index, error)),
         }
     }
 }
 
 /// The mean of `accepted` (index, reply, weight), block by block; or the first reply holding a
-/// non-finite value, with the array's name.
+/// non-finite value, or the one that takes a sum beyond f32's range, with why.
 fn one_pass(
     layout: &[(String, DType, Vec<u64>)],
     accepted: &[(usize, &ArrayRecord, f32)],
     scale: f32,
-) -> Result<ArrayRecord, (usize, String)> {
+) -> Result<ArrayRecord, (usize, AggregationError)> {
     // Each reply's arrays in model order (their layout was checked: same count, names, shapes).
     let arrays: Vec<Vec<&Array>> = accepted
         .iter()
@@ -415,9 +472,32 @@ fn one_pass(
                         .collect(),
                 };
                 if let Some(k) = bad.iter().position(|&b| b) {
-                    return Err((accepted[folded + k].0, name.clone()));
+                    return Err((
+                        accepted[folded + k].0,
+                        AggregationError::NotFinite(name.clone()),
+                    ));
                 }
                 folded += group;
+            }
+            if acc.iter().fold(0, |bad, &a| bad | non_finite_bit(a)) != 0 {
+                // Finite values, infinite sum: blame the reply weighing most in this block.
+                let culprit = (0..accepted.len())
+                    .map(|k| {
+                        let bytes = &arrays[k][position].data[start..end];
+                        let block = Array {
+                            dtype: *dtype,
+                            shape: vec![],
+                            data: bytes.to_vec(),
+                        };
+                        let m = magnitude(&block).unwrap_or(f64::INFINITY);
+                        (k, f64::from(accepted[k].2) * m)
+                    })
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .map_or(0, |(k, _)| k);
+                return Err((
+                    accepted[culprit].0,
+                    AggregationError::Overflow(name.clone()),
+                ));
             }
             write_scaled(&mut data[start..end], *dtype, acc, scale);
         }
@@ -475,6 +555,72 @@ mod tests {
             ));
         }
         assert_eq!(fedavg.finish(), Err(AggregationError::Empty));
+    }
+
+    #[test]
+    fn a_finite_weight_too_large_for_f32_is_rejected_and_the_sum_stays_finite() {
+        let model = record(&[("w", &[0.0, 0.0])]);
+        let honest = record(&[("w", &[1.0, 2.0])]);
+        for weight in [1e39, f64::from(f32::MAX), MAX_WEIGHT * 2.0] {
+            let mut fedavg = FedAvg::new(&model).unwrap();
+            fedavg.add(&honest, 10.0).unwrap();
+            assert_eq!(
+                fedavg.add(&honest, weight),
+                Err(AggregationError::BadWeight(weight))
+            );
+            assert_eq!(values(&fedavg.finish().unwrap(), "w"), [1.0, 2.0]);
+            let both = aggregate(&model, &[(&honest, 10.0), (&honest, weight)]).unwrap();
+            assert_eq!(values(&both.mean, "w"), [1.0, 2.0]);
+            assert_eq!(both.rejected, [(1, AggregationError::BadWeight(weight))]);
+        }
+    }
+
+    #[test]
+    fn values_near_f32_max_that_would_overflow_the_sum_are_rejected_untouched() {
+        let model = record(&[("w", &[0.0, 0.0])]);
+        let honest = record(&[("w", &[1.0, 2.0])]);
+        let huge = record(&[("w", &[f32::MAX, 1.0])]);
+        let mut fedavg = FedAvg::new(&model).unwrap();
+        fedavg.add(&honest, 10.0).unwrap();
+        assert_eq!(
+            fedavg.add(&huge, 3.0),
+            Err(AggregationError::Overflow("w".into()))
+        );
+        assert_eq!(values(&fedavg.finish().unwrap(), "w"), [1.0, 2.0]);
+
+        let both = aggregate(&model, &[(&honest, 10.0), (&huge, 3.0)]).unwrap();
+        assert!(values(&both.mean, "w").iter().all(|v| v.is_finite()));
+        assert_eq!(values(&both.mean, "w"), [1.0, 2.0]);
+        assert_eq!(both.rejected, [(1, AggregationError::Overflow("w".into()))]);
+    }
+
+    #[test]
+    fn f64_values_beyond_f32_range_are_rejected() {
+        let mut wide = ArrayRecord::new();
+        wide.insert(
+            "w",
+            Array {
+                dtype: DType::F64,
+                shape: vec![1],
+                data: 1e300f64.to_le_bytes().to_vec(),
+            },
+        );
+        let mut model64 = ArrayRecord::new();
+        model64.insert(
+            "w",
+            Array {
+                dtype: DType::F64,
+                shape: vec![1],
+                data: 0f64.to_le_bytes().to_vec(),
+            },
+        );
+        let mut fedavg = FedAvg::new(&model64).unwrap();
+        assert!(matches!(
+            fedavg.add(&wide, 1.0),
+            Err(AggregationError::NotFinite(_))
+        ));
+        let only = aggregate(&model64, &[(&wide, 1.0)]);
+        assert_eq!(only, Err(AggregationError::Empty));
     }
 
     #[test]

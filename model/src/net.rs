@@ -26,7 +26,56 @@ pub struct InputShape {
     pub classes: usize,
 }
 
+/// Most image channels a network is built for.
+pub const MAX_CHANNELS: usize = 64;
+/// Longest image side a network is built for.
+pub const MAX_SIDE: usize = 4096;
+/// Most classes a network is built for.
+pub const MAX_CLASSES: usize = 100_000;
+/// Most parameters a network may have: a shape a node reports must not make the SuperLink
+/// allocate without bound (this CNN has 62,006 for CIFAR-10).
+pub const MAX_PARAMETERS: usize = 100_000_000;
+
 impl InputShape {
+    /// Why this shape cannot be built, if it cannot: a dimension out of range, images too small
+    /// for the network, or too many parameters. Checked arithmetic throughout.
+    pub fn check(&self) -> Result<(), String> {
+        let within = |what: &str, value: usize, max: usize| {
+            if (1..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!("{what} {value} is outside 1..={max}"))
+            }
+        };
+        within("channels", self.channels, MAX_CHANNELS)?;
+        within("height", self.height, MAX_SIDE)?;
+        within("width", self.width, MAX_SIDE)?;
+        within("classes", self.classes, MAX_CLASSES)?;
+        let Some((h, w)) = self.feature_size() else {
+            return Err(format!(
+                "{}x{} images are too small for the network",
+                self.height, self.width
+            ));
+        };
+        let count = [
+            (6, self.channels * 25 + 1),
+            (16, 6 * 25 + 1),
+            (120, 16 * h * w + 1),
+            (84, 121),
+            (self.classes, 85),
+        ]
+        .iter()
+        .try_fold(0usize, |total, &(units, per_unit): &(usize, usize)| {
+            units.checked_mul(per_unit)?.checked_add(total)
+        });
+        match count {
+            Some(count) if count <= MAX_PARAMETERS => Ok(()),
+            _ => Err(format!(
+                "{self:?} needs more than {MAX_PARAMETERS} parameters"
+            )),
+        }
+    }
+
     /// CIFAR-10's 3 x 32 x 32 images in 10 classes.
     pub const CIFAR10: InputShape = InputShape {
         channels: 3,
@@ -52,6 +101,7 @@ impl InputShape {
 
 /// Names and shapes of the parameters, in `state_dict` order.
 pub fn layout(input: InputShape) -> Option<Vec<(&'static str, Vec<usize>)>> {
+    input.check().ok()?;
     let flat = input.flat_features()?;
     Some(vec![
         ("conv1.weight", vec![6, input.channels, 5, 5]),
@@ -125,6 +175,31 @@ mod tests {
             .flat_features(),
             None
         );
+    }
+
+    #[test]
+    fn a_node_reported_shape_beyond_the_bounds_is_refused_before_allocation() {
+        assert_eq!(InputShape::CIFAR10.check(), Ok(()));
+        let huge_classes = InputShape {
+            classes: 1 << 32,
+            ..InputShape::CIFAR10
+        };
+        let huge_sides = InputShape {
+            height: 4096,
+            width: 4096,
+            ..InputShape::CIFAR10
+        };
+        let no_channels = InputShape {
+            channels: 0,
+            ..InputShape::CIFAR10
+        };
+        for shape in [huge_classes, huge_sides, no_channels] {
+            assert!(shape.check().is_err(), "{shape:?}");
+            assert_eq!(layout(shape), None);
+            assert_eq!(initial_parameters(shape, 1), None);
+        }
+        let error = huge_sides.check().unwrap_err();
+        assert!(error.contains("parameters"), "{error}");
     }
 
     #[test]

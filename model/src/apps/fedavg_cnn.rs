@@ -15,7 +15,7 @@
 
 use crate::app::{AppError, Grid, Instruction, ServerApp, ServerContext, config_f64, config_i64};
 use crate::checkpoint;
-use crate::fedavg::FedAvg;
+use crate::fedavg::{FedAvg, check_weight};
 use crate::net::{InputShape, initial_parameters};
 use rand::seq::SliceRandom as _;
 use serde_json::json;
@@ -132,7 +132,8 @@ struct MetricMeans {
 impl MetricMeans {
     fn add(&mut self, metrics: &MetricRecord, names: &[&str], weight: f64) {
         for name in names {
-            if let Some(value) = metric(metrics, name).filter(|v| v.is_finite()) {
+            // A value whose weighted sum would overflow is left out like a non-finite one.
+            if let Some(value) = metric(metrics, name).filter(|v| (v * weight).is_finite()) {
                 match self.sums.iter_mut().find(|(n, _)| n == name) {
                     Some((_, sum)) => *sum += value * weight,
                     None => self.sums.push((name.to_string(), value * weight)),
@@ -215,7 +216,12 @@ impl Server {
                 return;
             };
             let shape = content.metrics(METRICS).and_then(|m| {
-                let get = |name| metric(m, name).map(|v| v as usize);
+                // Whole, positive, and small enough to convert exactly; ranges are checked below.
+                let get = |name| {
+                    metric(m, name)
+                        .filter(|v| v.fract() == 0.0 && (1.0..=1e9).contains(v))
+                        .map(|v| v as usize)
+                };
                 Some(InputShape {
                     channels: get("channels")?,
                     height: get("height")?,
@@ -319,6 +325,10 @@ impl Server {
             )));
         }
         let input = self.discover_input(grid, &nodes, settings.round_timeout)?;
+        // Checked before anything is allocated for it: the shape is what nodes said.
+        input
+            .check()
+            .map_err(|why| AppError::new(format!("cannot build the network: {why}")))?;
         let arrays = initial_parameters(input, settings.seed).ok_or_else(|| {
             AppError::new(format!("images of {input:?} are too small for the network"))
         })?;
@@ -472,12 +482,13 @@ impl Server {
                 .metrics(METRICS)
                 .and_then(|m| num_examples(m).map(|w| (m, w)))
             {
-                Some((metrics, weight)) if weight > 0.0 => {
+                // The same bound as training's: a huge count would make the means meaningless.
+                Some((metrics, weight)) if check_weight(weight).is_ok() => {
                     received += 1;
                     means.add(metrics, &["eval_loss", "eval_acc"], weight);
                 }
                 _ => failures.push(format!(
-                    "node {}: evaluation reply lacks metrics",
+                    "node {}: evaluation reply lacks metrics or a valid num-examples",
                     reply.metadata.src_node_id
                 )),
             }
