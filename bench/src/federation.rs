@@ -177,6 +177,7 @@ impl Federation {
                 ephemeral_identity: true,
                 node_config: wire::ConfigRecord::new(),
                 clientappio_address: any,
+                clientappio_allow_remote: false,
                 isolation: Isolation::InProcess,
                 max_retries: None,
                 max_wait_time: None,

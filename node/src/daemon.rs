@@ -99,7 +99,7 @@ pub async fn run(
     let mut worker = crate::work::Worker::new(apps, settings.node_config.clone());
     if let Isolation::Subprocess { program, args } = &settings.isolation {
         let address = settings.clientappio_address;
-        let io = ClientAppIo::start(address, shutdown.clone())
+        let io = ClientAppIo::start(address, settings.clientappio_allow_remote, shutdown.clone())
             .await
             .map_err(|error| {
                 let hint = if error.kind() == std::io::ErrorKind::AddrInUse {

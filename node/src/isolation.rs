@@ -17,7 +17,7 @@ use tokio::process::Command;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use wire::clientappio::{
-    AppHello, AppJob, CLIENTAPPIO_VERSION, CONTROL_FRAME_LIMIT, TOKEN_ENV, TOKEN_LEN, encode_token,
+    AppHello, AppJob, CLIENTAPPIO_VERSION, HELLO_FRAME_LIMIT, TOKEN_ENV, TOKEN_LEN, encode_token,
 };
 use wire::io::{read_message, read_value, write_message, write_value};
 use wire::message::{ErrorCode, MessageError};
@@ -27,8 +27,11 @@ use wire::{Message, MessageBody};
 /// How long a started child has to connect and say hello.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long an accepted connection has to send its hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an accepted connection has to send its hello (a child sends it at once).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most connections that may be waiting to show a token at once; more are closed unread.
+const MAX_PENDING_HELLOS: usize = 16;
 
 /// How often a running child is checked for a stopped run.
 const CANCEL_POLL: Duration = Duration::from_millis(100);
@@ -59,16 +62,36 @@ pub struct ClientAppIo {
     waiting: Mutex<Waiting>,
     /// Limits on the replies children send.
     limits: Limits,
+    /// Connections still owing their hello.
+    pending: Arc<tokio::sync::Semaphore>,
+    /// Whether peers on other hosts may connect at all (`--clientappio-allow-remote`).
+    allow_remote: bool,
+}
+
+/// Whether a connection from `peer` may show a token, on a listener bound to `local`: the
+/// node's own children connect from loopback, or from the listener's address when it is bound to
+/// one interface; anyone else only when remote client apps are allowed.
+fn peer_allowed(peer: SocketAddr, local: SocketAddr, allow_remote: bool) -> bool {
+    let loopback = match peer.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    };
+    allow_remote || loopback || peer.ip() == local.ip()
 }
 
 impl ClientAppIo {
-    /// Binds `address` (port 0 picks a free one) and serves it until `shutdown`.
+    /// Binds `address` (port 0 picks a free one) and serves it until `shutdown`; connections
+    /// from other hosts are dropped unless `allow_remote`.
     pub async fn start(
         address: SocketAddr,
+        allow_remote: bool,
         shutdown: CancellationToken,
     ) -> std::io::Result<Arc<Self>> {
         let listener = TcpListener::bind(address).await?;
-        let mut bound = listener.local_addr()?;
+        let local = listener.local_addr()?;
+        let mut bound = local;
         // Bound to every interface (Flower's 0.0.0.0:9094): children reach it on loopback.
         if bound.ip().is_unspecified() {
             bound.set_ip(match bound {
@@ -80,8 +103,10 @@ impl ClientAppIo {
             address: bound,
             waiting: Mutex::default(),
             limits: Limits::default(),
+            pending: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HELLOS)),
+            allow_remote,
         });
-        tokio::spawn(io.clone().serve(listener, shutdown));
+        tokio::spawn(io.clone().serve(listener, local, shutdown));
         Ok(io)
     }
 
@@ -97,16 +122,29 @@ impl ClientAppIo {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+    async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        local: SocketAddr,
+        shutdown: CancellationToken,
+    ) {
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 accepted = listener.accept() => accepted,
             };
             match accepted {
-                Ok((stream, peer)) => {
-                    tokio::spawn(self.clone().admit(stream, peer));
+                Ok((_, peer)) if !peer_allowed(peer, local, self.allow_remote) => {
+                    tracing::warn!(%peer, "ClientAppIo connection from another host; dropped (see --clientappio-allow-remote)");
                 }
+                Ok((stream, peer)) => match self.pending.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        tokio::spawn(self.clone().admit(stream, peer, slot));
+                    }
+                    Err(_) => {
+                        tracing::warn!(%peer, "too many ClientAppIo connections without a hello; dropped");
+                    }
+                },
                 Err(error) => {
                     tracing::warn!(%error, "ClientAppIo accept failed");
                     tokio::time::sleep(CANCEL_POLL).await;
@@ -117,12 +155,18 @@ impl ClientAppIo {
 
     /// Hands a connection to the instruction whose child holds its token; anything else is
     /// dropped without a word.
-    async fn admit(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+    async fn admit(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let hello = tokio::time::timeout(
             HELLO_TIMEOUT,
-            read_value::<AppHello, _>(&mut stream, CONTROL_FRAME_LIMIT),
+            read_value::<AppHello, _>(&mut stream, HELLO_FRAME_LIMIT),
         )
         .await;
+        drop(slot);
         let hello = match hello {
             Ok(Ok(hello)) if hello.version == CLIENTAPPIO_VERSION => hello,
             _ => {
@@ -348,6 +392,7 @@ mod tests {
     async fn bound_to_every_interface_children_are_sent_to_loopback() {
         let io = ClientAppIo::start(
             SocketAddr::from(([0, 0, 0, 0], 0)),
+            false,
             CancellationToken::new(),
         )
         .await
@@ -360,6 +405,7 @@ mod tests {
     async fn connections_without_a_token_the_node_waits_for_get_nothing() {
         let io = ClientAppIo::start(
             SocketAddr::from(([127, 0, 0, 1], 0)),
+            false,
             CancellationToken::new(),
         )
         .await
@@ -383,5 +429,83 @@ mod tests {
             io.waiting().contains_key(&[1; TOKEN_LEN]),
             "the real child's slot is untouched"
         );
+    }
+
+    /// Whether the node closes `stream` within `within`, without an answer.
+    async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+        let mut received = Vec::new();
+        matches!(
+            tokio::time::timeout(within, stream.read_to_end(&mut received)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn a_hello_announcing_more_than_its_exact_size_is_dropped_at_once() {
+        let io = ClientAppIo::start(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            false,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let mut stream = TcpStream::connect(io.address()).await.unwrap();
+        // A 1 MiB frame declared, then trickled: refused on its prefix, not after the timeout.
+        stream.write_all(&(1u32 << 20).to_le_bytes()).await.unwrap();
+        stream.write_all(&[0; 64]).await.unwrap();
+        assert!(closed_within(&mut stream, HELLO_TIMEOUT / 4).await);
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_pending_cap_are_dropped_and_children_get_in_afterwards() {
+        let io = ClientAppIo::start(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            false,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let mut silent = Vec::new();
+        for _ in 0..MAX_PENDING_HELLOS {
+            silent.push(TcpStream::connect(io.address()).await.unwrap());
+        }
+        let mut one_more = TcpStream::connect(io.address()).await.unwrap();
+        assert!(closed_within(&mut one_more, HELLO_TIMEOUT / 4).await);
+        // The silent ones time out and free their slots: a real child's hello is taken again.
+        for stream in &mut silent {
+            assert!(closed_within(stream, HELLO_TIMEOUT * 2).await);
+        }
+        let token = [3; TOKEN_LEN];
+        let (waiting, connection) = oneshot::channel();
+        io.waiting().insert(token, waiting);
+        let mut child = TcpStream::connect(io.address()).await.unwrap();
+        let hello = AppHello {
+            version: CLIENTAPPIO_VERSION,
+            token,
+        };
+        child
+            .write_all(&wire::frame::encode(&hello).unwrap())
+            .await
+            .unwrap();
+        tokio::time::timeout(HELLO_TIMEOUT, connection)
+            .await
+            .expect("the child was never handed over")
+            .unwrap();
+    }
+
+    #[test]
+    fn only_this_hosts_processes_may_connect_unless_remote_apps_are_allowed() {
+        let any: SocketAddr = "0.0.0.0:9094".parse().unwrap();
+        let one: SocketAddr = "10.0.0.5:9094".parse().unwrap();
+        let loopback: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:40000".parse().unwrap();
+        let itself: SocketAddr = "10.0.0.5:40000".parse().unwrap();
+        let stranger: SocketAddr = "10.0.0.9:40000".parse().unwrap();
+        assert!(peer_allowed(loopback, any, false));
+        assert!(peer_allowed(mapped, any, false));
+        assert!(peer_allowed(itself, one, false));
+        assert!(!peer_allowed(stranger, any, false));
+        assert!(!peer_allowed(stranger, one, false));
+        assert!(peer_allowed(stranger, one, true));
     }
 }

@@ -51,6 +51,10 @@ pub struct Args {
     /// SuperNode on one machine its own.
     #[arg(long, default_value = "127.0.0.1:9094", value_name = "ADDR")]
     pub clientappio_api_address: SocketAddr,
+    /// Let client app processes on other hosts connect to the ClientAppIo API (they still need a
+    /// token). Off: only this host's processes get as far as showing one.
+    #[arg(long)]
+    pub clientappio_allow_remote: bool,
     /// Where client apps run.
     #[arg(long, value_enum, default_value_t = IsolationMode::Subprocess)]
     pub isolation: IsolationMode,
@@ -109,6 +113,8 @@ pub struct NodeSettings {
     pub node_config: ConfigRecord,
     /// Where client app processes connect.
     pub clientappio_address: SocketAddr,
+    /// Whether client app processes on other hosts may connect.
+    pub clientappio_allow_remote: bool,
     /// Where client apps run.
     pub isolation: crate::isolation::Isolation,
     /// Retry limit (consecutive failures).
@@ -166,6 +172,7 @@ impl Args {
             ephemeral_identity,
             node_config,
             clientappio_address: self.clientappio_api_address,
+            clientappio_allow_remote: self.clientappio_allow_remote,
             isolation,
             max_retries: self.max_retries,
             max_wait_time,

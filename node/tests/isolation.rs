@@ -70,6 +70,7 @@ fn settings(federation: &Federation, node_config: &str, isolation: Isolation) ->
         ephemeral_identity: true,
         node_config: model::config::parse_overrides(node_config).unwrap(),
         clientappio_address: any_port(),
+        clientappio_allow_remote: false,
         isolation,
         max_retries: Some(3),
         max_wait_time: None,

@@ -21,8 +21,12 @@ pub const TOKEN_ENV: &str = "FLWR_CLIENTAPP_TOKEN";
 /// Length of a token in bytes.
 pub const TOKEN_LEN: usize = 32;
 
-/// Largest [`AppHello`] or [`AppJob`] frame.
+/// Largest [`AppJob`] frame.
 pub const CONTROL_FRAME_LIMIT: u32 = 1024 * 1024;
+
+/// Largest [`AppHello`] frame: its exact encoded size at most (a version of up to three varint
+/// bytes and the token), so a connection that has shown no token costs a few bytes of buffer.
+pub const HELLO_FRAME_LIMIT: u32 = 3 + TOKEN_LEN as u32;
 
 /// Child to node, first frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +70,16 @@ pub fn decode_token(text: &str) -> Option<[u8; TOKEN_LEN]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_largest_hello_fits_its_limit_exactly() {
+        let hello = AppHello {
+            version: u16::MAX,
+            token: [0xFF; TOKEN_LEN],
+        };
+        let payload = postcard::to_stdvec(&hello).unwrap();
+        assert_eq!(payload.len(), HELLO_FRAME_LIMIT as usize);
+    }
 
     #[test]
     fn tokens_round_trip_through_hex_and_malformed_text_is_refused() {
