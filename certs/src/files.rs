@@ -42,8 +42,12 @@ pub fn write_file(path: &Path, contents: &[u8], secrecy: Secrecy) -> Result<(), 
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let temp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    // A file or link already there (a crash's leftover, or one planted in a shared directory) is
+    // removed, and the temporary file is created exclusively: O_EXCL never follows a link, so a
+    // private key cannot be written through one.
+    let _ = std::fs::remove_file(&temp);
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt as _;
@@ -62,4 +66,28 @@ pub fn write_file(path: &Path, contents: &[u8], secrecy: Secrecy) -> Result<(), 
         let _ = std::fs::remove_file(&temp);
     }
     result.map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_link_planted_at_the_temporary_path_never_receives_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"untouched").unwrap();
+        let path = dir.path().join("client_credentials_1");
+        let temp = dir
+            .path()
+            .join(format!(".client_credentials_1.tmp{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &temp).unwrap();
+        write_file(&path, b"secret", Secrecy::Private).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+        assert_eq!(std::fs::read(&path).unwrap(), b"secret");
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
 }

@@ -49,8 +49,37 @@ fn pem_block<'a>(text: &'a str, label: &str) -> Option<&'a str> {
     Some(&text[start..stop])
 }
 
+/// Why a private key file is readable by others than its owner, if it is (Unix modes only).
+pub fn exposure(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "{} is a private key readable by other users (mode {mode:o}); `chmod 600` it",
+                path.display()
+            )
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// Warns, as ssh does, about a private key others can read. Not an error: keys made by Flower's
+/// own scripts (openssl under the default umask) are group- and world-readable.
+fn warn_if_exposed(path: &Path) {
+    if let Some(warning) = exposure(path) {
+        tracing::warn!("{warning}");
+    }
+}
+
 /// Loads a private identity key.
 pub fn load_identity_key(path: &Path) -> Result<IdentityKey, CertsError> {
+    warn_if_exposed(path);
     let text = read_text(path)?;
     parse_identity_key(&text).map_err(|reason| CertsError::invalid(path, reason))
 }
@@ -129,6 +158,7 @@ pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Ce
 
 /// Loads a TLS private key (RSA, EC or PKCS#8, as openssl writes them).
 pub fn load_tls_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertsError> {
+    warn_if_exposed(path);
     let text = read_text(path)?;
     PrivateKeyDer::from_pem_slice(text.as_bytes())
         .map_err(|e| CertsError::invalid(path, format!("no usable PEM private key: {e}")))

@@ -24,7 +24,34 @@ pub fn transport(idle_timeout: Duration, keep_alive: Option<Duration>) -> quinn:
     transport.stream_receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));
     transport.receive_window(quinn::VarInt::from_u32(64 * 1024 * 1024));
     transport.send_window(64 * 1024 * 1024);
+    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     transport
+}
+
+/// Connection-level receive window of a peer that has not authenticated yet: enough for the
+/// handshake's frames, far too little to park data in the broker's memory.
+pub const UNAUTHENTICATED_WINDOW: u32 = 256 * 1024;
+
+/// Connection-level receive window once a peer authenticated (see [`transport`]).
+pub const AUTHENTICATED_WINDOW: u32 = 64 * 1024 * 1024;
+
+/// Server-side transport settings for peers that have not authenticated: one bidirectional
+/// stream (the handshake's), no unidirectional ones, and a small receive window. The server
+/// widens them per connection once the peer has proved who it is ([`open_up`]).
+pub fn unauthenticated_transport(idle_timeout: Duration) -> quinn::TransportConfig {
+    let mut transport = transport(idle_timeout, None);
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1));
+    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    transport.receive_window(quinn::VarInt::from_u32(UNAUTHENTICATED_WINDOW));
+    // The per-stream window keeps its full size (quinn fixes it per connection): the
+    // connection-level window above caps every stream until the peer is opened up.
+    transport
+}
+
+/// Gives an authenticated peer `streams` bidirectional streams and the full receive window.
+pub fn open_up(connection: &quinn::Connection, streams: u32) {
+    connection.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(streams));
+    connection.set_receive_window(quinn::VarInt::from_u32(AUTHENTICATED_WINDOW));
 }
 
 /// A QUIC server configuration from a TLS 1.3 server configuration.
@@ -36,7 +63,7 @@ pub fn server_config(
         QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| CertsError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport));
-    // No address-validation round trip on loopback-heavy deployments; the handshake is bounded anyway.
+    // Address validation is decided per connection by the server's admission policy (Retry).
     Ok(config)
 }
 

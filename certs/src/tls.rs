@@ -159,6 +159,10 @@ pub fn server_config(
         .with_single_cert(chain, key)
         .map_err(tls_err)?;
     config.alpn_protocols = vec![alpn.to_vec()];
+    // No session resumption: a resumed session skips the client-certificate verifier, so a key
+    // revoked since its last connection would still finish TLS. Every handshake is a full one.
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(config)
 }
 
