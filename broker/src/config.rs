@@ -4,6 +4,9 @@ use certs::openssh::PublicKeyLine;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::time::Duration;
 
+/// Default cap on the array bytes of one reply (1 GiB), whatever its instruction carried.
+pub const DEFAULT_MAX_REPLY_BYTES: u64 = 1 << 30;
+
 /// Which nodes may join.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeAuth {
@@ -39,11 +42,18 @@ pub struct BrokerConfig {
     pub heartbeat_timeout: Duration,
     /// Longest time a connection may take from its first packet to a finished authentication.
     pub handshake_timeout: Duration,
+    /// Longest time the TLS part of a handshake may take (within `handshake_timeout`).
+    pub tls_timeout: Duration,
     /// Most connections allowed to be authenticating at once (per API).
     pub max_pending_handshakes: usize,
+    /// Most of those from one source (an IPv4 address or an IPv6 /64).
+    pub max_pending_per_source: usize,
+    /// Most reply streams one node may have open at once.
+    pub reply_streams_per_node: u32,
     /// Server apps runs may use, by name.
     pub apps: model::apps::ServerApps,
-    /// Limits on messages nodes send (replies).
+    /// Limits on messages nodes send (replies). A reply is further bounded by what its
+    /// instruction carried (see [`crate::delivery`]).
     pub limits: wire::stream::Limits,
     /// Where to serve Prometheus metrics (off when `None`).
     pub metrics_address: Option<std::net::SocketAddr>,
@@ -65,9 +75,15 @@ impl BrokerConfig {
             heartbeat_interval: Duration::from_secs(2),
             heartbeat_timeout: Duration::from_secs(6),
             handshake_timeout: Duration::from_secs(10),
+            tls_timeout: Duration::from_secs(3),
             max_pending_handshakes: 256,
+            max_pending_per_source: 16,
+            reply_streams_per_node: 4,
             apps: model::apps::ServerApps::builtin(),
-            limits: wire::stream::Limits::default(),
+            limits: wire::stream::Limits {
+                max_payload: DEFAULT_MAX_REPLY_BYTES,
+                ..wire::stream::Limits::default()
+            },
             metrics_address: None,
         }
     }

@@ -1,12 +1,12 @@
 //! One operator connection on the Control API: authenticate, then answer requests.
 
+use crate::admission::{Slot, is_loopback};
 use crate::config::OperatorAuth;
 use crate::runs::{RunEvent, runner};
 use crate::server::Shared;
 use crate::store::{AUTOMATIC_OWNER, StoreError};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use wire::RunId;
@@ -25,20 +25,12 @@ const REQUEST_FRAME_LIMIT: u32 = 256 * 1024;
 /// Operator name used when the broker has no operator keys and trusts loopback.
 pub const LOCAL_OPERATOR: &str = "local";
 
-/// Whether `address` is on this host (IPv4-mapped IPv6 included).
-fn is_loopback(address: SocketAddr) -> bool {
-    match address.ip() {
-        std::net::IpAddr::V4(ip) => ip.is_loopback(),
-        std::net::IpAddr::V6(ip) => {
-            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 enum Failure {
     #[error("TLS handshake failed: {0}")]
     Tls(quinn::ConnectionError),
+    #[error("TLS handshake took too long")]
+    TlsTimeout,
     #[error("connection lost: {0}")]
     Connection(#[from] quinn::ConnectionError),
     #[error("bad frame: {0}")]
@@ -53,7 +45,7 @@ enum Failure {
 pub async fn handle(
     shared: Arc<Shared>,
     incoming: quinn::Incoming,
-    permit: OwnedSemaphorePermit,
+    slot: Slot,
     shutdown: CancellationToken,
 ) {
     let remote = incoming.remote_address();
@@ -64,7 +56,7 @@ pub async fn handle(
             authenticate(&shared, incoming, remote),
         )
         .await;
-        drop(permit);
+        drop(slot);
         let (connection, operator, mut send, mut recv) = match authenticated {
             Ok(Ok(session)) => session,
             Ok(Err(failure)) => {
@@ -125,7 +117,10 @@ async fn authenticate(
     incoming: quinn::Incoming,
     remote: SocketAddr,
 ) -> Result<Session, Failure> {
-    let connection = incoming.await.map_err(Failure::Tls)?;
+    let connection = tokio::time::timeout(shared.config.tls_timeout, incoming)
+        .await
+        .map_err(|_| Failure::TlsTimeout)?
+        .map_err(Failure::Tls)?;
     let (mut send, mut recv) = connection.accept_bi().await?;
     let refuse = |connection: &quinn::Connection, refusal: Refusal| {
         connection.close(close::REFUSED.into(), refusal.to_string().as_bytes());
@@ -167,11 +162,7 @@ async fn authenticate(
                 let _ = write_value(&mut send, &ControlFrame::Refused(refusal.clone())).await;
                 return Err(refuse(&connection, refusal));
             }
-            if line.comment.is_empty() {
-                line.key.fingerprint()
-            } else {
-                line.comment.clone()
-            }
+            operator_name(line)
         }
     };
     write_value(
@@ -182,6 +173,16 @@ async fn authenticate(
     )
     .await?;
     Ok((connection, operator, send, recv))
+}
+
+/// The name an operator key goes by: its line's comment, or its fingerprint when it has none.
+/// Shown escaped, as every name from a file or a peer.
+pub fn operator_name(line: &certs::openssh::PublicKeyLine) -> String {
+    if line.comment.is_empty() {
+        line.key.fingerprint()
+    } else {
+        wire::text::escape_controls(&line.comment).into_owned()
+    }
 }
 
 fn store_error(error: StoreError) -> ControlError {
@@ -265,6 +266,46 @@ fn log_frame(lines: Vec<LogLine>, finished: Option<RunStatus>) -> ControlFrame {
     ControlFrame::Response(ControlResponse::Log { lines, finished })
 }
 
+/// Most bytes of log text in one frame: far below any client's frame limit, however long the log.
+const LOG_PAGE_BYTES: usize = 1024 * 1024;
+
+/// Splits `lines` into pages of at most [`LOG_PAGE_BYTES`] of text (at least one line each); a
+/// line longer than a page (stored before lines were bounded) is cut.
+fn log_pages(lines: Vec<LogLine>) -> Vec<Vec<LogLine>> {
+    let mut pages = Vec::new();
+    let mut page = Vec::new();
+    let mut bytes = 0;
+    for mut line in lines {
+        if line.text.len() > LOG_PAGE_BYTES {
+            line.text = wire::text::sanitize(&line.text, crate::runs::runner::MAX_LOG_LINE);
+        }
+        if !page.is_empty() && bytes + line.text.len() > LOG_PAGE_BYTES {
+            pages.push(std::mem::take(&mut page));
+            bytes = 0;
+        }
+        bytes += line.text.len();
+        page.push(line);
+    }
+    if !page.is_empty() {
+        pages.push(page);
+    }
+    pages
+}
+
+/// Sends `lines` as bounded pages, the last one carrying `finished` (one empty frame if none).
+async fn write_log(
+    send: &mut quinn::SendStream,
+    lines: Vec<LogLine>,
+    finished: Option<RunStatus>,
+) -> Result<(), FrameIoError> {
+    let mut pages = log_pages(lines);
+    let last = pages.pop().unwrap_or_default();
+    for page in pages {
+        write_value(send, &log_frame(page, None)).await?;
+    }
+    write_value(send, &log_frame(last, finished)).await
+}
+
 /// Answers a log request: the stored lines from `after` on, then, when following, each new line as
 /// it is written, until the run finishes (a last frame carries its status).
 async fn send_log(
@@ -307,9 +348,21 @@ async fn send_log(
             .is_finished()
             .then_some(run.status)
             .or(follow.then_some(run.status));
-        return write_value(send, &log_frame(stored, finished)).await;
+        if follow {
+            return write_log(send, stored, finished).await;
+        }
+        // One page per request: the client asks again from the line after the last it got, until
+        // a page comes back empty or says the run finished.
+        let mut pages = log_pages(stored).into_iter();
+        let page = pages.next().unwrap_or_default();
+        let finished = if pages.next().is_none() {
+            finished
+        } else {
+            None
+        };
+        return write_value(send, &log_frame(page, finished)).await;
     };
-    write_value(send, &log_frame(stored, None)).await?;
+    write_log(send, stored, None).await?;
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -323,14 +376,14 @@ async fn send_log(
             Ok(RunEvent::Line(_)) => {}
             Ok(RunEvent::Finished(status)) => {
                 let rest = shared.store.logs(run_id, next).unwrap_or_default();
-                return write_value(send, &log_frame(rest, Some(status))).await;
+                return write_log(send, rest, Some(status)).await;
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                 let missed = shared.store.logs(run_id, next).unwrap_or_default();
                 if let Some(last) = missed.last() {
                     next = last.index + 1;
                 }
-                write_value(send, &log_frame(missed, None)).await?;
+                write_log(send, missed, None).await?;
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => {
                 let rest = shared.store.logs(run_id, next).unwrap_or_default();
@@ -340,7 +393,7 @@ async fn send_log(
                     .ok()
                     .flatten()
                     .map_or(RunStatus::Failed, |r| r.status);
-                return write_value(send, &log_frame(rest, Some(status))).await;
+                return write_log(send, rest, Some(status)).await;
             }
         }
     }
@@ -348,6 +401,15 @@ async fn send_log(
 
 fn register(shared: &Shared, operator: &str, text: &str) -> Result<ControlResponse, ControlError> {
     let line = certs::load::parse_public_key(text).map_err(ControlError::InvalidKey)?;
+    // Node keys and operator keys are disjoint: an operator key registered as a node would pass
+    // TLS on both APIs.
+    if let OperatorAuth::Keys(operators) = &shared.config.operator_auth
+        && operators.iter().any(|operator| operator.key == line.key)
+    {
+        return Err(ControlError::InvalidKey(
+            "it is an operator key; a node needs a key of its own".into(),
+        ));
+    }
     let info = shared
         .store
         .register_node(&line.key, operator, now_ms())
@@ -376,9 +438,44 @@ fn unregister(
         .store
         .unregister_node(node_id, now_ms())
         .map_err(store_error)?;
+    // Committed first, then revoked in memory under the sessions' lock: a handshake that read
+    // the registry before the commit cannot attach after this.
     shared
         .sessions
-        .close(node_id, close::UNREGISTERED, "unregistered by an operator");
+        .revoke(node_id, close::UNREGISTERED, "unregistered by an operator");
     tracing::info!(node_id = node_id.0, "node unregistered");
     Ok(ControlResponse::NodeUnregistered { node_id })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(index: u64, len: usize) -> LogLine {
+        LogLine {
+            index,
+            at_ms: 0,
+            text: "x".repeat(len),
+        }
+    }
+
+    #[test]
+    fn a_log_of_any_size_goes_out_in_bounded_pages_in_order() {
+        // Ten 8 MiB lines (stored before lines were bounded) and many short ones.
+        let mut lines: Vec<LogLine> = (0..10).map(|i| line(i, 8 << 20)).collect();
+        lines.extend((10..5_000).map(|i| line(i, 600)));
+        let pages = log_pages(lines);
+        assert!(pages.len() > 2);
+        let mut next = 0;
+        for page in &pages {
+            let bytes: usize = page.iter().map(|l| l.text.len()).sum();
+            assert!(bytes <= LOG_PAGE_BYTES, "{bytes}");
+            for line in page {
+                assert_eq!(line.index, next);
+                next += 1;
+            }
+        }
+        assert_eq!(next, 5_000);
+        assert!(log_pages(Vec::new()).is_empty());
+    }
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use wire::control::RunStatus;
 use wire::fleet::{InstructionAck, InstructionHeader, ReplyOutcome};
-use wire::io::{read_message, read_value, write_message_parts, write_value};
+use wire::io::{FrameIoError, read_frame, read_value, write_message_parts, write_value};
 use wire::message::now_ms;
-use wire::stream::DEFAULT_CHUNK;
+use wire::stream::{DEFAULT_CHUNK, MessageAssembler};
 use wire::{MessageId, NodeId};
 
 /// How long a node has to acknowledge an instruction it has fully received.
@@ -108,26 +108,49 @@ async fn deliver_one(
     Ok(())
 }
 
-/// Reads one reply from `node`, checks it, stores it (committed before the node hears "accepted"),
-/// and hands it to the run waiting for it.
+/// How long a node has from opening a reply stream to sending the reply's head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Room a reply gets beyond twice its instruction's array bytes: metrics, an evaluation's outputs,
+/// the answer to a query that carried no arrays at all.
+const REPLY_SLACK: u64 = 16 * 1024 * 1024;
+
+/// The most array bytes a reply to an instruction that carried `sent` may announce, under `cap`.
+pub fn reply_allowance(sent: u64, cap: u64) -> u64 {
+    sent.saturating_mul(2).saturating_add(REPLY_SLACK).min(cap)
+}
+
+/// What the head of a reply earns it.
+enum Verdict {
+    /// Read the rest, by this time.
+    Read { deadline: tokio::time::Instant },
+    /// Its instruction already has a reply: acknowledge, read nothing, store nothing.
+    AlreadyAnswered,
+}
+
+/// Reads one reply from `node`: its head first, judged against the instruction it answers before
+/// a single array byte is read; then the arrays, bounded by what that instruction carried and by
+/// its deadline. Then checks and stores it (committed before the node hears "accepted"), and hands
+/// it to the run waiting for it.
 pub async fn receive_reply(
     shared: Arc<Shared>,
     node: NodeId,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let outcome = match read_message(&mut recv, shared.config.limits).await {
-        // Storing a reply is a durable write of a whole model: keep it off the async workers.
-        Ok(reply) => {
+    let outcome = match read_reply(&shared, node, &mut recv).await {
+        // Storing a reply's receipt is a durable write: keep it off the async workers.
+        Ok(Some(reply)) => {
             let shared = shared.clone();
-            tokio::task::spawn_blocking(move || judge(&shared, node, reply))
+            tokio::task::spawn_blocking(move || judge(&shared, reply))
                 .await
                 .unwrap_or_else(|e| ReplyOutcome::Rejected(format!("SuperLink error: {e}")))
         }
-        Err(error) => {
-            tracing::warn!(%error, "unreadable reply");
-            ReplyOutcome::Rejected(format!("unreadable reply: {error}"))
+        Ok(None) => {
+            shared.metrics.reply_received("duplicate");
+            ReplyOutcome::Accepted
         }
+        Err(reason) => ReplyOutcome::Rejected(reason),
     };
     if let ReplyOutcome::Rejected(reason) = &outcome {
         tracing::warn!(%reason, "reply rejected");
@@ -137,13 +160,137 @@ pub async fn receive_reply(
     let _ = send.finish();
 }
 
-fn judge(shared: &Shared, node: NodeId, reply: wire::Message) -> ReplyOutcome {
-    if reply.metadata.src_node_id != node {
-        return ReplyOutcome::Rejected(format!(
+/// The reply on `recv`, `None` for a duplicate, or why it was refused.
+async fn read_reply(
+    shared: &Shared,
+    node: NodeId,
+    recv: &mut quinn::RecvStream,
+) -> Result<Option<wire::Message>, String> {
+    let limits = shared.config.limits;
+    let unreadable = |error: FrameIoError| format!("unreadable reply: {error}");
+    let head = tokio::time::timeout(HEAD_TIMEOUT, read_frame(recv, limits.max_frame))
+        .await
+        .map_err(|_| format!("no reply within {HEAD_TIMEOUT:?} of opening its stream"))?
+        .map_err(unreadable)?
+        .ok_or_else(|| unreadable(FrameIoError::Closed))?;
+    let mut assembler = MessageAssembler::new(limits);
+    let complete = assembler
+        .feed(&head)
+        .map_err(|e| unreadable(FrameIoError::Wire(e)))?;
+    let metadata = match (&complete, assembler.head()) {
+        (Some(message), _) => message.metadata.clone(),
+        (None, Some(metadata)) => metadata.clone(),
+        (None, None) => return Err("unreadable reply: no head".into()),
+    };
+    let deadline = match vet_head(shared, node, &metadata, assembler.announced_payload())? {
+        Verdict::AlreadyAnswered => return Ok(None),
+        Verdict::Read { deadline } => deadline,
+    };
+    if let Some(message) = complete {
+        return Ok(Some(message));
+    }
+    let arrays = async {
+        loop {
+            let payload = read_frame(recv, limits.max_frame)
+                .await?
+                .ok_or(FrameIoError::Closed)?;
+            if let Some(message) = assembler.feed(&payload)? {
+                return Ok::<_, FrameIoError>(message);
+            }
+        }
+    };
+    match tokio::time::timeout_at(deadline, arrays).await {
+        Ok(Ok(message)) => Ok(Some(message)),
+        Ok(Err(error)) => Err(unreadable(error)),
+        Err(_) => Err("the reply was still arriving when its instruction expired".into()),
+    }
+}
+
+/// Judges a reply by its head: it must come from the node its instruction went to, answer an
+/// instruction of a running run that is still in flight, and announce no more array bytes than
+/// that instruction allows.
+fn vet_head(
+    shared: &Shared,
+    node: NodeId,
+    metadata: &wire::Metadata,
+    announced: u64,
+) -> Result<Verdict, String> {
+    if metadata.src_node_id != node {
+        return Err(format!(
             "the reply names node {} as its sender, but came from node {node}",
-            reply.metadata.src_node_id
+            metadata.src_node_id
         ));
     }
+    if shared.sessions.is_revoked(node) {
+        return Err(format!("node {node} was unregistered"));
+    }
+    let storage = |error: StoreError| format!("SuperLink storage error: {error}");
+    let id = metadata
+        .reply_to
+        .ok_or_else(|| "invalid reply: not a reply (no reply-to)".to_string())?;
+    let instruction = shared
+        .store
+        .instruction(id)
+        .map_err(storage)?
+        .ok_or_else(|| "invalid reply: it answers no known instruction".to_string())?;
+    if instruction.metadata.dst_node_id != node {
+        return Err("invalid reply: the instruction was sent to another node".into());
+    }
+    if instruction.metadata.run_id != metadata.run_id {
+        return Err("invalid reply: the reply names another run".into());
+    }
+    if shared.store.reply_receipt(id).map_err(storage)?.is_some() {
+        return Ok(Verdict::AlreadyAnswered);
+    }
+    match shared.store.run(metadata.run_id).map_err(storage)? {
+        Some(run) if run.status == RunStatus::Running => {}
+        Some(run) => return Err(format!("run {} is {}", run.run_id, run.status.as_str())),
+        None => return Err(format!("no run {}", metadata.run_id)),
+    }
+    let Some(content) = shared.contents.get(instruction.content_id) else {
+        return Err("the instruction's round is over".into());
+    };
+    let allowed = reply_allowance(array_bytes(&content), shared.config.limits.max_payload);
+    if announced > allowed {
+        return Err(format!(
+            "the reply announces {announced} bytes of arrays; its instruction allows {allowed}"
+        ));
+    }
+    let now = now_ms();
+    let expires = instruction
+        .metadata
+        .created_at_ms
+        .saturating_add(instruction.metadata.ttl_ms);
+    if now >= expires {
+        return Err("its instruction expired".into());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(expires - now);
+    Ok(Verdict::Read { deadline })
+}
+
+/// Bytes of every array in `content`.
+fn array_bytes(content: &wire::RecordDict) -> u64 {
+    content
+        .iter()
+        .filter_map(|(_, record)| match record {
+            wire::Record::Arrays(arrays) => {
+                Some(arrays.iter().map(|(_, a)| a.data.len() as u64).sum::<u64>())
+            }
+            _ => None,
+        })
+        .sum()
+}
+
+/// Longest error reason kept from a node, in characters.
+pub const MAX_ERROR_REASON: usize = 512;
+
+fn judge(shared: &Shared, mut reply: wire::Message) -> ReplyOutcome {
+    // A node's words reach logs and terminals: escaped, and short.
+    if let wire::MessageBody::Error(error) = &mut reply.body {
+        error.reason = wire::text::sanitize(&error.reason, MAX_ERROR_REASON);
+    }
+    // The sender and the instruction were judged on the head (`vet_head`); the run may have
+    // ended while the arrays arrived, and `store_reply` checks the instruction again atomically.
     match shared.store.run(reply.metadata.run_id) {
         Ok(Some(run)) if run.status == RunStatus::Running => {}
         Ok(Some(run)) => {

@@ -1,11 +1,11 @@
 //! One node connection on the Fleet API: authenticate, then keep the session alive.
 
+use crate::admission::Slot;
 use crate::config::NodeAuth;
 use crate::server::Shared;
 use crate::store::{AUTOMATIC_OWNER, StoreError};
 use certs::PublicKey;
 use std::sync::Arc;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use wire::NodeId;
@@ -23,6 +23,8 @@ const SESSION_FRAME_LIMIT: u32 = 64 * 1024;
 enum HandshakeFailure {
     #[error("TLS handshake failed: {0}")]
     Tls(quinn::ConnectionError),
+    #[error("TLS handshake took too long")]
+    TlsTimeout,
     #[error("connection lost: {0}")]
     Connection(#[from] quinn::ConnectionError),
     #[error("bad frame: {0}")]
@@ -40,6 +42,7 @@ impl HandshakeFailure {
     fn label(&self) -> &'static str {
         match self {
             HandshakeFailure::Tls(_) => "tls",
+            HandshakeFailure::TlsTimeout => "tls_timeout",
             HandshakeFailure::Connection(_) => "connection_lost",
             HandshakeFailure::Frame(_) => "protocol",
             HandshakeFailure::Refused(Refusal::BadProof) => "bad_proof",
@@ -57,7 +60,7 @@ impl HandshakeFailure {
 pub async fn handle(
     shared: Arc<Shared>,
     incoming: quinn::Incoming,
-    permit: OwnedSemaphorePermit,
+    slot: Slot,
     shutdown: CancellationToken,
 ) {
     let remote = incoming.remote_address();
@@ -68,7 +71,7 @@ pub async fn handle(
             authenticate(&shared, incoming),
         )
         .await;
-        drop(permit);
+        drop(slot);
         let (connection, node_id, mut send, recv) = match authenticated {
             Ok(Ok(session)) => session,
             Ok(Err(failure)) => {
@@ -83,9 +86,16 @@ pub async fn handle(
             }
         };
         tracing::Span::current().record("node_id", node_id.0);
-        let attached = shared
+        let Some(attached) = shared
             .sessions
-            .attach(node_id, connection.clone(), close::REPLACED);
+            .attach(node_id, connection.clone(), close::REPLACED)
+        else {
+            // Unregistered while it authenticated.
+            connection.close(close::UNREGISTERED.into(), b"unregistered by an operator");
+            tracing::warn!(reason = "revoked during its handshake", "node refused");
+            shared.metrics.handshake_failed("revoked");
+            return;
+        };
         let generation = attached.generation;
         let end = match welcome(&shared, node_id, &mut send).await {
             Ok(()) => {
@@ -146,7 +156,11 @@ async fn authenticate(
     shared: &Shared,
     incoming: quinn::Incoming,
 ) -> Result<Session, HandshakeFailure> {
-    let connection = incoming.await.map_err(HandshakeFailure::Tls)?;
+    // TLS gets a deadline of its own: a peer that stalls it holds a slot only briefly.
+    let connection = tokio::time::timeout(shared.config.tls_timeout, incoming)
+        .await
+        .map_err(|_| HandshakeFailure::TlsTimeout)?
+        .map_err(HandshakeFailure::Tls)?;
     let refuse = |connection: &quinn::Connection, refusal: Refusal| {
         connection.close(close::REFUSED.into(), refusal.to_string().as_bytes());
         HandshakeFailure::Refused(refusal)
@@ -185,6 +199,8 @@ async fn authenticate(
         }
         Err(other) => return Err(other),
     };
+    // The session stream plus a few concurrent replies; the full window for model uploads.
+    certs::quic::open_up(&connection, 1 + shared.config.reply_streams_per_node);
     Ok((connection, node_id, send, recv))
 }
 
@@ -224,6 +240,15 @@ fn admit(shared: &Shared, key: &PublicKey) -> Result<NodeId, HandshakeFailure> {
     }
 }
 
+/// Writes `frame` on the session stream within the heartbeat timeout; `false` if it failed or the
+/// node stopped reading (a node must not stay online by filling its own window).
+async fn write_within(shared: &Shared, send: &mut quinn::SendStream, frame: &BrokerFrame) -> bool {
+    matches!(
+        tokio::time::timeout(shared.config.heartbeat_timeout, write_value(send, frame)).await,
+        Ok(Ok(()))
+    )
+}
+
 /// Answers heartbeats, pushes frames, and accepts reply streams until the node leaves, goes
 /// silent, breaks the protocol, or the broker stops. Returns why the session ended.
 async fn run_session(
@@ -259,8 +284,8 @@ async fn run_session(
                 break "heartbeat timeout";
             }
             Some(frame) = pushes.recv() => {
-                if write_value(&mut send, &frame).await.is_err() {
-                    break "connection lost";
+                if !write_within(shared, &mut send, &frame).await {
+                    break "connection lost or not reading";
                 }
             }
             stream = connection.accept_bi() => match stream {
@@ -272,8 +297,8 @@ async fn run_session(
             Some(_) = replies.join_next(), if !replies.is_empty() => {}
             frame = frames.recv() => match frame {
                 Some(Ok(NodeFrame::Heartbeat { seq })) => {
-                    if write_value(&mut send, &BrokerFrame::HeartbeatAck { seq }).await.is_err() {
-                        break "connection lost";
+                    if !write_within(shared, &mut send, &BrokerFrame::HeartbeatAck { seq }).await {
+                        break "connection lost or not reading";
                     }
                 }
                 Some(Ok(NodeFrame::Goodbye)) => {

@@ -2,6 +2,7 @@
 //! API, both over QUIC with TLS 1.3, and keeps its state in a redb database.
 //!
 //! # Layout
+//! - [`admission`]: who may start a handshake (Retry, per-source and loopback rules).
 //! - [`settings`]: command-line flags resolved into a [`settings::Settings`].
 //! - [`store`]: the durable state (node registry).
 //! - [`metrics`]: the Prometheus endpoint.
@@ -10,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod config;
 pub mod control;
 pub mod delivery;

@@ -196,22 +196,60 @@ pub fn render(shared: &Shared) -> String {
     out
 }
 
-/// Answers `GET /metrics` until shutdown.
+/// Most scrapes served at once; more connections are closed unanswered.
+const MAX_SCRAPES: usize = 16;
+
+/// How long a rendered page is served again instead of reading the store anew.
+const RENDER_CACHE: Duration = Duration::from_secs(1);
+
+/// The last rendered page, so a burst of scrapes reads the store once.
+#[derive(Default)]
+struct RenderCache {
+    page: std::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<String>)>>,
+}
+
+impl RenderCache {
+    fn get(&self, shared: &Shared) -> std::sync::Arc<String> {
+        let mut page = self.page.lock().unwrap_or_else(|p| p.into_inner());
+        match &*page {
+            Some((at, text)) if at.elapsed() < RENDER_CACHE => text.clone(),
+            _ => {
+                let text = std::sync::Arc::new(render(shared));
+                *page = Some((std::time::Instant::now(), text.clone()));
+                text
+            }
+        }
+    }
+}
+
+/// Answers `GET /metrics` until shutdown: at most [`MAX_SCRAPES`] at once, the page rendered at
+/// most once per [`RENDER_CACHE`] and off the async workers (it reads the store).
 pub async fn serve(
     listener: TcpListener,
     shared: std::sync::Arc<Shared>,
     shutdown: CancellationToken,
 ) {
+    let scrapes = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
+    let cache = std::sync::Arc::new(RenderCache::default());
     loop {
         let (mut stream, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
-                Err(_) => continue,
+                Err(error) => {
+                    // Out of file descriptors, say: back off instead of spinning.
+                    tracing::warn!(%error, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             },
         };
-        let shared = shared.clone();
+        let Ok(slot) = scrapes.clone().try_acquire_owned() else {
+            continue;
+        };
+        let (shared, cache) = (shared.clone(), cache.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let mut request = Vec::new();
             let mut buffer = [0u8; 1024];
             // A bounded read of a bounded request: this port is unauthenticated.
@@ -232,7 +270,14 @@ pub async fn serve(
                     .into_owned();
             let (status, body) = if line.starts_with("GET /metrics ") || line.starts_with("GET / ")
             {
-                ("200 OK", render(&shared))
+                let page = tokio::task::spawn_blocking(move || cache.get(&shared)).await;
+                match page {
+                    Ok(page) => ("200 OK", page.to_string()),
+                    Err(_) => (
+                        "500 Internal Server Error",
+                        "rendering failed\n".to_string(),
+                    ),
+                }
             } else {
                 ("404 Not Found", "not found; try /metrics\n".to_string())
             };

@@ -3,6 +3,7 @@
 //! Shutdown order: stop accepting, close every connection with a "shutting down" code, wait for
 //! the connection tasks, then let the endpoints drain.
 
+use crate::admission::{Gate, Slot, Turned};
 use crate::config::{BrokerConfig, NodeAuth, OperatorAuth};
 use crate::runs::ActiveRuns;
 use crate::runs::grid::{LiveContents, ReplyRouter};
@@ -15,7 +16,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use thiserror::Error;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use wire::control::NodeStatus;
@@ -26,6 +26,9 @@ pub enum BrokerError {
     /// TLS or QUIC configuration failed.
     #[error(transparent)]
     Certs(#[from] certs::CertsError),
+    /// The operator key list cannot be used as it is.
+    #[error("--control-auth-public-keys: {0}")]
+    OperatorKeys(String),
     /// An address could not be bound.
     #[error("cannot listen on {address} ({api} API): {source}")]
     Bind {
@@ -98,6 +101,39 @@ fn fleet_key_allowed(store: &Store, node_auth: NodeAuth, key: &PublicKey) -> boo
     }
 }
 
+/// Operators are told apart by name (a key line's comment, or its fingerprint without one), and
+/// node owners are recorded by that name: two keys must not share one, none may take a name the
+/// broker uses itself, and no operator key may also be a registered node's.
+fn check_operator_keys(
+    lines: &[certs::openssh::PublicKeyLine],
+    store: &Store,
+) -> Result<(), BrokerError> {
+    let mut names = std::collections::HashSet::new();
+    for line in lines {
+        let name = crate::control::operator_name(line);
+        if name == crate::store::AUTOMATIC_OWNER || name == control::LOCAL_OPERATOR {
+            return Err(BrokerError::OperatorKeys(format!(
+                "the name {name:?} is reserved; give that key another comment"
+            )));
+        }
+        if !names.insert(name.clone()) {
+            return Err(BrokerError::OperatorKeys(format!(
+                "two keys are named {name:?}; give each operator a name of their own"
+            )));
+        }
+        let registered = store.node_by_key(&line.key).map_err(|error| {
+            BrokerError::OperatorKeys(format!("cannot read the registry: {error}"))
+        })?;
+        if let Some(node) = registered.filter(|n| n.info.status != NodeStatus::Unregistered) {
+            return Err(BrokerError::OperatorKeys(format!(
+                "the key of {name:?} is registered as node {}; node and operator keys must differ",
+                node.info.node_id
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// How long an operator's connection may stay silent (while it follows a quiet run's log, say);
 /// its client sends keep-alives well inside this.
 const CONTROL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -108,8 +144,9 @@ fn endpoint(
     tls: rustls::ServerConfig,
     idle_timeout: std::time::Duration,
 ) -> Result<quinn::Endpoint, BrokerError> {
-    // Nodes are judged gone after the heartbeat timeout; operators get longer.
-    let transport = certs::quic::transport(idle_timeout, None);
+    // Nodes are judged gone after the heartbeat timeout; operators get longer. Until a peer has
+    // authenticated it gets one stream and a small window: a stranger pins little memory.
+    let transport = certs::quic::unauthenticated_transport(idle_timeout);
     let server = certs::quic::server_config(tls, transport)?;
     quinn::Endpoint::server(server, address).map_err(|source| BrokerError::Bind {
         api,
@@ -126,6 +163,9 @@ pub fn start(
     control_address: SocketAddr,
     shutdown: CancellationToken,
 ) -> Result<RunningBroker, BrokerError> {
+    if let OperatorAuth::Keys(lines) = &config.operator_auth {
+        check_operator_keys(lines, &store)?;
+    }
     let store = Arc::new(store);
 
     let fleet_policy = {
@@ -268,21 +308,30 @@ async fn serve(
     shutdown: CancellationToken,
 ) {
     let mut tasks = JoinSet::new();
-    let fleet_slots = Arc::new(Semaphore::new(shared.config.max_pending_handshakes));
-    let control_slots = Arc::new(Semaphore::new(shared.config.max_pending_handshakes));
+    let config = &shared.config;
+    let fleet_gate = Gate::new(
+        config.max_pending_handshakes,
+        config.max_pending_per_source,
+        false,
+    );
+    let control_gate = Gate::new(
+        config.max_pending_handshakes,
+        config.max_pending_per_source,
+        matches!(config.operator_auth, OperatorAuth::LoopbackOnly),
+    );
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             incoming = fleet_endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if let Some((incoming, permit)) = admit(incoming, &fleet_slots, "Fleet") {
-                    tasks.spawn(fleet::handle(shared.clone(), incoming, permit, shutdown.child_token()));
+                if let Some((incoming, slot)) = admit(&shared, incoming, &fleet_gate, "Fleet") {
+                    tasks.spawn(fleet::handle(shared.clone(), incoming, slot, shutdown.child_token()));
                 }
             }
             incoming = control_endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if let Some((incoming, permit)) = admit(incoming, &control_slots, "Control") {
-                    tasks.spawn(control::handle(shared.clone(), incoming, permit, shutdown.child_token()));
+                if let Some((incoming, slot)) = admit(&shared, incoming, &control_gate, "Control") {
+                    tasks.spawn(control::handle(shared.clone(), incoming, slot, shutdown.child_token()));
                 }
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -306,18 +355,60 @@ async fn drain(a: impl Future<Output = ()>, b: impl Future<Output = ()>) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), both).await;
 }
 
-/// Takes a handshake slot for `incoming`, or refuses it when too many are authenticating already.
+/// Passes `incoming` through `gate`: a slot for the handshake, or a Retry or refusal already sent.
 fn admit(
+    shared: &Shared,
     incoming: quinn::Incoming,
-    slots: &Arc<Semaphore>,
+    gate: &Gate,
     api: &str,
-) -> Option<(quinn::Incoming, OwnedSemaphorePermit)> {
-    match slots.clone().try_acquire_owned() {
-        Ok(permit) => Some((incoming, permit)),
-        Err(_) => {
-            tracing::warn!(api, remote = %incoming.remote_address(), "too many unauthenticated connections; refusing");
-            incoming.refuse();
+) -> Option<(quinn::Incoming, Slot)> {
+    let remote = incoming.remote_address();
+    match gate.admit(incoming) {
+        Ok(admitted) => Some(admitted),
+        Err(Turned::Retried) => None,
+        Err(turned) => {
+            tracing::warn!(api, %remote, reason = turned.label(), "connection refused before TLS");
+            shared.metrics.handshake_failed(turned.label());
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use certs::IdentityKey;
+    use certs::openssh::PublicKeyLine;
+
+    fn line(comment: &str) -> PublicKeyLine {
+        PublicKeyLine {
+            key: IdentityKey::generate().public_key(),
+            comment: comment.into(),
+        }
+    }
+
+    #[test]
+    fn operator_names_must_be_distinct_and_not_reserved() {
+        let store = Store::in_memory().unwrap();
+        assert!(check_operator_keys(&[line("alice"), line("bob"), line("")], &store).is_ok());
+        for names in [["alice", "alice"], ["alice", "automatic"], ["local", "bob"]] {
+            let lines: Vec<_> = names.iter().map(|n| line(n)).collect();
+            let error = check_operator_keys(&lines, &store).unwrap_err().to_string();
+            assert!(
+                error.contains("reserved") || error.contains("two keys"),
+                "{names:?}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_operator_key_registered_as_a_node_stops_the_start() {
+        let store = Store::in_memory().unwrap();
+        let operator = line("alice");
+        store.register_node(&operator.key, "alice", 1).unwrap();
+        let error = check_operator_keys(&[operator], &store)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("registered as node"), "{error}");
     }
 }

@@ -2,7 +2,7 @@
 //! loop, how to push a frame on its session stream, and how to close it (unregister, or a newer
 //! connection with the same key).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, mpsc, watch};
@@ -31,10 +31,19 @@ pub struct Attached {
     pub pushes: mpsc::UnboundedReceiver<BrokerFrame>,
 }
 
+/// What the lock guards: the live sessions, and the nodes revoked while this process runs.
+/// Revocation and attachment take the same lock, so a node unregistered between the registry
+/// read of its handshake and its attachment is never attached (and one attached first is closed).
+#[derive(Default)]
+struct Live {
+    by_node: HashMap<NodeId, Session>,
+    revoked: HashSet<NodeId>,
+}
+
 /// Live sessions by node id.
 pub struct Sessions {
     /// The sessions; a std mutex because no lock is held across an await.
-    by_node: Mutex<HashMap<NodeId, Session>>,
+    live: Mutex<Live>,
     /// Source of generation numbers.
     next_generation: AtomicU64,
     /// Bumped whenever a node comes or goes, for whoever waits for enough nodes.
@@ -46,7 +55,7 @@ pub struct Sessions {
 impl Default for Sessions {
     fn default() -> Self {
         Sessions {
-            by_node: Mutex::default(),
+            live: Mutex::default(),
             next_generation: AtomicU64::new(0),
             changes: watch::channel(0).0,
             departures: tokio::sync::broadcast::channel(4096).0,
@@ -55,9 +64,9 @@ impl Default for Sessions {
 }
 
 impl Sessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Session>> {
-        // Inserts and removes only: a poisoned map is still consistent.
-        self.by_node
+    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        // Inserts and removes only: poisoned maps are still consistent.
+        self.live
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -66,25 +75,32 @@ impl Sessions {
         self.changes.send_modify(|version| *version += 1);
     }
 
-    /// Records `connection` as `node`'s session, closing any previous one with `replaced_code`.
+    /// Records `connection` as `node`'s session, closing any previous one with `replaced_code`;
+    /// `None` if the node was revoked (see [`Sessions::revoke`]).
     pub fn attach(
         &self,
         node: NodeId,
         connection: quinn::Connection,
         replaced_code: u32,
-    ) -> Attached {
+    ) -> Option<Attached> {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let wake = Arc::new(Notify::new());
         let (push, pushes) = mpsc::unbounded_channel();
-        let previous = self.lock().insert(
-            node,
-            Session {
-                connection,
-                generation,
-                wake: wake.clone(),
-                push,
-            },
-        );
+        let previous = {
+            let mut live = self.live();
+            if live.revoked.contains(&node) {
+                return None;
+            }
+            live.by_node.insert(
+                node,
+                Session {
+                    connection,
+                    generation,
+                    wake: wake.clone(),
+                    push,
+                },
+            )
+        };
         if let Some(previous) = previous {
             previous
                 .connection
@@ -94,22 +110,23 @@ impl Sessions {
         // Anything queued while the node was away goes out now.
         wake.notify_one();
         self.changed();
-        Attached {
+        Some(Attached {
             generation,
             wake,
             pushes,
-        }
+        })
     }
 
     /// Forgets `node`'s session if it is still generation `generation`; returns whether it was.
     pub fn detach(&self, node: NodeId, generation: u64) -> bool {
         let removed = {
-            let mut sessions = self.lock();
-            if sessions
+            let mut live = self.live();
+            if live
+                .by_node
                 .get(&node)
                 .is_some_and(|s| s.generation == generation)
             {
-                sessions.remove(&node);
+                live.by_node.remove(&node);
                 true
             } else {
                 false
@@ -122,9 +139,14 @@ impl Sessions {
         removed
     }
 
-    /// Closes `node`'s connection, if it has one, with `code` and `reason`.
-    pub fn close(&self, node: NodeId, code: u32, reason: &str) -> bool {
-        let session = self.lock().remove(&node);
+    /// Revokes `node` for the life of this process: closes its connection, if it has one, with
+    /// `code` and `reason`, and refuses every later attachment. Returns whether it was online.
+    pub fn revoke(&self, node: NodeId, code: u32, reason: &str) -> bool {
+        let session = {
+            let mut live = self.live();
+            live.revoked.insert(node);
+            live.by_node.remove(&node)
+        };
         match session {
             Some(session) => {
                 session.connection.close(code.into(), reason.as_bytes());
@@ -138,7 +160,7 @@ impl Sessions {
 
     /// Wakes `node`'s delivery loop; `false` if the node is not online.
     pub fn wake(&self, node: NodeId) -> bool {
-        match self.lock().get(&node) {
+        match self.live().by_node.get(&node) {
             Some(session) => {
                 session.wake.notify_one();
                 true
@@ -149,21 +171,26 @@ impl Sessions {
 
     /// Pushes `frame` to every online node.
     pub fn push_all(&self, frame: BrokerFrame) {
-        for session in self.lock().values() {
+        for session in self.live().by_node.values() {
             let _ = session.push.send(frame.clone());
         }
     }
 
     /// Ids of the online nodes, sorted.
     pub fn online(&self) -> Vec<NodeId> {
-        let mut ids: Vec<NodeId> = self.lock().keys().copied().collect();
+        let mut ids: Vec<NodeId> = self.live().by_node.keys().copied().collect();
         ids.sort();
         ids
     }
 
     /// Whether `node` is online.
     pub fn is_online(&self, node: NodeId) -> bool {
-        self.lock().contains_key(&node)
+        self.live().by_node.contains_key(&node)
+    }
+
+    /// Whether `node` was revoked while this process runs.
+    pub fn is_revoked(&self, node: NodeId) -> bool {
+        self.live().revoked.contains(&node)
     }
 
     /// Follows arrivals and departures.
@@ -178,19 +205,86 @@ impl Sessions {
 
     /// UDP bytes (received, sent) so far on the live connections.
     pub fn traffic(&self) -> (u64, u64) {
-        self.lock().values().fold((0, 0), |(rx, tx), session| {
-            let stats = session.connection.stats();
-            (rx + stats.udp_rx.bytes, tx + stats.udp_tx.bytes)
-        })
+        self.live()
+            .by_node
+            .values()
+            .fold((0, 0), |(rx, tx), session| {
+                let stats = session.connection.stats();
+                (rx + stats.udp_rx.bytes, tx + stats.udp_tx.bytes)
+            })
     }
 
     /// Number of live sessions.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.live().by_node.len()
     }
 
     /// Whether no node is connected.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Both ends of a real QUIC connection over loopback, with the endpoints that keep it alive.
+    async fn connection_pair() -> (
+        quinn::Connection,
+        quinn::Connection,
+        quinn::Endpoint,
+        quinn::Endpoint,
+    ) {
+        let (cert, key) = certs::generate::ephemeral_server_certificate().unwrap();
+        let auth = certs::tls::ClientAuth {
+            policy: Arc::new(|_: &certs::PublicKey| true),
+            mandatory: false,
+        };
+        let tls = certs::tls::server_config(vec![cert], key, auth, b"test").unwrap();
+        let transport = || certs::quic::transport(Duration::from_secs(5), None);
+        let server_config = certs::quic::server_config(tls, transport()).unwrap();
+        let server =
+            quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = server.local_addr().unwrap();
+        let client = certs::quic::client_endpoint(address).unwrap();
+        let client_tls = certs::tls::insecure_client_config(None, b"test").unwrap();
+        let config = certs::quic::client_config(client_tls, transport()).unwrap();
+        let connecting = client.connect_with(config, address, "localhost").unwrap();
+        let accepted = async { server.accept().await.unwrap().await.unwrap() };
+        let (server_side, client_side) = tokio::join!(accepted, connecting);
+        (server_side, client_side.unwrap(), server, client)
+    }
+
+    #[tokio::test]
+    async fn a_node_revoked_after_its_registry_check_is_never_attached() {
+        let (connection, _client, _server_endpoint, _client_endpoint) = connection_pair().await;
+        let sessions = Sessions::default();
+        let node = NodeId(7);
+        // The interleaving of the race: the handshake read "registered", then the operator's
+        // unregister committed and revoked (no session yet), then the handshake attaches.
+        assert!(!sessions.revoke(node, 2, "unregistered"));
+        assert!(sessions.attach(node, connection, 1).is_none());
+        assert!(!sessions.is_online(node));
+        assert!(sessions.online().is_empty());
+        assert!(sessions.is_revoked(node));
+    }
+
+    #[tokio::test]
+    async fn revoking_an_attached_node_closes_its_connection() {
+        let (connection, client, _server_endpoint, _client_endpoint) = connection_pair().await;
+        let sessions = Sessions::default();
+        let node = NodeId(8);
+        assert!(sessions.attach(node, connection, 1).is_some());
+        assert!(sessions.revoke(node, 2, "unregistered"));
+        assert!(!sessions.is_online(node));
+        let closed = tokio::time::timeout(Duration::from_secs(5), client.closed())
+            .await
+            .unwrap();
+        assert!(
+            matches!(closed, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code == quinn::VarInt::from_u32(2)),
+            "{closed:?}"
+        );
     }
 }

@@ -42,8 +42,9 @@ pub struct Args {
     #[arg(long, default_value = "0.0.0.0:9092", value_name = "ADDR")]
     pub fleet_api_address: SocketAddr,
     /// Control API address (the flwr CLI connects here).
-    #[arg(long, default_value = "0.0.0.0:9093", value_name = "ADDR")]
-    pub control_api_address: SocketAddr,
+    /// [default: 0.0.0.0:9093 with --control-auth-public-keys, 127.0.0.1:9093 without]
+    #[arg(long, value_name = "ADDR")]
+    pub control_api_address: Option<SocketAddr>,
     /// Database file (redb); `:flwr-in-memory:` keeps state in memory only.
     /// [default: ~/.flwr/superlink/state.redb]
     #[arg(long, value_name = "PATH")]
@@ -146,6 +147,15 @@ impl Args {
             let key = certs::load::load_tls_private_key(key).map_err(|e| e.to_string())?;
             (chain, key)
         };
+        // Without operator keys only loopback may use the Control API: listen there only.
+        let control_address = self.control_api_address.unwrap_or_else(|| {
+            let host = if self.control_auth_public_keys.is_some() {
+                std::net::Ipv4Addr::UNSPECIFIED
+            } else {
+                std::net::Ipv4Addr::LOCALHOST
+            };
+            SocketAddr::from((host, 9093))
+        });
         let operator_auth = match &self.control_auth_public_keys {
             Some(path) => OperatorAuth::Keys(
                 certs::load::load_public_key_list(path).map_err(|e| e.to_string())?,
@@ -172,7 +182,7 @@ impl Args {
         Ok(Settings {
             config,
             fleet_address: self.fleet_api_address,
-            control_address: self.control_api_address,
+            control_address,
             database,
             insecure: self.insecure,
         })

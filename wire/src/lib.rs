@@ -11,6 +11,7 @@
 //! - [`clientappio`]: a node and the client app process it starts for one instruction.
 //! - [`frame`]: length-prefixed postcard frames with a size limit checked before allocation.
 //! - [`stream`]: messages whose array payloads travel as bounded chunks.
+//! - [`text`]: peer-supplied text escaped for terminals and bounded in length.
 //! - [`handshake`]: the exporter-bound challenge-response as sans-IO state machines.
 //! - `io` (feature `io`): async helpers moving frames over tokio streams.
 //! - [`alpn`]: the versioned ALPN identifiers of the two APIs.
@@ -30,6 +31,7 @@ pub mod io;
 pub mod message;
 pub mod records;
 pub mod stream;
+pub mod text;
 
 pub use error::WireError;
 pub use ids::{MessageId, NodeId, RunId};

@@ -11,10 +11,15 @@ use wire::fleet::BrokerFrame;
 use wire::message::now_ms;
 use wire::{ConfigRecord, RunId};
 
-/// Appends a line to a run's log and pushes it to followers. A storage failure is logged here:
-/// a lost log line must not fail the run.
+/// Longest log line kept, in characters; the rest is cut with a note.
+pub const MAX_LOG_LINE: usize = 16 * 1024;
+
+/// Appends a line to a run's log and pushes it to followers. Lines often quote nodes, so control
+/// characters are stored escaped: no reader's terminal obeys them, and a line stays one line. A
+/// storage failure is logged here: a lost log line must not fail the run.
 pub fn log(shared: &Shared, run_id: RunId, text: &str) {
-    match shared.store.append_log(run_id, text, now_ms()) {
+    let text = wire::text::sanitize(text, MAX_LOG_LINE);
+    match shared.store.append_log(run_id, &text, now_ms()) {
         Ok(line) => shared.runs.publish(run_id, RunEvent::Line(line)),
         Err(error) => tracing::error!(run_id = run_id.0, %error, "could not store a log line"),
     }

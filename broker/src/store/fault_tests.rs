@@ -219,3 +219,22 @@ fn a_committed_reply_survives_a_crash_and_its_redelivery_is_a_duplicate() {
     assert_eq!(store.store_reply(&reply).unwrap(), ReplyStored::Duplicate);
     assert_eq!(store.reply_receipt(sent.message_id).unwrap(), receipt);
 }
+
+#[test]
+fn a_duplicate_reply_writes_nothing_so_a_flood_of_them_forces_no_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, full) = open_fillable(&dir.path().join("state.redb"));
+    let sent = instruction(NodeId(7));
+    let reply = Message {
+        metadata: sent.clone(),
+        body: MessageBody::Content(RecordDict::new()),
+    }
+    .reply(MessageBody::Content(RecordDict::new()), 2);
+    store.enqueue(1, std::slice::from_ref(&sent)).unwrap();
+    assert_eq!(store.store_reply(&reply).unwrap(), ReplyStored::New);
+    // Any write or sync now fails: a duplicate that committed (and synced) would fail too.
+    full.store(true, Ordering::SeqCst);
+    for _ in 0..100 {
+        assert_eq!(store.store_reply(&reply).unwrap(), ReplyStored::Duplicate);
+    }
+}

@@ -142,7 +142,11 @@ impl Store {
             }
             let mut replies = txn.open_table(tables::REPLIES).map_err(storage)?;
             if replies.get(instruction_id.0).map_err(storage)?.is_some() {
-                ReplyStored::Duplicate
+                // Nothing changed: no commit, so a flood of duplicates forces no fsync.
+                drop(replies);
+                drop(records);
+                txn.abort().map_err(storage)?;
+                return Ok(ReplyStored::Duplicate);
             } else {
                 replies
                     .insert(

@@ -94,15 +94,26 @@ impl Store {
             reason,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| unusable(e.to_string()))?;
+            create_private_dir(dir).map_err(|e| unusable(e.to_string()))?;
         }
         let existed = path.exists();
+        if !existed {
+            // Logs, artifacts and checkpoints are the federation's: the owner's alone. redb
+            // initialises an empty file in place.
+            create_private_file(path).map_err(|e| unusable(e.to_string()))?;
+        }
         let db = if existed {
             Database::open(path)
         } else {
             Database::create(path)
         }
-        .map_err(|e| unusable(redb::Error::from(e).to_string()))?;
+        .map_err(|e| {
+            if !existed {
+                // Nothing of ours is left half made.
+                let _ = std::fs::remove_file(path);
+            }
+            unusable(redb::Error::from(e).to_string())
+        })?;
         let store = Store { db };
         store.check_schema().map_err(|e| unusable(e.to_string()))?;
         Ok(store)
@@ -169,4 +180,28 @@ impl Store {
         }
         txn.commit().map_err(storage)
     }
+}
+
+/// Creates `dir` and its missing parents; the directories it creates are private (0700).
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// Creates an empty file at `path` that only its owner can read (0600).
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    options.open(path).map(drop)
 }

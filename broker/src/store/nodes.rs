@@ -187,6 +187,20 @@ mod tests {
     use super::*;
     use certs::IdentityKey;
 
+    #[cfg(unix)]
+    #[test]
+    fn a_new_database_and_its_directory_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state").join("state.redb");
+        drop(Store::open(&path).unwrap());
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        // And it opens again as the same database.
+        drop(Store::open(&path).unwrap());
+    }
+
     #[test]
     fn a_key_can_be_registered_once_even_after_unregistering() {
         let store = Store::in_memory().unwrap();

@@ -110,7 +110,8 @@ fn print_line(line: &LogLine, format: Format) {
             "{}",
             json!({"index": line.index, "at": output::timestamp(line.at_ms), "text": line.text})
         ),
-        Format::Default => println!("{}", line.text),
+        // Escaped again here: a broker older than the escaping may have stored raw text.
+        Format::Default => println!("{}", wire::text::escape_controls(&line.text)),
     }
     let _ = std::io::stdout().flush();
 }
@@ -157,23 +158,38 @@ pub async fn log(target: &Target, run_id: u64, stream: bool) -> Result<(), CliEr
         }
         return Ok(());
     }
-    let response = client
-        .request(ControlRequest::Log {
-            run_id,
-            after: 0,
-            follow: false,
-        })
-        .await;
+    let printed = print_log_pages(&mut client, run_id, target.format).await;
     client.close().await;
-    match response? {
-        ControlResponse::Log { lines, .. } => {
-            for line in &lines {
-                print_line(line, target.format);
+    printed
+}
+
+/// Prints a run's stored log, one bounded page per request, until a page is empty or says the run
+/// finished.
+async fn print_log_pages(
+    client: &mut ControlClient,
+    run_id: RunId,
+    format: Format,
+) -> Result<(), CliError> {
+    let mut after = 0;
+    loop {
+        let request = ControlRequest::Log {
+            run_id,
+            after,
+            follow: false,
+        };
+        match client.request(request).await? {
+            ControlResponse::Log { lines, finished } => {
+                for line in &lines {
+                    print_line(line, format);
+                }
+                match lines.last() {
+                    Some(last) if finished.is_none() => after = last.index + 1,
+                    _ => return Ok(()),
+                }
             }
-            Ok(())
+            ControlResponse::Error(error) => return Err(CliError::Request(error.to_string())),
+            other => return Err(CliError::Request(format!("unexpected answer: {other:?}"))),
         }
-        ControlResponse::Error(error) => Err(CliError::Request(error.to_string())),
-        other => Err(CliError::Request(format!("unexpected answer: {other:?}"))),
     }
 }
 

@@ -60,6 +60,20 @@ async fn an_operator_key_cannot_authenticate_a_node() {
 }
 
 #[tokio::test]
+async fn an_operator_key_cannot_be_registered_as_a_node() {
+    let federation = Federation::start(NodeAuth::Registered, true, Db::Memory).await;
+    let public_key = std::fs::read_to_string(federation.path("keys/operator.pub")).unwrap();
+    let refused = federation
+        .request(ControlRequest::RegisterNode { public_key })
+        .await;
+    assert!(
+        matches!(refused, ControlResponse::Error(ControlError::InvalidKey(ref why)) if why.contains("operator key")),
+        "{refused:?}"
+    );
+    assert!(federation.nodes(true).await.is_empty());
+}
+
+#[tokio::test]
 async fn duplicate_and_malformed_keys_get_flowers_messages() {
     let federation = Federation::start(NodeAuth::Registered, false, Db::Memory).await;
     federation.register("client_credentials_1").await;

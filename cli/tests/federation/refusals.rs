@@ -247,36 +247,97 @@ async fn an_authenticated_node_cannot_forge_replies_or_disturb_other_sessions() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
 
-    for (sender, reply_to, what) in [
-        (other, wire::MessageId::random(), "another node's name"),
+    let mine = loop {
+        if let Some(id) = store.queued_for(me).unwrap().first() {
+            break *id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no instruction for this node"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let forged = |sender, reply_to, body| wire::Message {
+        metadata: wire::Metadata {
+            run_id,
+            message_id: wire::MessageId::random(),
+            src_node_id: sender,
+            dst_node_id: wire::NodeId::SERVER,
+            reply_to: Some(reply_to),
+            group_id: "1".into(),
+            ttl_ms: 60_000,
+            message_type: wire::MessageType::Train,
+            created_at_ms: 0,
+        },
+        body,
+    };
+    let empty = || wire::MessageBody::Content(wire::RecordDict::new());
+    // Each case is the one combination only its own check refuses: the other node's name on the
+    // other node's instruction passes every check but the sender's.
+    for (sender, reply_to, what, why) in [
+        (
+            other,
+            others_instruction,
+            "another node's name",
+            "names node",
+        ),
         (
             me,
             wire::MessageId::random(),
             "an instruction that does not exist",
+            "no known instruction",
         ),
-        (me, others_instruction, "another node's instruction"),
+        (
+            me,
+            others_instruction,
+            "another node's instruction",
+            "sent to another node",
+        ),
     ] {
-        let forged = wire::Message {
-            metadata: wire::Metadata {
-                run_id,
-                message_id: wire::MessageId::random(),
-                src_node_id: sender,
-                dst_node_id: wire::NodeId::SERVER,
-                reply_to: Some(reply_to),
-                group_id: "1".into(),
-                ttl_ms: 60_000,
-                message_type: wire::MessageType::Train,
-                created_at_ms: 0,
-            },
-            body: wire::MessageBody::Content(wire::RecordDict::new()),
-        };
-        let bytes = wire::stream::encode_message_bytes(&forged, 1 << 20).unwrap();
+        let bytes = wire::stream::encode_message_bytes(&forged(sender, reply_to, empty()), 1 << 20)
+            .unwrap();
         let outcome = send_reply_bytes(&connection, &bytes).await;
         assert!(
-            matches!(outcome, Ok(wire::fleet::ReplyOutcome::Rejected(_))),
+            matches!(outcome, Ok(wire::fleet::ReplyOutcome::Rejected(ref reason)) if reason.contains(why)),
             "{what}: {outcome:?}"
         );
     }
+    // A reply to its own instruction whose head announces the whole reply cap (1 GiB) and then
+    // sends one byte: refused on its head, before any byte is read or reserved.
+    let huge = wire::MessageBody::Content(wire::RecordDict::new().with(
+        "arrays",
+        wire::Record::Arrays(wire::ArrayRecord::new().with(
+            "w",
+            wire::Array {
+                dtype: wire::DType::U8,
+                shape: vec![broker::config::DEFAULT_MAX_REPLY_BYTES],
+                data: Vec::new(),
+            },
+        )),
+    ));
+    let mut bytes = wire::frame::encode(&forged(me, mine, huge)).unwrap();
+    bytes.extend_from_slice(&[1, 0, 0, 0, 0xAB]);
+    let outcome = send_reply_bytes(&connection, &bytes).await;
+    assert!(
+        matches!(outcome, Ok(wire::fleet::ReplyOutcome::Rejected(ref reason)) if reason.contains("its instruction allows")),
+        "{outcome:?}"
+    );
+    assert_eq!(store.reply_receipt(mine).unwrap(), None, "nothing stored");
+    // An error reply whose reason would rewrite the operator's terminal, and runs to 1 MiB: kept
+    // escaped and short.
+    let forged_line = "\r\x1b[2K\x1b[1A[ROUND 3/3]\n\x1b]52;c;aGk=\x07";
+    let hostile = wire::MessageBody::Error(wire::message::MessageError {
+        code: wire::message::ErrorCode::ClientAppRaisedException,
+        reason: format!("{forged_line}{}", "A".repeat(1 << 20)),
+    });
+    let bytes = wire::stream::encode_message_bytes(&forged(me, mine, hostile), 1 << 20).unwrap();
+    let outcome = send_reply_bytes(&connection, &bytes).await;
+    assert_eq!(outcome, Ok(wire::fleet::ReplyOutcome::Accepted));
+    let receipt = store.reply_receipt(mine).unwrap().expect("stored");
+    let reason = receipt.error.expect("an error reply").reason;
+    assert!(!reason.chars().any(char::is_control), "{reason:?}");
+    assert!(reason.starts_with("\\r\\u{1b}[2K"), "{reason:?}");
+    assert!(reason.chars().count() < 1024, "{} characters", reason.len());
     assert_eq!(
         store.reply_receipt(others_instruction).unwrap(),
         None,
