@@ -376,3 +376,38 @@ async fn an_authenticated_node_cannot_forge_replies_or_disturb_other_sessions() 
     assert_eq!(ack, BrokerFrame::HeartbeatAck { seq: 1 });
     assert_eq!(federation.status_of(me).await, Some(NodeStatus::Online));
 }
+
+#[tokio::test]
+async fn a_revoked_key_cannot_resume_an_earlier_tls_session() {
+    let federation = Federation::start(NodeAuth::Registered, false, Db::Memory).await;
+    let id = federation.register("client_credentials_1").await;
+    let key =
+        certs::load::load_identity_key(&federation.path("keys/client_credentials_1")).unwrap();
+    // One client configuration for both connections: it keeps whatever tickets the broker gives.
+    let tls =
+        certs::tls::client_config(&roots(&federation), Some(&key), wire::alpn::FLEET).unwrap();
+    let address = federation.broker().fleet_addr;
+    let connection = connect(address, tls.clone()).await.unwrap();
+    assert_eq!(authenticate(&connection, &key).await.2, id);
+    connection.close(0u32.into(), b"bye");
+    let response = federation
+        .request(wire::control::ControlRequest::UnregisterNode { node_id: id })
+        .await;
+    assert_eq!(
+        response,
+        wire::control::ControlResponse::NodeUnregistered { node_id: id }
+    );
+    // A resumed session would skip the certificate verifier; there is none to resume, so the
+    // revoked key fails TLS itself.
+    let error = match connect(address, tls).await {
+        Err(error) => error,
+        Ok(connection) => match hello(&connection).await {
+            Err(_) => connection.closed().await,
+            Ok((_, _, frame)) => panic!("the revoked key got an answer: {frame:?}"),
+        },
+    };
+    assert!(
+        certs::quic::tls_alert(&error).is_some(),
+        "not refused during TLS: {error:?}"
+    );
+}
