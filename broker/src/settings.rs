@@ -59,6 +59,10 @@ pub struct Args {
     /// Seconds without a heartbeat after which a node is marked offline.
     #[arg(long, default_value_t = 6.0, value_name = "SECS")]
     pub heartbeat_timeout: f64,
+    /// Largest reply a node may send, in MiB of arrays. A reply is also bounded by its
+    /// instruction: at most twice the arrays it was sent, plus 16 MiB.
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    pub max_reply_mib: u64,
     /// Serve Prometheus metrics over plain HTTP on this address (off by default).
     #[arg(long, value_name = "ADDR")]
     pub metrics_address: Option<SocketAddr>,
@@ -174,6 +178,10 @@ impl Args {
             return Err("--heartbeat-timeout must be longer than --heartbeat-interval".into());
         }
         config.metrics_address = self.metrics_address;
+        if self.max_reply_mib == 0 {
+            return Err("--max-reply-mib must be at least 1".into());
+        }
+        config.limits.max_payload = self.max_reply_mib.saturating_mul(1 << 20);
         let database = match self.database.as_deref() {
             Some(IN_MEMORY) => DatabaseLocation::InMemory,
             Some(path) => DatabaseLocation::File(PathBuf::from(path)),

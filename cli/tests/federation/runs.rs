@@ -330,14 +330,23 @@ async fn an_unknown_run_config_key_is_refused() {
 #[tokio::test]
 async fn poisoned_updates_are_rejected_and_the_rounds_go_on() {
     let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
-    let _nodes = nodes_with_values(&federation, &["value=1", "value=nan", "value=-inf"]).await;
-    let run_id = start_run(&federation, "min-nodes=3").await;
+    // Non-finite values; a finite weight that is infinite in f32; finite values whose weighted
+    // sum would overflow.
+    let poisoned = [
+        "value=1",
+        "value=nan",
+        "value=-inf",
+        "value=2 num-examples=1e39",
+        "value=3e38 num-examples=3",
+    ];
+    let _nodes = nodes_with_values(&federation, &poisoned).await;
+    let run_id = start_run(&federation, "min-nodes=5").await;
     let (lines, status) = follow(&federation, run_id).await;
     assert_eq!(status, RunStatus::Completed, "{lines:#?}");
     assert_eq!(
         lines
             .iter()
-            .filter(|l| l.contains("received 1 results and 2 failures"))
+            .filter(|l| l.contains("received 1 results and 4 failures"))
             .count(),
         3,
         "{lines:#?}"

@@ -6,8 +6,8 @@
 //! SuperLink restart resumes from its last completed round and still ends on the exact value.
 //!
 //! Run config: `num-server-rounds` (3), `vector-length` (4), `min-nodes` (1), `round-timeout`
-//! seconds (30), `node-wait-timeout` seconds (30). Node config: `value` (1.0), `delay-ms` (0, to
-//! simulate slow work), and `fault` with `fault-round` to simulate a client app that crashes (see
+//! seconds (30), `node-wait-timeout` seconds (30). Node config: `value` (1.0), `num-examples` (1, the
+//! weight the node claims), `delay-ms` (0, to simulate slow work), and `fault` with `fault-round` to simulate a client app that crashes (see
 //! [`simulate_fault`]).
 
 use crate::app::{
@@ -212,6 +212,10 @@ impl ClientApp for Client {
         simulate_fault(message, context)?;
         let value = config_f64(&context.node_config, "value", 1.0)? as f32;
         let delay = config_i64(&context.node_config, "delay-ms", 0)?.max(0) as u64;
+        let num_examples = match context.node_config.get("num-examples") {
+            Some(_) => MetricValue::Float(config_f64(&context.node_config, "num-examples", 1.0)?),
+            None => MetricValue::Int(1),
+        };
         let deadline = std::time::Instant::now() + Duration::from_millis(delay);
         while std::time::Instant::now() < deadline {
             if context.is_cancelled() {
@@ -229,7 +233,7 @@ impl ClientApp for Client {
             )
             .with(
                 "metrics",
-                Record::Metrics(MetricRecord::new().with("num-examples", MetricValue::Int(1))),
+                Record::Metrics(MetricRecord::new().with("num-examples", num_examples)),
             ))
     }
 }
