@@ -24,19 +24,35 @@ pub fn is_loopback(address: SocketAddr) -> bool {
 }
 
 /// The unit one party controls: an IPv4 address, or an IPv6 /64 (one host's usual allocation).
+/// IPv6 sources are also counted by their /48 (one site's usual allocation), under a larger cap,
+/// so that a site cannot take every slot with its 65,536 /64s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Source {
     V4(u32),
     V6(u64),
+    V6Site(u64),
 }
 
+/// How many more slots a site (IPv6 /48) may hold than one of its sources.
+const SITE_FACTOR: usize = 4;
+
 impl Source {
-    fn of(address: SocketAddr) -> Self {
+    /// The counters a connection from `address` takes a slot in, each with its cap.
+    fn of(address: SocketAddr, per_source: usize) -> Vec<(Source, usize)> {
         match address.ip() {
-            IpAddr::V4(ip) => Source::V4(ip.into()),
+            IpAddr::V4(ip) => vec![(Source::V4(ip.into()), per_source)],
             IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
-                Some(v4) => Source::V4(v4.into()),
-                None => Source::V6((u128::from(ip) >> 64) as u64),
+                Some(v4) => vec![(Source::V4(v4.into()), per_source)],
+                None => {
+                    let bits = u128::from(ip);
+                    vec![
+                        (Source::V6((bits >> 64) as u64), per_source),
+                        (
+                            Source::V6Site((bits >> 80) as u64),
+                            per_source * SITE_FACTOR,
+                        ),
+                    ]
+                }
             },
         }
     }
@@ -76,21 +92,23 @@ pub struct Gate {
     loopback_only: bool,
 }
 
-/// A handshake in progress: holds its slot and its source's count until dropped.
+/// A handshake in progress: holds its slot and its sources' counts until dropped.
 #[derive(Debug)]
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
-    source: Source,
+    sources: Vec<Source>,
     per_source: Arc<Mutex<HashMap<Source, usize>>>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut counts = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = counts.get_mut(&self.source) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.source);
+        for source in &self.sources {
+            if let Some(count) = counts.get_mut(source) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(source);
+                }
             }
         }
     }
@@ -122,28 +140,29 @@ impl Gate {
             }
             return Err(Turned::Retried);
         }
-        let source = Source::of(remote);
+        let sources = Source::of(remote, self.max_per_source);
         let mut counts = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(source).or_insert(0);
-        if *count >= self.max_per_source {
+        if sources
+            .iter()
+            .any(|(source, cap)| counts.get(source).copied().unwrap_or(0) >= *cap)
+        {
             drop(counts);
             incoming.refuse();
             return Err(Turned::SourceBusy);
         }
         let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            if *count == 0 {
-                counts.remove(&source);
-            }
             drop(counts);
             incoming.refuse();
             return Err(Turned::Full);
         };
-        *count += 1;
+        for (source, _) in &sources {
+            *counts.entry(*source).or_insert(0) += 1;
+        }
         Ok((
             incoming,
             Slot {
                 _permit: permit,
-                source,
+                sources: sources.into_iter().map(|(source, _)| source).collect(),
                 per_source: self.per_source.clone(),
             },
         ))
@@ -155,15 +174,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_ipv6_source_is_its_64_prefix_and_mapped_ipv4_is_ipv4() {
-        let a: SocketAddr = "[2001:db8:1:2:aaaa::1]:1".parse().unwrap();
-        let b: SocketAddr = "[2001:db8:1:2:bbbb::9]:2".parse().unwrap();
-        let c: SocketAddr = "[2001:db8:1:3::1]:1".parse().unwrap();
-        assert_eq!(Source::of(a), Source::of(b));
-        assert_ne!(Source::of(a), Source::of(c));
-        let mapped: SocketAddr = "[::ffff:10.0.0.1]:5".parse().unwrap();
-        let plain: SocketAddr = "10.0.0.1:6".parse().unwrap();
-        assert_eq!(Source::of(mapped), Source::of(plain));
+    fn an_ipv6_source_is_its_64_prefix_within_its_48_and_mapped_ipv4_is_ipv4() {
+        let of = |a: &str| Source::of(a.parse().unwrap(), 8);
+        let a = of("[2001:db8:1:2:aaaa::1]:1");
+        let b = of("[2001:db8:1:2:bbbb::9]:2");
+        let c = of("[2001:db8:1:3::1]:1");
+        let d = of("[2001:db8:2:3::1]:1");
+        assert_eq!(a, b);
+        assert_ne!(a[0], c[0]);
+        assert_eq!(a[1], c[1], "one site");
+        assert_eq!(c[1].1, 8 * SITE_FACTOR);
+        assert_ne!(c[1], d[1], "another site");
+        assert_eq!(of("[::ffff:10.0.0.1]:5"), of("10.0.0.1:6"));
     }
 
     #[test]

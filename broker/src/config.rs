@@ -46,7 +46,8 @@ pub struct BrokerConfig {
     pub tls_timeout: Duration,
     /// Most connections allowed to be authenticating at once (per API).
     pub max_pending_handshakes: usize,
-    /// Most of those from one source (an IPv4 address or an IPv6 /64).
+    /// Most of those from one source (an IPv4 address or an IPv6 /64; four times as many from one
+    /// IPv6 /48).
     pub max_pending_per_source: usize,
     /// Most reply streams one node may have open at once.
     pub reply_streams_per_node: u32,
@@ -75,9 +76,9 @@ impl BrokerConfig {
             heartbeat_interval: Duration::from_secs(2),
             heartbeat_timeout: Duration::from_secs(6),
             handshake_timeout: Duration::from_secs(10),
-            tls_timeout: Duration::from_secs(3),
-            max_pending_handshakes: 256,
-            max_pending_per_source: 16,
+            tls_timeout: Duration::from_secs(5),
+            max_pending_handshakes: 1024,
+            max_pending_per_source: 8,
             reply_streams_per_node: 4,
             apps: model::apps::ServerApps::builtin(),
             limits: wire::stream::Limits {

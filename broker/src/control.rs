@@ -269,41 +269,41 @@ fn log_frame(lines: Vec<LogLine>, finished: Option<RunStatus>) -> ControlFrame {
 /// Most bytes of log text in one frame: far below any client's frame limit, however long the log.
 const LOG_PAGE_BYTES: usize = 1024 * 1024;
 
-/// Splits `lines` into pages of at most [`LOG_PAGE_BYTES`] of text (at least one line each); a
-/// line longer than a page (stored before lines were bounded) is cut.
-fn log_pages(lines: Vec<LogLine>) -> Vec<Vec<LogLine>> {
-    let mut pages = Vec::new();
-    let mut page = Vec::new();
-    let mut bytes = 0;
-    for mut line in lines {
+/// `lines` with any line longer than a page (stored before lines were bounded) cut.
+fn clip(mut lines: Vec<LogLine>) -> Vec<LogLine> {
+    for line in &mut lines {
         if line.text.len() > LOG_PAGE_BYTES {
             line.text = wire::text::sanitize(&line.text, crate::runs::runner::MAX_LOG_LINE);
         }
-        if !page.is_empty() && bytes + line.text.len() > LOG_PAGE_BYTES {
-            pages.push(std::mem::take(&mut page));
-            bytes = 0;
-        }
-        bytes += line.text.len();
-        page.push(line);
     }
-    if !page.is_empty() {
-        pages.push(page);
-    }
-    pages
+    lines
 }
 
-/// Sends `lines` as bounded pages, the last one carrying `finished` (one empty frame if none).
-async fn write_log(
+/// Sends the stored lines of `run_id` from `after` on, a page per frame, the last frame carrying
+/// `finished`; returns the index after the last line sent. With `one_page`, stops after the first
+/// page (and says `finished` only if nothing follows it): the client asks again from there.
+async fn send_stored(
+    shared: &Shared,
     send: &mut quinn::SendStream,
-    lines: Vec<LogLine>,
+    run_id: RunId,
+    mut after: u64,
     finished: Option<RunStatus>,
-) -> Result<(), FrameIoError> {
-    let mut pages = log_pages(lines);
-    let last = pages.pop().unwrap_or_default();
-    for page in pages {
-        write_value(send, &log_frame(page, None)).await?;
+    one_page: bool,
+) -> Result<u64, FrameIoError> {
+    loop {
+        let (page, more) = shared
+            .store
+            .logs_page(run_id, after, LOG_PAGE_BYTES)
+            .unwrap_or_default();
+        if let Some(last) = page.last() {
+            after = last.index + 1;
+        }
+        let status = if more { None } else { finished };
+        write_value(send, &log_frame(clip(page), status)).await?;
+        if !more || one_page {
+            return Ok(after);
+        }
     }
-    write_value(send, &log_frame(last, finished)).await
 }
 
 /// Answers a log request: the stored lines from `after` on, then, when following, each new line as
@@ -339,8 +339,6 @@ async fn send_log(
             .await;
         }
     };
-    let stored = shared.store.logs(run_id, after).unwrap_or_default();
-    let mut next = stored.last().map_or(after, |line| line.index + 1);
     let Some(events) = events.as_mut() else {
         // Not following, or the run is not executing: what is stored is all there is.
         let finished = run
@@ -348,21 +346,10 @@ async fn send_log(
             .is_finished()
             .then_some(run.status)
             .or(follow.then_some(run.status));
-        if follow {
-            return write_log(send, stored, finished).await;
-        }
-        // One page per request: the client asks again from the line after the last it got, until
-        // a page comes back empty or says the run finished.
-        let mut pages = log_pages(stored).into_iter();
-        let page = pages.next().unwrap_or_default();
-        let finished = if pages.next().is_none() {
-            finished
-        } else {
-            None
-        };
-        return write_value(send, &log_frame(page, finished)).await;
+        send_stored(shared, send, run_id, after, finished, !follow).await?;
+        return Ok(());
     };
-    write_log(send, stored, None).await?;
+    let mut next = send_stored(shared, send, run_id, after, None, false).await?;
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -375,25 +362,21 @@ async fn send_log(
             }
             Ok(RunEvent::Line(_)) => {}
             Ok(RunEvent::Finished(status)) => {
-                let rest = shared.store.logs(run_id, next).unwrap_or_default();
-                return write_log(send, rest, Some(status)).await;
+                send_stored(shared, send, run_id, next, Some(status), false).await?;
+                return Ok(());
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                let missed = shared.store.logs(run_id, next).unwrap_or_default();
-                if let Some(last) = missed.last() {
-                    next = last.index + 1;
-                }
-                write_log(send, missed, None).await?;
+                next = send_stored(shared, send, run_id, next, None, false).await?;
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                let rest = shared.store.logs(run_id, next).unwrap_or_default();
                 let status = shared
                     .store
                     .run(run_id)
                     .ok()
                     .flatten()
                     .map_or(RunStatus::Failed, |r| r.status);
-                return write_log(send, rest, Some(status)).await;
+                send_stored(shared, send, run_id, next, Some(status), false).await?;
+                return Ok(());
             }
         }
     }
@@ -445,37 +428,4 @@ fn unregister(
         .revoke(node_id, close::UNREGISTERED, "unregistered by an operator");
     tracing::info!(node_id = node_id.0, "node unregistered");
     Ok(ControlResponse::NodeUnregistered { node_id })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn line(index: u64, len: usize) -> LogLine {
-        LogLine {
-            index,
-            at_ms: 0,
-            text: "x".repeat(len),
-        }
-    }
-
-    #[test]
-    fn a_log_of_any_size_goes_out_in_bounded_pages_in_order() {
-        // Ten 8 MiB lines (stored before lines were bounded) and many short ones.
-        let mut lines: Vec<LogLine> = (0..10).map(|i| line(i, 8 << 20)).collect();
-        lines.extend((10..5_000).map(|i| line(i, 600)));
-        let pages = log_pages(lines);
-        assert!(pages.len() > 2);
-        let mut next = 0;
-        for page in &pages {
-            let bytes: usize = page.iter().map(|l| l.text.len()).sum();
-            assert!(bytes <= LOG_PAGE_BYTES, "{bytes}");
-            for line in page {
-                assert_eq!(line.index, next);
-                next += 1;
-            }
-        }
-        assert_eq!(next, 5_000);
-        assert!(log_pages(Vec::new()).is_empty());
-    }
 }

@@ -120,6 +120,46 @@ pub fn reply_allowance(sent: u64, cap: u64) -> u64 {
     sent.saturating_mul(2).saturating_add(REPLY_SLACK).min(cap)
 }
 
+/// Instructions whose reply is being read or stored right now. A second stream answering the same
+/// instruction is refused: one node cannot hold several allowances for one instruction.
+#[derive(Debug, Default, Clone)]
+pub struct RepliesInFlight(Arc<std::sync::Mutex<std::collections::HashSet<MessageId>>>);
+
+/// An instruction's reply being read; released when dropped.
+#[derive(Debug)]
+struct Claim {
+    set: RepliesInFlight,
+    id: MessageId,
+}
+
+impl RepliesInFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<MessageId>> {
+        // Inserts and removes only: a poisoned set is still consistent.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether a reply to `id` is arriving.
+    pub fn contains(&self, id: MessageId) -> bool {
+        self.lock().contains(&id)
+    }
+
+    /// Claims `id`, unless another stream holds it.
+    fn claim(&self, id: MessageId) -> Option<Claim> {
+        self.lock().insert(id).then(|| Claim {
+            set: self.clone(),
+            id,
+        })
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.id);
+    }
+}
+
 /// What the head of a reply earns it.
 enum Verdict {
     /// Read the rest, by this time.
@@ -139,12 +179,15 @@ pub async fn receive_reply(
     mut recv: quinn::RecvStream,
 ) {
     let outcome = match read_reply(&shared, node, &mut recv).await {
-        // Storing a reply's receipt is a durable write: keep it off the async workers.
-        Ok(Some(reply)) => {
+        // Storing a reply's receipt is a durable write: keep it off the async workers. The claim
+        // is held until the receipt is stored.
+        Ok(Some((reply, claim))) => {
             let shared = shared.clone();
-            tokio::task::spawn_blocking(move || judge(&shared, reply))
+            let outcome = tokio::task::spawn_blocking(move || judge(&shared, reply))
                 .await
-                .unwrap_or_else(|e| ReplyOutcome::Rejected(format!("SuperLink error: {e}")))
+                .unwrap_or_else(|e| ReplyOutcome::Rejected(format!("SuperLink error: {e}")));
+            drop(claim);
+            outcome
         }
         Ok(None) => {
             shared.metrics.reply_received("duplicate");
@@ -160,12 +203,12 @@ pub async fn receive_reply(
     let _ = send.finish();
 }
 
-/// The reply on `recv`, `None` for a duplicate, or why it was refused.
+/// The reply on `recv` with its claim, `None` for a duplicate, or why it was refused.
 async fn read_reply(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     node: NodeId,
     recv: &mut quinn::RecvStream,
-) -> Result<Option<wire::Message>, String> {
+) -> Result<Option<(wire::Message, Claim)>, String> {
     let limits = shared.config.limits;
     let unreadable = |error: FrameIoError| format!("unreadable reply: {error}");
     let head = tokio::time::timeout(HEAD_TIMEOUT, read_frame(recv, limits.max_frame))
@@ -182,12 +225,27 @@ async fn read_reply(
         (None, Some(metadata)) => metadata.clone(),
         (None, None) => return Err("unreadable reply: no head".into()),
     };
-    let deadline = match vet_head(shared, node, &metadata, assembler.announced_payload())? {
+    // The head is judged against the store: off the async workers.
+    let announced = assembler.announced_payload();
+    let vetted = {
+        let (shared, metadata) = (shared.clone(), metadata.clone());
+        tokio::task::spawn_blocking(move || vet_head(&shared, node, &metadata, announced))
+            .await
+            .map_err(|e| format!("SuperLink error: {e}"))??
+    };
+    let deadline = match vetted {
         Verdict::AlreadyAnswered => return Ok(None),
         Verdict::Read { deadline } => deadline,
     };
+    let id = metadata
+        .reply_to
+        .ok_or("invalid reply: not a reply (no reply-to)")?;
+    let claim = shared
+        .replies_in_flight
+        .claim(id)
+        .ok_or("another reply to this instruction is arriving")?;
     if let Some(message) = complete {
-        return Ok(Some(message));
+        return Ok(Some((message, claim)));
     }
     let arrays = async {
         loop {
@@ -200,7 +258,7 @@ async fn read_reply(
         }
     };
     match tokio::time::timeout_at(deadline, arrays).await {
-        Ok(Ok(message)) => Ok(Some(message)),
+        Ok(Ok(message)) => Ok(Some((message, claim))),
         Ok(Err(error)) => Err(unreadable(error)),
         Err(_) => Err("the reply was still arriving when its instruction expired".into()),
     }

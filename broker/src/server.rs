@@ -59,6 +59,8 @@ pub struct Shared {
     pub apps: model::apps::ServerApps,
     /// Counters for the metrics endpoint.
     pub metrics: crate::metrics::Metrics,
+    /// Instructions whose reply is arriving.
+    pub replies_in_flight: crate::delivery::RepliesInFlight,
 }
 
 /// A broker running in this process.
@@ -89,8 +91,17 @@ impl RunningBroker {
     }
 }
 
-/// Whether `key` may complete the TLS handshake on the Fleet API.
-fn fleet_key_allowed(store: &Store, node_auth: NodeAuth, key: &PublicKey) -> bool {
+/// Whether `key` may complete the TLS handshake on the Fleet API: never an operator's key (node
+/// and operator keys are disjoint, in automatic mode too), otherwise as the registry says.
+fn fleet_key_allowed(
+    store: &Store,
+    node_auth: NodeAuth,
+    operators: &[PublicKey],
+    key: &PublicKey,
+) -> bool {
+    if operators.contains(key) {
+        return false;
+    }
     match store.node_by_key(key) {
         Ok(Some(record)) => record.info.status != NodeStatus::Unregistered,
         Ok(None) => node_auth == NodeAuth::Automatic,
@@ -102,12 +113,9 @@ fn fleet_key_allowed(store: &Store, node_auth: NodeAuth, key: &PublicKey) -> boo
 }
 
 /// Operators are told apart by name (a key line's comment, or its fingerprint without one), and
-/// node owners are recorded by that name: two keys must not share one, none may take a name the
-/// broker uses itself, and no operator key may also be a registered node's.
-fn check_operator_keys(
-    lines: &[certs::openssh::PublicKeyLine],
-    store: &Store,
-) -> Result<(), BrokerError> {
+/// node owners are recorded by that name: two keys must not share one, and none may take a name
+/// the broker uses itself.
+fn check_operator_keys(lines: &[certs::openssh::PublicKeyLine]) -> Result<(), BrokerError> {
     let mut names = std::collections::HashSet::new();
     for line in lines {
         let name = crate::control::operator_name(line);
@@ -121,17 +129,26 @@ fn check_operator_keys(
                 "two keys are named {name:?}; give each operator a name of their own"
             )));
         }
-        let registered = store.node_by_key(&line.key).map_err(|error| {
-            BrokerError::OperatorKeys(format!("cannot read the registry: {error}"))
-        })?;
-        if let Some(node) = registered.filter(|n| n.info.status != NodeStatus::Unregistered) {
-            return Err(BrokerError::OperatorKeys(format!(
-                "the key of {name:?} is registered as node {}; node and operator keys must differ",
-                node.info.node_id
-            )));
-        }
     }
     Ok(())
+}
+
+/// Operator keys that a node was registered with before they became operator keys: such a node
+/// can no longer connect (operator keys never pass the Fleet API's TLS), and is reported at start
+/// so that an operator unregisters it.
+fn operator_keys_registered_as_nodes(
+    lines: &[certs::openssh::PublicKeyLine],
+    store: &Store,
+) -> Vec<(String, wire::NodeId)> {
+    lines
+        .iter()
+        .filter_map(|line| match store.node_by_key(&line.key) {
+            Ok(Some(node)) if node.info.status != NodeStatus::Unregistered => {
+                Some((crate::control::operator_name(line), node.info.node_id))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// How long an operator's connection may stay silent (while it follows a quiet run's log, say);
@@ -164,7 +181,14 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> Result<RunningBroker, BrokerError> {
     if let OperatorAuth::Keys(lines) = &config.operator_auth {
-        check_operator_keys(lines, &store)?;
+        check_operator_keys(lines)?;
+        for (name, node_id) in operator_keys_registered_as_nodes(lines, &store) {
+            tracing::warn!(
+                operator = name,
+                %node_id,
+                "an operator key is registered as a node; that node cannot connect: unregister it"
+            );
+        }
     }
     let store = Arc::new(store);
 
@@ -173,10 +197,14 @@ pub fn start(
         // must not keep the database open after shutdown.
         let store = Arc::downgrade(&store);
         let node_auth = config.node_auth;
+        let operators: Vec<PublicKey> = match &config.operator_auth {
+            OperatorAuth::Keys(lines) => lines.iter().map(|line| line.key).collect(),
+            OperatorAuth::LoopbackOnly => Vec::new(),
+        };
         move |key: &PublicKey| {
             store
                 .upgrade()
-                .is_some_and(|store| fleet_key_allowed(&store, node_auth, key))
+                .is_some_and(|store| fleet_key_allowed(&store, node_auth, &operators, key))
         }
     };
     let fleet_tls = certs::tls::server_config(
@@ -229,6 +257,7 @@ pub fn start(
         contents: LiveContents::default(),
         apps,
         metrics: crate::metrics::Metrics::default(),
+        replies_in_flight: crate::delivery::RepliesInFlight::default(),
     });
     match crate::runs::runner::resume_interrupted_runs(&shared) {
         Ok(0) => {}
@@ -389,11 +418,10 @@ mod tests {
 
     #[test]
     fn operator_names_must_be_distinct_and_not_reserved() {
-        let store = Store::in_memory().unwrap();
-        assert!(check_operator_keys(&[line("alice"), line("bob"), line("")], &store).is_ok());
+        assert!(check_operator_keys(&[line("alice"), line("bob"), line("")]).is_ok());
         for names in [["alice", "alice"], ["alice", "automatic"], ["local", "bob"]] {
             let lines: Vec<_> = names.iter().map(|n| line(n)).collect();
-            let error = check_operator_keys(&lines, &store).unwrap_err().to_string();
+            let error = check_operator_keys(&lines).unwrap_err().to_string();
             assert!(
                 error.contains("reserved") || error.contains("two keys"),
                 "{names:?}: {error}"
@@ -402,13 +430,16 @@ mod tests {
     }
 
     #[test]
-    fn an_operator_key_registered_as_a_node_stops_the_start() {
+    fn an_operator_key_registered_as_a_node_is_reported_and_refused_on_the_fleet_api() {
         let store = Store::in_memory().unwrap();
         let operator = line("alice");
-        store.register_node(&operator.key, "alice", 1).unwrap();
-        let error = check_operator_keys(&[operator], &store)
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("registered as node"), "{error}");
+        let node = store.register_node(&operator.key, "alice", 1).unwrap();
+        let reported = operator_keys_registered_as_nodes(std::slice::from_ref(&operator), &store);
+        assert_eq!(reported, [("alice".to_string(), node.node_id)]);
+        let operators = [operator.key];
+        for auth in [NodeAuth::Registered, NodeAuth::Automatic] {
+            assert!(!fleet_key_allowed(&store, auth, &operators, &operator.key));
+            assert!(fleet_key_allowed(&store, auth, &[], &operator.key));
+        }
     }
 }

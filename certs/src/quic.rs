@@ -30,13 +30,14 @@ pub fn transport(idle_timeout: Duration, keep_alive: Option<Duration>) -> quinn:
 
 /// Connection-level receive window of a peer that has not authenticated yet: enough for the
 /// handshake's frames, far too little to park data in the broker's memory.
-pub const UNAUTHENTICATED_WINDOW: u32 = 256 * 1024;
+pub const UNAUTHENTICATED_WINDOW: u32 = 64 * 1024;
 
 /// Connection-level receive window once a peer authenticated (see [`transport`]).
 pub const AUTHENTICATED_WINDOW: u32 = 64 * 1024 * 1024;
 
 /// Server-side transport settings for peers that have not authenticated: one bidirectional
-/// stream (the handshake's), no unidirectional ones, and a small receive window. The server
+/// stream (the handshake's), no unidirectional ones, and a small receive window (a connection
+/// window is a sliding credit: larger frames still pass, as the server reads them). The server
 /// widens them per connection once the peer has proved who it is ([`open_up`]).
 pub fn unauthenticated_transport(idle_timeout: Duration) -> quinn::TransportConfig {
     let mut transport = transport(idle_timeout, None);

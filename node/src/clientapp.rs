@@ -101,6 +101,33 @@ async fn answer(job: &AppJob, instruction: &Message, args: &Args) -> MessageBody
     }
 }
 
+/// How long a client app keeps trying to reach its node.
+const CONNECT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Pause between two attempts.
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Connects, shows the token, and receives the job; or why not.
+async fn connect_for_job(
+    address: std::net::SocketAddr,
+    token: [u8; wire::clientappio::TOKEN_LEN],
+) -> Result<(TcpStream, AppJob), String> {
+    let mut stream = TcpStream::connect(address)
+        .await
+        .map_err(|e| e.to_string())?;
+    let hello = AppHello {
+        version: CLIENTAPPIO_VERSION,
+        token,
+    };
+    wire::io::write_value(&mut stream, &hello)
+        .await
+        .map_err(|e| e.to_string())?;
+    let job: AppJob = read_value(&mut stream, CONTROL_FRAME_LIMIT)
+        .await
+        .map_err(|e| format!("no job: {e}"))?;
+    Ok((stream, job))
+}
+
 /// Connects, receives the instruction, answers it.
 pub async fn run(args: &Args) -> Result<(), ClientAppError> {
     let token = std::env::var(TOKEN_ENV)
@@ -109,19 +136,15 @@ pub async fn run(args: &Args) -> Result<(), ClientAppError> {
         .ok_or(ClientAppError::NoToken)?;
     let address = args.clientappio_api_address;
     let io = |reason: String| ClientAppError::Io { address, reason };
-    let mut stream = TcpStream::connect(address)
-        .await
-        .map_err(|e| io(e.to_string()))?;
-    let hello = AppHello {
-        version: CLIENTAPPIO_VERSION,
-        token,
+    // The node may close a connection that waited behind others: try again until it answers.
+    let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+    let (mut stream, job) = loop {
+        match connect_for_job(address, token).await {
+            Ok(connected) => break connected,
+            Err(reason) if tokio::time::Instant::now() >= deadline => return Err(io(reason)),
+            Err(_) => tokio::time::sleep(RETRY_PAUSE).await,
+        }
     };
-    wire::io::write_value(&mut stream, &hello)
-        .await
-        .map_err(|e| io(e.to_string()))?;
-    let job: AppJob = read_value(&mut stream, CONTROL_FRAME_LIMIT)
-        .await
-        .map_err(|e| io(format!("no job: {e}")))?;
     let instruction = read_message(&mut stream, Limits::default())
         .await
         .map_err(|e| io(format!("unreadable instruction: {e}")))?;

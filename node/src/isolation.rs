@@ -28,10 +28,18 @@ use wire::{Message, MessageBody};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long an accepted connection has to send its hello (a child sends it at once).
-const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Most connections that may be waiting to show a token at once; more are closed unread.
+/// Most connections that may be waiting to show a token at once. A new one beyond that closes the
+/// oldest: whoever holds idle connections open cannot keep a child that just connected out.
 const MAX_PENDING_HELLOS: usize = 16;
+
+/// Connections still owing their hello, oldest first, each with the task reading it.
+#[derive(Default)]
+struct PendingHellos {
+    next: u64,
+    tasks: std::collections::VecDeque<(u64, tokio::task::AbortHandle)>,
+}
 
 /// How often a running child is checked for a stopped run.
 const CANCEL_POLL: Duration = Duration::from_millis(100);
@@ -63,7 +71,7 @@ pub struct ClientAppIo {
     /// Limits on the replies children send.
     limits: Limits,
     /// Connections still owing their hello.
-    pending: Arc<tokio::sync::Semaphore>,
+    pending: Mutex<PendingHellos>,
     /// Whether peers on other hosts may connect at all (`--clientappio-allow-remote`).
     allow_remote: bool,
 }
@@ -103,7 +111,7 @@ impl ClientAppIo {
             address: bound,
             waiting: Mutex::default(),
             limits: Limits::default(),
-            pending: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HELLOS)),
+            pending: Mutex::default(),
             allow_remote,
         });
         tokio::spawn(io.clone().serve(listener, local, shutdown));
@@ -137,14 +145,7 @@ impl ClientAppIo {
                 Ok((_, peer)) if !peer_allowed(peer, local, self.allow_remote) => {
                     tracing::warn!(%peer, "ClientAppIo connection from another host; dropped (see --clientappio-allow-remote)");
                 }
-                Ok((stream, peer)) => match self.pending.clone().try_acquire_owned() {
-                    Ok(slot) => {
-                        tokio::spawn(self.clone().admit(stream, peer, slot));
-                    }
-                    Err(_) => {
-                        tracing::warn!(%peer, "too many ClientAppIo connections without a hello; dropped");
-                    }
-                },
+                Ok((stream, peer)) => self.clone().start_admission(stream, peer),
                 Err(error) => {
                     tracing::warn!(%error, "ClientAppIo accept failed");
                     tokio::time::sleep(CANCEL_POLL).await;
@@ -153,20 +154,39 @@ impl ClientAppIo {
         }
     }
 
+    fn pending(&self) -> std::sync::MutexGuard<'_, PendingHellos> {
+        // Pushes and removals only: a poisoned queue is still consistent.
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Reads the hello of a new connection in a task of its own, closing the oldest connection
+    /// still owing one when there are too many.
+    fn start_admission(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        // Held while spawning, so the task finds its own entry when it removes it.
+        let mut pending = self.pending();
+        pending.next += 1;
+        let id = pending.next;
+        let task = tokio::spawn(self.clone().admit(stream, peer, id));
+        pending.tasks.push_back((id, task.abort_handle()));
+        if pending.tasks.len() > MAX_PENDING_HELLOS
+            && let Some((_, oldest)) = pending.tasks.pop_front()
+        {
+            oldest.abort();
+            tracing::warn!("too many ClientAppIo connections without a hello; closed the oldest");
+        }
+    }
+
     /// Hands a connection to the instruction whose child holds its token; anything else is
     /// dropped without a word.
-    async fn admit(
-        self: Arc<Self>,
-        mut stream: TcpStream,
-        peer: SocketAddr,
-        slot: tokio::sync::OwnedSemaphorePermit,
-    ) {
+    async fn admit(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr, id: u64) {
         let hello = tokio::time::timeout(
             HELLO_TIMEOUT,
             read_value::<AppHello, _>(&mut stream, HELLO_FRAME_LIMIT),
         )
         .await;
-        drop(slot);
+        self.pending().tasks.retain(|(pending, _)| *pending != id);
         let hello = match hello {
             Ok(Ok(hello)) if hello.version == CLIENTAPPIO_VERSION => hello,
             _ => {
@@ -457,7 +477,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_beyond_the_pending_cap_are_dropped_and_children_get_in_afterwards() {
+    async fn idle_connections_beyond_the_cap_close_the_oldest_and_never_keep_a_child_out() {
         let io = ClientAppIo::start(
             SocketAddr::from(([127, 0, 0, 1], 0)),
             false,
@@ -469,12 +489,8 @@ mod tests {
         for _ in 0..MAX_PENDING_HELLOS {
             silent.push(TcpStream::connect(io.address()).await.unwrap());
         }
-        let mut one_more = TcpStream::connect(io.address()).await.unwrap();
-        assert!(closed_within(&mut one_more, HELLO_TIMEOUT / 4).await);
-        // The silent ones time out and free their slots: a real child's hello is taken again.
-        for stream in &mut silent {
-            assert!(closed_within(stream, HELLO_TIMEOUT * 2).await);
-        }
+        // The cap is full of idle connections; a child that connects now is served at once, and
+        // the oldest idle connection is the one closed.
         let token = [3; TOKEN_LEN];
         let (waiting, connection) = oneshot::channel();
         io.waiting().insert(token, waiting);
@@ -487,10 +503,12 @@ mod tests {
             .write_all(&wire::frame::encode(&hello).unwrap())
             .await
             .unwrap();
-        tokio::time::timeout(HELLO_TIMEOUT, connection)
+        tokio::time::timeout(HELLO_TIMEOUT / 2, connection)
             .await
-            .expect("the child was never handed over")
+            .expect("the child was kept waiting behind idle connections")
             .unwrap();
+        assert!(closed_within(&mut silent[0], HELLO_TIMEOUT / 2).await);
+        assert!(io.pending().tasks.len() <= MAX_PENDING_HELLOS);
     }
 
     #[test]

@@ -79,6 +79,40 @@ async fn unauthenticated_connections_beyond_the_bound_are_refused_until_slots_fr
     node.online().await;
 }
 
+#[tokio::test]
+async fn one_source_cannot_hold_more_than_its_share_of_handshake_slots() {
+    // Plenty of slots in all, two per source: the third stalled connection from this host is
+    // refused although fourteen slots are free.
+    let federation = Federation::start_tuned(NodeAuth::Automatic, false, Db::Memory, |config| {
+        config.handshake_timeout = HANDSHAKE_TIMEOUT;
+        config.max_pending_handshakes = 16;
+        config.max_pending_per_source = 2;
+    })
+    .await;
+    let key = IdentityKey::generate();
+    let address = federation.broker().fleet_addr;
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        stalled.push(
+            connect(address, fleet_tls(&federation, &key))
+                .await
+                .unwrap(),
+        );
+    }
+    let refused = connect(address, fleet_tls(&federation, &key)).await;
+    assert!(
+        matches!(refused, Err(quinn::ConnectionError::ConnectionClosed(_))),
+        "a third handshake from one source was admitted: {refused:?}"
+    );
+    for connection in &stalled {
+        tokio::time::timeout(PATIENCE, connection.closed())
+            .await
+            .expect("stalled connection never closed");
+    }
+    let mut node = RunningNode::start(federation.node_settings(None));
+    node.online().await;
+}
+
 /// Clients that open connections as fast as they can with `key` and never authenticate, all from
 /// one UDP socket, until `stop`; returns how many connection attempts they made.
 async fn flood(

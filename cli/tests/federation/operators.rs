@@ -52,11 +52,14 @@ async fn an_unknown_key_or_a_node_key_is_refused_as_operator() {
 
 #[tokio::test]
 async fn an_operator_key_cannot_authenticate_a_node() {
-    let federation = Federation::start(NodeAuth::Registered, true, Db::Memory).await;
-    let node = crate::harness::RunningNode::start(federation.node_settings(Some("operator")));
-    let error = node.finished().await.unwrap_err().to_string();
-    assert!(error.contains("refused"), "{error}");
-    assert!(federation.nodes(true).await.is_empty());
+    // In automatic mode too, where any other key registers itself.
+    for auth in [NodeAuth::Registered, NodeAuth::Automatic] {
+        let federation = Federation::start(auth, true, Db::Memory).await;
+        let node = crate::harness::RunningNode::start(federation.node_settings(Some("operator")));
+        let error = node.finished().await.unwrap_err().to_string();
+        assert!(error.contains("refused"), "{auth:?}: {error}");
+        assert!(federation.nodes(true).await.is_empty(), "{auth:?}");
+    }
 }
 
 #[tokio::test]

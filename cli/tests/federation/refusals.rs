@@ -302,6 +302,45 @@ async fn an_authenticated_node_cannot_forge_replies_or_disturb_other_sessions() 
             "{what}: {outcome:?}"
         );
     }
+    // Two streams answering the same instruction at once: the second is refused while the first
+    // is still arriving, so one node cannot hold two allowances for one instruction.
+    let small = || {
+        wire::MessageBody::Content(wire::RecordDict::new().with(
+            "arrays",
+            wire::Record::Arrays(wire::ArrayRecord::new().with(
+                "w",
+                wire::Array {
+                    dtype: wire::DType::U8,
+                    shape: vec![1024],
+                    data: Vec::new(),
+                },
+            )),
+        ))
+    };
+    let head = wire::frame::encode(&forged(me, mine, small())).unwrap();
+    let (mut first, _first_answer) = connection.open_bi().await.unwrap();
+    first.write_all(&head).await.unwrap();
+    let in_flight = federation.broker().shared.replies_in_flight.clone();
+    while !in_flight.contains(mine) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first reply was never claimed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let outcome = send_reply_bytes(&connection, &head).await;
+    assert!(
+        matches!(outcome, Ok(wire::fleet::ReplyOutcome::Rejected(ref reason)) if reason.contains("another reply")),
+        "{outcome:?}"
+    );
+    first.reset(0u32.into()).unwrap();
+    while in_flight.contains(mine) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the claim was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // A reply to its own instruction whose head announces the whole reply cap (1 GiB) and then
     // sends one byte: refused on its head, before any byte is read or reserved.
     let huge = wire::MessageBody::Content(wire::RecordDict::new().with(

@@ -132,12 +132,16 @@ struct MetricMeans {
 impl MetricMeans {
     fn add(&mut self, metrics: &MetricRecord, names: &[&str], weight: f64) {
         for name in names {
-            // A value whose weighted sum would overflow is left out like a non-finite one.
-            if let Some(value) = metric(metrics, name).filter(|v| (v * weight).is_finite()) {
-                match self.sums.iter_mut().find(|(n, _)| n == name) {
-                    Some((_, sum)) => *sum += value * weight,
-                    None => self.sums.push((name.to_string(), value * weight)),
-                }
+            // A value that would take the weighted sum to infinity is left out like a non-finite
+            // one.
+            let Some(weighted) = metric(metrics, name).map(|v| v * weight) else {
+                continue;
+            };
+            match self.sums.iter_mut().find(|(n, _)| n == name) {
+                Some((_, sum)) if (*sum + weighted).is_finite() => *sum += weighted,
+                Some(_) => {}
+                None if weighted.is_finite() => self.sums.push((name.to_string(), weighted)),
+                None => {}
             }
         }
         self.weight += weight;
@@ -512,6 +516,19 @@ impl Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn evaluation_means_stay_finite_whatever_nodes_report() {
+        let mut means = MetricMeans::default();
+        let report = |loss: f64| MetricRecord::new().with("eval_loss", MetricValue::Float(loss));
+        means.add(&report(0.5), &["eval_loss"], 10.0);
+        // Each finite, together infinite; and non-finite outright.
+        means.add(&report(1e308), &["eval_loss"], 2.0);
+        means.add(&report(1e308), &["eval_loss"], 2.0);
+        means.add(&report(f64::NAN), &["eval_loss"], 1.0);
+        let mean = means.means();
+        assert!(mean.iter().all(|(_, v)| v.is_finite()), "{mean:?}");
+    }
 
     #[test]
     fn sample_sizes_follow_fraction_and_minimum() {
