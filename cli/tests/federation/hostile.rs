@@ -244,6 +244,12 @@ async fn a_flood_of_stalled_initials_locks_out_neither_new_nodes_nor_operators()
         "{listed:?}"
     );
 
+    // And `flwr ls`: the runs (none yet).
+    let runs = federation
+        .request(wire::control::ControlRequest::ListRuns { run_id: None })
+        .await;
+    assert_eq!(runs, wire::control::ControlResponse::Runs(vec![]));
+
     stop.store(true, Ordering::Relaxed);
     let sent = fleet_flood.await.unwrap() + control_flood.await.unwrap();
     assert!(sent >= 2_000, "the flood hardly ran: {sent} Initials");
