@@ -68,7 +68,7 @@ pub struct FedAvg {
     /// Number of accepted replies.
     accepted: usize,
     /// An upper bound of every accumulator's magnitude: the sum of each accepted reply's weight
-    /// times its largest magnitude. A reply that would take it past [`SUM_CEILING`] is rejected
+    /// times a bound of its largest magnitude. A reply that would take it past [`SUM_CEILING`] is rejected
     /// before it touches the sums, so no accumulator can ever overflow.
     bound: f64,
 }
@@ -82,9 +82,6 @@ const SUM_CEILING: f64 = f32::MAX as f64 / 2.0;
 
 /// Exponent bits of an f32: all set means infinity or NaN.
 const F32_EXPONENT: u32 = 0x7f80_0000;
-
-/// The sign bit of an f32.
-const F32_SIGN: u32 = 0x8000_0000;
 
 /// Little-endian f32 bytes seen as `f32`s in place: on a little-endian host, when the bytes are
 /// 4-aligned (allocations are). Reading them as floats directly vectorises three times better
@@ -102,17 +99,19 @@ fn non_finite_bit(value: f32) -> u32 {
     u32::from(value.to_bits() & F32_EXPONENT == F32_EXPONENT)
 }
 
-/// The largest magnitude among the f32s in `bytes` (little-endian), as bits without the sign:
-/// for finite values their order is the magnitudes' order, and infinity and NaN come out at or
-/// above [`F32_EXPONENT`]. One pass, without a branch per value.
-fn f32_magnitude_bits(bytes: &[u8]) -> u32 {
-    let bits = |v: f32| v.to_bits() & !F32_SIGN;
-    match as_f32s(bytes) {
-        Some(values) => values.iter().fold(0, |m, &v| m.max(bits(v))),
-        None => bytes.chunks_exact(4).fold(0, |m, c| {
-            m.max(bits(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+/// An upper bound of the magnitudes of the f32s in `bytes` (little-endian), within a factor of two,
+/// or `None` if one is NaN or infinite. It comes from the largest exponent: a byte-wide maximum per
+/// value, which vectorises as well as a finiteness check alone (an all-ones exponent is NaN or
+/// infinity). Every value is below 2^(e - 126).
+fn f32_magnitude(bytes: &[u8]) -> Option<f64> {
+    let exponent = |v: f32| (v.to_bits() >> 23) as u8;
+    let largest = match as_f32s(bytes) {
+        Some(values) => values.iter().fold(0u8, |m, &v| m.max(exponent(v))),
+        None => bytes.chunks_exact(4).fold(0u8, |m, c| {
+            m.max(exponent(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
         }),
-    }
+    };
+    (largest != u8::MAX).then(|| 2f64.powi(i32::from(largest) - 126))
 }
 
 /// `acc += weight * values` for the f32 values in `bytes`; returns whether all were finite.
@@ -177,12 +176,11 @@ fn fold(acc: &mut [f32], dtype: DType, bytes: &[u8], weight: f32) -> bool {
     }
 }
 
-/// The largest magnitude in `array`, or `None` if a value is NaN or infinite (f64 values beyond
-/// f32's range count as infinite: they are summed in f32). One pass: for f32, the magnitude
-/// ordering of finite values is the ordering of their bits without the sign, and infinity and NaN
-/// sort above every finite value.
+/// An upper bound of the magnitudes in `array` (within a factor of two for f32), or `None` if a
+/// value is NaN or infinite (f64 values beyond f32's range count as infinite: they are summed in
+/// f32). One pass over the bytes.
 fn magnitude(array: &Array) -> Option<f64> {
-    let largest = match array.dtype {
+    match array.dtype {
         DType::F64 => {
             let mut largest = 0f64;
             for chunk in array.data.chunks_exact(8) {
@@ -194,38 +192,38 @@ fn magnitude(array: &Array) -> Option<f64> {
                 }
                 largest = largest.max(value.abs());
             }
-            largest
+            (largest <= f64::from(f32::MAX)).then_some(largest)
         }
-        _ => {
-            let top = f32_magnitude_bits(&array.data);
-            if top >= F32_EXPONENT {
-                return None;
-            }
-            f64::from(f32::from_bits(top))
-        }
-    };
-    (largest <= f64::from(f32::MAX)).then_some(largest)
+        _ => f32_magnitude(&array.data),
+    }
 }
 
 /// Writes `sum * scale` into `out` (bytes of `dtype`, little-endian, exactly as many values as
-/// `sum`), in one pass: straight into place when `out` can be seen as `f32`s.
-fn write_scaled(out: &mut [u8], dtype: DType, sum: &[f32], scale: f32) {
+/// `sum`), in one pass: straight into place when `out` can be seen as `f32`s. Returns whether
+/// every value written is finite (checked in the same pass, so it costs no extra read).
+fn write_scaled(out: &mut [u8], dtype: DType, sum: &[f32], scale: f32) -> bool {
     if dtype == DType::F32
         && cfg!(target_endian = "little")
         && let Ok(values) = bytemuck::try_cast_slice_mut::<u8, f32>(out)
     {
+        let mut bad = 0;
         for (o, &s) in values.iter_mut().zip(sum) {
             *o = s * scale;
+            bad |= non_finite_bit(*o);
         }
-        return;
+        return bad == 0;
     }
     let width = dtype.size() as usize;
+    let mut bad = 0;
     for (o, &s) in out.chunks_exact_mut(width).zip(sum) {
+        let value = s * scale;
+        bad |= non_finite_bit(value);
         match dtype {
-            DType::F64 => o.copy_from_slice(&f64::from(s * scale).to_le_bytes()),
-            _ => o.copy_from_slice(&(s * scale).to_le_bytes()),
+            DType::F64 => o.copy_from_slice(&f64::from(value).to_le_bytes()),
+            _ => o.copy_from_slice(&value.to_le_bytes()),
         }
     }
+    bad == 0
 }
 
 /// Scales `sum` in place and appends it to `out` in `dtype`, little-endian.
@@ -475,8 +473,8 @@ fn one_pass(
                 }
                 folded += group;
             }
-            if acc.iter().fold(0, |bad, &a| bad | non_finite_bit(a)) != 0 {
-                // Finite values, infinite sum: blame the reply weighing most in this block.
+            if !write_scaled(&mut data[start..end], *dtype, acc, scale) {
+                // Finite values, an infinite sum or mean: blame the reply weighing most in this block.
                 let culprit = (0..accepted.len())
                     .map(|k| {
                         let bytes = &arrays[k][position].data[start..end];
@@ -495,7 +493,6 @@ fn one_pass(
                     AggregationError::Overflow(name.clone()),
                 ));
             }
-            write_scaled(&mut data[start..end], *dtype, acc, scale);
         }
         mean.insert(
             name.clone(),
@@ -718,11 +715,15 @@ mod tests {
         assert!(fold_f32(&mut fast, aligned, 0.25));
         assert!(fold_f32(&mut slow, unaligned, 0.25));
         assert_eq!(fast, slow);
-        assert_eq!(f32_magnitude_bits(unaligned), f32_magnitude_bits(aligned));
-        let largest = values.iter().fold(0f32, |m, v| m.max(v.abs()));
-        assert_eq!(f32::from_bits(f32_magnitude_bits(aligned)), largest);
+        let largest = f64::from(values.iter().fold(0f32, |m, v| m.max(v.abs())));
+        let bound = f32_magnitude(aligned).unwrap();
+        assert_eq!(f32_magnitude(unaligned), Some(bound));
+        assert!(
+            largest < bound && bound <= 2.0 * largest,
+            "{largest} {bound}"
+        );
         shifted[1 + 4 * 999..].copy_from_slice(&f32::NEG_INFINITY.to_le_bytes());
-        assert!(f32_magnitude_bits(&shifted[1..]) >= F32_EXPONENT);
+        assert_eq!(f32_magnitude(&shifted[1..]), None);
         assert!(!fold_f32(&mut slow, &shifted[1..], 1.0));
     }
 
