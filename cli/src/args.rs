@@ -54,14 +54,21 @@ pub enum Command {
         #[arg(long)]
         stream: bool,
     },
-    /// List runs, or show one run in detail.
+    /// List runs, or show one run in detail (`flwr list` is Flower's name for it).
+    #[command(visible_alias = "list")]
     Ls {
         /// App directory and federation.
         #[command(flatten)]
         target: Target,
         /// Show this run only, with all its timestamps.
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", conflicts_with = "limit")]
         run_id: Option<u64>,
+        /// Show only the N most recent runs.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+        /// List runs (the default; accepted for Flower's scripts).
+        #[arg(long)]
+        runs: bool,
     },
     /// Show a run's log, or follow it live.
     Log {

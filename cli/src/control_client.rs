@@ -51,7 +51,10 @@ fn connection_error(error: &quinn::ConnectionError, address: &str) -> CliError {
             "TLS with the SuperLink at {address} failed: {} (check root-certificates and the address's name)",
             transport.reason
         )),
-        E::TimedOut => CliError::Connect(format!("no SuperLink answered at {address}")),
+        E::TimedOut => CliError::Connect(format!(
+            "no SuperLink answered at {address}: is it running, and is UDP open to it? (the Control \
+             API is QUIC over UDP, port 9093 by default; a firewall opened for TCP blocks it)"
+        )),
         other => CliError::Connect(format!("connection to {address} failed: {other}")),
     }
 }

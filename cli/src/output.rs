@@ -9,7 +9,8 @@ pub enum Format {
     /// Tables and sentences.
     #[default]
     Default,
-    /// One JSON document on stdout.
+    /// One JSON document on stdout; with --stream, one JSON document per line (JSON Lines).
+    /// Ids are strings: they exceed 2^53, where JSON numbers lose digits.
     Json,
 }
 

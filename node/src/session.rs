@@ -59,6 +59,10 @@ pub fn classify(error: &quinn::ConnectionError) -> SessionError {
         E::TransportError(transport) if certs::quic::tls_alert(error).is_some() => SessionError::Permanent(
             format!("TLS with the SuperLink failed: {} (check --root-certificates and the address's name)", transport.reason),
         ),
+        E::TimedOut => SessionError::Transient(
+            "the SuperLink stopped answering: is UDP open to it? (the Fleet API is QUIC over UDP)"
+                .into(),
+        ),
         other => SessionError::Transient(other.to_string()),
     }
 }
@@ -158,7 +162,9 @@ pub async fn open(
         .await
         .map_err(|_| {
             SessionError::Transient(format!(
-                "no answer from {address} within {HANDSHAKE_TIMEOUT:?}"
+                "no answer from {address} within {HANDSHAKE_TIMEOUT:?}: is the SuperLink running, \
+                 and is UDP port {} open to it? (the Fleet API is QUIC over UDP)",
+                address.port()
             ))
         })?
 }

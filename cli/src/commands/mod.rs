@@ -49,7 +49,12 @@ pub async fn run(command: Command) -> Result<(), CliError> {
             target,
             out,
         } => runs::pull(&target, run_id, out).await,
-        Command::Ls { target, run_id } => runs::list(&target, run_id).await,
+        Command::Ls {
+            target,
+            run_id,
+            limit,
+            runs: _,
+        } => runs::list(&target, run_id, limit).await,
         Command::Log {
             run_id,
             target,
@@ -60,7 +65,12 @@ pub async fn run(command: Command) -> Result<(), CliError> {
     }
 }
 
-/// Prints a JSON document on stdout.
+/// Prints `value` as one JSON document on one line (an element of a JSON Lines stream).
+pub fn print_json_line(value: &serde_json::Value) {
+    println!("{value}");
+}
+
+/// Prints `value` as one indented JSON document.
 pub fn print_json(value: &serde_json::Value) {
     println!(
         "{}",

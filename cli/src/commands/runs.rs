@@ -74,7 +74,7 @@ pub async fn start(target: &Target, overrides: Option<&str>, stream: bool) -> Re
         other => return Err(CliError::Request(format!("unexpected answer: {other:?}"))),
     };
     if target.format == Format::Json && !stream {
-        super::print_json(&json!({"success": true, "run-id": run_id.0}));
+        super::print_json(&json!({"success": true, "run-id": run_id.to_string()}));
     } else if target.format == Format::Default {
         println!("Successfully started run {run_id}");
     }
@@ -90,8 +90,9 @@ pub async fn start(target: &Target, overrides: Option<&str>, stream: bool) -> Re
 /// Exits non-zero unless the run completed.
 fn finish(run_id: RunId, status: RunStatus, format: Format) -> Result<(), CliError> {
     if format == Format::Json {
-        super::print_json(
-            &json!({"success": status == RunStatus::Completed, "run-id": run_id.0, "status": status.as_str()}),
+        // The last line of a JSON Lines stream: compact, like the log lines before it.
+        super::print_json_line(
+            &json!({"success": status == RunStatus::Completed, "run-id": run_id.to_string(), "status": status.as_str()}),
         );
     }
     if status == RunStatus::Completed {
@@ -208,7 +209,7 @@ pub async fn stop(target: &Target, run_id: u64) -> Result<(), CliError> {
         )));
     };
     match target.format {
-        Format::Json => super::print_json(&json!({"success": true, "run-id": run_id.0})),
+        Format::Json => super::print_json(&json!({"success": true, "run-id": run_id.to_string()})),
         Format::Default => println!("Run {run_id} stopped."),
     }
     Ok(())
@@ -252,28 +253,34 @@ pub fn run_table(runs: &[RunInfo], now: u64) -> String {
     )
 }
 
-/// One run as JSON, with stable kebab-case keys.
+/// One run as JSON: Flower's keys first, with ids as strings (they exceed 2^53, where JSON
+/// numbers lose digits in jq and JavaScript), then ours.
 pub fn run_json(run: &RunInfo, now: u64) -> serde_json::Value {
     let time = |ms: Option<u64>| ms.map(output::timestamp);
     json!({
-        "run-id": run.run_id.0,
-        "app": run.app_name,
-        "app-version": run.app_version,
+        "run-id": run.run_id.to_string(),
+        "fab-id": run.app_name,
+        "fab-name": run.app_name,
+        "fab-version": run.app_version,
         "status": run.status.as_str(),
-        "details": run.details,
-        "owner": run.owner,
+        "status-details": run.details,
         "elapsed": run_elapsed(run, now),
-        "status-changed-at": output::timestamp(run.status_changed_at_ms()),
         "pending-at": output::timestamp(run.pending_at_ms),
         "starting-at": time(run.starting_at_ms),
         "running-at": time(run.running_at_ms),
         "finished-at": time(run.finished_at_ms),
+        "owner": run.owner,
+        "status-changed-at": output::timestamp(run.status_changed_at_ms()),
         "run-config": config_json(&run.config),
     })
 }
 
 /// `flwr ls`.
-pub async fn list(target: &Target, run_id: Option<u64>) -> Result<(), CliError> {
+pub async fn list(
+    target: &Target,
+    run_id: Option<u64>,
+    limit: Option<u64>,
+) -> Result<(), CliError> {
     let response = ask(
         target,
         ControlRequest::ListRuns {
@@ -281,11 +288,16 @@ pub async fn list(target: &Target, run_id: Option<u64>) -> Result<(), CliError> 
         },
     )
     .await?;
-    let ControlResponse::Runs(runs) = response else {
+    let ControlResponse::Runs(mut runs) = response else {
         return Err(CliError::Request(format!(
             "unexpected answer: {response:?}"
         )));
     };
+    if let Some(limit) = limit {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        runs.sort_by_key(|run| std::cmp::Reverse(run.pending_at_ms));
+        runs.truncate(limit);
+    }
     let now = now_ms();
     match (target.format, run_id, runs.first()) {
         (Format::Json, _, _) => super::print_json(&json!({
@@ -306,7 +318,7 @@ pub async fn list(target: &Target, run_id: Option<u64>) -> Result<(), CliError> 
                     if run.details.is_empty() {
                         "-".into()
                     } else {
-                        run.details.clone()
+                        wire::text::escape_controls(&run.details).into_owned()
                     },
                 ],
                 vec!["Owner".into(), run.owner.clone()],
@@ -369,4 +381,53 @@ pub async fn pull(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_in_json_has_flowers_keys_first_and_its_id_as_a_string() {
+        // Above 2^53: a JSON number would lose its last digits in jq or JavaScript.
+        let run_id = RunId(18_234_121_980_552_467_268);
+        let run = RunInfo {
+            run_id,
+            app_name: "fedavg-cnn".into(),
+            app_version: "1.0.0".into(),
+            config: ConfigRecord::new(),
+            status: RunStatus::Completed,
+            details: String::new(),
+            owner: "alice".into(),
+            pending_at_ms: 1_700_000_000_000,
+            starting_at_ms: Some(1_700_000_001_000),
+            running_at_ms: Some(1_700_000_002_000),
+            finished_at_ms: Some(1_700_000_003_000),
+        };
+        let value = run_json(&run, 1_700_000_004_000);
+        assert_eq!(value["run-id"], "18234121980552467268");
+        assert_eq!(value["fab-name"], "fedavg-cnn");
+        assert_eq!(value["fab-version"], "1.0.0");
+        assert_eq!(value["status"], "finished:completed");
+        let keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let flowers = [
+            "run-id",
+            "fab-id",
+            "fab-name",
+            "fab-version",
+            "status",
+            "status-details",
+            "elapsed",
+            "pending-at",
+            "starting-at",
+            "running-at",
+            "finished-at",
+        ];
+        assert_eq!(&keys[..flowers.len()], flowers);
+    }
 }

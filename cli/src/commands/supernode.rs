@@ -48,7 +48,9 @@ pub async fn run(command: SupernodeCommand) -> Result<(), CliError> {
                 )));
             };
             match target.format {
-                Format::Json => super::print_json(&json!({"success": true, "node-id": node_id.0})),
+                Format::Json => {
+                    super::print_json(&json!({"success": true, "node-id": node_id.to_string()}))
+                }
                 Format::Default => println!("SuperNode {node_id} registered successfully."),
             }
         }
@@ -66,7 +68,9 @@ pub async fn run(command: SupernodeCommand) -> Result<(), CliError> {
                 )));
             };
             match target.format {
-                Format::Json => super::print_json(&json!({"success": true, "node-id": node_id.0})),
+                Format::Json => {
+                    super::print_json(&json!({"success": true, "node-id": node_id.to_string()}))
+                }
                 Format::Default => println!("SuperNode {node_id} unregistered successfully."),
             }
         }
@@ -126,20 +130,68 @@ pub fn node_table(nodes: &[NodeInfo], now: u64) -> String {
     )
 }
 
-/// One node as JSON, with stable kebab-case keys.
+/// One node as JSON: Flower's keys first, with the id as a string (it exceeds 2^53, where JSON
+/// numbers lose digits in jq and JavaScript), then ours.
 pub fn node_json(node: &NodeInfo, now: u64) -> serde_json::Value {
     let time = |ms: Option<u64>| ms.map(output::timestamp);
+    let online_elapsed = match (node.status, node.online_at_ms) {
+        (NodeStatus::Online, Some(at)) => Some(output::elapsed(at, now)),
+        _ => None,
+    };
     json!({
-        "node-id": node.node_id.0,
-        "owner": node.owner,
+        "node-id": node.node_id.to_string(),
+        "owner-name": node.owner,
         "status": node.status.as_str(),
+        "created-at": output::timestamp(node.registered_at_ms),
+        "online-at": time(node.online_at_ms),
+        "online-elapsed": online_elapsed,
+        "offline-at": time(node.offline_at_ms),
+        "deleted-at": time(node.unregistered_at_ms),
         "elapsed": output::elapsed(node.status_changed_at_ms, now),
         "elapsed-seconds": now.saturating_sub(node.status_changed_at_ms) / 1000,
         "status-changed-at": output::timestamp(node.status_changed_at_ms),
-        "registered-at": output::timestamp(node.registered_at_ms),
-        "online-at": time(node.online_at_ms),
-        "offline-at": time(node.offline_at_ms),
-        "unregistered-at": time(node.unregistered_at_ms),
         "key-fingerprint": node.key_fingerprint,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_in_json_has_flowers_keys_first_and_its_id_as_a_string() {
+        let node = NodeInfo {
+            node_id: NodeId(18_234_121_980_552_467_268),
+            owner: "alice".into(),
+            status: NodeStatus::Online,
+            key_fingerprint: "SHA256:abc".into(),
+            registered_at_ms: 1_700_000_000_000,
+            online_at_ms: Some(1_700_000_001_000),
+            offline_at_ms: None,
+            unregistered_at_ms: None,
+            status_changed_at_ms: 1_700_000_001_000,
+        };
+        let value = node_json(&node, 1_700_000_002_000);
+        assert_eq!(value["node-id"], "18234121980552467268");
+        let text = value.to_string();
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed["node-id"].as_str(), Some("18234121980552467268"));
+        let keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let flowers = [
+            "node-id",
+            "owner-name",
+            "status",
+            "created-at",
+            "online-at",
+            "online-elapsed",
+            "offline-at",
+            "deleted-at",
+        ];
+        assert_eq!(&keys[..flowers.len()], flowers);
+    }
 }
