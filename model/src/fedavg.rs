@@ -589,24 +589,17 @@ mod tests {
 
     #[test]
     fn f64_values_beyond_f32_range_are_rejected() {
-        let mut wide = ArrayRecord::new();
-        wide.insert(
-            "w",
-            Array {
-                dtype: DType::F64,
-                shape: vec![1],
-                data: 1e300f64.to_le_bytes().to_vec(),
-            },
-        );
-        let mut model64 = ArrayRecord::new();
-        model64.insert(
-            "w",
-            Array {
-                dtype: DType::F64,
-                shape: vec![1],
-                data: 0f64.to_le_bytes().to_vec(),
-            },
-        );
+        let one_f64 = |value: f64| {
+            ArrayRecord::new().with(
+                "w",
+                Array {
+                    dtype: DType::F64,
+                    shape: vec![1],
+                    data: value.to_le_bytes().to_vec(),
+                },
+            )
+        };
+        let (wide, model64) = (one_f64(1e300), one_f64(0.0));
         let mut fedavg = FedAvg::new(&model64).unwrap();
         assert!(matches!(
             fedavg.add(&wide, 1.0),

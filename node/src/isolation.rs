@@ -408,6 +408,17 @@ mod tests {
         received
     }
 
+    /// A ClientAppIo on a free loopback port, for the life of the test.
+    async fn loopback_io() -> Arc<ClientAppIo> {
+        ClientAppIo::start(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            false,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap()
+    }
+
     #[tokio::test]
     async fn bound_to_every_interface_children_are_sent_to_loopback() {
         let io = ClientAppIo::start(
@@ -423,13 +434,7 @@ mod tests {
 
     #[tokio::test]
     async fn connections_without_a_token_the_node_waits_for_get_nothing() {
-        let io = ClientAppIo::start(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            false,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let io = loopback_io().await;
         let (waiting, _connection) = oneshot::channel();
         io.waiting().insert([1; TOKEN_LEN], waiting);
         let unknown = wire::frame::encode(&AppHello {
@@ -462,13 +467,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_hello_announcing_more_than_its_exact_size_is_dropped_at_once() {
-        let io = ClientAppIo::start(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            false,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let io = loopback_io().await;
         let mut stream = TcpStream::connect(io.address()).await.unwrap();
         // A 1 MiB frame declared, then trickled: refused on its prefix, not after the timeout.
         stream.write_all(&(1u32 << 20).to_le_bytes()).await.unwrap();
@@ -478,13 +477,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_connections_beyond_the_cap_close_the_oldest_and_never_keep_a_child_out() {
-        let io = ClientAppIo::start(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            false,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let io = loopback_io().await;
         let mut silent = Vec::new();
         for _ in 0..MAX_PENDING_HELLOS {
             silent.push(TcpStream::connect(io.address()).await.unwrap());

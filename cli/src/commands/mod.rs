@@ -65,6 +65,15 @@ pub async fn run(command: Command) -> Result<(), CliError> {
     }
 }
 
+/// The first `count` keys of a JSON object, in the order they are printed.
+#[cfg(test)]
+pub fn leading_keys(value: &serde_json::Value, count: usize) -> Vec<&str> {
+    value
+        .as_object()
+        .map(|object| object.keys().take(count).map(String::as_str).collect())
+        .unwrap_or_default()
+}
+
 /// Prints `value` as one JSON document on one line (an element of a JSON Lines stream).
 pub fn print_json_line(value: &serde_json::Value) {
     println!("{value}");

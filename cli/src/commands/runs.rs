@@ -409,12 +409,6 @@ mod tests {
         assert_eq!(value["fab-name"], "fedavg-cnn");
         assert_eq!(value["fab-version"], "1.0.0");
         assert_eq!(value["status"], "finished:completed");
-        let keys: Vec<&str> = value
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
         let flowers = [
             "run-id",
             "fab-id",
@@ -428,6 +422,9 @@ mod tests {
             "running-at",
             "finished-at",
         ];
-        assert_eq!(&keys[..flowers.len()], flowers);
+        assert_eq!(
+            crate::commands::leading_keys(&value, flowers.len()),
+            flowers
+        );
     }
 }

@@ -176,12 +176,6 @@ mod tests {
         let text = value.to_string();
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(parsed["node-id"].as_str(), Some("18234121980552467268"));
-        let keys: Vec<&str> = value
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
         let flowers = [
             "node-id",
             "owner-name",
@@ -192,6 +186,9 @@ mod tests {
             "offline-at",
             "deleted-at",
         ];
-        assert_eq!(&keys[..flowers.len()], flowers);
+        assert_eq!(
+            crate::commands::leading_keys(&value, flowers.len()),
+            flowers
+        );
     }
 }

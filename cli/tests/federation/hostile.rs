@@ -51,25 +51,21 @@ async fn a_connection_that_never_authenticates_is_closed_after_the_handshake_tim
     );
 }
 
-#[tokio::test]
-async fn unauthenticated_connections_beyond_the_bound_are_refused_until_slots_free_up() {
-    let federation = Federation::start_tuned(NodeAuth::Automatic, false, Db::Memory, strict).await;
+/// Opens `admitted` connections that finish TLS and then stall, checks that one more is refused,
+/// and that once the stalled ones time out and give their slots back a real node gets in.
+async fn stall_until_refused(federation: &Federation, admitted: usize) {
     let key = IdentityKey::generate();
     let address = federation.broker().fleet_addr;
     let mut stalled = Vec::new();
-    for _ in 0..4 {
-        stalled.push(
-            connect(address, fleet_tls(&federation, &key))
-                .await
-                .unwrap(),
-        );
+    for _ in 0..admitted {
+        stalled.push(connect(address, fleet_tls(federation, &key)).await.unwrap());
     }
-    let refused = connect(address, fleet_tls(&federation, &key)).await;
+    let refused = connect(address, fleet_tls(federation, &key)).await;
     assert!(
         matches!(refused, Err(quinn::ConnectionError::ConnectionClosed(_))),
-        "a fifth unauthenticated connection was admitted: {refused:?}"
+        "unauthenticated connection {} was admitted: {refused:?}",
+        admitted + 1
     );
-    // The stalled ones time out and give their slots back: a real node gets in.
     for connection in &stalled {
         tokio::time::timeout(PATIENCE, connection.closed())
             .await
@@ -77,6 +73,12 @@ async fn unauthenticated_connections_beyond_the_bound_are_refused_until_slots_fr
     }
     let mut node = RunningNode::start(federation.node_settings(None));
     node.online().await;
+}
+
+#[tokio::test]
+async fn unauthenticated_connections_beyond_the_bound_are_refused_until_slots_free_up() {
+    let federation = Federation::start_tuned(NodeAuth::Automatic, false, Db::Memory, strict).await;
+    stall_until_refused(&federation, 4).await;
 }
 
 #[tokio::test]
@@ -89,28 +91,7 @@ async fn one_source_cannot_hold_more_than_its_share_of_handshake_slots() {
         config.max_pending_per_source = 2;
     })
     .await;
-    let key = IdentityKey::generate();
-    let address = federation.broker().fleet_addr;
-    let mut stalled = Vec::new();
-    for _ in 0..2 {
-        stalled.push(
-            connect(address, fleet_tls(&federation, &key))
-                .await
-                .unwrap(),
-        );
-    }
-    let refused = connect(address, fleet_tls(&federation, &key)).await;
-    assert!(
-        matches!(refused, Err(quinn::ConnectionError::ConnectionClosed(_))),
-        "a third handshake from one source was admitted: {refused:?}"
-    );
-    for connection in &stalled {
-        tokio::time::timeout(PATIENCE, connection.closed())
-            .await
-            .expect("stalled connection never closed");
-    }
-    let mut node = RunningNode::start(federation.node_settings(None));
-    node.online().await;
+    stall_until_refused(&federation, 2).await;
 }
 
 /// Clients that open connections as fast as they can with `key` and never authenticate, all from

@@ -236,27 +236,24 @@ async fn an_authenticated_node_cannot_forge_replies_or_disturb_other_sessions() 
     let run_id = crate::runs::start_run(&federation, "min-nodes=2").await;
     let store = federation.broker().shared.store.clone();
     let deadline = std::time::Instant::now() + crate::harness::PATIENCE;
-    let others_instruction = loop {
-        if let Some(id) = store.queued_for(other).unwrap().first() {
-            break *id;
+    let first_queued = |node: wire::NodeId| {
+        let store = store.clone();
+        async move {
+            loop {
+                if let Some(id) = store.queued_for(node).unwrap().first() {
+                    return *id;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no instruction for node {node}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no instruction for the other node"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let others_instruction = first_queued(other).await;
 
-    let mine = loop {
-        if let Some(id) = store.queued_for(me).unwrap().first() {
-            break *id;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no instruction for this node"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let mine = first_queued(me).await;
     let forged = |sender, reply_to, body| wire::Message {
         metadata: wire::Metadata {
             run_id,
