@@ -49,7 +49,7 @@ impl Source {
                         (Source::V6((bits >> 64) as u64), per_source),
                         (
                             Source::V6Site((bits >> 80) as u64),
-                            per_source * SITE_FACTOR,
+                            per_source.saturating_mul(SITE_FACTOR),
                         ),
                     ]
                 }
