@@ -25,6 +25,16 @@ pub enum OperatorAuth {
     LoopbackOnly,
 }
 
+impl OperatorAuth {
+    /// Whether `key` is one of the operators' keys (never, in loopback-only mode).
+    pub fn is_operator_key(&self, key: &certs::PublicKey) -> bool {
+        match self {
+            OperatorAuth::Keys(lines) => lines.iter().any(|line| line.key == *key),
+            OperatorAuth::LoopbackOnly => false,
+        }
+    }
+}
+
 /// Everything the broker's endpoints need.
 #[derive(Debug)]
 pub struct BrokerConfig {

@@ -386,9 +386,7 @@ fn register(shared: &Shared, operator: &str, text: &str) -> Result<ControlRespon
     let line = certs::load::parse_public_key(text).map_err(ControlError::InvalidKey)?;
     // Node keys and operator keys are disjoint: an operator key registered as a node would pass
     // TLS on both APIs.
-    if let OperatorAuth::Keys(operators) = &shared.config.operator_auth
-        && operators.iter().any(|operator| operator.key == line.key)
-    {
+    if shared.config.operator_auth.is_operator_key(&line.key) {
         return Err(ControlError::InvalidKey(
             "it is an operator key; a node needs a key of its own".into(),
         ));

@@ -116,7 +116,7 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 const REPLY_SLACK: u64 = 16 * 1024 * 1024;
 
 /// The most array bytes a reply to an instruction that carried `sent` may announce, under `cap`.
-pub fn reply_allowance(sent: u64, cap: u64) -> u64 {
+fn reply_allowance(sent: u64, cap: u64) -> u64 {
     sent.saturating_mul(2).saturating_add(REPLY_SLACK).min(cap)
 }
 
@@ -162,8 +162,11 @@ impl Drop for Claim {
 
 /// What the head of a reply earns it.
 enum Verdict {
-    /// Read the rest, by this time.
-    Read { deadline: tokio::time::Instant },
+    /// Read the rest of the reply to instruction `id`, by `deadline`.
+    Read {
+        id: MessageId,
+        deadline: tokio::time::Instant,
+    },
     /// Its instruction already has a reply: acknowledge, read nothing, store nothing.
     AlreadyAnswered,
 }
@@ -228,18 +231,15 @@ async fn read_reply(
     // The head is judged against the store: off the async workers.
     let announced = assembler.announced_payload();
     let vetted = {
-        let (shared, metadata) = (shared.clone(), metadata.clone());
+        let shared = shared.clone();
         tokio::task::spawn_blocking(move || vet_head(&shared, node, &metadata, announced))
             .await
             .map_err(|e| format!("SuperLink error: {e}"))??
     };
-    let deadline = match vetted {
+    let (id, deadline) = match vetted {
         Verdict::AlreadyAnswered => return Ok(None),
-        Verdict::Read { deadline } => deadline,
+        Verdict::Read { id, deadline } => (id, deadline),
     };
-    let id = metadata
-        .reply_to
-        .ok_or("invalid reply: not a reply (no reply-to)")?;
     let claim = shared
         .replies_in_flight
         .claim(id)
@@ -323,7 +323,7 @@ fn vet_head(
         return Err("its instruction expired".into());
     }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(expires - now);
-    Ok(Verdict::Read { deadline })
+    Ok(Verdict::Read { id, deadline })
 }
 
 /// Bytes of every array in `content`.

@@ -96,10 +96,10 @@ impl RunningBroker {
 fn fleet_key_allowed(
     store: &Store,
     node_auth: NodeAuth,
-    operators: &[PublicKey],
+    operators: &OperatorAuth,
     key: &PublicKey,
 ) -> bool {
-    if operators.contains(key) {
+    if operators.is_operator_key(key) {
         return false;
     }
     match store.node_by_key(key) {
@@ -197,10 +197,7 @@ pub fn start(
         // must not keep the database open after shutdown.
         let store = Arc::downgrade(&store);
         let node_auth = config.node_auth;
-        let operators: Vec<PublicKey> = match &config.operator_auth {
-            OperatorAuth::Keys(lines) => lines.iter().map(|line| line.key).collect(),
-            OperatorAuth::LoopbackOnly => Vec::new(),
-        };
+        let operators = config.operator_auth.clone();
         move |key: &PublicKey| {
             store
                 .upgrade()
@@ -436,10 +433,15 @@ mod tests {
         let node = store.register_node(&operator.key, "alice", 1).unwrap();
         let reported = operator_keys_registered_as_nodes(std::slice::from_ref(&operator), &store);
         assert_eq!(reported, [("alice".to_string(), node.node_id)]);
-        let operators = [operator.key];
+        let operators = OperatorAuth::Keys(vec![operator.clone()]);
         for auth in [NodeAuth::Registered, NodeAuth::Automatic] {
             assert!(!fleet_key_allowed(&store, auth, &operators, &operator.key));
-            assert!(fleet_key_allowed(&store, auth, &[], &operator.key));
+            assert!(fleet_key_allowed(
+                &store,
+                auth,
+                &OperatorAuth::LoopbackOnly,
+                &operator.key
+            ));
         }
     }
 }
