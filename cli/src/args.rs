@@ -47,9 +47,10 @@ pub enum Command {
         /// App directory and federation.
         #[command(flatten)]
         target: Target,
-        /// Override run config values of [app.config], e.g. 'num-server-rounds=5 learning-rate=0.01'.
-        #[arg(long, value_name = "CONFIG")]
-        run_config: Option<String>,
+        /// Override values of the app's config: 'num-server-rounds=5 learning-rate=0.01' (TOML
+        /// values), repeatable, or one TOML file.
+        #[arg(long, short = 'c', value_name = "CONFIG")]
+        run_config: Vec<String>,
         /// Follow the run's log until it finishes; exit non-zero unless it completed.
         #[arg(long)]
         stream: bool,
@@ -244,10 +245,11 @@ pub enum KeysCommand {
 /// The app directory and federation, as every Control API command takes them.
 #[derive(Debug, Args)]
 pub struct Target {
-    /// App directory holding flwr.toml.
+    /// App directory holding flwr.toml or a Flower pyproject.toml.
     #[arg(default_value = ".")]
     pub app: PathBuf,
-    /// Federation name in flwr.toml (default: [federations] default).
+    /// Federation name, looked up in flwr.toml, pyproject.toml, then $FLWR_HOME/config.toml
+    /// (default: the first default found there).
     pub federation: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]

@@ -37,7 +37,7 @@ fn connection_error(error: &quinn::ConnectionError, address: &str) -> CliError {
         )),
         E::ConnectionClosed(_) => match certs::quic::tls_alert(error) {
             Some(rustls::AlertDescription::CertificateRequired) => CliError::Refused(
-                "the SuperLink requires an operator key: set operator-key in the federation of flwr.toml".into(),
+                "the SuperLink requires an operator key: set operator-key in the federation's table".into(),
             ),
             Some(rustls::AlertDescription::NoApplicationProtocol) => CliError::Connect(format!(
                 "{address} does not serve the Control API (ALPN mismatch): check the federation's address"
@@ -145,9 +145,11 @@ impl ControlClient {
                 .map_err(fail)?;
         if let ControlFrame::Challenge(challenge) = &frame {
             let Some(identity) = &identity else {
-                return Err(CliError::Refused(
-                    "the SuperLink asks for an operator key: set operator-key in flwr.toml".into(),
-                ));
+                return Err(CliError::Refused(format!(
+                    "the SuperLink asks for an operator key: set operator-key in the federation's \
+                     table in {}",
+                    federation.source.display()
+                )));
             };
             let exporter = certs::quic::exporter(&connection)
                 .ok_or_else(|| CliError::Connect("no TLS exporter".into()))?;

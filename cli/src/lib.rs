@@ -2,7 +2,9 @@
 //!
 //! # Layout
 //! - [`args`]: the clap command tree.
-//! - [`app_config`]: `flwr.toml` in the app directory: the app, its run config, the federations.
+//! - [`app_config`]: the app and its federations, from `flwr.toml`, `pyproject.toml` and
+//!   `$FLWR_HOME/config.toml`.
+//! - [`run_config`]: the app's config with `--run-config` values fused in.
 //! - [`control_client`]: an authenticated connection to a broker's Control API.
 //! - [`download`]: fetching CIFAR-10 with progress, resume and checksum.
 //! - [`output`]: tables for people, JSON for programs.
@@ -17,5 +19,6 @@ pub mod control_client;
 pub mod download;
 pub mod error;
 pub mod output;
+pub mod run_config;
 
 pub use error::CliError;

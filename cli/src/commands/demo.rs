@@ -307,7 +307,7 @@ async fn federation(
         "num-server-rounds={} learning-rate={}",
         args.rounds, args.learning_rate
     );
-    let outcome = super::runs::start(&target, Some(&overrides), true).await;
+    let outcome = super::runs::start(&target, std::slice::from_ref(&overrides), true).await;
     let runs = super::supernode::ask(&target, ControlRequest::ListRuns { run_id: None }).await?;
     let ControlResponse::Runs(runs) = runs else {
         return Err(CliError::Request("no run list".into()));

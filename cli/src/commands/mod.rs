@@ -41,7 +41,7 @@ pub async fn run(command: Command) -> Result<(), CliError> {
             target,
             run_config,
             stream,
-        } => runs::start(&target, run_config.as_deref(), stream).await,
+        } => runs::start(&target, &run_config, stream).await,
         Command::Dataset(command) => dataset::run(command),
         Command::Demo(args) => demo::run(args).await,
         Command::Pull {

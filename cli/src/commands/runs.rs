@@ -12,31 +12,6 @@ use wire::control::{ControlRequest, ControlResponse, LogLine, RunInfo, RunStatus
 use wire::message::now_ms;
 use wire::{ConfigRecord, ConfigValue, RunId};
 
-/// The run config: `[app.config]` with `overrides` fused in; an override of a key that does not
-/// exist is refused, as in Flower.
-pub fn run_config(
-    app: &crate::app_config::App,
-    overrides: Option<&str>,
-) -> Result<ConfigRecord, CliError> {
-    let mut config = model::config::from_table(&app.config)
-        .map_err(|e| CliError::Config(format!("[app.config]: {e}")))?;
-    if let Some(text) = overrides {
-        let overrides = model::config::parse_overrides(text)
-            .map_err(|e| CliError::Config(format!("--run-config: {e}")))?;
-        for (key, value) in overrides.iter() {
-            let Some(slot) = config.get_mut(key) else {
-                let known: Vec<&str> = config.names().collect();
-                return Err(CliError::Config(format!(
-                    "--run-config: unknown key {key:?}; [app.config] has: {}",
-                    known.join(", ")
-                )));
-            };
-            *slot = value.clone();
-        }
-    }
-    Ok(config)
-}
-
 fn config_json(config: &ConfigRecord) -> serde_json::Value {
     let entries = config.iter().map(|(key, value)| {
         let value = match value {
@@ -52,15 +27,18 @@ fn config_json(config: &ConfigRecord) -> serde_json::Value {
 }
 
 /// `flwr run`.
-pub async fn start(target: &Target, overrides: Option<&str>, stream: bool) -> Result<(), CliError> {
+pub async fn start(target: &Target, overrides: &[String], stream: bool) -> Result<(), CliError> {
     let config = AppConfig::load(&target.app)?;
-    let app = config.app.as_ref().ok_or_else(|| {
-        CliError::Config(format!(
-            "no [app] table in {}",
-            target.app.join("flwr.toml").display()
-        ))
-    })?;
-    let run_config = run_config(app, overrides)?;
+    let app = config.app()?;
+    if let Some(component) = &app.python_component {
+        return Err(CliError::Config(format!(
+            "{}: {component:?} is a Python object: this is a Flower Python app, and this SuperLink \
+             runs its built-in apps ({}), chosen by the app's name",
+            app.source.display(),
+            model::apps::ServerApps::builtin().names().join(", ")
+        )));
+    }
+    let run_config = crate::run_config::fuse(app, overrides)?;
     let (_, federation) = config.federation(target.federation.as_deref())?;
     let mut client = ControlClient::connect(&federation).await?;
     let request = ControlRequest::StartRun {

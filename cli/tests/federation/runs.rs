@@ -10,7 +10,7 @@ use wire::{ArrayRecord, RunId};
 pub async fn start_run(federation: &Federation, overrides: &str) -> RunId {
     let config = AppConfig::load(federation.dir.path()).unwrap();
     let app = config.app.as_ref().unwrap();
-    let run_config = cli::commands::runs::run_config(app, Some(overrides)).unwrap();
+    let run_config = cli::run_config::fuse(app, &[overrides.to_string()]).unwrap();
     let request = ControlRequest::StartRun {
         app_name: app.name.clone(),
         app_version: app.version.clone(),
@@ -310,24 +310,6 @@ async fn an_app_the_broker_lacks_fails_the_run_with_a_clear_log_line() {
 }
 
 #[tokio::test]
-async fn an_unknown_run_config_key_is_refused() {
-    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
-    let config = AppConfig::load(federation.dir.path()).unwrap();
-    let error =
-        cli::commands::runs::run_config(config.app.as_ref().unwrap(), Some("no-such-key=1"))
-            .unwrap_err()
-            .to_string();
-    assert!(error.contains("unknown key \"no-such-key\""), "{error}");
-    let typed =
-        cli::commands::runs::run_config(config.app.as_ref().unwrap(), Some("num-server-rounds=7"))
-            .unwrap();
-    assert_eq!(
-        typed.get("num-server-rounds"),
-        Some(&wire::ConfigValue::Int(7))
-    );
-}
-
-#[tokio::test]
 async fn poisoned_updates_are_rejected_and_the_rounds_go_on() {
     let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
     // Non-finite values; a finite weight that is infinite in f32; finite values whose weighted
@@ -474,4 +456,68 @@ async fn a_64_mib_array_record_goes_to_a_node_and_back() {
 #[ignore = "1 GiB each way: run with `cargo test --release -- --ignored` on a machine with 8 GiB free"]
 async fn a_1_gib_array_record_goes_to_a_node_and_back() {
     round_trip_of(256 << 20).await;
+}
+
+/// `flwr run . local --run-config ... --stream` inside a directory with a Flower `pyproject.toml`
+/// and no `flwr.toml`: the app, its config and the federation all come from pyproject.toml.
+#[tokio::test]
+async fn a_flower_app_directory_runs_from_its_pyproject_toml() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let _nodes = nodes_with_values(&federation, &["value=2"]).await;
+    let control = federation.broker().control_addr;
+    std::fs::remove_file(federation.path("flwr.toml")).unwrap();
+    std::fs::write(
+        federation.path("pyproject.toml"),
+        format!(
+            "[project]\nname = \"vector-add\"\nversion = \"1.0.0\"\n\n[tool.flwr.app]\npublisher = \"me\"\n\n\
+             [tool.flwr.app.config]\nnum-server-rounds = 3\nvector-length = 4\nmin-nodes = 1\n\
+             round-timeout = 10.0\nnode-wait-timeout = 10.0\n\n[tool.flwr.federations]\ndefault = \"local\"\n\n\
+             [tool.flwr.federations.local]\naddress = \"{control}\"\nroot-certificates = \"./certificates/ca.crt\"\n"
+        ),
+    )
+    .unwrap();
+    let target = cli::args::Target {
+        app: federation.path("."),
+        federation: Some("local".into()),
+        format: cli::output::Format::Default,
+    };
+    cli::commands::runs::start(&target, &["num-server-rounds=1".into()], true)
+        .await
+        .unwrap();
+    let runs = match federation
+        .request(ControlRequest::ListRuns { run_id: None })
+        .await
+    {
+        ControlResponse::Runs(runs) => runs,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, RunStatus::Completed);
+    assert_eq!(
+        runs[0].config.get("num-server-rounds"),
+        Some(&wire::ConfigValue::Int(1))
+    );
+
+    // The same directory with Python components is refused before any run exists.
+    let text = std::fs::read_to_string(federation.path("pyproject.toml")).unwrap();
+    std::fs::write(
+        federation.path("pyproject.toml"),
+        text.replace(
+            "publisher = \"me\"\n",
+            "publisher = \"me\"\n\n[tool.flwr.app.components]\nserverapp = \"pkg.server_app:app\"\n",
+        ),
+    )
+    .unwrap();
+    let error = cli::commands::runs::start(&target, &[], false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("Flower Python app"), "{error}");
+    match federation
+        .request(ControlRequest::ListRuns { run_id: None })
+        .await
+    {
+        ControlResponse::Runs(runs) => assert_eq!(runs.len(), 1),
+        other => panic!("{other:?}"),
+    }
 }

@@ -1,0 +1,73 @@
+//! `flwr.toml`, this project's counterpart of a Flower app's `pyproject.toml`:
+//!
+//! ```toml
+//! [app]
+//! name = "fedavg-cnn"
+//! version = "1.0.0"
+//!
+//! [app.config]
+//! num-server-rounds = 3
+//!
+//! [federations]
+//! default = "my-federation"
+//!
+//! [federations.my-federation]
+//! address = "127.0.0.1:9093"
+//! root-certificates = "certificates/ca.crt"
+//! operator-key = "keys/operator"   # optional
+//! ```
+
+use super::{App, FederationEntry, FederationSource, flatten};
+use crate::CliError;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The file name looked up in the app directory.
+pub const FILE_NAME: &str = "flwr.toml";
+
+#[derive(Debug, Deserialize)]
+struct AppTable {
+    name: String,
+    version: String,
+    #[serde(default)]
+    config: toml::Table,
+}
+
+#[derive(Debug, Deserialize)]
+struct Federations {
+    default: Option<String>,
+    #[serde(flatten)]
+    named: BTreeMap<String, FederationEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+struct File {
+    app: Option<AppTable>,
+    federations: Option<Federations>,
+}
+
+/// Parses `text`, read from `path` in the app directory `dir`.
+pub(crate) fn parse(
+    path: &Path,
+    dir: &Path,
+    text: &str,
+) -> Result<(Option<App>, Option<FederationSource>), CliError> {
+    let file: File = toml::from_str(text)
+        .map_err(|e| CliError::Config(format!("{}: {}", path.display(), e.message())))?;
+    let app = file.app.map(|app| App {
+        name: app.name,
+        version: app.version,
+        config: flatten(&app.config),
+        python_component: None,
+        source: path.to_path_buf(),
+    });
+    let federations = file.federations.map(|f| FederationSource {
+        path: path.to_path_buf(),
+        base: dir.to_path_buf(),
+        default: f.default,
+        named: f.named,
+        strict: true,
+    });
+    Ok((app, federations))
+}

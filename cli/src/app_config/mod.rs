@@ -1,0 +1,420 @@
+//! Where `flwr` finds the app and the federation it talks to. Three files are read, in this
+//! order, and the first that names the federation wins:
+//!
+//! 1. `flwr.toml` in the app directory (this project's own form, [`flwr_toml`]);
+//! 2. `pyproject.toml` in the app directory (a Flower app's `[tool.flwr.app]` and its legacy
+//!    `[tool.flwr.federations]`, [`pyproject`]);
+//! 3. `$FLWR_HOME/config.toml` (`~/.flwr/config.toml` by default; Flower 1.42's
+//!    `[superlink.<name>]` connections, [`user_config`]).
+//!
+//! With no federation named, the default of the first file that has one is used. The app itself
+//! (name, version, run config) comes from `flwr.toml`'s `[app]`, else from `pyproject.toml`.
+//! Relative paths are relative to the file that holds them.
+
+pub mod flwr_toml;
+pub mod pyproject;
+pub mod user_config;
+
+use crate::CliError;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use flwr_toml::FILE_NAME;
+
+/// The app a directory describes.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// App name.
+    pub name: String,
+    /// App version.
+    pub version: String,
+    /// The run config and its defaults, nested tables flattened to dotted keys as in Flower.
+    pub config: toml::Table,
+    /// A Python object reference (`package.module:attribute`) among the app's components, if any:
+    /// such an app is a Flower Python app rather than a built-in one.
+    pub python_component: Option<String>,
+    /// The file the app was read from.
+    pub source: PathBuf,
+}
+
+/// A federation, resolved: where its Control API is and how to authenticate to it.
+#[derive(Debug, Clone)]
+pub struct Federation {
+    /// Control API address, `host:port`.
+    pub address: String,
+    /// CA certificate that the broker's certificate chains to.
+    pub root_certificates: Option<PathBuf>,
+    /// Operator private key for the Control API.
+    pub operator_key: Option<PathBuf>,
+    /// Skip verification of the broker's certificate (development only).
+    pub insecure: bool,
+    /// The file it was read from.
+    pub source: PathBuf,
+}
+
+/// One federation table as written in any of the three files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) struct FederationEntry {
+    address: Option<String>,
+    root_certificates: Option<PathBuf>,
+    operator_key: Option<PathBuf>,
+    #[serde(default)]
+    insecure: bool,
+    /// Flower's simulation options (`options.num-supernodes`): a federation without an address.
+    options: Option<toml::Table>,
+    /// Flower's account authentication (OIDC); operators authenticate with keys here.
+    #[serde(default)]
+    enable_account_auth: bool,
+    /// Anything else: refused in `flwr.toml`, ignored in Flower's files.
+    #[serde(flatten)]
+    other: toml::Table,
+}
+
+/// The federations of one file.
+#[derive(Debug)]
+pub(crate) struct FederationSource {
+    /// The file.
+    pub path: PathBuf,
+    /// What relative paths in it are relative to.
+    pub base: PathBuf,
+    /// Its default federation.
+    pub default: Option<String>,
+    /// Its federations by name.
+    pub named: BTreeMap<String, FederationEntry>,
+    /// Whether keys this project does not know are errors (only in its own `flwr.toml`).
+    pub strict: bool,
+}
+
+impl FederationSource {
+    fn resolve(&self, name: &str, entry: &FederationEntry) -> Result<Federation, CliError> {
+        let here = || format!("federation {name:?} in {}", self.path.display());
+        if self.strict
+            && let Some(key) = entry.other.keys().next()
+        {
+            return Err(CliError::Config(format!(
+                "{}: unknown key {key:?} (known: address, root-certificates, operator-key, insecure)",
+                here()
+            )));
+        }
+        if entry.enable_account_auth {
+            return Err(CliError::Config(format!(
+                "{}: enable-account-auth is Flower's OIDC login, which this SuperLink does not \
+                 offer; operators authenticate with a key: set operator-key instead",
+                here()
+            )));
+        }
+        let Some(address) = entry.address.clone() else {
+            let hint = if entry.options.is_some() {
+                " (it is a simulation federation: flower-rs runs a deployment, give it the \
+                 SuperLink's Control API address)"
+            } else {
+                ""
+            };
+            return Err(CliError::Config(format!("{} has no address{hint}", here())));
+        };
+        let resolve = |p: &PathBuf| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                self.base.join(p)
+            }
+        };
+        Ok(Federation {
+            address,
+            root_certificates: entry.root_certificates.as_ref().map(resolve),
+            operator_key: entry.operator_key.as_ref().map(resolve),
+            insecure: entry.insecure,
+            source: self.path.clone(),
+        })
+    }
+}
+
+/// An app directory's configuration, with the user's connections behind it.
+#[derive(Debug)]
+pub struct AppConfig {
+    /// The app directory.
+    pub dir: PathBuf,
+    /// The app, if the directory describes one.
+    pub app: Option<App>,
+    /// Federation files in lookup order.
+    sources: Vec<FederationSource>,
+    /// The files looked at, for errors that say where a federation was looked for.
+    looked_at: Vec<PathBuf>,
+}
+
+/// Reads `path` if it exists; `Ok(None)` when it does not.
+fn read_optional(path: &Path) -> Result<Option<String>, CliError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(CliError::Config(format!(
+            "cannot read {}: {error}",
+            path.display()
+        ))),
+    }
+}
+
+/// Flattens nested tables into dotted keys (`a = { b = 1 }` becomes `a.b = 1`), as Flower does
+/// with an app's config.
+pub fn flatten(table: &toml::Table) -> toml::Table {
+    fn walk(prefix: &str, table: &toml::Table, out: &mut toml::Table) {
+        for (key, value) in table {
+            let key = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match value {
+                toml::Value::Table(inner) => walk(&key, inner, out),
+                other => {
+                    out.insert(key, other.clone());
+                }
+            }
+        }
+    }
+    let mut out = toml::Table::new();
+    walk("", table, &mut out);
+    out
+}
+
+impl AppConfig {
+    /// Reads `dir`'s `flwr.toml` and `pyproject.toml` (either may be missing) and the user's
+    /// `config.toml`.
+    pub fn load(dir: &Path) -> Result<Self, CliError> {
+        Self::load_with_home(dir, user_config::flwr_home().as_deref())
+    }
+
+    /// [`Self::load`] with the user's Flower home given (`None`: no `config.toml`).
+    pub fn load_with_home(dir: &Path, flwr_home: Option<&Path>) -> Result<Self, CliError> {
+        if !dir.is_dir() {
+            return Err(CliError::Config(format!(
+                "{} is not a directory (give the app directory, or `.`)",
+                dir.display()
+            )));
+        }
+        let mut app = None;
+        let mut sources = Vec::new();
+        let mut looked_at = Vec::new();
+        let own = dir.join(flwr_toml::FILE_NAME);
+        looked_at.push(own.clone());
+        if let Some(text) = read_optional(&own)? {
+            let (own_app, federations) = flwr_toml::parse(&own, dir, &text)?;
+            app = own_app;
+            sources.extend(federations);
+        }
+        let flower = dir.join(pyproject::FILE_NAME);
+        looked_at.push(flower.clone());
+        if let Some(text) = read_optional(&flower)? {
+            let (flower_app, federations) = pyproject::parse(&flower, dir, &text)?;
+            app = app.or(flower_app);
+            sources.extend(federations);
+        }
+        if let Some(home) = flwr_home {
+            let user = home.join(user_config::FILE_NAME);
+            looked_at.push(user.clone());
+            if let Some(text) = read_optional(&user)? {
+                sources.extend(user_config::parse(&user, home, &text)?);
+            }
+        }
+        Ok(AppConfig {
+            dir: dir.to_path_buf(),
+            app,
+            sources,
+            looked_at,
+        })
+    }
+
+    /// The app, or an error saying which files describe none.
+    pub fn app(&self) -> Result<&App, CliError> {
+        self.app.as_ref().ok_or_else(|| {
+            CliError::Config(format!(
+                "{} describes no app: neither {} with an [app] table nor {} with a [project] \
+                 table",
+                self.dir.display(),
+                flwr_toml::FILE_NAME,
+                pyproject::FILE_NAME
+            ))
+        })
+    }
+
+    /// The default federation's name: the first file's that has one.
+    pub fn default_federation(&self) -> Option<&str> {
+        self.sources.iter().find_map(|s| s.default.as_deref())
+    }
+
+    /// The federation called `name`, or the default one.
+    pub fn federation(&self, name: Option<&str>) -> Result<(String, Federation), CliError> {
+        let looked_at = || {
+            self.looked_at
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let Some(name) = name.or(self.default_federation()) else {
+            return Err(CliError::Config(format!(
+                "no federation given and no default one in {}",
+                looked_at()
+            )));
+        };
+        for source in &self.sources {
+            if let Some(entry) = source.named.get(name) {
+                return Ok((name.to_string(), source.resolve(name, entry)?));
+            }
+        }
+        let known: Vec<&str> = self
+            .sources
+            .iter()
+            .flat_map(|s| s.named.keys().map(String::as_str))
+            .collect();
+        Err(CliError::Config(format!(
+            "no federation {name:?} in {} (known: {})",
+            looked_at(),
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    #[test]
+    fn default_federation_and_relative_paths_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            FILE_NAME,
+            "[app]\nname='a'\nversion='1'\n[federations]\ndefault='f'\n[federations.f]\naddress='127.0.0.1:9093'\nroot-certificates='c/ca.crt'\n",
+        );
+        let config = AppConfig::load_with_home(dir.path(), None).unwrap();
+        let (name, federation) = config.federation(None).unwrap();
+        assert_eq!(name, "f");
+        assert_eq!(
+            federation.root_certificates.unwrap(),
+            dir.path().join("c/ca.crt")
+        );
+    }
+
+    #[test]
+    fn unknown_federation_and_empty_directory_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AppConfig::load_with_home(dir.path(), None).unwrap();
+        let no_app = config.app().unwrap_err().to_string();
+        assert!(
+            no_app.contains("flwr.toml") && no_app.contains("pyproject.toml"),
+            "{no_app}"
+        );
+        let no_default = config.federation(None).unwrap_err().to_string();
+        assert!(no_default.contains("no default"), "{no_default}");
+        write(dir.path(), FILE_NAME, "[federations.f]\naddress='x:1'\n");
+        let error = AppConfig::load_with_home(dir.path(), None)
+            .unwrap()
+            .federation(Some("g"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("no federation \"g\"") && error.contains("known: f"),
+            "{error}"
+        );
+        let missing = AppConfig::load_with_home(&dir.path().join("nowhere"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("not a directory"), "{missing}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_in_flwr_toml_only() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            FILE_NAME,
+            "[federations.f]\naddress='x:1'\nadress='typo'\n",
+        );
+        let error = AppConfig::load_with_home(dir.path(), None)
+            .unwrap()
+            .federation(Some("f"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown key \"adress\""), "{error}");
+        std::fs::remove_file(dir.path().join(FILE_NAME)).unwrap();
+        write(
+            dir.path(),
+            pyproject::FILE_NAME,
+            "[tool.flwr.federations.f]\naddress='x:1'\nsomething-new=1\n",
+        );
+        let config = AppConfig::load_with_home(dir.path(), None).unwrap();
+        assert_eq!(config.federation(Some("f")).unwrap().1.address, "x:1");
+    }
+
+    #[test]
+    fn the_first_file_naming_a_federation_wins_and_defaults_fall_through() {
+        let app = tempfile::tempdir().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        write(
+            app.path(),
+            FILE_NAME,
+            "[federations.shared]\naddress='own:1'\n",
+        );
+        write(
+            app.path(),
+            pyproject::FILE_NAME,
+            "[tool.flwr.federations]\ndefault='flower'\n[tool.flwr.federations.shared]\naddress='py:1'\n[tool.flwr.federations.flower]\naddress='py:2'\n",
+        );
+        write(
+            home.path(),
+            user_config::FILE_NAME,
+            "[superlink]\ndefault='user'\n[superlink.user]\naddress='home:1'\nroot-certificates='ca.crt'\n",
+        );
+        let config = AppConfig::load_with_home(app.path(), Some(home.path())).unwrap();
+        assert_eq!(
+            config.federation(Some("shared")).unwrap().1.address,
+            "own:1"
+        );
+        let (name, default) = config.federation(None).unwrap();
+        assert_eq!(
+            (name.as_str(), default.address.as_str()),
+            ("flower", "py:2")
+        );
+        let user = config.federation(Some("user")).unwrap().1;
+        assert_eq!(user.address, "home:1");
+        assert_eq!(user.root_certificates.unwrap(), home.path().join("ca.crt"));
+    }
+
+    #[test]
+    fn simulation_federations_and_account_auth_say_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            pyproject::FILE_NAME,
+            "[tool.flwr.federations.local-simulation]\noptions.num-supernodes = 10\n\
+             [tool.flwr.federations.cloud]\naddress='x:1'\nenable-account-auth=true\n",
+        );
+        let config = AppConfig::load_with_home(dir.path(), None).unwrap();
+        let simulation = config
+            .federation(Some("local-simulation"))
+            .unwrap_err()
+            .to_string();
+        assert!(simulation.contains("simulation federation"), "{simulation}");
+        let account = config.federation(Some("cloud")).unwrap_err().to_string();
+        assert!(account.contains("operator-key"), "{account}");
+    }
+
+    #[test]
+    fn nested_config_tables_flatten_to_dotted_keys() {
+        let table: toml::Table = toml::from_str("a = 1\n[b]\nc = 'x'\nd.e = true\n").unwrap();
+        let flat = flatten(&table);
+        let keys: Vec<&str> = flat.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["a", "b.c", "b.d.e"]);
+    }
+}
