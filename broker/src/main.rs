@@ -1,23 +1,11 @@
 //! `flower-superlink`: parse flags, open the database, serve until SIGINT or SIGTERM.
 
 use broker::config::{NodeAuth, OperatorAuth};
-use broker::settings::{Args, DatabaseLocation, LogFormat};
+use broker::settings::{Args, DatabaseLocation};
 use broker::store::Store;
 use clap::Parser as _;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
 
 async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -43,7 +31,18 @@ async fn wait_for_signal() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
+    let logged = args
+        .log
+        .resolve()
+        .and_then(|file| ops::logging::init(args.log_format, file.as_ref()));
+    if let Err(reason) = logged {
+        eprintln!("flower-superlink: {reason}");
+        return ExitCode::from(2);
+    }
+    for notice in args.flower.notices() {
+        tracing::warn!("{notice}");
+    }
+    let health_address = args.health_server_address;
     let settings = match args.resolve() {
         Ok(settings) => settings,
         Err(reason) => {
@@ -110,6 +109,17 @@ async fn main() -> ExitCode {
     tracing::info!(address = %broker.control_addr, "Control API listening");
     if let Some(address) = broker.metrics_addr {
         tracing::info!(%address, "Prometheus metrics at http://{address}/metrics");
+    }
+    if let Some(address) = health_address {
+        match ops::http::start_health(address, shutdown.clone()).await {
+            Ok(address) => tracing::info!(%address, "health at http://{address}/health"),
+            Err(error) => {
+                eprintln!("flower-superlink: health endpoint on {address}: {error}");
+                broker.shutdown();
+                broker.join().await;
+                return ExitCode::FAILURE;
+            }
+        }
     }
     wait_for_signal().await;
     tracing::info!("shutting down");

@@ -10,14 +10,7 @@ use std::time::Duration;
 /// `--database` value selecting an ephemeral in-memory database.
 pub const IN_MEMORY: &str = ":flwr-in-memory:";
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use ops::logging::LogFormat;
 
 /// Flower SuperLink: the broker between operators (Control API) and SuperNodes (Fleet API).
 #[derive(Debug, Parser)]
@@ -66,9 +59,20 @@ pub struct Args {
     /// Serve Prometheus metrics over plain HTTP on this address (off by default).
     #[arg(long, value_name = "ADDR")]
     pub metrics_address: Option<SocketAddr>,
+    /// Serve a health endpoint over plain HTTP on this address: `GET /health` answers `SERVING`
+    /// (Flower serves gRPC health checking here; an HTTP probe is what load balancers and
+    /// orchestrators ask by default).
+    #[arg(long, value_name = "ADDR")]
+    pub health_server_address: Option<SocketAddr>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Log file and its rotation.
+    #[command(flatten)]
+    pub log: ops::logging::LogFileArgs,
+    /// Flags of Flower's that have no effect here.
+    #[command(flatten)]
+    pub flower: ops::flower_flags::SuperLinkFlags,
 }
 
 /// Where the broker keeps its state.

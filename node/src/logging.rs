@@ -1,16 +1,12 @@
-//! Log output of the node's executables: stderr, filtered by `RUST_LOG` (default `info`).
+//! Log output of the node's executables: stderr, filtered by `RUST_LOG` (default `info`), and
+//! a rotated file with `--log-file` (see [`ops::logging`]).
 
 use crate::settings::LogFormat;
 
-/// Installs the global subscriber.
+/// Installs the global subscriber for `flwr-clientapp`, which logs to stderr only (the node that
+/// started it forwards those lines to its own log).
 pub fn init(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    if let Err(reason) = ops::logging::init(format, None) {
+        eprintln!("{reason}");
     }
 }

@@ -24,7 +24,18 @@ async fn wait_for_signal() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    node::logging::init(args.runtime.log_format);
+    let logged = args
+        .log
+        .resolve()
+        .and_then(|file| ops::logging::init(args.runtime.log_format, file.as_ref()));
+    if let Err(reason) = logged {
+        eprintln!("flower-supernode: {reason}");
+        return ExitCode::from(2);
+    }
+    for notice in args.flower.notices() {
+        tracing::warn!("{notice}");
+    }
+    let health_address = args.health_server_address;
     let insecure = args.insecure;
     let settings = match args.resolve() {
         Ok(settings) => settings,
@@ -50,6 +61,15 @@ async fn main() -> ExitCode {
         "starting SuperNode"
     );
     let shutdown = CancellationToken::new();
+    if let Some(address) = health_address {
+        match ops::http::start_health(address, shutdown.clone()).await {
+            Ok(address) => tracing::info!(%address, "health at http://{address}/health"),
+            Err(error) => {
+                eprintln!("flower-supernode: health endpoint on {address}: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let (state, _) = tokio::sync::watch::channel(NodeState::Connecting);
     let device = match model::cnn::backend::select(settings.backend) {
         Ok(device) => device,

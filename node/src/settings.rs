@@ -9,14 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use wire::ConfigRecord;
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use ops::logging::LogFormat;
 
 /// Where client apps run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -68,9 +61,20 @@ pub struct Args {
     /// Give up after trying to (re)connect for this many seconds in a row (default: never).
     #[arg(long, value_name = "SECS")]
     pub max_wait_time: Option<f64>,
+    /// Serve a health endpoint over plain HTTP on this address: `GET /health` answers `SERVING`
+    /// (Flower serves gRPC health checking here; an HTTP probe is what orchestrators ask by
+    /// default).
+    #[arg(long, value_name = "ADDR")]
+    pub health_server_address: Option<SocketAddr>,
     /// Training device and log format.
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+    /// Log file and its rotation.
+    #[command(flatten)]
+    pub log: ops::logging::LogFileArgs,
+    /// Flags of Flower's that have no effect here.
+    #[command(flatten)]
+    pub flower: ops::flower_flags::SuperNodeFlags,
 }
 
 /// Flags both node executables take (`flower-supernode` and the `flwr-clientapp` it starts).

@@ -1,0 +1,182 @@
+//! A small HTTP/1.1 server for unauthenticated, read-only endpoints (health, metrics): GET
+//! only, at most [`MAX_CONNECTIONS`] at once, request headers within [`HEADER_TIMEOUT`]. It
+//! runs on hyper; what each path answers is the caller's.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Most connections served at once; more are closed unanswered.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// How long a client has to send its request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a path answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: String,
+}
+
+impl Page {
+    /// A `200 OK` page of plain text.
+    pub fn text(body: impl Into<String>) -> Self {
+        Page {
+            status: StatusCode::OK,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
+    }
+
+    /// `404 Not Found`, naming the paths that exist.
+    pub fn not_found(paths: &[&str]) -> Self {
+        Page {
+            status: StatusCode::NOT_FOUND,
+            content_type: "text/plain; charset=utf-8",
+            body: format!("not found; try {}\n", paths.join(" or ")),
+        }
+    }
+}
+
+/// The future a handler returns.
+pub type PageFuture = Pin<Box<dyn Future<Output = Page> + Send>>;
+
+/// Answers a request's path.
+pub type Handler = Arc<dyn Fn(&str) -> PageFuture + Send + Sync>;
+
+/// Serves `handler` on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, handler: Handler, shutdown: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, say: back off instead of spinning.
+                    tracing::warn!(%error, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let handler = handler.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let handler = handler.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(&handler, request).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+async fn answer(handler: &Handler, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let page = if request.method() == Method::GET || request.method() == Method::HEAD {
+        handler(request.uri().path()).await
+    } else {
+        Page {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            content_type: "text/plain; charset=utf-8",
+            body: "GET only\n".into(),
+        }
+    };
+    let mut response = Response::new(Full::new(Bytes::from(page.body)));
+    *response.status_mut() = page.status;
+    if let Ok(value) = hyper::header::HeaderValue::from_str(page.content_type) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// The health endpoint (`--health-server-address`): `GET /health` answers `200 SERVING` while
+/// the daemon runs, so a load balancer or an orchestrator's HTTP probe can watch it.
+pub fn health_handler() -> Handler {
+    Arc::new(|path: &str| {
+        let page = match path {
+            "/health" | "/healthz" | "/" => Page::text("SERVING\n"),
+            _ => Page::not_found(&["/health"]),
+        };
+        Box::pin(async move { page })
+    })
+}
+
+/// Binds `address` and serves the health endpoint there until `shutdown`; returns the bound
+/// address.
+pub async fn start_health(
+    address: std::net::SocketAddr,
+    shutdown: CancellationToken,
+) -> std::io::Result<std::net::SocketAddr> {
+    let listener = TcpListener::bind(address).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(serve(listener, health_handler(), shutdown));
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    async fn exchange(address: std::net::SocketAddr, request: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        let _ =
+            tokio::time::timeout(HEADER_TIMEOUT * 2, stream.read_to_string(&mut response)).await;
+        response
+    }
+
+    #[tokio::test]
+    async fn health_answers_serving_and_refuses_other_paths_and_methods() {
+        let shutdown = CancellationToken::new();
+        let address = start_health("127.0.0.1:0".parse().unwrap(), shutdown.clone())
+            .await
+            .unwrap();
+        let ok = exchange(address, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
+        assert!(ok.ends_with("SERVING\n"), "{ok}");
+        let missing = exchange(address, "GET /other HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+        let post = exchange(
+            address,
+            "POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await;
+        assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+        let garbage = exchange(address, "\x16\x03\x01 not http\r\n\r\n").await;
+        assert!(
+            garbage.is_empty() || garbage.starts_with("HTTP/1.1 400"),
+            "{garbage}"
+        );
+        shutdown.cancel();
+    }
+}
