@@ -1,15 +1,29 @@
-//! A Prometheus endpoint (`--metrics-address`, off by default): nodes by status, runs by status,
-//! queued instructions, bytes in and out, handshake failures by reason, replies by fate, round
-//! durations.
-//! Plain HTTP/1.1 on its own address: it exposes counts, never keys, ids or names.
+//! The Prometheus endpoint (`--metrics-address`, off by default), in OpenMetrics text:
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `flwr_nodes` | gauge | `status`: registered, online, offline, unregistered |
+//! | `flwr_runs` | gauge | `status`: pending, starting, running, completed, failed, stopped |
+//! | `flwr_queued_instructions` | gauge | |
+//! | `flwr_bytes_received_total`, `flwr_bytes_sent_total` | counter | (UDP bytes on Fleet connections) |
+//! | `flwr_handshake_failures_total` | counter | `reason` |
+//! | `flwr_replies_total` | counter | `fate`: stored, duplicate, rejected |
+//! | `flwr_round_duration_seconds` | histogram | |
+//!
+//! Counters and the histogram are updated as things happen; the gauges read counts the store
+//! keeps as it changes (see [`crate::store::tally`]), so a scrape costs the same with ten nodes
+//! or ten thousand. Plain HTTP on its own address: it exposes counts, never keys, ids or names.
 
 use crate::server::Shared;
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wire::control::{NodeStatus, RunStatus};
@@ -17,36 +31,129 @@ use wire::control::{NodeStatus, RunStatus};
 /// Upper bounds (seconds) of the round-duration histogram buckets.
 const ROUND_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
 
-/// Counters the broker updates as it works.
-#[derive(Default)]
+/// The OpenMetrics content type the page is served with.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A `status` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: &'static str,
+}
+
+/// A `reason` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// A `fate` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FateLabel {
+    fate: &'static str,
+}
+
+/// The broker's metrics, registered once.
 pub struct Metrics {
-    /// Failed authentications by reason.
-    handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
-    /// Replies received, by what became of them (stored, duplicate, rejected).
-    replies: Mutex<BTreeMap<&'static str, u64>>,
+    registry: Registry,
+    nodes: Family<StatusLabel, Gauge>,
+    runs: Family<StatusLabel, Gauge>,
+    queued: Gauge,
+    bytes_received: Counter,
+    bytes_sent: Counter,
+    handshake_failures: Family<ReasonLabel, Counter>,
+    replies: Family<FateLabel, Counter>,
+    rounds: Histogram,
     /// UDP bytes received on connections that have closed.
     closed_bytes_in: AtomicU64,
     /// UDP bytes sent on connections that have closed.
     closed_bytes_out: AtomicU64,
-    /// Round (instruction fan-out to last reply) durations: bucket counts, count, sum.
-    rounds: Mutex<(Vec<u64>, u64, f64)>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let nodes = Family::<StatusLabel, Gauge>::default();
+        registry.register(
+            "flwr_nodes",
+            "SuperNodes in the registry by status",
+            nodes.clone(),
+        );
+        let runs = Family::<StatusLabel, Gauge>::default();
+        registry.register("flwr_runs", "Runs by status", runs.clone());
+        let queued = Gauge::default();
+        registry.register(
+            "flwr_queued_instructions",
+            "Instructions waiting for delivery",
+            queued.clone(),
+        );
+        let bytes_received = Counter::default();
+        registry.register(
+            "flwr_bytes_received",
+            "UDP bytes received on Fleet connections",
+            bytes_received.clone(),
+        );
+        let bytes_sent = Counter::default();
+        registry.register(
+            "flwr_bytes_sent",
+            "UDP bytes sent on Fleet connections",
+            bytes_sent.clone(),
+        );
+        let handshake_failures = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "flwr_handshake_failures",
+            "Refused authentications by reason",
+            handshake_failures.clone(),
+        );
+        let replies = Family::<FateLabel, Counter>::default();
+        registry.register(
+            "flwr_replies",
+            "Replies received, by fate: stored, duplicate (already answered, for instance by a \
+             stale round's stand-in) or rejected",
+            replies.clone(),
+        );
+        let rounds = Histogram::new(ROUND_BUCKETS);
+        registry.register(
+            "flwr_round_duration_seconds",
+            "Time from sending a round's instructions to its last reply",
+            rounds.clone(),
+        );
+        Metrics {
+            registry,
+            nodes,
+            runs,
+            queued,
+            bytes_received,
+            bytes_sent,
+            handshake_failures,
+            replies,
+            rounds,
+            closed_bytes_in: AtomicU64::new(0),
+            closed_bytes_out: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A count as a gauge value, saturating rather than wrapping.
+fn gauge_value(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
 }
 
 impl Metrics {
     /// Counts a failed authentication.
     pub fn handshake_failed(&self, reason: &'static str) {
-        bump(&self.handshake_failures, reason);
+        self.handshake_failures
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Counts a received reply by its fate: `stored`, `duplicate` or `rejected`.
     pub fn reply_received(&self, fate: &'static str) {
-        bump(&self.replies, fate);
+        self.replies.get_or_create(&FateLabel { fate }).inc();
     }
 
     /// How many replies met `fate` so far.
-    pub fn replies(&self, fate: &str) -> u64 {
-        let replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());
-        replies.get(fate).copied().unwrap_or(0)
+    pub fn replies(&self, fate: &'static str) -> u64 {
+        self.replies.get_or_create(&FateLabel { fate }).get()
     }
 
     /// Adds a closed connection's traffic.
@@ -60,233 +167,82 @@ impl Metrics {
 
     /// Records one round's duration.
     pub fn round_finished(&self, duration: Duration) {
-        let seconds = duration.as_secs_f64();
-        let mut rounds = self.rounds.lock().unwrap_or_else(|p| p.into_inner());
-        if rounds.0.is_empty() {
-            rounds.0 = vec![0; ROUND_BUCKETS.len()];
+        self.rounds.observe(duration.as_secs_f64());
+    }
+
+    /// The exposition text, the gauges brought up to date first.
+    pub fn render(&self, shared: &Shared) -> String {
+        let tallies = shared.store.tallies();
+        for status in [
+            NodeStatus::Registered,
+            NodeStatus::Online,
+            NodeStatus::Offline,
+            NodeStatus::Unregistered,
+        ] {
+            self.nodes
+                .get_or_create(&StatusLabel {
+                    status: status.as_str(),
+                })
+                .set(gauge_value(tallies.nodes.get(status)));
         }
-        for (bucket, bound) in rounds.0.iter_mut().zip(ROUND_BUCKETS) {
-            if seconds <= bound {
-                *bucket += 1;
+        for status in [
+            RunStatus::Pending,
+            RunStatus::Starting,
+            RunStatus::Running,
+            RunStatus::Completed,
+            RunStatus::Failed,
+            RunStatus::Stopped,
+        ] {
+            self.runs
+                .get_or_create(&StatusLabel {
+                    status: status.as_str(),
+                })
+                .set(gauge_value(tallies.runs.get(status)));
+        }
+        if let Ok(queued) = shared.store.queued_total() {
+            self.queued.set(gauge_value(queued));
+        }
+        // Live connections' traffic so far, plus what closed ones carried; a counter only grows.
+        let (live_in, live_out) = shared.sessions.traffic();
+        let total_in = self.closed_bytes_in.load(Ordering::Relaxed) + live_in;
+        let total_out = self.closed_bytes_out.load(Ordering::Relaxed) + live_out;
+        self.bytes_received
+            .inner()
+            .fetch_max(total_in, Ordering::Relaxed);
+        self.bytes_sent
+            .inner()
+            .fetch_max(total_out, Ordering::Relaxed);
+        let mut page = String::new();
+        if prometheus_client::encoding::text::encode(&mut page, &self.registry).is_err() {
+            page.clear();
+        }
+        page
+    }
+}
+
+/// Answers `GET /metrics` until shutdown (see [`ops::http`] for the server's bounds).
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let handler: ops::http::Handler = Arc::new(move |path: &str| {
+        let shared = shared.clone();
+        let wanted = matches!(path, "/metrics" | "/");
+        Box::pin(async move {
+            if !wanted {
+                return ops::http::Page::not_found(&["/metrics"]);
             }
-        }
-        rounds.1 += 1;
-        rounds.2 += seconds;
-    }
-}
-
-fn bump(counters: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
-    *counters
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry(key)
-        .or_insert(0) += 1;
-}
-
-/// A counter family with one label, one line per key.
-fn write_counters(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    label: &str,
-    counters: &Mutex<BTreeMap<&'static str, u64>>,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-    for (key, count) in counters.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        let _ = writeln!(out, "{name}{{{label}=\"{key}\"}} {count}");
-    }
-}
-
-/// The exposition text.
-pub fn render(shared: &Shared) -> String {
-    let mut out = String::new();
-    let nodes = shared.store.list_nodes().unwrap_or_default();
-    let _ = writeln!(
-        out,
-        "# HELP flwr_nodes SuperNodes in the registry by status.\n# TYPE flwr_nodes gauge"
-    );
-    for status in [
-        NodeStatus::Registered,
-        NodeStatus::Online,
-        NodeStatus::Offline,
-        NodeStatus::Unregistered,
-    ] {
-        let count = nodes.iter().filter(|n| n.status == status).count();
-        let _ = writeln!(out, "flwr_nodes{{status=\"{}\"}} {count}", status.as_str());
-    }
-    let runs = shared.store.list_runs().unwrap_or_default();
-    let _ = writeln!(
-        out,
-        "# HELP flwr_runs Runs by status.\n# TYPE flwr_runs gauge"
-    );
-    for status in [
-        RunStatus::Pending,
-        RunStatus::Starting,
-        RunStatus::Running,
-        RunStatus::Completed,
-        RunStatus::Failed,
-        RunStatus::Stopped,
-    ] {
-        let count = runs.iter().filter(|r| r.status == status).count();
-        let _ = writeln!(out, "flwr_runs{{status=\"{}\"}} {count}", status.as_str());
-    }
-    let queued: usize = nodes
-        .iter()
-        .map(|n| {
-            shared
-                .store
-                .queued_for(n.node_id)
-                .map(|q| q.len())
-                .unwrap_or(0)
+            // Reads the store (a short read transaction): off the async workers.
+            match tokio::task::spawn_blocking(move || shared.metrics.render(&shared)).await {
+                Ok(body) => ops::http::Page {
+                    status: ops::http::StatusCode::OK,
+                    content_type: CONTENT_TYPE,
+                    body,
+                },
+                Err(_) => ops::http::Page {
+                    status: ops::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    content_type: "text/plain; charset=utf-8",
+                    body: "rendering failed\n".into(),
+                },
+            }
         })
-        .sum();
-    let _ = writeln!(
-        out,
-        "# HELP flwr_queued_instructions Instructions waiting for delivery.\n# TYPE flwr_queued_instructions gauge\nflwr_queued_instructions {queued}"
-    );
-    let (live_in, live_out) = shared.sessions.traffic();
-    let metrics = &shared.metrics;
-    let _ = writeln!(
-        out,
-        "# HELP flwr_bytes_received_total UDP bytes received on Fleet connections.\n# TYPE flwr_bytes_received_total counter\nflwr_bytes_received_total {}",
-        metrics.closed_bytes_in.load(Ordering::Relaxed) + live_in
-    );
-    let _ = writeln!(
-        out,
-        "# HELP flwr_bytes_sent_total UDP bytes sent on Fleet connections.\n# TYPE flwr_bytes_sent_total counter\nflwr_bytes_sent_total {}",
-        metrics.closed_bytes_out.load(Ordering::Relaxed) + live_out
-    );
-    write_counters(
-        &mut out,
-        "flwr_handshake_failures_total",
-        "Refused authentications by reason.",
-        "reason",
-        &metrics.handshake_failures,
-    );
-    write_counters(
-        &mut out,
-        "flwr_replies_total",
-        "Replies received, by fate: stored, duplicate (already answered, for instance by a stale round's stand-in) or rejected.",
-        "fate",
-        &metrics.replies,
-    );
-    let rounds = metrics
-        .rounds
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let _ = writeln!(
-        out,
-        "# HELP flwr_round_duration_seconds Time from sending a round's instructions to its last reply.\n# TYPE flwr_round_duration_seconds histogram"
-    );
-    for (i, bound) in ROUND_BUCKETS.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "flwr_round_duration_seconds_bucket{{le=\"{bound}\"}} {}",
-            rounds.0.get(i).copied().unwrap_or(0)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "flwr_round_duration_seconds_bucket{{le=\"+Inf\"}} {}",
-        rounds.1
-    );
-    let _ = writeln!(out, "flwr_round_duration_seconds_sum {}", rounds.2);
-    let _ = writeln!(out, "flwr_round_duration_seconds_count {}", rounds.1);
-    out
-}
-
-/// Most scrapes served at once; more connections are closed unanswered.
-const MAX_SCRAPES: usize = 16;
-
-/// How long a rendered page is served again instead of reading the store anew.
-const RENDER_CACHE: Duration = Duration::from_secs(1);
-
-/// The last rendered page, so a burst of scrapes reads the store once.
-#[derive(Default)]
-struct RenderCache {
-    page: std::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<String>)>>,
-}
-
-impl RenderCache {
-    fn get(&self, shared: &Shared) -> std::sync::Arc<String> {
-        let mut page = self.page.lock().unwrap_or_else(|p| p.into_inner());
-        match &*page {
-            Some((at, text)) if at.elapsed() < RENDER_CACHE => text.clone(),
-            _ => {
-                let text = std::sync::Arc::new(render(shared));
-                *page = Some((std::time::Instant::now(), text.clone()));
-                text
-            }
-        }
-    }
-}
-
-/// Answers `GET /metrics` until shutdown: at most [`MAX_SCRAPES`] at once, the page rendered at
-/// most once per [`RENDER_CACHE`] and off the async workers (it reads the store).
-pub async fn serve(
-    listener: TcpListener,
-    shared: std::sync::Arc<Shared>,
-    shutdown: CancellationToken,
-) {
-    let scrapes = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
-    let cache = std::sync::Arc::new(RenderCache::default());
-    loop {
-        let (mut stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors, say: back off instead of spinning.
-                    tracing::warn!(%error, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(slot) = scrapes.clone().try_acquire_owned() else {
-            continue;
-        };
-        let (shared, cache) = (shared.clone(), cache.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
-            let mut request = Vec::new();
-            let mut buffer = [0u8; 1024];
-            // A bounded read of a bounded request: this port is unauthenticated.
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-                    match stream.read(&mut buffer).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => request.extend_from_slice(&buffer[..n]),
-                    }
-                }
-            })
-            .await;
-            if read.is_err() {
-                return;
-            }
-            let line =
-                String::from_utf8_lossy(request.split(|&b| b == b'\n').next().unwrap_or_default())
-                    .into_owned();
-            let (status, body) = if line.starts_with("GET /metrics ") || line.starts_with("GET / ")
-            {
-                let page = tokio::task::spawn_blocking(move || cache.get(&shared)).await;
-                match page {
-                    Ok(page) => ("200 OK", page.to_string()),
-                    Err(_) => (
-                        "500 Internal Server Error",
-                        "rendering failed\n".to_string(),
-                    ),
-                }
-            } else {
-                ("404 Not Found", "not found; try /metrics\n".to_string())
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
-    }
+    });
+    ops::http::serve(listener, handler, shutdown).await;
 }

@@ -4,8 +4,9 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
+pub use hyper::StatusCode;
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
 use std::pin::Pin;

@@ -87,9 +87,7 @@ fn open_fillable(path: &Path) -> (Store, Arc<AtomicBool>) {
         full: full.clone(),
     };
     let db = Database::builder().create_with_backend(backend).unwrap();
-    let store = Store { db };
-    store.check_schema().unwrap();
-    (store, full)
+    (Store::with_tallies(db).unwrap(), full)
 }
 
 #[test]

@@ -98,6 +98,15 @@ impl Store {
         Ok(ids)
     }
 
+    /// How many instructions wait for delivery, to all nodes (redb keeps a table's length: no
+    /// scan).
+    pub fn queued_total(&self) -> Result<u64, StoreError> {
+        use redb::ReadableTableMetadata as _;
+        let txn = self.db.begin_read().map_err(storage)?;
+        let queue = txn.open_table(tables::QUEUE).map_err(storage)?;
+        queue.len().map_err(storage)
+    }
+
     /// The instruction `id`.
     pub fn instruction(&self, id: MessageId) -> Result<Option<InstructionRecord>, StoreError> {
         let txn = self.db.begin_read().map_err(storage)?;

@@ -9,6 +9,7 @@ mod messages;
 mod nodes;
 mod runs;
 mod tables;
+pub mod tally;
 
 pub use messages::{InstructionRecord, ReplyReceipt, ReplyStored};
 pub use nodes::NodeRecord;
@@ -77,6 +78,8 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
 pub struct Store {
     /// The redb database (file-backed or in memory).
     db: Database,
+    /// Nodes and runs by status, kept in step with every committed change.
+    tallies: tally::Tallies,
 }
 
 impl std::fmt::Debug for Store {
@@ -114,9 +117,7 @@ impl Store {
             }
             unusable(redb::Error::from(e).to_string())
         })?;
-        let store = Store { db };
-        store.check_schema().map_err(|e| unusable(e.to_string()))?;
-        Ok(store)
+        Store::with_tallies(db).map_err(|e| unusable(e.to_string()))
     }
 
     /// A write transaction whose commit becomes durable with the next durable commit rather than
@@ -134,9 +135,29 @@ impl Store {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(storage)?;
-        let store = Store { db };
+        Store::with_tallies(db)
+    }
+
+    /// The store over `db`, its schema checked and its statuses counted once.
+    fn with_tallies(db: Database) -> Result<Self, StoreError> {
+        let mut store = Store {
+            db,
+            tallies: tally::Tallies {
+                nodes: tally::Tally::of([]),
+                runs: tally::Tally::of([]),
+            },
+        };
         store.check_schema()?;
+        store.tallies = tally::Tallies {
+            nodes: tally::Tally::of(store.list_nodes()?.into_iter().map(|n| n.status)),
+            runs: tally::Tally::of(store.list_runs()?.into_iter().map(|r| r.status)),
+        };
         Ok(store)
+    }
+
+    /// Nodes and runs by status, without reading the database.
+    pub fn tallies(&self) -> &tally::Tallies {
+        &self.tallies
     }
 
     /// Creates the tables of a new database, or checks the schema version of an existing one.

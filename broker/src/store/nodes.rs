@@ -82,6 +82,7 @@ impl Store {
             info
         };
         txn.commit().map_err(storage)?;
+        self.tallies.nodes.add(info.status);
         Ok(info)
     }
 
@@ -112,19 +113,21 @@ impl Store {
         change: impl FnOnce(&mut NodeRecord) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let txn = self.db.begin_write().map_err(storage)?;
-        let result = {
+        let (result, before, after) = {
             let mut nodes = txn.open_table(tables::NODES).map_err(storage)?;
             let mut record = match nodes.get(node_id.0).map_err(storage)? {
                 Some(bytes) => decode_record(bytes.value())?,
                 None => return Err(StoreError::UnknownNode(node_id)),
             };
+            let before = record.info.status;
             let result = change(&mut record)?;
             nodes
                 .insert(node_id.0, encode_record(&record)?.as_slice())
                 .map_err(storage)?;
-            result
+            (result, before, record.info.status)
         };
         txn.commit().map_err(storage)?;
+        self.tallies.nodes.moved(before, after);
         Ok(result)
     }
 

@@ -21,6 +21,7 @@ impl Store {
                 .map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
+        self.tallies.runs.add(info.status);
         Ok(info)
     }
 
@@ -52,18 +53,20 @@ impl Store {
         change: impl FnOnce(&mut RunInfo),
     ) -> Result<RunInfo, StoreError> {
         let txn = self.db.begin_write().map_err(storage)?;
-        let info = {
+        let (info, before) = {
             let mut runs = txn.open_table(tables::RUNS).map_err(storage)?;
             let mut info: RunInfo = match runs.get(run_id.0).map_err(storage)? {
                 Some(bytes) => decode("run", bytes.value())?,
                 None => return Err(StoreError::UnknownRun(run_id)),
             };
+            let before = info.status;
             change(&mut info);
             runs.insert(run_id.0, encode(&info)?.as_slice())
                 .map_err(storage)?;
-            info
+            (info, before)
         };
         txn.commit().map_err(storage)?;
+        self.tallies.runs.moved(before, info.status);
         Ok(info)
     }
 
