@@ -303,6 +303,14 @@ async fn federation(
     client.close().await;
 
     step("Running the app (flwr run . demo --stream)");
+    if args.learning_rate == 0.1 {
+        println!("    learning-rate 0.1, the seed's (it diverges with this CNN, in PyTorch too)");
+    } else {
+        println!(
+            "    learning-rate {} (--learning-rate; the seed's 0.1 diverges with this CNN, in PyTorch too)",
+            args.learning_rate
+        );
+    }
     let overrides = format!(
         "num-server-rounds={} learning-rate={}",
         args.rounds, args.learning_rate

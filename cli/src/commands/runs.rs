@@ -61,23 +61,47 @@ pub async fn start(target: &Target, overrides: &[String], stream: bool) -> Resul
         return Ok(());
     }
     let outcome = follow(&mut client, run_id, target.format).await;
+    // Why a run did not complete is its details: the last line says it.
+    let details = match &outcome {
+        Ok(status) if *status != RunStatus::Completed => {
+            match client
+                .request(ControlRequest::ListRuns {
+                    run_id: Some(run_id),
+                })
+                .await
+            {
+                Ok(ControlResponse::Runs(runs)) => runs.into_iter().next().map(|r| r.details),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
     client.close().await;
-    finish(run_id, outcome?, target.format)
+    finish(run_id, outcome?, details.as_deref(), target.format)
 }
 
-/// Exits non-zero unless the run completed.
-fn finish(run_id: RunId, status: RunStatus, format: Format) -> Result<(), CliError> {
+/// Exits non-zero unless the run completed, saying why.
+fn finish(
+    run_id: RunId,
+    status: RunStatus,
+    details: Option<&str>,
+    format: Format,
+) -> Result<(), CliError> {
     if format == Format::Json {
         // The last line of a JSON Lines stream: compact, like the log lines before it.
         super::print_json_line(
-            &json!({"success": status == RunStatus::Completed, "run-id": run_id.to_string(), "status": status.as_str()}),
+            &json!({"success": status == RunStatus::Completed, "run-id": run_id.to_string(), "status": status.as_str(), "status-details": details.unwrap_or_default()}),
         );
     }
     if status == RunStatus::Completed {
         Ok(())
     } else {
+        let why = details
+            .filter(|d| !d.is_empty())
+            .map(|d| format!(": {}", wire::text::escape_controls(d)))
+            .unwrap_or_default();
         Err(CliError::Request(format!(
-            "run {run_id} {}",
+            "run {run_id} {}{why}",
             status.as_str()
         )))
     }

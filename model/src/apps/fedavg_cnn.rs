@@ -15,7 +15,7 @@
 
 use crate::app::{AppError, Grid, Instruction, ServerApp, ServerContext, config_f64, config_i64};
 use crate::checkpoint;
-use crate::fedavg::{FedAvg, check_weight};
+use crate::fedavg::{AggregationError, FedAvg, check_weight};
 use crate::net::{InputShape, initial_parameters};
 use rand::seq::SliceRandom as _;
 use serde_json::json;
@@ -42,6 +42,10 @@ pub const MODEL_ARTIFACT: &str = "model.safetensors";
 pub const METRICS_ARTIFACT: &str = "metrics.json";
 /// Artifact name of the metrics plot.
 pub const PLOT_ARTIFACT: &str = "metrics.svg";
+
+/// How a client's error reason begins when its training diverged (the loss became NaN or
+/// infinite).
+pub const DIVERGED: &str = "training diverged";
 
 /// The server half.
 pub struct Server;
@@ -189,6 +193,29 @@ fn failure(reply: &Message) -> Option<String> {
         )),
         MessageBody::Content(_) => None,
     }
+}
+
+/// Why a round has no training result. When every node's training diverged (its loss or its
+/// weights became NaN or infinite), the learning rate is the likely cause: say so, and give the
+/// exact run config to try.
+fn no_training_result(
+    round: u64,
+    failures: usize,
+    diverged: usize,
+    train_config: &ConfigRecord,
+) -> String {
+    if failures == 0 || diverged < failures {
+        return format!("round {round}: no node returned a training result");
+    }
+    let rate = match train_config.get("learning-rate") {
+        Some(ConfigValue::Float(rate)) => *rate,
+        _ => 0.1,
+    };
+    format!(
+        "round {round}: training diverged on every node (loss or weights became NaN or infinite) \
+         at learning-rate {rate}; try a smaller one: flwr run --run-config 'learning-rate={}'",
+        rate / 10.0
+    )
 }
 
 impl Server {
@@ -380,8 +407,13 @@ impl Server {
         let mut fedavg = FedAvg::new(arrays).map_err(|e| AppError::new(e.to_string()))?;
         let mut means = MetricMeans::default();
         let mut failures = Vec::new();
+        // Failures that are training gone numerically wrong, rather than a node or the network.
+        let mut diverged = 0;
         grid.send_and_fold(instructions, settings.round_timeout, &mut |reply| {
             if let Some(reason) = failure(&reply) {
+                if matches!(&reply.body, MessageBody::Error(e) if e.reason.starts_with(DIVERGED)) {
+                    diverged += 1;
+                }
                 failures.push(reason);
                 return;
             }
@@ -400,7 +432,12 @@ impl Server {
             };
             match fedavg.add(update, weight) {
                 Ok(()) => means.add(metrics, &["train_loss"], weight),
-                Err(error) => failures.push(format!("node {node}: {error}")),
+                Err(error) => {
+                    if matches!(error, AggregationError::NotFinite(_)) {
+                        diverged += 1;
+                    }
+                    failures.push(format!("node {node}: {error}"));
+                }
             }
         })?;
         grid.log(&format!(
@@ -412,8 +449,11 @@ impl Server {
             grid.log(&format!("  failure from {failure}"));
         }
         if fedavg.accepted() == 0 {
-            return Err(AppError::new(format!(
-                "round {round}: no node returned a training result"
+            return Err(AppError::new(no_training_result(
+                round,
+                failures.len(),
+                diverged,
+                &settings.train_config,
             )));
         }
         let means = means.means();
@@ -516,6 +556,20 @@ impl Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_round_lost_to_divergence_names_the_learning_rate_to_try() {
+        let config = ConfigRecord::new().with("learning-rate", ConfigValue::Float(0.1));
+        let diverged = no_training_result(1, 2, 2, &config);
+        assert!(
+            diverged.contains("diverged") && diverged.contains("--run-config 'learning-rate=0.01'"),
+            "{diverged}"
+        );
+        // One node down for another reason: no guess about the learning rate.
+        let mixed = no_training_result(1, 2, 1, &config);
+        assert_eq!(mixed, "round 1: no node returned a training result");
+        assert_eq!(no_training_result(1, 0, 0, &config), mixed);
+    }
 
     #[test]
     fn evaluation_means_stay_finite_whatever_nodes_report() {

@@ -116,7 +116,8 @@ pub fn train(
             let value = f64::from(loss.clone().into_scalar::<f32>());
             if !value.is_finite() {
                 return Err(AppError::new(format!(
-                    "training diverged (loss {value}) at epoch {epoch}, step {}: lower the learning-rate",
+                    "{} (loss {value}) at epoch {epoch}, step {}: lower the learning-rate",
+                    crate::apps::fedavg_cnn::DIVERGED,
                     step + 1
                 )));
             }
