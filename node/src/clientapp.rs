@@ -2,6 +2,9 @@
 //! connects to the node's ClientAppIo API, proves with the token from its environment that it is
 //! the child the node started, runs the client app on the instruction, sends the reply and exits.
 //! Whatever the app does to this process (abort, running out of memory), the node lives on.
+//!
+//! Started by the operator without a token, for a node under `--isolation process`, it stays:
+//! it asks the node for the next waiting instruction, answers it, and asks again.
 
 use crate::settings::RuntimeArgs;
 use clap::Parser;
@@ -12,14 +15,15 @@ use std::sync::atomic::AtomicBool;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 use wire::clientappio::{
-    AppHello, AppJob, CLIENTAPPIO_VERSION, CONTROL_FRAME_LIMIT, TOKEN_ENV, decode_token,
+    AppHello, AppJob, CLIENTAPPIO_VERSION, CONTROL_FRAME_LIMIT, PULL_TOKEN, TOKEN_ENV, decode_token,
 };
 use wire::io::{read_message, read_value, write_message};
 use wire::message::{ErrorCode, MessageError, now_ms};
 use wire::stream::{DEFAULT_CHUNK, Limits};
 use wire::{Message, MessageBody};
 
-/// Runs one client app instruction for the SuperNode that started this process.
+/// Runs one client app instruction for the SuperNode that started this process, or, started by
+/// hand for a SuperNode under `--isolation process`, every instruction it hands out.
 #[derive(Debug, Parser)]
 #[command(name = "flwr-clientapp", version, about)]
 pub struct Args {
@@ -31,14 +35,14 @@ pub struct Args {
     pub runtime: RuntimeArgs,
 }
 
-/// Why this process could not do its one job.
+/// Why this process could not do its job.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientAppError {
-    /// Started by hand, or the environment was lost.
+    /// The token in the environment is not one a node makes.
     #[error(
-        "{TOKEN_ENV} is missing or malformed: flwr-clientapp is started by flower-supernode, not by hand"
+        "{TOKEN_ENV} is malformed: it is set by flower-supernode for the process it starts (leave it unset to serve a node under --isolation process)"
     )]
-    NoToken,
+    BadToken,
     /// The node could not be reached or broke the exchange.
     #[error("ClientAppIo API at {address}: {reason}")]
     Io {
@@ -128,12 +132,16 @@ async fn connect_for_job(
     Ok((stream, job))
 }
 
-/// Connects, receives the instruction, answers it.
+/// How often a process started by the operator asks for work while there is none.
+const POLL_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// With a token: connects, receives the instruction, answers it. Without one: serves the node
+/// under `--isolation process` until killed.
 pub async fn run(args: &Args) -> Result<(), ClientAppError> {
-    let token = std::env::var(TOKEN_ENV)
-        .ok()
-        .and_then(|text| decode_token(&text))
-        .ok_or(ClientAppError::NoToken)?;
+    let token = match std::env::var(TOKEN_ENV) {
+        Ok(text) => decode_token(&text).ok_or(ClientAppError::BadToken)?,
+        Err(_) => return serve(args).await,
+    };
     let address = args.clientappio_api_address;
     let io = |reason: String| ClientAppError::Io { address, reason };
     // The node may close a connection that waited behind others: try again until it answers.
@@ -145,22 +153,55 @@ pub async fn run(args: &Args) -> Result<(), ClientAppError> {
             Err(_) => tokio::time::sleep(RETRY_PAUSE).await,
         }
     };
-    let instruction = read_message(&mut stream, Limits::default())
+    answer_job(&mut stream, &job, args).await.map_err(io)
+}
+
+/// Receives the instruction that follows `job` on `stream`, runs the app, sends the reply.
+async fn answer_job(stream: &mut TcpStream, job: &AppJob, args: &Args) -> Result<(), String> {
+    let instruction = read_message(&mut *stream, Limits::default())
         .await
-        .map_err(|e| io(format!("unreadable instruction: {e}")))?;
+        .map_err(|e| format!("unreadable instruction: {e}"))?;
     tracing::info!(
         app = %job.header.app_name,
         message_type = instruction.metadata.message_type.as_str(),
         round = %instruction.metadata.group_id,
         "running the client app"
     );
-    let body = answer(&job, &instruction, args).await;
+    let body = answer(job, &instruction, args).await;
     let reply = instruction.reply(body, now_ms());
-    write_message(&mut stream, &reply, DEFAULT_CHUNK)
+    write_message(&mut *stream, &reply, DEFAULT_CHUNK)
         .await
-        .map_err(|e| io(format!("cannot send the reply: {e}")))?;
+        .map_err(|e| format!("cannot send the reply: {e}"))?;
     stream
         .shutdown()
         .await
-        .map_err(|e| io(format!("cannot send the reply: {e}")))
+        .map_err(|e| format!("cannot send the reply: {e}"))
+}
+
+/// Process isolation: asks the node for work, answers it, and asks again, until killed.
+async fn serve(args: &Args) -> Result<(), ClientAppError> {
+    let address = args.clientappio_api_address;
+    tracing::info!(%address, "taking instructions from the SuperNode (--isolation process)");
+    let mut said_unreachable = false;
+    loop {
+        match connect_for_job(address, PULL_TOKEN).await {
+            Ok((mut stream, job)) => {
+                said_unreachable = false;
+                if let Err(reason) = answer_job(&mut stream, &job, args).await {
+                    tracing::warn!(%reason, "instruction not answered");
+                }
+            }
+            Err(reason) => {
+                // "No job" is the node saying there is no work yet; a refused connection is a
+                // node not (yet) there: said once, then tried again quietly.
+                if reason.starts_with("no job") {
+                    said_unreachable = false;
+                } else if !said_unreachable {
+                    tracing::warn!(%address, %reason, "the SuperNode's ClientAppIo API does not answer; trying again");
+                    said_unreachable = true;
+                }
+                tokio::time::sleep(POLL_PAUSE).await;
+            }
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! exponential backoff and jitter; stop for good on a permanent refusal or when the retry budget
 //! (`--max-retries`, `--max-wait-time`) is spent.
 
-use crate::isolation::{ClientAppIo, Isolation};
+use crate::isolation::{ClientAppIo, Isolation, Launch};
 use crate::session::{self, SessionEnd, SessionError};
 use crate::settings::NodeSettings;
 use crate::work::Isolated;
@@ -97,26 +97,46 @@ pub async fn run(
     state: watch::Sender<NodeState>,
 ) -> Result<(), NodeError> {
     let mut worker = crate::work::Worker::new(apps, settings.node_config.clone());
-    if let Isolation::Subprocess { program, args } = &settings.isolation {
-        let address = settings.clientappio_address;
-        let io = ClientAppIo::start(address, settings.clientappio_allow_remote, shutdown.clone())
-            .await
-            .map_err(|error| {
-                let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
-                    " (another SuperNode on this machine? give each its own --clientappio-api-address)"
-                } else {
-                    ""
-                };
-                NodeError::Setup(format!(
-                    "cannot serve the ClientAppIo API on {address}: {error}{hint}"
-                ))
-            })?;
-        tracing::info!(address = %io.address(), program = %program.display(), "client apps run in their own processes");
-        worker = worker.isolated(Isolated {
-            io,
+    let launch = match &settings.isolation {
+        Isolation::InProcess => None,
+        Isolation::Subprocess { program, args } => Some(Launch::Child {
             program: program.clone(),
             args: args.clone(),
-        });
+        }),
+        Isolation::Process => Some(Launch::Operator),
+    };
+    if let Some(launch) = launch {
+        let address = settings.clientappio_address;
+        let io = ClientAppIo::start(
+            address,
+            settings.clientappio_allow_remote,
+            launch == Launch::Operator,
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|error| {
+            let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
+                " (another SuperNode on this machine? give each its own --clientappio-api-address)"
+            } else {
+                ""
+            };
+            NodeError::Setup(format!(
+                "cannot serve the ClientAppIo API on {address}: {error}{hint}"
+            ))
+        })?;
+        match &launch {
+            Launch::Child { program, .. } => tracing::info!(
+                address = %io.address(),
+                program = %program.display(),
+                "client apps run in their own processes"
+            ),
+            Launch::Operator => tracing::info!(
+                address = %io.address(),
+                "client apps run in processes you start: flwr-clientapp --clientappio-api-address {}",
+                io.address()
+            ),
+        }
+        worker = worker.isolated(Isolated { io, launch });
     }
     let worker = std::sync::Arc::new(worker);
     let (_, address) = session::resolve(&settings.superlink)

@@ -3,6 +3,11 @@
 //! `--clientappio-api-address`, proves with a one-time token that it is the child the node started,
 //! receives the instruction, and sends the reply. A child that aborts, runs out of memory or is
 //! killed costs that one instruction an error reply; the node itself carries on.
+//!
+//! Under process isolation (Flower's `--isolation process`) the operator starts
+//! `flwr-clientapp --clientappio-api-address ADDR` without a token, as many as wanted, and keeps
+//! them running; each asks for the next waiting instruction ([`PULL_TOKEN`]) and answers it. The
+//! trust boundary is then who may reach the address: this host's processes, by default.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,7 +22,8 @@ use tokio::process::Command;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use wire::clientappio::{
-    AppHello, AppJob, CLIENTAPPIO_VERSION, HELLO_FRAME_LIMIT, TOKEN_ENV, TOKEN_LEN, encode_token,
+    AppHello, AppJob, CLIENTAPPIO_VERSION, HELLO_FRAME_LIMIT, PULL_TOKEN, TOKEN_ENV, TOKEN_LEN,
+    encode_token,
 };
 use wire::io::{read_message, read_value, write_message, write_value};
 use wire::message::{ErrorCode, MessageError};
@@ -57,6 +63,23 @@ pub enum Isolation {
         /// Arguments passed before the ClientAppIo address (the training backend, for example).
         args: Vec<String>,
     },
+    /// In processes the operator started and keeps running, each taking the next waiting
+    /// instruction.
+    Process,
+}
+
+/// How an instruction's client app process comes to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Launch {
+    /// The node starts `program` for it.
+    Child {
+        /// The `flwr-clientapp` executable.
+        program: PathBuf,
+        /// Arguments passed before the ClientAppIo address.
+        args: Vec<String>,
+    },
+    /// A process the operator started takes it.
+    Operator,
 }
 
 /// Children the node started and is waiting to hear from, by token.
@@ -74,6 +97,10 @@ pub struct ClientAppIo {
     pending: Mutex<PendingHellos>,
     /// Whether peers on other hosts may connect at all (`--clientappio-allow-remote`).
     allow_remote: bool,
+    /// Whether processes the operator started may ask for work ([`PULL_TOKEN`]).
+    accept_pulls: bool,
+    /// Tokens of instructions waiting for such a process, oldest first.
+    unclaimed: Mutex<std::collections::VecDeque<[u8; TOKEN_LEN]>>,
 }
 
 /// Whether a connection from `peer` may show a token, on a listener bound to `local`: the
@@ -91,10 +118,12 @@ fn peer_allowed(peer: SocketAddr, local: SocketAddr, allow_remote: bool) -> bool
 
 impl ClientAppIo {
     /// Binds `address` (port 0 picks a free one) and serves it until `shutdown`; connections
-    /// from other hosts are dropped unless `allow_remote`.
+    /// from other hosts are dropped unless `allow_remote`, and processes asking for work are
+    /// served only when `accept_pulls` (process isolation).
     pub async fn start(
         address: SocketAddr,
         allow_remote: bool,
+        accept_pulls: bool,
         shutdown: CancellationToken,
     ) -> std::io::Result<Arc<Self>> {
         let listener = TcpListener::bind(address).await?;
@@ -113,6 +142,8 @@ impl ClientAppIo {
             limits: Limits::default(),
             pending: Mutex::default(),
             allow_remote,
+            accept_pulls,
+            unclaimed: Mutex::default(),
         });
         tokio::spawn(io.clone().serve(listener, local, shutdown));
         Ok(io)
@@ -194,37 +225,80 @@ impl ClientAppIo {
                 return;
             }
         };
-        let Some(waiting) = self.waiting().remove(&hello.token) else {
+        let token = if hello.token == PULL_TOKEN {
+            if !self.accept_pulls {
+                tracing::warn!(%peer, "a client app process asked for work, but this node starts its own (--isolation subprocess); dropped");
+                return;
+            }
+            // Nothing waiting: the process asks again shortly.
+            let Some(token) = self.next_unclaimed() else {
+                return;
+            };
+            token
+        } else {
+            hello.token
+        };
+        let Some(waiting) = self.waiting().remove(&token) else {
             tracing::warn!(%peer, "ClientAppIo connection with an unknown token; dropped");
             return;
         };
         let _ = waiting.send(stream);
     }
 
-    /// Runs `instruction` in a fresh child process; returns the reply's body, or an error body
-    /// saying why there is none.
+    fn unclaimed(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<[u8; TOKEN_LEN]>> {
+        // Pushes and pops only: a poisoned queue is still consistent.
+        self.unclaimed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The oldest instruction still waiting for a process the operator started.
+    fn next_unclaimed(&self) -> Option<[u8; TOKEN_LEN]> {
+        let mut unclaimed = self.unclaimed();
+        while let Some(token) = unclaimed.pop_front() {
+            if self.waiting().contains_key(&token) {
+                return Some(token);
+            }
+        }
+        None
+    }
+
+    /// Runs `instruction` in a client app process, started for it or taking it; returns the
+    /// reply's body, or an error body saying why there is none.
     pub async fn run(
         &self,
-        program: &PathBuf,
-        args: &[String],
+        launch: &Launch,
         job: AppJob,
         instruction: &Message,
         cancelled: Arc<AtomicBool>,
     ) -> MessageBody {
-        let token: [u8; TOKEN_LEN] = rand::random();
+        let token = loop {
+            let token: [u8; TOKEN_LEN] = rand::random();
+            if token != PULL_TOKEN {
+                break token;
+            }
+        };
         let (connected, connection) = oneshot::channel();
         self.waiting().insert(token, connected);
-        let outcome = self
-            .supervise(
-                program,
-                args,
-                token,
-                connection,
-                job,
-                instruction,
-                cancelled,
-            )
-            .await;
+        let outcome = match launch {
+            Launch::Child { program, args } => {
+                self.supervise(
+                    program,
+                    args,
+                    token,
+                    connection,
+                    job,
+                    instruction,
+                    cancelled,
+                )
+                .await
+            }
+            Launch::Operator => {
+                self.unclaimed().push_back(token);
+                self.hand_over(connection, job, instruction, cancelled)
+                    .await
+            }
+        };
         self.waiting().remove(&token);
         match outcome {
             Ok(body) => body,
@@ -272,22 +346,8 @@ impl ClientAppIo {
                 return Err(format!("the client app process did not connect within {CONNECT_TIMEOUT:?}"));
             }
         };
-        let exchange = async {
-            write_value(&mut stream, &job)
-                .await
-                .map_err(|e| e.to_string())?;
-            write_message(&mut stream, instruction, DEFAULT_CHUNK)
-                .await
-                .map_err(|e| e.to_string())?;
-            read_message(&mut stream, self.limits)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        let stopped = async {
-            while !cancelled.load(Ordering::Relaxed) {
-                tokio::time::sleep(CANCEL_POLL).await;
-            }
-        };
+        let exchange = self.exchange(&mut stream, &job, instruction);
+        let stopped = stopped(&cancelled);
         // The broker stops waiting for the reply after the instruction's time to live; a child
         // still working then (stuck, or simply too slow) is of no more use to anyone.
         let ttl = Duration::from_millis(instruction.metadata.ttl_ms);
@@ -328,6 +388,69 @@ impl ClientAppIo {
             let _ = child.kill().await;
         }
         Ok(reply.body)
+    }
+}
+
+/// Resolves once `cancelled` is set (the run was stopped).
+async fn stopped(cancelled: &AtomicBool) {
+    while !cancelled.load(Ordering::Relaxed) {
+        tokio::time::sleep(CANCEL_POLL).await;
+    }
+}
+
+impl ClientAppIo {
+    /// Sends the job and the instruction over `stream`; returns the reply.
+    async fn exchange(
+        &self,
+        stream: &mut TcpStream,
+        job: &AppJob,
+        instruction: &Message,
+    ) -> Result<Message, String> {
+        write_value(&mut *stream, job)
+            .await
+            .map_err(|e| e.to_string())?;
+        write_message(&mut *stream, instruction, DEFAULT_CHUNK)
+            .await
+            .map_err(|e| e.to_string())?;
+        read_message(&mut *stream, self.limits)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Waits for a process the operator started to take the instruction, then for its reply;
+    /// both within the instruction's time to live.
+    async fn hand_over(
+        &self,
+        connection: oneshot::Receiver<TcpStream>,
+        job: AppJob,
+        instruction: &Message,
+        cancelled: Arc<AtomicBool>,
+    ) -> Result<MessageBody, String> {
+        let ttl = Duration::from_millis(instruction.metadata.ttl_ms);
+        let work = async {
+            let mut stream = connection
+                .await
+                .map_err(|_| "the ClientAppIo API stopped".to_string())?;
+            let reply = self
+                .exchange(&mut stream, &job, instruction)
+                .await
+                .map_err(|e| {
+                    format!("the client app process broke the ClientAppIo exchange: {e}")
+                })?;
+            if reply.metadata.reply_to != Some(instruction.metadata.message_id) {
+                return Err("the client app process answered another instruction".into());
+            }
+            Ok(reply.body)
+        };
+        tokio::select! {
+            outcome = work => outcome,
+            _ = stopped(&cancelled) => Err("run stopped".into()),
+            _ = tokio::time::sleep(ttl) => Err(format!(
+                "no client app process answered within the instruction's time to live ({ttl:?}); \
+                 under --isolation process, start one: flwr-clientapp --clientappio-api-address {}",
+                self.address
+            )),
+        }
     }
 }
 
@@ -413,6 +536,7 @@ mod tests {
         ClientAppIo::start(
             SocketAddr::from(([127, 0, 0, 1], 0)),
             false,
+            false,
             CancellationToken::new(),
         )
         .await
@@ -423,6 +547,7 @@ mod tests {
     async fn bound_to_every_interface_children_are_sent_to_loopback() {
         let io = ClientAppIo::start(
             SocketAddr::from(([0, 0, 0, 0], 0)),
+            false,
             false,
             CancellationToken::new(),
         )
@@ -502,6 +627,58 @@ mod tests {
             .unwrap();
         assert!(closed_within(&mut silent[0], HELLO_TIMEOUT / 2).await);
         assert!(io.pending().tasks.len() <= MAX_PENDING_HELLOS);
+    }
+
+    #[tokio::test]
+    async fn a_process_asking_for_work_gets_it_only_under_process_isolation() {
+        let pull = wire::frame::encode(&AppHello {
+            version: CLIENTAPPIO_VERSION,
+            token: PULL_TOKEN,
+        })
+        .unwrap();
+        for accept_pulls in [false, true] {
+            let io = ClientAppIo::start(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                false,
+                accept_pulls,
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+            let token = [4; TOKEN_LEN];
+            let (waiting, connection) = oneshot::channel();
+            io.waiting().insert(token, waiting);
+            io.unclaimed().push_back(token);
+            let mut stream = TcpStream::connect(io.address()).await.unwrap();
+            stream.write_all(&pull).await.unwrap();
+            let handed = tokio::time::timeout(HELLO_TIMEOUT, connection).await;
+            assert_eq!(
+                matches!(handed, Ok(Ok(_))),
+                accept_pulls,
+                "accept_pulls = {accept_pulls}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_process_asking_when_nothing_waits_gets_nothing() {
+        let io = ClientAppIo::start(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            false,
+            true,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        // An instruction that already ended (its slot gone) is not handed out either.
+        io.unclaimed().push_back([5; TOKEN_LEN]);
+        let pull = wire::frame::encode(&AppHello {
+            version: CLIENTAPPIO_VERSION,
+            token: PULL_TOKEN,
+        })
+        .unwrap();
+        assert!(answer_to(&pull, &io).await.is_empty());
+        assert!(io.unclaimed().is_empty());
     }
 
     #[test]

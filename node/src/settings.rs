@@ -18,6 +18,10 @@ pub enum IsolationMode {
     Subprocess,
     /// On a thread of the node: faster to start, but an app that aborts takes the node down.
     InProcess,
+    /// In `flwr-clientapp` processes you start and keep running
+    /// (`flwr-clientapp --clientappio-api-address ADDR`), each taking the next waiting
+    /// instruction. Any process that can reach the address can take instructions.
+    Process,
 }
 
 /// Flower SuperNode: a long-running node that trains on its private data for the SuperLink.
@@ -164,6 +168,7 @@ impl Args {
         };
         let isolation = match self.isolation {
             IsolationMode::InProcess => Isolation::InProcess,
+            IsolationMode::Process => Isolation::Process,
             IsolationMode::Subprocess => Isolation::Subprocess {
                 program: clientapp_program(self.clientapp_program)?,
                 args: vec!["--backend".into(), self.runtime.backend.as_str().into()],

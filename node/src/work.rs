@@ -3,11 +3,10 @@
 //! the reply goes back on a stream of its own. A reply that cannot be delivered waits in an outbox
 //! and is sent again after reconnecting (the broker ignores duplicates).
 
-use crate::isolation::ClientAppIo;
+use crate::isolation::{ClientAppIo, Launch};
 use model::app::{AppError, ClientContext};
 use model::apps::ClientApps;
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,14 +41,12 @@ pub struct Worker {
     isolated: Option<Isolated>,
 }
 
-/// Client apps in child processes: the program and the API they connect to.
+/// Client apps in processes of their own: the API they connect to and how they start.
 pub struct Isolated {
     /// The node's ClientAppIo API.
     pub io: Arc<ClientAppIo>,
-    /// `flwr-clientapp`.
-    pub program: PathBuf,
-    /// Its arguments.
-    pub args: Vec<String>,
+    /// Started by the node per instruction, or by the operator.
+    pub launch: Launch,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -179,13 +176,7 @@ impl Worker {
             let started = std::time::Instant::now();
             let body = isolated
                 .io
-                .run(
-                    &isolated.program,
-                    &isolated.args,
-                    job,
-                    instruction,
-                    cancelled,
-                )
+                .run(&isolated.launch, job, instruction, cancelled)
                 .await;
             if matches!(body, MessageBody::Content(_)) {
                 tracing::info!(elapsed = ?started.elapsed(), "client app process finished");

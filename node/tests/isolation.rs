@@ -314,3 +314,39 @@ async fn a_clientappio_address_in_use_stops_the_node_with_a_hint() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_process_isolation_a_client_app_the_operator_started_answers_every_round() {
+    let _turn = CHILDREN.lock().await;
+    let federation = start_broker();
+    let address = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut node_settings = settings(&federation, "value=3", Isolation::Process);
+    node_settings.clientappio_address = address;
+    let mut node = Node::start(node_settings);
+    node.online().await;
+    // Started by hand, without a token, as an operator would.
+    let mut process = tokio::process::Command::new(env!("CARGO_BIN_EXE_flwr-clientapp"))
+        .args(["--clientappio-api-address", &address.to_string()])
+        .args(["--backend", "cpu"])
+        .env_remove(wire::clientappio::TOKEN_ENV)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let config = ConfigRecord::new()
+        .with("num-server-rounds", ConfigValue::Int(2))
+        .with("min-nodes", ConfigValue::Int(1));
+    let (run_id, status, lines) = run_vector_add(&federation, config).await;
+    assert_eq!(status, RunStatus::Completed, "{lines:#?}");
+    // Two rounds of adding 3 to a zero vector.
+    assert_eq!(final_vector(&federation, run_id), [6.0; 4]);
+    assert!(
+        process.try_wait().unwrap().is_none(),
+        "the process stays for the next instruction"
+    );
+    process.kill().await.unwrap();
+    node.shutdown.cancel();
+    node.task.await.unwrap().unwrap();
+}

@@ -6,6 +6,10 @@
 //! nothing. The node answers with [`AppJob`] followed by the instruction as a message stream;
 //! the child sends the reply as a message stream and exits. A child that dies instead (abort, out
 //! of memory, a signal) costs only that instruction: the node answers it with an error.
+//!
+//! Under process isolation the operator starts long-lived client app processes instead: each
+//! shows [`PULL_TOKEN`], is handed the next instruction waiting for a process, answers it the same
+//! way, and connects again for the next one.
 
 use crate::fleet::InstructionHeader;
 use crate::{ConfigRecord, NodeId};
@@ -20,6 +24,11 @@ pub const TOKEN_ENV: &str = "FLWR_CLIENTAPP_TOKEN";
 
 /// Length of a token in bytes.
 pub const TOKEN_LEN: usize = 32;
+
+/// The token shown by a client app process that the operator started (Flower's process
+/// isolation, `flower-supernode --isolation process`): it asks for the next instruction waiting
+/// for a process rather than for one it was started for. A node in any other mode drops it.
+pub const PULL_TOKEN: [u8; TOKEN_LEN] = [0; TOKEN_LEN];
 
 /// Largest [`AppJob`] frame.
 pub const CONTROL_FRAME_LIMIT: u32 = 1024 * 1024;
