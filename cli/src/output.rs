@@ -49,51 +49,22 @@ pub mod colour {
     pub const GREY: u8 = 90;
 }
 
-/// Visible width of a cell, ignoring ANSI colour sequences.
-fn visible_width(cell: &str) -> usize {
-    let mut width = 0;
-    let mut in_escape = false;
-    for c in cell.chars() {
-        match (in_escape, c) {
-            (false, '\x1b') => in_escape = true,
-            (true, 'm') => in_escape = false,
-            (true, _) => {}
-            (false, _) => width += 1,
-        }
-    }
-    width
-}
+/// Flower's table look (rich's heavy header) in comfy-table's preset notation: light borders
+/// and columns, a heavy rule under the header, no rules between rows.
+const FLOWER_STYLE: &str = "││──┝━┿┥│    ┬┴┌┐└┘";
 
-/// A box-drawn table like Flower's.
+/// A box-drawn table like Flower's. On a terminal it fits the terminal's width, wrapping long
+/// cells; colour sequences in cells do not count towards widths.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(FLOWER_STYLE)
+        .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
+        .set_header(headers.iter().copied());
     for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(visible_width(cell));
-            }
-        }
+        table.add_row(row.iter().map(String::as_str));
     }
-    let line = |left: &str, mid: &str, right: &str| {
-        let bars: Vec<String> = widths.iter().map(|w| "─".repeat(w + 2)).collect();
-        format!("{left}{}{right}\n", bars.join(mid))
-    };
-    let render = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!(" {cell}{} ", " ".repeat(w - visible_width(cell))))
-            .collect();
-        format!("│{}│\n", padded.join("│"))
-    };
-    let mut out = line("┌", "┬", "┐");
-    out.push_str(&render(headers.to_vec()));
-    out.push_str(&line("├", "┼", "┤"));
-    for row in rows {
-        out.push_str(&render(row.iter().map(String::as_str).collect()));
-    }
-    out.push_str(&line("└", "┴", "┘"));
-    out
+    format!("{table}\n")
 }
 
 #[cfg(test)]
@@ -111,10 +82,44 @@ mod tests {
         assert_eq!(timestamp(0), "1970-01-01 00:00:00Z");
     }
 
+    /// Visible width of a line, ignoring ANSI colour sequences.
+    fn visible_width(line: &str) -> usize {
+        let mut width = 0;
+        let mut in_escape = false;
+        for c in line.chars() {
+            match (in_escape, c) {
+                (false, '\x1b') => in_escape = true,
+                (true, 'm') => in_escape = false,
+                (true, _) => {}
+                (false, _) => width += 1,
+            }
+        }
+        width
+    }
+
     #[test]
     fn table_columns_align_ignoring_colour() {
         let text = table(&["A", "B"], &[vec!["\x1b[32mxx\x1b[0m".into(), "y".into()]]);
         let widths: Vec<usize> = text.lines().map(visible_width).collect();
         assert!(widths.windows(2).all(|w| w[0] == w[1]), "{text}");
+    }
+
+    #[test]
+    fn tables_have_flowers_heavy_header_rule() {
+        let text = table(&["Node ID", "Owner"], &[vec!["1".into(), "local".into()]]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert!(
+            lines[0].starts_with('┌') && lines[2].starts_with('┝'),
+            "{text}"
+        );
+        assert!(
+            lines[2].contains('━') && lines[4].starts_with('└'),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains("Node ID") && lines[3].contains("local"),
+            "{text}"
+        );
     }
 }
