@@ -1,6 +1,10 @@
 //! Writing and reading the safetensors format (an 8-byte little-endian header length, a JSON header
 //! naming each tensor's dtype, shape and byte range, then the bytes), so the final model loads in
 //! PyTorch with `safetensors.torch.load_file` and `Net.load_state_dict`.
+//!
+//! Writing stays here: the `safetensors` crate's writer orders tensors by dtype and name, while
+//! this one keeps the `state_dict` order, so that a model read back is the model written. Reading
+//! is the crate's, whose validation of a file from elsewhere is stricter than a hand-written one.
 
 use serde_json::{Map, Value, json};
 use wire::{Array, ArrayRecord, DType};
@@ -38,77 +42,50 @@ pub fn encode(arrays: &ArrayRecord, metadata: &[(&str, String)]) -> Vec<u8> {
     out
 }
 
-fn dtype(name: &str) -> Option<DType> {
-    Some(match name {
-        "F32" => DType::F32,
-        "F64" => DType::F64,
-        "F16" => DType::F16,
-        "BF16" => DType::BF16,
-        "I8" => DType::I8,
-        "I32" => DType::I32,
-        "I64" => DType::I64,
-        "U8" => DType::U8,
-        "BOOL" => DType::Bool,
+fn dtype(dtype: safetensors::Dtype) -> Option<DType> {
+    use safetensors::Dtype as S;
+    Some(match dtype {
+        S::F32 => DType::F32,
+        S::F64 => DType::F64,
+        S::F16 => DType::F16,
+        S::BF16 => DType::BF16,
+        S::I8 => DType::I8,
+        S::I32 => DType::I32,
+        S::I64 => DType::I64,
+        S::U8 => DType::U8,
+        S::BOOL => DType::Bool,
         _ => return None,
     })
 }
 
-/// Decodes a safetensors file into arrays, ordered by their position in the data section.
+/// Decodes a safetensors file into arrays, ordered by their position in the data section. The
+/// `safetensors` crate (Hugging Face's own) parses and validates the header: offsets that
+/// overlap, leave gaps or run past the data, sizes that disagree with dtype and shape, and
+/// oversized headers are all refused.
 pub fn decode(bytes: &[u8]) -> Result<ArrayRecord, String> {
-    let len_bytes: [u8; 8] = bytes
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .ok_or("truncated header length")?;
-    let header_len =
-        usize::try_from(u64::from_le_bytes(len_bytes)).map_err(|_| "header too large")?;
-    let data_start = 8usize
-        .checked_add(header_len)
-        .filter(|&e| e <= bytes.len())
-        .ok_or("truncated header")?;
-    let header: Map<String, Value> = serde_json::from_slice(&bytes[8..data_start])
-        .map_err(|e| format!("malformed header: {e}"))?;
-    let data = &bytes[data_start..];
-    let mut entries = Vec::new();
-    for (name, info) in header {
-        if name == "__metadata__" {
-            continue;
-        }
-        let dtype = info["dtype"]
-            .as_str()
-            .and_then(dtype)
-            .ok_or_else(|| format!("{name}: unknown dtype"))?;
-        let shape: Vec<u64> = info["shape"]
-            .as_array()
-            .ok_or_else(|| format!("{name}: no shape"))?
-            .iter()
-            .map(|d| d.as_u64().ok_or_else(|| format!("{name}: bad shape")))
-            .collect::<Result<_, _>>()?;
-        let offsets = info["data_offsets"]
-            .as_array()
-            .ok_or_else(|| format!("{name}: no offsets"))?;
-        let (start, end) = match offsets.as_slice() {
-            [a, b] => (
-                a.as_u64().unwrap_or(u64::MAX) as usize,
-                b.as_u64().unwrap_or(0) as usize,
-            ),
-            _ => return Err(format!("{name}: bad offsets")),
-        };
+    let (header_len, metadata) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
+    let data = bytes.get(8 + header_len..).ok_or("truncated header")?;
+    let mut arrays = ArrayRecord::new();
+    for name in metadata.offset_keys() {
+        let info = metadata
+            .info(&name)
+            .ok_or_else(|| format!("{name}: missing from the header"))?;
+        let dtype = dtype(info.dtype)
+            .ok_or_else(|| format!("{name}: unsupported dtype {:?}", info.dtype))?;
+        let (start, end) = info.data_offsets;
         let slice = data
             .get(start..end)
             .ok_or_else(|| format!("{name}: offsets outside the data"))?;
         let array = Array {
             dtype,
-            shape,
+            shape: info.shape.iter().map(|&d| d as u64).collect(),
             data: slice.to_vec(),
         };
         array.validate().map_err(|e| format!("{name}: {e}"))?;
-        entries.push((start, name, array));
+        arrays.insert(name, array);
     }
-    entries.sort_by_key(|(start, _, _)| *start);
-    Ok(entries
-        .into_iter()
-        .map(|(_, name, array)| (name, array))
-        .collect())
+    Ok(arrays)
 }
 
 #[cfg(test)]
@@ -131,5 +108,41 @@ mod tests {
         assert_eq!(header_len % 8, 0);
         assert_eq!(decode(&bytes).unwrap(), arrays);
         assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn what_we_write_is_what_the_reference_reader_reads() {
+        let arrays = ArrayRecord::new()
+            .with(
+                "w",
+                Array::from_f32(vec![2, 2], &[1.0, 2.0, 3.0, 4.0]).unwrap(),
+            )
+            .with("b", Array::from_f32(vec![2], &[5.0, 6.0]).unwrap());
+        let bytes = encode(&arrays, &[("format", "pt".into())]);
+        let reference = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let w = reference.tensor("w").unwrap();
+        assert_eq!(
+            (w.dtype(), w.shape()),
+            (safetensors::Dtype::F32, &[2, 2][..])
+        );
+        assert_eq!(w.data(), arrays.get("w").unwrap().data.as_slice());
+        let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        assert_eq!(
+            metadata
+                .metadata()
+                .as_ref()
+                .and_then(|m| m.get("format"))
+                .map(String::as_str),
+            Some("pt")
+        );
+    }
+
+    #[test]
+    fn overlapping_offsets_are_refused() {
+        let header = br#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(&[0; 4]);
+        assert!(decode(&bytes).is_err());
     }
 }
