@@ -28,6 +28,9 @@ pub enum Command {
     /// Run a whole local federation on embedded defaults: certificates, keys, data, a SuperLink with
     /// SuperNode authentication, SuperNodes, and the seed's run.
     Demo(DemoArgs),
+    /// Show where federations come from and what they resolve to.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Prepare dataset partitions for SuperNodes.
     #[command(subcommand)]
     Dataset(DatasetCommand),
@@ -207,6 +210,22 @@ pub enum DatasetCommand {
         /// Overwrite existing partitions.
         #[arg(long)]
         force: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+/// `flwr config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// List the federations flwr.toml, pyproject.toml and $FLWR_HOME/config.toml define, each
+    /// as it resolves, with the default marked.
+    #[command(visible_alias = "ls")]
+    List {
+        /// App directory holding flwr.toml or a Flower pyproject.toml.
+        #[arg(default_value = ".")]
+        app: PathBuf,
         /// Output format.
         #[arg(long, value_enum, default_value_t)]
         format: Format,

@@ -114,6 +114,13 @@ impl FederationSource {
             };
             return Err(CliError::Config(format!("{} has no address{hint}", here())));
         };
+        if address.starts_with(':') {
+            return Err(CliError::Config(format!(
+                "{}: {address} is Flower's local simulation SuperLink, which flwr starts for \
+                 itself there; give the address of a flower-superlink's Control API instead",
+                here()
+            )));
+        }
         let resolve = |p: &PathBuf| {
             if p.is_absolute() {
                 p.clone()
@@ -242,6 +249,26 @@ impl AppConfig {
     /// The default federation's name: the first file's that has one.
     pub fn default_federation(&self) -> Option<&str> {
         self.sources.iter().find_map(|s| s.default.as_deref())
+    }
+
+    /// The files looked at, in lookup order.
+    pub fn looked_at(&self) -> &[PathBuf] {
+        &self.looked_at
+    }
+
+    /// Every federation that a name resolves to, in lookup order: one per name, from the first
+    /// file that has it; its address, if it has one; and the file.
+    pub fn federations(&self) -> Vec<(String, Option<String>, PathBuf)> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut all = Vec::new();
+        for source in &self.sources {
+            for (name, entry) in &source.named {
+                if seen.insert(name.clone()) {
+                    all.push((name.clone(), entry.address.clone(), source.path.clone()));
+                }
+            }
+        }
+        all
     }
 
     /// The federation called `name`, or the default one.
@@ -408,6 +435,37 @@ mod tests {
         assert!(simulation.contains("simulation federation"), "{simulation}");
         let account = config.federation(Some("cloud")).unwrap_err().to_string();
         assert!(account.contains("operator-key"), "{account}");
+    }
+
+    #[test]
+    fn flowers_local_superlink_and_shadowed_names_are_told_apart() {
+        let app = tempfile::tempdir().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        write(
+            app.path(),
+            FILE_NAME,
+            "[federations.local]\naddress='own:1'\n",
+        );
+        write(
+            home.path(),
+            user_config::FILE_NAME,
+            "[superlink.local]\naddress=':local:'\n[superlink.sim]\naddress=':local-in-memory:'\n",
+        );
+        let config = AppConfig::load_with_home(app.path(), Some(home.path())).unwrap();
+        let listed: Vec<(String, Option<String>)> = config
+            .federations()
+            .into_iter()
+            .map(|(name, address, _)| (name, address))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("local".to_string(), Some("own:1".to_string())),
+                ("sim".to_string(), Some(":local-in-memory:".to_string()))
+            ]
+        );
+        let error = config.federation(Some("sim")).unwrap_err().to_string();
+        assert!(error.contains("local simulation SuperLink"), "{error}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One module per subcommand; [`run`] dispatches.
 
 pub mod certs;
+pub mod config;
 pub mod dataset;
 pub mod demo;
 pub mod keys;
@@ -8,7 +9,9 @@ pub mod runs;
 pub mod supernode;
 
 use crate::CliError;
-use crate::args::{CertsCommand, Command, DatasetCommand, KeysCommand, SupernodeCommand};
+use crate::args::{
+    CertsCommand, Command, ConfigCommand, DatasetCommand, KeysCommand, SupernodeCommand,
+};
 use crate::output::Format;
 
 /// The output format the command asked for (errors are printed in it too).
@@ -16,6 +19,7 @@ pub fn format_of(command: &Command) -> Format {
     match command {
         Command::Certs(CertsCommand::Generate { format, .. }) => *format,
         Command::Keys(KeysCommand::Generate { format, .. }) => *format,
+        Command::Config(ConfigCommand::List { format, .. }) => *format,
         Command::Supernode(
             SupernodeCommand::Register { target, .. }
             | SupernodeCommand::Unregister { target, .. }
@@ -36,6 +40,7 @@ pub async fn run(command: Command) -> Result<(), CliError> {
     match command {
         Command::Certs(command) => certs::run(command),
         Command::Keys(command) => keys::run(command),
+        Command::Config(command) => config::run(command),
         Command::Supernode(command) => supernode::run(command).await,
         Command::Run {
             target,
