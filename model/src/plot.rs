@@ -1,111 +1,123 @@
-//! A small SVG chart of per-round metrics (losses on the left axis, accuracy on the right), stored
-//! with each finished run so people can look rather than read.
+//! An SVG chart of per-round metrics (losses on the left axis, accuracy on the right), stored with
+//! each finished run so people can look rather than read. Drawn with plotters: axes with ticks
+//! and labels, a legend. SVG needs no font files (the viewer renders the text), which keeps font
+//! rasterisation out of the broker.
 
+use plotters::prelude::*;
 use serde_json::Value;
 
-const WIDTH: f64 = 640.0;
-const HEIGHT: f64 = 360.0;
-const MARGIN: f64 = 50.0;
+/// Size of the chart in pixels.
+const SIZE: (u32, u32) = (720, 405);
+
+/// Most round labels on the x axis.
+const MAX_ROUND_LABELS: usize = 10;
+
+/// The series and their colours (matplotlib's first three, as Flower's examples plot them).
+const SERIES: [(&str, RGBColor, Axis); 3] = [
+    ("train_loss", RGBColor(0x1f, 0x77, 0xb4), Axis::Loss),
+    ("eval_loss", RGBColor(0xff, 0x7f, 0x0e), Axis::Loss),
+    ("eval_acc", RGBColor(0x2c, 0xa0, 0x2c), Axis::Accuracy),
+];
+
+/// Which y axis a series is read against.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Axis {
+    Loss,
+    Accuracy,
+}
 
 fn series(history: &[Value], name: &str) -> Vec<(f64, f64)> {
     history
         .iter()
         .filter_map(|entry| Some((entry["round"].as_f64()?, entry[name].as_f64()?)))
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
         .collect()
 }
 
-fn polyline(points: &[(f64, f64)], x_max: f64, y_max: f64, colour: &str) -> String {
-    if points.is_empty() {
-        return String::new();
+/// The chart for `history` (entries with `round` and any of `train_loss`, `eval_loss`,
+/// `eval_acc`).
+pub fn svg(history: &[Value]) -> String {
+    let mut out = String::new();
+    if let Err(error) = draw(history, &mut out) {
+        // Drawing into a string fails only on a plotters bug; a run's results are not lost to it.
+        tracing::warn!(%error, "the metrics chart could not be drawn");
+        out.clear();
     }
-    let plot_w = WIDTH - 2.0 * MARGIN;
-    let plot_h = HEIGHT - 2.0 * MARGIN;
-    let coords: Vec<String> = points
-        .iter()
-        .map(|(x, y)| {
-            let px = MARGIN
-                + if x_max > 1.0 {
-                    (x - 1.0) / (x_max - 1.0) * plot_w
-                } else {
-                    plot_w / 2.0
-                };
-            let py = HEIGHT - MARGIN - (y / y_max).clamp(0.0, 1.0) * plot_h;
-            format!("{px:.1},{py:.1}")
-        })
-        .collect();
-    let dots: String = coords
-        .iter()
-        .map(|c| {
-            let (x, y) = c.split_once(',').unwrap_or(("0", "0"));
-            format!(r#"<circle cx="{x}" cy="{y}" r="3" fill="{colour}"/>"#)
-        })
-        .collect();
-    format!(
-        r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>{dots}"#,
-        coords.join(" ")
-    )
+    out
 }
 
-/// The chart for `history` (entries with `round` and any of `train_loss`, `eval_loss`, `eval_acc`).
-pub fn svg(history: &[Value]) -> String {
-    let train = series(history, "train_loss");
-    let eval = series(history, "eval_loss");
-    let acc = series(history, "eval_acc");
-    let x_max = history
+fn draw(history: &[Value], out: &mut String) -> Result<(), Box<dyn std::error::Error>> {
+    let lines: Vec<(&str, RGBColor, Axis, Vec<(f64, f64)>)> = SERIES
         .iter()
-        .filter_map(|e| e["round"].as_f64())
+        .map(|&(name, colour, axis)| (name, colour, axis, series(history, name)))
+        .collect();
+    let last_round = lines
+        .iter()
+        .flat_map(|(_, _, _, points)| points.iter().map(|(x, _)| *x))
         .fold(1.0, f64::max);
-    let loss_max = train
+    let loss_max = lines
         .iter()
-        .chain(&eval)
-        .map(|(_, y)| *y)
+        .filter(|(_, _, axis, _)| *axis == Axis::Loss)
+        .flat_map(|(_, _, _, points)| points.iter().map(|(_, y)| *y))
         .fold(0.0, f64::max)
         .max(1e-9)
         * 1.1;
-    let mut out = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" font-size="12">"#
-    );
-    out.push_str(r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let (left, right, bottom, top) = (MARGIN, WIDTH - MARGIN, HEIGHT - MARGIN, MARGIN);
-    out.push_str(&format!(
-        r#"<path d="M{left},{top} L{left},{bottom} L{right},{bottom} L{right},{top}" fill="none" stroke="black"/>"#
-    ));
-    out.push_str(&format!(
-        r#"<text x="{left}" y="{}" >loss (max {loss_max:.3})</text>"#,
-        top - 10.0
-    ));
-    out.push_str(&format!(
-        r#"<text x="{}" y="{}" text-anchor="end">accuracy (0-1)</text>"#,
-        right,
-        top - 10.0
-    ));
-    out.push_str(&format!(
-        r#"<text x="{}" y="{}" text-anchor="middle">round (1-{x_max})</text>"#,
-        WIDTH / 2.0,
-        HEIGHT - 15.0
-    ));
-    out.push_str(&polyline(&train, x_max, loss_max, "#1f77b4"));
-    out.push_str(&polyline(&eval, x_max, loss_max, "#ff7f0e"));
-    out.push_str(&polyline(&acc, x_max, 1.0, "#2ca02c"));
-    for (i, (label, colour)) in [
-        ("train_loss", "#1f77b4"),
-        ("eval_loss", "#ff7f0e"),
-        ("eval_acc", "#2ca02c"),
-    ]
-    .iter()
-    .enumerate()
-    {
-        let y = top + 15.0 + 16.0 * i as f64;
-        out.push_str(&format!(
-            r#"<rect x="{}" y="{}" width="10" height="10" fill="{colour}"/><text x="{}" y="{}">{label}</text>"#,
-            left + 10.0,
-            y - 9.0,
-            left + 25.0,
-            y
-        ));
+    // One round still gets an axis around it.
+    let rounds = 0.5..last_round + 0.5;
+    let root = SVGBackend::with_string(out, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Metrics per round", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .right_y_label_area_size(55)
+        .build_cartesian_2d(rounds.clone(), 0.0..loss_max)?
+        .set_secondary_coord(rounds, 0.0..1.0);
+    let round_labels = (last_round as usize).clamp(1, MAX_ROUND_LABELS);
+    chart
+        .configure_mesh()
+        .x_desc("Round")
+        .y_desc("Loss")
+        .x_labels(round_labels)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.2}"))
+        .draw()?;
+    chart
+        .configure_secondary_axes()
+        .y_desc("Accuracy")
+        .y_label_formatter(&|y| format!("{y:.1}"))
+        .draw()?;
+    for (name, colour, axis, points) in lines {
+        if points.is_empty() {
+            continue;
+        }
+        let style = colour.stroke_width(2);
+        let dots = points
+            .iter()
+            .map(move |&p| Circle::new(p, 3, colour.filled()));
+        let drawn = match axis {
+            Axis::Loss => {
+                chart.draw_series(dots)?;
+                chart.draw_series(LineSeries::new(points, style))?
+            }
+            Axis::Accuracy => {
+                chart.draw_secondary_series(dots)?;
+                chart.draw_secondary_series(LineSeries::new(points, style))?
+            }
+        };
+        drawn
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
-    out.push_str("</svg>\n");
-    out
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperMiddle)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -114,13 +126,46 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn the_chart_has_a_line_per_metric() {
+    fn the_chart_has_axes_labels_and_a_line_per_metric() {
         let history = vec![
             json!({"round": 1, "train_loss": 2.0, "eval_loss": 1.8, "eval_acc": 0.3}),
             json!({"round": 2, "train_loss": 1.5, "eval_loss": 1.4, "eval_acc": 0.5}),
+            json!({"round": 3, "train_loss": 1.2, "eval_loss": 1.3, "eval_acc": 0.6}),
         ];
         let svg = svg(&history);
-        assert!(svg.starts_with("<svg"));
-        assert_eq!(svg.matches("<polyline").count(), 3);
+        assert!(svg.starts_with("<svg"), "{svg}");
+        for text in [
+            "Round",
+            "Loss",
+            "Accuracy",
+            "train_loss",
+            "eval_loss",
+            "eval_acc",
+        ] {
+            assert!(svg.contains(text), "{text}");
+        }
+        for (name, colour, _) in SERIES {
+            let stroke = format!(
+                "stroke=\"#{:02X}{:02X}{:02X}\"",
+                colour.0, colour.1, colour.2
+            );
+            // The series' line and its legend sample.
+            let lines = svg
+                .lines()
+                .filter(|l| l.starts_with("<polyline") && l.contains(&stroke))
+                .count();
+            assert_eq!(lines, 2, "{name}: {svg}");
+        }
+    }
+
+    #[test]
+    fn one_round_and_missing_or_non_finite_values_still_draw() {
+        let history = vec![json!({"round": 1, "train_loss": f64::NAN, "eval_acc": 0.5})];
+        let svg = svg(&history);
+        assert!(svg.starts_with("<svg"), "{svg}");
+        assert!(
+            svg.contains("eval_acc") && !svg.contains("train_loss"),
+            "{svg}"
+        );
     }
 }
