@@ -26,6 +26,14 @@ enum Axis {
     Accuracy,
 }
 
+/// One series to draw.
+struct Line {
+    name: &'static str,
+    colour: RGBColor,
+    axis: Axis,
+    points: Vec<(f64, f64)>,
+}
+
 fn series(history: &[Value], name: &str) -> Vec<(f64, f64)> {
     history
         .iter()
@@ -47,18 +55,23 @@ pub fn svg(history: &[Value]) -> String {
 }
 
 fn draw(history: &[Value], out: &mut String) -> Result<(), Box<dyn std::error::Error>> {
-    let lines: Vec<(&str, RGBColor, Axis, Vec<(f64, f64)>)> = SERIES
+    let lines: Vec<Line> = SERIES
         .iter()
-        .map(|&(name, colour, axis)| (name, colour, axis, series(history, name)))
+        .map(|&(name, colour, axis)| Line {
+            name,
+            colour,
+            axis,
+            points: series(history, name),
+        })
         .collect();
     let last_round = lines
         .iter()
-        .flat_map(|(_, _, _, points)| points.iter().map(|(x, _)| *x))
+        .flat_map(|line| line.points.iter().map(|(x, _)| *x))
         .fold(1.0, f64::max);
     let loss_max = lines
         .iter()
-        .filter(|(_, _, axis, _)| *axis == Axis::Loss)
-        .flat_map(|(_, _, _, points)| points.iter().map(|(_, y)| *y))
+        .filter(|line| line.axis == Axis::Loss)
+        .flat_map(|line| line.points.iter().map(|(_, y)| *y))
         .fold(0.0, f64::max)
         .max(1e-9)
         * 1.1;
@@ -88,7 +101,13 @@ fn draw(history: &[Value], out: &mut String) -> Result<(), Box<dyn std::error::E
         .y_desc("Accuracy")
         .y_label_formatter(&|y| format!("{y:.1}"))
         .draw()?;
-    for (name, colour, axis, points) in lines {
+    for Line {
+        name,
+        colour,
+        axis,
+        points,
+    } in lines
+    {
         if points.is_empty() {
             continue;
         }
