@@ -1,10 +1,27 @@
-//! An SVG chart of per-round metrics (losses on the left axis, accuracy on the right), stored with
-//! each finished run so people can look rather than read. Drawn with plotters: axes with ticks
-//! and labels, a legend. SVG needs no font files (the viewer renders the text), which keeps font
-//! rasterisation out of the broker.
+//! A chart of per-round metrics (losses on the left axis, accuracy on the right), stored with each
+//! finished run as SVG and PNG so people can look rather than read. Drawn with plotters: axes with
+//! ticks and labels, a legend. The PNG's text is set in DejaVu Sans, cut down to ASCII (10 KiB)
+//! and compiled in, so no font needs to be installed where the broker runs.
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde_json::Value;
+
+/// DejaVu Sans, printable ASCII only (see `assets/DejaVuSans-LICENSE.txt`).
+const FONT: &[u8] = include_bytes!("../assets/DejaVuSans-ASCII.ttf");
+
+/// The font family the chart's text is set in.
+const FAMILY: &str = "sans-serif";
+
+/// Registers [`FONT`] as [`FAMILY`] once per process.
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_err() {
+            tracing::warn!("the chart font is unreadable: the PNG chart will have no text");
+        }
+    });
+}
 
 /// Size of the chart in pixels.
 const SIZE: (u32, u32) = (720, 405);
@@ -43,18 +60,54 @@ fn series(history: &[Value], name: &str) -> Vec<(f64, f64)> {
 }
 
 /// The chart for `history` (entries with `round` and any of `train_loss`, `eval_loss`,
-/// `eval_acc`).
+/// `eval_acc`) as SVG.
 pub fn svg(history: &[Value]) -> String {
+    register_font();
     let mut out = String::new();
-    if let Err(error) = draw(history, &mut out) {
-        // Drawing into a string fails only on a plotters bug; a run's results are not lost to it.
+    let drawn = draw(
+        history,
+        SVGBackend::with_string(&mut out, SIZE).into_drawing_area(),
+    );
+    if let Err(error) = drawn {
+        // Drawing in memory fails only on a plotters bug; a run's results are not lost to it.
         tracing::warn!(%error, "the metrics chart could not be drawn");
         out.clear();
     }
     out
 }
 
-fn draw(history: &[Value], out: &mut String) -> Result<(), Box<dyn std::error::Error>> {
+/// The same chart as a PNG image (empty if it could not be drawn).
+pub fn png(history: &[Value]) -> Vec<u8> {
+    register_font();
+    let (width, height) = SIZE;
+    let mut pixels = vec![0u8; width as usize * height as usize * 3];
+    let drawn = draw(
+        history,
+        BitMapBackend::with_buffer(&mut pixels, SIZE).into_drawing_area(),
+    );
+    let encoded = drawn.and_then(|()| {
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, width, height);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header()?;
+        writer.write_image_data(&pixels)?;
+        writer.finish()?;
+        Ok(out)
+    });
+    encoded.unwrap_or_else(|error| {
+        tracing::warn!(%error, "the metrics chart could not be drawn");
+        Vec::new()
+    })
+}
+
+fn draw<DB: DrawingBackend>(
+    history: &[Value],
+    root: DrawingArea<DB, Shift>,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
     let lines: Vec<Line> = SERIES
         .iter()
         .map(|&(name, colour, axis)| Line {
@@ -77,10 +130,9 @@ fn draw(history: &[Value], out: &mut String) -> Result<(), Box<dyn std::error::E
         * 1.1;
     // One round still gets an axis around it.
     let rounds = 0.5..last_round + 0.5;
-    let root = SVGBackend::with_string(out, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Metrics per round", ("sans-serif", 18))
+        .caption("Metrics per round", (FAMILY, 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(55)
@@ -175,6 +227,33 @@ mod tests {
                 .count();
             assert_eq!(lines, 2, "{name}: {svg}");
         }
+    }
+
+    #[test]
+    fn the_png_is_an_image_of_the_charts_size_with_text_and_lines() {
+        let history = vec![
+            json!({"round": 1, "train_loss": 2.0, "eval_acc": 0.3}),
+            json!({"round": 2, "train_loss": 1.5, "eval_acc": 0.5}),
+        ];
+        let bytes = png(&history);
+        let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+        let mut reader = decoder.read_info().unwrap();
+        let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+        let frame = reader.next_frame(&mut pixels).unwrap();
+        assert_eq!((frame.width, frame.height), SIZE);
+        let pixels = &pixels[..frame.buffer_size()];
+        // Every series colour is drawn, and so is black text beyond the axes' lines.
+        for (name, colour, _) in SERIES {
+            let drawn = pixels
+                .chunks(3)
+                .any(|p| p == [colour.0, colour.1, colour.2]);
+            assert_eq!(drawn, name != "eval_loss", "{name}");
+        }
+        let dark = pixels
+            .chunks(3)
+            .filter(|p| p.iter().all(|&c| c < 64))
+            .count();
+        assert!(dark > 2_000, "text and axes: {dark} dark pixels");
     }
 
     #[test]

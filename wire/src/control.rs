@@ -313,7 +313,7 @@ pub enum ControlResponse {
 /// A named file a run stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Artifact {
-    /// File name (`model.safetensors`, `metrics.json`, `metrics.svg`).
+    /// File name (`model.safetensors`, `metrics.json`, `metrics.svg`, `metrics.png`).
     pub name: String,
     /// Contents.
     #[serde(with = "serde_bytes")]

@@ -427,7 +427,7 @@ fn summarise(out: &Path) {
     );
     println!("Final model: {}", out.join("model.safetensors").display());
     println!(
-        "Metrics:     {} (plot: metrics.svg)",
+        "Metrics:     {} (plot: metrics.svg, metrics.png)",
         out.join("metrics.json").display()
     );
 }

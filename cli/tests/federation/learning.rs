@@ -120,6 +120,11 @@ async fn fedavg_on_fashion_mnist_learns_well_above_chance_in_two_rounds() {
     let arrays = model::safetensors::decode(&model).unwrap();
     assert_eq!(arrays.get("conv1.weight").unwrap().shape, [6, 1, 5, 5]);
     assert_eq!(arrays.get("fc1.weight").unwrap().shape, [120, 256]);
+    let chart = store.artifact(run_id, "metrics.png").unwrap().unwrap();
+    assert!(
+        chart.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "the chart is a PNG"
+    );
     for node in nodes {
         node.stop().await.unwrap();
     }

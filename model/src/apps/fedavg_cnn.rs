@@ -42,6 +42,8 @@ pub const MODEL_ARTIFACT: &str = "model.safetensors";
 pub const METRICS_ARTIFACT: &str = "metrics.json";
 /// Artifact name of the metrics plot.
 pub const PLOT_ARTIFACT: &str = "metrics.svg";
+/// Artifact name of the same plot as an image.
+pub const PLOT_PNG_ARTIFACT: &str = "metrics.png";
 
 /// How a client's error reason begins when its training diverged (the loss became NaN or
 /// infinite).
@@ -339,7 +341,8 @@ impl ServerApp for Server {
         let metrics = json!({"app": NAME, "run-id": context.run_id.0, "rounds": history});
         grid.save_artifact(METRICS_ARTIFACT, metrics.to_string().as_bytes())?;
         grid.save_artifact(PLOT_ARTIFACT, crate::plot::svg(&history).as_bytes())?;
-        grid.log(&format!("Saved final model ({MODEL_ARTIFACT}), {METRICS_ARTIFACT} and {PLOT_ARTIFACT}: fetch them with `flwr pull {}`", context.run_id));
+        grid.save_artifact(PLOT_PNG_ARTIFACT, &crate::plot::png(&history))?;
+        grid.log(&format!("Saved final model ({MODEL_ARTIFACT}), {METRICS_ARTIFACT}, {PLOT_ARTIFACT} and {PLOT_PNG_ARTIFACT}: fetch them with `flwr pull {}`", context.run_id));
         Ok(())
     }
 }
