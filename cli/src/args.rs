@@ -28,6 +28,16 @@ pub enum Command {
     /// Run a whole local federation on embedded defaults: certificates, keys, data, a SuperLink with
     /// SuperNode authentication, SuperNodes, and the seed's run.
     Demo(DemoArgs),
+    /// Bundle a Flower app (a directory with pyproject.toml) into a FAB in the current
+    /// directory, as Flower's `flwr build` does: same files, same bytes, same hash.
+    Build {
+        /// The app directory [default: the current directory].
+        #[arg(long)]
+        app: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Show where federations come from and what they resolve to.
     #[command(subcommand)]
     Config(ConfigCommand),

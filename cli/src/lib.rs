@@ -6,6 +6,7 @@
 //!   `$FLWR_HOME/config.toml`.
 //! - [`run_config`]: the app's config with `--run-config` values fused in.
 //! - [`control_client`]: an authenticated connection to a broker's Control API.
+//! - [`fab`]: Flower App Bundles, built as Flower's `flwr build` builds them.
 //! - [`download`]: fetching CIFAR-10 with progress, resume and checksum.
 //! - [`output`]: tables for people, JSON for programs.
 //! - [`commands`]: one module per subcommand.
@@ -18,6 +19,7 @@ pub mod commands;
 pub mod control_client;
 pub mod download;
 pub mod error;
+pub mod fab;
 pub mod output;
 pub mod run_config;
 

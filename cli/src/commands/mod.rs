@@ -20,6 +20,7 @@ pub fn format_of(command: &Command) -> Format {
         Command::Certs(CertsCommand::Generate { format, .. }) => *format,
         Command::Keys(KeysCommand::Generate { format, .. }) => *format,
         Command::Config(ConfigCommand::List { format, .. }) => *format,
+        Command::Build { format, .. } => *format,
         Command::Supernode(
             SupernodeCommand::Register { target, .. }
             | SupernodeCommand::Unregister { target, .. }
@@ -41,6 +42,7 @@ pub async fn run(command: Command) -> Result<(), CliError> {
         Command::Certs(command) => certs::run(command),
         Command::Keys(command) => keys::run(command),
         Command::Config(command) => config::run(command),
+        Command::Build { app, format } => build(app, format),
         Command::Supernode(command) => supernode::run(command).await,
         Command::Run {
             target,
@@ -68,6 +70,26 @@ pub async fn run(command: Command) -> Result<(), CliError> {
         } => runs::log(&target, run_id, !show).await,
         Command::Stop { run_id, target } => runs::stop(&target, run_id).await,
     }
+}
+
+/// `flwr build`: writes the app's FAB into the current directory.
+fn build(app: Option<std::path::PathBuf>, format: Format) -> Result<(), CliError> {
+    let app = app.unwrap_or_else(|| std::path::PathBuf::from("."));
+    let fab = crate::fab::build(&app)?;
+    std::fs::write(&fab.file_name, &fab.bytes)
+        .map_err(|e| CliError::Io(format!("cannot write {}: {e}", fab.file_name)))?;
+    match format {
+        Format::Json => print_json(&serde_json::json!({
+            "success": true,
+            "fab-filename": fab.file_name,
+            "fab-id": fab.fab_id,
+            "fab-version": fab.version,
+            "fab-hash": fab.hash,
+            "bytes": fab.bytes.len(),
+        })),
+        Format::Default => println!("Successfully built {}", fab.file_name),
+    }
+    Ok(())
 }
 
 /// The first `count` keys of a JSON object, in the order they are printed.
