@@ -7,35 +7,10 @@ use clap::Parser as _;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let logged = args
-        .log
-        .resolve()
-        .and_then(|file| ops::logging::init(args.log_format, file.as_ref()));
-    if let Err(reason) = logged {
+    if let Err(reason) = args.log.install(args.log_format) {
         eprintln!("flower-superlink: {reason}");
         return ExitCode::from(2);
     }
@@ -121,7 +96,7 @@ async fn main() -> ExitCode {
             }
         }
     }
-    wait_for_signal().await;
+    ops::shutdown::requested().await;
     tracing::info!("shutting down");
     broker.shutdown();
     broker.join().await;

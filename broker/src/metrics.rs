@@ -11,8 +11,9 @@
 //! | `flwr_round_duration_seconds` | histogram | |
 //!
 //! Counters and the histogram are updated as things happen; the gauges read counts the store
-//! keeps as it changes (see [`crate::store::tally`]), so a scrape costs the same with ten nodes
-//! or ten thousand. Plain HTTP on its own address: it exposes counts, never keys, ids or names.
+//! keeps as it commits (see [`crate::store::tally`]), so a scrape reads no registry. The byte
+//! counters add up the live connections' statistics. Plain HTTP on its own address: it exposes
+//! counts, never keys, ids or names.
 
 use crate::server::Shared;
 use prometheus_client::encoding::EncodeLabelSet;

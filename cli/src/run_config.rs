@@ -36,8 +36,8 @@ fn from_file(path: &Path) -> Result<ConfigRecord, CliError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         CliError::Config(format!("--run-config: cannot read {}: {e}", path.display()))
     })?;
-    let table: toml::Table = toml::from_str(&text)
-        .map_err(|e| CliError::Config(format!("{}: {}", path.display(), e.message())))?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| crate::app_config::toml_error(path, &text, &e))?;
     model::config::from_table(&flatten(&table))
         .map_err(|e| CliError::Config(format!("{}: {e}", path.display())))
 }

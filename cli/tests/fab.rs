@@ -57,4 +57,16 @@ fn a_directory_that_is_no_flower_app_is_refused_with_the_reason() {
     std::fs::create_dir(&bad).unwrap();
     let error = cli::fab::build(&bad).unwrap_err().to_string();
     assert!(error.contains("directory name"), "{error}");
+
+    // A publisher that would put the FAB elsewhere than the current directory.
+    let sneaky = dir.path().join("sneaky");
+    std::fs::create_dir_all(sneaky.join("sneaky")).unwrap();
+    std::fs::write(
+        sneaky.join("pyproject.toml"),
+        "[project]\nname = \"sneaky\"\nversion = \"1.0.0\"\n[tool.flwr.app]\npublisher = \"../../tmp/x\"\n\
+         [tool.flwr.app.components]\nserverapp = \"sneaky.s:app\"\nclientapp = \"sneaky.c:app\"\n",
+    )
+    .unwrap();
+    let error = cli::fab::build(&sneaky).unwrap_err().to_string();
+    assert!(error.contains("cannot be part of a file name"), "{error}");
 }

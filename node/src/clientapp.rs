@@ -12,7 +12,7 @@ use model::app::{AppError, ClientApp, ClientContext};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use wire::clientappio::{
     AppHello, AppJob, CLIENTAPPIO_VERSION, CONTROL_FRAME_LIMIT, PULL_TOKEN, TOKEN_ENV, decode_token,
@@ -66,7 +66,12 @@ fn find_app(
 }
 
 /// Runs the client app on `instruction`; a panic becomes an error reply, like in the node.
-async fn answer(job: &AppJob, instruction: &Message, args: &Args) -> MessageBody {
+async fn answer(
+    job: &AppJob,
+    instruction: &Message,
+    args: &Args,
+    cancelled: Arc<AtomicBool>,
+) -> MessageBody {
     let app = match find_app(&job.header.app_name, args.runtime.backend) {
         Ok(Some(app)) => app,
         Ok(None) => {
@@ -89,8 +94,7 @@ async fn answer(job: &AppJob, instruction: &Message, args: &Args) -> MessageBody
         node_id: job.node_id,
         node_config: job.node_config.clone(),
         run_config: job.header.run_config.clone(),
-        // A stopped run ends this process: nothing needs the flag.
-        cancelled: Arc::new(AtomicBool::new(false)),
+        cancelled,
     };
     let message = instruction.clone();
     let outcome = tokio::task::spawn_blocking(move || app.handle(&message, &context))
@@ -167,7 +171,22 @@ async fn answer_job(stream: &mut TcpStream, job: &AppJob, args: &Args) -> Result
         round = %instruction.metadata.group_id,
         "running the client app"
     );
-    let body = answer(job, &instruction, args).await;
+    // The node closes the connection when the run stops or the instruction expires: then the
+    // app is told to stop (a process the node started is killed anyway; one the operator
+    // started lives on to take the next instruction).
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let (mut from_node, _) = stream.split();
+    let work = answer(job, &instruction, args, cancelled.clone());
+    tokio::pin!(work);
+    let mut probe = [0u8; 1];
+    let body = tokio::select! {
+        body = &mut work => body,
+        _ = from_node.read(&mut probe) => {
+            cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = work.await;
+            return Err("the node closed the connection (run stopped or instruction expired)".into());
+        }
+    };
     let reply = instruction.reply(body, now_ms());
     write_message(&mut *stream, &reply, DEFAULT_CHUNK)
         .await

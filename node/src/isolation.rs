@@ -101,6 +101,8 @@ pub struct ClientAppIo {
     accept_pulls: bool,
     /// Tokens of instructions waiting for such a process, oldest first.
     unclaimed: Mutex<std::collections::VecDeque<[u8; TOKEN_LEN]>>,
+    /// Whether a refused request for work has been logged.
+    refused_pulls: AtomicBool,
 }
 
 /// Whether a connection from `peer` may show a token, on a listener bound to `local`: the
@@ -144,6 +146,7 @@ impl ClientAppIo {
             allow_remote,
             accept_pulls,
             unclaimed: Mutex::default(),
+            refused_pulls: AtomicBool::new(false),
         });
         tokio::spawn(io.clone().serve(listener, local, shutdown));
         Ok(io)
@@ -227,7 +230,10 @@ impl ClientAppIo {
         };
         let token = if hello.token == PULL_TOKEN {
             if !self.accept_pulls {
-                tracing::warn!(%peer, "a client app process asked for work, but this node starts its own (--isolation subprocess); dropped");
+                // Said once: such a process asks again several times a second.
+                if !self.refused_pulls.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(%peer, "a client app process asks for work, but this node starts its own (--isolation subprocess): its requests are dropped");
+                }
                 return;
             }
             // Nothing waiting: the process asks again shortly.
@@ -295,8 +301,12 @@ impl ClientAppIo {
             }
             Launch::Operator => {
                 self.unclaimed().push_back(token);
-                self.hand_over(connection, job, instruction, cancelled)
-                    .await
+                let outcome = self
+                    .hand_over(connection, job, instruction, cancelled)
+                    .await;
+                // Not taken (expired or stopped): out of the queue, so it cannot grow unseen.
+                self.unclaimed().retain(|queued| *queued != token);
+                outcome
             }
         };
         self.waiting().remove(&token);

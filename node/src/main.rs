@@ -6,29 +6,10 @@ use node::settings::Args;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let logged = args
-        .log
-        .resolve()
-        .and_then(|file| ops::logging::init(args.runtime.log_format, file.as_ref()));
-    if let Err(reason) = logged {
+    if let Err(reason) = args.log.install(args.runtime.log_format) {
         eprintln!("flower-supernode: {reason}");
         return ExitCode::from(2);
     }
@@ -88,7 +69,7 @@ async fn main() -> ExitCode {
     tokio::pin!(daemon);
     let result = tokio::select! {
         result = &mut daemon => result,
-        _ = wait_for_signal() => {
+        _ = ops::shutdown::requested() => {
             tracing::info!("shutting down");
             shutdown.cancel();
             daemon.await

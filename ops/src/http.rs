@@ -1,6 +1,7 @@
 //! A small HTTP/1.1 server for unauthenticated, read-only endpoints (health, metrics): GET
-//! only, at most [`MAX_CONNECTIONS`] at once, request headers within [`HEADER_TIMEOUT`]. It
-//! runs on hyper; what each path answers is the caller's.
+//! only, at most [`MAX_CONNECTIONS`] at once and [`MAX_PER_SOURCE`] from one address, request
+//! headers within [`HEADER_TIMEOUT`], one request per connection. It runs on hyper; what each
+//! path answers is the caller's.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -16,10 +17,51 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Most connections served at once; more are closed unanswered.
-pub const MAX_CONNECTIONS: usize = 16;
+pub const MAX_CONNECTIONS: usize = 64;
 
-/// How long a client has to send its request's headers.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most of those from one IP address, so that a few idle sockets from one host cannot keep an
+/// orchestrator's probe out.
+pub const MAX_PER_SOURCE: usize = 4;
+
+/// How long a client has to send its request's headers (a probe sends them at once).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connections open per source address; an entry leaves with its last connection.
+#[derive(Default)]
+struct Sources(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One connection's share of its source's allowance, returned on drop.
+struct SourceSlot {
+    sources: Arc<Sources>,
+    ip: std::net::IpAddr,
+}
+
+impl Sources {
+    fn claim(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<SourceSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= MAX_PER_SOURCE {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            sources: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.sources.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// What a path answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,11 +103,12 @@ pub type Handler = Arc<dyn Fn(&str) -> PageFuture + Send + Sync>;
 /// Serves `handler` on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, handler: Handler, shutdown: CancellationToken) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let sources = Arc::new(Sources::default());
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors, say: back off instead of spinning.
                     tracing::warn!(%error, "HTTP accept failed");
@@ -74,13 +117,16 @@ pub async fn serve(listener: TcpListener, handler: Handler, shutdown: Cancellati
                 }
             },
         };
+        let Some(source) = sources.claim(peer.ip()) else {
+            continue;
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             continue;
         };
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, source);
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let handler = handler.clone();
                 async move { Ok::<_, std::convert::Infallible>(answer(&handler, request).await) }
@@ -178,6 +224,35 @@ mod tests {
             garbage.is_empty() || garbage.starts_with("HTTP/1.1 400"),
             "{garbage}"
         );
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn idle_connections_from_one_host_cannot_keep_a_probe_out() {
+        let shutdown = CancellationToken::new();
+        let address = start_health("127.0.0.1:0".parse().unwrap(), shutdown.clone())
+            .await
+            .unwrap();
+        // Enough idle sockets from 127.0.0.1 to fill every slot, were there no per-source share.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS + 1 {
+            idle.push(tokio::net::TcpStream::connect(address).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A probe from another loopback address is served at once.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut probe = socket.connect(address).await.unwrap();
+        probe
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        tokio::time::timeout(Duration::from_secs(1), probe.read_to_string(&mut response))
+            .await
+            .expect("the probe was kept waiting")
+            .unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
         shutdown.cancel();
     }
 }

@@ -3,10 +3,12 @@
 //! - [`logging`]: logs on stderr, and with `--log-file` also in a file rotated daily;
 //! - [`http`]: a small, bounded HTTP/1.1 server for the health and metrics endpoints;
 //! - [`flower_flags`]: flags Flower's deployment scripts pass that have no effect in this
-//!   design, accepted with one warning each so that those scripts start.
+//!   design, accepted with one warning each so that those scripts start;
+//! - [`shutdown`]: the signals that stop a daemon gracefully.
 
 #![forbid(unsafe_code)]
 
 pub mod flower_flags;
 pub mod http;
 pub mod logging;
+pub mod shutdown;

@@ -24,6 +24,11 @@ pub struct LogFileArgs {
 }
 
 impl LogFileArgs {
+    /// Installs the logger: stderr in `format`, and the file if one was given.
+    pub fn install(&self, format: LogFormat) -> Result<(), String> {
+        init(format, self.resolve()?.as_ref())
+    }
+
     /// The file to log to, if any.
     pub fn resolve(&self) -> Result<Option<LogFile>, String> {
         let Some(path) = &self.log_file else {
@@ -98,10 +103,11 @@ impl LogFile {
     fn appender(&self) -> Result<tracing_appender::rolling::RollingFileAppender, String> {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| format!("--log-file: cannot create {}: {e}", self.dir.display()))?;
+        // No `max_log_files`: tracing-appender would delete any file sharing the stem and the
+        // extension (`flwr.toml` beside `--log-file flwr`); [`LogFile::prune`] removes ours only.
         let mut builder = tracing_appender::rolling::Builder::new()
             .rotation(self.rotation.clone())
-            .filename_prefix(&self.prefix)
-            .max_log_files(self.kept);
+            .filename_prefix(&self.prefix);
         if let Some(suffix) = &self.suffix {
             builder = builder.filename_suffix(suffix);
         }
@@ -109,7 +115,57 @@ impl LogFile {
             .build(&self.dir)
             .map_err(|e| format!("--log-file in {}: {e}", self.dir.display()))
     }
+
+    /// Whether `name` is one of this log's dated files: the stem, a date (with the hour when
+    /// hourly), the extension, exactly.
+    fn is_ours(&self, name: &str) -> bool {
+        let Some(rest) = name
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix('.'))
+        else {
+            return false;
+        };
+        let date = match &self.suffix {
+            Some(suffix) => match rest
+                .strip_suffix(suffix.as_str())
+                .and_then(|r| r.strip_suffix('.'))
+            {
+                Some(date) => date,
+                None => return false,
+            },
+            None => rest,
+        };
+        let shape = |pattern: &str| {
+            date.len() == pattern.len()
+                && date
+                    .chars()
+                    .zip(pattern.chars())
+                    .all(|(c, p)| if p == 'd' { c.is_ascii_digit() } else { c == p })
+        };
+        shape("dddd-dd-dd") || shape("dddd-dd-dd-dd")
+    }
+
+    /// Removes this log's oldest dated files beyond the newest `kept`; other files are never
+    /// touched.
+    pub fn prune(&self) -> std::io::Result<usize> {
+        let mut ours: Vec<String> = std::fs::read_dir(&self.dir)?
+            .filter_map(Result::ok)
+            .filter(|entry| entry.file_type().is_ok_and(|t| t.is_file()))
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .filter(|name| self.is_ours(name))
+            .collect();
+        // Dates sort as text.
+        ours.sort();
+        let excess = ours.len().saturating_sub(self.kept);
+        for name in &ours[..excess] {
+            std::fs::remove_file(self.dir.join(name))?;
+        }
+        Ok(excess)
+    }
 }
+
+/// How often old log files are looked for (a new one starts at most hourly).
+const PRUNE_PERIOD: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Installs the global subscriber: stderr, and `file` when given.
 pub fn init(format: LogFormat, file: Option<&LogFile>) -> Result<(), String> {
@@ -122,9 +178,21 @@ pub fn init(format: LogFormat, file: Option<&LogFile>) -> Result<(), String> {
     };
     let file = match file {
         Some(file) => {
+            let appender = file.appender()?;
+            let pruned = file.clone();
+            let _ = pruned.prune();
+            // A thread of its own: the log outlives any async runtime the daemon starts.
+            let _ = std::thread::Builder::new()
+                .name("log-prune".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(PRUNE_PERIOD);
+                        let _ = pruned.prune();
+                    }
+                });
             let layer = tracing_subscriber::fmt::layer()
                 .with_ansi(false)
-                .with_writer(file.appender()?);
+                .with_writer(appender);
             Some(match format {
                 LogFormat::Text => layer.boxed(),
                 LogFormat::Json => layer.json().boxed(),
@@ -191,6 +259,48 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn pruning_removes_only_this_logs_oldest_dated_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = LogFile::new(&dir.path().join("flwr.log")).unwrap();
+        file.kept = 2;
+        let names = [
+            "flwr.2026-11-01.log",
+            "flwr.2026-11-02.log",
+            "flwr.2026-11-03.log",
+            "flwr.2026-11-03-07.log",
+            "flwr.toml",
+            "flwr-other.log",
+            "flwr.notes.log",
+            "flwr.2026-11-01.log.bak",
+        ];
+        for name in names {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        assert_eq!(file.prune().unwrap(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "flwr-other.log",
+                "flwr.2026-11-01.log.bak",
+                "flwr.2026-11-03-07.log",
+                "flwr.2026-11-03.log",
+                "flwr.notes.log",
+                "flwr.toml",
+            ]
+        );
+        // Without an extension the stem alone must not reach `flwr.toml`.
+        let mut bare = LogFile::new(&dir.path().join("flwr")).unwrap();
+        bare.kept = 1;
+        bare.prune().unwrap();
+        assert!(dir.path().join("flwr.toml").exists());
     }
 
     #[test]

@@ -81,8 +81,9 @@ impl Store {
             keys.insert(spki.as_slice(), node_id.0).map_err(storage)?;
             info
         };
+        let tally = self.tallies.nodes.hold();
         txn.commit().map_err(storage)?;
-        self.tallies.nodes.add(info.status);
+        tally.add(info.status);
         Ok(info)
     }
 
@@ -126,8 +127,9 @@ impl Store {
                 .map_err(storage)?;
             (result, before, record.info.status)
         };
+        let tally = self.tallies.nodes.hold();
         txn.commit().map_err(storage)?;
-        self.tallies.nodes.moved(before, after);
+        tally.moved(before, after);
         Ok(result)
     }
 

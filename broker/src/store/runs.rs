@@ -20,8 +20,9 @@ impl Store {
             runs.insert(info.run_id.0, encode(&info)?.as_slice())
                 .map_err(storage)?;
         }
+        let tally = self.tallies.runs.hold();
         txn.commit().map_err(storage)?;
-        self.tallies.runs.add(info.status);
+        tally.add(info.status);
         Ok(info)
     }
 
@@ -65,8 +66,9 @@ impl Store {
                 .map_err(storage)?;
             (info, before)
         };
+        let tally = self.tallies.runs.hold();
         txn.commit().map_err(storage)?;
-        self.tallies.runs.moved(before, info.status);
+        tally.moved(before, info.status);
         Ok(info)
     }
 

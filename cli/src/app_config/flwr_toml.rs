@@ -17,10 +17,9 @@
 //! operator-key = "keys/operator"   # optional
 //! ```
 
-use super::{App, FederationEntry, FederationSource, flatten};
+use super::{App, FederationSource, FederationTables, flatten};
 use crate::CliError;
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The file name looked up in the app directory.
@@ -35,16 +34,9 @@ struct AppTable {
 }
 
 #[derive(Debug, Deserialize)]
-struct Federations {
-    default: Option<String>,
-    #[serde(flatten)]
-    named: BTreeMap<String, FederationEntry>,
-}
-
-#[derive(Debug, Deserialize)]
 struct File {
     app: Option<AppTable>,
-    federations: Option<Federations>,
+    federations: Option<FederationTables>,
 }
 
 /// Parses `text`, read from `path` in the app directory `dir`.
@@ -53,8 +45,7 @@ pub(crate) fn parse(
     dir: &Path,
     text: &str,
 ) -> Result<(Option<App>, Option<FederationSource>), CliError> {
-    let file: File = toml::from_str(text)
-        .map_err(|e| CliError::Config(format!("{}: {}", path.display(), e.message())))?;
+    let file: File = toml::from_str(text).map_err(|e| super::toml_error(path, text, &e))?;
     let app = file.app.map(|app| App {
         name: app.name,
         version: app.version,

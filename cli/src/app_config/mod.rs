@@ -72,6 +72,16 @@ pub(crate) struct FederationEntry {
     other: toml::Table,
 }
 
+/// A table of federations as written: a `default` name beside the named tables.
+#[derive(Debug, Deserialize)]
+pub(crate) struct FederationTables {
+    /// The default federation's name.
+    pub default: Option<String>,
+    /// The federations by name.
+    #[serde(flatten)]
+    pub named: BTreeMap<String, FederationEntry>,
+}
+
 /// The federations of one file.
 #[derive(Debug)]
 pub(crate) struct FederationSource {
@@ -149,6 +159,9 @@ pub struct AppConfig {
     sources: Vec<FederationSource>,
     /// The files looked at, for errors that say where a federation was looked for.
     looked_at: Vec<PathBuf>,
+    /// Why the user's `config.toml` could not be read: an error only when a federation is
+    /// looked for there, so a broken file does not stop an app whose own file names it.
+    user_config_error: Option<String>,
 }
 
 /// Reads `path` if it exists; `Ok(None)` when it does not.
@@ -161,6 +174,24 @@ fn read_optional(path: &Path) -> Result<Option<String>, CliError> {
             path.display()
         ))),
     }
+}
+
+/// A TOML error as one line: the file, the line and column where it is, and what is wrong.
+pub fn toml_error(path: &Path, text: &str, error: &toml::de::Error) -> CliError {
+    let at = error
+        .span()
+        .map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(":{line}:{column}")
+        })
+        .unwrap_or_default();
+    CliError::Config(format!(
+        "{}{at}: {}",
+        path.display(),
+        error.message().trim_end()
+    ))
 }
 
 /// Flattens nested tables into dotted keys (`a = { b = 1 }` becomes `a.b = 1`), as Flower does
@@ -218,11 +249,17 @@ impl AppConfig {
             app = app.or(flower_app);
             sources.extend(federations);
         }
+        let mut user_config_error = None;
         if let Some(home) = flwr_home {
             let user = home.join(user_config::FILE_NAME);
             looked_at.push(user.clone());
-            if let Some(text) = read_optional(&user)? {
-                sources.extend(user_config::parse(&user, home, &text)?);
+            let parsed = read_optional(&user).and_then(|text| match text {
+                Some(text) => user_config::parse(&user, home, &text),
+                None => Ok(None),
+            });
+            match parsed {
+                Ok(source) => sources.extend(source),
+                Err(error) => user_config_error = Some(error.to_string()),
             }
         }
         Ok(AppConfig {
@@ -230,6 +267,7 @@ impl AppConfig {
             app,
             sources,
             looked_at,
+            user_config_error,
         })
     }
 
@@ -280,7 +318,11 @@ impl AppConfig {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let broken_user_config = || self.user_config_error.clone().map(CliError::Config);
         let Some(name) = name.or(self.default_federation()) else {
+            if let Some(error) = broken_user_config() {
+                return Err(error);
+            }
             return Err(CliError::Config(format!(
                 "no federation given and no default one in {}",
                 looked_at()
@@ -290,6 +332,9 @@ impl AppConfig {
             if let Some(entry) = source.named.get(name) {
                 return Ok((name.to_string(), source.resolve(name, entry)?));
             }
+        }
+        if let Some(error) = broken_user_config() {
+            return Err(error);
         }
         let known: Vec<&str> = self
             .sources
@@ -466,6 +511,22 @@ mod tests {
         );
         let error = config.federation(Some("sim")).unwrap_err().to_string();
         assert!(error.contains("local simulation SuperLink"), "{error}");
+    }
+
+    #[test]
+    fn a_broken_user_config_matters_only_when_it_is_needed() {
+        let app = tempfile::tempdir().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        write(
+            app.path(),
+            FILE_NAME,
+            "[federations.own]\naddress='own:1'\n",
+        );
+        write(home.path(), user_config::FILE_NAME, "[superlink\n");
+        let config = AppConfig::load_with_home(app.path(), Some(home.path())).unwrap();
+        assert_eq!(config.federation(Some("own")).unwrap().1.address, "own:1");
+        let error = config.federation(Some("other")).unwrap_err().to_string();
+        assert!(error.contains("config.toml:1:"), "{error}");
     }
 
     #[test]

@@ -24,10 +24,9 @@
 //! root-certificates = "./certificates/ca.crt"
 //! ```
 
-use super::{App, FederationEntry, FederationSource, flatten};
+use super::{App, FederationSource, FederationTables, flatten};
 use crate::CliError;
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The file name looked up in the app directory.
@@ -53,17 +52,10 @@ struct FlowerApp {
     config: toml::Table,
 }
 
-#[derive(Debug, Deserialize)]
-struct Federations {
-    default: Option<String>,
-    #[serde(flatten)]
-    named: BTreeMap<String, FederationEntry>,
-}
-
 #[derive(Debug, Default, Deserialize)]
 struct Flwr {
     app: Option<FlowerApp>,
-    federations: Option<Federations>,
+    federations: Option<FederationTables>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,8 +77,7 @@ pub(crate) fn parse(
     dir: &Path,
     text: &str,
 ) -> Result<(Option<App>, Option<FederationSource>), CliError> {
-    let file: File = toml::from_str(text)
-        .map_err(|e| CliError::Config(format!("{}: {}", path.display(), e.message())))?;
+    let file: File = toml::from_str(text).map_err(|e| super::toml_error(path, text, &e))?;
     let Some(flwr) = file.tool.flwr else {
         return Ok((None, None));
     };

@@ -11,10 +11,9 @@
 //! operator-key = "keys/operator"              # this project's; Flower ignores it
 //! ```
 
-use super::{FederationEntry, FederationSource};
+use super::{FederationSource, FederationTables};
 use crate::CliError;
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The file name in the Flower home directory.
@@ -29,15 +28,8 @@ pub fn flwr_home() -> Option<PathBuf> {
 }
 
 #[derive(Debug, Deserialize)]
-struct SuperLinks {
-    default: Option<String>,
-    #[serde(flatten)]
-    named: BTreeMap<String, FederationEntry>,
-}
-
-#[derive(Debug, Deserialize)]
 struct File {
-    superlink: Option<SuperLinks>,
+    superlink: Option<FederationTables>,
 }
 
 /// Parses `text`, read from `path` in the Flower home directory `home`.
@@ -46,8 +38,7 @@ pub(crate) fn parse(
     home: &Path,
     text: &str,
 ) -> Result<Option<FederationSource>, CliError> {
-    let file: File = toml::from_str(text)
-        .map_err(|e| CliError::Config(format!("{}: {}", path.display(), e.message())))?;
+    let file: File = toml::from_str(text).map_err(|e| super::toml_error(path, text, &e))?;
     Ok(file.superlink.map(|links| FederationSource {
         path: path.to_path_buf(),
         base: home.to_path_buf(),

@@ -55,13 +55,16 @@ fn list(config: &AppConfig, format: Format) -> Result<(), CliError> {
             let rows: Vec<Vec<String>> = federations
                 .iter()
                 .map(|(name, address, source)| {
-                    let name = if Some(name.as_str()) == default {
-                        format!("{name} (default)")
+                    let marker = if Some(name.as_str()) == default {
+                        " (default)"
                     } else {
-                        name.clone()
+                        ""
                     };
+                    // Names and addresses come from files: no terminal control sequences.
+                    let name = format!("{}{marker}", wire::text::escape_controls(name));
                     let address = address
-                        .clone()
+                        .as_deref()
+                        .map(|a| wire::text::escape_controls(a).to_string())
                         .unwrap_or_else(|| "(none: a simulation federation)".into());
                     vec![name, address, source.display().to_string()]
                 })

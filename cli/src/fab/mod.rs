@@ -145,9 +145,10 @@ pub fn build(dir: &Path) -> Result<Fab, CliError> {
     check_name(&dir_name, "The Flower App directory name")?;
     let files = select::collect(&dir).map_err(fail)?;
     let gitignore = match files.get(".gitignore") {
-        Some(path) => std::fs::read(path)
-            .map(|bytes| String::from_utf8(bytes).unwrap_or_default())
-            .map_err(|e| fail(format!(".gitignore: {e}")))?,
+        // Unreadable is an error, never "no patterns": what it excludes may be secret.
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| fail(format!(".gitignore: {e}")))?
+        }
         None => String::new(),
     };
     let files = select::publishable(files, &gitignore).map_err(fail)?;
@@ -159,7 +160,7 @@ pub fn build(dir: &Path) -> Result<Fab, CliError> {
     let text =
         std::fs::read_to_string(pyproject).map_err(|e| fail(format!("pyproject.toml: {e}")))?;
     let mut config: toml::Table =
-        toml::from_str(&text).map_err(|e| fail(format!("pyproject.toml: {}", e.message())))?;
+        toml::from_str(&text).map_err(|e| crate::app_config::toml_error(pyproject, &text, &e))?;
     check_config(&config).map_err(|e| fail(format!("pyproject.toml: {e}")))?;
     let name = string_at(&config, &["project", "name"])
         .unwrap_or_default()
@@ -205,6 +206,20 @@ pub fn build(dir: &Path) -> Result<Fab, CliError> {
     candidates.retain(|p| include.matches(p) && !exclude.matches(p));
     candidates.sort();
 
+    // Sizes first: a huge file is refused before it is read.
+    let mut total = 0u64;
+    for path in &candidates {
+        let size = std::fs::metadata(&files[*path])
+            .map_err(|e| fail(format!("{path}: {e}")))?
+            .len();
+        total = total.saturating_add(size);
+        if total > MAX_FAB_BYTES as u64 {
+            return Err(fail(format!(
+                "the app's files exceed the FAB limit of {MAX_FAB_BYTES} bytes (at {path}): \
+                 narrow fab-include or add fab-exclude patterns in [tool.flwr.app]"
+            )));
+        }
+    }
     let mut archive = zip::ZipWriter::default();
     let mut manifest = Vec::new();
     let mut add = |path: &str, bytes: &[u8]| -> Result<(), CliError> {
@@ -231,6 +246,17 @@ pub fn build(dir: &Path) -> Result<Fab, CliError> {
             "the FAB would be {} bytes, above the limit of {MAX_FAB_BYTES}: narrow fab-include \
              or add fab-exclude patterns in [tool.flwr.app]",
             bytes.len()
+        )));
+    }
+    // The file name is made of the app's own words: it must stay one name in the current
+    // directory.
+    let unsafe_part = [&publisher, &version]
+        .into_iter()
+        .find(|part| part.is_empty() || part.contains(['/', '\\']) || part.starts_with('.'));
+    if let Some(part) = unsafe_part {
+        return Err(fail(format!(
+            "pyproject.toml: {part:?} cannot be part of a file name (publisher and version must \
+             not be empty, start with a dot or hold a slash)"
         )));
     }
     let hash = sha256_hex(&bytes);

@@ -104,10 +104,16 @@ pub fn collect(root: &Path) -> Result<BTreeMap<String, PathBuf>, String> {
                 let Ok(relative) = path.strip_prefix(root) else {
                     continue;
                 };
-                let parts: Vec<&str> = relative
+                let parts: Option<Vec<&str>> = relative
                     .components()
-                    .filter_map(|c| c.as_os_str().to_str())
+                    .map(|c| c.as_os_str().to_str())
                     .collect();
+                let Some(parts) = parts else {
+                    return Err(format!(
+                        "{} is not a UTF-8 name, which a FAB cannot hold",
+                        relative.display()
+                    ));
+                };
                 files.insert(parts.join("/"), path);
             }
             // Symbolic links, to files or directories, are skipped, as Flower skips them.
