@@ -1,6 +1,7 @@
 //! One operator connection on the Control API: authenticate, then answer requests.
 
 use crate::admission::{Slot, is_loopback};
+use crate::authentication::{self, HandshakeFailure};
 use crate::config::OperatorAuth;
 use crate::runs::{RunEvent, runner};
 use crate::server::Shared;
@@ -10,12 +11,14 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use wire::RunId;
+use wire::close;
+use wire::control::Control;
 use wire::control::{
     ControlError, ControlFrame, ControlRequest, ControlResponse, LogLine, NodeStatus,
     OperatorFrame, RunStatus,
 };
-use wire::fleet::{PROTOCOL_VERSION, close};
-use wire::handshake::{Domain, Refusal, ServerHandshake};
+use wire::handshake::Refusal;
+use wire::io::handshake::{Expect, server_handshake};
 use wire::io::{FrameIoError, read_value, write_value};
 use wire::message::now_ms;
 
@@ -24,22 +27,6 @@ const REQUEST_FRAME_LIMIT: u32 = 256 * 1024;
 
 /// Operator name used when the broker has no operator keys and trusts loopback.
 pub const LOCAL_OPERATOR: &str = "local";
-
-#[derive(Debug, thiserror::Error)]
-enum Failure {
-    #[error("TLS handshake failed: {0}")]
-    Tls(quinn::ConnectionError),
-    #[error("TLS handshake took too long")]
-    TlsTimeout,
-    #[error("connection lost: {0}")]
-    Connection(#[from] quinn::ConnectionError),
-    #[error("bad frame: {0}")]
-    Frame(#[from] FrameIoError),
-    #[error("refused: {0}")]
-    Refused(Refusal),
-    #[error("no channel binding available")]
-    NoExporter,
-}
 
 /// Serves one incoming Control connection to the end.
 pub async fn handle(
@@ -60,7 +47,7 @@ pub async fn handle(
         let (connection, operator, mut send, mut recv) = match authenticated {
             Ok(Ok(session)) => session,
             Ok(Err(failure)) => {
-                tracing::warn!(reason = %failure, "operator refused");
+                tracing::warn!(reason = %failure, label = failure.label(), "operator refused");
                 return;
             }
             Err(_) => {
@@ -116,62 +103,48 @@ async fn authenticate(
     shared: &Shared,
     incoming: quinn::Incoming,
     remote: SocketAddr,
-) -> Result<Session, Failure> {
-    let connection = tokio::time::timeout(shared.config.tls_timeout, incoming)
-        .await
-        .map_err(|_| Failure::TlsTimeout)?
-        .map_err(Failure::Tls)?;
-    let (mut send, mut recv) = connection.accept_bi().await?;
-    let refuse = |connection: &quinn::Connection, refusal: Refusal| {
-        connection.close(close::REFUSED.into(), refusal.to_string().as_bytes());
-        Failure::Refused(refusal)
-    };
-    match read_value::<OperatorFrame, _>(&mut recv, REQUEST_FRAME_LIMIT).await? {
-        OperatorFrame::Hello { version } if version == PROTOCOL_VERSION => {}
-        OperatorFrame::Hello { version } => {
-            let refusal = Refusal::UnsupportedVersion(version);
-            let _ = write_value(&mut send, &ControlFrame::Refused(refusal.clone())).await;
-            return Err(refuse(&connection, refusal));
+) -> Result<Session, HandshakeFailure> {
+    let authentication::Opened {
+        connection,
+        exporter,
+        mut send,
+        mut recv,
+    } = authentication::open(incoming, shared.config.tls_timeout).await?;
+    let key = certs::quic::peer_public_key(&connection);
+    let verify =
+        |message: &[u8], signature: &[u8]| key.is_some_and(|k| k.verify(message, signature));
+    // Who this may be, from the TLS session alone: a local operator, an operator key, or no one.
+    let (expect, operator) = match &shared.config.operator_auth {
+        OperatorAuth::LoopbackOnly if is_loopback(remote) => {
+            (Expect::NoProof, Some(LOCAL_OPERATOR.to_string()))
         }
-        _ => return Err(refuse(&connection, Refusal::Unexpected)),
-    }
-    let operator = match &shared.config.operator_auth {
-        OperatorAuth::LoopbackOnly => {
-            if !is_loopback(remote) {
-                let refusal = Refusal::KeyRequired;
-                let _ = write_value(&mut send, &ControlFrame::Refused(refusal.clone())).await;
-                return Err(refuse(&connection, refusal));
-            }
-            LOCAL_OPERATOR.to_string()
-        }
+        OperatorAuth::LoopbackOnly => (Expect::Refuse(Refusal::KeyRequired), None),
         OperatorAuth::Keys(lines) => {
-            let key = certs::quic::peer_public_key(&connection);
-            let Some(line) = key.and_then(|key| lines.iter().find(|line| line.key == key)) else {
-                let _ = write_value(&mut send, &ControlFrame::Refused(Refusal::NotOperator)).await;
-                return Err(refuse(&connection, Refusal::NotOperator));
-            };
-            let exporter = certs::quic::exporter(&connection).ok_or(Failure::NoExporter)?;
-            let (mut handshake, challenge) = ServerHandshake::new(Domain::Control, exporter);
-            write_value(&mut send, &ControlFrame::Challenge(challenge)).await?;
-            let OperatorFrame::Proof(proof) =
-                read_value::<OperatorFrame, _>(&mut recv, REQUEST_FRAME_LIMIT).await?
-            else {
-                return Err(refuse(&connection, Refusal::Unexpected));
-            };
-            if let Err(refusal) = handshake.receive_proof(&proof, &line.key) {
-                let _ = write_value(&mut send, &ControlFrame::Refused(refusal.clone())).await;
-                return Err(refuse(&connection, refusal));
+            match key.and_then(|key| lines.iter().find(|line| line.key == key)) {
+                Some(line) => (Expect::Proof(&verify), Some(operator_name(line))),
+                None => (Expect::Refuse(Refusal::NotOperator), None),
             }
-            operator_name(line)
         }
     };
-    write_value(
-        &mut send,
-        &ControlFrame::Welcome {
-            operator: operator.clone(),
-        },
-    )
-    .await?;
+    let handshake = async {
+        let verified = server_handshake::<Control, _, _>(
+            &mut send,
+            &mut recv,
+            exporter,
+            REQUEST_FRAME_LIMIT,
+            expect,
+        )
+        .await?;
+        let Some(operator) = operator else {
+            return Err(verified
+                .refuse(&mut send, Refusal::NotOperator)
+                .await
+                .into());
+        };
+        verified.welcome(&mut send, operator.clone()).await?;
+        Ok(operator)
+    };
+    let operator = authentication::close_if_refused(&connection, handshake.await)?;
     Ok((connection, operator, send, recv))
 }
 

@@ -1,6 +1,7 @@
 //! One node connection on the Fleet API: authenticate, then keep the session alive.
 
 use crate::admission::Slot;
+use crate::authentication::{self, HandshakeFailure};
 use crate::config::NodeAuth;
 use crate::server::Shared;
 use crate::store::{AUTOMATIC_OWNER, StoreError};
@@ -9,52 +10,16 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use wire::NodeId;
+use wire::close;
 use wire::control::NodeStatus;
-use wire::fleet::{BrokerFrame, NodeFrame, PROTOCOL_VERSION, close};
-use wire::handshake::{Domain, Refusal, ServerHandshake};
+use wire::fleet::{BrokerFrame, Fleet, NodeFrame, NodeWelcome};
+use wire::handshake::Refusal;
+use wire::io::handshake::{Expect, Verified, server_handshake};
 use wire::io::{FrameIoError, read_value, write_value};
 use wire::message::now_ms;
 
 /// Largest session-stream frame: session frames are small; anything bigger is an attack.
 const SESSION_FRAME_LIMIT: u32 = 64 * 1024;
-
-/// Why a connection ended before or during authentication (logged, never sent in detail).
-#[derive(Debug, thiserror::Error)]
-enum HandshakeFailure {
-    #[error("TLS handshake failed: {0}")]
-    Tls(quinn::ConnectionError),
-    #[error("TLS handshake took too long")]
-    TlsTimeout,
-    #[error("connection lost: {0}")]
-    Connection(#[from] quinn::ConnectionError),
-    #[error("bad frame: {0}")]
-    Frame(#[from] FrameIoError),
-    #[error("refused: {0}")]
-    Refused(Refusal),
-    #[error("registry error: {0}")]
-    Store(#[from] StoreError),
-    #[error("no channel binding available")]
-    NoExporter,
-}
-
-impl HandshakeFailure {
-    /// The reason's label on the metrics endpoint.
-    fn label(&self) -> &'static str {
-        match self {
-            HandshakeFailure::Tls(_) => "tls",
-            HandshakeFailure::TlsTimeout => "tls_timeout",
-            HandshakeFailure::Connection(_) => "connection_lost",
-            HandshakeFailure::Frame(_) => "protocol",
-            HandshakeFailure::Refused(Refusal::BadProof) => "bad_proof",
-            HandshakeFailure::Refused(Refusal::UnknownKey) => "unknown_key",
-            HandshakeFailure::Refused(Refusal::Revoked) => "revoked",
-            HandshakeFailure::Refused(Refusal::UnsupportedVersion(_)) => "version",
-            HandshakeFailure::Refused(_) => "refused",
-            HandshakeFailure::Store(_) => "storage",
-            HandshakeFailure::NoExporter => "tls",
-        }
-    }
-}
 
 /// Serves one incoming Fleet connection to the end.
 pub async fn handle(
@@ -72,7 +37,7 @@ pub async fn handle(
         )
         .await;
         drop(slot);
-        let (connection, node_id, mut send, recv) = match authenticated {
+        let (connection, node_id, verified, mut send, recv) = match authenticated {
             Ok(Ok(session)) => session,
             Ok(Err(failure)) => {
                 tracing::warn!(reason = %failure, "node refused");
@@ -91,13 +56,14 @@ pub async fn handle(
             .attach(node_id, connection.clone(), close::REPLACED)
         else {
             // Unregistered while it authenticated.
+            let _ = verified.refuse(&mut send, Refusal::Revoked).await;
             connection.close(close::UNREGISTERED.into(), b"unregistered by an operator");
             tracing::warn!(reason = "revoked during its handshake", "node refused");
             shared.metrics.handshake_failed("revoked");
             return;
         };
         let generation = attached.generation;
-        let end = match welcome(&shared, node_id, &mut send).await {
+        let end = match welcome(&shared, node_id, verified, &mut send).await {
             Ok(()) => {
                 tracing::info!("node online");
                 let delivery = tokio::spawn(
@@ -146,97 +112,94 @@ pub async fn handle(
 type Session = (
     quinn::Connection,
     NodeId,
+    Verified<Fleet>,
     quinn::SendStream,
     quinn::RecvStream,
 );
 
 /// TLS (the client key was already vetted by the verifier), then the challenge-response, then the
-/// registry. Returns the session stream of a node that may join.
+/// registry. Returns the session stream of a node that may join, to be welcomed.
 async fn authenticate(
     shared: &Shared,
     incoming: quinn::Incoming,
 ) -> Result<Session, HandshakeFailure> {
-    // TLS gets a deadline of its own: a peer that stalls it holds a slot only briefly.
-    let connection = tokio::time::timeout(shared.config.tls_timeout, incoming)
-        .await
-        .map_err(|_| HandshakeFailure::TlsTimeout)?
-        .map_err(HandshakeFailure::Tls)?;
-    let refuse = |connection: &quinn::Connection, refusal: Refusal| {
-        connection.close(close::REFUSED.into(), refusal.to_string().as_bytes());
-        HandshakeFailure::Refused(refusal)
-    };
-    let Some(key) = certs::quic::peer_public_key(&connection) else {
-        return Err(refuse(&connection, Refusal::KeyRequired));
-    };
-    let exporter = certs::quic::exporter(&connection).ok_or(HandshakeFailure::NoExporter)?;
-    let (mut send, mut recv) = connection.accept_bi().await?;
+    let opened = authentication::open(incoming, shared.config.tls_timeout).await?;
+    let connection = opened.connection.clone();
+    authentication::close_if_refused(&connection, prove_and_admit(shared, opened).await)
+}
 
-    match read_value::<NodeFrame, _>(&mut recv, SESSION_FRAME_LIMIT).await? {
-        NodeFrame::Hello { version } if version == PROTOCOL_VERSION => {}
-        NodeFrame::Hello { version } => {
-            let refusal = Refusal::UnsupportedVersion(version);
-            let _ = write_value(&mut send, &BrokerFrame::Refused(refusal.clone())).await;
-            return Err(refuse(&connection, refusal));
-        }
-        _ => return Err(refuse(&connection, Refusal::Unexpected)),
-    }
-    let (mut handshake, challenge) = ServerHandshake::new(Domain::Fleet, exporter);
-    write_value(&mut send, &BrokerFrame::Challenge(challenge)).await?;
-    let NodeFrame::Proof(proof) =
-        read_value::<NodeFrame, _>(&mut recv, SESSION_FRAME_LIMIT).await?
-    else {
-        return Err(refuse(&connection, Refusal::Unexpected));
+async fn prove_and_admit(
+    shared: &Shared,
+    opened: authentication::Opened,
+) -> Result<Session, HandshakeFailure> {
+    let authentication::Opened {
+        connection,
+        exporter,
+        mut send,
+        mut recv,
+    } = opened;
+    let key = certs::quic::peer_public_key(&connection);
+    let verify =
+        |message: &[u8], signature: &[u8]| key.is_some_and(|k| k.verify(message, signature));
+    let expect = match key {
+        Some(_) => Expect::Proof(&verify),
+        None => Expect::Refuse(Refusal::KeyRequired),
     };
-    if let Err(refusal) = handshake.receive_proof(&proof, &key) {
-        let _ = write_value(&mut send, &BrokerFrame::Refused(refusal.clone())).await;
-        return Err(refuse(&connection, refusal));
-    }
-    let node_id = match admit(shared, &key) {
+    let verified = server_handshake::<Fleet, _, _>(
+        &mut send,
+        &mut recv,
+        exporter,
+        SESSION_FRAME_LIMIT,
+        expect,
+    )
+    .await?;
+    let Some(key) = key else {
+        return Err(verified
+            .refuse(&mut send, Refusal::KeyRequired)
+            .await
+            .into());
+    };
+    let node_id = match admit(shared, &key)? {
         Ok(node_id) => node_id,
-        Err(HandshakeFailure::Refused(refusal)) => {
-            let _ = write_value(&mut send, &BrokerFrame::Refused(refusal.clone())).await;
-            return Err(refuse(&connection, refusal));
-        }
-        Err(other) => return Err(other),
+        Err(refusal) => return Err(verified.refuse(&mut send, refusal).await.into()),
     };
     // The session stream plus a few concurrent replies; the full window for model uploads.
     certs::quic::open_up(&connection, 1 + shared.config.reply_streams_per_node);
-    Ok((connection, node_id, send, recv))
+    Ok((connection, node_id, verified, send, recv))
 }
 
 /// Records the node online (committed first), then tells it so.
 async fn welcome(
     shared: &Shared,
     node_id: NodeId,
+    verified: Verified<Fleet>,
     send: &mut quinn::SendStream,
 ) -> Result<(), HandshakeFailure> {
     shared
         .store
         .set_node_status(node_id, NodeStatus::Online, now_ms())?;
-    let welcome = BrokerFrame::Welcome {
+    let welcome = NodeWelcome {
         node_id,
         heartbeat_interval_ms: shared.config.heartbeat_interval.as_millis() as u64,
     };
-    write_value(send, &welcome).await?;
+    verified.welcome(send, welcome).await?;
     Ok(())
 }
 
 /// The registry's verdict on a key that proved possession: its node id, or a refusal.
-fn admit(shared: &Shared, key: &PublicKey) -> Result<NodeId, HandshakeFailure> {
+fn admit(shared: &Shared, key: &PublicKey) -> Result<Result<NodeId, Refusal>, StoreError> {
     match shared.store.node_by_key(key)? {
-        Some(record) if record.info.status == NodeStatus::Unregistered => {
-            Err(HandshakeFailure::Refused(Refusal::Revoked))
-        }
-        Some(record) => Ok(record.info.node_id),
+        Some(record) if record.info.status == NodeStatus::Unregistered => Ok(Err(Refusal::Revoked)),
+        Some(record) => Ok(Ok(record.info.node_id)),
         None if shared.config.node_auth == NodeAuth::Automatic => {
             match shared.store.register_node(key, AUTOMATIC_OWNER, now_ms()) {
-                Ok(info) => Ok(info.node_id),
+                Ok(info) => Ok(Ok(info.node_id)),
                 // A concurrent connection with the same key registered it first.
                 Err(StoreError::KeyInUse) => admit(shared, key),
-                Err(other) => Err(other.into()),
+                Err(other) => Err(other),
             }
         }
-        None => Err(HandshakeFailure::Refused(Refusal::UnknownKey)),
+        None => Ok(Err(Refusal::UnknownKey)),
     }
 }
 

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod authentication;
 pub mod config;
 pub mod control;
 pub mod delivery;

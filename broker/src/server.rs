@@ -367,8 +367,8 @@ async fn serve(
     shutdown.cancel();
     shared.runs.cancel_all();
     while tasks.join_next().await.is_some() {}
-    fleet_endpoint.close(wire::fleet::close::SHUTDOWN.into(), b"broker shutting down");
-    control_endpoint.close(wire::fleet::close::SHUTDOWN.into(), b"broker shutting down");
+    fleet_endpoint.close(wire::close::SHUTDOWN.into(), b"broker shutting down");
+    control_endpoint.close(wire::close::SHUTDOWN.into(), b"broker shutting down");
     drain(fleet_endpoint.wait_idle(), control_endpoint.wait_idle()).await;
 }
 

@@ -138,12 +138,6 @@ impl IdentityKey {
     }
 }
 
-impl wire::handshake::Signer for IdentityKey {
-    fn sign(&self, message: &[u8]) -> Vec<u8> {
-        IdentityKey::sign(self, message)
-    }
-}
-
 /// A public identity key.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum PublicKey {
@@ -240,12 +234,6 @@ impl PublicKey {
             PublicKey::P384(key) => p384::ecdsa::Signature::from_der(signature)
                 .is_ok_and(|s| key.verify(message, &s).is_ok()),
         }
-    }
-}
-
-impl wire::handshake::Verifier for PublicKey {
-    fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
-        PublicKey::verify(self, message, signature)
     }
 }
 

@@ -9,7 +9,6 @@ use rustls_pki_types::CertificateDer;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use wire::handshake::{EXPORTER_LABEL, EXPORTER_LEN};
 
 /// Transport settings: an idle timeout (how soon a silent peer is considered gone) and, on
 /// clients, keep-alives well inside it.
@@ -89,12 +88,12 @@ pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     quinn::Endpoint::client(local)
 }
 
-/// This connection's channel binding: keying material exported from its TLS session. Both peers
-/// derive the same bytes; no other connection has them.
-pub fn exporter(connection: &quinn::Connection) -> Option<[u8; EXPORTER_LEN]> {
-    let mut output = [0u8; EXPORTER_LEN];
+/// This connection's channel binding: `N` bytes of keying material exported from its TLS session
+/// under `label` (RFC 8446 s.7.5). Both peers derive the same bytes; no other connection has them.
+pub fn exporter<const N: usize>(connection: &quinn::Connection, label: &[u8]) -> Option<[u8; N]> {
+    let mut output = [0u8; N];
     connection
-        .export_keying_material(&mut output, EXPORTER_LABEL, b"")
+        .export_keying_material(&mut output, label, b"")
         .ok()
         .map(|()| output)
 }

@@ -3,9 +3,10 @@
 use crate::CliError;
 use crate::app_config::Federation;
 use std::time::Duration;
-use wire::control::{ControlFrame, ControlRequest, ControlResponse, OperatorFrame};
-use wire::fleet::{PROTOCOL_VERSION, close};
-use wire::handshake::{ClientHandshake, Domain};
+use wire::close;
+use wire::control::{Control, ControlFrame, ControlRequest, ControlResponse, OperatorFrame};
+use wire::handshake::EXPORTER_LABEL;
+use wire::io::handshake::{HandshakeError, client_handshake};
 use wire::io::{FrameIoError, read_value, write_value};
 
 /// Largest response frame (a node table of thousands of rows fits easily).
@@ -125,57 +126,40 @@ impl ControlClient {
             ))
         })??;
         let (connection, mut send, mut recv) = opened;
-        let fail = |e: FrameIoError| frame_error(e, &connection, address);
-        write_value(
+        let exporter = certs::quic::exporter(&connection, EXPORTER_LABEL)
+            .ok_or_else(|| CliError::Connect("no TLS exporter".into()))?;
+        let sign = identity
+            .as_ref()
+            .map(|identity| move |message: &[u8]| identity.sign(message));
+        let handshake = client_handshake::<Control, _, _>(
             &mut send,
-            &OperatorFrame::Hello {
-                version: PROTOCOL_VERSION,
-            },
-        )
-        .await
-        .map_err(fail)?;
-        let mut frame: ControlFrame =
-            tokio::time::timeout(CONNECT_TIMEOUT, read_value(&mut recv, RESPONSE_FRAME_LIMIT))
-                .await
-                .map_err(|_| {
-                    CliError::Connect(format!(
-                        "the SuperLink at {address} did not answer the handshake"
-                    ))
-                })?
-                .map_err(fail)?;
-        if let ControlFrame::Challenge(challenge) = &frame {
-            let Some(identity) = &identity else {
-                return Err(CliError::Refused(format!(
+            &mut recv,
+            exporter,
+            RESPONSE_FRAME_LIMIT,
+            sign.as_ref()
+                .map(|sign| sign as &(dyn wire::handshake::Signer + Sync)),
+        );
+        let operator = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+            .await
+            .map_err(|_| {
+                CliError::Connect(format!(
+                    "the SuperLink at {address} did not answer the handshake"
+                ))
+            })?
+            .map_err(|error| match error {
+                HandshakeError::Frame(error) => frame_error(error, &connection, address),
+                HandshakeError::Refused(refusal) => {
+                    CliError::Refused(format!("the SuperLink refused this operator: {refusal}"))
+                }
+                HandshakeError::KeyRequired => CliError::Refused(format!(
                     "the SuperLink asks for an operator key: set operator-key in the federation's \
                      table in {}",
                     federation.source.display()
-                )));
-            };
-            let exporter = certs::quic::exporter(&connection)
-                .ok_or_else(|| CliError::Connect("no TLS exporter".into()))?;
-            let proof = ClientHandshake::new(Domain::Control, exporter)
-                .respond(challenge, identity)
-                .map_err(|e| CliError::Connect(e.to_string()))?;
-            write_value(&mut send, &OperatorFrame::Proof(proof))
-                .await
-                .map_err(fail)?;
-            frame = read_value(&mut recv, RESPONSE_FRAME_LIMIT)
-                .await
-                .map_err(fail)?;
-        }
-        let operator = match frame {
-            ControlFrame::Welcome { operator } => operator,
-            ControlFrame::Refused(refusal) => {
-                return Err(CliError::Refused(format!(
-                    "the SuperLink refused this operator: {refusal}"
-                )));
-            }
-            other => {
-                return Err(CliError::Connect(format!(
-                    "unexpected answer from the SuperLink: {other:?}"
-                )));
-            }
-        };
+                )),
+                HandshakeError::Unexpected(frame) => {
+                    CliError::Connect(format!("unexpected answer from the SuperLink: {frame}"))
+                }
+            })?;
         Ok(ControlClient {
             endpoint,
             connection,

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use wire::NodeId;
-use wire::fleet::{BrokerFrame, NodeFrame, PROTOCOL_VERSION, close};
-use wire::handshake::{ClientHandshake, Domain};
+use wire::close;
+use wire::fleet::{BrokerFrame, Fleet, NodeFrame};
+use wire::handshake::EXPORTER_LABEL;
+use wire::io::handshake::{HandshakeError, client_handshake};
 use wire::io::{FrameIoError, read_value, write_value};
 
 /// Largest frame accepted on the session stream.
@@ -173,60 +175,32 @@ async fn authenticate(
     connection: &quinn::Connection,
     settings: &NodeSettings,
 ) -> Result<Session, SessionError> {
-    let exporter = certs::quic::exporter(connection)
+    let exporter = certs::quic::exporter(connection, EXPORTER_LABEL)
         .ok_or_else(|| SessionError::Transient("no TLS exporter on this connection".into()))?;
     let (mut send, mut recv) = connection.open_bi().await.map_err(|e| classify(&e))?;
-    write_value(
+    let sign = |message: &[u8]| settings.identity.sign(message);
+    let welcome = client_handshake::<Fleet, _, _>(
         &mut send,
-        &NodeFrame::Hello {
-            version: PROTOCOL_VERSION,
-        },
+        &mut recv,
+        exporter,
+        SESSION_FRAME_LIMIT,
+        Some(&sign),
     )
     .await
-    .map_err(frame_error)?;
-    let challenge = match read_value::<BrokerFrame, _>(&mut recv, SESSION_FRAME_LIMIT)
-        .await
-        .map_err(frame_error)?
-    {
-        BrokerFrame::Challenge(challenge) => challenge,
-        BrokerFrame::Refused(refusal) => {
-            return Err(SessionError::Permanent(format!(
-                "the SuperLink refused this node: {refusal}"
-            )));
+    .map_err(|error| match error {
+        HandshakeError::Frame(error) => frame_error(error),
+        HandshakeError::Refused(refusal) => {
+            SessionError::Permanent(format!("the SuperLink refused this node: {refusal}"))
         }
-        other => {
-            return Err(SessionError::Transient(format!(
-                "unexpected frame from the SuperLink: {other:?}"
-            )));
-        }
-    };
-    let proof = ClientHandshake::new(Domain::Fleet, exporter)
-        .respond(&challenge, &settings.identity)
-        .map_err(|e| SessionError::Transient(e.to_string()))?;
-    write_value(&mut send, &NodeFrame::Proof(proof))
-        .await
-        .map_err(frame_error)?;
-    match read_value::<BrokerFrame, _>(&mut recv, SESSION_FRAME_LIMIT)
-        .await
-        .map_err(frame_error)?
-    {
-        BrokerFrame::Welcome {
-            node_id,
-            heartbeat_interval_ms,
-        } => Ok(Session {
-            connection: connection.clone(),
-            node_id,
-            heartbeat_interval: Duration::from_millis(heartbeat_interval_ms.clamp(100, 60_000)),
-            send,
-            recv,
-        }),
-        BrokerFrame::Refused(refusal) => Err(SessionError::Permanent(format!(
-            "the SuperLink refused this node: {refusal}"
-        ))),
-        other => Err(SessionError::Transient(format!(
-            "unexpected frame from the SuperLink: {other:?}"
-        ))),
-    }
+        other => SessionError::Transient(format!("handshake with the SuperLink failed: {other}")),
+    })?;
+    Ok(Session {
+        connection: connection.clone(),
+        node_id: welcome.node_id,
+        heartbeat_interval: Duration::from_millis(welcome.heartbeat_interval_ms.clamp(100, 60_000)),
+        send,
+        recv,
+    })
 }
 
 /// How a session ended without error.

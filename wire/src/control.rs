@@ -4,7 +4,7 @@
 //! keys, receives a welcome when it connects from loopback), then sends requests and reads one
 //! response each. Variants are only ever appended.
 
-use crate::handshake::{Challenge, Proof, Refusal};
+use crate::handshake::{Api, Challenge, ClientStep, Domain, Proof, Refusal, ServerStep};
 use crate::{ConfigRecord, NodeId, RunId};
 use serde::{Deserialize, Serialize};
 
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub enum OperatorFrame {
     /// First frame of a connection.
     Hello {
-        /// [`crate::fleet::PROTOCOL_VERSION`] of the CLI.
+        /// [`crate::handshake::PROTOCOL_VERSION`] of the CLI.
         version: u32,
     },
     /// Answer to the broker's challenge.
@@ -36,6 +36,54 @@ pub enum ControlFrame {
     Refused(Refusal),
     /// Answer to the last request.
     Response(ControlResponse),
+}
+
+/// The Control API's handshake frames; the welcome carries the operator's name.
+#[derive(Debug)]
+pub enum Control {}
+
+impl Api for Control {
+    const DOMAIN: Domain = Domain::Control;
+    type ClientFrame = OperatorFrame;
+    type ServerFrame = ControlFrame;
+    type Welcome = String;
+
+    fn hello(version: u32) -> OperatorFrame {
+        OperatorFrame::Hello { version }
+    }
+
+    fn proof(proof: Proof) -> OperatorFrame {
+        OperatorFrame::Proof(proof)
+    }
+
+    fn challenge(challenge: Challenge) -> ControlFrame {
+        ControlFrame::Challenge(challenge)
+    }
+
+    fn welcome(operator: String) -> ControlFrame {
+        ControlFrame::Welcome { operator }
+    }
+
+    fn refused(refusal: Refusal) -> ControlFrame {
+        ControlFrame::Refused(refusal)
+    }
+
+    fn client_step(frame: OperatorFrame) -> ClientStep {
+        match frame {
+            OperatorFrame::Hello { version } => ClientStep::Hello { version },
+            OperatorFrame::Proof(proof) => ClientStep::Proof(proof),
+            OperatorFrame::Request(_) => ClientStep::Other,
+        }
+    }
+
+    fn server_step(frame: ControlFrame) -> ServerStep<String> {
+        match frame {
+            ControlFrame::Challenge(challenge) => ServerStep::Challenge(challenge),
+            ControlFrame::Welcome { operator } => ServerStep::Welcome(operator),
+            ControlFrame::Refused(refusal) => ServerStep::Refused(refusal),
+            other => ServerStep::Other(format!("{other:?}")),
+        }
+    }
 }
 
 /// What an operator asks of the broker.

@@ -6,19 +6,16 @@
 //! [`InstructionAck`]); each reply travels on its own stream opened by the node (a streamed message,
 //! answered by [`ReplyOutcome`]). Variants are only ever appended.
 
-use crate::handshake::{Challenge, Proof, Refusal};
+use crate::handshake::{Api, Challenge, ClientStep, Domain, Proof, Refusal, ServerStep};
 use crate::{ConfigRecord, NodeId, RunId};
 use serde::{Deserialize, Serialize};
-
-/// Protocol version a node announces in its hello.
-pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Node to broker, on the session stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum NodeFrame {
     /// First frame of a connection.
     Hello {
-        /// [`PROTOCOL_VERSION`] of the node.
+        /// [`crate::handshake::PROTOCOL_VERSION`] of the node.
         version: u32,
     },
     /// Answer to the broker's challenge.
@@ -85,20 +82,68 @@ pub enum ReplyOutcome {
     Rejected(String),
 }
 
-/// QUIC application close codes the broker uses on Fleet connections.
-pub mod close {
-    /// The node ended the connection normally.
-    pub const NORMAL: u32 = 0;
-    /// Authentication failed.
-    pub const REFUSED: u32 = 1;
-    /// The node was unregistered by an operator.
-    pub const UNREGISTERED: u32 = 2;
-    /// The peer broke the protocol (malformed or unexpected frame).
-    pub const PROTOCOL: u32 = 3;
-    /// Heartbeats stopped arriving.
-    pub const TIMEOUT: u32 = 4;
-    /// The broker is shutting down.
-    pub const SHUTDOWN: u32 = 5;
-    /// Another connection authenticated with the same key and replaced this one.
-    pub const REPLACED: u32 = 6;
+/// What the broker tells a node it admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeWelcome {
+    /// The node's id in the registry.
+    pub node_id: NodeId,
+    /// How often the broker expects a heartbeat.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// The Fleet API's handshake frames.
+#[derive(Debug)]
+pub enum Fleet {}
+
+impl Api for Fleet {
+    const DOMAIN: Domain = Domain::Fleet;
+    type ClientFrame = NodeFrame;
+    type ServerFrame = BrokerFrame;
+    type Welcome = NodeWelcome;
+
+    fn hello(version: u32) -> NodeFrame {
+        NodeFrame::Hello { version }
+    }
+
+    fn proof(proof: Proof) -> NodeFrame {
+        NodeFrame::Proof(proof)
+    }
+
+    fn challenge(challenge: Challenge) -> BrokerFrame {
+        BrokerFrame::Challenge(challenge)
+    }
+
+    fn welcome(welcome: NodeWelcome) -> BrokerFrame {
+        BrokerFrame::Welcome {
+            node_id: welcome.node_id,
+            heartbeat_interval_ms: welcome.heartbeat_interval_ms,
+        }
+    }
+
+    fn refused(refusal: Refusal) -> BrokerFrame {
+        BrokerFrame::Refused(refusal)
+    }
+
+    fn client_step(frame: NodeFrame) -> ClientStep {
+        match frame {
+            NodeFrame::Hello { version } => ClientStep::Hello { version },
+            NodeFrame::Proof(proof) => ClientStep::Proof(proof),
+            _ => ClientStep::Other,
+        }
+    }
+
+    fn server_step(frame: BrokerFrame) -> ServerStep<NodeWelcome> {
+        match frame {
+            BrokerFrame::Challenge(challenge) => ServerStep::Challenge(challenge),
+            BrokerFrame::Welcome {
+                node_id,
+                heartbeat_interval_ms,
+            } => ServerStep::Welcome(NodeWelcome {
+                node_id,
+                heartbeat_interval_ms,
+            }),
+            BrokerFrame::Refused(refusal) => ServerStep::Refused(refusal),
+            other => ServerStep::Other(format!("{other:?}")),
+        }
+    }
 }

@@ -13,13 +13,16 @@
 //! - [`stream`]: messages whose array payloads travel as bounded chunks.
 //! - [`text`]: peer-supplied text escaped for terminals and bounded in length.
 //! - [`handshake`]: the exporter-bound challenge-response as sans-IO state machines.
-//! - `io` (feature `io`): async helpers moving frames over tokio streams.
+//! - [`close`]: the QUIC close codes of both APIs.
+//! - `io` (feature `io`): async helpers moving frames over tokio streams, and the handshake's driver.
+//! - [`error`]: the crate's error type.
 //! - [`alpn`]: the versioned ALPN identifiers of the two APIs.
 
 #![forbid(unsafe_code)]
 
 pub mod alpn;
 pub mod clientappio;
+pub mod close;
 pub mod control;
 pub mod error;
 pub mod fleet;

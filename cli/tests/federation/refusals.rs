@@ -8,8 +8,8 @@ use node::settings::ServerTrust;
 use std::net::SocketAddr;
 use std::time::Duration;
 use wire::control::NodeStatus;
-use wire::fleet::{BrokerFrame, NodeFrame, PROTOCOL_VERSION};
-use wire::handshake::{ClientHandshake, Domain};
+use wire::fleet::{BrokerFrame, NodeFrame};
+use wire::handshake::{ClientHandshake, Domain, EXPORTER_LABEL, PROTOCOL_VERSION};
 use wire::io::{read_value, write_value};
 
 pub async fn connect(
@@ -57,9 +57,9 @@ pub async fn authenticate(
     let BrokerFrame::Challenge(challenge) = frame else {
         panic!("{frame:?}")
     };
-    let exporter = certs::quic::exporter(connection).unwrap();
+    let exporter = certs::quic::exporter(connection, EXPORTER_LABEL).unwrap();
     let proof = ClientHandshake::new(Domain::Fleet, exporter)
-        .respond(&challenge, key)
+        .respond(&challenge, &|message: &[u8]| key.sign(message))
         .unwrap();
     write_value(&mut send, &NodeFrame::Proof(proof))
         .await
@@ -159,9 +159,9 @@ async fn a_proof_signed_over_another_connections_exporter_is_refused() {
         panic!("{frame:?}")
     };
     // The attacker signs the second connection's nonce, but over the first connection's binding.
-    let first_exporter = certs::quic::exporter(&first).unwrap();
+    let first_exporter = certs::quic::exporter(&first, EXPORTER_LABEL).unwrap();
     let proof = ClientHandshake::new(Domain::Fleet, first_exporter)
-        .respond(&challenge, &key)
+        .respond(&challenge, &|message: &[u8]| key.sign(message))
         .unwrap();
     write_value(&mut send, &NodeFrame::Proof(proof))
         .await
@@ -175,7 +175,7 @@ async fn a_proof_signed_over_another_connections_exporter_is_refused() {
     let refused_by_close = matches!(
         second.close_reason(),
         Some(quinn::ConnectionError::ApplicationClosed(ref close))
-            if u64::from(close.error_code) == u64::from(wire::fleet::close::REFUSED)
+            if u64::from(close.error_code) == u64::from(wire::close::REFUSED)
                 && String::from_utf8_lossy(&close.reason).contains("does not verify")
     );
     assert!(refused_by_frame || refused_by_close, "{answer:?}");

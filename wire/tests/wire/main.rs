@@ -5,5 +5,8 @@
 
 mod golden;
 mod handshake;
+// The driver needs the `io` feature, which the workspace's other members turn on.
+#[cfg(feature = "io")]
+mod handshake_io;
 mod hostile;
 mod samples;

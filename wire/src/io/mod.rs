@@ -1,5 +1,7 @@
 //! Async helpers that move frames over any tokio byte stream. Only IO lives here: every check is the
-//! sans-IO code of [`crate::frame`] and [`crate::stream`].
+//! sans-IO code of [`crate::frame`], [`crate::stream`] and [`crate::handshake`].
+
+pub mod handshake;
 
 use crate::message::MessageError;
 use crate::stream::{Limits, MessageAssembler, OutFrame, encode_message, encode_parts};
