@@ -1,13 +1,21 @@
-//! An authenticated connection to a broker's Control API.
+//! An authenticated connection to a broker's Control API, with one typed method per request.
+//!
+//! Every method maps the broker's error answer and any answer of the wrong kind once, here, so a
+//! command only handles what it asked for.
 
 use crate::CliError;
-use crate::app_config::Federation;
+use crate::app_config::{AppConfig, Federation};
+use crate::args::Target;
 use std::time::Duration;
 use wire::close;
-use wire::control::{Control, ControlFrame, ControlRequest, ControlResponse, OperatorFrame};
+use wire::control::{
+    Artifact, Control, ControlFrame, ControlRequest, ControlResponse, LogLine, NodeInfo,
+    OperatorFrame, RunInfo, RunStatus,
+};
 use wire::handshake::EXPORTER_LABEL;
 use wire::io::handshake::{HandshakeError, client_handshake};
 use wire::io::{FrameIoError, read_value, write_value};
+use wire::{ConfigRecord, NodeId, RunId};
 
 /// Largest response frame (a node table of thousands of rows fits easily).
 const RESPONSE_FRAME_LIMIT: u32 = 64 * 1024 * 1024;
@@ -169,7 +177,138 @@ impl ControlClient {
         })
     }
 
-    /// Sends one request and waits for its response.
+    /// Connects to the federation `target` names (its app directory's configuration).
+    pub async fn for_target(target: &Target) -> Result<Self, CliError> {
+        let config = AppConfig::load(&target.app)?;
+        let (_, federation) = config.federation(target.federation.as_deref())?;
+        Self::connect(&federation).await
+    }
+
+    /// Connects to the federation `target` names, makes the calls of `calls`, and closes.
+    pub async fn once<T>(
+        target: &Target,
+        calls: impl AsyncFnOnce(&mut ControlClient) -> Result<T, CliError>,
+    ) -> Result<T, CliError> {
+        let mut client = Self::for_target(target).await?;
+        let result = calls(&mut client).await;
+        client.close().await;
+        result
+    }
+
+    /// Registers a node's public key (an OpenSSH line or PEM); returns its new id.
+    pub async fn register_node(&mut self, public_key: String) -> Result<NodeId, CliError> {
+        match self
+            .call(ControlRequest::RegisterNode { public_key })
+            .await?
+        {
+            ControlResponse::NodeRegistered { node_id } => Ok(node_id),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Unregisters a node for good.
+    pub async fn unregister_node(&mut self, node_id: NodeId) -> Result<NodeId, CliError> {
+        match self
+            .call(ControlRequest::UnregisterNode { node_id })
+            .await?
+        {
+            ControlResponse::NodeUnregistered { node_id } => Ok(node_id),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The registered nodes (and the unregistered ones too, with `include_unregistered`).
+    pub async fn list_nodes(
+        &mut self,
+        include_unregistered: bool,
+    ) -> Result<Vec<NodeInfo>, CliError> {
+        match self
+            .call(ControlRequest::ListNodes {
+                include_unregistered,
+            })
+            .await?
+        {
+            ControlResponse::Nodes(nodes) => Ok(nodes),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Starts a run of an app with its run config; returns the run's id.
+    pub async fn start_run(
+        &mut self,
+        app_name: String,
+        app_version: String,
+        config: ConfigRecord,
+    ) -> Result<RunId, CliError> {
+        let request = ControlRequest::StartRun {
+            app_name,
+            app_version,
+            config,
+        };
+        match self.call(request).await? {
+            ControlResponse::RunStarted { run_id } => Ok(run_id),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Every run, or only `run_id`.
+    pub async fn list_runs(&mut self, run_id: Option<RunId>) -> Result<Vec<RunInfo>, CliError> {
+        match self.call(ControlRequest::ListRuns { run_id }).await? {
+            ControlResponse::Runs(runs) => Ok(runs),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Stops a run.
+    pub async fn stop_run(&mut self, run_id: RunId) -> Result<RunId, CliError> {
+        match self.call(ControlRequest::StopRun { run_id }).await? {
+            ControlResponse::RunStopped { run_id } => Ok(run_id),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One page of a run's stored log from line `after` on.
+    pub async fn log_page(&mut self, run_id: RunId, after: u64) -> Result<LogPage, CliError> {
+        let request = ControlRequest::Log {
+            run_id,
+            after,
+            follow: false,
+        };
+        let response = self.call(request).await?;
+        log_page(response)
+    }
+
+    /// Follows a run's log from line `after` on: the stored lines, then each new one, until the
+    /// run finishes. Read the pages with [`LogFollower::next_page`].
+    pub async fn follow_log(
+        &mut self,
+        run_id: RunId,
+        after: u64,
+    ) -> Result<LogFollower<'_>, CliError> {
+        self.send_request(ControlRequest::Log {
+            run_id,
+            after,
+            follow: true,
+        })
+        .await?;
+        Ok(LogFollower { client: self })
+    }
+
+    /// The artifacts a run stored.
+    pub async fn pull(&mut self, run_id: RunId) -> Result<Vec<Artifact>, CliError> {
+        match self.call(ControlRequest::PullArtifacts { run_id }).await? {
+            ControlResponse::Artifacts(artifacts) => Ok(artifacts),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends one request and returns its answer, the broker's error answer mapped to an error.
+    async fn call(&mut self, request: ControlRequest) -> Result<ControlResponse, CliError> {
+        refused_request(self.request(request).await?)
+    }
+
+    /// Sends one request and waits for its response, whatever it is (the typed methods are the
+    /// interface; this is for tools and tests that speak the protocol itself).
     pub async fn request(&mut self, request: ControlRequest) -> Result<ControlResponse, CliError> {
         self.send_request(request).await?;
         self.receive().await
@@ -203,4 +342,49 @@ impl ControlClient {
         self.connection.close(close::NORMAL.into(), b"done");
         let _ = tokio::time::timeout(Duration::from_millis(200), self.endpoint.wait_idle()).await;
     }
+}
+
+/// Lines of a run's log, and the run's final status when these are its last lines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogPage {
+    /// The lines, in order.
+    pub lines: Vec<LogLine>,
+    /// Set on the last page of a finished run.
+    pub finished: Option<RunStatus>,
+}
+
+/// A run's log as it grows (see [`ControlClient::follow_log`]).
+pub struct LogFollower<'c> {
+    /// The client the log arrives on; nothing else may be asked until the run finishes.
+    client: &'c mut ControlClient,
+}
+
+impl LogFollower<'_> {
+    /// The next lines; the page that carries `finished` is the last.
+    pub async fn next_page(&mut self) -> Result<LogPage, CliError> {
+        let response = refused_request(self.client.receive().await?)?;
+        log_page(response)
+    }
+}
+
+fn log_page(response: ControlResponse) -> Result<LogPage, CliError> {
+    match response {
+        ControlResponse::Log { lines, finished } => Ok(LogPage { lines, finished }),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The broker's error answer as the command's error.
+fn refused_request(response: ControlResponse) -> Result<ControlResponse, CliError> {
+    match response {
+        ControlResponse::Error(error) => Err(CliError::Request(error.to_string())),
+        response => Ok(response),
+    }
+}
+
+/// An answer of another kind than the request asked for.
+fn unexpected(response: ControlResponse) -> CliError {
+    CliError::Request(format!(
+        "unexpected answer from the SuperLink: {response:?}"
+    ))
 }

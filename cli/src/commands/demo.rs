@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::{Child, Command};
-use wire::control::{ControlRequest, ControlResponse, NodeStatus};
+use wire::control::NodeStatus;
 
 /// How long to wait for the SuperLink to listen and the SuperNodes to come online.
 const STARTUP: Duration = Duration::from_secs(30);
@@ -244,15 +244,8 @@ async fn federation(
         let public_key =
             std::fs::read_to_string(dir.join(format!("keys/client_credentials_{i}.pub")))
                 .map_err(|e| CliError::Io(e.to_string()))?;
-        match client
-            .request(ControlRequest::RegisterNode { public_key })
-            .await?
-        {
-            ControlResponse::NodeRegistered { node_id } => {
-                println!("    SuperNode {node_id} registered successfully.")
-            }
-            other => return Err(CliError::Request(format!("registration failed: {other:?}"))),
-        }
+        let node_id = client.register_node(public_key).await?;
+        println!("    SuperNode {node_id} registered successfully.");
     }
 
     step(&format!("Starting {} SuperNodes", args.nodes));
@@ -287,15 +280,7 @@ async fn federation(
         federation: None,
         format: Format::Default,
     };
-    let nodes = match client
-        .request(ControlRequest::ListNodes {
-            include_unregistered: false,
-        })
-        .await?
-    {
-        ControlResponse::Nodes(nodes) => nodes,
-        other => return Err(CliError::Request(format!("unexpected answer: {other:?}"))),
-    };
+    let nodes = client.list_nodes(false).await?;
     print!(
         "{}",
         super::supernode::node_table(&nodes, wire::message::now_ms())
@@ -316,10 +301,7 @@ async fn federation(
         args.rounds, args.learning_rate
     );
     let outcome = super::runs::start(&target, std::slice::from_ref(&overrides), true).await;
-    let runs = super::supernode::ask(&target, ControlRequest::ListRuns { run_id: None }).await?;
-    let ControlResponse::Runs(runs) = runs else {
-        return Err(CliError::Request("no run list".into()));
-    };
+    let runs = ControlClient::once(&target, async |client| client.list_runs(None).await).await?;
     if let Some(run) = runs.last() {
         let out = dir.join("runs").join(run.run_id.to_string());
         step("Fetching the results (flwr pull)");
@@ -363,17 +345,12 @@ async fn wait_online(
 ) -> Result<(), CliError> {
     let deadline = tokio::time::Instant::now() + STARTUP;
     loop {
-        let response = client
-            .request(ControlRequest::ListNodes {
-                include_unregistered: false,
-            })
-            .await?;
-        if let ControlResponse::Nodes(nodes) = response
-            && nodes
-                .iter()
-                .filter(|n| n.status == NodeStatus::Online)
-                .count()
-                >= count
+        let nodes = client.list_nodes(false).await?;
+        if nodes
+            .iter()
+            .filter(|n| n.status == NodeStatus::Online)
+            .count()
+            >= count
         {
             return Ok(());
         }

@@ -1,6 +1,5 @@
 //! `flwr run`, `flwr ls`, `flwr log`, `flwr stop`.
 
-use super::supernode::{ask, connect};
 use crate::CliError;
 use crate::app_config::AppConfig;
 use crate::args::Target;
@@ -8,7 +7,7 @@ use crate::control_client::ControlClient;
 use crate::output::{self, Format, colour};
 use serde_json::json;
 use std::io::Write as _;
-use wire::control::{ControlRequest, ControlResponse, LogLine, RunInfo, RunStatus};
+use wire::control::{LogLine, RunInfo, RunStatus};
 use wire::message::now_ms;
 use wire::{ConfigRecord, ConfigValue, RunId};
 
@@ -41,16 +40,9 @@ pub async fn start(target: &Target, overrides: &[String], stream: bool) -> Resul
     let run_config = crate::run_config::fuse(app, overrides)?;
     let (_, federation) = config.federation(target.federation.as_deref())?;
     let mut client = ControlClient::connect(&federation).await?;
-    let request = ControlRequest::StartRun {
-        app_name: app.name.clone(),
-        app_version: app.version.clone(),
-        config: run_config,
-    };
-    let run_id = match client.request(request).await? {
-        ControlResponse::RunStarted { run_id } => run_id,
-        ControlResponse::Error(error) => return Err(CliError::Request(error.to_string())),
-        other => return Err(CliError::Request(format!("unexpected answer: {other:?}"))),
-    };
+    let run_id = client
+        .start_run(app.name.clone(), app.version.clone(), run_config)
+        .await?;
     if target.format == Format::Json && !stream {
         super::print_json(&json!({"success": true, "run-id": run_id.to_string()}));
     } else if target.format == Format::Default {
@@ -63,17 +55,12 @@ pub async fn start(target: &Target, overrides: &[String], stream: bool) -> Resul
     let outcome = follow(&mut client, run_id, target.format).await;
     // Why a run did not complete is its details: the last line says it.
     let details = match &outcome {
-        Ok(status) if *status != RunStatus::Completed => {
-            match client
-                .request(ControlRequest::ListRuns {
-                    run_id: Some(run_id),
-                })
-                .await
-            {
-                Ok(ControlResponse::Runs(runs)) => runs.into_iter().next().map(|r| r.details),
-                _ => None,
-            }
-        }
+        Ok(status) if *status != RunStatus::Completed => client
+            .list_runs(Some(run_id))
+            .await
+            .ok()
+            .and_then(|runs| runs.into_iter().next())
+            .map(|run| run.details),
         _ => None,
     };
     client.close().await;
@@ -125,25 +112,14 @@ async fn follow(
     run_id: RunId,
     format: Format,
 ) -> Result<RunStatus, CliError> {
-    client
-        .send_request(ControlRequest::Log {
-            run_id,
-            after: 0,
-            follow: true,
-        })
-        .await?;
+    let mut log = client.follow_log(run_id, 0).await?;
     loop {
-        match client.receive().await? {
-            ControlResponse::Log { lines, finished } => {
-                for line in &lines {
-                    print_line(line, format);
-                }
-                if let Some(status) = finished {
-                    return Ok(status);
-                }
-            }
-            ControlResponse::Error(error) => return Err(CliError::Request(error.to_string())),
-            other => return Err(CliError::Request(format!("unexpected answer: {other:?}"))),
+        let page = log.next_page().await?;
+        for line in &page.lines {
+            print_line(line, format);
+        }
+        if let Some(status) = page.finished {
+            return Ok(status);
         }
     }
 }
@@ -151,7 +127,7 @@ async fn follow(
 /// `flwr log`.
 pub async fn log(target: &Target, run_id: u64, stream: bool) -> Result<(), CliError> {
     let run_id = RunId(run_id);
-    let mut client = connect(target).await?;
+    let mut client = ControlClient::for_target(target).await?;
     if stream {
         let status = follow(&mut client, run_id, target.format).await;
         client.close().await;
@@ -175,41 +151,21 @@ async fn print_log_pages(
 ) -> Result<(), CliError> {
     let mut after = 0;
     loop {
-        let request = ControlRequest::Log {
-            run_id,
-            after,
-            follow: false,
-        };
-        match client.request(request).await? {
-            ControlResponse::Log { lines, finished } => {
-                for line in &lines {
-                    print_line(line, format);
-                }
-                match lines.last() {
-                    Some(last) if finished.is_none() => after = last.index + 1,
-                    _ => return Ok(()),
-                }
-            }
-            ControlResponse::Error(error) => return Err(CliError::Request(error.to_string())),
-            other => return Err(CliError::Request(format!("unexpected answer: {other:?}"))),
+        let page = client.log_page(run_id, after).await?;
+        for line in &page.lines {
+            print_line(line, format);
+        }
+        match page.lines.last() {
+            Some(last) if page.finished.is_none() => after = last.index + 1,
+            _ => return Ok(()),
         }
     }
 }
 
 /// `flwr stop`.
 pub async fn stop(target: &Target, run_id: u64) -> Result<(), CliError> {
-    let response = ask(
-        target,
-        ControlRequest::StopRun {
-            run_id: RunId(run_id),
-        },
-    )
-    .await?;
-    let ControlResponse::RunStopped { run_id } = response else {
-        return Err(CliError::Request(format!(
-            "unexpected answer: {response:?}"
-        )));
-    };
+    let run_id =
+        ControlClient::once(target, async |client| client.stop_run(RunId(run_id)).await).await?;
     match target.format {
         Format::Json => super::print_json(&json!({"success": true, "run-id": run_id.to_string()})),
         Format::Default => println!("Run {run_id} stopped."),
@@ -283,18 +239,10 @@ pub async fn list(
     run_id: Option<u64>,
     limit: Option<u64>,
 ) -> Result<(), CliError> {
-    let response = ask(
-        target,
-        ControlRequest::ListRuns {
-            run_id: run_id.map(RunId),
-        },
-    )
+    let mut runs = ControlClient::once(target, async |client| {
+        client.list_runs(run_id.map(RunId)).await
+    })
     .await?;
-    let ControlResponse::Runs(mut runs) = response else {
-        return Err(CliError::Request(format!(
-            "unexpected answer: {response:?}"
-        )));
-    };
     if let Some(limit) = limit {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         runs.sort_by_key(|run| std::cmp::Reverse(run.pending_at_ms));
@@ -344,12 +292,7 @@ pub async fn pull(
     out: Option<std::path::PathBuf>,
 ) -> Result<(), CliError> {
     let run_id = RunId(run_id);
-    let response = ask(target, ControlRequest::PullArtifacts { run_id }).await?;
-    let ControlResponse::Artifacts(artifacts) = response else {
-        return Err(CliError::Request(format!(
-            "unexpected answer: {response:?}"
-        )));
-    };
+    let artifacts = ControlClient::once(target, async |client| client.pull(run_id).await).await?;
     if artifacts.is_empty() {
         return Err(CliError::Request(format!(
             "run {run_id} stored no artifacts (it has not finished, or its app saves none)"

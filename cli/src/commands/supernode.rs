@@ -1,32 +1,13 @@
 //! `flwr supernode register | unregister | list`.
 
 use crate::CliError;
-use crate::app_config::AppConfig;
-use crate::args::{SupernodeCommand, Target};
+use crate::args::SupernodeCommand;
 use crate::control_client::ControlClient;
 use crate::output::{self, Format, colour};
 use serde_json::json;
 use wire::NodeId;
-use wire::control::{ControlRequest, ControlResponse, NodeInfo, NodeStatus};
+use wire::control::{NodeInfo, NodeStatus};
 use wire::message::now_ms;
-
-/// Connects to the federation `target` names.
-pub async fn connect(target: &Target) -> Result<ControlClient, CliError> {
-    let config = AppConfig::load(&target.app)?;
-    let (_, federation) = config.federation(target.federation.as_deref())?;
-    ControlClient::connect(&federation).await
-}
-
-/// Sends one request to the federation `target` names; a refused request is an error.
-pub async fn ask(target: &Target, request: ControlRequest) -> Result<ControlResponse, CliError> {
-    let mut client = connect(target).await?;
-    let response = client.request(request).await;
-    client.close().await;
-    match response? {
-        ControlResponse::Error(error) => Err(CliError::Request(error.to_string())),
-        response => Ok(response),
-    }
-}
 
 /// Runs `flwr supernode ...`.
 pub async fn run(command: SupernodeCommand) -> Result<(), CliError> {
@@ -41,12 +22,9 @@ pub async fn run(command: SupernodeCommand) -> Result<(), CliError> {
                     public_key.display()
                 ))
             })?;
-            let response = ask(&target, ControlRequest::RegisterNode { public_key: text }).await?;
-            let ControlResponse::NodeRegistered { node_id } = response else {
-                return Err(CliError::Request(format!(
-                    "unexpected answer: {response:?}"
-                )));
-            };
+            let node_id =
+                ControlClient::once(&target, async |client| client.register_node(text).await)
+                    .await?;
             match target.format {
                 Format::Json => {
                     super::print_json(&json!({"success": true, "node-id": node_id.to_string()}))
@@ -55,18 +33,10 @@ pub async fn run(command: SupernodeCommand) -> Result<(), CliError> {
             }
         }
         SupernodeCommand::Unregister { node_id, target } => {
-            let response = ask(
-                &target,
-                ControlRequest::UnregisterNode {
-                    node_id: NodeId(node_id),
-                },
-            )
+            let node_id = ControlClient::once(&target, async |client| {
+                client.unregister_node(NodeId(node_id)).await
+            })
             .await?;
-            let ControlResponse::NodeUnregistered { node_id } = response else {
-                return Err(CliError::Request(format!(
-                    "unexpected answer: {response:?}"
-                )));
-            };
             match target.format {
                 Format::Json => {
                     super::print_json(&json!({"success": true, "node-id": node_id.to_string()}))
@@ -75,18 +45,9 @@ pub async fn run(command: SupernodeCommand) -> Result<(), CliError> {
             }
         }
         SupernodeCommand::List { target, verbose } => {
-            let response = ask(
-                &target,
-                ControlRequest::ListNodes {
-                    include_unregistered: verbose,
-                },
-            )
-            .await?;
-            let ControlResponse::Nodes(nodes) = response else {
-                return Err(CliError::Request(format!(
-                    "unexpected answer: {response:?}"
-                )));
-            };
+            let nodes =
+                ControlClient::once(&target, async |client| client.list_nodes(verbose).await)
+                    .await?;
             let now = now_ms();
             match target.format {
                 Format::Json => super::print_json(&json!({
