@@ -5,15 +5,13 @@
 use broker::config::{BrokerConfig, NodeAuth, OperatorAuth};
 use broker::server::RunningBroker;
 use broker::store::Store;
+use e2e::RunningNode;
 use model::app::{AppError, ClientApp, ClientContext, Grid, Instruction, ServerApp, ServerContext};
-use node::daemon::NodeState;
-use node::isolation::Isolation;
-use node::settings::{NodeSettings, ServerTrust};
+use node::settings::ServerTrust;
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use wire::{Message, MessageBody, MessageType, NodeId, RecordDict};
 
@@ -129,8 +127,8 @@ pub struct Federation {
     _dir: tempfile::TempDir,
     /// The broker.
     pub broker: RunningBroker,
-    /// Node daemons: shutdown token and task.
-    nodes: Vec<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    /// The node daemons.
+    nodes: Vec<RunningNode>,
     /// Online node ids.
     pub node_ids: Vec<NodeId>,
     /// Rounds to the probe.
@@ -167,45 +165,15 @@ impl Federation {
 
         let mut apps = model::apps::ClientApps::builtin();
         apps.add(PROBE, Arc::new(ProbeClient { receipts }));
-        let mut handles = Vec::new();
-        let mut states = Vec::new();
+        let mut running = Vec::new();
         for _ in 0..nodes {
-            let settings = NodeSettings {
-                superlink: broker.fleet_addr.to_string(),
-                trust: ServerTrust::Roots(roots.clone()),
-                identity: certs::IdentityKey::generate(),
-                ephemeral_identity: true,
-                node_config: wire::ConfigRecord::new(),
-                clientappio_address: any,
-                clientappio_allow_remote: false,
-                isolation: Isolation::InProcess,
-                max_retries: None,
-                max_wait_time: None,
-                backend: model::cnn::backend::BackendChoice::Cpu,
-            };
-            let shutdown = CancellationToken::new();
-            let (state_tx, state) = watch::channel(NodeState::Connecting);
-            let task = tokio::spawn({
-                let (apps, shutdown) = (apps.clone(), shutdown.clone());
-                async move {
-                    let _ = node::daemon::run(settings, apps, shutdown, state_tx).await;
-                }
-            });
-            handles.push((shutdown, task));
-            states.push(state);
+            let settings =
+                e2e::node_settings(broker.fleet_addr, ServerTrust::Roots(roots.clone()), None);
+            running.push(RunningNode::start_with_apps(settings, apps.clone()));
         }
         let mut node_ids = Vec::new();
-        for mut state in states {
-            let online = tokio::time::timeout(
-                Duration::from_secs(120),
-                state.wait_for(|s| matches!(s, NodeState::Online(_))),
-            )
-            .await
-            .map_err(|_| "a node never came online")??
-            .to_owned();
-            if let NodeState::Online(id) = online {
-                node_ids.push(id);
-            }
+        for node in &mut running {
+            node_ids.push(node.online_within(Duration::from_secs(120)).await);
         }
         broker::runs::runner::start(
             &broker.shared,
@@ -217,7 +185,7 @@ impl Federation {
         Ok(Federation {
             _dir: dir,
             broker,
-            nodes: handles,
+            nodes: running,
             node_ids,
             rounds: Some(round_tx),
             results: result_rx,
@@ -237,9 +205,9 @@ impl Federation {
     /// Stops the nodes and the broker.
     pub async fn stop(mut self) {
         self.rounds = None;
-        for (shutdown, task) in self.nodes.drain(..) {
-            shutdown.cancel();
-            let _ = task.await;
+        for node in self.nodes.drain(..) {
+            node.shutdown.cancel();
+            let _ = node.task.await;
         }
         self.broker.shutdown();
         self.broker.join().await;

@@ -1,8 +1,8 @@
 //! The Prometheus endpoint answers a plain HTTP GET with the registry's numbers, in text a
 //! Prometheus parser reads.
 
-use crate::harness::{Db, Federation, RunningNode};
 use broker::config::NodeAuth;
+use e2e::{Db, Federation, RunningNode};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 async fn get(address: std::net::SocketAddr, path: &str) -> String {

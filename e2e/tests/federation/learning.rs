@@ -1,8 +1,8 @@
 //! The seed's training for real: Fashion-MNIST (Debian's `dataset-fashion-mnist`, installed by
 //! `.ci/run`), two partitions, two nodes, two rounds of FedAvg on the CPU backend.
 
-use crate::harness::{Db, Federation, PATIENCE, RunningNode};
 use broker::config::NodeAuth;
+use e2e::{Db, Federation, PATIENCE, RunningNode};
 use model::data::format::{TEST_FILE, TRAIN_FILE};
 use model::data::{partition, sources};
 use std::sync::Arc;

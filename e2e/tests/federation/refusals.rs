@@ -1,9 +1,9 @@
 //! Everything that must not get in: unregistered keys, missing certificates, the wrong ALPN, a
 //! proof made for another connection, a broker the node does not trust. Nothing is written.
 
-use crate::harness::{Db, Federation, RunningNode, node_settings};
 use broker::config::NodeAuth;
 use certs::IdentityKey;
+use e2e::{Db, Federation, RunningNode, node_settings};
 use node::settings::ServerTrust;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -235,7 +235,7 @@ async fn an_authenticated_node_cannot_forge_replies_or_disturb_other_sessions() 
     let (mut other_send, mut other_recv, _) = authenticate(&other_connection, &other_key).await;
     let run_id = crate::runs::start_run(&federation, "min-nodes=2").await;
     let store = federation.broker().shared.store.clone();
-    let deadline = std::time::Instant::now() + crate::harness::PATIENCE;
+    let deadline = std::time::Instant::now() + e2e::PATIENCE;
     let first_queued = |node: wire::NodeId| {
         let store = store.clone();
         async move {

@@ -2,10 +2,10 @@
 //! handshakes that never finish, more of them than the broker admits, a flood from one address
 //! while real nodes work, and a node whose clock is ten minutes off.
 
-use crate::harness::{Db, Federation, PATIENCE, RunningNode};
 use crate::refusals::{authenticate, connect, hello, roots};
 use broker::config::{BrokerConfig, NodeAuth};
 use certs::IdentityKey;
+use e2e::{Db, Federation, PATIENCE, RunningNode};
 use node::daemon::NodeState;
 use rustls_pki_types::UnixTime;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! A node's life in the registry: registered, online, offline, online again, unregistered.
 
-use crate::harness::{Db, Federation, RunningNode};
 use broker::config::NodeAuth;
+use e2e::{Db, Federation, RunningNode};
 use std::time::{Duration, Instant};
 use wire::control::{ControlError, ControlRequest, ControlResponse, NodeStatus};
 

@@ -1,8 +1,8 @@
 //! The Control API admits operators only: by key when the broker has operator keys, by loopback
 //! address otherwise.
 
-use crate::harness::{Db, Federation};
 use broker::config::NodeAuth;
+use e2e::{Db, Federation};
 use wire::control::{ControlError, ControlRequest, ControlResponse};
 
 #[tokio::test]
@@ -55,7 +55,7 @@ async fn an_operator_key_cannot_authenticate_a_node() {
     // In automatic mode too, where any other key registers itself.
     for auth in [NodeAuth::Registered, NodeAuth::Automatic] {
         let federation = Federation::start(auth, true, Db::Memory).await;
-        let node = crate::harness::RunningNode::start(federation.node_settings(Some("operator")));
+        let node = e2e::RunningNode::start(federation.node_settings(Some("operator")));
         let error = node.finished().await.unwrap_err().to_string();
         assert!(error.contains("refused"), "{auth:?}: {error}");
         assert!(federation.nodes(true).await.is_empty(), "{auth:?}");

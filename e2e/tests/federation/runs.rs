@@ -1,8 +1,8 @@
 //! Runs end to end: queues, delivery, the runner, log streaming, stop, failures.
 
-use crate::harness::{APP, Db, Federation, PATIENCE, RunningNode};
 use broker::config::NodeAuth;
 use cli::app_config::AppConfig;
+use e2e::{APP, Db, Federation, PATIENCE, RunningNode};
 use std::time::{Duration, Instant};
 use wire::control::{ControlRequest, ControlResponse, RunInfo, RunStatus};
 use wire::{ArrayRecord, RunId};

@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod crash;
-mod harness;
 mod hostile;
 mod learning;
 mod lifecycle;

@@ -1,5 +1,12 @@
-//! A federation in a temporary directory: certificates, keys, `flwr.toml`, a broker on
-//! `127.0.0.1:0`, and nodes started and stopped at will.
+//! The federation harness of the end-to-end tests and the benches: a federation in a temporary
+//! directory (certificates, keys, `flwr.toml`, a broker on `127.0.0.1:0`) and node daemons started
+//! and stopped at will, all real (QUIC, TLS, redb) and in this process.
+//!
+//! The tests live in `tests/federation/`; the transport and broker benches build their probe
+//! federation from [`node_settings`] and [`RunningNode`].
+
+// A harness: a failed set-up step is a failed test, reported where it happened.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use broker::config::{BrokerConfig, NodeAuth, OperatorAuth};
 use broker::server::RunningBroker;
@@ -26,16 +33,25 @@ pub const PATIENCE: Duration = Duration::from_secs(15);
 
 /// Where the database lives.
 pub enum Db {
+    /// In memory: gone with the broker.
     Memory,
+    /// A redb file in the federation's directory: survives a broker restart.
     File,
 }
 
+/// A broker (when started) with its certificates, keys and `flwr.toml` in a temporary directory.
 pub struct Federation {
+    /// The directory: `certificates/`, `keys/` (three node keys and an operator key), `flwr.toml`.
     pub dir: tempfile::TempDir,
+    /// Where the certificates are.
     pub certs: CertificatePaths,
+    /// The broker, while it runs.
     pub broker: Option<RunningBroker>,
+    /// How the broker admits nodes.
     pub node_auth: NodeAuth,
+    /// Whether operators need the operator key (else loopback is trusted).
     pub operator_keys: bool,
+    /// Where the broker keeps its state.
     pub db: Db,
     /// Applied to the broker's configuration at every start.
     pub tune: fn(&mut BrokerConfig),
@@ -61,6 +77,7 @@ pub fn broker_config(dir: &Path, node_auth: NodeAuth, operator_keys: bool) -> Br
 }
 
 impl Federation {
+    /// Certificates, keys and a running broker.
     pub async fn start(node_auth: NodeAuth, operator_keys: bool, db: Db) -> Self {
         Self::start_tuned(node_auth, operator_keys, db, |_| {}).await
     }
@@ -104,10 +121,12 @@ impl Federation {
         }
     }
 
+    /// A path inside the federation's directory.
     pub fn path(&self, relative: &str) -> PathBuf {
         self.dir.path().join(relative)
     }
 
+    /// Starts the broker on these addresses and points `flwr.toml` at it.
     pub fn start_broker(&mut self, fleet: SocketAddr, control: SocketAddr) {
         let mut config = broker_config(self.dir.path(), self.node_auth, self.operator_keys);
         (self.tune)(&mut config);
@@ -124,16 +143,19 @@ impl Federation {
         self.broker = Some(broker);
     }
 
+    /// Stops the broker and waits until it stopped.
     pub async fn stop_broker(&mut self) {
         let broker = self.broker.take().expect("broker running");
         broker.shutdown();
         broker.join().await;
     }
 
+    /// The running broker.
     pub fn broker(&self) -> &RunningBroker {
         self.broker.as_ref().expect("broker running")
     }
 
+    /// Writes `flwr.toml`: the test app and one federation at `control`.
     pub fn write_flwr_toml(&self, control: SocketAddr, operator_key: Option<&str>) {
         let operator_line = operator_key
             .map(|k| format!("operator-key = \"{k}\"\n"))
@@ -146,12 +168,14 @@ impl Federation {
         std::fs::write(self.path("flwr.toml"), text).unwrap();
     }
 
+    /// A Control API session, as `flwr` opens it from `flwr.toml`.
     pub async fn operator(&self) -> Result<ControlClient, cli::CliError> {
         let config = AppConfig::load(self.dir.path()).unwrap();
         let (_, federation) = config.federation(None).unwrap();
         ControlClient::connect(&federation).await
     }
 
+    /// One raw request on a fresh session.
     pub async fn request(&self, request: ControlRequest) -> ControlResponse {
         let mut client = self.operator().await.unwrap();
         let response = client.request(request).await.unwrap();
@@ -159,6 +183,7 @@ impl Federation {
         response
     }
 
+    /// Registers the key `keys/<key>.pub`.
     pub async fn register(&self, key: &str) -> NodeId {
         let public_key = std::fs::read_to_string(self.path(&format!("keys/{key}.pub"))).unwrap();
         match self
@@ -170,6 +195,7 @@ impl Federation {
         }
     }
 
+    /// The registry's nodes.
     pub async fn nodes(&self, include_unregistered: bool) -> Vec<NodeInfo> {
         match self
             .request(ControlRequest::ListNodes {
@@ -182,6 +208,7 @@ impl Federation {
         }
     }
 
+    /// One node's status, if it is registered.
     pub async fn status_of(&self, node_id: NodeId) -> Option<NodeStatus> {
         self.nodes(true)
             .await
@@ -212,6 +239,7 @@ impl Federation {
         settings
     }
 
+    /// Settings of a node with the key `keys/<key>` (or a fresh one), trusting this CA.
     pub fn node_settings(&self, key: Option<&str>) -> NodeSettings {
         let roots = certs::load::load_certificates(&self.certs.ca_cert).unwrap();
         node_settings(
@@ -222,6 +250,8 @@ impl Federation {
     }
 }
 
+/// Settings of an in-process node on the CPU connecting to `fleet`, with the key at `key` or a fresh
+/// ephemeral one.
 pub fn node_settings(fleet: SocketAddr, trust: ServerTrust, key: Option<&Path>) -> NodeSettings {
     let (identity, ephemeral_identity) = match key {
         Some(path) => (certs::load::load_identity_key(path).unwrap(), false),
@@ -245,16 +275,21 @@ pub fn node_settings(fleet: SocketAddr, trust: ServerTrust, key: Option<&Path>) 
 
 /// A node daemon running in this process.
 pub struct RunningNode {
+    /// The daemon's state as it changes.
     pub state: watch::Receiver<NodeState>,
+    /// Cancelling it stops the daemon cleanly.
     pub shutdown: CancellationToken,
+    /// The daemon.
     pub task: JoinHandle<Result<(), NodeError>>,
 }
 
 impl RunningNode {
+    /// Starts a node with the built-in client apps.
     pub fn start(settings: NodeSettings) -> Self {
         Self::start_with_apps(settings, model::apps::ClientApps::builtin())
     }
 
+    /// Starts a node with these client apps.
     pub fn start_with_apps(settings: NodeSettings, apps: model::apps::ClientApps) -> Self {
         let shutdown = CancellationToken::new();
         let (state_tx, state) = watch::channel(NodeState::Connecting);
@@ -273,8 +308,13 @@ impl RunningNode {
 
     /// Waits until the node is online and returns its id.
     pub async fn online(&mut self) -> NodeId {
+        self.online_within(PATIENCE).await
+    }
+
+    /// Waits up to `patience` until the node is online and returns its id.
+    pub async fn online_within(&mut self, patience: Duration) -> NodeId {
         let state = tokio::time::timeout(
-            PATIENCE,
+            patience,
             self.state
                 .wait_for(|s| matches!(s, NodeState::Online(_) | NodeState::Stopped)),
         )

@@ -7,11 +7,11 @@
 //! `FLWR_LOAD_REPORT=path` the figures are also written there as JSON.
 
 use crate::crash::BrokerProcess;
-use crate::harness::{Db, Federation};
 use crate::refusals::authenticate;
 use crate::runs::{follow, start_run};
 use broker::config::NodeAuth;
 use certs::IdentityKey;
+use e2e::{Db, Federation};
 use model::app::{ClientApp as _, ClientContext};
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -4,10 +4,10 @@
 //! The broker process is this test binary again, running the ignored test [`broker_process`]
 //! with the federation's directory in its environment.
 
-use crate::harness::{Db, Federation, PATIENCE, RunningNode, broker_config, node_settings};
 use crate::runs::{follow, start_run};
 use broker::config::NodeAuth;
 use broker::store::Store;
+use e2e::{Db, Federation, PATIENCE, RunningNode, broker_config, node_settings};
 use node::settings::ServerTrust;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
