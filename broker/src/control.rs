@@ -4,7 +4,7 @@ use crate::admission::{Slot, is_loopback};
 use crate::authentication::{self, HandshakeFailure};
 use crate::config::OperatorAuth;
 use crate::runs::{RunEvent, runner};
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::store::{AUTOMATIC_OWNER, StoreError};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -246,7 +246,7 @@ const LOG_PAGE_BYTES: usize = 1024 * 1024;
 fn clip(mut lines: Vec<LogLine>) -> Vec<LogLine> {
     for line in &mut lines {
         if line.text.len() > LOG_PAGE_BYTES {
-            line.text = wire::text::sanitize(&line.text, crate::runs::runner::MAX_LOG_LINE);
+            line.text = wire::text::sanitize(&line.text, crate::runs::MAX_LOG_LINE);
         }
     }
     lines

@@ -1,13 +1,13 @@
-//! Moving messages between the queues and a node's connection: instructions out (one stream each,
-//! acknowledged by the node), replies in (one stream each, checked, stored, then acknowledged).
+//! Moving messages between the rounds in flight and a node's connection: instructions out (one
+//! stream each, acknowledged by the node), replies in (one stream each, checked, handed to their
+//! round, then acknowledged).
 
-use crate::server::Shared;
-use crate::store::{ReplyStored, StoreError};
+use crate::rounds::{Answer, Claim};
+use crate::state::Shared;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
-use wire::control::RunStatus;
-use wire::fleet::{InstructionAck, InstructionHeader, ReplyOutcome};
+use wire::fleet::{InstructionAck, ReplyOutcome};
 use wire::io::{FrameIoError, read_frame, read_value, write_message_parts, write_value};
 use wire::message::now_ms;
 use wire::stream::{DEFAULT_CHUNK, MessageAssembler};
@@ -22,8 +22,6 @@ const SMALL_FRAME: u32 = 4096;
 /// Why one delivery failed.
 #[derive(Debug, thiserror::Error)]
 enum DeliveryError {
-    #[error("storage: {0}")]
-    Store(#[from] StoreError),
     #[error("connection: {0}")]
     Connection(#[from] quinn::ConnectionError),
     #[error("stream: {0}")]
@@ -43,14 +41,7 @@ pub async fn deliver(
     wake: Arc<Notify>,
 ) {
     loop {
-        let queued = match shared.store.queued_for(node) {
-            Ok(queued) => queued,
-            Err(error) => {
-                tracing::error!(%error, "cannot read the node's queue");
-                Vec::new()
-            }
-        };
-        for id in queued {
+        for id in shared.rounds.queued_for(node) {
             if let Err(error) = deliver_one(&shared, node, &connection, id).await {
                 tracing::warn!(instruction = %id, %error, "delivery failed");
                 if connection.close_reason().is_some() {
@@ -71,31 +62,24 @@ async fn deliver_one(
     connection: &quinn::Connection,
     id: MessageId,
 ) -> Result<(), DeliveryError> {
-    let Some(record) = shared.store.instruction(id)? else {
+    let Some(instruction) = shared.rounds.instruction(id) else {
+        // Its round is over (answered, stopped, or given up on).
         return Ok(());
     };
-    let Some(run) = shared.store.run(record.metadata.run_id)? else {
-        return Ok(());
-    };
-    if run.status.is_finished() || record.metadata.is_expired(now_ms()) {
-        // The run's grid answers it (stopped, or MESSAGE_UNAVAILABLE at its deadline).
-        shared.store.mark_delivered(node, id)?;
+    if instruction.answered.is_some() || instruction.metadata.is_expired(now_ms()) {
+        // Answered in its node's place already, or its round answers it at its deadline.
+        shared.rounds.mark_delivered(node, id);
         return Ok(());
     }
-    let Some(content) = shared.contents.get(record.content_id) else {
-        // Contents live as long as their round: this instruction's round is over (it was answered
-        // by a stand-in) or was interrupted by a restart (it is resent from a checkpoint).
-        shared.store.mark_delivered(node, id)?;
-        return Ok(());
-    };
-    let header = InstructionHeader {
-        app_name: run.app_name,
-        app_version: run.app_version,
-        run_config: run.config,
-    };
     let (mut send, mut recv) = connection.open_bi().await?;
-    write_value(&mut send, &header).await?;
-    write_message_parts(&mut send, &record.metadata, Ok(&content), DEFAULT_CHUNK).await?;
+    write_value(&mut send, instruction.header.as_ref()).await?;
+    write_message_parts(
+        &mut send,
+        &instruction.metadata,
+        Ok(&instruction.content),
+        DEFAULT_CHUNK,
+    )
+    .await?;
     let _ = send.finish();
     let ack: InstructionAck = tokio::time::timeout(ACK_TIMEOUT, read_value(&mut recv, SMALL_FRAME))
         .await
@@ -103,7 +87,7 @@ async fn deliver_one(
     if ack.message_id != id {
         return Err(DeliveryError::WrongAck);
     }
-    shared.store.mark_delivered(node, id)?;
+    shared.rounds.mark_delivered(node, id);
     tracing::debug!(instruction = %id, "delivered");
     Ok(())
 }
@@ -118,46 +102,6 @@ const REPLY_SLACK: u64 = 16 * 1024 * 1024;
 /// The most array bytes a reply to an instruction that carried `sent` may announce, under `cap`.
 fn reply_allowance(sent: u64, cap: u64) -> u64 {
     sent.saturating_mul(2).saturating_add(REPLY_SLACK).min(cap)
-}
-
-/// Instructions whose reply is being read or stored right now. A second stream answering the same
-/// instruction is refused: one node cannot hold several allowances for one instruction.
-#[derive(Debug, Default, Clone)]
-pub struct RepliesInFlight(Arc<std::sync::Mutex<std::collections::HashSet<MessageId>>>);
-
-/// An instruction's reply being read; released when dropped.
-#[derive(Debug)]
-struct Claim {
-    set: RepliesInFlight,
-    id: MessageId,
-}
-
-impl RepliesInFlight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<MessageId>> {
-        // Inserts and removes only: a poisoned set is still consistent.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Whether a reply to `id` is arriving.
-    pub fn contains(&self, id: MessageId) -> bool {
-        self.lock().contains(&id)
-    }
-
-    /// Claims `id`, unless another stream holds it.
-    fn claim(&self, id: MessageId) -> Option<Claim> {
-        self.lock().insert(id).then(|| Claim {
-            set: self.clone(),
-            id,
-        })
-    }
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        self.set.lock().remove(&self.id);
-    }
 }
 
 /// What the head of a reply earns it.
@@ -182,13 +126,9 @@ pub async fn receive_reply(
     mut recv: quinn::RecvStream,
 ) {
     let outcome = match read_reply(&shared, node, &mut recv).await {
-        // Storing a reply's receipt is a durable write: keep it off the async workers. The claim
-        // is held until the receipt is stored.
+        // The claim is held until the reply is handed to its round.
         Ok(Some((reply, claim))) => {
-            let shared = shared.clone();
-            let outcome = tokio::task::spawn_blocking(move || judge(&shared, reply))
-                .await
-                .unwrap_or_else(|e| ReplyOutcome::Rejected(format!("SuperLink error: {e}")));
+            let outcome = judge(&shared, reply);
             drop(claim);
             outcome
         }
@@ -228,20 +168,13 @@ async fn read_reply(
         (None, Some(metadata)) => metadata.clone(),
         (None, None) => return Err("unreadable reply: no head".into()),
     };
-    // The head is judged against the store: off the async workers.
-    let announced = assembler.announced_payload();
-    let vetted = {
-        let shared = shared.clone();
-        tokio::task::spawn_blocking(move || vet_head(&shared, node, &metadata, announced))
-            .await
-            .map_err(|e| format!("SuperLink error: {e}"))??
-    };
+    let vetted = vet_head(shared, node, &metadata, assembler.announced_payload())?;
     let (id, deadline) = match vetted {
         Verdict::AlreadyAnswered => return Ok(None),
         Verdict::Read { id, deadline } => (id, deadline),
     };
     let claim = shared
-        .replies_in_flight
+        .rounds
         .claim(id)
         .ok_or("another reply to this instruction is arriving")?;
     if let Some(message) = complete {
@@ -282,32 +215,22 @@ fn vet_head(
     if shared.sessions.is_revoked(node) {
         return Err(format!("node {node} was unregistered"));
     }
-    let storage = |error: StoreError| format!("SuperLink storage error: {error}");
     let id = metadata
         .reply_to
         .ok_or_else(|| "invalid reply: not a reply (no reply-to)".to_string())?;
-    let instruction = shared
-        .store
-        .instruction(id)
-        .map_err(storage)?
-        .ok_or_else(|| "invalid reply: it answers no known instruction".to_string())?;
+    let instruction = shared.rounds.instruction(id).ok_or_else(|| {
+        "invalid reply: it answers no known instruction of a round in flight".to_string()
+    })?;
     if instruction.metadata.dst_node_id != node {
         return Err("invalid reply: the instruction was sent to another node".into());
     }
     if instruction.metadata.run_id != metadata.run_id {
         return Err("invalid reply: the reply names another run".into());
     }
-    if shared.store.reply_receipt(id).map_err(storage)?.is_some() {
+    if instruction.answered.is_some() {
         return Ok(Verdict::AlreadyAnswered);
     }
-    match shared.store.run(metadata.run_id).map_err(storage)? {
-        Some(run) if run.status == RunStatus::Running => {}
-        Some(run) => return Err(format!("run {} is {}", run.run_id, run.status.as_str())),
-        None => return Err(format!("no run {}", metadata.run_id)),
-    }
-    let Some(content) = shared.contents.get(instruction.content_id) else {
-        return Err("the instruction's round is over".into());
-    };
+    let content = instruction.content;
     let allowed = reply_allowance(array_bytes(&content), shared.config.limits.max_payload);
     if announced > allowed {
         return Err(format!(
@@ -347,32 +270,19 @@ fn judge(shared: &Shared, mut reply: wire::Message) -> ReplyOutcome {
     if let wire::MessageBody::Error(error) = &mut reply.body {
         error.reason = wire::text::sanitize(&error.reason, MAX_ERROR_REASON);
     }
-    // The sender and the instruction were judged on the head (`vet_head`); the run may have
-    // ended while the arrays arrived, and `store_reply` checks the instruction again atomically.
-    match shared.store.run(reply.metadata.run_id) {
-        Ok(Some(run)) if run.status == RunStatus::Running => {}
-        Ok(Some(run)) => {
-            return ReplyOutcome::Rejected(format!(
-                "run {} is {}",
-                run.run_id,
-                run.status.as_str()
-            ));
-        }
-        Ok(None) => return ReplyOutcome::Rejected(format!("no run {}", reply.metadata.run_id)),
-        Err(error) => return ReplyOutcome::Rejected(format!("SuperLink storage error: {error}")),
-    }
-    match shared.store.store_reply(&reply) {
-        Ok(ReplyStored::New) => {
+    // The sender and the instruction were judged on the head (`vet_head`); the round may have
+    // ended while the arrays arrived, and `answer` checks the instruction again atomically.
+    match shared.rounds.answer(reply) {
+        Answer::New => {
             shared.metrics.reply_received("stored");
-            shared.router.route(reply);
             ReplyOutcome::Accepted
         }
-        // At-least-once delivery: a re-sent reply, or one that comes after the round gave up on
-        // it (its stand-in answer is stored), is acknowledged and ignored.
-        Ok(ReplyStored::Duplicate) => {
+        // At-least-once delivery: a re-sent reply, or one that comes after the round answered
+        // in the node's place, is acknowledged and ignored.
+        Answer::Duplicate => {
             shared.metrics.reply_received("duplicate");
             ReplyOutcome::Accepted
         }
-        Err(error) => ReplyOutcome::Rejected(error.to_string()),
+        Answer::Unknown => ReplyOutcome::Rejected("the instruction's round is over".into()),
     }
 }

@@ -3,7 +3,7 @@
 use crate::admission::Slot;
 use crate::authentication::{self, HandshakeFailure};
 use crate::config::NodeAuth;
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::store::{AUTOMATIC_OWNER, StoreError};
 use certs::PublicKey;
 use std::sync::Arc;

@@ -1,12 +1,20 @@
 //! `flower-superlink`: the broker. It accepts nodes on the Fleet API and operators on the Control
-//! API, both over QUIC with TLS 1.3, and keeps its state in a redb database.
+//! API, both over QUIC with TLS 1.3, and keeps what a restart needs in a redb database.
 //!
 //! # Layout
-//! - [`admission`]: who may start a handshake (Retry, per-source and loopback rules).
-//! - [`settings`]: command-line flags resolved into a [`settings::Settings`].
-//! - [`store`]: the durable state (node registry).
+//! State at the bottom, IO handlers on top; no module imports one above it.
+//! - [`store`]: the durable state (registry, runs, logs, artifacts, checkpoints), in redb.
+//! - [`rounds`]: rounds in flight (instructions, queues, contents, reply routes), in memory.
+//! - [`sessions`]: live node connections.
+//! - [`runs`]: runs executing, their server apps ([`runs::runner`]) and the grid they use.
 //! - [`metrics`]: the Prometheus endpoint.
-//! - [`runs`]: runs, their server apps, and the grid they use.
+//! - [`state`]: the above together, as every handler sees them.
+//! - [`config`] and [`settings`]: the broker's configuration, and command-line flags resolved into
+//!   it.
+//! - [`admission`]: who may start a handshake (Retry, per-source and loopback rules).
+//! - [`authentication`]: TLS deadline and handshake failures, shared by both APIs.
+//! - [`fleet`], [`delivery`]: a node's connection; instructions out and replies in.
+//! - [`control`]: an operator's connection.
 //! - [`server`]: binds the endpoints and runs the accept loops until shutdown.
 
 #![forbid(unsafe_code)]
@@ -18,8 +26,10 @@ pub mod control;
 pub mod delivery;
 pub mod fleet;
 pub mod metrics;
+pub mod rounds;
 pub mod runs;
 pub mod server;
 pub mod sessions;
 pub mod settings;
+pub mod state;
 pub mod store;

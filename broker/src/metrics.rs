@@ -15,7 +15,9 @@
 //! counters add up the live connections' statistics. Plain HTTP on its own address: it exposes
 //! counts, never keys, ids or names.
 
-use crate::server::Shared;
+use crate::rounds::Rounds;
+use crate::sessions::Sessions;
+use crate::store::Store;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -172,8 +174,8 @@ impl Metrics {
     }
 
     /// The exposition text, the gauges brought up to date first.
-    pub fn render(&self, shared: &Shared) -> String {
-        let tallies = shared.store.tallies();
+    pub fn render(&self, store: &Store, sessions: &Sessions, rounds: &Rounds) -> String {
+        let tallies = store.tallies();
         for status in [
             NodeStatus::Registered,
             NodeStatus::Online,
@@ -200,11 +202,9 @@ impl Metrics {
                 })
                 .set(gauge_value(tallies.runs.get(status)));
         }
-        if let Ok(queued) = shared.store.queued_total() {
-            self.queued.set(gauge_value(queued));
-        }
+        self.queued.set(gauge_value(rounds.queued_total() as u64));
         // Live connections' traffic so far, plus what closed ones carried; a counter only grows.
-        let (live_in, live_out) = shared.sessions.traffic();
+        let (live_in, live_out) = sessions.traffic();
         let total_in = self.closed_bytes_in.load(Ordering::Relaxed) + live_in;
         let total_out = self.closed_bytes_out.load(Ordering::Relaxed) + live_out;
         self.bytes_received
@@ -221,17 +221,21 @@ impl Metrics {
     }
 }
 
-/// Answers `GET /metrics` until shutdown (see [`ops::http`] for the server's bounds).
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+/// Makes the page's text on demand.
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Answers `GET /metrics` with what `render` makes, until shutdown (see [`ops::http`] for the
+/// server's bounds).
+pub async fn serve(listener: TcpListener, render: Render, shutdown: CancellationToken) {
     let handler: ops::http::Handler = Arc::new(move |path: &str| {
-        let shared = shared.clone();
+        let render = render.clone();
         let wanted = matches!(path, "/metrics" | "/");
         Box::pin(async move {
             if !wanted {
                 return ops::http::Page::not_found(&["/metrics"]);
             }
             // Reads the store (a short read transaction): off the async workers.
-            match tokio::task::spawn_blocking(move || shared.metrics.render(&shared)).await {
+            match tokio::task::spawn_blocking(move || render()).await {
                 Ok(body) => ops::http::Page {
                     status: ops::http::StatusCode::OK,
                     content_type: CONTENT_TYPE,

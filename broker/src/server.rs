@@ -6,8 +6,8 @@
 use crate::admission::{Gate, Slot, Turned};
 use crate::config::{BrokerConfig, NodeAuth, OperatorAuth};
 use crate::runs::ActiveRuns;
-use crate::runs::grid::{LiveContents, ReplyRouter};
 use crate::sessions::Sessions;
+use crate::state::Shared;
 use crate::store::Store;
 use crate::{control, fleet};
 use certs::PublicKey;
@@ -41,28 +41,6 @@ pub enum BrokerError {
     },
 }
 
-/// State shared by every connection task.
-pub struct Shared {
-    /// The durable state.
-    pub store: Arc<Store>,
-    /// Live node connections.
-    pub sessions: Sessions,
-    /// Settings.
-    pub config: BrokerConfig,
-    /// Runs whose server app is executing.
-    pub runs: ActiveRuns,
-    /// Replies on their way to the runs waiting for them.
-    pub router: ReplyRouter,
-    /// Contents of in-flight instructions.
-    pub contents: LiveContents,
-    /// Server apps by name.
-    pub apps: model::apps::ServerApps,
-    /// Counters for the metrics endpoint.
-    pub metrics: crate::metrics::Metrics,
-    /// Instructions whose reply is arriving.
-    pub replies_in_flight: crate::delivery::RepliesInFlight,
-}
-
 /// A broker running in this process.
 pub struct RunningBroker {
     /// Where the Fleet API listens (with the real port when 0 was asked).
@@ -77,6 +55,8 @@ pub struct RunningBroker {
     shutdown: CancellationToken,
     /// The accept loops.
     task: tokio::task::JoinHandle<()>,
+    /// The metrics endpoint, when enabled.
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningBroker {
@@ -88,6 +68,9 @@ impl RunningBroker {
     /// Waits until the broker stopped (after [`Self::shutdown`] or the token passed to [`start`]).
     pub async fn join(self) {
         let _ = self.task.await;
+        if let Some(metrics) = self.metrics_task {
+            let _ = metrics.await;
+        }
     }
 }
 
@@ -250,54 +233,38 @@ pub fn start(
         sessions: Sessions::default(),
         config,
         runs: ActiveRuns::default(),
-        router: ReplyRouter::default(),
-        contents: LiveContents::default(),
+        rounds: Arc::new(crate::rounds::Rounds::default()),
         apps,
         metrics: crate::metrics::Metrics::default(),
-        replies_in_flight: crate::delivery::RepliesInFlight::default(),
     });
     match crate::runs::runner::resume_interrupted_runs(&shared) {
         Ok(0) => {}
         Ok(n) => tracing::warn!(runs = n, "resuming runs the previous process left active"),
         Err(error) => tracing::error!(%error, "could not resume interrupted runs"),
     }
-    let metrics_addr = match shared.config.metrics_address {
+    let (metrics_addr, metrics_task) = match shared.config.metrics_address {
         Some(address) => {
-            let std_listener =
-                std::net::TcpListener::bind(address).map_err(|source| BrokerError::Bind {
-                    api: "metrics",
-                    address,
-                    source,
-                })?;
-            std_listener
-                .set_nonblocking(true)
-                .map_err(|source| BrokerError::Bind {
-                    api: "metrics",
-                    address,
-                    source,
-                })?;
-            let bound = std_listener
-                .local_addr()
-                .map_err(|source| BrokerError::Bind {
-                    api: "metrics",
-                    address,
-                    source,
-                })?;
-            let listener = tokio::net::TcpListener::from_std(std_listener).map_err(|source| {
-                BrokerError::Bind {
-                    api: "metrics",
-                    address,
-                    source,
-                }
-            })?;
-            tokio::spawn(crate::metrics::serve(
-                listener,
-                shared.clone(),
-                shutdown.clone(),
-            ));
-            Some(bound)
+            let bind_error = |source| BrokerError::Bind {
+                api: "metrics",
+                address,
+                source,
+            };
+            let std_listener = std::net::TcpListener::bind(address).map_err(bind_error)?;
+            std_listener.set_nonblocking(true).map_err(bind_error)?;
+            let bound = std_listener.local_addr().map_err(bind_error)?;
+            let listener = tokio::net::TcpListener::from_std(std_listener).map_err(bind_error)?;
+            let render: crate::metrics::Render = {
+                let shared = shared.clone();
+                Arc::new(move || {
+                    shared
+                        .metrics
+                        .render(&shared.store, &shared.sessions, &shared.rounds)
+                })
+            };
+            let task = tokio::spawn(crate::metrics::serve(listener, render, shutdown.clone()));
+            (Some(bound), Some(task))
         }
-        None => None,
+        None => (None, None),
     };
     let task = tokio::spawn(serve(
         shared.clone(),
@@ -312,6 +279,7 @@ pub fn start(
         shared,
         shutdown,
         task,
+        metrics_task,
     })
 }
 

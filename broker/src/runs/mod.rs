@@ -4,12 +4,17 @@
 pub mod grid;
 pub mod runner;
 
+use crate::store::Store;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use wire::RunId;
 use wire::control::{LogLine, RunStatus};
+use wire::message::now_ms;
+
+/// Longest log line kept, in characters; the rest is cut with a note.
+pub const MAX_LOG_LINE: usize = 16 * 1024;
 
 /// What followers of a run's log receive.
 #[derive(Debug, Clone)]
@@ -74,6 +79,17 @@ impl ActiveRuns {
     /// Follows a run's events; `None` when the run is not executing.
     pub fn subscribe(&self, run_id: RunId) -> Option<broadcast::Receiver<RunEvent>> {
         self.lock().get(&run_id).map(|run| run.events.subscribe())
+    }
+
+    /// Appends a line to a run's log in `store` and pushes it to followers. Lines often quote
+    /// nodes, so control characters are stored escaped: no reader's terminal obeys them, and a line
+    /// stays one line. A storage failure is logged here: a lost log line must not fail the run.
+    pub fn log(&self, store: &Store, run_id: RunId, text: &str) {
+        let text = wire::text::sanitize(text, MAX_LOG_LINE);
+        match store.append_log(run_id, &text, now_ms()) {
+            Ok(line) => self.publish(run_id, RunEvent::Line(line)),
+            Err(error) => tracing::error!(run_id = run_id.0, %error, "could not store a log line"),
+        }
     }
 
     /// Tells followers of `run_id`, if any.

@@ -3,7 +3,7 @@
 
 use super::RunEvent;
 use super::grid::BrokerGrid;
-use crate::server::Shared;
+use crate::state::Shared;
 use std::sync::Arc;
 use tracing::Instrument as _;
 use wire::control::{ControlError, RunInfo, RunStatus};
@@ -11,18 +11,9 @@ use wire::fleet::BrokerFrame;
 use wire::message::now_ms;
 use wire::{ConfigRecord, RunId};
 
-/// Longest log line kept, in characters; the rest is cut with a note.
-pub const MAX_LOG_LINE: usize = 16 * 1024;
-
-/// Appends a line to a run's log and pushes it to followers. Lines often quote nodes, so control
-/// characters are stored escaped: no reader's terminal obeys them, and a line stays one line. A
-/// storage failure is logged here: a lost log line must not fail the run.
+/// Appends a line to a run's log (see [`super::ActiveRuns::log`]).
 pub fn log(shared: &Shared, run_id: RunId, text: &str) {
-    let text = wire::text::sanitize(text, MAX_LOG_LINE);
-    match shared.store.append_log(run_id, &text, now_ms()) {
-        Ok(line) => shared.runs.publish(run_id, RunEvent::Line(line)),
-        Err(error) => tracing::error!(run_id = run_id.0, %error, "could not store a log line"),
-    }
+    shared.runs.log(&shared.store, run_id, text);
 }
 
 /// Records the final status (unless an operator already stopped the run) and tells followers.
@@ -37,20 +28,11 @@ fn finish(shared: &Shared, run_id: RunId, status: RunStatus, details: &str) {
             status
         }
     };
-    forget_run_state(shared, run_id);
+    forget_checkpoint(shared, run_id);
     shared
         .runs
         .publish(run_id, RunEvent::Finished(final_status));
     shared.runs.remove(run_id);
-}
-
-/// Drops what only a running run needs: its checkpoint, and its instructions with their queue
-/// entries and reply receipts. Leftovers only cost space, so a failure is logged.
-fn forget_run_state(shared: &Shared, run_id: RunId) {
-    forget_checkpoint(shared, run_id);
-    if let Err(error) = shared.store.forget_messages_of_run(run_id) {
-        tracing::warn!(run_id = run_id.0, %error, "could not drop the run's instructions");
-    }
 }
 
 /// Drops a finished run's checkpoint; a leftover one only costs space, so a failure is logged.
@@ -159,7 +141,7 @@ async fn execute(shared: Arc<Shared>, info: RunInfo) {
         let stopped = matches!(shared.store.run(run_id), Ok(Some(run)) if run.status.is_finished());
         if stopped {
             tracing::info!("run stopped");
-            forget_run_state(&shared, run_id);
+            forget_checkpoint(&shared, run_id);
         }
         return;
     }
@@ -201,7 +183,7 @@ pub fn stop(shared: &Shared, run_id: RunId, operator: &str) -> Result<(), Contro
             now_ms(),
         )
         .map_err(internal)?;
-    shared.store.drop_queued_for_run(run_id).map_err(internal)?;
+    shared.rounds.drop_queued_for_run(run_id);
     forget_checkpoint(shared, run_id);
     shared.runs.cancel(run_id);
     shared.sessions.push_all(BrokerFrame::RunStopped { run_id });
@@ -218,13 +200,12 @@ pub fn stop(shared: &Shared, run_id: RunId, operator: &str) -> Result<(), Contro
 }
 
 /// At start-up: runs a previous process left active (a crash, a kill, a shutdown mid-run) start
-/// again, from their last checkpoint when the app saved one. Instructions still queued belong to
-/// the interrupted round and are dropped: the resumed app sends that round afresh, and a late
-/// reply to an old instruction finds nobody waiting for it, so it is never aggregated.
+/// again, from their last checkpoint when the app saved one. The interrupted round's instructions
+/// lived in memory and are gone: the resumed app sends that round afresh, and a late reply to an
+/// old instruction answers no open round, so it is never aggregated.
 pub fn resume_interrupted_runs(shared: &Arc<Shared>) -> Result<usize, crate::store::StoreError> {
     let interrupted = shared.store.unfinished_runs()?;
     for run in &interrupted {
-        shared.store.drop_queued_for_run(run.run_id)?;
         let from = if shared.store.has_checkpoint(run.run_id)? {
             "resuming it from its last checkpoint"
         } else {

@@ -9,7 +9,7 @@ use redb::{BackendError, StorageBackend};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use wire::{Message, MessageBody, MessageId, MessageType, Metadata, RecordDict, RunId};
+use wire::RunId;
 
 /// A file backend whose disk can be made full: every write then fails as ENOSPC would.
 #[derive(Debug)]
@@ -172,67 +172,5 @@ fn a_damaged_database_is_refused_or_read_back_intact_never_reset() {
             ),
             Err(error) => assert!(matches!(error, StoreError::Storage(_)), "{error}"),
         }
-    }
-}
-
-fn instruction(dst: NodeId) -> Metadata {
-    Metadata {
-        run_id: RunId(1),
-        message_id: MessageId::random(),
-        src_node_id: NodeId::SERVER,
-        dst_node_id: dst,
-        reply_to: None,
-        group_id: "1".into(),
-        ttl_ms: 60_000,
-        message_type: MessageType::Train,
-        created_at_ms: 1,
-    }
-}
-
-#[test]
-fn a_committed_reply_survives_a_crash_and_its_redelivery_is_a_duplicate() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("state.redb");
-    let node = NodeId(7);
-    let sent = instruction(node);
-    let reply = Message {
-        metadata: sent.clone(),
-        body: MessageBody::Content(RecordDict::new()),
-    }
-    .reply(MessageBody::Content(RecordDict::new()), 2);
-    {
-        let store = Store::open(&path).unwrap();
-        store.enqueue(1, std::slice::from_ref(&sent)).unwrap();
-        assert_eq!(store.store_reply(&reply).unwrap(), ReplyStored::New);
-        // The process dies here: the acknowledgement never reaches the node.
-    }
-    let store = Store::open(&path).unwrap();
-    let receipt = Some(ReplyReceipt::of(&reply));
-    assert_eq!(store.reply_receipt(sent.message_id).unwrap(), receipt);
-    assert!(
-        store.queued_for(node).unwrap().is_empty(),
-        "answered, so not queued"
-    );
-    // The node sends the reply again after reconnecting: acknowledged, nothing changes.
-    assert_eq!(store.store_reply(&reply).unwrap(), ReplyStored::Duplicate);
-    assert_eq!(store.reply_receipt(sent.message_id).unwrap(), receipt);
-}
-
-#[test]
-fn a_duplicate_reply_writes_nothing_so_a_flood_of_them_forces_no_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, full) = open_fillable(&dir.path().join("state.redb"));
-    let sent = instruction(NodeId(7));
-    let reply = Message {
-        metadata: sent.clone(),
-        body: MessageBody::Content(RecordDict::new()),
-    }
-    .reply(MessageBody::Content(RecordDict::new()), 2);
-    store.enqueue(1, std::slice::from_ref(&sent)).unwrap();
-    assert_eq!(store.store_reply(&reply).unwrap(), ReplyStored::New);
-    // Any write or sync now fails: a duplicate that committed (and synced) would fail too.
-    full.store(true, Ordering::SeqCst);
-    for _ in 0..100 {
-        assert_eq!(store.store_reply(&reply).unwrap(), ReplyStored::Duplicate);
     }
 }

@@ -1,17 +1,15 @@
-//! The broker's durable state in redb. redb types never leave this module; every logical
-//! operation is one short write transaction, committed (durably) before the caller acknowledges
-//! anything to a peer. The two exceptions, queuing an instruction and marking it delivered, are
-//! explained in [`messages`].
+//! The broker's durable state in redb: what a restart reads (the node registry, runs, their logs,
+//! artifacts and checkpoints), and nothing else; rounds in flight live in memory
+//! ([`crate::rounds`]). redb types never leave this module; every logical operation is one short
+//! write transaction, committed (durably) before the caller acknowledges anything to a peer.
 
 #[cfg(test)]
 mod fault_tests;
-mod messages;
 mod nodes;
 mod runs;
 mod tables;
 pub mod tally;
 
-pub use messages::{InstructionRecord, ReplyReceipt, ReplyStored};
 pub use nodes::NodeRecord;
 
 use redb::{Database, ReadableTable as _};
@@ -120,16 +118,6 @@ impl Store {
         Store::with_tallies(db).map_err(|e| unusable(e.to_string()))
     }
 
-    /// A write transaction whose commit becomes durable with the next durable commit rather than
-    /// on its own (a crash rolls back to the last durable commit, so what survives is always a
-    /// consistent prefix). Only for changes a restart discards anyway: see [`messages`].
-    fn begin_write_lazily(&self) -> Result<redb::WriteTransaction, StoreError> {
-        let mut txn = self.db.begin_write().map_err(storage)?;
-        txn.set_durability(redb::Durability::None)
-            .map_err(|e| StoreError::Storage(e.to_string()))?;
-        Ok(txn)
-    }
-
     /// An ephemeral database in memory (`--database :flwr-in-memory:`).
     pub fn in_memory() -> Result<Self, StoreError> {
         let db = Database::builder()
@@ -190,9 +178,6 @@ impl Store {
             txn.open_table(tables::RUNS).map_err(storage)?;
             txn.open_table(tables::RUN_LOGS).map_err(storage)?;
             txn.open_table(tables::ARTIFACTS).map_err(storage)?;
-            txn.open_table(tables::INSTRUCTIONS).map_err(storage)?;
-            txn.open_table(tables::QUEUE).map_err(storage)?;
-            txn.open_table(tables::REPLIES).map_err(storage)?;
             txn.open_table(tables::CHECKPOINTS).map_err(storage)?;
             for retired in tables::RETIRED {
                 let table: redb::TableDefinition<u128, &[u8]> = redb::TableDefinition::new(retired);

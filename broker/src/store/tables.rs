@@ -21,21 +21,18 @@ pub const RUN_LOGS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("r
 /// (run id, artifact name) -> bytes (the final model, metrics ...).
 pub const ARTIFACTS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("artifacts_v1");
 
-/// Instruction message id -> postcard-encoded [`super::InstructionRecord`].
-pub const INSTRUCTIONS: TableDefinition<u128, &[u8]> = TableDefinition::new("instructions_v1");
-
-/// (node id, instruction message id) -> (): instructions not yet delivered to that node.
-pub const QUEUE: TableDefinition<(u64, u128), ()> = TableDefinition::new("queue_v1");
-
-/// Instruction message id -> postcard-encoded [`super::ReplyReceipt`] of its reply (real, or an
-/// error made by the broker when the node went away or the instruction expired).
-pub const REPLIES: TableDefinition<u128, &[u8]> = TableDefinition::new("replies_v2");
-
 /// Run id -> the server app's state after its last completed round (opaque to the broker), from
 /// which the run resumes after a restart.
 pub const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints_v1");
 
 /// Tables earlier versions wrote and this one no longer reads, deleted when a database is opened:
-/// whole instruction contents and whole replies, which no reader needs after a restart (see
-/// [`super::messages`]).
-pub const RETIRED: [&str; 2] = ["contents_v1", "replies_v1"];
+/// rounds in flight (instructions, their contents, queues, replies and reply receipts), which no
+/// reader needs after a restart: an interrupted round is sent again from the run's checkpoint, and
+/// rounds now live in memory ([`crate::rounds`]).
+pub const RETIRED: [&str; 5] = [
+    "contents_v1",
+    "replies_v1",
+    "instructions_v1",
+    "queue_v1",
+    "replies_v2",
+];

@@ -234,13 +234,13 @@ async fn an_authenticated_node_cannot_forge_replies_or_disturb_other_sessions() 
         .unwrap();
     let (mut other_send, mut other_recv, _) = authenticate(&other_connection, &other_key).await;
     let run_id = crate::runs::start_run(&federation, "min-nodes=2").await;
-    let store = federation.broker().shared.store.clone();
+    let rounds = federation.broker().shared.rounds.clone();
     let deadline = std::time::Instant::now() + e2e::PATIENCE;
     let first_queued = |node: wire::NodeId| {
-        let store = store.clone();
+        let rounds = rounds.clone();
         async move {
             loop {
-                if let Some(id) = store.queued_for(node).unwrap().first() {
+                if let Some(id) = rounds.queued_for(node).first() {
                     return *id;
                 }
                 assert!(
@@ -317,8 +317,7 @@ async fn an_authenticated_node_cannot_forge_replies_or_disturb_other_sessions() 
     let head = wire::frame::encode(&forged(me, mine, small())).unwrap();
     let (mut first, _first_answer) = connection.open_bi().await.unwrap();
     first.write_all(&head).await.unwrap();
-    let in_flight = federation.broker().shared.replies_in_flight.clone();
-    while !in_flight.contains(mine) {
+    while !rounds.is_arriving(mine) {
         assert!(
             std::time::Instant::now() < deadline,
             "the first reply was never claimed"
@@ -331,7 +330,7 @@ async fn an_authenticated_node_cannot_forge_replies_or_disturb_other_sessions() 
         "{outcome:?}"
     );
     first.reset(0u32.into()).unwrap();
-    while in_flight.contains(mine) {
+    while rounds.is_arriving(mine) {
         assert!(
             std::time::Instant::now() < deadline,
             "the claim was never released"
@@ -358,7 +357,8 @@ async fn an_authenticated_node_cannot_forge_replies_or_disturb_other_sessions() 
         matches!(outcome, Ok(wire::fleet::ReplyOutcome::Rejected(ref reason)) if reason.contains("its instruction allows")),
         "{outcome:?}"
     );
-    assert_eq!(store.reply_receipt(mine).unwrap(), None, "nothing stored");
+    let answered = |id| rounds.instruction(id).expect("its round is open").answered;
+    assert_eq!(answered(mine), None, "nothing accepted");
     // An error reply whose reason would rewrite the operator's terminal, and runs to 1 MiB: kept
     // escaped and short.
     let forged_line = "\r\x1b[2K\x1b[1A[ROUND 3/3]\n\x1b]52;c;aGk=\x07";
@@ -369,16 +369,14 @@ async fn an_authenticated_node_cannot_forge_replies_or_disturb_other_sessions() 
     let bytes = wire::stream::encode_message_bytes(&forged(me, mine, hostile), 1 << 20).unwrap();
     let outcome = send_reply_bytes(&connection, &bytes).await;
     assert_eq!(outcome, Ok(wire::fleet::ReplyOutcome::Accepted));
-    let receipt = store.reply_receipt(mine).unwrap().expect("stored");
-    let reason = receipt.error.expect("an error reply").reason;
+    let Some(broker::rounds::Answered::Error(error)) = answered(mine) else {
+        panic!("not answered by an error: {:?}", answered(mine));
+    };
+    let reason = error.reason;
     assert!(!reason.chars().any(char::is_control), "{reason:?}");
     assert!(reason.starts_with("\\r\\u{1b}[2K"), "{reason:?}");
     assert!(reason.chars().count() < 1024, "{} characters", reason.len());
-    assert_eq!(
-        store.reply_receipt(others_instruction).unwrap(),
-        None,
-        "nothing stored"
-    );
+    assert_eq!(answered(others_instruction), None, "nothing accepted");
     // Garbage, a truncated frame and a huge length prefix on authenticated streams: each stream
     // is refused on its own.
     for bytes in [

@@ -68,15 +68,9 @@ async fn run_info(federation: &Federation, run_id: RunId) -> RunInfo {
     }
 }
 
-/// How many of a finished run's instructions the broker still holds (forgetting them is how the
-/// store counts them; the run is over, so nothing else needs them).
+/// How many of a finished run's instructions the broker still holds.
 fn leftover_instructions(federation: &Federation, run_id: RunId) -> usize {
-    federation
-        .broker()
-        .shared
-        .store
-        .forget_messages_of_run(run_id)
-        .unwrap()
+    federation.broker().shared.rounds.in_flight_for_run(run_id)
 }
 
 fn final_vector(federation: &Federation, run_id: RunId) -> Vec<f32> {
@@ -356,7 +350,8 @@ async fn a_stale_reply_from_an_earlier_round_is_not_aggregated() {
         2,
         "{lines:#?}"
     );
-    // Wait for the late replies to come in: they are acknowledged, never counted.
+    // Wait for the late replies to come in: each answers a round that is over, so each is
+    // refused and never counted.
     let metrics = &federation.broker().shared.metrics;
     let deadline = Instant::now() + PATIENCE;
     while metrics.replies("duplicate") + metrics.replies("rejected") < 2 {
@@ -364,8 +359,8 @@ async fn a_stale_reply_from_an_earlier_round_is_not_aggregated() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        metrics.replies("duplicate") >= 1,
-        "round 1's late reply came during round 2"
+        metrics.replies("rejected") >= 1,
+        "round 1's late reply came after its round closed"
     );
     assert_eq!(
         final_vector(&federation, run_id),
