@@ -235,8 +235,9 @@ async fn run_session(
         }
     });
     let mut replies = tokio::task::JoinSet::new();
+    let mut liveness = Liveness::new(shared.config.heartbeat_timeout);
     let end = loop {
-        let heartbeat = tokio::time::sleep(shared.config.heartbeat_timeout);
+        let heartbeat = tokio::time::sleep_until(liveness.deadline());
         tokio::select! {
             _ = shutdown.cancelled() => {
                 connection.close(close::SHUTDOWN.into(), b"broker shutting down");
@@ -260,6 +261,7 @@ async fn run_session(
             Some(_) = replies.join_next(), if !replies.is_empty() => {}
             frame = frames.recv() => match frame {
                 Some(Ok(NodeFrame::Heartbeat { seq })) => {
+                    liveness.heartbeat();
                     if !write_within(shared, &mut send, &BrokerFrame::HeartbeatAck { seq }).await {
                         break "connection lost or not reading";
                     }
@@ -279,4 +281,64 @@ async fn run_session(
     reader.abort();
     replies.abort_all();
     end
+}
+
+/// When a silent node is given up on: a heartbeat timeout after its last heartbeat, however much
+/// else happens on its connection meanwhile (pushes, replies), so that only heartbeats keep a node
+/// online.
+struct Liveness {
+    /// When the last heartbeat came (or the session started).
+    last_heartbeat: tokio::time::Instant,
+    /// How long a node may stay silent.
+    timeout: std::time::Duration,
+}
+
+impl Liveness {
+    fn new(timeout: std::time::Duration) -> Self {
+        Liveness {
+            last_heartbeat: tokio::time::Instant::now(),
+            timeout,
+        }
+    }
+
+    /// A heartbeat arrived now.
+    fn heartbeat(&mut self) {
+        self.last_heartbeat = tokio::time::Instant::now();
+    }
+
+    /// When the node is given up on unless another heartbeat comes.
+    fn deadline(&self) -> tokio::time::Instant {
+        self.last_heartbeat + self.timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Liveness;
+    use std::time::Duration;
+
+    const TIMEOUT: Duration = Duration::from_secs(3);
+
+    #[tokio::test(start_paused = true)]
+    async fn other_traffic_does_not_postpone_the_heartbeat_deadline() {
+        let liveness = Liveness::new(TIMEOUT);
+        let start = tokio::time::Instant::now();
+        // The session loop makes a fresh sleep on every event: events every second, no heartbeat.
+        for _ in 0..2 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert_eq!(liveness.deadline(), start + TIMEOUT);
+        }
+        tokio::time::sleep_until(liveness.deadline()).await;
+        assert_eq!(start.elapsed(), TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_moves_the_deadline() {
+        let mut liveness = Liveness::new(TIMEOUT);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        liveness.heartbeat();
+        let beat = tokio::time::Instant::now();
+        tokio::time::sleep_until(liveness.deadline()).await;
+        assert_eq!(beat.elapsed(), TIMEOUT);
+    }
 }

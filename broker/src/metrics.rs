@@ -10,8 +10,9 @@
 //! | `flwr_replies_total` | counter | `fate`: stored, duplicate, rejected |
 //! | `flwr_round_duration_seconds` | histogram | |
 //!
-//! Counters and the histogram are updated as things happen; the gauges read counts the store
-//! keeps as it commits (see [`crate::store::tally`]), so a scrape reads no registry. The byte
+//! Counters and the histogram are updated as things happen; the node and run gauges read counts the
+//! store keeps as it commits (see [`crate::store::tally`]), and the queue gauge the rounds in
+//! flight, so a scrape reads no registry. The byte
 //! counters add up the live connections' statistics. Plain HTTP on its own address: it exposes
 //! counts, never keys, ids or names.
 

@@ -335,10 +335,18 @@ async fn serve(
     shutdown.cancel();
     shared.runs.cancel_all();
     while tasks.join_next().await.is_some() {}
+    // A stopped run's app returns at its next grid call; its run stays active in the store, so
+    // the next start resumes it.
+    if !shared.runs.stopped_within(RUN_STOP_PATIENCE).await {
+        tracing::warn!("a server app did not stop within {RUN_STOP_PATIENCE:?}; exiting anyway");
+    }
     fleet_endpoint.close(wire::close::SHUTDOWN.into(), b"broker shutting down");
     control_endpoint.close(wire::close::SHUTDOWN.into(), b"broker shutting down");
     drain(fleet_endpoint.wait_idle(), control_endpoint.wait_idle()).await;
 }
+
+/// How long a shutting-down broker waits for its runs' server apps to stop.
+const RUN_STOP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn drain(a: impl Future<Output = ()>, b: impl Future<Output = ()>) {
     let both = async {

@@ -8,7 +8,7 @@
 
 use crate::settings::RuntimeArgs;
 use clap::Parser;
-use model::app::{AppError, ClientApp, ClientContext};
+use model::app::ClientContext;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -18,7 +18,7 @@ use wire::clientappio::{
     AppHello, AppJob, CLIENTAPPIO_VERSION, CONTROL_FRAME_LIMIT, PULL_TOKEN, TOKEN_ENV, decode_token,
 };
 use wire::io::{read_message, read_value, write_message};
-use wire::message::{ErrorCode, MessageError, now_ms};
+use wire::message::now_ms;
 use wire::stream::{DEFAULT_CHUNK, Limits};
 use wire::{Message, MessageBody};
 
@@ -53,18 +53,6 @@ pub enum ClientAppError {
     },
 }
 
-/// The app called `name`: the built-in ones, and the CNN on the `backend` device.
-fn find_app(
-    name: &str,
-    backend: model::cnn::backend::BackendChoice,
-) -> Result<Option<Arc<dyn ClientApp>>, AppError> {
-    if name == model::apps::fedavg_cnn::NAME {
-        let device = model::cnn::backend::select(backend).map_err(AppError::new)?;
-        return Ok(Some(Arc::new(model::cnn::client::Client::new(device))));
-    }
-    Ok(model::apps::ClientApps::builtin().get(name))
-}
-
 /// Runs the client app on `instruction`; a panic becomes an error reply, like in the node.
 async fn answer(
     job: &AppJob,
@@ -72,41 +60,15 @@ async fn answer(
     args: &Args,
     cancelled: Arc<AtomicBool>,
 ) -> MessageBody {
-    let app = match find_app(&job.header.app_name, args.runtime.backend) {
-        Ok(Some(app)) => app,
-        Ok(None) => {
-            return MessageBody::Error(MessageError {
-                code: ErrorCode::UnknownApp,
-                reason: format!(
-                    "node {} has no app named {:?}",
-                    job.node_id, job.header.app_name
-                ),
-            });
-        }
-        Err(error) => {
-            return MessageBody::Error(MessageError {
-                code: ErrorCode::ClientAppRaisedException,
-                reason: error.to_string(),
-            });
-        }
-    };
     let context = ClientContext {
         node_id: job.node_id,
         node_config: job.node_config.clone(),
         run_config: job.header.run_config.clone(),
         cancelled,
     };
-    let message = instruction.clone();
-    let outcome = tokio::task::spawn_blocking(move || app.handle(&message, &context))
-        .await
-        .unwrap_or_else(|panic| Err(AppError::new(format!("the client app crashed: {panic}"))));
-    match outcome {
-        Ok(content) => MessageBody::Content(content),
-        Err(error) => MessageBody::Error(MessageError {
-            code: ErrorCode::ClientAppRaisedException,
-            reason: error.to_string(),
-        }),
-    }
+    let apps =
+        crate::apps::client_apps(Arc::new(crate::apps::CnnClient::new(args.runtime.backend)));
+    crate::apps::answer(&apps, &job.header.app_name, instruction, context).await
 }
 
 /// How long a client app keeps trying to reach its node.

@@ -6,6 +6,7 @@
 //! - [`settings`]: command-line flags resolved into [`settings::NodeSettings`].
 //! - [`session`]: one connection: TLS, the challenge-response, heartbeats.
 //! - [`work`]: instructions in, client app, replies out.
+//! - [`apps`]: the client apps, one list for every isolation mode.
 //! - [`isolation`]: client apps in a `flwr-clientapp` process of their own.
 //! - [`clientapp`]: that process's side (the `flwr-clientapp` binary).
 //! - [`logging`]: log output of both executables.
@@ -13,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod apps;
 pub mod clientapp;
 pub mod daemon;
 pub mod isolation;

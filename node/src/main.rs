@@ -52,19 +52,18 @@ async fn main() -> ExitCode {
         }
     }
     let (state, _) = tokio::sync::watch::channel(NodeState::Connecting);
-    let device = match model::cnn::backend::select(settings.backend) {
-        Ok(device) => device,
-        Err(reason) => {
-            eprintln!("flower-supernode: {reason}");
-            return ExitCode::FAILURE;
+    let cnn = std::sync::Arc::new(node::apps::CnnClient::new(settings.backend));
+    // In process, the node itself trains: set the device up now, so a missing one stops it here.
+    if matches!(settings.isolation, node::isolation::Isolation::InProcess) {
+        match cnn.prepare() {
+            Ok(device) => tracing::info!(%device, "training device"),
+            Err(reason) => {
+                eprintln!("flower-supernode: {reason}");
+                return ExitCode::FAILURE;
+            }
         }
-    };
-    tracing::info!(device = %device.description, "training device");
-    let mut apps = model::apps::ClientApps::builtin();
-    apps.add(
-        model::apps::fedavg_cnn::NAME,
-        std::sync::Arc::new(model::cnn::client::Client::new(device)),
-    );
+    }
+    let apps = node::apps::client_apps(cnn);
     let daemon = tokio::spawn(daemon::run(settings, apps, shutdown.clone(), state));
     tokio::pin!(daemon);
     let result = tokio::select! {

@@ -4,7 +4,7 @@
 //! and is sent again after reconnecting (the broker ignores duplicates).
 
 use crate::isolation::{ClientAppIo, Launch};
-use model::app::{AppError, ClientContext};
+use model::app::ClientContext;
 use model::apps::ClientApps;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +13,7 @@ use std::time::Duration;
 use wire::clientappio::AppJob;
 use wire::fleet::{InstructionAck, InstructionHeader, ReplyOutcome};
 use wire::io::{read_message, read_value, write_message, write_value};
-use wire::message::{ErrorCode, MessageError, now_ms};
+use wire::message::now_ms;
 use wire::stream::{DEFAULT_CHUNK, Limits};
 use wire::{ConfigRecord, Message, MessageBody, NodeId, RunId};
 
@@ -183,37 +183,23 @@ impl Worker {
             }
             return body;
         }
-        let Some(app) = self.apps.get(&header.app_name) else {
-            tracing::warn!(app = %header.app_name, "no such client app");
-            return MessageBody::Error(MessageError {
-                code: ErrorCode::UnknownApp,
-                reason: format!("node {node_id} has no app named {:?}", header.app_name),
-            });
-        };
         let context = ClientContext {
             node_id,
             node_config: self.node_config.clone(),
             run_config: header.run_config.clone(),
             cancelled,
         };
-        let message = instruction.clone();
         let started = std::time::Instant::now();
-        let outcome = tokio::task::spawn_blocking(move || app.handle(&message, &context)).await;
-        let outcome = outcome
-            .unwrap_or_else(|panic| Err(AppError::new(format!("the client app crashed: {panic}"))));
-        match outcome {
-            Ok(content) => {
+        let body = crate::apps::answer(&self.apps, &header.app_name, instruction, context).await;
+        match &body {
+            MessageBody::Content(_) => {
                 tracing::info!(elapsed = ?started.elapsed(), "client app finished");
-                MessageBody::Content(content)
             }
-            Err(error) => {
-                tracing::warn!(%error, "client app failed");
-                MessageBody::Error(MessageError {
-                    code: ErrorCode::ClientAppRaisedException,
-                    reason: error.to_string(),
-                })
+            MessageBody::Error(error) => {
+                tracing::warn!(code = ?error.code, reason = %error.reason, "client app failed");
             }
         }
+        body
     }
 
     /// Sends one reply; gives it back if it could not be delivered (to retry later).

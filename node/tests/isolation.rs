@@ -249,8 +249,12 @@ async fn a_stopped_run_kills_the_client_app_process() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Let the child start, then stop the run: the node kills the child within its poll period.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the child runs, stop the run: the node kills the child within its poll period.
+    let deadline = Instant::now() + PATIENCE;
+    while children_named("flwr-clientapp") == 0 {
+        assert!(Instant::now() < deadline, "the client app never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(children_named("flwr-clientapp"), 1);
     broker::runs::runner::stop(shared, run_id, "test").unwrap();
     wait_until_no_client_app_runs("its run").await;

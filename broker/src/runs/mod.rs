@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use wire::RunId;
 use wire::control::{LogLine, RunStatus};
 use wire::message::now_ms;
@@ -39,6 +40,8 @@ struct ActiveRun {
 pub struct ActiveRuns {
     /// By run id; a std mutex because no lock is held across an await.
     runs: Mutex<HashMap<RunId, ActiveRun>>,
+    /// Every run's task, so that a broker shutting down waits for its runs to stop.
+    tasks: TaskTracker,
 }
 
 /// Events buffered per follower before it is considered lagging (it then re-reads the store).
@@ -109,6 +112,20 @@ impl ActiveRuns {
             }
             None => false,
         }
+    }
+
+    /// Runs a run's task, tracked until it ends.
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
+    /// Waits up to `patience` for every run's task to end (after [`Self::cancel_all`]); `false`
+    /// if one is still going (a server app that ignores its stop, stuck in its own computation).
+    pub async fn stopped_within(&self, patience: std::time::Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(patience, self.tasks.wait())
+            .await
+            .is_ok()
     }
 
     /// Cancels every run (broker shutdown).

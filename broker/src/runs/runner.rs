@@ -75,7 +75,9 @@ pub fn start(
 fn launch(shared: &Arc<Shared>, info: RunInfo) {
     shared.runs.insert(info.run_id);
     let span = tracing::info_span!("run", run_id = info.run_id.0, app = %info.app_name);
-    tokio::spawn(execute(shared.clone(), info).instrument(span));
+    shared
+        .runs
+        .spawn(execute(shared.clone(), info).instrument(span));
 }
 
 async fn execute(shared: Arc<Shared>, info: RunInfo) {

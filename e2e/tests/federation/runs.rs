@@ -68,6 +68,16 @@ async fn run_info(federation: &Federation, run_id: RunId) -> RunInfo {
     }
 }
 
+/// Waits until the broker holds no instruction of `run_id` (its round let go), or fails after
+/// [`PATIENCE`].
+async fn wait_for_no_instructions(federation: &Federation, run_id: RunId) {
+    let deadline = Instant::now() + PATIENCE;
+    while leftover_instructions(federation, run_id) > 0 {
+        assert!(Instant::now() < deadline, "the run's round never let go");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// How many of a finished run's instructions the broker still holds.
 fn leftover_instructions(federation: &Federation, run_id: RunId) -> usize {
     federation.broker().shared.rounds.in_flight_for_run(run_id)
@@ -130,7 +140,7 @@ async fn three_rounds_with_three_nodes_complete_with_the_exact_arrays() {
 }
 
 #[tokio::test]
-async fn a_stopped_run_ends_within_a_second_and_sends_nothing_more() {
+async fn a_stopped_run_ends_at_once_and_sends_nothing_more() {
     let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
     let _nodes = nodes_with_values(&federation, &["value=1 delay-ms=10000"]).await;
     let run_id = start_run(&federation, "").await;
@@ -165,8 +175,9 @@ async fn a_stopped_run_ends_within_a_second_and_sends_nothing_more() {
         }
     };
     assert_eq!(status, RunStatus::Stopped);
+    // Not after the node's 10 s of training: the stop does not wait for the round.
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
@@ -175,7 +186,7 @@ async fn a_stopped_run_ends_within_a_second_and_sends_nothing_more() {
         RunStatus::Stopped
     );
     // The server app is gone: no round 2 ever starts, no instruction waits in any queue.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_no_instructions(&federation, run_id).await;
     let log = federation.broker().shared.store.logs(run_id, 0).unwrap();
     assert!(
         !log.iter().any(|l| l.text.starts_with("[ROUND 2")),
@@ -211,13 +222,12 @@ async fn a_node_killed_mid_round_fails_over_and_the_run_goes_on_with_the_others(
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     slow.task.abort();
-    let started = Instant::now();
     let (lines, status) = follow(&federation, run_id).await;
     assert_eq!(status, RunStatus::Completed, "{lines:#?}");
+    // The round let go of the killed node when it left, not at its deadline (an hour away).
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "failover took {:?}",
-        started.elapsed()
+        lines.iter().any(|l| l.contains("went offline")),
+        "{lines:#?}"
     );
     assert!(
         lines

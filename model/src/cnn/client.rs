@@ -34,6 +34,11 @@ impl Client {
         }
     }
 
+    /// What the client trains on, in a sentence.
+    pub fn device_description(&self) -> &str {
+        &self.device.description
+    }
+
     fn partition(&self, path: &str) -> Result<Arc<(Dataset, Dataset)>, AppError> {
         let mut cache = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(partition) = cache.get(path) {
