@@ -47,6 +47,9 @@ struct Inner {
     instructions: HashMap<MessageId, InFlight>,
     /// Per node, its instructions not yet delivered, oldest first.
     queues: HashMap<NodeId, VecDeque<MessageId>>,
+    /// Runs an operator stopped: nothing of theirs is queued, delivered or accepted any more,
+    /// even while their app has not let go yet. One id per stop, for the broker's lifetime.
+    stopped: HashSet<RunId>,
 }
 
 /// The rounds in flight in this broker.
@@ -101,7 +104,12 @@ impl Rounds {
         let (route, replies) = mpsc::unbounded_channel();
         let mut ids = Vec::with_capacity(instructions.len());
         let mut inner = lock(&self.inner);
+        // A stopped run's app may still be on its way here: its round sends nothing, and the
+        // app learns of the stop as it waits.
         for (metadata, content) in instructions {
+            if inner.stopped.contains(&metadata.run_id) {
+                continue;
+            }
             let id = metadata.message_id;
             inner
                 .queues
@@ -141,11 +149,13 @@ impl Rounds {
         lock(&self.inner).queues.values().map(VecDeque::len).sum()
     }
 
-    /// The instruction `id`, while its round is open.
+    /// The instruction `id`, while its round is open and its run not stopped.
     pub fn instruction(&self, id: MessageId) -> Option<Pending> {
-        lock(&self.inner)
+        let inner = lock(&self.inner);
+        inner
             .instructions
             .get(&id)
+            .filter(|instruction| !inner.stopped.contains(&instruction.metadata.run_id))
             .map(|instruction| Pending {
                 metadata: instruction.metadata.clone(),
                 content: instruction.content.clone(),
@@ -169,13 +179,16 @@ impl Rounds {
         remove_queued(&mut inner.queues, node, id);
     }
 
-    /// Empties the queues of `run` (it was stopped): its round still ends as its app says.
-    pub fn drop_queued_for_run(&self, run: RunId) {
+    /// Stops everything of `run` at once: its queues are emptied, and none of its instructions is
+    /// delivered, opened or answered from now on. Its rounds end when its app lets go.
+    pub fn stop_run(&self, run: RunId) {
         let mut inner = lock(&self.inner);
         let Inner {
             instructions,
             queues,
+            stopped,
         } = &mut *inner;
+        stopped.insert(run);
         for queue in queues.values_mut() {
             queue.retain(|id| {
                 instructions
@@ -193,10 +206,16 @@ impl Rounds {
             return Answer::Unknown;
         };
         let mut inner = lock(&self.inner);
-        match inner.instructions.get_mut(&id) {
+        let Inner {
+            instructions,
+            stopped,
+            ..
+        } = &mut *inner;
+        match instructions.get_mut(&id) {
             Some(instruction) if instruction.metadata.dst_node_id != reply.metadata.src_node_id => {
                 Answer::Unknown
             }
+            Some(instruction) if stopped.contains(&instruction.metadata.run_id) => Answer::Unknown,
             Some(instruction) if instruction.answered.is_some() => Answer::Duplicate,
             Some(instruction) => {
                 instruction.answered = Some(match &reply.body {
@@ -389,13 +408,23 @@ mod tests {
     }
 
     #[test]
-    fn a_stopped_run_loses_its_queue_and_nothing_else() {
+    fn a_stopped_run_sends_and_accepts_nothing_more_and_other_runs_go_on() {
         let rounds = Arc::new(Rounds::default());
         let (stopped, other) = (instruction(1, 1), instruction(2, 1));
-        let _first = open(&rounds, std::slice::from_ref(&stopped));
+        let mut first = open(&rounds, std::slice::from_ref(&stopped));
         let _second = open(&rounds, std::slice::from_ref(&other));
-        rounds.drop_queued_for_run(RunId(1));
+        rounds.stop_run(RunId(1));
         assert_eq!(rounds.queued_for(NodeId(1)), vec![other.message_id]);
+        assert!(rounds.instruction(stopped.message_id).is_none());
+        assert!(rounds.instruction(other.message_id).is_some());
+        // A reply that was on its way is refused and never reaches the app.
+        assert_eq!(rounds.answer(reply_to(&stopped, 1)), Answer::Unknown);
+        assert!(first.replies.try_recv().is_err());
+        // An app that has not seen the stop yet opens a round that sends nothing.
+        let late = instruction(1, 2);
+        let _late = open(&rounds, std::slice::from_ref(&late));
+        assert!(rounds.queued_for(NodeId(2)).is_empty());
+        assert!(rounds.instruction(late.message_id).is_none());
     }
 
     #[test]

@@ -369,9 +369,12 @@ impl ClientHandshake {
         }
     }
 
-    /// The version to announce in the hello (sent once, first).
+    /// The version to announce in the hello (sent once, first: a second hello ends the handshake).
     pub fn hello(&mut self) -> u32 {
-        self.state = ClientState::Greeted;
+        self.state = match self.state {
+            ClientState::Start => ClientState::Greeted,
+            _ => ClientState::Finished,
+        };
         PROTOCOL_VERSION
     }
 

@@ -147,6 +147,8 @@ impl BrokerGrid {
         let deadline = tokio::time::Instant::now() + timeout;
         while !outstanding.is_empty() {
             tokio::select! {
+                // A stop wins over whatever else is ready: no reply reaches a stopped run's app.
+                biased;
                 _ = self.cancel.cancelled() => return Err(GridError::Stopped),
                 Some(reply) = round.replies.recv() => {
                     let answered = reply.metadata.reply_to.and_then(|id| outstanding.remove(&id));

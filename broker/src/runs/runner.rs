@@ -185,9 +185,9 @@ pub fn stop(shared: &Shared, run_id: RunId, operator: &str) -> Result<(), Contro
             now_ms(),
         )
         .map_err(internal)?;
-    shared.rounds.drop_queued_for_run(run_id);
-    forget_checkpoint(shared, run_id);
     shared.runs.cancel(run_id);
+    shared.rounds.stop_run(run_id);
+    forget_checkpoint(shared, run_id);
     shared.sessions.push_all(BrokerFrame::RunStopped { run_id });
     log(
         shared,
