@@ -1,5 +1,6 @@
-//! One ArrayRecord broker -> node -> broker over real QUIC on loopback (the broker commits the
-//! instruction and the reply's receipt to its redb file, the node decodes, echoes and re-encodes),
+//! One ArrayRecord broker -> node -> broker over real QUIC on loopback (the broker queues the
+//! instruction in its round and checks the reply against it, the node decodes, echoes and
+//! re-encodes),
 //! beside a raw quinn stream echoing the same bytes over a connection with the same transport
 //! settings, in the same process. 1 GiB runs only with `FLWR_BENCH_1GIB=1` (it needs about 8 GiB
 //! of memory).

@@ -434,7 +434,7 @@ async fn a_broker_restarted_mid_run_resumes_from_its_last_completed_round() {
     assert_eq!(
         leftover_instructions(&federation, run_id),
         0,
-        "nor any instruction or reply receipt"
+        "nor any instruction in flight"
     );
 }
 
