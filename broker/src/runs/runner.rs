@@ -42,7 +42,7 @@ fn forget_checkpoint(shared: &Shared, run_id: RunId) {
     }
 }
 
-/// Accepts a run and starts its server app in the background.
+/// Accepts a run of an app this broker has and starts its server app in the background.
 pub fn start(
     shared: &Arc<Shared>,
     operator: &str,
@@ -50,6 +50,12 @@ pub fn start(
     app_version: String,
     config: ConfigRecord,
 ) -> Result<RunInfo, ControlError> {
+    // Refused before any run exists: a run that could only fail would be noise in `flwr ls`.
+    if shared.apps.get(&app_name).is_none() {
+        return Err(ControlError::UnknownApp(wire::text::sanitize(
+            &app_name, 256,
+        )));
+    }
     let info = RunInfo {
         run_id: RunId(0),
         app_name,

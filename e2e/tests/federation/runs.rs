@@ -293,23 +293,24 @@ async fn an_app_the_node_lacks_is_reported_in_the_run_log() {
 }
 
 #[tokio::test]
-async fn an_app_the_broker_lacks_fails_the_run_with_a_clear_log_line() {
+async fn an_app_the_broker_lacks_is_refused_before_any_run_exists() {
     let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
     let request = ControlRequest::StartRun {
         app_name: "no-such-app".into(),
         app_version: "1.0".into(),
         config: wire::ConfigRecord::new(),
     };
-    let ControlResponse::RunStarted { run_id } = federation.request(request).await else {
-        panic!()
-    };
-    let (lines, status) = follow(&federation, run_id).await;
-    assert_eq!(status, RunStatus::Failed);
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("unknown app \"no-such-app\"")),
-        "{lines:#?}"
+    assert_eq!(
+        federation.request(request).await,
+        ControlResponse::Error(wire::control::ControlError::UnknownApp(
+            "no-such-app".into()
+        ))
+    );
+    assert_eq!(
+        federation
+            .request(ControlRequest::ListRuns { run_id: None })
+            .await,
+        ControlResponse::Runs(Vec::new())
     );
 }
 
