@@ -228,6 +228,19 @@ async fn a_local_operator_is_welcomed_without_a_challenge() {
     server.unwrap();
 }
 
+/// A server that expects a proof by `verify`, sends nothing after it, and hangs up.
+async fn verify_then_hang_up<A: Api>(
+    send: &mut WriteHalf<DuplexStream>,
+    recv: &mut ReadHalf<DuplexStream>,
+    verify: &(dyn Verifier + Sync),
+) -> Result<(), HandshakeError> {
+    let result = server_handshake::<A, _, _>(send, recv, EXPORTER, LIMIT, Expect::Proof(verify))
+        .await
+        .map(drop);
+    let _ = send.shutdown().await;
+    result
+}
+
 #[tokio::test]
 async fn an_operator_proof_is_worthless_on_the_fleet_api() {
     // A client speaking Control frames (domain "control") to a server expecting a Fleet proof over
@@ -236,19 +249,7 @@ async fn an_operator_proof_is_worthless_on_the_fleet_api() {
     let ((mut client_send, mut client_recv), (mut server_send, mut server_recv)) = pipe();
     let client_signer = signer(&key);
     let verify = verifier(*key.verifying_key());
-    let server = async {
-        let result = server_handshake::<Fleet, _, _>(
-            &mut server_send,
-            &mut server_recv,
-            EXPORTER,
-            LIMIT,
-            Expect::Proof(&verify),
-        )
-        .await
-        .map(drop);
-        let _ = server_send.shutdown().await;
-        result
-    };
+    let server = verify_then_hang_up::<Fleet>(&mut server_send, &mut server_recv, &verify);
     let client = async {
         // Hello and Proof frames have the same indices in both APIs.
         write_value(&mut client_send, &Control::hello(1))
@@ -284,19 +285,7 @@ async fn hostile_client(
     let key = signing_key();
     let verify = verifier(*key.verifying_key());
     let ((mut client_send, mut client_recv), (mut server_send, mut server_recv)) = pipe();
-    let server = async {
-        let result = server_handshake::<Control, _, _>(
-            &mut server_send,
-            &mut server_recv,
-            EXPORTER,
-            LIMIT,
-            Expect::Proof(&verify),
-        )
-        .await
-        .map(drop);
-        let _ = server_send.shutdown().await;
-        result
-    };
+    let server = verify_then_hang_up::<Control>(&mut server_send, &mut server_recv, &verify);
     let client = async {
         for frame in &frames {
             write_value(&mut client_send, frame).await.unwrap();
