@@ -320,7 +320,7 @@ mod tests {
     const TIMEOUT: Duration = Duration::from_secs(3);
 
     #[tokio::test(start_paused = true)]
-    async fn other_traffic_does_not_postpone_the_heartbeat_deadline() {
+    async fn without_a_heartbeat_the_deadline_stays_put() {
         let liveness = Liveness::new(TIMEOUT);
         let start = tokio::time::Instant::now();
         // The session loop makes a fresh sleep on every event: events every second, no heartbeat.

@@ -212,6 +212,30 @@ async fn send_reply_bytes(
 }
 
 #[tokio::test]
+async fn a_node_that_stops_heartbeating_goes_offline_whatever_else_it_sends() {
+    let federation = Federation::start(NodeAuth::Registered, false, Db::Memory).await;
+    let me = federation.register("client_credentials_1").await;
+    let key =
+        certs::load::load_identity_key(&federation.path("keys/client_credentials_1")).unwrap();
+    let tls =
+        certs::tls::client_config(&roots(&federation), Some(&key), wire::alpn::FLEET).unwrap();
+    let connection = connect(federation.broker().fleet_addr, tls).await.unwrap();
+    let (_session_send, _session_recv, node_id) = authenticate(&connection, &key).await;
+    assert_eq!(node_id, me);
+    // Reply streams keep arriving (each refused), heartbeats never do: the broker must give the
+    // node up a heartbeat timeout (1 s here) after the session began, not after the last stream.
+    let deadline = std::time::Instant::now() + e2e::PATIENCE;
+    while federation.status_of(me).await != Some(NodeStatus::Offline) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a node sending only reply streams stayed online"
+        );
+        let _ = send_reply_bytes(&connection, &[0xA5; 16]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
 async fn an_authenticated_node_cannot_forge_replies_or_disturb_other_sessions() {
     let federation = Federation::start(NodeAuth::Registered, false, Db::Memory).await;
     let me = federation.register("client_credentials_1").await;
