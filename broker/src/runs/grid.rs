@@ -131,6 +131,8 @@ impl BrokerGrid {
         on_reply: &mut dyn FnMut(Message),
     ) -> Result<(), GridError> {
         let mut departures = self.shared.sessions.departures();
+        // Wakes each destination's delivery task; a destination that is not online has none, and
+        // its instruction is answered in its place at once.
         let absent = outstanding
             .values()
             .filter(|m| !self.shared.sessions.wake(m.dst_node_id))
