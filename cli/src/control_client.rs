@@ -25,8 +25,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An open, authenticated Control API session.
 pub struct ControlClient {
-    /// The endpoint; kept so the connection outlives no socket.
-    endpoint: quinn::Endpoint,
+    /// The endpoint, held so the connection outlives no socket; never read.
+    _endpoint: quinn::Endpoint,
     /// The connection.
     connection: quinn::Connection,
     /// Request stream.
@@ -169,7 +169,7 @@ impl ControlClient {
                 }
             })?;
         Ok(ControlClient {
-            endpoint,
+            _endpoint: endpoint,
             connection,
             send,
             recv,
@@ -336,11 +336,26 @@ impl ControlClient {
         }
     }
 
-    /// Closes the session politely.
+    /// Closes the session politely and returns as soon as the SuperLink has been told.
+    ///
+    /// `Endpoint::wait_idle` would also wait out the draining period after the close (three
+    /// probe timeouts, some 80 ms on loopback, most of a short command's wall time). A process
+    /// about to exit has nothing left to deliver: the peer learns of the close from the first
+    /// CONNECTION_CLOSE packet, and only if that packet were lost would the SuperLink hold the
+    /// connection until its idle timeout.
     pub async fn close(mut self) {
         let _ = self.send.finish();
+        let sent_before = self.connection.stats().udp_tx.datagrams;
         self.connection.close(close::NORMAL.into(), b"done");
-        let _ = tokio::time::timeout(Duration::from_millis(200), self.endpoint.wait_idle()).await;
+        // After a close, the connection's only datagrams are CONNECTION_CLOSE packets, and the
+        // driver sends each one while it holds the lock that `stats` takes: once the count moves,
+        // the packet has left the socket.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+        while self.connection.stats().udp_tx.datagrams == sent_before
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::task::yield_now().await;
+        }
     }
 }
 
