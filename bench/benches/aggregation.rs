@@ -1,11 +1,13 @@
 //! FedAvg over N replies of P parameters, beside a plain read of the same bytes (the memory
 //! bandwidth ceiling) and the straightforward implementation (decode every reply into f32 vectors,
 //! then average). Ours runs in both forms: one pass over replies in memory, and streaming (replies
-//! folded in one at a time, as they arrive), whose peak memory is printed first.
+//! folded in one at a time, as they arrive), whose peak memory is printed first. Each form runs
+//! on fresh memory and recycled, as a round does: the mean is written into the memory of the
+//! model sent out, and the streaming sum keeps its own from the round before.
 
 use bench::{SIZES, bytes, record};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use model::fedavg::{FedAvg, aggregate};
+use model::fedavg::{FedAvg, Spare, aggregate, aggregate_into};
 use std::hint::black_box;
 use wire::ArrayRecord;
 
@@ -137,6 +139,25 @@ fn aggregation(c: &mut Criterion) {
                         fedavg.add(reply, *weight).ok()?;
                     }
                     black_box(fedavg.finish().ok())
+                })
+            });
+            let mut spare = Spare::default();
+            group.bench_function("fedavg (one pass, recycled)", |b| {
+                b.iter(|| {
+                    let mean = aggregate_into(&model, &borrowed, &mut spare).ok()?.mean;
+                    spare.recycle(black_box(mean));
+                    Some(())
+                })
+            });
+            let mut fedavg = FedAvg::new(&model).expect("the model is f32");
+            group.bench_function("fedavg (streaming, recycled)", |b| {
+                b.iter(|| {
+                    for (reply, weight) in &borrowed {
+                        fedavg.add(reply, *weight).ok()?;
+                    }
+                    let mean = fedavg.take_mean().ok()?;
+                    fedavg.recycle(black_box(mean));
+                    Some(())
                 })
             });
             group.finish();

@@ -305,6 +305,9 @@ impl ServerApp for Server {
             }
             None => (self.initial_model(grid, &settings)?, Vec::new(), 1),
         };
+        // One running sum for every round; each round's mean is written into the memory of the
+        // model the round before sent out.
+        let mut fedavg = FedAvg::new(&arrays).map_err(|e| AppError::new(e.to_string()))?;
         for round in first_round..=settings.rounds {
             let round_started = Instant::now();
             grid.log("");
@@ -318,8 +321,8 @@ impl ServerApp for Server {
                 )));
             }
             let (new_arrays, train_means) =
-                self.train_round(grid, &settings, &nodes, round, &arrays)?;
-            arrays = new_arrays;
+                self.train_round(grid, &settings, &nodes, round, &arrays, &mut fedavg)?;
+            fedavg.recycle(std::mem::replace(&mut arrays, new_arrays));
             let eval_means = self.evaluate_round(grid, &settings, &nodes, round, &arrays)?;
             let mut entry =
                 json!({"round": round, "seconds": round_started.elapsed().as_secs_f64()});
@@ -381,6 +384,7 @@ impl Server {
         nodes: &[NodeId],
         round: u64,
         arrays: &ArrayRecord,
+        fedavg: &mut FedAvg,
     ) -> Result<(ArrayRecord, Vec<(String, f64)>), AppError> {
         let count = sample_size(nodes.len(), settings.fraction_train, settings.min_nodes);
         let sampled = sample(nodes, count, settings.seed.wrapping_add(round));
@@ -407,7 +411,6 @@ impl Server {
                 content: content.clone(),
             })
             .collect();
-        let mut fedavg = FedAvg::new(arrays).map_err(|e| AppError::new(e.to_string()))?;
         let mut means = MetricMeans::default();
         let mut failures = Vec::new();
         // Failures that are training gone numerically wrong, rather than a node or the network.
@@ -464,7 +467,9 @@ impl Server {
             "  └──> Aggregated MetricRecord: {}",
             format_means(&means)
         ));
-        let arrays = fedavg.finish().map_err(|e| AppError::new(e.to_string()))?;
+        let arrays = fedavg
+            .take_mean()
+            .map_err(|e| AppError::new(e.to_string()))?;
         Ok((arrays, means))
     }
 
