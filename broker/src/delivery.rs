@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use wire::fleet::{InstructionAck, ReplyOutcome};
-use wire::io::{FrameIoError, read_frame, read_value, write_message_parts, write_value};
+use wire::io::{
+    FrameIoError, read_arrays, read_frame, read_value, write_message_parts, write_value,
+};
 use wire::message::now_ms;
 use wire::stream::{DEFAULT_CHUNK, MessageAssembler};
 use wire::{MessageId, NodeId};
@@ -180,17 +182,7 @@ async fn read_reply(
     if let Some(message) = complete {
         return Ok(Some((message, claim)));
     }
-    let arrays = async {
-        loop {
-            let payload = read_frame(recv, limits.max_frame)
-                .await?
-                .ok_or(FrameIoError::Closed)?;
-            if let Some(message) = assembler.feed(&payload)? {
-                return Ok::<_, FrameIoError>(message);
-            }
-        }
-    };
-    match tokio::time::timeout_at(deadline, arrays).await {
+    match tokio::time::timeout_at(deadline, read_arrays(recv, &mut assembler)).await {
         Ok(Ok(message)) => Ok(Some((message, claim))),
         Ok(Err(error)) => Err(unreadable(error)),
         Err(_) => Err("the reply was still arriving when its instruction expired".into()),

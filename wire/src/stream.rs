@@ -21,6 +21,10 @@ pub const DEFAULT_MAX_PAYLOAD: u64 = 16 * 1024 * 1024 * 1024;
 /// large language model a few thousand.
 pub const DEFAULT_MAX_ARRAYS: usize = 1 << 16;
 
+/// Most bytes an array is given room for before any of its bytes arrived (see
+/// [`MessageAssembler`]'s memory rule).
+pub const FIRST_READ: usize = 64 * 1024;
+
 /// Most dimensions one array may have (PyTorch allows 64; real weights use up to 5).
 pub const MAX_DIMS: usize = 64;
 
@@ -139,6 +143,8 @@ pub struct MessageAssembler {
     pending: Vec<(usize, usize, usize)>,
     /// Position in `pending` of the array being filled.
     cursor: usize,
+    /// Bytes of the array at `cursor` filled so far.
+    filled: usize,
 }
 
 impl MessageAssembler {
@@ -149,6 +155,7 @@ impl MessageAssembler {
             message: None,
             pending: Vec::new(),
             cursor: 0,
+            filled: 0,
         }
     }
 
@@ -159,10 +166,20 @@ impl MessageAssembler {
         } else {
             self.accept_chunk(payload)?;
         }
+        Ok(self.complete())
+    }
+
+    /// The message, once the head arrived and every announced array byte after it.
+    pub(crate) fn complete(&mut self) -> Option<Message> {
         if self.cursor == self.pending.len() {
-            return Ok(self.message.take());
+            return self.message.take();
         }
-        Ok(None)
+        None
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// Whether a head arrived and array bytes are still missing.
@@ -253,56 +270,98 @@ impl MessageAssembler {
         }
         self.pending = pending;
         self.cursor = 0;
+        self.filled = 0;
         self.message = Some(head);
         Ok(())
     }
 
     fn accept_chunk(&mut self, mut payload: &[u8]) -> Result<(), WireError> {
+        self.begin_chunk(payload.len())?;
+        while !payload.is_empty() {
+            let (data, take) = self.chunk_space(payload.len())?;
+            data.extend_from_slice(&payload[..take]);
+            payload = &payload[take..];
+            self.advance(take);
+        }
+        Ok(())
+    }
+
+    /// Checks that a chunk frame of `len` bytes may come now: after the head of a message with
+    /// arrays, and not empty.
+    pub(crate) fn begin_chunk(&self, len: usize) -> Result<(), WireError> {
+        if !matches!(
+            self.message.as_ref().map(|m| &m.body),
+            Some(MessageBody::Content(_))
+        ) {
+            return Err(WireError::Stream(
+                "chunk after a message without arrays".into(),
+            ));
+        }
+        if len == 0 {
+            return Err(WireError::Stream("empty chunk".into()));
+        }
+        Ok(())
+    }
+
+    /// The array being filled, with room reserved for the next bytes of a chunk, and how many of
+    /// the chunk's `available` remaining bytes belong to it. The caller appends exactly that many
+    /// or fewer, then reports them to [`MessageAssembler::advance`]. Readers use it to move bytes
+    /// from their source straight into the array, with no frame buffer between.
+    pub(crate) fn chunk_space(
+        &mut self,
+        available: usize,
+    ) -> Result<(&mut Vec<u8>, usize), WireError> {
         let Some(MessageBody::Content(content)) = self.message.as_mut().map(|m| &mut m.body) else {
             return Err(WireError::Stream(
                 "chunk after a message without arrays".into(),
             ));
         };
-        if payload.is_empty() {
-            return Err(WireError::Stream("empty chunk".into()));
+        let Some(&(record_index, array_index, len)) = self.pending.get(self.cursor) else {
+            return Err(WireError::Stream(format!(
+                "{available} bytes beyond the announced arrays"
+            )));
+        };
+        // Direct indexing: the cost of a chunk is its bytes, whatever the number of arrays.
+        let array = content
+            .get_index_mut(record_index)
+            .and_then(|record| match record {
+                Record::Arrays(arrays) => arrays.get_index_mut(array_index),
+                _ => None,
+            })
+            .ok_or_else(|| WireError::Stream("array index out of range".into()))?;
+        // Room grows with what arrived: a reader that reserves before its bytes arrive is given
+        // FIRST_READ, then at most the array's size so far, whatever its frame announced.
+        let take = (len - self.filled)
+            .min(available)
+            .min(self.filled.max(FIRST_READ));
+        reserve_for(&mut array.data, take, len);
+        Ok((&mut array.data, take))
+    }
+
+    /// Records `appended` bytes added to the array [`MessageAssembler::chunk_space`] returned,
+    /// moving to the next array once this one is full.
+    pub(crate) fn advance(&mut self, appended: usize) {
+        self.filled += appended;
+        if let Some(&(_, _, len)) = self.pending.get(self.cursor)
+            && self.filled >= len
+        {
+            self.cursor += 1;
+            self.filled = 0;
         }
-        while !payload.is_empty() {
-            let Some(&(record_index, array_index, len)) = self.pending.get(self.cursor) else {
-                return Err(WireError::Stream(format!(
-                    "{} bytes beyond the announced arrays",
-                    payload.len()
-                )));
-            };
-            // Direct indexing: the cost of a chunk is its bytes, whatever the number of arrays.
-            let array = content
-                .get_index_mut(record_index)
-                .and_then(|record| match record {
-                    Record::Arrays(arrays) => arrays.get_index_mut(array_index),
-                    _ => None,
-                })
-                .ok_or_else(|| WireError::Stream("array index out of range".into()))?;
-            let take = (len - array.data.len()).min(payload.len());
-            reserve_for(&mut array.data, take, len);
-            array.data.extend_from_slice(&payload[..take]);
-            payload = &payload[take..];
-            if array.data.len() == len {
-                self.cursor += 1;
-            }
-        }
-        Ok(())
     }
 }
 
 /// Makes room in `data` for `incoming` more bytes of an array announced at `len` bytes. Capacity
-/// at most doubles what actually arrived, so a head that announces gigabytes and sends one byte
-/// costs one byte; an honest large array grows geometrically, which the allocator does by
-/// remapping pages rather than copying them.
+/// at most doubles what actually arrived, plus the `incoming` bytes about to be written, so a head
+/// that announces gigabytes and sends one byte costs one byte (or [`FIRST_READ`] for a reader
+/// that reserves before it reads); an honest large array grows geometrically, which the allocator
+/// does by remapping pages rather than copying them.
 fn reserve_for(data: &mut Vec<u8>, incoming: usize, len: usize) {
     let needed = data.len() + incoming;
     if needed <= data.capacity() {
         return;
     }
-    let target = needed.max(data.capacity().saturating_mul(2)).min(len);
+    let target = needed.max(data.len().saturating_mul(2)).min(len);
     data.reserve_exact(target - data.len());
 }
 

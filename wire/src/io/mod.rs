@@ -25,11 +25,12 @@ pub enum FrameIoError {
     Closed,
 }
 
-/// Reads one frame payload; `Ok(None)` if the stream ended cleanly before the first byte.
-pub async fn read_frame<R: AsyncRead + Unpin>(
+/// Reads a frame's length prefix and checks it against `limit`; `Ok(None)` if the stream ended
+/// cleanly before the first byte.
+async fn read_prefix<R: AsyncRead + Unpin>(
     reader: &mut R,
     limit: u32,
-) -> Result<Option<Vec<u8>>, FrameIoError> {
+) -> Result<Option<usize>, FrameIoError> {
     let mut prefix = [0u8; frame::PREFIX_LEN];
     let mut filled = 0;
     while filled < prefix.len() {
@@ -43,7 +44,17 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         }
         filled += n;
     }
-    let len = frame::payload_len(prefix, limit)?;
+    Ok(Some(frame::payload_len(prefix, limit)?))
+}
+
+/// Reads one frame payload; `Ok(None)` if the stream ended cleanly before the first byte.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: u32,
+) -> Result<Option<Vec<u8>>, FrameIoError> {
+    let Some(len) = read_prefix(reader, limit).await? else {
+        return Ok(None);
+    };
     let mut payload = vec![0u8; len];
     reader.read_exact(&mut payload).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -116,13 +127,39 @@ pub async fn read_message<R: AsyncRead + Unpin>(
     reader: &mut R,
     limits: Limits,
 ) -> Result<Message, FrameIoError> {
+    let head = read_frame(reader, limits.max_frame)
+        .await?
+        .ok_or(FrameIoError::Closed)?;
     let mut assembler = MessageAssembler::new(limits);
+    match assembler.feed(&head)? {
+        Some(message) => Ok(message),
+        None => read_arrays(reader, &mut assembler).await,
+    }
+}
+
+/// Reads the chunk frames that follow a head `assembler` accepted, until the message is whole.
+/// Each chunk's bytes go from the stream straight into their array: one copy per byte, and
+/// memory that grows with what arrived, never with a frame's announced length.
+pub async fn read_arrays<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    assembler: &mut MessageAssembler,
+) -> Result<Message, FrameIoError> {
     loop {
-        let payload = read_frame(reader, limits.max_frame)
+        if let Some(message) = assembler.complete() {
+            return Ok(message);
+        }
+        let mut left = read_prefix(reader, assembler.limits().max_frame)
             .await?
             .ok_or(FrameIoError::Closed)?;
-        if let Some(message) = assembler.feed(&payload)? {
-            return Ok(message);
+        assembler.begin_chunk(left)?;
+        while left > 0 {
+            let (data, take) = assembler.chunk_space(left)?;
+            let appended = (&mut *reader).take(take as u64).read_buf(data).await?;
+            if appended == 0 {
+                return Err(WireError::Truncated("frame payload").into());
+            }
+            assembler.advance(appended);
+            left -= appended;
         }
     }
 }

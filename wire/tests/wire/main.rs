@@ -10,3 +10,5 @@ mod handshake;
 mod handshake_io;
 mod hostile;
 mod samples;
+#[cfg(feature = "io")]
+mod stream_io;
