@@ -151,14 +151,26 @@ def main():
     )
     if args.e2e:
         e2e = json.loads(Path(args.e2e).read_text())
-        setup = f"{e2e['samples']} images, lr {e2e['learning_rate']}, Flower nodes {e2e['flower_threads']} thread(s)"
-        for key, label in [("cold", "SuperLink start to run end"), ("run", "flwr run to run end")]:
+        setup = f"lr {e2e['learning_rate']}, Flower nodes {e2e['flower_threads']} thread(s)"
+        for name, both in e2e["datasets"].items():
+            data = f"{e2e['samples']} synthetic images" if name == "synthetic" else name
+            for key, label in [("cold", "SuperLink start to run end"), ("run", "flwr run to run end")]:
+                rows.append(
+                    {
+                        "workload": f"Seed run, 2 nodes x 3 rounds ({data}, {setup}): {label}, s",
+                        "ours": both["ours"][key],
+                        "flower": both["flower"][key],
+                        "seconds": True,
+                    }
+                )
+            accuracy = {system: both[system]["accuracy"] for system in ("ours", "flower")}
             rows.append(
                 {
-                    "workload": f"Seed run, 2 nodes x 3 rounds ({setup}): {label}, s",
-                    "ours": e2e["ours"][key],
-                    "flower": e2e["flower"][key],
-                    "seconds": True,
+                    "workload": f"Seed run ({data}): accuracy per round, ours / Flower",
+                    "ours": None,
+                    "flower": None,
+                    "note": " / ".join(", ".join(f"{a:.3f}" for a in accuracy[s]) for s in ("ours", "flower")),
+                    "accuracy": accuracy,
                 }
             )
     for row in rows:
@@ -173,6 +185,9 @@ def main():
     print(f"Flower {flwr.__version__} beside flower-rs, same machine, same session\n")
     print("| workload | ours | Flower / PyTorch | speed, ours / theirs |\n| --- | --- | --- | --- |")
     for row in rows:
+        if "note" in row:
+            print(f"| {row['workload']} | {row['note']} | | |")
+            continue
         ours = f"{row['ours']:.3g}" if row["ours"] else "not measured"
         ratio = f"{row['ratio']:.2f}" if row["ratio"] else "-"
         print(f"| {row['workload']} | {ours} | {row['flower']:.3g} | {ratio} |")

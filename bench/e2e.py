@@ -14,8 +14,15 @@ this machine's two. PyTorch's default, a thread per core in every process, overs
 cores, and its spinning threads then train some 18 times slower (two processes at once: 125
 samples/s each with 2 threads, 2,300 with 1), which again would say nothing about Flower itself.
 
-Measured per system: from launching the SuperLink to the end of the run ("cold"), from `flwr run` to
-the end of the run, and the strategy's own "Strategy execution finished in" figure, which both print.
+It runs on each dataset of `--datasets`: synthetic CIFAR-10-shaped images (`--samples` of them)
+and the real Fashion-MNIST (60,000 training images of 1 x 28 x 28, from Debian's
+dataset-fashion-mnist package), each prepared once by `flwr dataset prepare` into two partitions
+that both systems read.
+
+Measured per system and dataset: from launching the SuperLink to the end of the run ("cold"), from
+`flwr run` to the end of the run, the strategy's own "Strategy execution finished in" figure, and
+the accuracy of each round's federated evaluation (the `eval_acc` both strategies log), so that
+speed and learning are compared on the same run.
 
 Run through bench/compare.sh (it builds our release binaries and the virtual environment), or:
     python bench/e2e.py --flower-bin VENV/bin --ours-bin target/release --work DIR [--json]
@@ -46,6 +53,13 @@ batch-size = 32
 min-nodes = 2
 """
 STRATEGY = re.compile(r"Strategy execution finished in ([0-9.]+)s")
+ACCURACY = re.compile(r"Aggregated MetricRecord: \{[^}]*'eval_acc': ([0-9.eE+-]+)")
+# Each dataset's partitions (as `flwr dataset prepare` names them) and the image shape the Flower
+# app is told; flower-rs reads the shape from the partition files.
+DATASETS = {
+    "synthetic": {"prefix": "synthetic", "shape": "channels=3 height=32 width=32"},
+    "fashion-mnist": {"prefix": "fashion-mnist", "shape": "channels=1 height=28 width=28"},
+}
 
 
 class Processes:
@@ -90,29 +104,32 @@ def tcp_open(port):
         return False
 
 
-def start_supernodes(processes, datasets, argv, env=None):
-    """Starts SuperNodes 1 and 2, each with `argv(i)` and its own partition."""
+def start_supernodes(processes, data, argv, env=None):
+    """Starts SuperNodes 1 and 2, each with `argv(i)` and its own partition of `data`."""
     for i in (1, 2):
-        node_config = ["--node-config", f'dataset-path="{datasets}/synthetic_part_{i}"']
+        node_config = ["--node-config", f'dataset-path="{data["dir"]}/{data["prefix"]}_part_{i}"']
         processes.start(f"supernode{i}", argv(i) + node_config, env)
 
 
-def timed_run(argv, cwd, env, log_path, learning_rate):
-    """Runs `flwr run ... --stream` to its end; its wall time and the strategy's own figure."""
-    argv = argv + ["--run-config", f"learning-rate={learning_rate}"]
+def timed_run(argv, cwd, env, log_path, run_config):
+    """Runs `flwr run ... --stream` to its end: its wall time, the strategy's own figure and the
+    accuracy of each round's evaluation."""
+    argv = argv + ["--run-config", run_config]
     started = time.monotonic()
-    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=3600)
     wall = time.monotonic() - started
-    Path(log_path).write_text(done.stdout + done.stderr)
+    output = done.stdout + done.stderr
+    Path(log_path).write_text(output)
     if done.returncode != 0:
         raise RuntimeError(f"{argv[0]} run exited {done.returncode}; see {log_path}")
-    found = STRATEGY.search(done.stdout + done.stderr)
-    return wall, float(found.group(1)) if found else None
+    found = STRATEGY.search(output)
+    accuracy = [float(value) for value in ACCURACY.findall(output)]
+    return wall, float(found.group(1)) if found else None, accuracy
 
 
-def ours(bins, work, datasets, learning_rate):
+def ours(bins, work, data, learning_rate):
     """flower-rs: its release binaries, app `fedavg-cnn` from an flwr.toml written here."""
-    app = work / "ours"
+    app = work / "ours" / data["name"]
     shutil.rmtree(app, ignore_errors=True)
     app.mkdir(parents=True)
     (app / "flwr.toml").write_text(
@@ -126,22 +143,23 @@ def ours(bins, work, datasets, learning_rate):
         processes.start("superlink", [f"{bins}/flower-superlink", "--insecure", "--database", str(app / "state.redb")])
         start_supernodes(
             processes,
-            datasets,
+            data,
             lambda i: [f"{bins}/flower-supernode", "--insecure", "--superlink", "127.0.0.1:9092"]
             + ["--clientappio-api-address", "127.0.0.1:0"],
         )
         ls = [f"{bins}/flwr", "ls", ".", "bench"]
         wait_until(lambda: subprocess.run(ls, cwd=app, capture_output=True).returncode == 0, "the SuperLink")
-        wall, strategy = timed_run([f"{bins}/flwr", "run", ".", "bench", "--stream"], app, None, app / "run.log", learning_rate)
-        return {"cold": time.monotonic() - started, "run": wall, "strategy": strategy}
+        argv = [f"{bins}/flwr", "run", ".", "bench", "--stream"]
+        wall, strategy, accuracy = timed_run(argv, app, None, app / "run.log", f"learning-rate={learning_rate}")
+        return {"cold": time.monotonic() - started, "run": wall, "strategy": strategy, "accuracy": accuracy}
     finally:
         processes.stop()
 
 
-def flower(bins, work, datasets, learning_rate, threads):
+def flower(bins, work, data, learning_rate, threads):
     """Flower: flower-superlink, flower-supernode and flwr from the virtual environment, app
     bench/flower-app, a SuperLink connection in a private FLWR_HOME."""
-    home = work / "flower"
+    home = work / "flower" / data["name"]
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     (home / "config.toml").write_text(
@@ -159,25 +177,29 @@ def flower(bins, work, datasets, learning_rate, threads):
         processes.start("superlink", [f"{bins}/flower-superlink", "--insecure"], env)
         start_supernodes(
             processes,
-            datasets,
+            data,
             lambda i: [f"{bins}/flower-supernode", "--insecure", "--superlink", "127.0.0.1:8000"]
             + ["--port", str(9094 + i)],
             env,
         )
         wait_until(lambda: tcp_open(8000), "Flower's SuperLink")
         argv = [f"{bins}/flwr", "run", str(REPO / "bench" / "flower-app"), "bench", "--stream"]
-        wall, strategy = timed_run(argv, home, env, home / "run.log", learning_rate)
-        return {"cold": time.monotonic() - started, "run": wall, "strategy": strategy}
+        run_config = f"learning-rate={learning_rate} {data['shape']}"
+        wall, strategy, accuracy = timed_run(argv, home, env, home / "run.log", run_config)
+        return {"cold": time.monotonic() - started, "run": wall, "strategy": strategy, "accuracy": accuracy}
     finally:
         processes.stop()
 
 
-def prepare(bins, work, samples):
-    datasets = work / "datasets"
-    argv = [f"{bins}/flwr", "dataset", "prepare", "--dataset", "synthetic", "--max-samples", str(samples)]
-    argv += ["--partitions", "2", "--out", str(datasets), "--force"]
+def prepare(bins, work, name, samples):
+    """Two partitions of dataset `name` (all of Fashion-MNIST; `samples` synthetic images)."""
+    out = work / "datasets" / name
+    argv = [f"{bins}/flwr", "dataset", "prepare", "--dataset", name]
+    if name == "synthetic":
+        argv += ["--max-samples", str(samples)]
+    argv += ["--partitions", "2", "--out", str(out), "--force"]
     subprocess.run(argv, check=True, capture_output=True)
-    return datasets
+    return {"name": name, "dir": out, **DATASETS[name]}
 
 
 def main():
@@ -186,31 +208,43 @@ def main():
     parser.add_argument("--ours-bin", default=str(REPO / "target" / "release"))
     parser.add_argument("--work", default=str(REPO / "target" / "e2e"))
     parser.add_argument("--samples", type=int, default=50_000, help="synthetic CIFAR-10-shaped images in all")
+    parser.add_argument("--datasets", default="synthetic,fashion-mnist", help="comma-separated: synthetic, fashion-mnist")
     parser.add_argument("--learning-rate", type=float, default=0.01)
     parser.add_argument("--flower-threads", type=int, default=1, help="OMP_NUM_THREADS of Flower's nodes")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    datasets = prepare(args.ours_bin, work, args.samples)
-    results = {
-        "ours": ours(args.ours_bin, work, datasets, args.learning_rate),
-        "flower": flower(args.flower_bin, work, datasets, args.learning_rate, args.flower_threads),
-    }
-    results["samples"], results["learning_rate"] = args.samples, args.learning_rate
-    results["flower_threads"] = args.flower_threads
+    names = [name.strip() for name in args.datasets.split(",") if name.strip()]
+    unknown = [name for name in names if name not in DATASETS]
+    if unknown:
+        parser.error(f"unknown dataset(s) {', '.join(unknown)}: choose from {', '.join(DATASETS)}")
+    results = {"samples": args.samples, "learning_rate": args.learning_rate, "flower_threads": args.flower_threads}
+    results["datasets"] = {}
+    for name in names:
+        data = prepare(args.ours_bin, work, name, args.samples)
+        results["datasets"][name] = {
+            "ours": ours(args.ours_bin, work, data, args.learning_rate),
+            "flower": flower(args.flower_bin, work, data, args.learning_rate, args.flower_threads),
+        }
     if args.json:
         json.dump(results, sys.stdout, indent=2)
         print()
         return
     print(
-        f"seed workload: 2 nodes, 3 rounds, {args.samples} synthetic CIFAR-10-shaped images, "
-        f"learning rate {args.learning_rate}, Flower's nodes with {args.flower_threads} thread(s)"
+        f"seed workload: 2 nodes, 3 rounds, learning rate {args.learning_rate}, "
+        f"Flower's nodes with {args.flower_threads} thread(s)"
     )
-    for key, label in [("cold", "SuperLink start to run end"), ("run", "flwr run to run end"), ("strategy", "strategy")]:
-        a, b = results["ours"][key], results["flower"][key]
-        ratio = f"{b / a:.1f}x faster" if a and b else "-"
-        print(f"  {label:<28} ours {a:7.1f} s   Flower {b:7.1f} s   {ratio}")
+    for name, both in results["datasets"].items():
+        print(f"{name}:" + (f" {args.samples} images" if name == "synthetic" else ""))
+        for key, label in [("cold", "SuperLink start to run end"), ("run", "flwr run to run end"), ("strategy", "strategy")]:
+            a, b = both["ours"][key], both["flower"][key]
+            ratio = f"{b / a:.1f}x faster" if a and b else "-"
+            a_text, b_text = [f"{v:7.1f} s" if v else "      -" for v in (a, b)]
+            print(f"  {label:<28} ours {a_text}   Flower {b_text}   {ratio}")
+        for system in ("ours", "flower"):
+            accuracy = ", ".join(f"{value:.3f}" for value in both[system]["accuracy"]) or "-"
+            print(f"  {'accuracy per round, ' + system:<28} {accuracy}")
 
 
 if __name__ == "__main__":

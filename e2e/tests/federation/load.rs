@@ -213,9 +213,13 @@ async fn a_thousand_nodes_stay_online_and_finish_a_round() {
 
     let hold_started = Instant::now();
     let mut lowest_online = usize::MAX;
+    // What `flwr supernode list` waits for: connect, authenticate, list every node, close.
+    let mut listing_times = Vec::new();
     while hold_started.elapsed() < hold {
         tokio::time::sleep(Duration::from_secs(5).min(hold)).await;
+        let listing = Instant::now();
         let listed = federation.nodes(false).await;
+        listing_times.push(listing.elapsed().as_secs_f64());
         let online_now = listed
             .iter()
             .filter(|n| n.status == NodeStatus::Online)
@@ -254,6 +258,11 @@ async fn a_thousand_nodes_stay_online_and_finish_a_round() {
     );
 
     let per_node = connected_rss.saturating_sub(idle_rss) as f64 / nodes as f64;
+    listing_times.sort_by(f64::total_cmp);
+    let median_listing = listing_times
+        .get(listing_times.len() / 2)
+        .copied()
+        .unwrap_or(f64::NAN);
     let report = serde_json::json!({
         "nodes": nodes,
         "connect_seconds": connect_time.as_secs_f64(),
@@ -264,6 +273,7 @@ async fn a_thousand_nodes_stay_online_and_finish_a_round() {
         "broker_kib_per_node": per_node / 1024.0,
         "broker_cpu_share_during_hold": cpu_share,
         "round_seconds": round_time.as_secs_f64(),
+        "node_list_ms_median": median_listing * 1e3,
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
     if let Ok(path) = std::env::var("FLWR_LOAD_REPORT") {
