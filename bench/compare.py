@@ -89,10 +89,12 @@ class Net:
         return SeedNet()
 
 
-def pytorch_training():
-    """Samples per second of one epoch of TRAIN_SAMPLES CIFAR-shaped images, batch 32 (best of 3)."""
+def pytorch_training(threads):
+    """Samples per second of one epoch of TRAIN_SAMPLES CIFAR-shaped images, batch 32 (best of 3),
+    on `threads` threads."""
     import torch
 
+    torch.set_num_threads(threads)
     torch.manual_seed(1)
     images = torch.rand(TRAIN_SAMPLES, 3, 32, 32) * 2 - 1
     labels = torch.randint(0, 10, (TRAIN_SAMPLES,))
@@ -131,7 +133,7 @@ def main():
     for parameters, label, replies in AGGREGATION:
         gigabytes = parameters * 4 * replies / 1e9
         flower = gigabytes / flower_aggregation(parameters, replies)
-        for form in ["one pass", "streaming"]:
+        for form in ["one pass", "streaming", "one pass, recycled", "streaming, recycled"]:
             ours = criterion_seconds(args.criterion, f"aggregation_{label}x{replies}", f"fedavg ({form})")
             rows.append(
                 {
@@ -140,15 +142,16 @@ def main():
                     "flower": flower,
                 }
             )
-    torch_rate, torch_version, threads = pytorch_training()
     burn = criterion_seconds(args.criterion, "training_CPU (Burn Flex backend)", "one epoch, batch 32")
-    rows.append(
-        {
-            "workload": f"CNN training, CPU, batch 32, samples/s (PyTorch {torch_version}, {threads} threads)",
-            "ours": TRAIN_SAMPLES / burn if burn else None,
-            "flower": torch_rate,
-        }
-    )
+    for threads in (1, 2):
+        torch_rate, torch_version, threads = pytorch_training(threads)
+        rows.append(
+            {
+                "workload": f"CNN training, CPU, batch 32, samples/s (PyTorch {torch_version}, {threads} thread(s))",
+                "ours": TRAIN_SAMPLES / burn if burn else None,
+                "flower": torch_rate,
+            }
+        )
     if args.e2e:
         e2e = json.loads(Path(args.e2e).read_text())
         setup = f"lr {e2e['learning_rate']}, Flower nodes {e2e['flower_threads']} thread(s)"

@@ -236,6 +236,7 @@ async fn a_thousand_nodes_stay_online_and_finish_a_round() {
     assert_eq!(lowest_online, nodes, "every node listed online throughout");
 
     let round_started = Instant::now();
+    let (_, cpu_before_round) = process_usage(pid);
     let run_id = start_run(
         &federation,
         &format!("num-server-rounds=1 min-nodes={nodes} round-timeout=120.0"),
@@ -243,6 +244,7 @@ async fn a_thousand_nodes_stay_online_and_finish_a_round() {
     .await;
     let (lines, status) = follow(&federation, run_id).await;
     let round_time = round_started.elapsed();
+    let (_, cpu_after_round) = process_usage(pid);
     assert_eq!(status, RunStatus::Completed, "{lines:#?}");
     assert!(
         lines
@@ -273,6 +275,7 @@ async fn a_thousand_nodes_stay_online_and_finish_a_round() {
         "broker_kib_per_node": per_node / 1024.0,
         "broker_cpu_share_during_hold": cpu_share,
         "round_seconds": round_time.as_secs_f64(),
+        "broker_cpu_seconds_in_round": cpu_after_round - cpu_before_round,
         "node_list_ms_median": median_listing * 1e3,
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
