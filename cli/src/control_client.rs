@@ -343,8 +343,9 @@ impl ControlClient {
     /// about to exit has nothing left to deliver: the peer learns of the close from the first
     /// CONNECTION_CLOSE packet, and only if that packet were lost would the SuperLink hold the
     /// connection until its idle timeout.
-    pub async fn close(mut self) {
-        let _ = self.send.finish();
+    pub async fn close(self) {
+        // No FIN first: the close ends the stream as well, and a packet sent for anything else
+        // after the count below would move it before the close has left.
         let sent_before = self.connection.stats().udp_tx.datagrams;
         self.connection.close(close::NORMAL.into(), b"done");
         // After a close, the connection's only datagrams are CONNECTION_CLOSE packets, and the

@@ -36,8 +36,8 @@ pub enum AggregationError {
     /// The reply holds NaN or infinity.
     #[error("array {0:?} holds NaN or infinite values")]
     NotFinite(String),
-    /// The weight (number of examples) is zero, negative, not finite, or above [`MAX_WEIGHT`].
-    #[error("weight {0} is not a number of examples between 0 and {MAX_WEIGHT}")]
+    /// The weight (number of examples) is below 1, not finite, or above [`MAX_WEIGHT`].
+    #[error("weight {0} is not a number of examples between 1 and {MAX_WEIGHT}")]
     BadWeight(f64),
     /// Folding the reply in could take the sum beyond what f32 holds.
     #[error("array {0:?} would overflow the sum (values too large for their weight)")]
@@ -322,10 +322,12 @@ fn check_layout(
     Ok(())
 }
 
-/// Checks a reply's weight: positive, finite, at most [`MAX_WEIGHT`]. Evaluation weights its
-/// metrics the same way and uses the same check.
+/// Checks a reply's weight: a number of examples, at least 1 and at most [`MAX_WEIGHT`].
+/// Evaluation weights its metrics the same way and uses the same check. A positive weight below 1
+/// is refused too: one as small as 1e-300 becomes zero in f32, and a mean scaled by its inverse
+/// would be NaN.
 pub fn check_weight(weight: f64) -> Result<(), AggregationError> {
-    if weight.is_finite() && weight > 0.0 && weight <= MAX_WEIGHT {
+    if (1.0..=MAX_WEIGHT).contains(&weight) {
         Ok(())
     } else {
         Err(AggregationError::BadWeight(weight))
@@ -616,10 +618,10 @@ mod tests {
     }
 
     #[test]
-    fn zero_negative_and_nan_weights_are_rejected() {
+    fn zero_negative_nan_and_fractional_weights_are_rejected() {
         let model = record(&[("w", &[0.0])]);
         let mut fedavg = FedAvg::new(&model).unwrap();
-        for weight in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        for weight in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e-300, 1e-40, 0.5] {
             assert!(matches!(
                 fedavg.add(&model, weight),
                 Err(AggregationError::BadWeight(_))

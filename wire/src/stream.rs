@@ -330,10 +330,15 @@ impl MessageAssembler {
             })
             .ok_or_else(|| WireError::Stream("array index out of range".into()))?;
         // Room grows with what arrived: a reader that reserves before its bytes arrive is given
-        // FIRST_READ, then at most the array's size so far, whatever its frame announced.
-        let take = (len - self.filled)
-            .min(available)
-            .min(self.filled.max(FIRST_READ));
+        // FIRST_READ, then at most the array's size so far, whatever its frame announced; and
+        // only once the room already there is full, so that short reads never reallocate.
+        let spare = array.data.capacity() - array.data.len();
+        let room = if spare > 0 {
+            spare
+        } else {
+            self.filled.max(FIRST_READ)
+        };
+        let take = (len - self.filled).min(available).min(room);
         reserve_for(&mut array.data, take, len);
         Ok((&mut array.data, take))
     }
@@ -381,5 +386,77 @@ pub fn decode_message_bytes(bytes: &[u8], limits: Limits) -> Result<Message, Wir
             }
             return Ok(message);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Array, ArrayRecord, DType, MessageId, MessageType, NodeId, RunId};
+
+    /// A message head announcing one u8 array of `len` bytes.
+    fn head(len: u64) -> Vec<u8> {
+        let message = Message {
+            metadata: Metadata {
+                run_id: RunId(1),
+                message_id: MessageId(2),
+                src_node_id: NodeId::SERVER,
+                dst_node_id: NodeId(3),
+                reply_to: None,
+                group_id: "1".into(),
+                ttl_ms: 60_000,
+                message_type: MessageType::Train,
+                created_at_ms: 0,
+            },
+            body: MessageBody::Content(RecordDict::new().with(
+                "arrays",
+                Record::Arrays(ArrayRecord::new().with(
+                    "w",
+                    Array {
+                        dtype: DType::U8,
+                        shape: vec![len],
+                        data: Vec::new(),
+                    },
+                )),
+            )),
+        };
+        frame::encode(&message).unwrap()[frame::PREFIX_LEN..].to_vec()
+    }
+
+    #[test]
+    fn short_reads_into_one_large_chunk_grow_the_array_geometrically() {
+        // A reader that reserves before reading and gets 1,000 bytes per read, as a peer sending
+        // small packets makes it: each growth at least doubles, so 8 MiB takes a handful.
+        let len = 8 << 20;
+        let mut assembler = MessageAssembler::new(Limits::default());
+        assert!(assembler.feed(&head(len as u64)).unwrap().is_none());
+        assembler.begin_chunk(len).unwrap();
+        let (mut left, mut growths, mut capacity) = (len, 0, 0);
+        while left > 0 {
+            let (data, take) = assembler.chunk_space(left).unwrap();
+            if data.capacity() != capacity {
+                growths += 1;
+                capacity = data.capacity();
+            }
+            let appended = take.min(1000);
+            data.extend(std::iter::repeat_n(7u8, appended));
+            assembler.advance(appended);
+            left -= appended;
+        }
+        assert!(growths <= 10, "{growths} reallocations for 8 MiB");
+        let message = assembler.complete().unwrap();
+        let MessageBody::Content(content) = &message.body else {
+            panic!("no content");
+        };
+        assert_eq!(
+            content
+                .arrays("arrays")
+                .unwrap()
+                .get("w")
+                .unwrap()
+                .data
+                .len(),
+            len
+        );
     }
 }
