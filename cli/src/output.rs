@@ -14,6 +14,49 @@ pub enum Format {
     Json,
 }
 
+/// The pager a long table goes through on a terminal: `$FLWR_PAGER`, else `$PAGER`, else
+/// `less -FRX` (which prints a table that fits the screen and exits, and keeps colour). An empty
+/// value or `cat` turns paging off.
+fn pager_command(flwr_pager: Option<String>, pager: Option<String>) -> Option<Vec<String>> {
+    let chosen = flwr_pager
+        .or(pager)
+        .unwrap_or_else(|| "less -FRX".to_string());
+    let words: Vec<String> = chosen.split_whitespace().map(str::to_string).collect();
+    match words.first().map(String::as_str) {
+        None | Some("cat") => None,
+        Some(_) => Some(words),
+    }
+}
+
+/// Prints `text`: through a pager when stdout is a terminal (so a table of ten thousand nodes
+/// can be scrolled, as `git log` is), straight otherwise or when no pager can start.
+pub fn print_paged(text: &str) {
+    use std::io::Write as _;
+    let command = std::io::stdout()
+        .is_terminal()
+        .then(|| {
+            pager_command(
+                std::env::var("FLWR_PAGER").ok(),
+                std::env::var("PAGER").ok(),
+            )
+        })
+        .flatten();
+    if let Some(words) = command
+        && let Ok(mut child) = std::process::Command::new(&words[0])
+            .args(&words[1..])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+    {
+        if let Some(mut stdin) = child.stdin.take() {
+            // A pager quit before the end closes the pipe: nothing is left to show.
+            let _ = stdin.write_all(text.as_bytes());
+        }
+        let _ = child.wait();
+        return;
+    }
+    print!("{text}");
+}
+
 /// `YYYY-MM-DD HH:MM:SSZ` for a Unix time in milliseconds.
 pub fn timestamp(ms: u64) -> String {
     let time = UNIX_EPOCH + Duration::from_millis(ms);
@@ -70,6 +113,22 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pager_follows_flwr_pager_then_pager_and_cat_or_empty_turns_it_off() {
+        let words = |v: &[&str]| Some(v.iter().map(|w| w.to_string()).collect::<Vec<_>>());
+        assert_eq!(pager_command(None, None), words(&["less", "-FRX"]));
+        assert_eq!(pager_command(None, Some("more".into())), words(&["more"]));
+        assert_eq!(
+            pager_command(Some("less -S".into()), Some("more".into())),
+            words(&["less", "-S"])
+        );
+        assert_eq!(pager_command(Some("cat".into()), None), None);
+        assert_eq!(
+            pager_command(Some(String::new()), Some("more".into())),
+            None
+        );
+    }
 
     #[test]
     fn elapsed_formats_hours_minutes_seconds() {

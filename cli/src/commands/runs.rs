@@ -280,7 +280,7 @@ pub async fn list(
             ];
             print!("{}", output::table(&["Field", "Value"], &rows));
         }
-        (Format::Default, _, _) => print!("{}", run_table(&runs, now)),
+        (Format::Default, _, _) => output::print_paged(&run_table(&runs, now)),
     }
     Ok(())
 }

@@ -54,7 +54,7 @@ pub async fn run(command: SupernodeCommand) -> Result<(), CliError> {
                     "success": true,
                     "nodes": nodes.iter().map(|n| node_json(n, now)).collect::<Vec<_>>(),
                 })),
-                Format::Default => print!("{}", node_table(&nodes, now)),
+                Format::Default => crate::output::print_paged(&node_table(&nodes, now)),
             }
         }
     }
