@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`fedavg`]: weighted averaging of `ArrayRecord`s, folded one reply at a time.
+//! - [`strategy`]: Flower's strategies (FedAvg, FedProx, FedAvgM, FedAdagrad, FedAdam, FedYogi,
+//!   FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan), checked against Flower's own results.
 //! - `cnn` (feature `burn`): the CNN on Burn, conversion, training, device choice.
 //! - [`net`]: the CNN's layout and initialisation without Burn.
 //! - [`app`]: the `ServerApp`, `ClientApp` and `Grid` traits.
@@ -24,3 +26,4 @@ pub mod fedavg;
 pub mod net;
 pub mod plot;
 pub mod safetensors;
+pub mod strategy;

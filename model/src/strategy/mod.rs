@@ -1,0 +1,315 @@
+//! Flower's strategies (`flwr.serverapp.strategy`, 1.42) with Flower's names, parameters and
+//! defaults: how each turns a round's replies into the next global model and into the round's
+//! metrics. The arithmetic follows Flower's step by step (weights normalised in f64 and rounded to
+//! f32 once, then summed reply by reply in f32), so that results agree with Flower's to 1e-6 on
+//! the same inputs; `model/tests/strategies.rs` checks each against fixtures Flower produced
+//! (`scripts/strategy-fixtures`).
+//!
+//! - [`FedAvg`] and [`FedProx`]: the weighted mean (FedProx adds `proximal-mu` to the train
+//!   config; its server side is FedAvg's).
+//! - [`FedAvgM`], [`FedAdagrad`], [`FedAdam`], [`FedYogi`]: a server optimiser applied to the
+//!   weighted mean, with state kept from round to round.
+//! - [`FedMedian`], [`FedTrimmedAvg`], [`Krum`], [`MultiKrum`], [`Bulyan`]: robust to a minority
+//!   of bad replies; the median, trimmed mean and Bulyan's final mean are unweighted, as Flower's.
+//!
+//! Where Flower differs by accident rather than design, ours keeps the model's dtype: Flower's
+//! FedAdam returns float64 arrays (a numpy promotion of its bias-corrected step), ours the f32
+//! arrays it was given.
+
+mod optimizers;
+mod robust;
+mod weighted;
+
+pub use optimizers::{FedAdagrad, FedAdam, FedAvgM, FedYogi};
+pub use robust::{Bulyan, FedMedian, FedTrimmedAvg, Krum, MultiKrum};
+pub use weighted::{FedAvg, FedProx};
+
+use thiserror::Error;
+use wire::{Array, ArrayRecord, ConfigRecord, ConfigValue, MetricRecord, MetricValue};
+
+/// The metric every strategy weights by unless told otherwise, as in Flower.
+pub const NUM_EXAMPLES: &str = "num-examples";
+
+/// One node's answer to a train instruction: its arrays and its metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainReply<'a> {
+    /// The updated arrays.
+    pub arrays: &'a ArrayRecord,
+    /// Its metrics, with the weight (`num-examples`) among them.
+    pub metrics: &'a MetricRecord,
+}
+
+/// Why a round's replies could not be aggregated.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum StrategyError {
+    /// No reply to aggregate.
+    #[error("no replies to aggregate")]
+    NoReplies,
+    /// Replies disagree with each other or with the model: array names, shapes or dtypes.
+    #[error("replies are inconsistent: {0}")]
+    Inconsistent(String),
+    /// A reply lacks the weight metric, or holds one that is not a single number.
+    #[error("a reply has no usable {0:?} metric")]
+    MissingWeight(String),
+    /// The weights add up to zero (or beyond what f64 holds).
+    #[error("the replies' weights add up to zero or overflow")]
+    ZeroWeight,
+    /// Only f32 arrays are aggregated.
+    #[error("array {0:?} is not f32")]
+    NotF32(String),
+    /// A robust strategy needs more replies than it got.
+    #[error("{strategy} needs at least {needed} replies, got {got}")]
+    TooFewReplies {
+        /// The strategy.
+        strategy: &'static str,
+        /// Replies it needs for the number of malicious nodes it tolerates.
+        needed: usize,
+        /// Replies it got.
+        got: usize,
+    },
+    /// A parameter outside its range.
+    #[error("invalid parameter: {0}")]
+    Parameter(String),
+}
+
+/// A strategy: what a round does with its replies. Sampling and the round loop belong to the
+/// app; this is the arithmetic Flower's `aggregate_train` and `aggregate_evaluate` do.
+pub trait Strategy {
+    /// Flower's class name.
+    fn name(&self) -> &'static str;
+
+    /// Entries to add to the train instructions' config (`server-round` is added by the loop).
+    fn train_config(&self) -> ConfigRecord {
+        ConfigRecord::new()
+    }
+
+    /// The next global arrays and the round's train metrics, from the `current` global arrays
+    /// (those the round sent out) and the replies of round `round` (from 1).
+    fn aggregate_train(
+        &mut self,
+        round: u64,
+        current: &ArrayRecord,
+        replies: &[TrainReply<'_>],
+    ) -> Result<(ArrayRecord, MetricRecord), StrategyError>;
+
+    /// The round's evaluation metrics: the weighted mean of every metric but the weight, as
+    /// every Flower strategy does.
+    fn aggregate_evaluate(&self, replies: &[&MetricRecord]) -> Result<MetricRecord, StrategyError> {
+        let weights = weights(replies.iter().copied(), NUM_EXAMPLES)?;
+        Ok(aggregate_metrics(replies, &weights, NUM_EXAMPLES))
+    }
+}
+
+/// One record's arrays' values, flattened, in its layout's order.
+pub(crate) type Values = Vec<Vec<f32>>;
+
+/// A record's arrays decoded to f32, in the record's order.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Layers {
+    /// Array names.
+    pub names: Vec<String>,
+    /// Array shapes.
+    pub shapes: Vec<Vec<u64>>,
+    /// Array values, flattened.
+    pub values: Vec<Vec<f32>>,
+}
+
+impl Layers {
+    /// Decodes `record`; every array must be f32.
+    pub fn of(record: &ArrayRecord) -> Result<Self, StrategyError> {
+        let mut layers = Layers {
+            names: Vec::with_capacity(record.len()),
+            shapes: Vec::with_capacity(record.len()),
+            values: Vec::with_capacity(record.len()),
+        };
+        for (name, array) in record.iter() {
+            let values = f32_values(name, array)?;
+            layers.names.push(name.to_string());
+            layers.shapes.push(array.shape.clone());
+            layers.values.push(values);
+        }
+        Ok(layers)
+    }
+
+    /// Decodes `record` and checks it has `self`'s names (in any order, as Flower allows) and
+    /// shapes; returns its values in `self`'s order.
+    pub fn matching(&self, record: &ArrayRecord) -> Result<Vec<Vec<f32>>, StrategyError> {
+        if record.len() != self.names.len() {
+            return Err(StrategyError::Inconsistent(format!(
+                "{} arrays where {} were expected",
+                record.len(),
+                self.names.len()
+            )));
+        }
+        self.names
+            .iter()
+            .zip(&self.shapes)
+            .map(|(name, shape)| {
+                let array = record.get(name).ok_or_else(|| {
+                    StrategyError::Inconsistent(format!("array {name:?} is missing"))
+                })?;
+                if &array.shape != shape {
+                    return Err(StrategyError::Inconsistent(format!(
+                        "array {name:?} has shape {:?}, expected {shape:?}",
+                        array.shape
+                    )));
+                }
+                f32_values(name, array)
+            })
+            .collect()
+    }
+
+    /// `values` as a record with these names and shapes.
+    pub fn record(&self, values: Vec<Vec<f32>>) -> ArrayRecord {
+        let mut record = ArrayRecord::new();
+        for ((name, shape), values) in self.names.iter().zip(&self.shapes).zip(values) {
+            // Every array was validated against its shape when decoded, and each result has
+            // as many values as the array it came from.
+            let array = Array::from_f32(shape.clone(), &values)
+                .unwrap_or_else(|_| unreachable!("values computed for an array of this shape"));
+            record.insert(name.clone(), array);
+        }
+        record
+    }
+}
+
+/// An array's values, checked: f32, with as many values as its shape says.
+fn f32_values(name: &str, array: &Array) -> Result<Vec<f32>, StrategyError> {
+    array
+        .validate()
+        .map_err(|e| StrategyError::Inconsistent(format!("array {name:?}: {e}")))?;
+    array
+        .to_f32()
+        .ok_or_else(|| StrategyError::NotF32(name.to_string()))
+}
+
+/// Every reply's arrays, in the first reply's layout: the layout and the values.
+pub(crate) fn decode_replies(
+    replies: &[TrainReply<'_>],
+) -> Result<(Layers, Vec<Values>), StrategyError> {
+    let first = replies.first().ok_or(StrategyError::NoReplies)?;
+    let layers = Layers::of(first.arrays)?;
+    let values = replies
+        .iter()
+        .map(|reply| layers.matching(reply.arrays))
+        .collect::<Result<_, _>>()?;
+    Ok((layers, values))
+}
+
+/// Each reply's weight: its `key` metric, an integer or a float.
+pub(crate) fn weights<'a>(
+    metrics: impl IntoIterator<Item = &'a MetricRecord>,
+    key: &str,
+) -> Result<Vec<f64>, StrategyError> {
+    let weights: Vec<f64> = metrics
+        .into_iter()
+        .map(|metrics| match metrics.get(key) {
+            Some(MetricValue::Int(n)) => Ok(*n as f64),
+            Some(MetricValue::Float(x)) if x.is_finite() => Ok(*x),
+            _ => Err(StrategyError::MissingWeight(key.to_string())),
+        })
+        .collect::<Result<_, _>>()?;
+    if weights.is_empty() {
+        return Err(StrategyError::NoReplies);
+    }
+    let total: f64 = weights.iter().sum();
+    if total == 0.0 || !total.is_finite() {
+        return Err(StrategyError::ZeroWeight);
+    }
+    Ok(weights)
+}
+
+/// Flower's weight factors: each weight over their sum, in f64, rounded to f32 once.
+fn factors(weights: &[f64]) -> Result<Vec<f32>, StrategyError> {
+    // Summed in order, as Python's `sum` does.
+    let total: f64 = weights.iter().fold(0.0, |sum, w| sum + w);
+    if total == 0.0 || !total.is_finite() {
+        return Err(StrategyError::ZeroWeight);
+    }
+    Ok(weights.iter().map(|w| (w / total) as f32).collect())
+}
+
+/// Flower's weighted mean (`aggregate_arrayrecords`): `x0*f0 + x1*f1 + ...`, each product and
+/// sum rounded to f32, in reply order.
+pub(crate) fn weighted_mean(
+    values: &[Vec<Vec<f32>>],
+    weights: &[f64],
+) -> Result<Vec<Vec<f32>>, StrategyError> {
+    let factors = factors(weights)?;
+    let Some((first, rest)) = values.split_first() else {
+        return Err(StrategyError::NoReplies);
+    };
+    let mut mean: Vec<Vec<f32>> = first
+        .iter()
+        .map(|layer| layer.iter().map(|x| x * factors[0]).collect())
+        .collect();
+    for (reply, &factor) in rest.iter().zip(&factors[1..]) {
+        for (sum, layer) in mean.iter_mut().zip(reply) {
+            for (s, x) in sum.iter_mut().zip(layer) {
+                *s += x * factor;
+            }
+        }
+    }
+    Ok(mean)
+}
+
+/// Flower's metric aggregation (`aggregate_metricrecords`): the weighted mean, in f64 and reply
+/// order, of every metric but `weight_key`, lists element by element; integers become floats.
+pub(crate) fn aggregate_metrics(
+    metrics: &[&MetricRecord],
+    weights: &[f64],
+    weight_key: &str,
+) -> MetricRecord {
+    let total: f64 = weights.iter().fold(0.0, |sum, w| sum + w);
+    let mut out = MetricRecord::new();
+    let Some(first) = metrics.first() else {
+        return out;
+    };
+    for (key, _) in first.iter() {
+        if key == weight_key {
+            continue;
+        }
+        let mut scalar: Option<f64> = None;
+        let mut list: Option<Vec<f64>> = None;
+        for (record, weight) in metrics.iter().zip(weights) {
+            let factor = weight / total;
+            match record.get(key) {
+                Some(MetricValue::Int(n)) => {
+                    let term = *n as f64 * factor;
+                    scalar = Some(scalar.map_or(term, |acc| acc + term));
+                }
+                Some(MetricValue::Float(x)) => {
+                    let term = x * factor;
+                    scalar = Some(scalar.map_or(term, |acc| acc + term));
+                }
+                Some(MetricValue::IntList(values)) => {
+                    let terms: Vec<f64> = values.iter().map(|&n| n as f64 * factor).collect();
+                    list = Some(add_lists(list, terms));
+                }
+                Some(MetricValue::FloatList(values)) => {
+                    let terms: Vec<f64> = values.iter().map(|x| x * factor).collect();
+                    list = Some(add_lists(list, terms));
+                }
+                None => {}
+            }
+        }
+        if let Some(value) = scalar {
+            out.insert(key, MetricValue::Float(value));
+        } else if let Some(values) = list {
+            out.insert(key, MetricValue::FloatList(values));
+        }
+    }
+    out
+}
+
+fn add_lists(sum: Option<Vec<f64>>, terms: Vec<f64>) -> Vec<f64> {
+    match sum {
+        None => terms,
+        Some(sum) => sum.iter().zip(&terms).map(|(s, t)| s + t).collect(),
+    }
+}
+
+/// `Float(value)` as a config entry.
+pub(crate) fn float(value: f64) -> ConfigValue {
+    ConfigValue::Float(value)
+}

@@ -1,0 +1,251 @@
+//! Every strategy against Flower 1.42's own results on the same inputs
+//! (`tests/fixtures/strategies.json`, written by `scripts/strategy-fixtures` from Flower's
+//! implementation): three rounds of aggregate_train, stateful strategies carrying their state from
+//! round to round, then aggregate_evaluate; arrays and metrics within 1e-6.
+
+#![allow(clippy::unwrap_used)]
+
+use model::strategy::{
+    Bulyan, FedAdagrad, FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, FedYogi, Krum,
+    MultiKrum, Strategy, TrainReply,
+};
+use serde_json::Value;
+use wire::{Array, ArrayRecord, ConfigValue, MetricRecord, MetricValue};
+
+const TOLERANCE: f64 = 1e-6;
+
+fn fixtures() -> Value {
+    let text = include_str!("fixtures/strategies.json");
+    serde_json::from_str(text).unwrap()
+}
+
+fn param(params: &Value, name: &str) -> Option<f64> {
+    params.get(name).and_then(Value::as_f64)
+}
+
+fn strategy(name: &str, params: &Value) -> Box<dyn Strategy> {
+    let count = |name: &str| param(params, name).map_or(0, |v| v as usize);
+    match name {
+        "FedAvg" => Box::new(FedAvg::default()),
+        "FedProx" => Box::new(FedProx {
+            proximal_mu: param(params, "proximal_mu").unwrap_or(0.0),
+            ..FedProx::default()
+        }),
+        "FedAvgM" => Box::new(FedAvgM::new(
+            param(params, "server_learning_rate").unwrap_or(1.0),
+            param(params, "server_momentum").unwrap_or(0.0),
+        )),
+        "FedAdagrad" => Box::new(FedAdagrad::default()),
+        "FedAdam" => Box::new(FedAdam::default()),
+        "FedYogi" => Box::new(FedYogi::default()),
+        "FedMedian" => Box::new(FedMedian::default()),
+        "FedTrimmedAvg" => Box::new(FedTrimmedAvg {
+            beta: param(params, "beta").unwrap_or(0.2),
+            ..FedTrimmedAvg::default()
+        }),
+        "Krum" => Box::new(Krum {
+            num_malicious_nodes: count("num_malicious_nodes"),
+            ..Krum::default()
+        }),
+        "MultiKrum" => Box::new(MultiKrum {
+            num_malicious_nodes: count("num_malicious_nodes"),
+            num_nodes_to_select: param(params, "num_nodes_to_select").map_or(1, |v| v as usize),
+            ..MultiKrum::default()
+        }),
+        "Bulyan" => Box::new(Bulyan {
+            num_malicious_nodes: count("num_malicious_nodes"),
+            ..Bulyan::default()
+        }),
+        other => panic!("no strategy {other}"),
+    }
+}
+
+fn arrays(value: &Value) -> ArrayRecord {
+    let mut record = ArrayRecord::new();
+    for (name, array) in value.as_object().unwrap() {
+        let shape: Vec<u64> = array["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap())
+            .collect();
+        let values: Vec<f32> = array["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        record.insert(name.clone(), Array::from_f32(shape, &values).unwrap());
+    }
+    record
+}
+
+fn metrics(value: &Value) -> MetricRecord {
+    let mut record = MetricRecord::new();
+    for (name, metric) in value.as_object().unwrap() {
+        let metric = match metric {
+            Value::Array(items) => {
+                MetricValue::FloatList(items.iter().map(|v| v.as_f64().unwrap()).collect())
+            }
+            number if number.is_i64() => MetricValue::Int(number.as_i64().unwrap()),
+            number => MetricValue::Float(number.as_f64().unwrap()),
+        };
+        record.insert(name.clone(), metric);
+    }
+    record
+}
+
+fn close(ours: f64, flower: f64) -> bool {
+    (ours - flower).abs() <= TOLERANCE * flower.abs().max(1.0)
+}
+
+fn assert_arrays_match(ours: &ArrayRecord, expected: &Value, what: &str) {
+    let expected = arrays(expected);
+    assert_eq!(ours.len(), expected.len(), "{what}: array count");
+    for (name, array) in expected.iter() {
+        let mine = ours
+            .get(name)
+            .unwrap_or_else(|| panic!("{what}: no {name}"));
+        assert_eq!(mine.shape, array.shape, "{what}: {name} shape");
+        for (index, (a, b)) in mine
+            .to_f32()
+            .unwrap()
+            .iter()
+            .zip(array.to_f32().unwrap())
+            .enumerate()
+        {
+            assert!(
+                close(f64::from(*a), f64::from(b)),
+                "{what}: {name}[{index}] is {a}, Flower's {b}"
+            );
+        }
+    }
+}
+
+fn assert_metrics_match(ours: &MetricRecord, expected: &Value, what: &str) {
+    let expected = expected.as_object().unwrap();
+    assert_eq!(ours.len(), expected.len(), "{what}: metric count {ours:?}");
+    for (name, value) in expected {
+        match (ours.get(name), value) {
+            (Some(MetricValue::Float(a)), b) => {
+                assert!(close(*a, b.as_f64().unwrap()), "{what}: {name} {a} vs {b}")
+            }
+            (Some(MetricValue::FloatList(a)), Value::Array(b)) => {
+                assert_eq!(a.len(), b.len(), "{what}: {name}");
+                for (a, b) in a.iter().zip(b) {
+                    assert!(close(*a, b.as_f64().unwrap()), "{what}: {name} {a} vs {b}");
+                }
+            }
+            (mine, theirs) => panic!("{what}: {name} is {mine:?}, Flower's {theirs}"),
+        }
+    }
+}
+
+#[test]
+fn every_strategy_agrees_with_flower_round_after_round() {
+    let fixtures = fixtures();
+    let cases = fixtures["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 13);
+    for case in cases {
+        let name = case["strategy"].as_str().unwrap();
+        let what = format!("{name} {}", case["params"]);
+        let mut strategy = strategy(name, &case["params"]);
+        assert_eq!(strategy.name(), name);
+        for round in case["rounds"].as_array().unwrap() {
+            let number = round["round"].as_u64().unwrap();
+            let current = arrays(&round["current"]);
+            let replies: Vec<(ArrayRecord, MetricRecord)> = round["replies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|reply| (arrays(&reply["arrays"]), metrics(&reply["metrics"])))
+                .collect();
+            let borrowed: Vec<TrainReply<'_>> = replies
+                .iter()
+                .map(|(arrays, metrics)| TrainReply { arrays, metrics })
+                .collect();
+            let (ours, our_metrics) = strategy
+                .aggregate_train(number, &current, &borrowed)
+                .unwrap();
+            let what = format!("{what}, round {number}");
+            assert_arrays_match(&ours, &round["arrays"], &what);
+            assert_metrics_match(&our_metrics, &round["metrics"], &what);
+        }
+        let evaluation: Vec<MetricRecord> = case["evaluate"]["replies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(metrics)
+            .collect();
+        let borrowed: Vec<&MetricRecord> = evaluation.iter().collect();
+        let evaluated = strategy.aggregate_evaluate(&borrowed).unwrap();
+        assert_metrics_match(
+            &evaluated,
+            &case["evaluate"]["metrics"],
+            &format!("{what}, evaluate"),
+        );
+    }
+}
+
+#[test]
+fn fedprox_sends_its_mu_and_bulyan_refuses_too_few_replies() {
+    let prox = FedProx {
+        proximal_mu: 0.25,
+        ..FedProx::default()
+    };
+    assert_eq!(
+        prox.train_config().get("proximal-mu"),
+        Some(&ConfigValue::Float(0.25))
+    );
+    let one = ArrayRecord::new().with("w", Array::from_f32(vec![1], &[1.0]).unwrap());
+    let weight = MetricRecord::new().with("num-examples", MetricValue::Int(1));
+    let replies = vec![
+        TrainReply {
+            arrays: &one,
+            metrics: &weight,
+        };
+        6
+    ];
+    let mut bulyan = Bulyan {
+        num_malicious_nodes: 1,
+        ..Bulyan::default()
+    };
+    assert!(matches!(
+        bulyan.aggregate_train(1, &one, &replies),
+        Err(model::strategy::StrategyError::TooFewReplies {
+            needed: 7,
+            got: 6,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_reply_whose_bytes_disagree_with_its_shape_is_an_error_not_a_panic() {
+    let good = ArrayRecord::new().with("w", Array::from_f32(vec![2], &[1.0, 2.0]).unwrap());
+    let mut lying = good.clone();
+    lying.get_mut("w").unwrap().shape = vec![3];
+    let weight = MetricRecord::new().with("num-examples", MetricValue::Int(1));
+    for first in [&lying, &good] {
+        let replies = [
+            TrainReply {
+                arrays: first,
+                metrics: &weight,
+            },
+            TrainReply {
+                arrays: &lying,
+                metrics: &weight,
+            },
+        ];
+        for mut strategy in [
+            Box::new(FedAvg::default()) as Box<dyn Strategy>,
+            Box::new(FedMedian::default()),
+            Box::new(MultiKrum::default()),
+        ] {
+            assert!(matches!(
+                strategy.aggregate_train(1, &good, &replies),
+                Err(model::strategy::StrategyError::Inconsistent(_))
+            ));
+        }
+    }
+}
