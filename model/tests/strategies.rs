@@ -249,3 +249,127 @@ fn a_reply_whose_bytes_disagree_with_its_shape_is_an_error_not_a_panic() {
         }
     }
 }
+
+/// A record of two named arrays, in the order given.
+fn pair(order: [(&str, &[f32]); 2]) -> ArrayRecord {
+    let mut record = ArrayRecord::new();
+    for (name, values) in order {
+        record.insert(
+            name,
+            Array::from_f32(vec![values.len() as u64], values).unwrap(),
+        );
+    }
+    record
+}
+
+fn reply<'a>(arrays: &'a ArrayRecord, metrics: &'a MetricRecord) -> TrainReply<'a> {
+    TrainReply { arrays, metrics }
+}
+
+#[test]
+fn stateful_strategies_match_arrays_by_name_and_refuse_a_changed_model() {
+    let weight = MetricRecord::new().with("num-examples", MetricValue::Int(1));
+    let current = pair([("a", &[0.0, 0.0]), ("b", &[0.0, 0.0, 0.0])]);
+    let forward = pair([("a", &[1.0, 2.0]), ("b", &[3.0, 4.0, 5.0])]);
+    let backward = pair([("b", &[3.0, 4.0, 5.0]), ("a", &[1.0, 2.0])]);
+    let makers: [fn() -> Box<dyn Strategy>; 2] = [
+        || Box::new(FedAdam::default()),
+        || Box::new(FedAvgM::new(0.5, 0.9)),
+    ];
+    for make in makers {
+        let (mut straight, mut swapped) = (make(), make());
+        for round in 1..=2 {
+            let (a, _) = straight
+                .aggregate_train(round, &current, &[reply(&forward, &weight)])
+                .unwrap();
+            let (b, _) = swapped
+                .aggregate_train(
+                    round,
+                    &current,
+                    &[reply(&backward, &weight), reply(&forward, &weight)],
+                )
+                .unwrap();
+            assert_eq!(a, b, "{} round {round}", straight.name());
+        }
+        let grown = pair([("a", &[0.0, 0.0, 0.0]), ("b", &[0.0, 0.0, 0.0])]);
+        let longer = pair([("a", &[1.0, 2.0, 3.0]), ("b", &[3.0, 4.0, 5.0])]);
+        assert!(matches!(
+            straight.aggregate_train(3, &grown, &[reply(&longer, &weight)]),
+            Err(model::strategy::StrategyError::Inconsistent(_))
+        ));
+    }
+}
+
+#[test]
+fn a_reply_holding_nan_is_never_the_one_krum_keeps() {
+    let weight = MetricRecord::new().with("num-examples", MetricValue::Int(1));
+    let honest: Vec<ArrayRecord> = (0..4)
+        .map(|i| {
+            pair([
+                ("a", &[1.0 + i as f32 * 0.01, 1.0]),
+                ("b", &[1.0, 1.0, 1.0]),
+            ])
+        })
+        .collect();
+    let poisoned = pair([("a", &[-f32::NAN, 1.0]), ("b", &[1.0, 1.0, 1.0])]);
+    let mut replies = vec![TrainReply {
+        arrays: &poisoned,
+        metrics: &weight,
+    }];
+    replies.extend(honest.iter().map(|arrays| TrainReply {
+        arrays,
+        metrics: &weight,
+    }));
+    let (kept, _) = Krum::default()
+        .aggregate_train(1, &honest[0], &replies)
+        .unwrap();
+    assert!(
+        kept.get("a")
+            .unwrap()
+            .to_f32()
+            .unwrap()
+            .iter()
+            .all(|v| v.is_finite())
+    );
+}
+
+#[test]
+fn replies_whose_metrics_differ_are_refused_as_flower_refuses_them() {
+    let arrays = pair([("a", &[1.0, 2.0]), ("b", &[3.0, 4.0, 5.0])]);
+    let plain = MetricRecord::new().with("num-examples", MetricValue::Int(1));
+    let extra = plain.clone().with("accuracy", MetricValue::Float(0.5));
+    let short = plain
+        .clone()
+        .with("losses", MetricValue::FloatList(vec![1.0]));
+    let long = plain
+        .clone()
+        .with("losses", MetricValue::FloatList(vec![1.0, 2.0]));
+    for (first, second) in [(&plain, &extra), (&extra, &plain), (&short, &long)] {
+        let replies = [
+            TrainReply {
+                arrays: &arrays,
+                metrics: first,
+            },
+            TrainReply {
+                arrays: &arrays,
+                metrics: second,
+            },
+        ];
+        assert!(matches!(
+            FedAvg::default().aggregate_train(1, &arrays, &replies),
+            Err(model::strategy::StrategyError::Inconsistent(_))
+        ));
+    }
+    let mut bulyan = Bulyan {
+        num_malicious_nodes: usize::MAX,
+        ..Bulyan::default()
+    };
+    let one = [TrainReply {
+        arrays: &arrays,
+        metrics: &plain,
+    }];
+    assert!(matches!(
+        bulyan.aggregate_train(1, &arrays, &one),
+        Err(model::strategy::StrategyError::Parameter(_))
+    ));
+}

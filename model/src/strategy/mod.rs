@@ -96,7 +96,7 @@ pub trait Strategy {
     /// every Flower strategy does.
     fn aggregate_evaluate(&self, replies: &[&MetricRecord]) -> Result<MetricRecord, StrategyError> {
         let weights = weights(replies.iter().copied(), NUM_EXAMPLES)?;
-        Ok(aggregate_metrics(replies, &weights, NUM_EXAMPLES))
+        aggregate_metrics(replies, &weights, NUM_EXAMPLES)
     }
 }
 
@@ -160,16 +160,30 @@ impl Layers {
     }
 
     /// `values` as a record with these names and shapes.
-    pub fn record(&self, values: Vec<Vec<f32>>) -> ArrayRecord {
+    pub fn record(&self, values: Vec<Vec<f32>>) -> Result<ArrayRecord, StrategyError> {
+        if values.len() != self.names.len() {
+            return Err(StrategyError::Inconsistent(format!(
+                "{} arrays computed for {} names",
+                values.len(),
+                self.names.len()
+            )));
+        }
         let mut record = ArrayRecord::new();
         for ((name, shape), values) in self.names.iter().zip(&self.shapes).zip(values) {
-            // Every array was validated against its shape when decoded, and each result has
-            // as many values as the array it came from.
             let array = Array::from_f32(shape.clone(), &values)
-                .unwrap_or_else(|_| unreachable!("values computed for an array of this shape"));
+                .map_err(|e| StrategyError::Inconsistent(format!("array {name:?}: {e}")))?;
             record.insert(name.clone(), array);
         }
-        record
+        Ok(record)
+    }
+
+    /// The names and shapes, which a strategy's state from one round must match the next.
+    pub fn layout(&self) -> Vec<(String, Vec<u64>)> {
+        self.names
+            .iter()
+            .cloned()
+            .zip(self.shapes.iter().cloned())
+            .collect()
     }
 }
 
@@ -253,18 +267,43 @@ pub(crate) fn weighted_mean(
     Ok(mean)
 }
 
+/// Whether two metric values can be averaged together: both numbers, or lists of one length.
+fn same_kind(a: &MetricValue, b: &MetricValue) -> bool {
+    use MetricValue::{Float, FloatList, Int, IntList};
+    match (a, b) {
+        (Int(_) | Float(_), Int(_) | Float(_)) => true,
+        (IntList(x), IntList(y)) => x.len() == y.len(),
+        (FloatList(x), FloatList(y)) => x.len() == y.len(),
+        (IntList(x), FloatList(y)) | (FloatList(y), IntList(x)) => x.len() == y.len(),
+        _ => false,
+    }
+}
+
 /// Flower's metric aggregation (`aggregate_metricrecords`): the weighted mean, in f64 and reply
 /// order, of every metric but `weight_key`, lists element by element; integers become floats.
+/// Like Flower's, it refuses replies whose metrics have different names, or lists of different
+/// lengths.
 pub(crate) fn aggregate_metrics(
     metrics: &[&MetricRecord],
     weights: &[f64],
     weight_key: &str,
-) -> MetricRecord {
+) -> Result<MetricRecord, StrategyError> {
     let total: f64 = weights.iter().fold(0.0, |sum, w| sum + w);
     let mut out = MetricRecord::new();
     let Some(first) = metrics.first() else {
-        return out;
+        return Ok(out);
     };
+    for record in &metrics[1..] {
+        let consistent = record.len() == first.len()
+            && first
+                .iter()
+                .all(|(key, value)| record.get(key).is_some_and(|other| same_kind(value, other)));
+        if !consistent {
+            return Err(StrategyError::Inconsistent(
+                "replies' metrics differ in names or kinds".into(),
+            ));
+        }
+    }
     for (key, _) in first.iter() {
         if key == weight_key {
             continue;
@@ -299,7 +338,7 @@ pub(crate) fn aggregate_metrics(
             out.insert(key, MetricValue::FloatList(values));
         }
     }
-    out
+    Ok(out)
 }
 
 fn add_lists(sum: Option<Vec<f64>>, terms: Vec<f64>) -> Vec<f64> {

@@ -3,8 +3,28 @@
 //! state (momentum, first and second moments) from one round to the next, as Flower's do.
 
 use super::weighted::FedAvg;
-use super::{Strategy, StrategyError, TrainReply};
+use super::{Layers, Strategy, StrategyError, TrainReply, Values};
 use wire::{ArrayRecord, MetricRecord};
+
+/// The names and shapes a strategy's state was built for.
+type Layout = Vec<(String, Vec<u64>)>;
+
+/// The current model's layout, which a strategy keeping state per array works in (its arrays
+/// are matched by name, as Flower's are); refused if it is not the layout `state` was built for.
+fn layout_for<T>(
+    current: &ArrayRecord,
+    state: Option<&(Layout, T)>,
+) -> Result<Layers, StrategyError> {
+    let layout = Layers::of(current)?;
+    if let Some((built_for, _)) = state
+        && *built_for != layout.layout()
+    {
+        return Err(StrategyError::Inconsistent(
+            "the model's arrays changed since the strategy's last round".into(),
+        ));
+    }
+    Ok(layout)
+}
 
 /// FedAvg with server momentum: the pseudo-gradient `current - mean` goes through a momentum
 /// buffer (started at the first pseudo-gradient) and is applied with a server learning rate.
@@ -17,8 +37,8 @@ pub struct FedAvgM {
     pub server_learning_rate: f64,
     /// Flower's `server_momentum` (0.0; a negative value means none).
     pub server_momentum: f64,
-    /// The momentum buffer, once a round has run.
-    momentum: Option<Vec<Vec<f32>>>,
+    /// The momentum buffer and the layout it is for, once a round has run.
+    momentum: Option<(Layout, Values)>,
 }
 
 impl Default for FedAvgM {
@@ -54,11 +74,13 @@ impl Strategy for FedAvgM {
         current: &ArrayRecord,
         replies: &[TrainReply<'_>],
     ) -> Result<(ArrayRecord, MetricRecord), StrategyError> {
-        let (layers, mean, metrics) = self.fedavg.mean(replies)?;
         if self.server_momentum == 0.0 && self.server_learning_rate == 1.0 {
-            return Ok((layers.record(mean), metrics));
+            let (layers, mean, metrics) = self.fedavg.mean(replies)?;
+            return Ok((layers.record(mean)?, metrics));
         }
-        let old = layers.matching(current)?;
+        let layers = layout_for(current, self.momentum.as_ref())?;
+        let (mean, metrics) = self.fedavg.mean_in(&layers, replies)?;
+        let old = &layers.values;
         let mut gradient: Vec<Vec<f32>> = old
             .iter()
             .zip(&mean)
@@ -68,14 +90,14 @@ impl Strategy for FedAvgM {
             let mu = self.server_momentum as f32;
             let momentum = match self.momentum.take() {
                 None => gradient,
-                Some(previous) => previous
+                Some((_, previous)) => previous
                     .iter()
                     .zip(&gradient)
                     .map(|(m, g)| m.iter().zip(g).map(|(m, g)| mu * m + g).collect())
                     .collect(),
             };
             gradient = momentum.clone();
-            self.momentum = Some(momentum);
+            self.momentum = Some((layers.layout(), momentum));
         }
         let rate = self.server_learning_rate as f32;
         let next = old
@@ -83,7 +105,7 @@ impl Strategy for FedAvgM {
             .zip(&gradient)
             .map(|(o, g)| o.iter().zip(g).map(|(o, g)| o - rate * g).collect())
             .collect();
-        Ok((layers.record(next), metrics))
+        Ok((layers.record(next)?, metrics))
     }
 }
 
@@ -110,9 +132,9 @@ struct FedOpt {
     beta_2: f64,
     tau: f64,
     rule: Rule,
-    /// The first and second moments, once a round has run (f64: FedAdam's step is f64 in
-    /// Flower too).
-    moments: Option<(Moments, Moments)>,
+    /// The layout and the first and second moments, once a round has run (f64: FedAdam's step
+    /// is f64 in Flower too).
+    moments: Option<(Layout, (Moments, Moments))>,
 }
 
 /// numpy's sign: 0 at 0 (Rust's `signum` gives 1).
@@ -133,11 +155,12 @@ impl FedOpt {
         current: &ArrayRecord,
         replies: &[TrainReply<'_>],
     ) -> Result<(ArrayRecord, MetricRecord), StrategyError> {
-        let (layers, mean, metrics) = self.fedavg.mean(replies)?;
-        let old = layers.matching(current)?;
+        let layers = layout_for(current, self.moments.as_ref())?;
+        let (mean, metrics) = self.fedavg.mean_in(&layers, replies)?;
+        let old = &layers.values;
         let delta: Vec<Vec<f64>> = mean
             .iter()
-            .zip(&old)
+            .zip(old)
             .map(|(n, o)| {
                 n.iter()
                     .zip(o)
@@ -145,10 +168,13 @@ impl FedOpt {
                     .collect()
             })
             .collect();
-        let (mut m, mut v) = self.moments.take().unwrap_or_else(|| {
-            let zeros: Vec<Vec<f64>> = delta.iter().map(|d| vec![0.0; d.len()]).collect();
-            (zeros.clone(), zeros)
-        });
+        let (mut m, mut v) = self.moments.take().map_or_else(
+            || {
+                let zeros: Moments = delta.iter().map(|d| vec![0.0; d.len()]).collect();
+                (zeros.clone(), zeros)
+            },
+            |(_, moments)| moments,
+        );
         let (beta_1, beta_2) = (self.beta_1, self.beta_2);
         for ((m, v), d) in m.iter_mut().zip(v.iter_mut()).zip(&delta) {
             for ((m, v), &d) in m.iter_mut().zip(v.iter_mut()).zip(d) {
@@ -179,8 +205,8 @@ impl FedOpt {
                     .collect()
             })
             .collect();
-        self.moments = Some((m, v));
-        Ok((layers.record(next), metrics))
+        self.moments = Some((layers.layout(), (m, v)));
+        Ok((layers.record(next)?, metrics))
     }
 }
 

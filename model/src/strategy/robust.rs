@@ -16,11 +16,7 @@ fn metrics_of(
 ) -> Result<MetricRecord, StrategyError> {
     let metrics: Vec<&MetricRecord> = order.iter().map(|&i| replies[i].metrics).collect();
     let weights = weights(metrics.iter().copied(), &fedavg.weighted_by_key)?;
-    Ok(aggregate_metrics(
-        &metrics,
-        &weights,
-        &fedavg.weighted_by_key,
-    ))
+    aggregate_metrics(&metrics, &weights, &fedavg.weighted_by_key)
 }
 
 /// For each coordinate of each array, `reduce` over the replies' values at that coordinate.
@@ -46,8 +42,12 @@ fn per_coordinate(
         .collect()
 }
 
-/// numpy's median: the middle value, or the f32 mean of the two middle values.
+/// numpy's median: the middle value, or the f32 mean of the two middle values; NaN if any
+/// value is.
 fn median(column: &mut [f32]) -> f32 {
+    if column.iter().any(|v| v.is_nan()) {
+        return f32::NAN;
+    }
     column.sort_by(f32::total_cmp);
     let n = column.len();
     if n % 2 == 1 {
@@ -84,7 +84,7 @@ impl Strategy for FedMedian {
         let all: Vec<usize> = (0..replies.len()).collect();
         let metrics = metrics_of(&self.fedavg, replies, &all)?;
         let refs: Vec<&Vec<Vec<f32>>> = values.iter().collect();
-        Ok((layers.record(per_coordinate(&refs, median)), metrics))
+        Ok((layers.record(per_coordinate(&refs, median))?, metrics))
     }
 }
 
@@ -134,7 +134,7 @@ impl Strategy for FedTrimmedAvg {
             column.sort_by(f32::total_cmp);
             mean(&column[cut..column.len() - cut])
         });
-        Ok((layers.record(trimmed), metrics))
+        Ok((layers.record(trimmed)?, metrics))
     }
 }
 
@@ -143,16 +143,20 @@ impl Strategy for FedTrimmedAvg {
 fn multikrum_selection(values: &[Vec<Vec<f32>>], malicious: usize, keep: usize) -> Vec<usize> {
     let n = values.len();
     let flat: Vec<Vec<f32>> = values.iter().map(|layers| layers.concat()).collect();
+    // A NaN distance (a reply holding NaN, or infinities on both sides) counts as the farthest,
+    // as numpy's sort puts NaN last: such a reply is never preferred.
     let distance = |a: &[f32], b: &[f32]| -> f64 {
-        a.iter()
+        let d: f64 = a
+            .iter()
             .zip(b)
             .map(|(x, y)| {
                 let d = f64::from(*x) - f64::from(*y);
                 d * d
             })
-            .sum()
+            .sum();
+        if d.is_nan() { f64::INFINITY } else { d }
     };
-    let closest = n.saturating_sub(malicious + 2).max(1);
+    let closest = n.saturating_sub(malicious.saturating_add(2)).max(1);
     let scores: Vec<f64> = (0..n)
         .map(|i| {
             let mut others: Vec<f64> = (0..n)
@@ -203,6 +207,11 @@ impl Strategy for MultiKrum {
         _current: &ArrayRecord,
         replies: &[TrainReply<'_>],
     ) -> Result<(ArrayRecord, MetricRecord), StrategyError> {
+        if self.num_nodes_to_select == 0 {
+            return Err(StrategyError::Parameter(
+                "num_nodes_to_select must be at least 1".into(),
+            ));
+        }
         let (layers, values) = decode_replies(replies)?;
         let chosen =
             multikrum_selection(&values, self.num_malicious_nodes, self.num_nodes_to_select);
@@ -222,8 +231,8 @@ fn selected_mean(
     let metrics: Vec<&MetricRecord> = chosen.iter().map(|&i| replies[i].metrics).collect();
     let weights = weights(metrics.iter().copied(), &fedavg.weighted_by_key)?;
     let mean = weighted_mean(&picked, &weights)?;
-    let metrics = aggregate_metrics(&metrics, &weights, &fedavg.weighted_by_key);
-    Ok((layers.record(mean), metrics))
+    let metrics = aggregate_metrics(&metrics, &weights, &fedavg.weighted_by_key)?;
+    Ok((layers.record(mean)?, metrics))
 }
 
 /// Krum: MultiKrum keeping a single reply, whose arrays become the global model.
@@ -278,10 +287,16 @@ impl Strategy for Bulyan {
     ) -> Result<(ArrayRecord, MetricRecord), StrategyError> {
         let f = self.num_malicious_nodes;
         let n = replies.len();
-        if n < 4 * f + 3 {
+        let needed = f
+            .checked_mul(4)
+            .and_then(|x| x.checked_add(3))
+            .ok_or_else(|| {
+                StrategyError::Parameter(format!("num_malicious_nodes {f} is too large"))
+            })?;
+        if n < needed {
             return Err(StrategyError::TooFewReplies {
                 strategy: "Bulyan",
-                needed: 4 * f + 3,
+                needed,
                 got: n,
             });
         }
@@ -299,6 +314,6 @@ impl Strategy for Bulyan {
             column.sort_by(|a, b| (a - centre).abs().total_cmp(&(b - centre).abs()));
             mean(&column[..beta])
         });
-        Ok((layers.record(aggregated), metrics))
+        Ok((layers.record(aggregated)?, metrics))
     }
 }

@@ -1,8 +1,8 @@
 //! FedAvg and FedProx: the weighted mean of the replies.
 
 use super::{
-    NUM_EXAMPLES, Strategy, StrategyError, TrainReply, aggregate_metrics, decode_replies, float,
-    weighted_mean, weights,
+    Layers, NUM_EXAMPLES, Strategy, StrategyError, TrainReply, Values, aggregate_metrics,
+    decode_replies, float, weighted_mean, weights,
 };
 use wire::{ArrayRecord, ConfigRecord, MetricRecord};
 
@@ -41,17 +41,40 @@ impl Default for FedAvg {
 
 impl FedAvg {
     /// The weighted mean of the replies and of their metrics: what every strategy built on
-    /// FedAvg starts from.
+    /// FedAvg starts from. The layout is the first reply's.
     pub(crate) fn mean(
         &self,
         replies: &[TrainReply<'_>],
-    ) -> Result<(super::Layers, Vec<Vec<f32>>, MetricRecord), StrategyError> {
+    ) -> Result<(Layers, Values, MetricRecord), StrategyError> {
         let (layers, values) = decode_replies(replies)?;
-        let weights = weights(replies.iter().map(|r| r.metrics), &self.weighted_by_key)?;
-        let mean = weighted_mean(&values, &weights)?;
-        let metrics: Vec<&MetricRecord> = replies.iter().map(|r| r.metrics).collect();
-        let metrics = aggregate_metrics(&metrics, &weights, &self.weighted_by_key);
+        let (mean, metrics) = self.mean_of(&values, replies)?;
         Ok((layers, mean, metrics))
+    }
+
+    /// [`FedAvg::mean`] in `layout`'s order (the current model's, for strategies that keep
+    /// state per array): every reply must have its names and shapes.
+    pub(crate) fn mean_in(
+        &self,
+        layout: &Layers,
+        replies: &[TrainReply<'_>],
+    ) -> Result<(Values, MetricRecord), StrategyError> {
+        let values: Vec<Values> = replies
+            .iter()
+            .map(|reply| layout.matching(reply.arrays))
+            .collect::<Result<_, _>>()?;
+        self.mean_of(&values, replies)
+    }
+
+    fn mean_of(
+        &self,
+        values: &[Values],
+        replies: &[TrainReply<'_>],
+    ) -> Result<(Values, MetricRecord), StrategyError> {
+        let weights = weights(replies.iter().map(|r| r.metrics), &self.weighted_by_key)?;
+        let mean = weighted_mean(values, &weights)?;
+        let metrics: Vec<&MetricRecord> = replies.iter().map(|r| r.metrics).collect();
+        let metrics = aggregate_metrics(&metrics, &weights, &self.weighted_by_key)?;
+        Ok((mean, metrics))
     }
 }
 
@@ -67,7 +90,7 @@ impl Strategy for FedAvg {
         replies: &[TrainReply<'_>],
     ) -> Result<(ArrayRecord, MetricRecord), StrategyError> {
         let (layers, mean, metrics) = self.mean(replies)?;
-        Ok((layers.record(mean), metrics))
+        Ok((layers.record(mean)?, metrics))
     }
 }
 
