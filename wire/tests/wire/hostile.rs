@@ -151,20 +151,7 @@ fn a_head_announcing_a_huge_array_is_refused_before_allocation() {
 #[test]
 fn a_head_announcing_exactly_the_limit_reserves_only_what_arrives() {
     // One F32 array of 2^32 elements: exactly the default 16 GiB limit, so the head is accepted.
-    let message = wire::Message {
-        metadata: samples::metadata(),
-        body: wire::MessageBody::Content(wire::RecordDict::new().with(
-            "arrays",
-            wire::Record::Arrays(wire::ArrayRecord::new().with(
-                "w",
-                wire::Array {
-                    dtype: wire::DType::F32,
-                    shape: vec![1 << 32],
-                    data: Vec::new(),
-                },
-            )),
-        )),
-    };
+    let message = samples::head_of_one_f32_array(1 << 32);
     let limits = Limits::default();
     assert_eq!(limits.max_payload, 1 << 34);
     let mut assembler = MessageAssembler::new(limits);

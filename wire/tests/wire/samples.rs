@@ -311,3 +311,21 @@ pub fn app_job() -> wire::clientappio::AppJob {
         header: instruction_header(),
     }
 }
+
+/// A message head announcing one f32 array `w` of `len` elements and carrying none of its bytes.
+pub fn head_of_one_f32_array(len: u64) -> Message {
+    Message {
+        metadata: metadata(),
+        body: wire::MessageBody::Content(RecordDict::new().with(
+            "arrays",
+            wire::Record::Arrays(wire::ArrayRecord::new().with(
+                "w",
+                wire::Array {
+                    dtype: wire::DType::F32,
+                    shape: vec![len],
+                    data: Vec::new(),
+                },
+            )),
+        )),
+    }
+}

@@ -88,20 +88,7 @@ async fn a_chunk_frame_above_the_frame_limit_is_refused_before_its_bytes_are_rea
 async fn a_head_announcing_the_limit_reserves_only_what_arrives_off_a_stream() {
     // One F32 array of 2^32 elements (the default 16 GiB limit), then a chunk frame that
     // announces a mebibyte and delivers one byte before the stream ends.
-    let message = wire::Message {
-        metadata: samples::metadata(),
-        body: wire::MessageBody::Content(wire::RecordDict::new().with(
-            "arrays",
-            wire::Record::Arrays(wire::ArrayRecord::new().with(
-                "w",
-                wire::Array {
-                    dtype: wire::DType::F32,
-                    shape: vec![1 << 32],
-                    data: Vec::new(),
-                },
-            )),
-        )),
-    };
+    let message = samples::head_of_one_f32_array(1 << 32);
     let mut assembler = MessageAssembler::new(Limits::default());
     let head = postcard::to_stdvec(&message).unwrap();
     assert!(assembler.feed(&head).unwrap().is_none());
