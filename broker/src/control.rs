@@ -78,6 +78,16 @@ pub async fn handle(
                     after,
                     follow,
                 } => send_log(&shared, &mut send, run_id, after, follow, &shutdown).await,
+                ControlRequest::OfferBundle { hash, size } => {
+                    match crate::bundles::receive(&shared, &mut send, &mut recv, hash, size).await {
+                        Ok(()) => Ok(()),
+                        Err(error) => {
+                            tracing::warn!(%error, "bundle upload failed");
+                            connection.close(close::PROTOCOL.into(), b"bundle upload failed");
+                            return;
+                        }
+                    }
+                }
                 request => {
                     let response = answer(&shared, &operator, request);
                     write_value(&mut send, &ControlFrame::Response(response)).await
@@ -196,6 +206,13 @@ fn answer(shared: &Arc<Shared>, operator: &str, request: ControlRequest) -> Cont
                 run_id: info.run_id,
             }
         }),
+        ControlRequest::StartBundledRun { bundle, config } => {
+            runner::start_bundled(shared, operator, bundle, config).map(|info| {
+                ControlResponse::RunStarted {
+                    run_id: info.run_id,
+                }
+            })
+        }
         ControlRequest::ListRuns {
             run_id: Some(run_id),
         } => match shared.store.run(run_id) {
@@ -215,6 +232,10 @@ fn answer(shared: &Arc<Shared>, operator: &str, request: ControlRequest) -> Cont
         // Served by send_log, which may answer with many frames.
         ControlRequest::Log { run_id, .. } => {
             Err(ControlError::Internal(format!("log of {run_id} misrouted")))
+        }
+        // Served by bundles::receive, which reads the bytes that follow.
+        ControlRequest::OfferBundle { hash, .. } => {
+            Err(ControlError::Internal(format!("bundle {hash} misrouted")))
         }
     };
     result.unwrap_or_else(ControlResponse::Error)

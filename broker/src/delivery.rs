@@ -7,7 +7,7 @@ use crate::state::Shared;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
-use wire::fleet::{InstructionAck, ReplyOutcome};
+use wire::fleet::{InstructionAck, NodeStream, ReplyOutcome};
 use wire::io::{
     FrameIoError, read_arrays, read_frame, read_value, write_message_parts, write_value,
 };
@@ -117,11 +117,34 @@ enum Verdict {
     AlreadyAnswered,
 }
 
+/// Serves a stream `node` opened: its first frame says whether it carries a reply or asks for
+/// a bundle.
+pub async fn serve_node_stream(
+    shared: Arc<Shared>,
+    node: NodeId,
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let kind = tokio::time::timeout(
+        HEAD_TIMEOUT,
+        read_value::<NodeStream, _>(&mut recv, SMALL_FRAME),
+    )
+    .await;
+    match kind {
+        Ok(Ok(NodeStream::Reply)) => receive_reply(shared, node, send, recv).await,
+        Ok(Ok(NodeStream::FetchBundle { hash })) => {
+            crate::bundles::serve(&shared, node, send, hash).await;
+        }
+        Ok(Err(error)) => tracing::warn!(%node, %error, "unreadable stream from a node"),
+        Err(_) => tracing::warn!(%node, "a node opened a stream and sent nothing"),
+    }
+}
+
 /// Reads one reply from `node`: its head first, judged against the instruction it answers before
 /// a single array byte is read; then the arrays, bounded by what that instruction carried and by
 /// its deadline. Then checks and stores it (committed before the node hears "accepted"), and hands
 /// it to the run waiting for it.
-pub async fn receive_reply(
+async fn receive_reply(
     shared: Arc<Shared>,
     node: NodeId,
     mut send: quinn::SendStream,

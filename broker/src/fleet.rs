@@ -253,8 +253,8 @@ async fn run_session(
                 }
             }
             stream = connection.accept_bi() => match stream {
-                Ok((reply_send, reply_recv)) => {
-                    replies.spawn(crate::delivery::receive_reply(shared.clone(), node_id, reply_send, reply_recv));
+                Ok((stream_send, stream_recv)) => {
+                    replies.spawn(crate::delivery::serve_node_stream(shared.clone(), node_id, stream_send, stream_recv));
                 }
                 Err(_) => break "connection lost",
             },

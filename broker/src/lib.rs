@@ -15,12 +15,14 @@
 //! - [`authentication`]: TLS deadline and handshake failures, shared by both APIs.
 //! - [`fleet`], [`delivery`]: a node's connection; instructions out and replies in.
 //! - [`control`]: an operator's connection.
+//! - [`bundles`]: app bundles received from operators, served to nodes, read for a run's app.
 //! - [`server`]: binds the endpoints and runs the accept loops until shutdown.
 
 #![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod authentication;
+pub mod bundles;
 pub mod config;
 pub mod control;
 pub mod delivery;

@@ -317,6 +317,7 @@ mod tests {
 
     fn header() -> Arc<InstructionHeader> {
         Arc::new(InstructionHeader {
+            bundle: None,
             app_name: "app".into(),
             app_version: "1".into(),
             run_config: wire::ConfigRecord::new(),

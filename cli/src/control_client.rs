@@ -15,7 +15,7 @@ use wire::control::{
 use wire::handshake::EXPORTER_LABEL;
 use wire::io::handshake::{HandshakeError, client_handshake};
 use wire::io::{FrameIoError, read_value, write_value};
-use wire::{ConfigRecord, NodeId, RunId};
+use wire::{BundleHash, ConfigRecord, NodeId, RunId};
 
 /// Largest response frame (a node table of thousands of rows fits easily).
 const RESPONSE_FRAME_LIMIT: u32 = 64 * 1024 * 1024;
@@ -49,7 +49,8 @@ fn connection_error(error: &quinn::ConnectionError, address: &str) -> CliError {
                 "the SuperLink requires an operator key: set operator-key in the federation's table".into(),
             ),
             Some(rustls::AlertDescription::NoApplicationProtocol) => CliError::Connect(format!(
-                "{address} does not serve the Control API (ALPN mismatch): check the federation's address"
+                "{address} does not serve this flwr's Control API ({}): check the federation's address, and that the SuperLink runs the same release",
+                String::from_utf8_lossy(wire::alpn::CONTROL)
             )),
             Some(alert) => CliError::Refused(format!(
                 "the SuperLink refused this operator key during TLS ({alert:?}): it is not one of its --control-auth-public-keys"
@@ -246,6 +247,43 @@ impl ControlClient {
             config,
         };
         match self.call(request).await? {
+            ControlResponse::RunStarted { run_id } => Ok(run_id),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Makes sure the SuperLink stores the bundle `bytes` (hash `hash`), sending it only when it
+    /// has no bundle of that hash yet; returns whether it was sent.
+    pub async fn offer_bundle(&mut self, hash: BundleHash, bytes: &[u8]) -> Result<bool, CliError> {
+        let request = ControlRequest::OfferBundle {
+            hash,
+            size: bytes.len() as u64,
+        };
+        match self.call(request).await? {
+            ControlResponse::BundleWanted { wanted: false } => return Ok(false),
+            ControlResponse::BundleWanted { wanted: true } => {}
+            other => return Err(unexpected(other)),
+        }
+        let address = self.connection.remote_address().to_string();
+        self.send.write_all(bytes).await.map_err(|e| {
+            CliError::Connect(format!("sending the app bundle to {address} failed: {e}"))
+        })?;
+        match refused_request(self.receive().await?)? {
+            ControlResponse::BundleStored { hash: stored } if stored == hash => Ok(true),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Starts a run of the stored bundle `bundle`.
+    pub async fn start_bundled_run(
+        &mut self,
+        bundle: BundleHash,
+        config: ConfigRecord,
+    ) -> Result<RunId, CliError> {
+        match self
+            .call(ControlRequest::StartBundledRun { bundle, config })
+            .await?
+        {
             ControlResponse::RunStarted { run_id } => Ok(run_id),
             other => Err(unexpected(other)),
         }

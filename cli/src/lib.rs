@@ -7,6 +7,7 @@
 //! - [`run_config`]: the app's config with `--run-config` values fused in.
 //! - [`control_client`]: an authenticated connection to a broker's Control API.
 //! - [`fab`]: Flower App Bundles, built as Flower's `flwr build` builds them.
+//! - [`bundle`]: this project's app bundles, packed from an app directory for `flwr run`.
 //! - [`download`]: fetching CIFAR-10 with progress, resume and checksum.
 //! - [`output`]: tables for people, JSON for programs.
 //! - [`commands`]: one module per subcommand.
@@ -15,6 +16,7 @@
 
 pub mod app_config;
 pub mod args;
+pub mod bundle;
 pub mod commands;
 pub mod control_client;
 pub mod download;

@@ -71,6 +71,7 @@ mod tests {
             version: "1".into(),
             config: flatten(&toml::from_str(config).unwrap()),
             python_component: None,
+            bundled: false,
             source: "flwr.toml".into(),
         }
     }

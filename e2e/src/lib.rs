@@ -270,6 +270,9 @@ pub fn node_settings(fleet: SocketAddr, trust: ServerTrust, key: Option<&Path>) 
         max_retries: None,
         max_wait_time: None,
         backend: model::cnn::backend::BackendChoice::Cpu,
+        // Bundles are content-addressed and unpacked atomically: tests may share the cache.
+        apps_dir: std::env::temp_dir().join("flwr-rs-test-apps"),
+        trusted_apps: None,
     }
 }
 

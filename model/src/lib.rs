@@ -8,6 +8,7 @@
 //! - `cnn` (feature `burn`): the CNN on Burn, conversion, training, device choice.
 //! - [`net`]: the CNN's layout and initialisation without Burn.
 //! - [`app`]: the `ServerApp`, `ClientApp` and `Grid` traits.
+//! - [`bundle`]: app bundles: the archive, its hash and its manifest.
 //! - [`apps`]: the built-in apps and the registries that find apps by name.
 //! - [`checkpoint`]: the state saved after each round, from which a restarted run resumes.
 //! - [`data`]: the prepared-dataset format, sources and partitioning.
@@ -17,6 +18,7 @@
 
 pub mod app;
 pub mod apps;
+pub mod bundle;
 pub mod checkpoint;
 #[cfg(feature = "burn")]
 pub mod cnn;

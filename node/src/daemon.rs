@@ -99,12 +99,12 @@ pub async fn run(
     let mut worker = crate::work::Worker::new(apps, settings.node_config.clone());
     let launch = match &settings.isolation {
         Isolation::InProcess => None,
-        Isolation::Subprocess { program, args } => Some(Launch::Child {
-            program: program.clone(),
-            args: args.clone(),
-        }),
+        Isolation::Subprocess { program, args } => Some(Launch::Child(
+            crate::isolation::ChildCommand::clientapp(program.clone(), args.clone()),
+        )),
         Isolation::Process => Some(Launch::Operator),
     };
+    let mut programs_io = None;
     if let Some(launch) = launch {
         let address = settings.clientappio_address;
         let io = ClientAppIo::start(
@@ -125,9 +125,9 @@ pub async fn run(
             ))
         })?;
         match &launch {
-            Launch::Child { program, .. } => tracing::info!(
+            Launch::Child(command) => tracing::info!(
                 address = %io.address(),
-                program = %program.display(),
+                program = %command.program.display(),
                 "client apps run in their own processes"
             ),
             Launch::Operator => tracing::info!(
@@ -136,7 +136,40 @@ pub async fn run(
                 io.address()
             ),
         }
-        worker = worker.isolated(Isolated { io, launch });
+        worker = worker.isolated(Isolated {
+            io: io.clone(),
+            launch,
+        });
+        programs_io = Some(io);
+    }
+    let programs_io = match programs_io {
+        Some(io) => io,
+        // Apps run inside the node, but a bundle's program is a process all the same: it gets
+        // an API of its own on a free loopback port, so in-process nodes never compete for one.
+        None => ClientAppIo::start(
+            std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+            false,
+            false,
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|e| NodeError::Setup(format!("cannot serve the ClientAppIo API: {e}")))?,
+    };
+    worker = worker.programs(crate::work::Programs {
+        bundles: crate::bundles::BundleCache::new(settings.apps_dir.clone()),
+        io: programs_io,
+    });
+    match &settings.trusted_apps {
+        Some(trusted) => {
+            tracing::info!(
+                entries = trusted.len(),
+                "this node runs only the apps on its --trusted-apps list"
+            );
+            worker = worker.trusting(trusted.clone());
+        }
+        None => tracing::info!(
+            "this node runs every app its SuperLink sends (restrict it with --trusted-apps FILE)"
+        ),
     }
     let worker = std::sync::Arc::new(worker);
     let (_, address) = session::resolve(&settings.superlink)

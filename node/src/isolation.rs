@@ -22,8 +22,8 @@ use tokio::process::Command;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use wire::clientappio::{
-    AppHello, AppJob, CLIENTAPPIO_VERSION, HELLO_FRAME_LIMIT, PULL_TOKEN, TOKEN_ENV, TOKEN_LEN,
-    encode_token,
+    ADDRESS_ENV, AppHello, AppJob, CLIENTAPPIO_VERSION, HELLO_FRAME_LIMIT, PULL_TOKEN, TOKEN_ENV,
+    TOKEN_LEN, encode_token,
 };
 use wire::io::{read_message, read_value, write_message, write_value};
 use wire::message::{ErrorCode, MessageError};
@@ -71,15 +71,53 @@ pub enum Isolation {
 /// How an instruction's client app process comes to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Launch {
-    /// The node starts `program` for it.
-    Child {
-        /// The `flwr-clientapp` executable.
-        program: PathBuf,
-        /// Arguments passed before the ClientAppIo address.
-        args: Vec<String>,
-    },
+    /// The node starts a process for it.
+    Child(ChildCommand),
     /// A process the operator started takes it.
     Operator,
+}
+
+/// A client app process the node starts: `flwr-clientapp`, or an app bundle's program. Either
+/// finds the ClientAppIo API's address in [`ADDRESS_ENV`] and its token in [`TOKEN_ENV`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildCommand {
+    /// The executable.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Its working directory (an unpacked bundle); the node's own when `None`.
+    pub dir: Option<PathBuf>,
+    /// Whether the address is also passed as `--clientappio-api-address ADDR` after `args`, as
+    /// `flwr-clientapp` takes it.
+    pub address_flag: bool,
+}
+
+impl ChildCommand {
+    /// `flwr-clientapp` at `program`, with `args` before the address flag.
+    pub fn clientapp(program: PathBuf, args: Vec<String>) -> Self {
+        ChildCommand {
+            program,
+            args,
+            dir: None,
+            address_flag: true,
+        }
+    }
+}
+
+/// Kills a child's whole process group when dropped: a program that started processes of its
+/// own (a shell script, a launcher) leaves none of them behind when it is killed or returns.
+struct ProcessGroup(Option<u32>);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.and_then(|pid| i32::try_from(pid).ok()) {
+            // The group may be gone already (every member exited): nothing to do then.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 /// Children the node started and is waiting to hear from, by token.
@@ -287,17 +325,9 @@ impl ClientAppIo {
         let (connected, connection) = oneshot::channel();
         self.waiting().insert(token, connected);
         let outcome = match launch {
-            Launch::Child { program, args } => {
-                self.supervise(
-                    program,
-                    args,
-                    token,
-                    connection,
-                    job,
-                    instruction,
-                    cancelled,
-                )
-                .await
+            Launch::Child(command) => {
+                self.supervise(command, token, connection, job, instruction, cancelled)
+                    .await
             }
             Launch::Operator => {
                 self.unclaimed().push_back(token);
@@ -322,45 +352,64 @@ impl ClientAppIo {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn supervise(
         &self,
-        program: &PathBuf,
-        args: &[String],
+        command: &ChildCommand,
         token: [u8; TOKEN_LEN],
         connection: oneshot::Receiver<TcpStream>,
         job: AppJob,
         instruction: &Message,
         cancelled: Arc<AtomicBool>,
     ) -> Result<MessageBody, String> {
-        let mut child = Command::new(program)
-            .args(args)
-            .arg("--clientappio-api-address")
-            .arg(self.address.to_string())
+        let program = &command.program;
+        let mut child = Command::new(program);
+        child.args(&command.args);
+        if command.address_flag {
+            child
+                .arg("--clientappio-api-address")
+                .arg(self.address.to_string());
+        }
+        if let Some(dir) = &command.dir {
+            child.current_dir(dir);
+        }
+        let mut child = child
             .env(TOKEN_ENV, encode_token(&token))
+            .env(ADDRESS_ENV, self.address.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+        let _group = ProcessGroup(child.id());
         let mut stderr = child
             .stderr
             .take()
             .map(|stderr| tokio::spawn(forward_stderr(stderr)));
 
+        // The broker stops waiting for the reply after the instruction's time to live; a child
+        // still starting or working then (stuck, or simply too slow) is of no more use to anyone.
+        let ttl = Duration::from_millis(instruction.metadata.ttl_ms);
+        let expired = tokio::time::sleep(ttl);
+        tokio::pin!(expired);
+        let too_late = || {
+            format!(
+                "the client app did not finish within the instruction's time to live ({ttl:?}); \
+                 its process was killed"
+            )
+        };
         let mut stream = tokio::select! {
             connected = connection => connected.map_err(|_| "the ClientAppIo API stopped".to_string())?,
             status = child.wait() => return Err(crash_report(status, stderr.take()).await),
             _ = tokio::time::sleep(CONNECT_TIMEOUT) => {
                 return Err(format!("the client app process did not connect within {CONNECT_TIMEOUT:?}"));
             }
+            _ = &mut expired => return Err(too_late()),
+            _ = stopped(&cancelled) => return Err("run stopped".into()),
         };
         let exchange = self.exchange(&mut stream, &job, instruction);
         let stopped = stopped(&cancelled);
-        // The broker stops waiting for the reply after the instruction's time to live; a child
-        // still working then (stuck, or simply too slow) is of no more use to anyone.
-        let ttl = Duration::from_millis(instruction.metadata.ttl_ms);
         tokio::pin!(exchange);
         let reply = tokio::select! {
             reply = &mut exchange => reply,
@@ -368,17 +417,21 @@ impl ClientAppIo {
                 let _ = child.kill().await;
                 return Err("run stopped".into());
             }
-            _ = tokio::time::sleep(ttl) => {
+            _ = &mut expired => {
                 let _ = child.kill().await;
-                return Err(format!("the client app did not finish within the instruction's time to live ({ttl:?}); its process was killed"));
+                return Err(too_late());
             }
         };
         let reply = match reply {
             Ok(reply) => reply,
-            // The connection broke: the child died mid-work; its exit status says how.
+            // The connection broke. A child that exits cleanly without a reply it could send broke the protocol;
+            // any other end is a crash, which its exit status and last words explain.
             Err(error) => {
                 let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
                 return Err(match status {
+                    Ok(Ok(status)) if status.success() => {
+                        format!("the client app process broke the ClientAppIo exchange: {error}")
+                    }
                     Ok(status) => crash_report(status, stderr.take()).await,
                     Err(_) => {
                         let _ = child.kill().await;

@@ -7,7 +7,10 @@
 //! - [`session`]: one connection: TLS, the challenge-response, heartbeats.
 //! - [`work`]: instructions in, client app, replies out.
 //! - [`apps`]: the client apps, one list for every isolation mode.
-//! - [`isolation`]: client apps in a `flwr-clientapp` process of their own.
+//! - [`isolation`]: client apps in a process of their own (`flwr-clientapp`, or a bundle's
+//!   program).
+//! - [`bundles`]: app bundles fetched from the SuperLink, cached by hash.
+//! - [`trust`]: which apps the node runs (`--trusted-apps`).
 //! - [`clientapp`]: that process's side (the `flwr-clientapp` binary).
 //! - [`logging`]: log output of both executables.
 //! - [`daemon`]: the reconnect loop around sessions, and the node's observable state.
@@ -15,10 +18,12 @@
 #![forbid(unsafe_code)]
 
 pub mod apps;
+pub mod bundles;
 pub mod clientapp;
 pub mod daemon;
 pub mod isolation;
 pub mod logging;
 pub mod session;
 pub mod settings;
+pub mod trust;
 pub mod work;

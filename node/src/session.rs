@@ -38,29 +38,41 @@ pub fn classify(error: &quinn::ConnectionError) -> SessionError {
         E::ApplicationClosed(closed) => {
             let reason = String::from_utf8_lossy(&closed.reason).into_owned();
             match u32::try_from(u64::from(closed.error_code)).unwrap_or(u32::MAX) {
-                close::REFUSED => SessionError::Permanent(format!("the SuperLink refused this node: {reason}")),
+                close::REFUSED => {
+                    SessionError::Permanent(format!("the SuperLink refused this node: {reason}"))
+                }
                 close::UNREGISTERED => SessionError::Permanent(
-                    "this node was unregistered by an operator; its key can no longer be used".into(),
+                    "this node was unregistered by an operator; its key can no longer be used"
+                        .into(),
                 ),
                 close::REPLACED => SessionError::Permanent(
                     "another SuperNode connected with the same key and replaced this one".into(),
                 ),
-                _ => SessionError::Transient(format!("the SuperLink closed the connection: {reason}")),
+                _ => SessionError::Transient(format!(
+                    "the SuperLink closed the connection: {reason}"
+                )),
             }
         }
         E::ConnectionClosed(_) => match certs::quic::tls_alert(error) {
-            Some(rustls::AlertDescription::NoApplicationProtocol) => SessionError::Permanent(
-                "the SuperLink does not speak the Fleet API on this address (ALPN mismatch): check --superlink".into(),
-            ),
+            Some(rustls::AlertDescription::NoApplicationProtocol) => {
+                SessionError::Permanent(format!(
+                    "the SuperLink does not speak this node's Fleet API ({}) on this address: check \
+                 --superlink, and that the SuperLink runs the same release",
+                    String::from_utf8_lossy(wire::alpn::FLEET)
+                ))
+            }
             Some(alert) => SessionError::Permanent(format!(
                 "the SuperLink refused this node's key during TLS ({alert:?}): register it with \
                  `flwr supernode register <key>.pub`, or it was unregistered"
             )),
             None => SessionError::Transient(format!("connection closed: {error}")),
         },
-        E::TransportError(transport) if certs::quic::tls_alert(error).is_some() => SessionError::Permanent(
-            format!("TLS with the SuperLink failed: {} (check --root-certificates and the address's name)", transport.reason),
-        ),
+        E::TransportError(transport) if certs::quic::tls_alert(error).is_some() => {
+            SessionError::Permanent(format!(
+                "TLS with the SuperLink failed: {} (check --root-certificates and the address's name)",
+                transport.reason
+            ))
+        }
         E::TimedOut => SessionError::Transient(
             "the SuperLink stopped answering: is UDP open to it? (the Fleet API is QUIC over UDP)"
                 .into(),

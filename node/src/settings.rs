@@ -59,6 +59,15 @@ pub struct Args {
     /// executable].
     #[arg(long, value_name = "FILE")]
     pub clientapp_program: Option<PathBuf>,
+    /// Where fetched app bundles are unpacked, one directory per bundle hash [default:
+    /// $FLWR_HOME/apps, else ~/.flwr/apps]. Nodes on one host may share it.
+    #[arg(long, value_name = "DIR")]
+    pub apps_dir: Option<PathBuf>,
+    /// Run only the apps this file lists: one per line, an app bundle's SHA-256 (as `flwr run`
+    /// prints it) or a built-in app's name. Every other app gets an error reply and its program
+    /// never starts. Without it, the node runs whatever its SuperLink sends.
+    #[arg(long, value_name = "FILE")]
+    pub trusted_apps: Option<PathBuf>,
     /// Give up after this many failed connection attempts in a row (default: never).
     #[arg(long, value_name = "N")]
     pub max_retries: Option<u32>,
@@ -131,6 +140,10 @@ pub struct NodeSettings {
     pub max_wait_time: Option<Duration>,
     /// Where to train.
     pub backend: model::cnn::backend::BackendChoice,
+    /// Where fetched app bundles are unpacked.
+    pub apps_dir: PathBuf,
+    /// The apps the node runs; `None`: whatever the SuperLink sends.
+    pub trusted_apps: Option<crate::trust::TrustedApps>,
 }
 
 impl Args {
@@ -174,6 +187,18 @@ impl Args {
                 args: vec!["--backend".into(), self.runtime.backend.as_str().into()],
             },
         };
+        let apps_dir = match self.apps_dir {
+            Some(dir) => dir,
+            None => default_apps_dir().ok_or(
+                "neither FLWR_HOME nor HOME is set: give --apps-dir DIR for fetched app bundles",
+            )?,
+        };
+        let trusted_apps = self
+            .trusted_apps
+            .as_deref()
+            .map(crate::trust::TrustedApps::load)
+            .transpose()
+            .map_err(|e| format!("--trusted-apps: {e}"))?;
         Ok(NodeSettings {
             superlink: self.superlink,
             trust,
@@ -186,8 +211,19 @@ impl Args {
             max_retries: self.max_retries,
             max_wait_time,
             backend: self.runtime.backend,
+            apps_dir,
+            trusted_apps,
         })
     }
+}
+
+/// `$FLWR_HOME/apps`, else `~/.flwr/apps`, as Flower keeps installed apps.
+fn default_apps_dir() -> Option<PathBuf> {
+    let home = match std::env::var_os("FLWR_HOME") {
+        Some(home) if !home.is_empty() => PathBuf::from(home),
+        _ => PathBuf::from(std::env::var_os("HOME")?).join(".flwr"),
+    };
+    Some(home.join("apps"))
 }
 
 /// The program of `--isolation subprocess`: the one given, or `flwr-clientapp` beside this

@@ -3,17 +3,21 @@
 //! the reply goes back on a stream of its own. A reply that cannot be delivered waits in an outbox
 //! and is sent again after reconnecting (the broker ignores duplicates).
 
-use crate::isolation::{ClientAppIo, Launch};
+use crate::bundles::BundleCache;
+use crate::isolation::{ChildCommand, ClientAppIo, Launch};
+use crate::trust::TrustedApps;
 use model::app::ClientContext;
 use model::apps::ClientApps;
+use model::bundle::Component;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wire::clientappio::AppJob;
-use wire::fleet::{InstructionAck, InstructionHeader, ReplyOutcome};
+use wire::fleet::{InstructionAck, InstructionHeader, NodeStream, ReplyOutcome};
 use wire::io::{read_message, read_value, write_message, write_value};
 use wire::message::now_ms;
+use wire::message::{ErrorCode, MessageError};
 use wire::stream::{DEFAULT_CHUNK, Limits};
 use wire::{ConfigRecord, Message, MessageBody, NodeId, RunId};
 
@@ -39,6 +43,18 @@ pub struct Worker {
     outbox: Mutex<Vec<Message>>,
     /// Set when apps run in child processes.
     isolated: Option<Isolated>,
+    /// Where the programs of app bundles connect; `None` when the node runs built-in apps only.
+    programs: Option<Programs>,
+    /// The apps this node agreed to run (`--trusted-apps`); `None`: whatever the SuperLink sends.
+    trusted: Option<TrustedApps>,
+}
+
+/// What running app bundles' programs takes: the bundles, and the API their processes use.
+pub struct Programs {
+    /// Fetched bundles, unpacked.
+    pub bundles: BundleCache,
+    /// The ClientAppIo API the programs connect to.
+    pub io: Arc<ClientAppIo>,
 }
 
 /// Client apps in processes of their own: the API they connect to and how they start.
@@ -67,7 +83,21 @@ impl Worker {
             stopped: Mutex::default(),
             outbox: Mutex::default(),
             isolated: None,
+            programs: None,
+            trusted: None,
         }
+    }
+
+    /// Runs the programs of app bundles.
+    pub fn programs(mut self, programs: Programs) -> Self {
+        self.programs = Some(programs);
+        self
+    }
+
+    /// Runs only the apps in `trusted`.
+    pub fn trusting(mut self, trusted: TrustedApps) -> Self {
+        self.trusted = Some(trusted);
+        self
     }
 
     /// Runs client apps in child processes instead of in the node.
@@ -148,7 +178,13 @@ impl Worker {
             .or_insert_with(|| Arc::new(AtomicBool::new(false)))
             .clone();
         let body = self
-            .execute(node_id, &header, &instruction, cancelled.clone())
+            .execute(
+                node_id,
+                &connection,
+                &header,
+                &instruction,
+                cancelled.clone(),
+            )
             .await;
         if cancelled.load(Ordering::Relaxed) {
             return;
@@ -159,8 +195,87 @@ impl Worker {
         }
     }
 
-    /// Runs the client app named in `header` on `instruction`, off the async runtime.
+    /// Runs the client app `header` names on `instruction`, if this node runs it: a built-in
+    /// app, or what the run's bundle names (fetched over `connection` the first time).
     async fn execute(
+        &self,
+        node_id: NodeId,
+        connection: &quinn::Connection,
+        header: &InstructionHeader,
+        instruction: &Message,
+        cancelled: Arc<AtomicBool>,
+    ) -> MessageBody {
+        let refuse = |code, reason: String| {
+            tracing::warn!(?code, %reason, "instruction refused");
+            MessageBody::Error(MessageError { code, reason })
+        };
+        if let Some(trusted) = &self.trusted
+            && !trusted.allows(header.bundle, &header.app_name)
+        {
+            let what = match header.bundle {
+                Some(hash) => format!("the app bundle {hash}"),
+                None => format!("the built-in app {:?}", header.app_name),
+            };
+            return refuse(
+                ErrorCode::UntrustedApp,
+                format!("node {node_id} does not run {what}: it is not on its --trusted-apps list"),
+            );
+        }
+        let Some(hash) = header.bundle else {
+            return self
+                .execute_builtin(node_id, header, instruction, cancelled)
+                .await;
+        };
+        let Some(programs) = &self.programs else {
+            return refuse(
+                ErrorCode::UnknownApp,
+                format!("node {node_id} does not run app bundles"),
+            );
+        };
+        let unpacked = match programs.bundles.get(connection, hash).await {
+            Ok(unpacked) => unpacked,
+            Err(reason) => return refuse(ErrorCode::UnknownApp, reason),
+        };
+        match &unpacked.manifest.clientapp {
+            Component::Builtin(name) => {
+                let header = InstructionHeader {
+                    app_name: name.clone(),
+                    ..header.clone()
+                };
+                self.execute_builtin(node_id, &header, instruction, cancelled)
+                    .await
+            }
+            Component::Program(program) => {
+                let command = ChildCommand {
+                    program: match program.bundle_path() {
+                        Some(path) => unpacked.dir.join(path),
+                        None => program.command.clone().into(),
+                    },
+                    args: program.args.clone(),
+                    dir: Some(unpacked.dir.clone()),
+                    address_flag: false,
+                };
+                let job = AppJob {
+                    node_id,
+                    node_config: self.node_config.clone(),
+                    header: header.clone(),
+                };
+                let started = std::time::Instant::now();
+                let body = programs
+                    .io
+                    .run(&Launch::Child(command), job, instruction, cancelled)
+                    .await;
+                if matches!(body, MessageBody::Content(_)) {
+                    tracing::info!(elapsed = ?started.elapsed(), app = %unpacked.manifest.name, "client app program finished");
+                }
+                body
+            }
+        }
+    }
+
+    /// Runs the built-in client app named in `header` on `instruction`, in this process or in
+    /// a `flwr-clientapp` process.
+    async fn execute_builtin(
         &self,
         node_id: NodeId,
         header: &InstructionHeader,
@@ -210,6 +325,7 @@ impl Worker {
     ) -> Result<(), Message> {
         let attempt = async {
             let (mut send, mut recv) = connection.open_bi().await.ok()?;
+            write_value(&mut send, &NodeStream::Reply).await.ok()?;
             write_message(&mut send, &reply, DEFAULT_CHUNK).await.ok()?;
             send.finish().ok()?;
             tokio::time::timeout(

@@ -75,6 +75,9 @@ fn settings(federation: &Federation, node_config: &str, isolation: Isolation) ->
         max_retries: Some(3),
         max_wait_time: None,
         backend: model::cnn::backend::BackendChoice::Cpu,
+        // Bundles are content-addressed and unpacked atomically: tests may share the cache.
+        apps_dir: std::env::temp_dir().join("flwr-rs-test-apps"),
+        trusted_apps: None,
     }
 }
 

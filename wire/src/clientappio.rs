@@ -15,12 +15,17 @@ use crate::fleet::InstructionHeader;
 use crate::{ConfigRecord, NodeId};
 use serde::{Deserialize, Serialize};
 
-/// Version of this API; a child of another version is refused.
-pub const CLIENTAPPIO_VERSION: u16 = 1;
+/// Version of this API; a child of another version is refused. Version 2 added the run's bundle
+/// to the instruction header of [`AppJob`].
+pub const CLIENTAPPIO_VERSION: u16 = 2;
 
 /// The environment variable carrying the token, hex-encoded (not a flag: flags are visible to
 /// every local user in the process list).
 pub const TOKEN_ENV: &str = "FLWR_CLIENTAPP_TOKEN";
+
+/// The environment variable carrying the address of the node's ClientAppIo API (`host:port`)
+/// for a program the node starts.
+pub const ADDRESS_ENV: &str = "FLWR_CLIENTAPPIO_ADDRESS";
 
 /// Length of a token in bytes.
 pub const TOKEN_LEN: usize = 32;

@@ -5,7 +5,7 @@
 //! response each. Variants are only ever appended.
 
 use crate::handshake::{Api, Challenge, ClientStep, Domain, Proof, Refusal, ServerStep};
-use crate::{ConfigRecord, NodeId, RunId};
+use crate::{BundleHash, ConfigRecord, NodeId, RunId};
 use serde::{Deserialize, Serialize};
 
 /// CLI to broker.
@@ -138,6 +138,23 @@ pub enum ControlRequest {
         /// The run.
         run_id: RunId,
     },
+    /// Offers an app bundle: the broker answers [`ControlResponse::BundleWanted`]. When it is
+    /// wanted, exactly `size` raw bytes of the bundle follow on the stream, and the broker
+    /// answers [`ControlResponse::BundleStored`] once it has checked and stored them.
+    OfferBundle {
+        /// The bundle's SHA-256.
+        hash: BundleHash,
+        /// Its length in bytes.
+        size: u64,
+    },
+    /// Start a run of a stored bundle; its name, version and components come from the bundle's
+    /// own `flwr.toml`.
+    StartBundledRun {
+        /// The bundle.
+        bundle: BundleHash,
+        /// The run config: `[app.config]` with overrides fused in.
+        config: ConfigRecord,
+    },
 }
 
 /// Lifecycle of a run. Variants are only ever appended.
@@ -204,6 +221,8 @@ pub struct RunInfo {
     pub running_at_ms: Option<u64>,
     /// When it finished.
     pub finished_at_ms: Option<u64>,
+    /// The app's bundle; `None` for a built-in app started by name.
+    pub bundle: Option<BundleHash>,
 }
 
 impl RunInfo {
@@ -296,6 +315,10 @@ pub enum ControlError {
     RunFinished(RunId),
     /// The broker has no server app of this name.
     UnknownApp(String),
+    /// The bundle cannot run, and why.
+    InvalidBundle(String),
+    /// The broker has no bundle with this hash.
+    UnknownBundle(BundleHash),
 }
 
 impl std::fmt::Display for ControlError {
@@ -312,6 +335,10 @@ impl std::fmt::Display for ControlError {
             ControlError::UnknownRun(id) => write!(f, "Run ID {id} not found"),
             ControlError::RunFinished(id) => write!(f, "Run ID {id} has already finished"),
             ControlError::UnknownApp(name) => write!(f, "The SuperLink has no app named {name:?}"),
+            ControlError::InvalidBundle(why) => write!(f, "The app bundle cannot run: {why}"),
+            ControlError::UnknownBundle(hash) => {
+                write!(f, "The SuperLink has no app bundle {hash}")
+            }
         }
     }
 }
@@ -356,6 +383,17 @@ pub enum ControlResponse {
     },
     /// A run's artifacts.
     Artifacts(Vec<Artifact>),
+    /// Whether the broker wants the bundle offered ([`ControlRequest::OfferBundle`]): it does
+    /// not when it stores one with that hash already.
+    BundleWanted {
+        /// Send the bytes.
+        wanted: bool,
+    },
+    /// The offered bundle was checked and stored.
+    BundleStored {
+        /// Its hash.
+        hash: BundleHash,
+    },
 }
 
 /// A named file a run stored.

@@ -7,7 +7,7 @@
 //! answered by [`ReplyOutcome`]). Variants are only ever appended.
 
 use crate::handshake::{Api, Challenge, ClientStep, Domain, Proof, Refusal, ServerStep};
-use crate::{ConfigRecord, NodeId, RunId};
+use crate::{BundleHash, ConfigRecord, NodeId, RunId};
 use serde::{Deserialize, Serialize};
 
 /// Node to broker, on the session stream.
@@ -64,6 +64,34 @@ pub struct InstructionHeader {
     pub app_version: String,
     /// The run's config.
     pub run_config: ConfigRecord,
+    /// The run's app bundle; `None` for a built-in app. The node fetches it with
+    /// [`NodeStream::FetchBundle`] unless it has it already, and trusts only what the bundle
+    /// itself says (its `flwr.toml`), checked against this hash.
+    pub bundle: Option<BundleHash>,
+}
+
+/// Node to broker, first frame of every stream the node opens: what the stream is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeStream {
+    /// A reply: the streamed message follows, answered by [`ReplyOutcome`].
+    Reply,
+    /// The bundle of a run the node has an instruction for, answered by [`BundleAnswer`].
+    FetchBundle {
+        /// The bundle's hash.
+        hash: BundleHash,
+    },
+}
+
+/// Broker to node, on a bundle stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BundleAnswer {
+    /// The bundle follows: exactly `size` raw bytes, then the stream ends.
+    Found {
+        /// Its length in bytes.
+        size: u64,
+    },
+    /// No bundle for this node, and why.
+    Refused(String),
 }
 
 /// Node to broker, on an instruction stream, once the instruction was received and stored.

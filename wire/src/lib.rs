@@ -37,7 +37,7 @@ pub mod stream;
 pub mod text;
 
 pub use error::WireError;
-pub use ids::{MessageId, NodeId, RunId};
+pub use ids::{BundleHash, MessageId, NodeId, RunId};
 pub use message::{Message, MessageBody, MessageType, Metadata};
 pub use records::{
     Array, ArrayRecord, ConfigRecord, ConfigValue, DType, MetricRecord, MetricValue, Record,

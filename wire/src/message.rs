@@ -70,6 +70,8 @@ pub enum ErrorCode {
     InvalidReply,
     /// The run was stopped.
     RunStopped,
+    /// The node does not run this app: it is not on its `--trusted-apps` list.
+    UntrustedApp,
 }
 
 /// An error in place of content.

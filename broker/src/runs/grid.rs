@@ -62,6 +62,7 @@ impl BrokerGrid {
             app_name: run.app_name,
             app_version: run.app_version,
             run_config: run.config,
+            bundle: run.bundle,
         }))
     }
 

@@ -1,6 +1,7 @@
 //! Runs: starting, stopping and following them. The server half of each run's app executes in
-//! [`runner`] and reaches the nodes through [`grid::BrokerGrid`].
+//! [`runner`] (found by [`apps`]) and reaches the nodes through [`grid::BrokerGrid`].
 
+pub mod apps;
 pub mod grid;
 pub mod runner;
 

@@ -9,7 +9,7 @@ use tracing::Instrument as _;
 use wire::control::{ControlError, RunInfo, RunStatus};
 use wire::fleet::BrokerFrame;
 use wire::message::now_ms;
-use wire::{ConfigRecord, RunId};
+use wire::{BundleHash, ConfigRecord, RunId};
 
 /// Appends a line to a run's log (see [`super::ActiveRuns::log`]).
 pub fn log(shared: &Shared, run_id: RunId, text: &str) {
@@ -56,6 +56,38 @@ pub fn start(
             &app_name, 256,
         )));
     }
+    create(shared, operator, app_name, app_version, config, None)
+}
+
+/// Accepts a run of the stored bundle `bundle`, when this broker can run its server app, and
+/// starts it in the background.
+pub fn start_bundled(
+    shared: &Arc<Shared>,
+    operator: &str,
+    bundle: BundleHash,
+    config: ConfigRecord,
+) -> Result<RunInfo, ControlError> {
+    let manifest = super::apps::manifest(shared, bundle)?;
+    super::apps::server_app(shared, &manifest)?;
+    create(
+        shared,
+        operator,
+        manifest.name,
+        manifest.version,
+        config,
+        Some(bundle),
+    )
+}
+
+/// Stores a new pending run and starts it.
+fn create(
+    shared: &Arc<Shared>,
+    operator: &str,
+    app_name: String,
+    app_version: String,
+    config: ConfigRecord,
+    bundle: Option<BundleHash>,
+) -> Result<RunInfo, ControlError> {
     let info = RunInfo {
         run_id: RunId(0),
         app_name,
@@ -68,6 +100,7 @@ pub fn start(
         starting_at_ms: None,
         running_at_ms: None,
         finished_at_ms: None,
+        bundle,
     };
     let info = shared
         .store
@@ -91,11 +124,15 @@ async fn execute(shared: Arc<Shared>, info: RunInfo) {
     let Some(cancel) = shared.runs.token(run_id) else {
         return;
     };
+    let bundle = info
+        .bundle
+        .map(|hash| format!(" (bundle {hash})"))
+        .unwrap_or_default();
     log(
         &shared,
         run_id,
         &format!(
-            "Starting run {run_id}: app {} {}",
+            "Starting run {run_id}: app {} {}{bundle}",
             info.app_name, info.app_version
         ),
     );
@@ -105,15 +142,13 @@ async fn execute(shared: Arc<Shared>, info: RunInfo) {
     {
         tracing::error!(%error, "could not record the run as starting");
     }
-    let Some(app) = shared.apps.get(&info.app_name) else {
-        let reason = format!(
-            "unknown app {:?}: this SuperLink has {}",
-            info.app_name,
-            shared.apps.names().join(", ")
-        );
-        log(&shared, run_id, &format!("ERROR: {reason}"));
-        finish(&shared, run_id, RunStatus::Failed, &reason);
-        return;
+    let app = match super::apps::server_app_of(&shared, &info) {
+        Ok(app) => app,
+        Err(reason) => {
+            log(&shared, run_id, &format!("ERROR: {reason}"));
+            finish(&shared, run_id, RunStatus::Failed, &reason);
+            return;
+        }
     };
     if let Err(error) = shared
         .store

@@ -1,10 +1,12 @@
 //! The broker's durable state in redb: what a restart reads (the node registry, runs, their logs,
-//! artifacts and checkpoints), and nothing else; rounds in flight live in memory
+//! artifacts, checkpoints and app bundles), and nothing else; rounds in flight live in memory
 //! ([`crate::rounds`]). redb types never leave this module; every logical operation is one short
 //! write transaction, committed (durably) before the caller acknowledges anything to a peer.
 
+mod bundles;
 #[cfg(test)]
 mod fault_tests;
+mod migrate;
 mod nodes;
 mod runs;
 mod tables;
@@ -176,6 +178,8 @@ impl Store {
             txn.open_table(tables::NODES).map_err(storage)?;
             txn.open_table(tables::NODE_KEYS).map_err(storage)?;
             txn.open_table(tables::RUNS).map_err(storage)?;
+            txn.open_table(tables::BUNDLES).map_err(storage)?;
+            migrate::runs_v1(&txn)?;
             txn.open_table(tables::RUN_LOGS).map_err(storage)?;
             txn.open_table(tables::ARTIFACTS).map_err(storage)?;
             txn.open_table(tables::CHECKPOINTS).map_err(storage)?;

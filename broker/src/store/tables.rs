@@ -12,8 +12,13 @@ pub const NODE_KEYS: TableDefinition<&[u8], u64> = TableDefinition::new("node_ke
 /// Store-wide facts such as the schema version.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_v1");
 
-/// Run id -> postcard-encoded `wire::control::RunInfo`.
-pub const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs_v1");
+/// Run id -> postcard-encoded `wire::control::RunInfo`. Version 2 added the run's bundle;
+/// [`super::migrate`] carries `runs_v1` over when a database is opened.
+pub const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs_v2");
+
+/// SHA-256 of an app bundle -> the bundle (an archive, checked before it was stored). Stored once
+/// however many runs use it.
+pub const BUNDLES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bundles_v1");
 
 /// (run id, line index) -> postcard-encoded `wire::control::LogLine`.
 pub const RUN_LOGS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("run_logs_v1");

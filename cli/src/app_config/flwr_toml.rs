@@ -8,6 +8,13 @@
 //! [app.config]
 //! num-server-rounds = 3
 //!
+//! [app.components]              # optional: the app's own programs (see `model::bundle`)
+//! serverapp = "vector-add"
+//! clientapp = "python3 client.py"
+//!
+//! [app.bundle]                  # optional: more files to pack (gitignore patterns)
+//! include = ["src/**"]
+//!
 //! [federations]
 //! default = "my-federation"
 //!
@@ -31,6 +38,8 @@ struct AppTable {
     version: String,
     #[serde(default)]
     config: toml::Table,
+    /// Read in full from the bundle (`model::bundle::Manifest`); here only its presence counts.
+    components: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,6 +60,7 @@ pub(crate) fn parse(
         version: app.version,
         config: flatten(&app.config),
         python_component: None,
+        bundled: app.components.is_some(),
         source: path.to_path_buf(),
     });
     let federations = file.federations.map(|f| FederationSource {

@@ -34,6 +34,9 @@ pub struct App {
     /// A Python object reference (`package.module:attribute`) among the app's components, if any:
     /// such an app is a Flower Python app rather than a built-in one.
     pub python_component: Option<String>,
+    /// Whether `flwr.toml` names the app's components (`[app.components]`): such an app travels
+    /// as a bundle of its directory.
+    pub bundled: bool,
     /// The file the app was read from.
     pub source: PathBuf,
 }

@@ -93,6 +93,7 @@ pub(crate) fn parse(
                 version: project.version.unwrap_or_else(|| "0.0.0".to_string()),
                 config: flatten(&app.config),
                 python_component,
+                bundled: false,
                 source: path.to_path_buf(),
             })
         }

@@ -38,13 +38,45 @@ pub async fn start(target: &Target, overrides: &[String], stream: bool) -> Resul
         )));
     }
     let run_config = crate::run_config::fuse(app, overrides)?;
+    // Packed before connecting: a bundle that cannot run is refused without a word to the
+    // SuperLink.
+    let packed = if app.bundled {
+        Some(crate::bundle::pack(&target.app)?)
+    } else {
+        None
+    };
     let (_, federation) = config.federation(target.federation.as_deref())?;
     let mut client = ControlClient::connect(&federation).await?;
-    let run_id = client
-        .start_run(app.name.clone(), app.version.clone(), run_config)
-        .await?;
+    let run_id = match &packed {
+        Some(packed) => {
+            let sent = client.offer_bundle(packed.hash, &packed.bytes).await?;
+            if target.format == Format::Default {
+                let how = if sent {
+                    "sent"
+                } else {
+                    "already on the SuperLink"
+                };
+                eprintln!(
+                    "App bundle {} {} ({} files, {} bytes): {how}",
+                    packed.manifest.name,
+                    packed.hash,
+                    packed.paths.len(),
+                    packed.bytes.len()
+                );
+            }
+            client.start_bundled_run(packed.hash, run_config).await?
+        }
+        None => {
+            client
+                .start_run(app.name.clone(), app.version.clone(), run_config)
+                .await?
+        }
+    };
     if target.format == Format::Json && !stream {
-        super::print_json(&json!({"success": true, "run-id": run_id.to_string()}));
+        let hash = packed.as_ref().map(|packed| packed.hash.to_string());
+        super::print_json(
+            &json!({"success": true, "run-id": run_id.to_string(), "fab-hash": hash}),
+        );
     } else if target.format == Format::Default {
         println!("Successfully started run {run_id}");
     }
@@ -191,6 +223,15 @@ fn run_elapsed(run: &RunInfo, now: u64) -> String {
     }
 }
 
+/// The app cell: name, version, and the bundle's short hash (`built-in` without a bundle).
+fn app_cell(run: &RunInfo) -> String {
+    let hash = run
+        .bundle
+        .map(|hash| hash.short())
+        .unwrap_or_else(|| "built-in".to_string());
+    format!("{}=={} ({hash})", run.app_name, run.app_version)
+}
+
 /// The run table: Run ID | App | Status | Elapsed | Status Changed @.
 pub fn run_table(runs: &[RunInfo], now: u64) -> String {
     let rows: Vec<Vec<String>> = runs
@@ -198,7 +239,7 @@ pub fn run_table(runs: &[RunInfo], now: u64) -> String {
         .map(|run| {
             vec![
                 run.run_id.to_string(),
-                format!("{}=={}", run.app_name, run.app_version),
+                app_cell(run),
                 status_cell(run.status),
                 run_elapsed(run, now),
                 output::timestamp(run.status_changed_at_ms()),
@@ -220,6 +261,7 @@ pub fn run_json(run: &RunInfo, now: u64) -> serde_json::Value {
         "fab-id": run.app_name,
         "fab-name": run.app_name,
         "fab-version": run.app_version,
+        "fab-hash": run.bundle.map(|hash| hash.to_string()).unwrap_or_default(),
         "status": run.status.as_str(),
         "status-details": run.details,
         "elapsed": run_elapsed(run, now),
@@ -348,8 +390,11 @@ mod tests {
             starting_at_ms: Some(1_700_000_001_000),
             running_at_ms: Some(1_700_000_002_000),
             finished_at_ms: Some(1_700_000_003_000),
+            bundle: Some(wire::BundleHash([0xab; 32])),
         };
         let value = run_json(&run, 1_700_000_004_000);
+        assert_eq!(value["fab-hash"], "ab".repeat(32));
+        assert!(app_cell(&run).ends_with("(abababab)"));
         assert_eq!(value["run-id"], "18234121980552467268");
         assert_eq!(value["fab-name"], "fedavg-cnn");
         assert_eq!(value["fab-version"], "1.0.0");
@@ -359,6 +404,7 @@ mod tests {
             "fab-id",
             "fab-name",
             "fab-version",
+            "fab-hash",
             "status",
             "status-details",
             "elapsed",

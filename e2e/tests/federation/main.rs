@@ -4,6 +4,7 @@
 // Helpers outside #[test] functions unwrap too: a failure there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod bundles;
 mod crash;
 mod hostile;
 mod learning;

@@ -49,6 +49,12 @@ fn fleet_frames_round_trip_and_match_golden_bytes() {
     for (name, value) in samples::reply_outcomes() {
         round_trip(name, &value);
     }
+    for (name, value) in samples::node_streams() {
+        round_trip(name, &value);
+    }
+    for (name, value) in samples::bundle_answers() {
+        round_trip(name, &value);
+    }
 }
 
 #[test]

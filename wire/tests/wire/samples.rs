@@ -4,7 +4,10 @@ use wire::control::{
     Artifact, ControlError, ControlFrame, ControlRequest, ControlResponse, LogLine, NodeInfo,
     NodeStatus, OperatorFrame, RunInfo, RunStatus,
 };
-use wire::fleet::{BrokerFrame, InstructionAck, InstructionHeader, NodeFrame, ReplyOutcome};
+use wire::fleet::{
+    BrokerFrame, BundleAnswer, InstructionAck, InstructionHeader, NodeFrame, NodeStream,
+    ReplyOutcome,
+};
 use wire::handshake::{Challenge, Proof, Refusal};
 use wire::message::{ErrorCode, MessageError};
 use wire::*;
@@ -201,6 +204,20 @@ pub fn operator_frames() -> Vec<(&'static str, OperatorFrame)> {
             "operator_pull",
             OperatorFrame::Request(ControlRequest::PullArtifacts { run_id: RunId(5) }),
         ),
+        (
+            "operator_offer_bundle",
+            OperatorFrame::Request(ControlRequest::OfferBundle {
+                hash: BundleHash([0xAB; 32]),
+                size: 10_240,
+            }),
+        ),
+        (
+            "operator_start_bundled_run",
+            OperatorFrame::Request(ControlRequest::StartBundledRun {
+                bundle: BundleHash([0xAB; 32]),
+                config: ConfigRecord::new().with("num-server-rounds", ConfigValue::Int(3)),
+            }),
+        ),
     ]
 }
 
@@ -217,6 +234,7 @@ pub fn run_info() -> RunInfo {
         starting_at_ms: Some(1_700_000_000_100),
         running_at_ms: Some(1_700_000_000_200),
         finished_at_ms: Some(1_700_000_060_000),
+        bundle: Some(BundleHash([0xAB; 32])),
     }
 }
 
@@ -286,6 +304,44 @@ pub fn control_frames() -> Vec<(&'static str, ControlFrame)> {
                 bytes: b"{}".to_vec(),
             }])),
         ),
+        (
+            "control_bundle_wanted",
+            ControlFrame::Response(ControlResponse::BundleWanted { wanted: true }),
+        ),
+        (
+            "control_bundle_stored",
+            ControlFrame::Response(ControlResponse::BundleStored {
+                hash: BundleHash([0xAB; 32]),
+            }),
+        ),
+        (
+            "control_invalid_bundle",
+            ControlFrame::Response(ControlResponse::Error(ControlError::InvalidBundle(
+                "flwr.toml: the bundle has none at its root".into(),
+            ))),
+        ),
+    ]
+}
+
+pub fn node_streams() -> Vec<(&'static str, NodeStream)> {
+    vec![
+        ("node_stream_reply", NodeStream::Reply),
+        (
+            "node_stream_fetch_bundle",
+            NodeStream::FetchBundle {
+                hash: BundleHash([0xCD; 32]),
+            },
+        ),
+    ]
+}
+
+pub fn bundle_answers() -> Vec<(&'static str, BundleAnswer)> {
+    vec![
+        ("bundle_found", BundleAnswer::Found { size: 10_240 }),
+        (
+            "bundle_refused",
+            BundleAnswer::Refused("no unfinished run uses it".into()),
+        ),
     ]
 }
 
@@ -294,6 +350,7 @@ pub fn instruction_header() -> InstructionHeader {
         app_name: "fedavg-cnn".into(),
         app_version: "1.0.0".into(),
         run_config: ConfigRecord::new().with("batch-size", ConfigValue::Int(32)),
+        bundle: Some(BundleHash([0xCD; 32])),
     }
 }
 

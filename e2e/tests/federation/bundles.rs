@@ -1,0 +1,296 @@
+//! App bundles end to end: packed by the CLI's packer, stored by the broker, fetched and
+//! cached by nodes, and their client programs run under the ClientAppIo API; with the refusals
+//! that keep a node's data safe (`--trusted-apps`) and the failures a program can cause.
+
+use crate::runs::follow;
+use broker::config::NodeAuth;
+use cli::app_config::AppConfig;
+use e2e::{Db, Federation, RunningNode};
+use std::path::{Path, PathBuf};
+use wire::control::{ControlRequest, ControlResponse, RunStatus};
+use wire::{ArrayRecord, BundleHash, RunId};
+
+/// The Python client of `examples/python-client`, written from `docs/app-protocol.md` alone.
+fn python_example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python-client")
+}
+
+/// Packs `dir`, offers the bundle and starts a run with the app's config and `overrides`;
+/// returns the run, its bundle, and whether the bundle was sent (not stored already).
+async fn start_bundle(
+    federation: &Federation,
+    dir: &Path,
+    overrides: &str,
+) -> Result<(RunId, BundleHash, bool), cli::CliError> {
+    let config = AppConfig::load(dir)?;
+    let app = config.app.as_ref().expect("an [app] table");
+    let run_config = cli::run_config::fuse(app, &[overrides.to_string()])?;
+    let packed = cli::bundle::pack(dir)?;
+    let mut client = federation.operator().await?;
+    let sent = client.offer_bundle(packed.hash, &packed.bytes).await?;
+    let run_id = client.start_bundled_run(packed.hash, run_config).await;
+    client.close().await;
+    Ok((run_id?, packed.hash, sent))
+}
+
+fn final_vector(federation: &Federation, run_id: RunId) -> Vec<f32> {
+    let bytes = federation
+        .broker()
+        .shared
+        .store
+        .artifact(run_id, "final.arrays")
+        .unwrap()
+        .expect("final arrays stored");
+    let arrays: ArrayRecord = postcard::from_bytes(&bytes).unwrap();
+    arrays.get("vector").unwrap().to_f32().unwrap()
+}
+
+async fn nodes(federation: &Federation, configs: &[&str]) -> Vec<RunningNode> {
+    let mut nodes = Vec::new();
+    for config in configs {
+        let mut node = RunningNode::start(federation.node_settings_with(None, config));
+        node.online().await;
+        nodes.push(node);
+    }
+    nodes
+}
+
+#[tokio::test]
+async fn a_python_client_written_from_the_protocol_document_completes_a_run_on_two_nodes() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let _nodes = nodes(&federation, &["value=1", "value=3"]).await;
+    let (run_id, hash, sent) = start_bundle(&federation, &python_example(), "")
+        .await
+        .unwrap();
+    assert!(sent);
+    let (lines, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Completed, "{lines:#?}");
+    // Three rounds, each adding the mean of 1 and 3.
+    assert_eq!(final_vector(&federation, run_id), [6.0; 4]);
+    assert!(
+        lines[0].contains(&hash.to_string()),
+        "the log names the bundle: {lines:#?}"
+    );
+    let runs = match federation
+        .request(ControlRequest::ListRuns {
+            run_id: Some(run_id),
+        })
+        .await
+    {
+        ControlResponse::Runs(runs) => runs,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(runs[0].bundle, Some(hash));
+    assert_eq!(runs[0].app_name, "vector-add-python");
+
+    // The same app again: stored once, fetched once, run again.
+    let (again, same, sent) = start_bundle(&federation, &python_example(), "num-server-rounds=1")
+        .await
+        .unwrap();
+    assert_eq!((same, sent), (hash, false));
+    let (lines, status) = follow(&federation, again).await;
+    assert_eq!(status, RunStatus::Completed, "{lines:#?}");
+    assert_eq!(final_vector(&federation, again), [2.0; 4]);
+}
+
+/// An app directory whose client is the shell script `script`, given `args`.
+fn script_app(server: &str, script: &str, args: &[&str]) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let args: String = args.iter().map(|arg| format!(", {arg:?}")).collect();
+    std::fs::write(
+        dir.path().join("flwr.toml"),
+        format!(
+            "[app]\nname = \"script-app\"\nversion = \"1.0.0\"\n\n[app.components]\n\
+             serverapp = \"{server}\"\nclientapp = [\"./client.sh\"{args}]\n\n[app.config]\n\
+             num-server-rounds = 1\nmin-nodes = 1\nround-timeout = 30.0\n"
+        ),
+    )
+    .unwrap();
+    let client = dir.path().join("client.sh");
+    std::fs::write(&client, format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(&client, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn an_app_the_superlink_cannot_run_is_refused_before_a_run_exists() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let app = script_app("no-such-app", "exit 0", &[]);
+    let error = start_bundle(&federation, app.path(), "")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("no-such-app"), "{error}");
+    let program = script_app("./client.sh", "exit 0", &[]);
+    let error = start_bundle(&federation, program.path(), "")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("program"), "{error}");
+    match federation
+        .request(ControlRequest::ListRuns { run_id: None })
+        .await
+    {
+        ControlResponse::Runs(runs) => assert!(runs.is_empty(), "{runs:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn bytes_that_are_not_the_offered_bundle_are_refused_and_not_stored() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let packed = cli::bundle::pack(&python_example()).unwrap();
+    let mut client = federation.operator().await.unwrap();
+    let mut tampered = packed.bytes.clone();
+    let last = tampered.len() - 1100;
+    tampered[last] ^= 1;
+    let error = client
+        .offer_bundle(packed.hash, &tampered)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("SHA-256"), "{error}");
+    let garbage = b"not an archive".to_vec();
+    let error = client
+        .offer_bundle(model::bundle::hash_of(&garbage), &garbage)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("flwr.toml") || error.contains("archive"),
+        "{error}"
+    );
+    client.close().await;
+    let store = &federation.broker().shared.store;
+    assert!(!store.has_bundle(packed.hash).unwrap());
+    assert!(!store.has_bundle(model::bundle::hash_of(&garbage)).unwrap());
+}
+
+#[tokio::test]
+async fn a_node_refuses_an_app_off_its_trusted_list_without_starting_its_program() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let marker = tempfile::tempdir().unwrap();
+    let started = marker.path().join("started");
+    let app = script_app(
+        "vector-add",
+        "touch \"$1\"; exit 1",
+        &[started.to_str().unwrap()],
+    );
+    let mut settings = federation.node_settings_with(None, "");
+    settings.trusted_apps = Some(node::trust::TrustedApps::parse("vector-add\n").unwrap());
+    let mut node = RunningNode::start(settings);
+    node.online().await;
+    let (run_id, hash, _) = start_bundle(&federation, app.path(), "").await.unwrap();
+    let (lines, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Failed, "{lines:#?}");
+    let refusal = lines
+        .iter()
+        .find(|line| line.contains("--trusted-apps"))
+        .unwrap_or_else(|| panic!("no refusal in {lines:#?}"));
+    assert!(refusal.contains(&hash.to_string()), "{refusal}");
+    assert!(!started.exists(), "the untrusted program was started");
+
+    // Trusted by hash, the same app starts its program (which then fails, as written).
+    node.stop().await.unwrap();
+    let mut settings = federation.node_settings_with(None, "");
+    settings.trusted_apps = Some(node::trust::TrustedApps::parse(&hash.to_string()).unwrap());
+    let mut node = RunningNode::start(settings);
+    node.online().await;
+    let (run_id, _, _) = start_bundle(&federation, app.path(), "").await.unwrap();
+    let (lines, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Failed, "{lines:#?}");
+    assert!(
+        started.exists(),
+        "the trusted program never started: {lines:#?}"
+    );
+}
+
+/// Whether process `pid` exists.
+fn alive(pid: &str) -> bool {
+    std::process::Command::new("kill")
+        .args(["-0", pid.trim()])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+#[tokio::test]
+async fn programs_that_crash_babble_or_hang_cost_one_error_reply_and_leave_nothing_running() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let mut node = RunningNode::start(federation.node_settings_with(None, "value=2"));
+    let node_id = node.online().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let pid_file = scratch.path().join("grandchild.pid");
+    let speak = |then: &str| {
+        format!(
+            "python3 - <<'PY'\nimport os, socket, struct\nh, p = os.environ['FLWR_CLIENTAPPIO_ADDRESS'].rsplit(':', 1)\ns = socket.create_connection((h, int(p)))\ntoken = bytes.fromhex(os.environ['FLWR_CLIENTAPP_TOKEN'])\n{then}\ns.close()\nPY"
+        )
+    };
+    let cases = [
+        (
+            "echo 'boom: the model is on fire' >&2; exit 3".to_string(),
+            vec![],
+            "",
+            "boom: the model is on fire",
+        ),
+        (
+            // Another token than its own: the node never hands it anything.
+            speak("s.sendall(struct.pack('<I', 33) + b'\\x02' + bytes(32 * [0xAB]))"),
+            vec![],
+            "",
+            "exited with status 0 before replying",
+        ),
+        (
+            // Its own token, then garbage where the reply belongs.
+            speak(
+                "s.sendall(struct.pack('<I', 33) + b'\\x02' + token)\ns.sendall(struct.pack('<I', 5) + b'hello')",
+            ),
+            vec![],
+            "",
+            "broke the ClientAppIo exchange",
+        ),
+        (
+            // Starts a grandchild that would outlive it, then hangs past the time to live.
+            "sleep 600 & echo $! > \"$1\"; sleep 600".to_string(),
+            vec![pid_file.to_str().unwrap()],
+            "round-timeout=2",
+            "no reply from node",
+        ),
+    ];
+    for (script, args, overrides, expected) in cases {
+        let app = script_app("vector-add", &script, &args);
+        let (run_id, _, _) = start_bundle(&federation, app.path(), overrides)
+            .await
+            .unwrap();
+        let (lines, status) = follow(&federation, run_id).await;
+        assert_eq!(status, RunStatus::Failed, "{script}: {lines:#?}");
+        assert!(
+            lines.iter().any(|line| line.contains(expected)),
+            "{script}: no {expected:?} in {lines:#?}"
+        );
+    }
+    let grandchild = std::fs::read_to_string(&pid_file).unwrap();
+    let deadline = std::time::Instant::now() + e2e::PATIENCE;
+    while alive(&grandchild) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hung program's own child {grandchild} outlived it"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The node stayed online throughout, and serves the next run.
+    assert_eq!(
+        federation.status_of(node_id).await,
+        Some(wire::control::NodeStatus::Online)
+    );
+    let (run_id, _, _) = start_bundle(
+        &federation,
+        &python_example(),
+        "num-server-rounds=1 min-nodes=1",
+    )
+    .await
+    .unwrap();
+    let (lines, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Completed, "{lines:#?}");
+}
