@@ -3,6 +3,7 @@
 // Helpers outside #[test] functions unwrap too: a failure there is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod app_protocol_doc;
 mod golden;
 mod handshake;
 // The driver needs the `io` feature, which the workspace's other members turn on.
