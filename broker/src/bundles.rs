@@ -9,6 +9,10 @@ use wire::fleet::BundleAnswer;
 use wire::io::{FrameIoError, write_value};
 use wire::{BundleHash, NodeId};
 
+/// Most bundles being received from operators at once: each holds up to
+/// [`MAX_BUNDLE_BYTES`] in memory until it is checked.
+static RECEIVING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 /// How long an operator has to send an offered bundle's bytes.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -55,44 +59,55 @@ pub async fn receive(
             return Ok(respond(send, refuse(ControlError::Internal(error.to_string()))).await?);
         }
     }
+    let Ok(_permit) = RECEIVING.acquire().await else {
+        return Ok(respond(send, refuse(ControlError::Internal("shutting down".into()))).await?);
+    };
     respond(send, ControlResponse::BundleWanted { wanted: true }).await?;
     let mut bytes = vec![0u8; size as usize];
     tokio::time::timeout(UPLOAD_TIMEOUT, recv.read_exact(&mut bytes))
         .await
         .map_err(|_| UploadError::Bytes(format!("not within {UPLOAD_TIMEOUT:?}")))?
         .map_err(|e| UploadError::Bytes(e.to_string()))?;
-    let response = match Bundle::open(&bytes, hash) {
-        Err(error) => refuse(ControlError::InvalidBundle(error.to_string())),
-        Ok(bundle) => match shared.store.put_bundle(hash, &bytes) {
-            Ok(()) => {
-                tracing::info!(%hash, app = %bundle.manifest.name, size, "app bundle stored");
-                ControlResponse::BundleStored { hash }
-            }
-            Err(error) => refuse(ControlError::Internal(error.to_string())),
-        },
+    // Hashing, reading the archive and a durable commit: off the async threads.
+    let store = shared.store.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        let bundle =
+            Bundle::open(&bytes, hash).map_err(|e| ControlError::InvalidBundle(e.to_string()))?;
+        store
+            .put_bundle(hash, &bytes)
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
+        Ok::<_, ControlError>(bundle.manifest.name)
+    })
+    .await
+    .unwrap_or_else(|e| Err(ControlError::Internal(e.to_string())));
+    let response = match checked {
+        Ok(app) => {
+            tracing::info!(%hash, %app, size, "app bundle stored");
+            ControlResponse::BundleStored { hash }
+        }
+        Err(error) => refuse(error),
     };
     Ok(respond(send, response).await?)
 }
 
-/// Whether `hash` is the bundle of a run that is not finished: only those are served to nodes.
-fn in_use(shared: &Shared, hash: BundleHash) -> Result<bool, String> {
-    let runs = shared.store.list_runs().map_err(|e| e.to_string())?;
-    Ok(runs
-        .iter()
-        .any(|run| run.bundle == Some(hash) && !run.status.is_finished()))
-}
+/// How long a node has to take a bundle.
+const SERVE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Answers a node's [`wire::fleet::NodeStream::FetchBundle`]: the bundle of a run still going,
-/// or a refusal.
+/// Most bundles being sent to nodes at once, over all nodes.
+static SERVING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(16);
+
+/// Answers a node's [`wire::fleet::NodeStream::FetchBundle`]: the bundle of a run the node has
+/// an unanswered instruction of, or a refusal. A bundle is an operator's code: it goes only to
+/// the nodes asked to run it.
 pub async fn serve(shared: &Shared, node: NodeId, mut send: quinn::SendStream, hash: BundleHash) {
-    let found = match in_use(shared, hash) {
-        Ok(true) => shared
+    let found = if shared.rounds.awaits_bundle(node, hash) {
+        shared
             .store
             .bundle(hash)
             .map_err(|e| e.to_string())
-            .and_then(|bytes| bytes.ok_or_else(|| "it is not stored".to_string())),
-        Ok(false) => Err("no unfinished run uses it".to_string()),
-        Err(error) => Err(error),
+            .and_then(|bytes| bytes.ok_or_else(|| "it is not stored".to_string()))
+    } else {
+        Err("this node has no instruction of a run that uses it".to_string())
     };
     let bytes = match found {
         Ok(bytes) => bytes,
@@ -104,11 +119,24 @@ pub async fn serve(shared: &Shared, node: NodeId, mut send: quinn::SendStream, h
             return;
         }
     };
+    let Ok(_permit) = SERVING.acquire().await else {
+        return;
+    };
     let answer = BundleAnswer::Found {
         size: bytes.len() as u64,
     };
-    if write_value(&mut send, &answer).await.is_ok() && send.write_all(&bytes).await.is_ok() {
-        tracing::info!(%node, %hash, "bundle sent to a node");
+    let sent = tokio::time::timeout(SERVE_TIMEOUT, async {
+        write_value(&mut send, &answer).await.is_ok() && send.write_all(&bytes).await.is_ok()
+    })
+    .await;
+    match sent {
+        Ok(true) => tracing::info!(%node, %hash, "bundle sent to a node"),
+        Ok(false) => tracing::warn!(%node, %hash, "bundle not sent: the stream failed"),
+        Err(_) => {
+            tracing::warn!(%node, %hash, "bundle not sent within {SERVE_TIMEOUT:?}");
+            let _ = send.reset(wire::close::PROTOCOL.into());
+            return;
+        }
     }
     let _ = send.finish();
 }

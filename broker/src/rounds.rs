@@ -164,6 +164,18 @@ impl Rounds {
             })
     }
 
+    /// Whether `node` has an unanswered instruction of a run (not stopped) whose app is the
+    /// bundle `bundle`: only such a node may fetch it.
+    pub fn awaits_bundle(&self, node: NodeId, bundle: wire::BundleHash) -> bool {
+        let inner = lock(&self.inner);
+        inner.instructions.values().any(|instruction| {
+            instruction.metadata.dst_node_id == node
+                && instruction.answered.is_none()
+                && instruction.header.bundle == Some(bundle)
+                && !inner.stopped.contains(&instruction.metadata.run_id)
+        })
+    }
+
     /// How many instructions of `run` are in flight.
     pub fn in_flight_for_run(&self, run: RunId) -> usize {
         lock(&self.inner)

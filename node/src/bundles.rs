@@ -1,10 +1,11 @@
-//! The node's cache of app bundles: fetched from the SuperLink on a run's first instruction,
-//! checked against the hash the instruction names, and unpacked into a directory of their own
-//! named by that hash. A directory appears under its final name only once complete (it is
-//! renamed into place), so a crash never leaves a half-written bundle that looks whole, and
-//! nodes on one host may share the cache.
+//! The node's app bundles: fetched from the SuperLink on a run's first instruction, checked
+//! against the hash the instruction names, and kept as archives in `--apps-dir`
+//! (`<hash>.bundle`), checked again whenever one is read back. Every execution of a bundle's
+//! program gets a fresh copy of its files in a directory of its own, removed afterwards: a
+//! program cannot change what the next execution runs, and files changed on disk never run
+//! unless they hash to what was trusted.
 
-use model::bundle::{Bundle, MANIFEST, MAX_BUNDLE_BYTES, Manifest};
+use model::bundle::{Bundle, MAX_BUNDLE_BYTES};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -16,23 +17,25 @@ use wire::io::{read_value, write_value};
 /// How long the SuperLink has to send a bundle.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// An unpacked bundle.
-#[derive(Debug)]
-pub struct Unpacked {
-    /// Its directory.
-    pub dir: PathBuf,
-    /// Its manifest.
-    pub manifest: Manifest,
-}
+/// Most bundles kept in memory; older ones are read back from disk (and checked) when needed.
+const KEPT_IN_MEMORY: usize = 8;
 
-/// Bundles on disk, by hash.
+/// Bundles in memory and on disk, by hash.
 pub struct BundleCache {
     /// The cache directory (private to the node's user).
     dir: PathBuf,
-    /// Bundles read or fetched since the node started.
-    known: Mutex<HashMap<BundleHash, Arc<Unpacked>>>,
-    /// Held while fetching, so two instructions of one run fetch its bundle once.
-    fetching: tokio::sync::Mutex<()>,
+    /// Checked bundles, by hash.
+    known: Mutex<HashMap<BundleHash, Arc<Bundle>>>,
+    /// One lock per bundle being fetched, so one run's instructions fetch its bundle once and
+    /// a slow fetch holds up no other bundle.
+    fetching: Mutex<HashMap<BundleHash, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Inserts and removes only: a poisoned map is still consistent.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl BundleCache {
@@ -41,77 +44,101 @@ impl BundleCache {
         BundleCache {
             dir,
             known: Mutex::default(),
-            fetching: tokio::sync::Mutex::new(()),
+            fetching: Mutex::default(),
         }
     }
 
-    /// The cache directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    fn known(&self, hash: BundleHash) -> Option<Arc<Bundle>> {
+        lock(&self.known).get(&hash).cloned()
     }
 
-    fn known(&self, hash: BundleHash) -> Option<Arc<Unpacked>> {
-        self.known
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(&hash)
-            .cloned()
+    fn remember(&self, bundle: Bundle) -> Arc<Bundle> {
+        let bundle = Arc::new(bundle);
+        let mut known = lock(&self.known);
+        if known.len() >= KEPT_IN_MEMORY {
+            known.clear();
+        }
+        known.insert(bundle.hash, bundle.clone());
+        bundle
     }
 
-    fn remember(&self, hash: BundleHash, unpacked: Unpacked) -> Arc<Unpacked> {
-        let unpacked = Arc::new(unpacked);
-        self.known
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(hash, unpacked.clone());
-        unpacked
-    }
-
-    /// The bundle `hash`: from memory, from disk, or fetched over `connection`.
+    /// The checked bundle `hash`: from memory, from disk, or fetched over `connection`.
     pub async fn get(
         &self,
         connection: &quinn::Connection,
         hash: BundleHash,
-    ) -> Result<Arc<Unpacked>, String> {
-        if let Some(unpacked) = self.known(hash) {
-            return Ok(unpacked);
+    ) -> Result<Arc<Bundle>, String> {
+        if let Some(bundle) = self.known(hash) {
+            return Ok(bundle);
         }
-        let _fetching = self.fetching.lock().await;
-        if let Some(unpacked) = self.known(hash) {
-            return Ok(unpacked);
+        let fetching = lock(&self.fetching).entry(hash).or_default().clone();
+        let _fetching = fetching.lock().await;
+        let outcome = self.load_or_fetch(connection, hash).await;
+        lock(&self.fetching).remove(&hash);
+        outcome
+    }
+
+    async fn load_or_fetch(
+        &self,
+        connection: &quinn::Connection,
+        hash: BundleHash,
+    ) -> Result<Arc<Bundle>, String> {
+        if let Some(bundle) = self.known(hash) {
+            return Ok(bundle);
         }
-        let dir = self.dir.join(hash.to_string());
-        if let Some(manifest) = read_manifest(&dir)? {
-            return Ok(self.remember(hash, Unpacked { dir, manifest }));
+        let dir = self.dir.clone();
+        let stored = tokio::task::spawn_blocking(move || read_stored(&dir, hash))
+            .await
+            .map_err(|e| e.to_string())??;
+        if let Some(bundle) = stored {
+            return Ok(self.remember(bundle));
         }
         let bytes = fetch(connection, hash).await?;
-        let bundle = Bundle::open(&bytes, hash).map_err(|e| format!("app bundle {hash}: {e}"))?;
-        let dir = unpack(&self.dir, &bundle).map_err(|e| {
-            format!(
-                "cannot unpack app bundle {hash} into {}: {e}",
-                self.dir.display()
-            )
-        })?;
-        tracing::info!(%hash, app = %bundle.manifest.name, dir = %dir.display(), "app bundle fetched");
-        Ok(self.remember(
-            hash,
-            Unpacked {
-                dir,
-                manifest: bundle.manifest,
-            },
-        ))
+        let dir = self.dir.clone();
+        let bundle = tokio::task::spawn_blocking(move || {
+            let bundle =
+                Bundle::open(&bytes, hash).map_err(|e| format!("app bundle {hash}: {e}"))?;
+            store(&dir, hash, &bytes)
+                .map_err(|e| format!("cannot keep app bundle {hash} in {}: {e}", dir.display()))?;
+            Ok::<_, String>(bundle)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        tracing::info!(%hash, app = %bundle.manifest.name, "app bundle fetched");
+        Ok(self.remember(bundle))
+    }
+
+    /// A fresh copy of `bundle`'s files for one execution of its program.
+    pub async fn workspace(&self, bundle: Arc<Bundle>) -> Result<Workspace, String> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || Workspace::create(&dir, &bundle))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot unpack the app bundle: {e}"))
     }
 }
 
-/// The manifest of a bundle unpacked earlier into `dir`; `None` when there is none.
-fn read_manifest(dir: &Path) -> Result<Option<Manifest>, String> {
-    let path = dir.join(MANIFEST);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Manifest::parse(&text)
-            .map(Some)
-            .map_err(|e| format!("{}: {e}", path.display())),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(format!("cannot read {}: {error}", path.display())),
+/// The archive file of bundle `hash` in `dir`.
+fn archive_path(dir: &Path, hash: BundleHash) -> PathBuf {
+    dir.join(format!("{hash}.bundle"))
+}
+
+/// The bundle `hash` kept in `dir`, checked; `None` when there is none, or when what is there
+/// does not hash to `hash` (it is removed, to be fetched again).
+fn read_stored(dir: &Path, hash: BundleHash) -> Result<Option<Bundle>, String> {
+    let path = archive_path(dir, hash);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
+    };
+    match Bundle::open(&bytes, hash) {
+        Ok(bundle) => Ok(Some(bundle)),
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "a kept app bundle is damaged; fetching it again");
+            let _ = std::fs::remove_file(&path);
+            Ok(None)
+        }
     }
 }
 
@@ -149,55 +176,97 @@ async fn fetch(connection: &quinn::Connection, hash: BundleHash) -> Result<Vec<u
         .map_err(|e| format!("cannot fetch app bundle {hash}: {e}"))
 }
 
-/// Creates `dir` and its missing parents, private to this user.
+/// Creates `dir` and its missing parents, private to this user, and refuses a directory other
+/// users may write to (they could swap a workspace between its unpacking and its use).
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(dir)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(std::io::Error::other(format!(
+            "{} is writable by other users (mode {:o}): give the node a private --apps-dir",
+            dir.display(),
+            mode & 0o777
+        )));
+    }
+    Ok(())
 }
 
-/// Writes `bundle`'s files into a fresh directory under `cache` and renames it into place;
-/// returns its final path.
-fn unpack(cache: &Path, bundle: &Bundle) -> std::io::Result<PathBuf> {
+/// Keeps `bytes` as the archive of `hash` in `dir`, written whole or not at all.
+fn store(dir: &Path, hash: BundleHash, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    create_private_dir(cache)?;
-    let target = cache.join(bundle.hash.to_string());
-    let partial = cache.join(format!(
-        ".partial-{}-{:016x}",
-        bundle.hash,
-        rand::random::<u64>()
-    ));
+    create_private_dir(dir)?;
+    let partial = dir.join(format!(".{hash}.{:016x}", rand::random::<u64>()));
     let written = (|| {
-        create_private_dir(&partial)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&partial)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&partial, archive_path(dir, hash))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written
+}
+
+/// One execution's copy of a bundle's files, removed when dropped.
+#[derive(Debug)]
+pub struct Workspace {
+    /// The directory.
+    path: PathBuf,
+}
+
+impl Workspace {
+    /// Unpacks `bundle` into a new directory under `cache`.
+    fn create(cache: &Path, bundle: &Bundle) -> std::io::Result<Workspace> {
+        use std::io::Write as _;
+        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+        create_private_dir(cache)?;
+        let path = cache.join(format!(
+            "run-{}-{:016x}",
+            bundle.hash.short(),
+            rand::random::<u64>()
+        ));
+        // Not recursive: the directory must be new, made by this call.
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        let workspace = Workspace { path };
         for entry in &bundle.entries {
             // The paths were checked when the bundle was opened: relative, no `..`.
-            let path = partial.join(&entry.path);
-            if let Some(parent) = path.parent() {
-                create_private_dir(parent)?;
+            let file = workspace.path.join(&entry.path);
+            if let Some(parent) = file.parent() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(parent)?;
             }
-            let mut file = std::fs::OpenOptions::new()
+            std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(if entry.executable { 0o700 } else { 0o600 })
-                .open(&path)?;
-            file.write_all(&entry.bytes)?;
-            file.sync_all()?;
+                .open(&file)?
+                .write_all(&entry.bytes)?;
         }
-        std::fs::rename(&partial, &target)
-    })();
-    match written {
-        Ok(()) => Ok(target),
-        // Another node sharing the cache unpacked it first.
-        Err(_) if target.join(MANIFEST).is_file() => {
-            let _ = std::fs::remove_dir_all(&partial);
-            Ok(target)
-        }
-        Err(error) => {
-            let _ = std::fs::remove_dir_all(&partial);
-            Err(error)
+        Ok(workspace)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.path) {
+            tracing::warn!(path = %self.path.display(), %error, "could not remove an app workspace");
         }
     }
 }
@@ -205,11 +274,11 @@ fn unpack(cache: &Path, bundle: &Bundle) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use model::bundle::{Entry, archive, hash_of};
+    use model::bundle::{Entry, MANIFEST, archive, hash_of};
 
-    fn bundle() -> Bundle {
+    fn packed() -> Vec<u8> {
         let manifest = b"[app]\nname = \"a\"\nversion = \"1\"\n[app.components]\nserverapp = \"vector-add\"\nclientapp = \"./bin/client\"\n";
-        let bytes = archive::pack(vec![
+        archive::pack(vec![
             Entry {
                 path: MANIFEST.into(),
                 executable: false,
@@ -221,27 +290,56 @@ mod tests {
                 bytes: b"#!/bin/sh\n".to_vec(),
             },
         ])
-        .unwrap();
-        Bundle::open(&bytes, hash_of(&bytes)).unwrap()
+        .unwrap()
     }
 
     #[test]
-    fn an_unpacked_bundle_keeps_its_files_and_modes_and_is_found_again() {
+    fn a_kept_bundle_is_read_back_only_while_it_hashes_to_its_name() {
+        let cache = tempfile::tempdir().unwrap();
+        let bytes = packed();
+        let hash = hash_of(&bytes);
+        assert!(read_stored(cache.path(), hash).unwrap().is_none());
+        store(cache.path(), hash, &bytes).unwrap();
+        let bundle = read_stored(cache.path(), hash).unwrap().unwrap();
+        assert_eq!(bundle.hash, hash);
+        // Changed on disk: not run, removed, fetched again.
+        let mut tampered = bytes.clone();
+        tampered[600] ^= 1;
+        std::fs::write(archive_path(cache.path(), hash), &tampered).unwrap();
+        assert!(read_stored(cache.path(), hash).unwrap().is_none());
+        assert!(!archive_path(cache.path(), hash).exists());
+    }
+
+    #[test]
+    fn each_execution_gets_a_fresh_copy_that_is_removed_afterwards() {
         use std::os::unix::fs::PermissionsExt as _;
         let cache = tempfile::tempdir().unwrap();
-        let bundle = bundle();
-        let dir = unpack(cache.path(), &bundle).unwrap();
-        assert_eq!(dir, cache.path().join(bundle.hash.to_string()));
-        let mode = std::fs::metadata(dir.join("bin/client"))
-            .unwrap()
-            .permissions()
-            .mode();
+        let bytes = packed();
+        let bundle = Bundle::open(&bytes, hash_of(&bytes)).unwrap();
+        let first = Workspace::create(cache.path(), &bundle).unwrap();
+        let program = first.path().join("bin/client");
+        let mode = std::fs::metadata(&program).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
-        assert_eq!(read_manifest(&dir).unwrap(), Some(bundle.manifest.clone()));
-        // A second unpack (another node sharing the cache) finds it there and leaves no debris.
-        assert_eq!(unpack(cache.path(), &bundle).unwrap(), dir);
-        let names: Vec<_> = std::fs::read_dir(cache.path()).unwrap().collect();
-        assert_eq!(names.len(), 1);
-        assert_eq!(read_manifest(&cache.path().join("missing")).unwrap(), None);
+        // What one execution does to its files, the next never sees.
+        std::fs::write(&program, b"#!/bin/sh\necho changed\n").unwrap();
+        let second = Workspace::create(cache.path(), &bundle).unwrap();
+        assert_eq!(
+            std::fs::read(second.path().join("bin/client")).unwrap(),
+            b"#!/bin/sh\n"
+        );
+        let (first_path, second_path) = (first.path().to_path_buf(), second.path().to_path_buf());
+        drop((first, second));
+        assert!(!first_path.exists() && !second_path.exists());
+    }
+
+    #[test]
+    fn a_cache_other_users_may_write_to_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let parent = tempfile::tempdir().unwrap();
+        let shared = parent.path().join("apps");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let error = create_private_dir(&shared).unwrap_err().to_string();
+        assert!(error.contains("writable by other users"), "{error}");
     }
 }

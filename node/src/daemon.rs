@@ -136,16 +136,18 @@ pub async fn run(
                 io.address()
             ),
         }
-        worker = worker.isolated(Isolated {
-            io: io.clone(),
-            launch,
-        });
-        programs_io = Some(io);
+        // Bundle programs share the API only where it hands out nothing unasked: under process
+        // isolation any process showing the pull token takes the next instruction, which a
+        // bundle's program must never do.
+        if launch != Launch::Operator {
+            programs_io = Some(io.clone());
+        }
+        worker = worker.isolated(Isolated { io, launch });
     }
     let programs_io = match programs_io {
         Some(io) => io,
-        // Apps run inside the node, but a bundle's program is a process all the same: it gets
-        // an API of its own on a free loopback port, so in-process nodes never compete for one.
+        // A bundle's program is a process whatever the isolation: without an API to share, it
+        // gets one of its own on a free loopback port (nodes on one host never compete for it).
         None => ClientAppIo::start(
             std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
             false,

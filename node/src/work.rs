@@ -232,45 +232,52 @@ impl Worker {
                 format!("node {node_id} does not run app bundles"),
             );
         };
-        let unpacked = match programs.bundles.get(connection, hash).await {
-            Ok(unpacked) => unpacked,
+        let bundle = match programs.bundles.get(connection, hash).await {
+            Ok(bundle) => bundle,
             Err(reason) => return refuse(ErrorCode::UnknownApp, reason),
         };
-        match &unpacked.manifest.clientapp {
+        let program = match &bundle.manifest.clientapp {
             Component::Builtin(name) => {
                 let header = InstructionHeader {
                     app_name: name.clone(),
                     ..header.clone()
                 };
-                self.execute_builtin(node_id, &header, instruction, cancelled)
-                    .await
-            }
-            Component::Program(program) => {
-                let command = ChildCommand {
-                    program: match program.bundle_path() {
-                        Some(path) => unpacked.dir.join(path),
-                        None => program.command.clone().into(),
-                    },
-                    args: program.args.clone(),
-                    dir: Some(unpacked.dir.clone()),
-                    address_flag: false,
-                };
-                let job = AppJob {
-                    node_id,
-                    node_config: self.node_config.clone(),
-                    header: header.clone(),
-                };
-                let started = std::time::Instant::now();
-                let body = programs
-                    .io
-                    .run(&Launch::Child(command), job, instruction, cancelled)
+                return self
+                    .execute_builtin(node_id, &header, instruction, cancelled)
                     .await;
-                if matches!(body, MessageBody::Content(_)) {
-                    tracing::info!(elapsed = ?started.elapsed(), app = %unpacked.manifest.name, "client app program finished");
-                }
-                body
             }
+            Component::Program(program) => program.clone(),
+        };
+        let app = bundle.manifest.name.clone();
+        let workspace = match programs.bundles.workspace(bundle).await {
+            Ok(workspace) => workspace,
+            Err(reason) => return refuse(ErrorCode::ClientAppRaisedException, reason),
+        };
+        let command = ChildCommand {
+            program: match program.bundle_path() {
+                Some(path) => workspace.path().join(path),
+                None => program.command.clone().into(),
+            },
+            args: program.args.clone(),
+            dir: Some(workspace.path().to_path_buf()),
+            address_flag: false,
+        };
+        let job = AppJob {
+            node_id,
+            node_config: self.node_config.clone(),
+            header: header.clone(),
+        };
+        let started = std::time::Instant::now();
+        let body = programs
+            .io
+            .run(&Launch::Child(command), job, instruction, cancelled)
+            .await;
+        if matches!(body, MessageBody::Content(_)) {
+            tracing::info!(elapsed = ?started.elapsed(), %app, "client app program finished");
         }
+        // Removed only now: the program (and its process group) is gone.
+        drop(workspace);
+        body
     }
 
     /// Runs the built-in client app named in `header` on `instruction`, in this process or in

@@ -38,3 +38,17 @@ impl From<postcard::Error> for WireError {
         }
     }
 }
+
+/// Failure to read or write a frame over a byte stream.
+#[derive(Debug, Error)]
+pub enum FrameIoError {
+    /// The byte stream failed.
+    #[error("stream error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The bytes were not a valid frame or value.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The peer finished the stream where a frame was expected.
+    #[error("the peer closed the stream")]
+    Closed,
+}

@@ -15,12 +15,15 @@
 //! - [`handshake`]: the exporter-bound challenge-response as sans-IO state machines.
 //! - [`close`]: the QUIC close codes of both APIs.
 //! - `io` (feature `io`): async helpers moving frames over tokio streams, and the handshake's driver.
-//! - [`error`]: the crate's error type.
+//! - [`blocking`]: the same frame and message IO over blocking `std::io` streams.
+//! - [`serverappio`]: the SuperLink and the server app program it starts for one run.
+//! - [`error`]: the crate's error types.
 //! - [`alpn`]: the versioned ALPN identifiers of the two APIs.
 
 #![forbid(unsafe_code)]
 
 pub mod alpn;
+pub mod blocking;
 pub mod clientappio;
 pub mod close;
 pub mod control;
@@ -33,6 +36,7 @@ pub mod ids;
 pub mod io;
 pub mod message;
 pub mod records;
+pub mod serverappio;
 pub mod stream;
 pub mod text;
 

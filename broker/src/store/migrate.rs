@@ -98,9 +98,13 @@ mod tests {
         let path = dir.path().join("state.redb");
         drop(Store::open(&path).unwrap());
         {
+            // Made into what a version 1 broker left: schema 1, runs in runs_v1.
             let db = redb::Database::open(&path).unwrap();
             let txn = db.begin_write().unwrap();
             {
+                let mut meta = txn.open_table(tables::META).unwrap();
+                meta.insert("schema", 1u32.to_le_bytes().as_slice())
+                    .unwrap();
                 let mut old = txn.open_table(RUNS_V1).unwrap();
                 let run = WrittenV1 {
                     run_id: RunId(42),
@@ -133,5 +137,26 @@ mod tests {
                 .unwrap()
                 .any(|table| table.name() == RUNS_V1.name())
         );
+        let meta = txn.open_table(tables::META).unwrap();
+        let schema = meta.get("schema").unwrap().unwrap().value().to_vec();
+        assert_eq!(schema, 2u32.to_le_bytes());
+    }
+
+    #[test]
+    fn a_database_of_a_newer_broker_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        drop(Store::open(&path).unwrap());
+        {
+            let db = redb::Database::open(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(tables::META)
+                .unwrap()
+                .insert("schema", 3u32.to_le_bytes().as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let error = Store::open(&path).unwrap_err().to_string();
+        assert!(error.contains("schema version 3"), "{error}");
     }
 }

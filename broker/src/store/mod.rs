@@ -24,7 +24,13 @@ use wire::NodeId;
 pub const AUTOMATIC_OWNER: &str = "automatic";
 
 /// Schema version written into a new database and checked when an existing one is opened.
-const SCHEMA_VERSION: u32 = 1;
+/// Version 2 added app bundles (the `runs_v2` and `bundles_v1` tables); a version 1 database is
+/// carried over when opened ([`migrate`]), and a newer one is refused, so that an older broker
+/// never reads a database it would misunderstand.
+const SCHEMA_VERSION: u32 = 2;
+
+/// The oldest schema version this broker carries over.
+const OLDEST_READABLE: u32 = 1;
 
 /// A store failure. Storage errors leave the database as it was before the operation.
 #[derive(Debug, Error)]
@@ -164,10 +170,15 @@ impl Store {
                     let version = <[u8; 4]>::try_from(bytes.as_slice())
                         .map(u32::from_le_bytes)
                         .map_err(|_| StoreError::Storage("malformed schema version".into()))?;
-                    if version != SCHEMA_VERSION {
+                    if !(OLDEST_READABLE..=SCHEMA_VERSION).contains(&version) {
                         return Err(StoreError::Storage(format!(
-                            "schema version {version}, this broker reads {SCHEMA_VERSION}"
+                            "schema version {version}, this broker reads versions \
+                             {OLDEST_READABLE} to {SCHEMA_VERSION}"
                         )));
+                    }
+                    if version < SCHEMA_VERSION {
+                        meta.insert("schema", SCHEMA_VERSION.to_le_bytes().as_slice())
+                            .map_err(storage)?;
                     }
                 }
                 None => {

@@ -294,3 +294,36 @@ async fn programs_that_crash_babble_or_hang_cost_one_error_reply_and_leave_nothi
     let (lines, status) = follow(&federation, run_id).await;
     assert_eq!(status, RunStatus::Completed, "{lines:#?}");
 }
+
+#[tokio::test]
+async fn a_node_gets_a_bundle_only_for_an_instruction_it_was_sent() {
+    use wire::fleet::{BundleAnswer, NodeStream};
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let packed = cli::bundle::pack(&python_example()).unwrap();
+    let mut client = federation.operator().await.unwrap();
+    assert!(
+        client
+            .offer_bundle(packed.hash, &packed.bytes)
+            .await
+            .unwrap()
+    );
+    client.close().await;
+    // An authenticated node with no work asks for the stored bundle by its hash.
+    let settings = federation.node_settings_with(None, "");
+    let endpoint = certs::quic::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let config =
+        node::session::client_config(&settings, std::time::Duration::from_secs(2)).unwrap();
+    let session = node::session::open(&endpoint, &settings, config)
+        .await
+        .unwrap();
+    let (mut send, mut recv) = session.connection.open_bi().await.unwrap();
+    wire::io::write_value(&mut send, &NodeStream::FetchBundle { hash: packed.hash })
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let answer: BundleAnswer = wire::io::read_value(&mut recv, 64 * 1024).await.unwrap();
+    match answer {
+        BundleAnswer::Refused(reason) => assert!(reason.contains("no instruction"), "{reason}"),
+        BundleAnswer::Found { size } => panic!("a node without work got the bundle ({size} bytes)"),
+    }
+}

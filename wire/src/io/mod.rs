@@ -8,22 +8,9 @@ use crate::stream::{Limits, MessageAssembler, OutFrame, encode_message, encode_p
 use crate::{Message, Metadata, RecordDict, WireError, frame};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Failure to read or write a frame.
-#[derive(Debug, Error)]
-pub enum FrameIoError {
-    /// The byte stream failed.
-    #[error("stream error: {0}")]
-    Io(#[from] std::io::Error),
-    /// The bytes were not a valid frame or value.
-    #[error(transparent)]
-    Wire(#[from] WireError),
-    /// The peer finished the stream where a frame was expected.
-    #[error("the peer closed the stream")]
-    Closed,
-}
+pub use crate::error::FrameIoError;
 
 /// Reads a frame's length prefix and checks it against `limit`; `Ok(None)` if the stream ended
 /// cleanly before the first byte.

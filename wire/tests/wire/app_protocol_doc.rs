@@ -64,7 +64,10 @@ fn instruction() -> Message {
         },
         body: MessageBody::Content(
             RecordDict::new()
-                .with("arrays", Record::Arrays(ArrayRecord::new().with("vector", vector)))
+                .with(
+                    "arrays",
+                    Record::Arrays(ArrayRecord::new().with("vector", vector)),
+                )
                 .with(
                     "config",
                     Record::Config(ConfigRecord::new().with("server-round", ConfigValue::Int(1))),
@@ -78,7 +81,10 @@ fn reply() -> Message {
     let mut reply = instruction().reply(
         MessageBody::Content(
             RecordDict::new()
-                .with("arrays", Record::Arrays(ArrayRecord::new().with("vector", vector)))
+                .with(
+                    "arrays",
+                    Record::Arrays(ArrayRecord::new().with("vector", vector)),
+                )
                 .with(
                     "metrics",
                     Record::Metrics(MetricRecord::new().with("num-examples", MetricValue::Int(1))),
@@ -114,7 +120,10 @@ fn expected() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("hello", frame::encode(&hello).unwrap()),
         ("job", frame::encode(&job).unwrap()),
-        ("instruction", encode_message_bytes(&instruction(), 1 << 20).unwrap()),
+        (
+            "instruction",
+            encode_message_bytes(&instruction(), 1 << 20).unwrap(),
+        ),
         ("reply", encode_message_bytes(&reply(), 1 << 20).unwrap()),
         ("error-reply", framed(&postcard::to_stdvec(&error).unwrap())),
     ]
@@ -123,7 +132,12 @@ fn expected() -> Vec<(&'static str, Vec<u8>)> {
 fn hex(bytes: &[u8]) -> String {
     bytes
         .chunks(16)
-        .map(|row| row.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
+        .map(|row| {
+            row.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -133,7 +147,10 @@ fn the_worked_examples_of_the_app_protocol_document_are_the_bytes_on_the_wire() 
     let found = examples(&document());
     for (name, bytes) in expected() {
         let Some((_, documented)) = found.iter().find(|(found, _)| found == name) else {
-            panic!("docs/app-protocol.md has no example {name:?}; its bytes are:\n{}", hex(&bytes));
+            panic!(
+                "docs/app-protocol.md has no example {name:?}; its bytes are:\n{}",
+                hex(&bytes)
+            );
         };
         assert!(
             *documented == bytes,
