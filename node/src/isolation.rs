@@ -104,22 +104,6 @@ impl ChildCommand {
     }
 }
 
-/// Kills a child's whole process group when dropped: a program that started processes of its
-/// own (a shell script, a launcher) leaves none of them behind when it is killed or returns.
-struct ProcessGroup(Option<u32>);
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0.and_then(|pid| i32::try_from(pid).ok()) {
-            // The group may be gone already (every member exited): nothing to do then.
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
-
 /// Children the node started and is waiting to hear from, by token.
 type Waiting = HashMap<[u8; TOKEN_LEN], oneshot::Sender<TcpStream>>;
 
@@ -382,7 +366,7 @@ impl ClientAppIo {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
-        let _group = ProcessGroup(child.id());
+        let _group = ops::process::ProcessGroup::of(child.id());
         let mut stderr = child
             .stderr
             .take()

@@ -4,11 +4,13 @@
 //! - [`http`]: a small, bounded HTTP/1.1 server for the health and metrics endpoints;
 //! - [`flower_flags`]: flags Flower's deployment scripts pass that have no effect in this
 //!   design, accepted with one warning each so that those scripts start;
-//! - [`shutdown`]: the signals that stop a daemon gracefully.
+//! - [`shutdown`]: the signals that stop a daemon gracefully;
+//! - [`process`]: child processes whose whole process group goes with them.
 
 #![forbid(unsafe_code)]
 
 pub mod flower_flags;
 pub mod http;
 pub mod logging;
+pub mod process;
 pub mod shutdown;

@@ -5,9 +5,11 @@
 //!
 //! - [`archive`]: the archive format (a tar of regular files, fixed metadata) and its checks.
 //! - [`manifest`]: `flwr.toml` inside a bundle: name, version and the two components.
+//! - [`workspace`]: a fresh, private copy of a bundle's files for one execution of a program.
 
 pub mod archive;
 pub mod manifest;
+pub mod workspace;
 
 pub use archive::Entry;
 pub use manifest::{Component, Manifest, Program};
