@@ -15,6 +15,7 @@
 //! - [`authentication`]: TLS deadline and handshake failures, shared by both APIs.
 //! - [`fleet`], [`delivery`]: a node's connection; instructions out and replies in.
 //! - [`control`]: an operator's connection.
+//! - [`serverappio`]: where server app programs connect, each with its run's token.
 //! - [`bundles`]: app bundles received from operators, served to nodes, read for a run's app.
 //! - [`server`]: binds the endpoints and runs the accept loops until shutdown.
 
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod rounds;
 pub mod runs;
 pub mod server;
+pub mod serverappio;
 pub mod sessions;
 pub mod settings;
 pub mod state;

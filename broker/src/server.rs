@@ -49,6 +49,8 @@ pub struct RunningBroker {
     pub control_addr: SocketAddr,
     /// Where the metrics endpoint listens, if enabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where server app programs connect.
+    pub serverappio_addr: SocketAddr,
     /// Shared state, for inspection by tests and the binary.
     pub shared: Arc<Shared>,
     /// Cancels everything.
@@ -227,6 +229,15 @@ pub fn start(
     let fleet_addr = local_addr(&fleet_endpoint, "Fleet", fleet_address)?;
     let control_addr = local_addr(&control_endpoint, "Control", control_address)?;
 
+    let serverappio_address = config.serverappio_address;
+    let serverappio_error = |source| BrokerError::Bind {
+        api: "ServerAppIo",
+        address: serverappio_address,
+        source,
+    };
+    let serverappio = crate::serverappio::bind(serverappio_address)
+        .and_then(|bound| crate::serverappio::ServerAppIo::serve(bound, shutdown.clone()))
+        .map_err(serverappio_error)?;
     let apps = config.apps.clone();
     let shared = Arc::new(Shared {
         store,
@@ -236,6 +247,7 @@ pub fn start(
         rounds: Arc::new(crate::rounds::Rounds::default()),
         apps,
         metrics: crate::metrics::Metrics::default(),
+        serverappio,
     });
     match crate::runs::runner::resume_interrupted_runs(&shared) {
         Ok(0) => {}
@@ -276,6 +288,7 @@ pub fn start(
         fleet_addr,
         control_addr,
         metrics_addr,
+        serverappio_addr: shared.serverappio.address(),
         shared,
         shutdown,
         task,

@@ -56,6 +56,13 @@ pub struct Args {
     /// instruction: at most twice the arrays it was sent, plus 16 MiB.
     #[arg(long, default_value_t = 1024, value_name = "MIB")]
     pub max_reply_mib: u64,
+    /// Where server app programs connect (the ServerAppIo API); only this host's processes may.
+    #[arg(long, default_value = "127.0.0.1:9091", value_name = "ADDR")]
+    pub serverappio_api_address: SocketAddr,
+    /// Where server app programs run, a fresh workspace per run [default:
+    /// ~/.flwr/superlink/apps].
+    #[arg(long, value_name = "DIR")]
+    pub apps_dir: Option<PathBuf>,
     /// Serve Prometheus metrics over plain HTTP on this address (off by default).
     #[arg(long, value_name = "ADDR")]
     pub metrics_address: Option<SocketAddr>,
@@ -182,6 +189,12 @@ impl Args {
             return Err("--heartbeat-timeout must be longer than --heartbeat-interval".into());
         }
         config.metrics_address = self.metrics_address;
+        config.serverappio_address = self.serverappio_api_address;
+        config.apps_dir = self.apps_dir.unwrap_or_else(|| {
+            default_database()
+                .parent()
+                .map_or_else(|| PathBuf::from("apps"), |dir| dir.join("apps"))
+        });
         if self.max_reply_mib == 0 {
             return Err("--max-reply-mib must be at least 1".into());
         }

@@ -25,4 +25,6 @@ pub struct Shared {
     pub apps: model::apps::ServerApps,
     /// Counters for the metrics endpoint.
     pub metrics: Metrics,
+    /// Where server app programs connect.
+    pub serverappio: Arc<crate::serverappio::ServerAppIo>,
 }

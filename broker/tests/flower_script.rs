@@ -43,7 +43,7 @@ fn a_flower_deployment_script_starts_the_superlink() {
         .args(["--fleet-api-address", "127.0.0.1:0"])
         .args(["--control-api-address", "127.0.0.1:0"])
         .args(["--fleet-api-type", "grpc-rere"])
-        .args(["--serverappio-api-address", "127.0.0.1:9091"])
+        .args(["--serverappio-api-address", "127.0.0.1:0"])
         .args(["--isolation", "subprocess"])
         .args(["--storage-dir", dir.path().to_str().unwrap()])
         .arg("--disable-runtime-dependency-installation")
@@ -68,7 +68,6 @@ fn a_flower_deployment_script_starts_the_superlink() {
     assert!(output.status.success(), "{stderr}");
     for flag in [
         "--fleet-api-type",
-        "--serverappio-api-address",
         "--isolation",
         "--storage-dir",
         "--disable-runtime-dependency-installation",

@@ -73,6 +73,7 @@ pub fn broker_config(dir: &Path, node_auth: NodeAuth, operator_keys: bool) -> Br
     config.heartbeat_interval = Duration::from_millis(200);
     config.heartbeat_timeout = Duration::from_millis(1000);
     config.metrics_address = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.apps_dir = dir.join("superlink-apps");
     config
 }
 

@@ -536,29 +536,10 @@ async fn crash_report(
         None => None,
     };
     let last = last.map(|line| format!(": {line}")).unwrap_or_default();
-    format!("the client app process {}{last}", describe(status))
-}
-
-/// How a child ended, in words.
-fn describe(status: std::io::Result<ExitStatus>) -> String {
-    let status = match status {
-        Ok(status) => status,
-        Err(error) => return format!("could not be waited for: {error}"),
-    };
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::ExitStatusExt as _;
-        if let Some(signal) = status.signal() {
-            let name = nix::sys::signal::Signal::try_from(signal)
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_else(|_| "an unknown signal".into());
-            return format!("was killed by signal {signal} ({name})");
-        }
-    }
-    match status.code() {
-        Some(code) => format!("exited with status {code} before replying"),
-        None => "ended before replying".into(),
-    }
+    format!(
+        "the client app process {} before replying{last}",
+        ops::process::describe_exit(status)
+    )
 }
 
 #[cfg(test)]

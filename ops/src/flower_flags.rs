@@ -11,11 +11,8 @@ pub struct SuperLinkFlags {
     /// QUIC here.
     #[arg(long, value_name = "TYPE", hide_short_help = true)]
     pub fleet_api_type: Option<String>,
-    /// Flower's ServerAppIo address. No effect: server apps run inside flower-superlink here.
-    #[arg(long, value_name = "ADDR", hide_short_help = true)]
-    pub serverappio_api_address: Option<String>,
-    /// Flower's ServerApp isolation (subprocess, process). No effect: server apps run inside
-    /// flower-superlink here.
+    /// Flower's ServerApp isolation (subprocess, process). No effect: built-in server apps run
+    /// inside flower-superlink, and an app bundle's server program in a process of its own.
     #[arg(long, value_name = "MODE", hide_short_help = true)]
     pub isolation: Option<String>,
     /// Flower's directory for app bundles. No effect: runs and their results live in the
@@ -37,15 +34,10 @@ impl SuperLinkFlags {
                 "--fleet-api-type {kind} has no effect: the Fleet API is QUIC (UDP) here"
             ));
         }
-        if let Some(address) = &self.serverappio_api_address {
-            notices.push(format!(
-                "--serverappio-api-address {address} has no effect: server apps run inside \
-                 flower-superlink here"
-            ));
-        }
         if let Some(mode) = &self.isolation {
             notices.push(format!(
-                "--isolation {mode} has no effect on flower-superlink: server apps run inside it"
+                "--isolation {mode} has no effect on flower-superlink: built-in server apps run \
+                 inside it, an app bundle's server program in a process of its own"
             ));
         }
         if let Some(dir) = &self.storage_dir {
@@ -135,8 +127,6 @@ mod tests {
             "flower-superlink",
             "--fleet-api-type",
             "grpc-rere",
-            "--serverappio-api-address",
-            "0.0.0.0:9091",
             "--isolation",
             "subprocess",
             "--storage-dir",
@@ -145,10 +135,9 @@ mod tests {
         ])
         .unwrap();
         let notices = link.flags.notices();
-        assert_eq!(notices.len(), 5, "{notices:#?}");
+        assert_eq!(notices.len(), 4, "{notices:#?}");
         for flag in [
             "--fleet-api-type",
-            "--serverappio-api-address",
             "--isolation",
             "--storage-dir",
             "--disable-runtime-dependency-installation",

@@ -24,3 +24,25 @@ impl Drop for ProcessGroup {
         }
     }
 }
+
+/// How a child ended, in words: `exited with status 3`, `was killed by signal 9 (SIGKILL)`.
+pub fn describe_exit(status: std::io::Result<std::process::ExitStatus>) -> String {
+    let status = match status {
+        Ok(status) => status,
+        Err(error) => return format!("could not be waited for: {error}"),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt as _;
+        if let Some(signal) = status.signal() {
+            let name = nix::sys::signal::Signal::try_from(signal)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| "an unknown signal".into());
+            return format!("was killed by signal {signal} ({name})");
+        }
+    }
+    match status.code() {
+        Some(code) => format!("exited with status {code}"),
+        None => "ended".into(),
+    }
+}

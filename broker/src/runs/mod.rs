@@ -3,6 +3,7 @@
 
 pub mod apps;
 pub mod grid;
+pub mod program;
 pub mod runner;
 
 use crate::store::Store;

@@ -67,8 +67,8 @@ pub fn start_bundled(
     bundle: BundleHash,
     config: ConfigRecord,
 ) -> Result<RunInfo, ControlError> {
-    let manifest = super::apps::manifest(shared, bundle)?;
-    super::apps::server_app(shared, &manifest)?;
+    let manifest = super::apps::bundle(shared, bundle)?.manifest;
+    super::apps::check_server_app(shared, &manifest)?;
     create(
         shared,
         operator,
@@ -142,7 +142,7 @@ async fn execute(shared: Arc<Shared>, info: RunInfo) {
     {
         tracing::error!(%error, "could not record the run as starting");
     }
-    let app = match super::apps::server_app_of(&shared, &info) {
+    let app = match super::apps::server_app_of(&shared, &info, &cancel) {
         Ok(app) => app,
         Err(reason) => {
             log(&shared, run_id, &format!("ERROR: {reason}"));

@@ -122,12 +122,15 @@ async fn an_app_the_superlink_cannot_run_is_refused_before_a_run_exists() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("no-such-app"), "{error}");
-    let program = script_app("./client.sh", "exit 0", &[]);
-    let error = start_bundle(&federation, program.path(), "")
+    let missing = script_app("./server.sh", "exit 0", &[]);
+    let error = start_bundle(&federation, missing.path(), "")
         .await
         .unwrap_err()
         .to_string();
-    assert!(error.contains("program"), "{error}");
+    assert!(
+        error.contains("\"server.sh\" is not in the bundle"),
+        "{error}"
+    );
     match federation
         .request(ControlRequest::ListRuns { run_id: None })
         .await
@@ -325,5 +328,85 @@ async fn a_node_gets_a_bundle_only_for_an_instruction_it_was_sent() {
     match answer {
         BundleAnswer::Refused(reason) => assert!(reason.contains("no instruction"), "{reason}"),
         BundleAnswer::Found { size } => panic!("a node without work got the bundle ({size} bytes)"),
+    }
+}
+
+/// An app directory whose server half is the shell script `script`.
+fn server_script_app(script: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("flwr.toml"),
+        "[app]\nname = \"server-script\"\nversion = \"1.0.0\"\n\n[app.components]\n\
+         serverapp = [\"./server.sh\"]\nclientapp = \"vector-add\"\n",
+    )
+    .unwrap();
+    let server = dir.path().join("server.sh");
+    std::fs::write(&server, format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(&server, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn a_server_program_that_fails_fails_its_run_with_its_status_and_last_words() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let app = server_script_app("echo 'no strategy configured' >&2; exit 4");
+    let (run_id, _, _) = start_bundle(&federation, app.path(), "").await.unwrap();
+    let (lines, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Failed, "{lines:#?}");
+    let error = lines
+        .iter()
+        .find(|line| line.starts_with("ERROR"))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(
+        error.contains("exited with status 4") && error.contains("no strategy configured"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn stopping_a_run_kills_its_server_program() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let pid_file = scratch.path().join("server.pid");
+    // Connected, and busy: the SuperLink is waiting for its next request when the run stops.
+    // It writes its pid once it has its job.
+    let app = server_script_app(&format!(
+        "exec python3 - {:?} <<'PY'\nimport os, socket, struct, sys, time\n\
+         h, p = os.environ['FLWR_SERVERAPPIO_ADDRESS'].rsplit(':', 1)\n\
+         s = socket.create_connection((h, int(p)))\n\
+         s.sendall(struct.pack('<I', 33) + b'\\x01' + bytes.fromhex(os.environ['FLWR_SERVERAPP_TOKEN']))\n\
+         (n,) = struct.unpack('<I', s.recv(4, socket.MSG_WAITALL))\n\
+         s.recv(n, socket.MSG_WAITALL)\n\
+         open(sys.argv[1], 'w').write(str(os.getpid()))\n\
+         time.sleep(600)\nPY",
+        pid_file
+    ));
+    let (run_id, _, _) = start_bundle(&federation, app.path(), "").await.unwrap();
+    let deadline = std::time::Instant::now() + e2e::PATIENCE;
+    while !pid_file.exists()
+        || std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server program never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    assert!(alive(&pid));
+    match federation.request(ControlRequest::StopRun { run_id }).await {
+        ControlResponse::RunStopped { .. } => {}
+        other => panic!("{other:?}"),
+    }
+    while alive(&pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stopped run's server program {pid} is still running"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

@@ -12,12 +12,15 @@
 //! - [`FedMedian`], [`FedTrimmedAvg`], [`Krum`], [`MultiKrum`], [`Bulyan`]: robust to a minority
 //!   of bad replies; the median, trimmed mean and Bulyan's final mean are unweighted, as Flower's.
 //!
+//! [`start::start`] is the round loop around any of them, Flower's `Strategy.start`.
+//!
 //! Where Flower differs by accident rather than design, ours keeps the model's dtype: Flower's
 //! FedAdam returns float64 arrays (a numpy promotion of its bias-corrected step), ours the f32
 //! arrays it was given.
 
 mod optimizers;
 mod robust;
+pub mod start;
 mod weighted;
 
 pub use optimizers::{FedAdagrad, FedAdam, FedAvgM, FedYogi};

@@ -1,0 +1,377 @@
+//! Server apps that are programs: the server half of an app bundle, in any language. For each
+//! run the SuperLink unpacks the bundle into a fresh workspace, starts the program there with
+//! the ServerAppIo API's address and a one-time token in its environment, and serves the
+//! program's [`GridRequest`]s with the run's [`Grid`], as the built-in apps use it. The run
+//! completes when the program exits with status 0, and fails otherwise, with its exit status and
+//! last stderr lines in the run's log. Stopping the run kills the program's process group.
+
+use crate::state::Shared;
+use model::app::{AppError, Grid, GridError, Instruction, ServerApp, ServerContext};
+use model::bundle::workspace::Workspace;
+use model::bundle::{Bundle, Program};
+use std::collections::VecDeque;
+use std::io::Read as _;
+use std::net::TcpStream;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio_util::sync::CancellationToken;
+use wire::MessageBody;
+use wire::blocking::{read_message, read_value, write_message, write_value};
+use wire::clientappio::encode_token;
+use wire::error::FrameIoError;
+use wire::serverappio::{
+    ADDRESS_ENV, CONTROL_FRAME_LIMIT, GridFailure, GridRequest, GridResponse, ServerJob, TOKEN_ENV,
+};
+use wire::stream::{DEFAULT_CHUNK, Limits};
+
+/// How long a started program has to connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a program that closed its connection has to exit before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// Largest artifact or checkpoint a program may store.
+pub const MAX_STORED_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Most destinations of one request.
+const MAX_DESTINATIONS: usize = 1 << 20;
+
+/// Stderr lines kept to explain a failure.
+const STDERR_TAIL: usize = 10;
+
+/// A server app that is a bundle's program.
+pub struct ProgramServerApp {
+    /// The broker.
+    pub shared: Arc<Shared>,
+    /// The bundle, checked.
+    pub bundle: Arc<Bundle>,
+    /// The program in it.
+    pub program: Program,
+    /// Cancelled when the run is stopped or the broker shuts down.
+    pub cancel: CancellationToken,
+    /// The broker's runtime, for the child process's async parts.
+    pub handle: tokio::runtime::Handle,
+}
+
+/// The last lines a program wrote to stderr.
+type Tail = Arc<Mutex<VecDeque<String>>>;
+
+fn tail_text(tail: &Tail) -> String {
+    let lines = tail.lock().unwrap_or_else(|p| p.into_inner());
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; its last words: {}",
+            lines.iter().cloned().collect::<Vec<_>>().join(" | ")
+        )
+    }
+}
+
+/// Logs a program's stderr as the broker's own, keeping the last lines.
+async fn forward_stderr(stderr: tokio::process::ChildStderr, tail: Tail) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::info!(target: "serverapp", "{line}");
+        let mut kept = tail.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() == STDERR_TAIL {
+            kept.pop_front();
+        }
+        kept.push_back(wire::text::sanitize(&line, 512));
+    }
+}
+
+impl ServerApp for ProgramServerApp {
+    fn run(&self, grid: &dyn Grid, context: &ServerContext) -> Result<(), AppError> {
+        let apps_dir = &self.shared.config.apps_dir;
+        let workspace = Workspace::create(apps_dir, &self.bundle).map_err(|e| {
+            AppError::new(format!(
+                "cannot unpack the app bundle into {}: {e}",
+                apps_dir.display()
+            ))
+        })?;
+        let program = match self.program.bundle_path() {
+            Some(path) => workspace.path().join(path),
+            None => self.program.command.clone().into(),
+        };
+        let io = &self.shared.serverappio;
+        let (token, connection) = io.expect();
+        let _entered = self.handle.enter();
+        let spawned = tokio::process::Command::new(&program)
+            .args(&self.program.args)
+            .current_dir(workspace.path())
+            .env(TOKEN_ENV, encode_token(&token))
+            .env(ADDRESS_ENV, io.address().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(error) => {
+                io.forget(&token);
+                return Err(AppError::new(format!(
+                    "cannot start the server app {}: {error}",
+                    program.display()
+                )));
+            }
+        };
+        let group = ops::process::ProcessGroup::of(child.id());
+        let tail = Tail::default();
+        let stderr = child
+            .stderr
+            .take()
+            .map(|stderr| self.handle.spawn(forward_stderr(stderr, tail.clone())));
+        // A stopped run takes the program with it, whatever it is doing.
+        let killer = {
+            let cancel = self.cancel.clone();
+            let pid = child.id();
+            self.handle.spawn(async move {
+                cancel.cancelled().await;
+                drop(ops::process::ProcessGroup::of(pid));
+            })
+        };
+        let connected = self.handle.block_on(async {
+            tokio::select! {
+                connected = connection => connected.map_err(|_| "the ServerAppIo API stopped".to_string()),
+                status = child.wait() => Err(format!("the server app {} before connecting", ops::process::describe_exit(status))),
+                _ = tokio::time::sleep(CONNECT_TIMEOUT) => Err(format!("the server app did not connect within {CONNECT_TIMEOUT:?}")),
+                _ = self.cancel.cancelled() => Err("the run was stopped".to_string()),
+            }
+        });
+        io.forget(&token);
+        let served = connected.and_then(|stream| {
+            let stream = stream
+                .into_std()
+                .and_then(|stream| stream.set_nonblocking(false).map(|()| stream))
+                .map_err(|e| e.to_string())?;
+            let job = ServerJob {
+                run_id: context.run_id,
+                app_name: self.bundle.manifest.name.clone(),
+                app_version: self.bundle.manifest.version.clone(),
+                run_config: context.run_config.clone(),
+                checkpoint_size: context.checkpoint.as_ref().map(|c| c.len() as u64),
+            };
+            Serving { grid, stream }.run(job, context.checkpoint.as_deref())
+        });
+        // A stopped run's program is killed, not waited for.
+        if self.cancel.is_cancelled() {
+            let _ = child.start_kill();
+        }
+        let status = self
+            .handle
+            .block_on(tokio::time::timeout(EXIT_GRACE, child.wait()));
+        killer.abort();
+        drop(group);
+        if let Some(stderr) = stderr {
+            let _ = self
+                .handle
+                .block_on(tokio::time::timeout(Duration::from_secs(1), stderr));
+        }
+        drop(workspace);
+        served.map_err(|reason| AppError::new(format!("{reason}{}", tail_text(&tail))))?;
+        match status {
+            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(status) => Err(AppError::new(format!(
+                "the server app {}{}",
+                ops::process::describe_exit(status),
+                tail_text(&tail)
+            ))),
+            Err(_) => Err(AppError::new(format!(
+                "the server app closed its connection but did not exit within {EXIT_GRACE:?}; \
+                 it was killed{}",
+                tail_text(&tail)
+            ))),
+        }
+    }
+}
+
+/// One program's requests, answered with the run's grid.
+struct Serving<'a> {
+    grid: &'a dyn Grid,
+    stream: TcpStream,
+}
+
+fn failure(error: GridError) -> GridResponse {
+    GridResponse::Error(match error {
+        GridError::Stopped => GridFailure::Stopped,
+        GridError::Internal(why) => GridFailure::Internal(why),
+    })
+}
+
+/// Whether `name` may name an artifact: a plain file name (`flwr pull` writes it as one).
+fn valid_artifact_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+impl Serving<'_> {
+    /// Sends the job, then answers requests until the program closes the connection. An error
+    /// is a program that broke the protocol.
+    fn run(mut self, job: ServerJob, checkpoint: Option<&[u8]>) -> Result<(), String> {
+        let broke = |e: FrameIoError| format!("the server app broke the ServerAppIo exchange: {e}");
+        self.job(&job, checkpoint).map_err(broke)?;
+        loop {
+            let request = match read_value::<GridRequest, _>(&mut self.stream, CONTROL_FRAME_LIMIT)
+            {
+                Ok(request) => request,
+                // The program closed its side (or died): its exit status says which.
+                Err(FrameIoError::Closed | FrameIoError::Io(_)) => return Ok(()),
+                Err(error) => return Err(broke(error)),
+            };
+            match self.answer(request) {
+                Ok(()) => {}
+                Err(FrameIoError::Io(_) | FrameIoError::Closed) => return Ok(()),
+                Err(error) => return Err(broke(error)),
+            }
+        }
+    }
+
+    fn job(&mut self, job: &ServerJob, checkpoint: Option<&[u8]>) -> Result<(), FrameIoError> {
+        use std::io::Write as _;
+        write_value(&mut self.stream, job)?;
+        if let Some(checkpoint) = checkpoint {
+            self.stream.write_all(checkpoint)?;
+        }
+        Ok(())
+    }
+
+    fn respond(&mut self, response: &GridResponse) -> Result<(), FrameIoError> {
+        write_value(&mut self.stream, response)
+    }
+
+    /// Raw bytes following a request, bounded.
+    fn bytes(&mut self, size: u64) -> Result<Vec<u8>, FrameIoError> {
+        let mut bytes = vec![0u8; size as usize];
+        self.stream.read_exact(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    fn answer(&mut self, request: GridRequest) -> Result<(), FrameIoError> {
+        let response = match request {
+            GridRequest::NodeIds => match self.grid.node_ids() {
+                Ok(nodes) => GridResponse::Nodes(nodes),
+                Err(error) => failure(error),
+            },
+            GridRequest::WaitForNodes { count, timeout_ms } => {
+                let count = usize::try_from(count).unwrap_or(usize::MAX);
+                match self
+                    .grid
+                    .wait_for_nodes(count, Duration::from_millis(timeout_ms))
+                {
+                    Ok(nodes) => GridResponse::Nodes(nodes),
+                    Err(error) => failure(error),
+                }
+            }
+            GridRequest::SendAndReceive {
+                destinations,
+                timeout_ms,
+            } => return self.send_and_receive(destinations, timeout_ms),
+            GridRequest::Log { line } => {
+                self.grid.log(&line);
+                GridResponse::Ok
+            }
+            GridRequest::SaveArtifact { name, size } => {
+                if size > MAX_STORED_BYTES || !valid_artifact_name(&name) {
+                    return Err(wire::WireError::Invalid(format!(
+                        "artifact {:?} of {size} bytes: names are plain file names, sizes at most {MAX_STORED_BYTES}",
+                        wire::text::sanitize(&name, 64)
+                    ))
+                    .into());
+                }
+                let bytes = self.bytes(size)?;
+                match self.grid.save_artifact(&name, &bytes) {
+                    Ok(()) => GridResponse::Ok,
+                    Err(error) => failure(error),
+                }
+            }
+            GridRequest::SaveCheckpoint { size } => {
+                if size > MAX_STORED_BYTES {
+                    return Err(wire::WireError::Invalid(format!(
+                        "a checkpoint of {size} bytes (at most {MAX_STORED_BYTES})"
+                    ))
+                    .into());
+                }
+                let bytes = self.bytes(size)?;
+                match self.grid.save_checkpoint(&bytes) {
+                    Ok(()) => GridResponse::Ok,
+                    Err(error) => failure(error),
+                }
+            }
+        };
+        self.respond(&response)
+    }
+
+    fn send_and_receive(
+        &mut self,
+        destinations: Vec<wire::NodeId>,
+        timeout_ms: u64,
+    ) -> Result<(), FrameIoError> {
+        let message = read_message(&mut self.stream, Limits::default())?;
+        let MessageBody::Content(content) = message.body else {
+            return Err(
+                wire::WireError::Invalid("a message to send without content".into()).into(),
+            );
+        };
+        if destinations.len() > MAX_DESTINATIONS || destinations.iter().any(|node| !node.is_node())
+        {
+            return Err(wire::WireError::Invalid("destinations must be node ids".into()).into());
+        }
+        let content = Arc::new(content);
+        let instructions = destinations
+            .into_iter()
+            .map(|dst| Instruction {
+                dst,
+                message_type: message.metadata.message_type,
+                group_id: message.metadata.group_id.clone(),
+                content: content.clone(),
+            })
+            .collect();
+        let mut broken: Option<FrameIoError> = None;
+        let stream = &mut self.stream;
+        let sent = self.grid.send_and_fold(
+            instructions,
+            Duration::from_millis(timeout_ms),
+            &mut |reply| {
+                if broken.is_some() {
+                    return;
+                }
+                let written = write_value(&mut *stream, &GridResponse::Reply)
+                    .and_then(|()| write_message(&mut *stream, &reply, DEFAULT_CHUNK));
+                if let Err(error) = written {
+                    broken = Some(error);
+                }
+            },
+        );
+        if let Some(error) = broken {
+            return Err(error);
+        }
+        match sent {
+            Ok(()) => self.respond(&GridResponse::Done),
+            Err(error) => self.respond(&failure(error)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifact_names_are_plain_file_names() {
+        for good in ["model.safetensors", "metrics.json", "final_arrays-2.bin"] {
+            assert!(valid_artifact_name(good), "{good}");
+        }
+        for bad in ["", ".hidden", "../x", "a/b", "a\\b", "é", &"x".repeat(129)] {
+            assert!(!valid_artifact_name(bad), "{bad}");
+        }
+    }
+}
