@@ -5,6 +5,7 @@
 
 use wire::clientappio::{AppHello, AppJob, CLIENTAPPIO_VERSION};
 use wire::fleet::InstructionHeader;
+use wire::serverappio::{GridRequest, GridResponse, ServerJob};
 use wire::stream::encode_message_bytes;
 use wire::*;
 
@@ -126,6 +127,33 @@ fn expected() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("reply", encode_message_bytes(&reply(), 1 << 20).unwrap()),
         ("error-reply", framed(&postcard::to_stdvec(&error).unwrap())),
+        (
+            "server-job",
+            frame::encode(&ServerJob {
+                run_id: RunId(7),
+                app_name: "my-app".into(),
+                app_version: "1.0.0".into(),
+                run_config: ConfigRecord::new().with("num-server-rounds", ConfigValue::Int(3)),
+                checkpoint_size: None,
+            })
+            .unwrap(),
+        ),
+        (
+            "send-and-receive",
+            frame::encode(&GridRequest::SendAndReceive {
+                destinations: vec![NodeId(300), NodeId(301)],
+                timeout_ms: 60_000,
+            })
+            .unwrap(),
+        ),
+        (
+            "log",
+            frame::encode(&GridRequest::Log {
+                line: "round 1 done".into(),
+            })
+            .unwrap(),
+        ),
+        ("ok", frame::encode(&GridResponse::Ok).unwrap()),
     ]
 }
 
