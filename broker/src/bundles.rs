@@ -4,6 +4,7 @@
 use crate::state::Shared;
 use model::bundle::{Bundle, MAX_BUNDLE_BYTES};
 use std::time::Duration;
+use wire::bundle::{BundleSignature, MAX_SIGNATURES, signing_message};
 use wire::control::{ControlError, ControlFrame, ControlResponse};
 use wire::fleet::BundleAnswer;
 use wire::io::{FrameIoError, write_value};
@@ -34,16 +35,21 @@ async fn respond(
     write_value(send, &ControlFrame::Response(response)).await
 }
 
-/// Answers [`wire::control::ControlRequest::OfferBundle`]: declines what is stored already or
-/// too large, otherwise reads the bytes, checks them and stores them.
+/// Answers [`wire::control::ControlRequest::OfferBundle`]: refuses a signature that does not
+/// verify; keeps the signatures of a bundle stored already and declines its bytes; refuses one
+/// too large; otherwise reads the bytes, checks them and stores them with their signatures.
 pub async fn receive(
     shared: &Shared,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
     hash: BundleHash,
     size: u64,
+    signatures: Vec<BundleSignature>,
 ) -> Result<(), UploadError> {
     let refuse = |error: ControlError| ControlResponse::Error(error);
+    if let Err(why) = check_signatures(hash, &signatures) {
+        return Ok(respond(send, refuse(ControlError::InvalidBundle(why))).await?);
+    }
     if size > MAX_BUNDLE_BYTES {
         let error = ControlError::InvalidBundle(format!(
             "it is {size} bytes, over the limit of {MAX_BUNDLE_BYTES} bytes"
@@ -52,7 +58,11 @@ pub async fn receive(
     }
     match shared.store.has_bundle(hash) {
         Ok(true) => {
-            return Ok(respond(send, ControlResponse::BundleWanted { wanted: false }).await?);
+            let response = match shared.store.add_bundle_signatures(hash, &signatures) {
+                Ok(()) => ControlResponse::BundleWanted { wanted: false },
+                Err(error) => refuse(ControlError::Internal(error.to_string())),
+            };
+            return Ok(respond(send, response).await?);
         }
         Ok(false) => {}
         Err(error) => {
@@ -75,6 +85,7 @@ pub async fn receive(
             Bundle::open(&bytes, hash).map_err(|e| ControlError::InvalidBundle(e.to_string()))?;
         store
             .put_bundle(hash, &bytes)
+            .and_then(|()| store.add_bundle_signatures(hash, &signatures))
             .map_err(|e| ControlError::Internal(e.to_string()))?;
         Ok::<_, ControlError>(bundle.manifest.name)
     })
@@ -88,6 +99,29 @@ pub async fn receive(
         Err(error) => refuse(error),
     };
     Ok(respond(send, response).await?)
+}
+
+/// Checks that every signature is a publisher's valid signature of `hash`, and that there are
+/// not too many.
+fn check_signatures(hash: BundleHash, signatures: &[BundleSignature]) -> Result<(), String> {
+    if signatures.len() > MAX_SIGNATURES {
+        return Err(format!(
+            "{} signatures, at most {MAX_SIGNATURES}",
+            signatures.len()
+        ));
+    }
+    let message = signing_message(hash);
+    for signature in signatures {
+        let key = certs::PublicKey::from_spki_der(&signature.public_key)
+            .map_err(|e| format!("a signature's public key is not valid: {e}"))?;
+        if !key.verify(&message, &signature.signature) {
+            return Err(format!(
+                "the signature by {} is not a signature of this bundle",
+                key.fingerprint()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// How long a node has to take a bundle.
@@ -104,13 +138,19 @@ pub async fn serve(shared: &Shared, node: NodeId, mut send: quinn::SendStream, h
         shared
             .store
             .bundle(hash)
+            .and_then(|bytes| Ok((bytes, shared.store.bundle_signatures(hash)?)))
             .map_err(|e| e.to_string())
-            .and_then(|bytes| bytes.ok_or_else(|| "it is not stored".to_string()))
+            .and_then(|(bytes, signatures)| {
+                Ok((
+                    bytes.ok_or_else(|| "it is not stored".to_string())?,
+                    signatures,
+                ))
+            })
     } else {
         Err("this node has no instruction of a run that uses it".to_string())
     };
-    let bytes = match found {
-        Ok(bytes) => bytes,
+    let (bytes, signatures) = match found {
+        Ok(found) => found,
         Err(reason) => {
             tracing::warn!(%node, %hash, %reason, "bundle refused to a node");
             let answer = BundleAnswer::Refused(format!("no bundle {hash}: {reason}"));
@@ -124,6 +164,7 @@ pub async fn serve(shared: &Shared, node: NodeId, mut send: quinn::SendStream, h
     };
     let answer = BundleAnswer::Found {
         size: bytes.len() as u64,
+        signatures,
     };
     let sent = tokio::time::timeout(SERVE_TIMEOUT, async {
         write_value(&mut send, &answer).await.is_ok() && send.write_all(&bytes).await.is_ok()

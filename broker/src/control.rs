@@ -78,8 +78,16 @@ pub async fn handle(
                     after,
                     follow,
                 } => send_log(&shared, &mut send, run_id, after, follow, &shutdown).await,
-                ControlRequest::OfferBundle { hash, size } => {
-                    match crate::bundles::receive(&shared, &mut send, &mut recv, hash, size).await {
+                ControlRequest::OfferBundle {
+                    hash,
+                    size,
+                    signatures,
+                } => {
+                    match crate::bundles::receive(
+                        &shared, &mut send, &mut recv, hash, size, signatures,
+                    )
+                    .await
+                    {
                         Ok(()) => Ok(()),
                         Err(error) => {
                             tracing::warn!(%error, "bundle upload failed");

@@ -38,6 +38,9 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// App bundles: sign one as its publisher.
+    #[command(subcommand)]
+    App(AppCommand),
     /// Show where federations come from and what they resolve to.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -105,6 +108,26 @@ pub enum Command {
         /// App directory and federation.
         #[command(flatten)]
         target: Target,
+    },
+}
+
+/// `flwr app ...`
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// Sign the bundle of the app in APP_DIR as its publisher: nodes whose --trusted-apps lists
+    /// your public key then run it. The signature goes to APP_DIR/.flwr/signatures.json, and
+    /// `flwr run` sends it with the bundle. Any change to the app's files needs a new signature.
+    Sign {
+        /// The app directory.
+        #[arg(default_value = ".")]
+        app: PathBuf,
+        /// The publisher's private key (OpenSSH or PEM, P-256 or P-384; `flwr keys generate`
+        /// makes them).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
 }
 

@@ -8,8 +8,9 @@ use crate::CliError;
 use crate::fab::select::{Patterns, collect};
 use model::bundle::{Bundle, Component, Entry, MANIFEST, Manifest, archive, hash_of};
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use wire::BundleHash;
+use wire::bundle::{BundleSignature, signing_message};
 
 /// A packed bundle, checked as the SuperLink will check it.
 #[derive(Debug)]
@@ -137,6 +138,96 @@ pub fn pack(dir: &Path) -> Result<Packed, CliError> {
     })
 }
 
+/// Where `flwr app sign` keeps an app's signatures: outside what any bundle packs.
+pub fn signatures_path(dir: &Path) -> PathBuf {
+    dir.join(".flwr").join("signatures.json")
+}
+
+/// One stored signature: the bundle's hash, the publisher's OpenSSH public key line, and the
+/// DER signature in hex.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct StoredSignature {
+    bundle: String,
+    publisher: String,
+    signature: String,
+}
+
+fn read_stored(dir: &Path) -> Result<Vec<StoredSignature>, CliError> {
+    let path = signatures_path(dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| CliError::Config(format!("{}: {e}", path.display()))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(error) => Err(CliError::Io(format!(
+            "cannot read {}: {error}",
+            path.display()
+        ))),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// The signatures `flwr app sign` stored for the bundle `hash` of the app in `dir`.
+pub fn signatures_for(dir: &Path, hash: BundleHash) -> Result<Vec<BundleSignature>, CliError> {
+    let path = signatures_path(dir);
+    let mut signatures = Vec::new();
+    for stored in read_stored(dir)? {
+        if BundleHash::from_hex(&stored.bundle) != Some(hash) {
+            continue;
+        }
+        let malformed = |why: String| CliError::Config(format!("{}: {why}", path.display()));
+        let publisher =
+            certs::openssh::parse_public_line(&stored.publisher).map_err(|e| malformed(e))?;
+        let signature =
+            unhex(&stored.signature).ok_or_else(|| malformed("a signature is not hex".into()))?;
+        signatures.push(BundleSignature {
+            public_key: publisher.key.to_spki_der(),
+            signature,
+        });
+    }
+    Ok(signatures)
+}
+
+/// Signs the bundle of the app in `dir` with `key` and keeps the signature in the app's
+/// [`signatures_path`], replacing this publisher's earlier signature of the same bundle.
+pub fn sign(dir: &Path, key: &certs::IdentityKey, comment: &str) -> Result<Packed, CliError> {
+    let packed = pack(dir)?;
+    let public = key.public_key();
+    let entry = StoredSignature {
+        bundle: packed.hash.to_string(),
+        publisher: certs::openssh::format_public_line(&public, comment),
+        signature: hex(&key.sign(&signing_message(packed.hash))),
+    };
+    let mut stored = read_stored(dir)?;
+    stored.retain(|old| {
+        old.bundle != entry.bundle
+            || certs::openssh::parse_public_line(&old.publisher).map(|line| line.key) != Ok(public)
+    });
+    stored.push(entry);
+    let path = signatures_path(dir);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| CliError::Io(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let text = serde_json::to_string_pretty(&stored)
+        .map_err(|e| CliError::Io(format!("cannot encode the signatures: {e}")))?;
+    std::fs::write(&path, text + "\n")
+        .map_err(|e| CliError::Io(format!("cannot write {}: {e}", path.display())))?;
+    Ok(packed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +259,32 @@ mod tests {
         assert_eq!(pack(dir.path()).unwrap().hash, packed.hash);
         write(dir.path(), "client.py", "print(2)\n", false);
         assert_ne!(pack(dir.path()).unwrap().hash, packed.hash);
+    }
+
+    #[test]
+    fn a_signature_is_kept_outside_the_bundle_and_found_for_its_hash_only() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), MANIFEST, MANIFEST_TEXT, false);
+        write(dir.path(), "client.py", "print(1)\n", false);
+        let key = certs::IdentityKey::generate();
+        let packed = sign(dir.path(), &key, "alice").unwrap();
+        // Signing again replaces, and the signature file never changes the bundle.
+        assert_eq!(sign(dir.path(), &key, "alice").unwrap().hash, packed.hash);
+        let signatures = signatures_for(dir.path(), packed.hash).unwrap();
+        assert_eq!(signatures.len(), 1);
+        assert_eq!(signatures[0].public_key, key.public_key().to_spki_der());
+        assert!(
+            key.public_key()
+                .verify(&signing_message(packed.hash), &signatures[0].signature)
+        );
+        assert!(
+            signatures_for(dir.path(), BundleHash([0; 32]))
+                .unwrap()
+                .is_empty()
+        );
+        write(dir.path(), "client.py", "print(2)\n", false);
+        let changed = pack(dir.path()).unwrap();
+        assert!(signatures_for(dir.path(), changed.hash).unwrap().is_empty());
     }
 
     #[test]

@@ -252,12 +252,18 @@ impl ControlClient {
         }
     }
 
-    /// Makes sure the SuperLink stores the bundle `bytes` (hash `hash`), sending it only when it
-    /// has no bundle of that hash yet; returns whether it was sent.
-    pub async fn offer_bundle(&mut self, hash: BundleHash, bytes: &[u8]) -> Result<bool, CliError> {
+    /// Makes sure the SuperLink stores the bundle `bytes` (hash `hash`) with `signatures`, sending
+    /// the bytes only when it has no bundle of that hash yet; returns whether they were sent.
+    pub async fn offer_bundle(
+        &mut self,
+        hash: BundleHash,
+        bytes: &[u8],
+        signatures: Vec<wire::bundle::BundleSignature>,
+    ) -> Result<bool, CliError> {
         let request = ControlRequest::OfferBundle {
             hash,
             size: bytes.len() as u64,
+            signatures,
         };
         match self.call(request).await? {
             ControlResponse::BundleWanted { wanted: false } => return Ok(false),

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wire::BundleHash;
+use wire::bundle::{BundleSignature, MAX_SIGNATURES};
 use wire::fleet::{BundleAnswer, NodeStream};
 use wire::io::{read_value, write_value};
 
@@ -21,12 +22,22 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 /// Most bundles kept in memory; older ones are read back from disk (and checked) when needed.
 const KEPT_IN_MEMORY: usize = 8;
 
+/// A checked bundle and its publishers' signatures (as the SuperLink gave them: each is checked
+/// against a trusted publisher's key when it matters).
+#[derive(Debug)]
+pub struct Fetched {
+    /// The bundle.
+    pub bundle: Bundle,
+    /// Its signatures.
+    pub signatures: Vec<BundleSignature>,
+}
+
 /// Bundles in memory and on disk, by hash.
 pub struct BundleCache {
     /// The cache directory (private to the node's user).
     dir: PathBuf,
     /// Checked bundles, by hash.
-    known: Mutex<HashMap<BundleHash, Arc<Bundle>>>,
+    known: Mutex<HashMap<BundleHash, Arc<Fetched>>>,
     /// One lock per bundle being fetched, so one run's instructions fetch its bundle once and
     /// a slow fetch holds up no other bundle.
     fetching: Mutex<HashMap<BundleHash, Arc<tokio::sync::Mutex<()>>>>,
@@ -49,18 +60,18 @@ impl BundleCache {
         }
     }
 
-    fn known(&self, hash: BundleHash) -> Option<Arc<Bundle>> {
+    fn known(&self, hash: BundleHash) -> Option<Arc<Fetched>> {
         lock(&self.known).get(&hash).cloned()
     }
 
-    fn remember(&self, bundle: Bundle) -> Arc<Bundle> {
-        let bundle = Arc::new(bundle);
+    fn remember(&self, fetched: Fetched) -> Arc<Fetched> {
+        let fetched = Arc::new(fetched);
         let mut known = lock(&self.known);
         if known.len() >= KEPT_IN_MEMORY {
             known.clear();
         }
-        known.insert(bundle.hash, bundle.clone());
-        bundle
+        known.insert(fetched.bundle.hash, fetched.clone());
+        fetched
     }
 
     /// The checked bundle `hash`: from memory, from disk, or fetched over `connection`.
@@ -68,9 +79,9 @@ impl BundleCache {
         &self,
         connection: &quinn::Connection,
         hash: BundleHash,
-    ) -> Result<Arc<Bundle>, String> {
-        if let Some(bundle) = self.known(hash) {
-            return Ok(bundle);
+    ) -> Result<Arc<Fetched>, String> {
+        if let Some(fetched) = self.known(hash) {
+            return Ok(fetched);
         }
         let fetching = lock(&self.fetching).entry(hash).or_default().clone();
         let _fetching = fetching.lock().await;
@@ -79,40 +90,52 @@ impl BundleCache {
         outcome
     }
 
+    /// The bundle `hash` fetched again, with the signatures the SuperLink has now: a publisher
+    /// may have signed it since it was kept.
+    pub async fn refetch(
+        &self,
+        connection: &quinn::Connection,
+        hash: BundleHash,
+    ) -> Result<Arc<Fetched>, String> {
+        lock(&self.known).remove(&hash);
+        let _ = std::fs::remove_file(archive_path(&self.dir, hash));
+        self.get(connection, hash).await
+    }
+
     async fn load_or_fetch(
         &self,
         connection: &quinn::Connection,
         hash: BundleHash,
-    ) -> Result<Arc<Bundle>, String> {
-        if let Some(bundle) = self.known(hash) {
-            return Ok(bundle);
+    ) -> Result<Arc<Fetched>, String> {
+        if let Some(fetched) = self.known(hash) {
+            return Ok(fetched);
         }
         let dir = self.dir.clone();
         let stored = tokio::task::spawn_blocking(move || read_stored(&dir, hash))
             .await
             .map_err(|e| e.to_string())??;
-        if let Some(bundle) = stored {
-            return Ok(self.remember(bundle));
+        if let Some(fetched) = stored {
+            return Ok(self.remember(fetched));
         }
-        let bytes = fetch(connection, hash).await?;
+        let (bytes, signatures) = fetch(connection, hash).await?;
         let dir = self.dir.clone();
-        let bundle = tokio::task::spawn_blocking(move || {
+        let fetched = tokio::task::spawn_blocking(move || {
             let bundle =
                 Bundle::open(&bytes, hash).map_err(|e| format!("app bundle {hash}: {e}"))?;
-            store(&dir, hash, &bytes)
+            store(&dir, hash, &bytes, &signatures)
                 .map_err(|e| format!("cannot keep app bundle {hash} in {}: {e}", dir.display()))?;
-            Ok::<_, String>(bundle)
+            Ok::<_, String>(Fetched { bundle, signatures })
         })
         .await
         .map_err(|e| e.to_string())??;
-        tracing::info!(%hash, app = %bundle.manifest.name, "app bundle fetched");
-        Ok(self.remember(bundle))
+        tracing::info!(%hash, app = %fetched.bundle.manifest.name, "app bundle fetched");
+        Ok(self.remember(fetched))
     }
 
     /// A fresh copy of `bundle`'s files for one execution of its program.
-    pub async fn workspace(&self, bundle: Arc<Bundle>) -> Result<Workspace, String> {
+    pub async fn workspace(&self, fetched: Arc<Fetched>) -> Result<Workspace, String> {
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || Workspace::create(&dir, &bundle))
+        tokio::task::spawn_blocking(move || Workspace::create(&dir, &fetched.bundle))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("cannot unpack the app bundle: {e}"))
@@ -124,9 +147,23 @@ fn archive_path(dir: &Path, hash: BundleHash) -> PathBuf {
     dir.join(format!("{hash}.bundle"))
 }
 
+/// The file of bundle `hash`'s signatures in `dir`.
+fn signatures_path(dir: &Path, hash: BundleHash) -> PathBuf {
+    dir.join(format!("{hash}.signatures"))
+}
+
+/// The signatures kept beside bundle `hash`: none when there is no such file or it is damaged
+/// (signatures only ever add trust after they verify, so losing them is safe).
+fn read_signatures(dir: &Path, hash: BundleHash) -> Vec<BundleSignature> {
+    std::fs::read(signatures_path(dir, hash))
+        .ok()
+        .and_then(|bytes| wire::frame::decode(bytes.get(wire::frame::PREFIX_LEN..)?).ok())
+        .unwrap_or_default()
+}
+
 /// The bundle `hash` kept in `dir`, checked; `None` when there is none, or when what is there
 /// does not hash to `hash` (it is removed, to be fetched again).
-fn read_stored(dir: &Path, hash: BundleHash) -> Result<Option<Bundle>, String> {
+fn read_stored(dir: &Path, hash: BundleHash) -> Result<Option<Fetched>, String> {
     let path = archive_path(dir, hash);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
@@ -134,7 +171,10 @@ fn read_stored(dir: &Path, hash: BundleHash) -> Result<Option<Bundle>, String> {
         Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
     };
     match Bundle::open(&bytes, hash) {
-        Ok(bundle) => Ok(Some(bundle)),
+        Ok(bundle) => Ok(Some(Fetched {
+            bundle,
+            signatures: read_signatures(dir, hash),
+        })),
         Err(error) => {
             tracing::warn!(path = %path.display(), %error, "a kept app bundle is damaged; fetching it again");
             let _ = std::fs::remove_file(&path);
@@ -143,8 +183,11 @@ fn read_stored(dir: &Path, hash: BundleHash) -> Result<Option<Bundle>, String> {
     }
 }
 
-/// Asks the SuperLink for the bundle `hash`.
-async fn fetch(connection: &quinn::Connection, hash: BundleHash) -> Result<Vec<u8>, String> {
+/// Asks the SuperLink for the bundle `hash` and its signatures.
+async fn fetch(
+    connection: &quinn::Connection,
+    hash: BundleHash,
+) -> Result<(Vec<u8>, Vec<BundleSignature>), String> {
     let attempt = async {
         let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
         write_value(&mut send, &NodeStream::FetchBundle { hash })
@@ -159,15 +202,18 @@ async fn fetch(connection: &quinn::Connection, hash: BundleHash) -> Result<Vec<u
                 "the SuperLink refused: {}",
                 wire::text::sanitize(&reason, 512)
             )),
-            BundleAnswer::Found { size } if size > MAX_BUNDLE_BYTES => Err(format!(
+            BundleAnswer::Found { size, .. } if size > MAX_BUNDLE_BYTES => Err(format!(
                 "the SuperLink announced {size} bytes, over the limit of {MAX_BUNDLE_BYTES}"
             )),
-            BundleAnswer::Found { size } => {
+            BundleAnswer::Found { signatures, .. } if signatures.len() > MAX_SIGNATURES => Err(
+                format!("the SuperLink sent more than {MAX_SIGNATURES} signatures"),
+            ),
+            BundleAnswer::Found { size, signatures } => {
                 let mut bytes = vec![0u8; size as usize];
                 recv.read_exact(&mut bytes)
                     .await
                     .map_err(|e| e.to_string())?;
-                Ok(bytes)
+                Ok((bytes, signatures))
             }
         }
     };
@@ -177,12 +223,25 @@ async fn fetch(connection: &quinn::Connection, hash: BundleHash) -> Result<Vec<u
         .map_err(|e| format!("cannot fetch app bundle {hash}: {e}"))
 }
 
-/// Keeps `bytes` as the archive of `hash` in `dir`, written whole or not at all.
-fn store(dir: &Path, hash: BundleHash, bytes: &[u8]) -> std::io::Result<()> {
+/// Keeps `bytes` as the archive of `hash` in `dir`, and its signatures beside it, each file
+/// written whole or not at all.
+fn store(
+    dir: &Path,
+    hash: BundleHash,
+    bytes: &[u8],
+    signatures: &[BundleSignature],
+) -> std::io::Result<()> {
+    create_private_dir(dir)?;
+    let encoded = wire::frame::encode(&signatures.to_vec()).map_err(std::io::Error::other)?;
+    write_whole(dir, &signatures_path(dir, hash), &encoded)?;
+    write_whole(dir, &archive_path(dir, hash), bytes)
+}
+
+/// Writes `bytes` to `path` through a fresh file in `dir` renamed into place.
+fn write_whole(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    create_private_dir(dir)?;
-    let partial = dir.join(format!(".{hash}.{:016x}", rand::random::<u64>()));
+    let partial = dir.join(format!(".partial.{:016x}", rand::random::<u64>()));
     let written = (|| {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -191,7 +250,7 @@ fn store(dir: &Path, hash: BundleHash, bytes: &[u8]) -> std::io::Result<()> {
             .open(&partial)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        std::fs::rename(&partial, archive_path(dir, hash))
+        std::fs::rename(&partial, path)
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&partial);
@@ -227,9 +286,14 @@ mod tests {
         let bytes = packed();
         let hash = hash_of(&bytes);
         assert!(read_stored(cache.path(), hash).unwrap().is_none());
-        store(cache.path(), hash, &bytes).unwrap();
-        let bundle = read_stored(cache.path(), hash).unwrap().unwrap();
-        assert_eq!(bundle.hash, hash);
+        let signature = BundleSignature {
+            public_key: vec![1; 4],
+            signature: vec![2; 8],
+        };
+        store(cache.path(), hash, &bytes, std::slice::from_ref(&signature)).unwrap();
+        let fetched = read_stored(cache.path(), hash).unwrap().unwrap();
+        assert_eq!(fetched.bundle.hash, hash);
+        assert_eq!(fetched.signatures, [signature]);
         // Changed on disk: not run, removed, fetched again.
         let mut tampered = bytes.clone();
         tampered[600] ^= 1;

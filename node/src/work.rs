@@ -209,17 +209,25 @@ impl Worker {
             tracing::warn!(?code, %reason, "instruction refused");
             MessageBody::Error(MessageError { code, reason })
         };
-        if let Some(trusted) = &self.trusted
-            && !trusted.allows(header.bundle, &header.app_name)
-        {
+        let untrusted = || {
             let what = match header.bundle {
                 Some(hash) => format!("the app bundle {hash}"),
                 None => format!("the built-in app {:?}", header.app_name),
             };
-            return refuse(
+            refuse(
                 ErrorCode::UntrustedApp,
-                format!("node {node_id} does not run {what}: it is not on its --trusted-apps list"),
-            );
+                format!(
+                    "node {node_id} does not run {what}: it is not on its --trusted-apps list, \
+                     by hash or by a trusted publisher's signature"
+                ),
+            )
+        };
+        // Decided before anything is fetched, unless a publisher's signature could decide it.
+        if let Some(trusted) = &self.trusted
+            && !trusted.allows(header.bundle, &header.app_name)
+            && !(header.bundle.is_some() && trusted.has_publishers())
+        {
+            return untrusted();
         }
         let Some(hash) = header.bundle else {
             return self
@@ -232,11 +240,28 @@ impl Worker {
                 format!("node {node_id} does not run app bundles"),
             );
         };
-        let bundle = match programs.bundles.get(connection, hash).await {
-            Ok(bundle) => bundle,
+        let mut fetched = match programs.bundles.get(connection, hash).await {
+            Ok(fetched) => fetched,
             Err(reason) => return refuse(ErrorCode::UnknownApp, reason),
         };
-        let program = match &bundle.manifest.clientapp {
+        if let Some(trusted) = &self.trusted
+            && !trusted.allows(Some(hash), &header.app_name)
+        {
+            // Kept without a trusted signature: the publisher may have signed it since.
+            if trusted.signer(hash, &fetched.signatures).is_none() {
+                fetched = match programs.bundles.refetch(connection, hash).await {
+                    Ok(fetched) => fetched,
+                    Err(reason) => return refuse(ErrorCode::UnknownApp, reason),
+                };
+            }
+            match trusted.signer(hash, &fetched.signatures) {
+                Some(publisher) => {
+                    tracing::info!(%hash, %publisher, "app bundle trusted: signed by a trusted publisher");
+                }
+                None => return untrusted(),
+            }
+        }
+        let program = match &fetched.bundle.manifest.clientapp {
             Component::Builtin(name) => {
                 let header = InstructionHeader {
                     app_name: name.clone(),
@@ -248,8 +273,8 @@ impl Worker {
             }
             Component::Program(program) => program.clone(),
         };
-        let app = bundle.manifest.name.clone();
-        let workspace = match programs.bundles.workspace(bundle).await {
+        let app = fetched.bundle.manifest.name.clone();
+        let workspace = match programs.bundles.workspace(fetched).await {
             Ok(workspace) => workspace,
             Err(reason) => return refuse(ErrorCode::ClientAppRaisedException, reason),
         };

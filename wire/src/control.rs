@@ -138,7 +138,8 @@ pub enum ControlRequest {
         /// The run.
         run_id: RunId,
     },
-    /// Offers an app bundle: the broker answers [`ControlResponse::BundleWanted`]. When it is
+    /// Offers an app bundle and its signatures: the broker answers
+    /// [`ControlResponse::BundleWanted`], having stored the signatures when it has the bundle. When it is
     /// wanted, exactly `size` raw bytes of the bundle follow on the stream, and the broker
     /// answers [`ControlResponse::BundleStored`] once it has checked and stored them.
     OfferBundle {
@@ -146,6 +147,9 @@ pub enum ControlRequest {
         hash: BundleHash,
         /// Its length in bytes.
         size: u64,
+        /// Publishers' signatures of it (`flwr app sign`), kept with it (at most
+        /// [`crate::bundle::MAX_SIGNATURES`]); each must verify.
+        signatures: Vec<crate::bundle::BundleSignature>,
     },
     /// Start a run of a stored bundle; its name, version and components come from the bundle's
     /// own `flwr.toml`.

@@ -89,6 +89,8 @@ pub enum BundleAnswer {
     Found {
         /// Its length in bytes.
         size: u64,
+        /// Its publishers' signatures, as the SuperLink has them (the node checks them).
+        signatures: Vec<crate::bundle::BundleSignature>,
     },
     /// No bundle for this node, and why.
     Refused(String),

@@ -15,6 +15,7 @@
 //! - [`handshake`]: the exporter-bound challenge-response as sans-IO state machines.
 //! - [`close`]: the QUIC close codes of both APIs.
 //! - `io` (feature `io`): async helpers moving frames over tokio streams, and the handshake's driver.
+//! - [`bundle`]: publishers' signatures of app bundles.
 //! - [`blocking`]: the same frame and message IO over blocking `std::io` streams.
 //! - [`serverappio`]: the SuperLink and the server app program it starts for one run.
 //! - [`error`]: the crate's error types.
@@ -24,6 +25,7 @@
 
 pub mod alpn;
 pub mod blocking;
+pub mod bundle;
 pub mod clientappio;
 pub mod close;
 pub mod control;

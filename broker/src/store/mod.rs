@@ -190,6 +190,7 @@ impl Store {
             txn.open_table(tables::NODE_KEYS).map_err(storage)?;
             txn.open_table(tables::RUNS).map_err(storage)?;
             txn.open_table(tables::BUNDLES).map_err(storage)?;
+            txn.open_table(tables::BUNDLE_SIGNATURES).map_err(storage)?;
             migrate::runs_v1(&txn)?;
             txn.open_table(tables::RUN_LOGS).map_err(storage)?;
             txn.open_table(tables::ARTIFACTS).map_err(storage)?;

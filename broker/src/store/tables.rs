@@ -20,6 +20,11 @@ pub const RUNS: TableDefinition<u64, &[u8]> = TableDefinition::new("runs_v2");
 /// however many runs use it.
 pub const BUNDLES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bundles_v1");
 
+/// (SHA-256 of a bundle, a publisher's SPKI DER) -> that publisher's signature of the bundle
+/// (checked before it was stored).
+pub const BUNDLE_SIGNATURES: TableDefinition<(&[u8], &[u8]), &[u8]> =
+    TableDefinition::new("bundle_signatures_v1");
+
 /// (run id, line index) -> postcard-encoded `wire::control::LogLine`.
 pub const RUN_LOGS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("run_logs_v1");
 

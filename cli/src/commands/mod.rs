@@ -1,5 +1,6 @@
 //! One module per subcommand; [`run`] dispatches.
 
+pub mod app;
 pub mod certs;
 pub mod config;
 pub mod dataset;
@@ -10,7 +11,7 @@ pub mod supernode;
 
 use crate::CliError;
 use crate::args::{
-    CertsCommand, Command, ConfigCommand, DatasetCommand, KeysCommand, SupernodeCommand,
+    AppCommand, CertsCommand, Command, ConfigCommand, DatasetCommand, KeysCommand, SupernodeCommand,
 };
 use crate::output::Format;
 
@@ -21,6 +22,7 @@ pub fn format_of(command: &Command) -> Format {
         Command::Keys(KeysCommand::Generate { format, .. }) => *format,
         Command::Config(ConfigCommand::List { format, .. }) => *format,
         Command::Build { format, .. } => *format,
+        Command::App(AppCommand::Sign { format, .. }) => *format,
         Command::Supernode(
             SupernodeCommand::Register { target, .. }
             | SupernodeCommand::Unregister { target, .. }
@@ -43,6 +45,7 @@ pub async fn run(command: Command) -> Result<(), CliError> {
         Command::Keys(command) => keys::run(command),
         Command::Config(command) => config::run(command),
         Command::Build { app, format } => build(app, format),
+        Command::App(command) => app::run(command),
         Command::Supernode(command) => supernode::run(command).await,
         Command::Run {
             target,

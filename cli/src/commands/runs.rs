@@ -49,7 +49,11 @@ pub async fn start(target: &Target, overrides: &[String], stream: bool) -> Resul
     let mut client = ControlClient::connect(&federation).await?;
     let run_id = match &packed {
         Some(packed) => {
-            let sent = client.offer_bundle(packed.hash, &packed.bytes).await?;
+            let signatures = crate::bundle::signatures_for(&target.app, packed.hash)?;
+            let signed = signatures.len();
+            let sent = client
+                .offer_bundle(packed.hash, &packed.bytes, signatures)
+                .await?;
             if target.format == Format::Default {
                 let how = if sent {
                     "sent"
@@ -57,7 +61,7 @@ pub async fn start(target: &Target, overrides: &[String], stream: bool) -> Resul
                     "already on the SuperLink"
                 };
                 eprintln!(
-                    "App bundle {} {} ({} files, {} bytes): {how}",
+                    "App bundle {} {} ({} files, {} bytes, {signed} signatures): {how}",
                     packed.manifest.name,
                     packed.hash,
                     packed.paths.len(),

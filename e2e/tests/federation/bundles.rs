@@ -27,7 +27,10 @@ async fn start_bundle(
     let run_config = cli::run_config::fuse(app, &[overrides.to_string()])?;
     let packed = cli::bundle::pack(dir)?;
     let mut client = federation.operator().await?;
-    let sent = client.offer_bundle(packed.hash, &packed.bytes).await?;
+    let signatures = cli::bundle::signatures_for(dir, packed.hash)?;
+    let sent = client
+        .offer_bundle(packed.hash, &packed.bytes, signatures)
+        .await?;
     let run_id = client.start_bundled_run(packed.hash, run_config).await;
     client.close().await;
     Ok((run_id?, packed.hash, sent))
@@ -149,14 +152,14 @@ async fn bytes_that_are_not_the_offered_bundle_are_refused_and_not_stored() {
     let last = tampered.len() - 1100;
     tampered[last] ^= 1;
     let error = client
-        .offer_bundle(packed.hash, &tampered)
+        .offer_bundle(packed.hash, &tampered, Vec::new())
         .await
         .unwrap_err()
         .to_string();
     assert!(error.contains("SHA-256"), "{error}");
     let garbage = b"not an archive".to_vec();
     let error = client
-        .offer_bundle(model::bundle::hash_of(&garbage), &garbage)
+        .offer_bundle(model::bundle::hash_of(&garbage), &garbage, Vec::new())
         .await
         .unwrap_err()
         .to_string();
@@ -306,7 +309,7 @@ async fn a_node_gets_a_bundle_only_for_an_instruction_it_was_sent() {
     let mut client = federation.operator().await.unwrap();
     assert!(
         client
-            .offer_bundle(packed.hash, &packed.bytes)
+            .offer_bundle(packed.hash, &packed.bytes, Vec::new())
             .await
             .unwrap()
     );
@@ -327,7 +330,9 @@ async fn a_node_gets_a_bundle_only_for_an_instruction_it_was_sent() {
     let answer: BundleAnswer = wire::io::read_value(&mut recv, 64 * 1024).await.unwrap();
     match answer {
         BundleAnswer::Refused(reason) => assert!(reason.contains("no instruction"), "{reason}"),
-        BundleAnswer::Found { size } => panic!("a node without work got the bundle ({size} bytes)"),
+        BundleAnswer::Found { size, .. } => {
+            panic!("a node without work got the bundle ({size} bytes)")
+        }
     }
 }
 
@@ -409,4 +414,82 @@ async fn stopping_a_run_kills_its_server_program() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_node_trusting_a_publisher_runs_what_they_signed_and_nothing_else() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let publisher = certs::IdentityKey::generate();
+    let marker = tempfile::tempdir().unwrap();
+    let started = marker.path().join("started");
+    let app = script_app(
+        "vector-add",
+        "touch \"$1\"; exit 1",
+        &[started.to_str().unwrap()],
+    );
+    let mut settings = federation.node_settings_with(None, "");
+    let line = certs::openssh::format_public_line(&publisher.public_key(), "publisher");
+    settings.trusted_apps = Some(node::trust::TrustedApps::parse(&line).unwrap());
+    let mut node = RunningNode::start(settings);
+    node.online().await;
+
+    // Unsigned: refused, never started.
+    let (run_id, _, _) = start_bundle(&federation, app.path(), "").await.unwrap();
+    let (lines, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Failed, "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.contains("--trusted-apps")),
+        "{lines:#?}"
+    );
+    assert!(!started.exists(), "an unsigned program was started");
+
+    // Signed by someone else: the same.
+    cli::bundle::sign(app.path(), &certs::IdentityKey::generate(), "stranger").unwrap();
+    let (run_id, _, _) = start_bundle(&federation, app.path(), "").await.unwrap();
+    let (lines, _) = follow(&federation, run_id).await;
+    assert!(
+        lines.iter().any(|l| l.contains("--trusted-apps")),
+        "{lines:#?}"
+    );
+    assert!(
+        !started.exists(),
+        "a program signed by a stranger was started"
+    );
+
+    // Signed by the publisher: it runs (and fails, as written).
+    cli::bundle::sign(app.path(), &publisher, "publisher").unwrap();
+    let (run_id, _, _) = start_bundle(&federation, app.path(), "").await.unwrap();
+    let (lines, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Failed, "{lines:#?}");
+    assert!(
+        started.exists(),
+        "the signed program never started: {lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_signature_that_does_not_verify_is_refused_with_the_bundle() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let packed = cli::bundle::pack(&python_example()).unwrap();
+    let key = certs::IdentityKey::generate();
+    let forged = wire::bundle::BundleSignature {
+        public_key: key.public_key().to_spki_der(),
+        signature: key.sign(&wire::bundle::signing_message(BundleHash([0; 32]))),
+    };
+    let mut client = federation.operator().await.unwrap();
+    let error = client
+        .offer_bundle(packed.hash, &packed.bytes, vec![forged])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("not a signature of this bundle"), "{error}");
+    client.close().await;
+    assert!(
+        !federation
+            .broker()
+            .shared
+            .store
+            .has_bundle(packed.hash)
+            .unwrap()
+    );
 }

@@ -209,6 +209,7 @@ pub fn operator_frames() -> Vec<(&'static str, OperatorFrame)> {
             OperatorFrame::Request(ControlRequest::OfferBundle {
                 hash: BundleHash([0xAB; 32]),
                 size: 10_240,
+                signatures: vec![signature()],
             }),
         ),
         (
@@ -323,6 +324,13 @@ pub fn control_frames() -> Vec<(&'static str, ControlFrame)> {
     ]
 }
 
+pub fn signature() -> wire::bundle::BundleSignature {
+    wire::bundle::BundleSignature {
+        public_key: vec![0x30; 91],
+        signature: vec![0x30; 70],
+    }
+}
+
 pub fn node_streams() -> Vec<(&'static str, NodeStream)> {
     vec![
         ("node_stream_reply", NodeStream::Reply),
@@ -337,7 +345,13 @@ pub fn node_streams() -> Vec<(&'static str, NodeStream)> {
 
 pub fn bundle_answers() -> Vec<(&'static str, BundleAnswer)> {
     vec![
-        ("bundle_found", BundleAnswer::Found { size: 10_240 }),
+        (
+            "bundle_found",
+            BundleAnswer::Found {
+                size: 10_240,
+                signatures: vec![signature()],
+            },
+        ),
         (
             "bundle_refused",
             BundleAnswer::Refused("no unfinished run uses it".into()),
