@@ -188,8 +188,7 @@ pub fn signatures_for(dir: &Path, hash: BundleHash) -> Result<Vec<BundleSignatur
             continue;
         }
         let malformed = |why: String| CliError::Config(format!("{}: {why}", path.display()));
-        let publisher =
-            certs::openssh::parse_public_line(&stored.publisher).map_err(|e| malformed(e))?;
+        let publisher = certs::openssh::parse_public_line(&stored.publisher).map_err(&malformed)?;
         let signature =
             unhex(&stored.signature).ok_or_else(|| malformed("a signature is not hex".into()))?;
         signatures.push(BundleSignature {
