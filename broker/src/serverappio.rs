@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use wire::clientappio::{AppHello, HELLO_FRAME_LIMIT, TOKEN_LEN};
 use wire::io::read_value;
@@ -17,11 +17,19 @@ use wire::serverappio::SERVERAPPIO_VERSION;
 /// How long an accepted connection has to send its hello (a program sends it at once).
 const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Most connections that may owe their hello at once; more are dropped on arrival.
+/// Most connections that may owe their hello at once. A new one beyond that closes the oldest:
+/// whoever holds idle connections open cannot keep a program that just connected out.
 const MAX_PENDING_HELLOS: usize = 16;
 
 /// A one-time token.
 pub type Token = [u8; TOKEN_LEN];
+
+/// Connections owing their hello, by arrival.
+#[derive(Default)]
+struct Pending {
+    next: u64,
+    tasks: std::collections::VecDeque<(u64, tokio::task::AbortHandle)>,
+}
 
 /// The SuperLink's side of the ServerAppIo API.
 pub struct ServerAppIo {
@@ -29,8 +37,8 @@ pub struct ServerAppIo {
     address: SocketAddr,
     /// Programs started and not yet connected, by token.
     waiting: Mutex<HashMap<Token, oneshot::Sender<TcpStream>>>,
-    /// Slots of connections owing their hello.
-    pending: Arc<Semaphore>,
+    /// Connections still owing their hello, oldest first, each with the task reading it.
+    pending: Mutex<Pending>,
 }
 
 /// A bound listener, to be served once the broker is up.
@@ -65,7 +73,7 @@ impl ServerAppIo {
         let io = Arc::new(ServerAppIo {
             address: bound.address,
             waiting: Mutex::default(),
-            pending: Arc::new(Semaphore::new(MAX_PENDING_HELLOS)),
+            pending: Mutex::default(),
         });
         tokio::spawn(io.clone().accept(listener, local, shutdown));
         Ok(io)
@@ -74,6 +82,13 @@ impl ServerAppIo {
     /// The address programs connect to.
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // Pushes and removals only: a poisoned queue is still consistent.
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<Token, oneshot::Sender<TcpStream>>> {
@@ -112,11 +127,20 @@ impl ServerAppIo {
                     tracing::warn!(%peer, "ServerAppIo connection from another host; dropped");
                 }
                 Ok((stream, peer)) => {
-                    let Ok(slot) = self.pending.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, "too many ServerAppIo connections without a hello; dropped");
-                        continue;
-                    };
-                    tokio::spawn(self.clone().admit(stream, peer, slot));
+                    // Held while spawning, so the task finds its own entry when it removes it.
+                    let mut pending = self.pending();
+                    pending.next += 1;
+                    let id = pending.next;
+                    let task = tokio::spawn(self.clone().admit(stream, peer, id));
+                    pending.tasks.push_back((id, task.abort_handle()));
+                    if pending.tasks.len() > MAX_PENDING_HELLOS
+                        && let Some((_, oldest)) = pending.tasks.pop_front()
+                    {
+                        oldest.abort();
+                        tracing::warn!(
+                            "too many ServerAppIo connections without a hello; closed the oldest"
+                        );
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(%error, "ServerAppIo accept failed");
@@ -127,18 +151,13 @@ impl ServerAppIo {
     }
 
     /// Hands a connection to the run whose program holds its token.
-    async fn admit(
-        self: Arc<Self>,
-        mut stream: TcpStream,
-        peer: SocketAddr,
-        slot: tokio::sync::OwnedSemaphorePermit,
-    ) {
+    async fn admit(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr, id: u64) {
         let hello = tokio::time::timeout(
             HELLO_TIMEOUT,
             read_value::<AppHello, _>(&mut stream, HELLO_FRAME_LIMIT),
         )
         .await;
-        drop(slot);
+        self.pending().tasks.retain(|(pending, _)| *pending != id);
         let hello = match hello {
             Ok(Ok(hello)) if hello.version == SERVERAPPIO_VERSION => hello,
             _ => {

@@ -16,7 +16,6 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 use tokio::sync::oneshot;
@@ -90,6 +89,9 @@ pub struct ChildCommand {
     /// Whether the address is also passed as `--clientappio-api-address ADDR` after `args`, as
     /// `flwr-clientapp` takes it.
     pub address_flag: bool,
+    /// Whether the program gets only [`ops::process::PASSED_ENVIRONMENT`] of the node's
+    /// environment (an app bundle's program), rather than all of it (`flwr-clientapp`).
+    pub clean_environment: bool,
 }
 
 impl ChildCommand {
@@ -100,6 +102,7 @@ impl ChildCommand {
             args,
             dir: None,
             address_flag: true,
+            clean_environment: false,
         }
     }
 }
@@ -356,6 +359,9 @@ impl ClientAppIo {
         if let Some(dir) = &command.dir {
             child.current_dir(dir);
         }
+        if command.clean_environment {
+            child.env_clear().envs(ops::process::passed_environment());
+        }
         let mut child = child
             .env(TOKEN_ENV, encode_token(&token))
             .env(ADDRESS_ENV, self.address.to_string())
@@ -501,16 +507,20 @@ impl ClientAppIo {
     }
 }
 
+/// Longest stderr line of a child kept; the rest of a longer one is dropped.
+const STDERR_LINE_BYTES: usize = 4096;
+
 /// Logs the child's stderr as the node's own; returns its last line worth quoting.
 async fn forward_stderr(stderr: tokio::process::ChildStderr) -> Option<String> {
     let mut last = None;
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    ops::process::for_each_line(stderr, STDERR_LINE_BYTES, |line| {
+        let line = wire::text::escape_controls(&line).into_owned();
         tracing::info!(target: "clientapp", "{line}");
         if !is_backtrace(&line) {
             last = Some(line.trim().to_string());
         }
-    }
+    })
+    .await;
     last
 }
 

@@ -286,6 +286,7 @@ impl Worker {
             args: program.args.clone(),
             dir: Some(workspace.path().to_path_buf()),
             address_flag: false,
+            clean_environment: true,
         };
         let job = AppJob {
             node_id,

@@ -1,24 +1,24 @@
 //! The client half: one instruction per process.
 
-use crate::connect::{SdkError, connect};
+use crate::connect::{SdkError, connect_for_job};
 use model::app::{ClientApp, ClientContext};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use wire::MessageBody;
-use wire::blocking::{read_message, read_value, write_message};
+use wire::blocking::{read_message, write_message};
 use wire::clientappio::{ADDRESS_ENV, AppJob, CLIENTAPPIO_VERSION, CONTROL_FRAME_LIMIT, TOKEN_ENV};
 use wire::message::{ErrorCode, MessageError, now_ms};
 use wire::stream::{DEFAULT_CHUNK, Limits};
 
-/// Answers the instruction this process was started for with `app`, over `stream` (connected
-/// and past its hello): receives the job and the instruction, runs the app, sends the reply.
+/// Answers the instruction this process was started for with `app`, over `stream` (connected,
+/// past its hello and its `job`): receives the instruction, runs the app, sends the reply.
 /// An error of the app becomes an error reply, which reaches the run's log.
 pub fn serve_instruction<S: std::io::Read + std::io::Write>(
     app: &dyn ClientApp,
+    job: AppJob,
     stream: &mut S,
 ) -> Result<(), SdkError> {
-    let job: AppJob = read_value(stream, CONTROL_FRAME_LIMIT)?;
     let instruction = read_message(stream, Limits::default())?;
     let context = ClientContext {
         node_id: job.node_id,
@@ -53,8 +53,13 @@ pub fn serve_instruction<S: std::io::Read + std::io::Write>(
 /// }
 /// ```
 pub fn run_client_app(app: &dyn ClientApp) -> ExitCode {
-    let outcome = connect(ADDRESS_ENV, TOKEN_ENV, CLIENTAPPIO_VERSION)
-        .and_then(|mut stream| serve_instruction(app, &mut stream));
+    let outcome = connect_for_job(
+        ADDRESS_ENV,
+        TOKEN_ENV,
+        CLIENTAPPIO_VERSION,
+        CONTROL_FRAME_LIMIT,
+    )
+    .and_then(|(mut stream, job)| serve_instruction(app, job, &mut stream));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -30,6 +30,39 @@ pub enum SdkError {
     Refused(String),
 }
 
+/// How long a program keeps trying to reach its daemon: a connection the daemon closed before
+/// it answered (it was busy with others) is tried again.
+const CONNECT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Pause between two attempts.
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Connects to the daemon (see [`connect`]) and reads its first frame, the job, with `limit`;
+/// tries again, within [`CONNECT_PATIENCE`], when the daemon closes the connection first.
+pub fn connect_for_job<T: serde::de::DeserializeOwned>(
+    address_env: &'static str,
+    token_env: &'static str,
+    version: u16,
+    limit: u32,
+) -> Result<(TcpStream, T), SdkError> {
+    let deadline = std::time::Instant::now() + CONNECT_PATIENCE;
+    loop {
+        let attempt = connect(address_env, token_env, version).and_then(|mut stream| {
+            let job = wire::blocking::read_value(&mut stream, limit)?;
+            Ok((stream, job))
+        });
+        match attempt {
+            Err(
+                SdkError::Connect { .. }
+                | SdkError::Exchange(FrameIoError::Closed | FrameIoError::Io(_)),
+            ) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(RETRY_PAUSE);
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Connects to the address in `address_env` and shows the token in `token_env` with `version`.
 pub fn connect(
     address_env: &'static str,

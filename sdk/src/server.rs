@@ -1,6 +1,6 @@
 //! The server half: one run per process, the federation reached through the SuperLink.
 
-use crate::connect::{SdkError, connect};
+use crate::connect::{SdkError, connect_for_job};
 use model::app::{Grid, GridError, Instruction, ServerApp, ServerContext};
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -25,6 +25,9 @@ impl<T: Read + Write + Send> Link for T {}
 pub struct RemoteGrid {
     run_id: RunId,
     link: Mutex<Box<dyn Link>>,
+    /// The thread running a `send_and_fold` callback, while it does: the link is busy with
+    /// the replies then, and a grid call from that callback is an error rather than a deadlock.
+    folding: Mutex<Option<std::thread::ThreadId>>,
 }
 
 fn broken(error: FrameIoError) -> GridError {
@@ -50,20 +53,30 @@ impl RemoteGrid {
         RemoteGrid {
             run_id,
             link: Mutex::new(link),
+            folding: Mutex::new(None),
         }
     }
 
-    fn link(&self) -> std::sync::MutexGuard<'_, Box<dyn Link>> {
+    fn link(&self) -> Result<std::sync::MutexGuard<'_, Box<dyn Link>>, GridError> {
+        let folding = *self.folding.lock().unwrap_or_else(|p| p.into_inner());
+        if folding == Some(std::thread::current().id()) {
+            return Err(GridError::Internal(
+                "a grid call from inside a send_and_fold callback: the connection is busy with \
+                 the replies; collect what the callback needs and call the grid after it"
+                    .into(),
+            ));
+        }
         // Requests are written and answered whole under the lock: a poisoned link is still
         // between two requests.
-        self.link
+        Ok(self
+            .link
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
     /// Sends `request` (and `bytes` after it) and reads the answer.
     fn call(&self, request: &GridRequest, bytes: &[u8]) -> Result<GridResponse, GridError> {
-        let mut link = self.link();
+        let mut link = self.link()?;
         write_value(&mut *link, request).map_err(broken)?;
         link.write_all(bytes)
             .and_then(|()| link.flush())
@@ -96,7 +109,7 @@ impl RemoteGrid {
         timeout: Duration,
         on_reply: &mut dyn FnMut(Message),
     ) -> Result<(), GridError> {
-        let mut link = self.link();
+        let mut link = self.link()?;
         let request = GridRequest::SendAndReceive {
             destinations,
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
@@ -122,7 +135,11 @@ impl RemoteGrid {
         loop {
             match read_value(&mut *link, CONTROL_FRAME_LIMIT).map_err(broken)? {
                 GridResponse::Reply => {
-                    on_reply(read_message(&mut *link, Limits::default()).map_err(broken)?);
+                    let reply = read_message(&mut *link, Limits::default()).map_err(broken)?;
+                    *self.folding.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(std::thread::current().id());
+                    on_reply(reply);
+                    *self.folding.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 }
                 GridResponse::Done => return Ok(()),
                 GridResponse::Error(failure) => return Err(refused(failure)),
@@ -202,9 +219,12 @@ impl Grid for RemoteGrid {
     }
 }
 
-/// Runs `app` for the run whose job arrives on `link` (connected and past its hello).
-pub fn serve_run(app: &dyn ServerApp, mut link: Box<dyn Link>) -> Result<(), SdkError> {
-    let job: ServerJob = read_value(&mut link, CONTROL_FRAME_LIMIT)?;
+/// Runs `app` for the run of `job`, over `link` (connected, past its hello and the job).
+pub fn serve_run(
+    app: &dyn ServerApp,
+    job: ServerJob,
+    mut link: Box<dyn Link>,
+) -> Result<(), SdkError> {
     let checkpoint = match job.checkpoint_size {
         Some(size) => {
             let size = usize::try_from(size)
@@ -240,13 +260,95 @@ pub fn serve_run(app: &dyn ServerApp, mut link: Box<dyn Link>) -> Result<(), Sdk
 /// }
 /// ```
 pub fn run_server_app(app: &dyn ServerApp) -> ExitCode {
-    let outcome = connect(ADDRESS_ENV, TOKEN_ENV, SERVERAPPIO_VERSION)
-        .and_then(|stream| serve_run(app, Box::new(stream)));
+    let outcome = connect_for_job(
+        ADDRESS_ENV,
+        TOKEN_ENV,
+        SERVERAPPIO_VERSION,
+        CONTROL_FRAME_LIMIT,
+    )
+    .and_then(|(stream, job)| serve_run(app, job, Box::new(stream)));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("server app: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+    use wire::{Array, ArrayRecord, MessageType, Record, RecordDict};
+
+    fn instruction(content: RecordDict) -> Instruction {
+        Instruction {
+            dst: NodeId(300),
+            message_type: MessageType::Train,
+            group_id: "1".into(),
+            content: Arc::new(content),
+        }
+    }
+
+    /// A SuperLink that answers one SendAndReceive with an echo of the content from node 300,
+    /// then `Ok` to everything.
+    fn superlink(mut stream: UnixStream) -> std::thread::JoinHandle<Vec<GridRequest>> {
+        std::thread::spawn(move || {
+            let mut requests = Vec::new();
+            while let Ok(request) = read_value::<GridRequest, _>(&mut stream, CONTROL_FRAME_LIMIT) {
+                if let GridRequest::SendAndReceive { .. } = &request {
+                    let sent = read_message(&mut stream, Limits::default()).unwrap();
+                    let mut reply = sent.reply(sent.body.clone(), 0);
+                    reply.metadata.src_node_id = NodeId(300);
+                    write_value(&mut stream, &GridResponse::Reply).unwrap();
+                    write_message(&mut stream, &reply, 7).unwrap();
+                    write_value(&mut stream, &GridResponse::Done).unwrap();
+                } else {
+                    write_value(&mut stream, &GridResponse::Ok).unwrap();
+                }
+                requests.push(request);
+            }
+            requests
+        })
+    }
+
+    #[test]
+    fn replies_are_folded_and_a_grid_call_from_the_fold_is_refused_not_deadlocked() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let server = superlink(theirs);
+        let grid = RemoteGrid::new(RunId(7), Box::new(ours));
+        let array = Array::from_f32(vec![3], &[1.0, 2.0, 3.0]).unwrap();
+        let content = RecordDict::new().with(
+            "arrays",
+            Record::Arrays(ArrayRecord::new().with("w", array)),
+        );
+        let mut replies = Vec::new();
+        let mut nested = None;
+        grid.send_and_fold(
+            vec![instruction(content.clone())],
+            Duration::from_secs(1),
+            &mut |reply| {
+                nested = Some(grid.node_ids());
+                replies.push(reply);
+            },
+        )
+        .unwrap();
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0].body, MessageBody::Content(content));
+        assert!(
+            matches!(nested, Some(Err(GridError::Internal(_)))),
+            "{nested:?}"
+        );
+        // After the fold, the grid works again.
+        grid.log("after");
+        grid.save_artifact("model.bin", b"weights").unwrap();
+        drop(grid);
+        let requests = server.join().unwrap();
+        assert!(matches!(&requests[1], GridRequest::Log { line } if line == "after"));
+        assert!(matches!(
+            &requests[2],
+            GridRequest::SaveArtifact { name, size: 7 } if name == "model.bin"
+        ));
     }
 }

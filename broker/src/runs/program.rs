@@ -15,7 +15,6 @@ use std::net::TcpStream;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio_util::sync::CancellationToken;
 use wire::MessageBody;
 use wire::blocking::{read_message, read_value, write_message, write_value};
@@ -28,6 +27,9 @@ use wire::stream::{DEFAULT_CHUNK, Limits};
 
 /// How long a started program has to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the connection of a program that exited right after connecting may take to arrive.
+const HELLO_GRACE: Duration = Duration::from_secs(2);
 
 /// How long a program that closed its connection has to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
@@ -70,17 +72,21 @@ fn tail_text(tail: &Tail) -> String {
     }
 }
 
+/// Longest stderr line kept; the rest of a longer one is dropped.
+const STDERR_LINE_BYTES: usize = 4096;
+
 /// Logs a program's stderr as the broker's own, keeping the last lines.
 async fn forward_stderr(stderr: tokio::process::ChildStderr, tail: Tail) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    ops::process::for_each_line(stderr, STDERR_LINE_BYTES, |line| {
+        let line = wire::text::sanitize(&line, 512);
         tracing::info!(target: "serverapp", "{line}");
         let mut kept = tail.lock().unwrap_or_else(|p| p.into_inner());
         if kept.len() == STDERR_TAIL {
             kept.pop_front();
         }
-        kept.push_back(wire::text::sanitize(&line, 512));
-    }
+        kept.push_back(line);
+    })
+    .await;
 }
 
 impl ServerApp for ProgramServerApp {
@@ -99,9 +105,12 @@ impl ServerApp for ProgramServerApp {
         let io = &self.shared.serverappio;
         let (token, connection) = io.expect();
         let _entered = self.handle.enter();
+        // The program gets what it needs of the broker's environment, nothing more.
         let spawned = tokio::process::Command::new(&program)
             .args(&self.program.args)
             .current_dir(workspace.path())
+            .env_clear()
+            .envs(ops::process::passed_environment())
             .env(TOKEN_ENV, encode_token(&token))
             .env(ADDRESS_ENV, io.address().to_string())
             .stdin(Stdio::null())
@@ -126,19 +135,36 @@ impl ServerApp for ProgramServerApp {
             .stderr
             .take()
             .map(|stderr| self.handle.spawn(forward_stderr(stderr, tail.clone())));
-        // A stopped run takes the program with it, whatever it is doing.
+        // A stopped run takes the program with it, whatever it is doing, and its connection,
+        // which a process that left the group could still hold open.
+        let connection_to_close: Arc<Mutex<Option<TcpStream>>> = Arc::default();
         let killer = {
             let cancel = self.cancel.clone();
             let pid = child.id();
+            let connection_to_close = connection_to_close.clone();
             self.handle.spawn(async move {
                 cancel.cancelled().await;
                 drop(ops::process::ProcessGroup::of(pid));
+                if let Some(stream) = connection_to_close
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                }
             })
         };
         let connected = self.handle.block_on(async {
+            tokio::pin!(connection);
             tokio::select! {
-                connected = connection => connected.map_err(|_| "the ServerAppIo API stopped".to_string()),
-                status = child.wait() => Err(format!("the server app {} before connecting", ops::process::describe_exit(status))),
+                connected = &mut connection => connected.map_err(|_| "the ServerAppIo API stopped".to_string()),
+                status = child.wait() => {
+                    // It may have connected just before it exited: its hello is still on its way.
+                    match tokio::time::timeout(HELLO_GRACE, &mut connection).await {
+                        Ok(Ok(stream)) => Ok(stream),
+                        _ => Err(format!("the server app {} before connecting", ops::process::describe_exit(status))),
+                    }
+                }
                 _ = tokio::time::sleep(CONNECT_TIMEOUT) => Err(format!("the server app did not connect within {CONNECT_TIMEOUT:?}")),
                 _ = self.cancel.cancelled() => Err("the run was stopped".to_string()),
             }
@@ -149,6 +175,14 @@ impl ServerApp for ProgramServerApp {
                 .into_std()
                 .and_then(|stream| stream.set_nonblocking(false).map(|()| stream))
                 .map_err(|e| e.to_string())?;
+            if let Ok(clone) = stream.try_clone() {
+                *connection_to_close
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(clone);
+            }
+            if self.cancel.is_cancelled() {
+                return Err("the run was stopped".to_string());
+            }
             let job = ServerJob {
                 run_id: context.run_id,
                 app_name: self.bundle.manifest.name.clone(),
@@ -158,8 +192,8 @@ impl ServerApp for ProgramServerApp {
             };
             Serving { grid, stream }.run(job, context.checkpoint.as_deref())
         });
-        // A stopped run's program is killed, not waited for.
-        if self.cancel.is_cancelled() {
+        // A stopped run's program, or one that broke the protocol, is killed, not waited for.
+        if self.cancel.is_cancelled() || served.is_err() {
             let _ = child.start_kill();
         }
         let status = self
@@ -255,6 +289,15 @@ impl Serving<'_> {
         Ok(bytes)
     }
 
+    /// Reads and drops `size` raw bytes following a refused request.
+    fn discard(&mut self, size: u64) -> Result<(), FrameIoError> {
+        let copied = std::io::copy(&mut (&mut self.stream).take(size), &mut std::io::sink())?;
+        if copied < size {
+            return Err(FrameIoError::Closed);
+        }
+        Ok(())
+    }
+
     fn answer(&mut self, request: GridRequest) -> Result<(), FrameIoError> {
         let response = match request {
             GridRequest::NodeIds => match self.grid.node_ids() {
@@ -281,29 +324,32 @@ impl Serving<'_> {
             }
             GridRequest::SaveArtifact { name, size } => {
                 if size > MAX_STORED_BYTES || !valid_artifact_name(&name) {
-                    return Err(wire::WireError::Invalid(format!(
-                        "artifact {:?} of {size} bytes: names are plain file names, sizes at most {MAX_STORED_BYTES}",
+                    self.discard(size)?;
+                    GridResponse::Error(GridFailure::Invalid(format!(
+                        "artifact {:?} of {size} bytes: names are plain file names (letters, \
+                         digits, '.', '-', '_'), sizes at most {MAX_STORED_BYTES} bytes",
                         wire::text::sanitize(&name, 64)
-                    ))
-                    .into());
-                }
-                let bytes = self.bytes(size)?;
-                match self.grid.save_artifact(&name, &bytes) {
-                    Ok(()) => GridResponse::Ok,
-                    Err(error) => failure(error),
+                    )))
+                } else {
+                    let bytes = self.bytes(size)?;
+                    match self.grid.save_artifact(&name, &bytes) {
+                        Ok(()) => GridResponse::Ok,
+                        Err(error) => failure(error),
+                    }
                 }
             }
             GridRequest::SaveCheckpoint { size } => {
                 if size > MAX_STORED_BYTES {
-                    return Err(wire::WireError::Invalid(format!(
+                    self.discard(size)?;
+                    GridResponse::Error(GridFailure::Invalid(format!(
                         "a checkpoint of {size} bytes (at most {MAX_STORED_BYTES})"
-                    ))
-                    .into());
-                }
-                let bytes = self.bytes(size)?;
-                match self.grid.save_checkpoint(&bytes) {
-                    Ok(()) => GridResponse::Ok,
-                    Err(error) => failure(error),
+                    )))
+                } else {
+                    let bytes = self.bytes(size)?;
+                    match self.grid.save_checkpoint(&bytes) {
+                        Ok(()) => GridResponse::Ok,
+                        Err(error) => failure(error),
+                    }
                 }
             }
         };

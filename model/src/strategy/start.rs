@@ -9,7 +9,7 @@
 //! and `metrics` (a MetricRecord with `num-examples`) for training, `metrics` for evaluation.
 
 use super::{Strategy, TrainReply};
-use crate::app::{AppError, Grid, Instruction, ServerContext};
+use crate::app::{AppError, Grid, GridError, Instruction, ServerContext};
 use crate::checkpoint;
 use rand::seq::SliceRandom as _;
 use std::sync::Arc;
@@ -210,25 +210,33 @@ pub fn start(
             content(Some(&arrays), config),
             rounds.round_timeout,
         )?;
-        let trained: Vec<TrainReply<'_>> = replies
-            .iter()
-            .filter_map(|reply| match &reply.body {
-                MessageBody::Content(content) => Some(TrainReply {
-                    arrays: content.arrays("arrays")?,
-                    metrics: content.metrics("metrics")?,
-                }),
-                MessageBody::Error(_) => None,
-            })
-            .collect();
-        let (next, metrics) = strategy
-            .aggregate_train(round, &arrays, &trained)
-            .map_err(|e| AppError::new(format!("round {round}: {e}")))?;
-        grid.log(&format!(
-            "  └──> Aggregated MetricRecord: {}",
-            describe(&metrics)
-        ));
-        arrays = next;
-        outcome.train_metrics.push((round, metrics));
+        let mut trained: Vec<TrainReply<'_>> = Vec::with_capacity(replies.len());
+        for reply in &replies {
+            let MessageBody::Content(content) = &reply.body else {
+                continue;
+            };
+            match (content.arrays("arrays"), content.metrics("metrics")) {
+                (Some(arrays), Some(metrics)) => trained.push(TrainReply { arrays, metrics }),
+                _ => grid.log(&format!(
+                    "  reply from node {} left out: it lacks the arrays or the metrics record",
+                    reply.metadata.src_node_id
+                )),
+            }
+        }
+        if trained.is_empty() {
+            // As Flower does: the global arrays stay as they are, and the rounds go on.
+            grid.log("  no results to aggregate: the global arrays stay as they were");
+        } else {
+            let (next, metrics) = strategy
+                .aggregate_train(round, &arrays, &trained)
+                .map_err(|e| AppError::new(format!("round {round}: {e}")))?;
+            grid.log(&format!(
+                "  └──> Aggregated MetricRecord: {}",
+                describe(&metrics)
+            ));
+            arrays = next;
+            outcome.train_metrics.push((round, metrics));
+        }
         if rounds.fraction_evaluate > 0.0 {
             let evaluators = sample(&nodes, rounds.fraction_evaluate, rounds.min_evaluate_nodes);
             grid.log(&format!(
@@ -263,7 +271,18 @@ pub fn start(
                 outcome.evaluate_metrics.push((round, metrics));
             }
         }
-        grid.save_checkpoint(&checkpoint::encode(round, &arrays, "")?)?;
+        // A checkpoint the SuperLink cannot keep (a model over its limit) costs only the
+        // ability to resume from this round; a stopped run stops.
+        match checkpoint::encode(round, &arrays, "") {
+            Ok(state) => match grid.save_checkpoint(&state) {
+                Ok(()) => {}
+                Err(GridError::Stopped) => return Err(GridError::Stopped.into()),
+                Err(error) => grid.log(&format!(
+                    "  checkpoint not saved ({error}): a restart would begin this run again"
+                )),
+            },
+            Err(error) => grid.log(&format!("  checkpoint not saved ({error})")),
+        }
     }
     grid.log("");
     grid.log(&format!(
