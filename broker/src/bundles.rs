@@ -47,9 +47,10 @@ pub async fn receive(
     signatures: Vec<BundleSignature>,
 ) -> Result<(), UploadError> {
     let refuse = |error: ControlError| ControlResponse::Error(error);
-    if let Err(why) = check_signatures(hash, &signatures) {
-        return Ok(respond(send, refuse(ControlError::InvalidBundle(why))).await?);
-    }
+    let signatures = match check_signatures(hash, signatures) {
+        Ok(signatures) => signatures,
+        Err(why) => return Ok(respond(send, refuse(ControlError::InvalidBundle(why))).await?),
+    };
     if size > MAX_BUNDLE_BYTES {
         let error = ControlError::InvalidBundle(format!(
             "it is {size} bytes, over the limit of {MAX_BUNDLE_BYTES} bytes"
@@ -58,9 +59,9 @@ pub async fn receive(
     }
     match shared.store.has_bundle(hash) {
         Ok(true) => {
-            let response = match shared.store.add_bundle_signatures(hash, &signatures) {
+            let response = match keep_signatures(shared, hash, &signatures) {
                 Ok(()) => ControlResponse::BundleWanted { wanted: false },
-                Err(error) => refuse(ControlError::Internal(error.to_string())),
+                Err(error) => refuse(error),
             };
             return Ok(respond(send, response).await?);
         }
@@ -101,9 +102,13 @@ pub async fn receive(
     Ok(respond(send, response).await?)
 }
 
-/// Checks that every signature is a publisher's valid signature of `hash`, and that there are
-/// not too many.
-fn check_signatures(hash: BundleHash, signatures: &[BundleSignature]) -> Result<(), String> {
+/// Checks that every signature is a publisher's valid signature of `hash` and that there are
+/// not too many; returns them with each key in its canonical form, so one publisher's key is
+/// one entry however it was encoded.
+fn check_signatures(
+    hash: BundleHash,
+    signatures: Vec<BundleSignature>,
+) -> Result<Vec<BundleSignature>, String> {
     if signatures.len() > MAX_SIGNATURES {
         return Err(format!(
             "{} signatures, at most {MAX_SIGNATURES}",
@@ -111,17 +116,50 @@ fn check_signatures(hash: BundleHash, signatures: &[BundleSignature]) -> Result<
         ));
     }
     let message = signing_message(hash);
-    for signature in signatures {
-        let key = certs::PublicKey::from_spki_der(&signature.public_key)
-            .map_err(|e| format!("a signature's public key is not valid: {e}"))?;
-        if !key.verify(&message, &signature.signature) {
-            return Err(format!(
-                "the signature by {} is not a signature of this bundle",
-                key.fingerprint()
-            ));
-        }
+    signatures
+        .into_iter()
+        .map(|signature| {
+            let key = certs::PublicKey::from_spki_der(&signature.public_key)
+                .map_err(|e| format!("a signature's public key is not valid: {e}"))?;
+            if !key.verify(&message, &signature.signature) {
+                return Err(format!(
+                    "the signature by {} is not a signature of this bundle",
+                    key.fingerprint()
+                ));
+            }
+            Ok(BundleSignature {
+                public_key: key.to_spki_der(),
+                signature: signature.signature,
+            })
+        })
+        .collect()
+}
+
+/// Keeps `signatures` of the stored bundle `hash`, unless the bundle would then carry more
+/// than [`MAX_SIGNATURES`] publishers: anyone may sign any hash, and a bundle with too many
+/// signatures would reach no node.
+fn keep_signatures(
+    shared: &Shared,
+    hash: BundleHash,
+    signatures: &[BundleSignature],
+) -> Result<(), ControlError> {
+    let internal = |e: crate::store::StoreError| ControlError::Internal(e.to_string());
+    let kept = shared.store.bundle_signatures(hash).map_err(internal)?;
+    let publishers: std::collections::BTreeSet<&[u8]> = kept
+        .iter()
+        .chain(signatures)
+        .map(|signature| signature.public_key.as_slice())
+        .collect();
+    if publishers.len() > MAX_SIGNATURES {
+        return Err(ControlError::InvalidBundle(format!(
+            "the bundle would carry {} publishers' signatures, at most {MAX_SIGNATURES}",
+            publishers.len()
+        )));
     }
-    Ok(())
+    shared
+        .store
+        .add_bundle_signatures(hash, signatures)
+        .map_err(internal)
 }
 
 /// How long a node has to take a bundle.
@@ -130,34 +168,42 @@ const SERVE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Most bundles being sent to nodes at once, over all nodes.
 static SERVING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(16);
 
-/// Answers a node's [`wire::fleet::NodeStream::FetchBundle`]: the bundle of a run the node has
-/// an unanswered instruction of, or a refusal. A bundle is an operator's code: it goes only to
-/// the nodes asked to run it.
-pub async fn serve(shared: &Shared, node: NodeId, mut send: quinn::SendStream, hash: BundleHash) {
-    let found = if shared.rounds.awaits_bundle(node, hash) {
-        shared
-            .store
-            .bundle(hash)
-            .and_then(|bytes| Ok((bytes, shared.store.bundle_signatures(hash)?)))
-            .map_err(|e| e.to_string())
-            .and_then(|(bytes, signatures)| {
-                Ok((
-                    bytes.ok_or_else(|| "it is not stored".to_string())?,
-                    signatures,
-                ))
-            })
-    } else {
-        Err("this node has no instruction of a run that uses it".to_string())
+/// Tells `node` it gets no bundle `hash`, and why.
+async fn refuse(mut send: quinn::SendStream, node: NodeId, hash: BundleHash, reason: String) {
+    tracing::warn!(%node, %hash, %reason, "bundle refused to a node");
+    let answer = BundleAnswer::Refused(format!("no bundle {hash}: {reason}"));
+    let _ = write_value(&mut send, &answer).await;
+    let _ = send.finish();
+}
+
+/// Answers a node's [`wire::fleet::NodeStream::FetchBundle`] (with `whole`) or
+/// [`wire::fleet::NodeStream::FetchSignatures`]: the bundle of a run the node has an unanswered
+/// instruction of, or its signatures only, or a refusal. A bundle is an operator's code: it goes
+/// only to the nodes asked to run it.
+pub async fn serve(
+    shared: &Shared,
+    node: NodeId,
+    mut send: quinn::SendStream,
+    hash: BundleHash,
+    whole: bool,
+) {
+    if !shared.rounds.awaits_bundle(node, hash) {
+        let reason = "this node has no instruction of a run that uses it";
+        return refuse(send, node, hash, reason.into()).await;
+    }
+    let signatures = match shared.store.bundle_signatures(hash) {
+        Ok(signatures) => signatures,
+        Err(error) => return refuse(send, node, hash, error.to_string()).await,
     };
-    let (bytes, signatures) = match found {
-        Ok(found) => found,
-        Err(reason) => {
-            tracing::warn!(%node, %hash, %reason, "bundle refused to a node");
-            let answer = BundleAnswer::Refused(format!("no bundle {hash}: {reason}"));
-            let _ = write_value(&mut send, &answer).await;
-            let _ = send.finish();
-            return;
-        }
+    if !whole {
+        let _ = write_value(&mut send, &BundleAnswer::Signatures(signatures)).await;
+        let _ = send.finish();
+        return;
+    }
+    let bytes = match shared.store.bundle(hash) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return refuse(send, node, hash, "it is not stored".into()).await,
+        Err(error) => return refuse(send, node, hash, error.to_string()).await,
     };
     let Ok(_permit) = SERVING.acquire().await else {
         return;

@@ -10,7 +10,7 @@ use model::bundle::{Bundle, Component, Entry, MANIFEST, Manifest, archive, hash_
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use wire::BundleHash;
-use wire::bundle::{BundleSignature, signing_message};
+use wire::bundle::{BundleSignature, MAX_SIGNATURES, signing_message};
 
 /// A packed bundle, checked as the SuperLink will check it.
 #[derive(Debug)]
@@ -191,10 +191,23 @@ pub fn signatures_for(dir: &Path, hash: BundleHash) -> Result<Vec<BundleSignatur
         let publisher = certs::openssh::parse_public_line(&stored.publisher).map_err(&malformed)?;
         let signature =
             unhex(&stored.signature).ok_or_else(|| malformed("a signature is not hex".into()))?;
+        if !publisher.key.verify(&signing_message(hash), &signature) {
+            return Err(malformed(format!(
+                "the signature by {} is not a signature of this bundle: sign it again",
+                publisher.key.fingerprint()
+            )));
+        }
         signatures.push(BundleSignature {
             public_key: publisher.key.to_spki_der(),
             signature,
         });
+    }
+    if signatures.len() > MAX_SIGNATURES {
+        return Err(CliError::Config(format!(
+            "{}: {} signatures of this bundle, at most {MAX_SIGNATURES}",
+            path.display(),
+            signatures.len()
+        )));
     }
     Ok(signatures)
 }

@@ -27,7 +27,7 @@ const KEPT_IN_MEMORY: usize = 8;
 #[derive(Debug)]
 pub struct Fetched {
     /// The bundle.
-    pub bundle: Bundle,
+    pub bundle: Arc<Bundle>,
     /// Its signatures.
     pub signatures: Vec<BundleSignature>,
 }
@@ -90,16 +90,28 @@ impl BundleCache {
         outcome
     }
 
-    /// The bundle `hash` fetched again, with the signatures the SuperLink has now: a publisher
-    /// may have signed it since it was kept.
-    pub async fn refetch(
+    /// The bundle `hash` with the signatures the SuperLink has now: a publisher may have signed
+    /// it since the node kept it. Only the signatures travel.
+    pub async fn refresh_signatures(
         &self,
         connection: &quinn::Connection,
         hash: BundleHash,
+        kept: Arc<Fetched>,
     ) -> Result<Arc<Fetched>, String> {
-        lock(&self.known).remove(&hash);
-        let _ = std::fs::remove_file(archive_path(&self.dir, hash));
-        self.get(connection, hash).await
+        let signatures = fetch_signatures(connection, hash).await?;
+        let dir = self.dir.clone();
+        let to_keep = signatures.clone();
+        tokio::task::spawn_blocking(move || {
+            let encoded = wire::frame::encode(&to_keep).map_err(std::io::Error::other)?;
+            write_whole(&dir, &signatures_path(&dir, hash), &encoded)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot keep the signatures of app bundle {hash}: {e}"))?;
+        Ok(self.remember(Fetched {
+            bundle: kept.bundle.clone(),
+            signatures,
+        }))
     }
 
     async fn load_or_fetch(
@@ -124,7 +136,10 @@ impl BundleCache {
                 Bundle::open(&bytes, hash).map_err(|e| format!("app bundle {hash}: {e}"))?;
             store(&dir, hash, &bytes, &signatures)
                 .map_err(|e| format!("cannot keep app bundle {hash} in {}: {e}", dir.display()))?;
-            Ok::<_, String>(Fetched { bundle, signatures })
+            Ok::<_, String>(Fetched {
+                bundle: Arc::new(bundle),
+                signatures,
+            })
         })
         .await
         .map_err(|e| e.to_string())??;
@@ -172,7 +187,7 @@ fn read_stored(dir: &Path, hash: BundleHash) -> Result<Option<Fetched>, String> 
     };
     match Bundle::open(&bytes, hash) {
         Ok(bundle) => Ok(Some(Fetched {
-            bundle,
+            bundle: Arc::new(bundle),
             signatures: read_signatures(dir, hash),
         })),
         Err(error) => {
@@ -202,13 +217,16 @@ async fn fetch(
                 "the SuperLink refused: {}",
                 wire::text::sanitize(&reason, 512)
             )),
+            BundleAnswer::Signatures(_) => Err("the SuperLink sent signatures only".into()),
             BundleAnswer::Found { size, .. } if size > MAX_BUNDLE_BYTES => Err(format!(
                 "the SuperLink announced {size} bytes, over the limit of {MAX_BUNDLE_BYTES}"
             )),
-            BundleAnswer::Found { signatures, .. } if signatures.len() > MAX_SIGNATURES => Err(
-                format!("the SuperLink sent more than {MAX_SIGNATURES} signatures"),
-            ),
-            BundleAnswer::Found { size, signatures } => {
+            BundleAnswer::Found {
+                size,
+                mut signatures,
+            } => {
+                // More than any bundle carries: the first ones are as good as any.
+                signatures.truncate(MAX_SIGNATURES);
                 let mut bytes = vec![0u8; size as usize];
                 recv.read_exact(&mut bytes)
                     .await
@@ -221,6 +239,38 @@ async fn fetch(
         .await
         .map_err(|_| format!("not within {FETCH_TIMEOUT:?}"))?
         .map_err(|e| format!("cannot fetch app bundle {hash}: {e}"))
+}
+
+/// Asks the SuperLink for the signatures of the bundle `hash`.
+async fn fetch_signatures(
+    connection: &quinn::Connection,
+    hash: BundleHash,
+) -> Result<Vec<BundleSignature>, String> {
+    let attempt = async {
+        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        write_value(&mut send, &NodeStream::FetchSignatures { hash })
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        match read_value::<BundleAnswer, _>(&mut recv, 64 * 1024)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            BundleAnswer::Signatures(mut signatures) => {
+                signatures.truncate(MAX_SIGNATURES);
+                Ok(signatures)
+            }
+            BundleAnswer::Refused(reason) => Err(format!(
+                "the SuperLink refused: {}",
+                wire::text::sanitize(&reason, 512)
+            )),
+            BundleAnswer::Found { .. } => Err("the SuperLink sent the bundle itself".into()),
+        }
+    };
+    tokio::time::timeout(FETCH_TIMEOUT, attempt)
+        .await
+        .map_err(|_| format!("not within {FETCH_TIMEOUT:?}"))?
+        .map_err(|e| format!("cannot fetch the signatures of app bundle {hash}: {e}"))
 }
 
 /// Keeps `bytes` as the archive of `hash` in `dir`, and its signatures beside it, each file

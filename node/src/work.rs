@@ -249,7 +249,11 @@ impl Worker {
         {
             // Kept without a trusted signature: the publisher may have signed it since.
             if trusted.signer(hash, &fetched.signatures).is_none() {
-                fetched = match programs.bundles.refetch(connection, hash).await {
+                fetched = match programs
+                    .bundles
+                    .refresh_signatures(connection, hash, fetched)
+                    .await
+                {
                     Ok(fetched) => fetched,
                     Err(reason) => return refuse(ErrorCode::UnknownApp, reason),
                 };

@@ -80,6 +80,12 @@ pub enum NodeStream {
         /// The bundle's hash.
         hash: BundleHash,
     },
+    /// Only the signatures of such a bundle (a publisher may have signed it since the node
+    /// fetched it), answered by [`BundleAnswer::Signatures`] or [`BundleAnswer::Refused`].
+    FetchSignatures {
+        /// The bundle's hash.
+        hash: BundleHash,
+    },
 }
 
 /// Broker to node, on a bundle stream.
@@ -94,6 +100,8 @@ pub enum BundleAnswer {
     },
     /// No bundle for this node, and why.
     Refused(String),
+    /// The bundle's signatures, as the SuperLink has them now.
+    Signatures(Vec<crate::bundle::BundleSignature>),
 }
 
 /// Node to broker, on an instruction stream, once the instruction was received and stored.

@@ -330,9 +330,7 @@ async fn a_node_gets_a_bundle_only_for_an_instruction_it_was_sent() {
     let answer: BundleAnswer = wire::io::read_value(&mut recv, 64 * 1024).await.unwrap();
     match answer {
         BundleAnswer::Refused(reason) => assert!(reason.contains("no instruction"), "{reason}"),
-        BundleAnswer::Found { size, .. } => {
-            panic!("a node without work got the bundle ({size} bytes)")
-        }
+        other => panic!("a node without work got an answer: {other:?}"),
     }
 }
 
@@ -492,4 +490,48 @@ async fn a_signature_that_does_not_verify_is_refused_with_the_bundle() {
             .has_bundle(packed.hash)
             .unwrap()
     );
+}
+
+#[tokio::test]
+async fn nobody_can_bury_a_bundle_under_signatures() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let packed = cli::bundle::pack(&python_example()).unwrap();
+    let sign = |key: &certs::IdentityKey| wire::bundle::BundleSignature {
+        public_key: key.public_key().to_spki_der(),
+        signature: key.sign(&wire::bundle::signing_message(packed.hash)),
+    };
+    let keys: Vec<certs::IdentityKey> = (0..=wire::bundle::MAX_SIGNATURES)
+        .map(|_| certs::IdentityKey::generate())
+        .collect();
+    let mut client = federation.operator().await.unwrap();
+    let first: Vec<_> = keys[..wire::bundle::MAX_SIGNATURES]
+        .iter()
+        .map(sign)
+        .collect();
+    assert!(
+        client
+            .offer_bundle(packed.hash, &packed.bytes, first)
+            .await
+            .unwrap()
+    );
+    // Anyone may sign any hash; one more publisher than a bundle may carry is refused, and what
+    // nodes get stays within what they accept.
+    let error = client
+        .offer_bundle(
+            packed.hash,
+            &packed.bytes,
+            vec![sign(&keys[wire::bundle::MAX_SIGNATURES])],
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("at most"), "{error}");
+    client.close().await;
+    let kept = federation
+        .broker()
+        .shared
+        .store
+        .bundle_signatures(packed.hash)
+        .unwrap();
+    assert_eq!(kept.len(), wire::bundle::MAX_SIGNATURES);
 }

@@ -83,6 +83,9 @@ async fn answer(
         .ok()?;
     let reply = instruction.reply(MessageBody::Content(content), now_ms());
     let (mut send, mut recv) = connection.open_bi().await.ok()?;
+    write_value(&mut send, &wire::fleet::NodeStream::Reply)
+        .await
+        .ok()?;
     write_message(&mut send, &reply, DEFAULT_CHUNK).await.ok()?;
     send.finish().ok()?;
     match read_value::<ReplyOutcome, _>(&mut recv, 1 << 16)

@@ -204,6 +204,9 @@ async fn send_reply_bytes(
     bytes: &[u8],
 ) -> Result<wire::fleet::ReplyOutcome, String> {
     let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    write_value(&mut send, &wire::fleet::NodeStream::Reply)
+        .await
+        .map_err(|e| e.to_string())?;
     send.write_all(bytes).await.map_err(|e| e.to_string())?;
     send.finish().map_err(|e| e.to_string())?;
     read_value::<wire::fleet::ReplyOutcome, _>(&mut recv, 1 << 16)
@@ -340,6 +343,9 @@ async fn an_authenticated_node_cannot_forge_replies_or_disturb_other_sessions() 
     };
     let head = wire::frame::encode(&forged(me, mine, small())).unwrap();
     let (mut first, _first_answer) = connection.open_bi().await.unwrap();
+    write_value(&mut first, &wire::fleet::NodeStream::Reply)
+        .await
+        .unwrap();
     first.write_all(&head).await.unwrap();
     while !rounds.is_arriving(mine) {
         assert!(

@@ -340,6 +340,12 @@ pub fn node_streams() -> Vec<(&'static str, NodeStream)> {
                 hash: BundleHash([0xCD; 32]),
             },
         ),
+        (
+            "node_stream_fetch_signatures",
+            NodeStream::FetchSignatures {
+                hash: BundleHash([0xCD; 32]),
+            },
+        ),
     ]
 }
 
@@ -351,6 +357,10 @@ pub fn bundle_answers() -> Vec<(&'static str, BundleAnswer)> {
                 size: 10_240,
                 signatures: vec![signature()],
             },
+        ),
+        (
+            "bundle_signatures",
+            BundleAnswer::Signatures(vec![signature()]),
         ),
         (
             "bundle_refused",
