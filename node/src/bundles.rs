@@ -198,33 +198,46 @@ fn read_stored(dir: &Path, hash: BundleHash) -> Result<Option<Fetched>, String> 
     }
 }
 
+/// Opens a stream of kind `request` and reads the SuperLink's answer; the stream's receiving
+/// half stays open for what follows the answer. A refusal is an error quoting the SuperLink.
+async fn ask(
+    connection: &quinn::Connection,
+    request: &NodeStream,
+) -> Result<(BundleAnswer, quinn::RecvStream), String> {
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    write_value(&mut send, request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    match read_value::<BundleAnswer, _>(&mut recv, 64 * 1024)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        BundleAnswer::Refused(reason) => Err(format!(
+            "the SuperLink refused: {}",
+            wire::text::sanitize(&reason, 512)
+        )),
+        answer => Ok((answer, recv)),
+    }
+}
+
 /// Asks the SuperLink for the bundle `hash` and its signatures.
 async fn fetch(
     connection: &quinn::Connection,
     hash: BundleHash,
 ) -> Result<(Vec<u8>, Vec<BundleSignature>), String> {
     let attempt = async {
-        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
-        write_value(&mut send, &NodeStream::FetchBundle { hash })
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = send.finish();
-        match read_value::<BundleAnswer, _>(&mut recv, 64 * 1024)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            BundleAnswer::Refused(reason) => Err(format!(
-                "the SuperLink refused: {}",
-                wire::text::sanitize(&reason, 512)
-            )),
-            BundleAnswer::Signatures(_) => Err("the SuperLink sent signatures only".into()),
-            BundleAnswer::Found { size, .. } if size > MAX_BUNDLE_BYTES => Err(format!(
+        match ask(connection, &NodeStream::FetchBundle { hash }).await? {
+            (BundleAnswer::Found { size, .. }, _) if size > MAX_BUNDLE_BYTES => Err(format!(
                 "the SuperLink announced {size} bytes, over the limit of {MAX_BUNDLE_BYTES}"
             )),
-            BundleAnswer::Found {
-                size,
-                mut signatures,
-            } => {
+            (
+                BundleAnswer::Found {
+                    size,
+                    mut signatures,
+                },
+                mut recv,
+            ) => {
                 // More than any bundle carries: the first ones are as good as any.
                 signatures.truncate(MAX_SIGNATURES);
                 let mut bytes = vec![0u8; size as usize];
@@ -233,6 +246,7 @@ async fn fetch(
                     .map_err(|e| e.to_string())?;
                 Ok((bytes, signatures))
             }
+            _ => Err("the SuperLink answered something else than the bundle".to_string()),
         }
     };
     tokio::time::timeout(FETCH_TIMEOUT, attempt)
@@ -247,24 +261,12 @@ async fn fetch_signatures(
     hash: BundleHash,
 ) -> Result<Vec<BundleSignature>, String> {
     let attempt = async {
-        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
-        write_value(&mut send, &NodeStream::FetchSignatures { hash })
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = send.finish();
-        match read_value::<BundleAnswer, _>(&mut recv, 64 * 1024)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            BundleAnswer::Signatures(mut signatures) => {
+        match ask(connection, &NodeStream::FetchSignatures { hash }).await? {
+            (BundleAnswer::Signatures(mut signatures), _) => {
                 signatures.truncate(MAX_SIGNATURES);
                 Ok(signatures)
             }
-            BundleAnswer::Refused(reason) => Err(format!(
-                "the SuperLink refused: {}",
-                wire::text::sanitize(&reason, 512)
-            )),
-            BundleAnswer::Found { .. } => Err("the SuperLink sent the bundle itself".into()),
+            _ => Err("the SuperLink answered something else than signatures".to_string()),
         }
     };
     tokio::time::timeout(FETCH_TIMEOUT, attempt)

@@ -2,13 +2,13 @@
 //! cached by nodes, and their client programs run under the ClientAppIo API; with the refusals
 //! that keep a node's data safe (`--trusted-apps`) and the failures a program can cause.
 
-use crate::runs::follow;
+use crate::runs::{final_vector, follow};
 use broker::config::NodeAuth;
 use cli::app_config::AppConfig;
 use e2e::{Db, Federation, RunningNode};
 use std::path::{Path, PathBuf};
 use wire::control::{ControlRequest, ControlResponse, RunStatus};
-use wire::{ArrayRecord, BundleHash, RunId};
+use wire::{BundleHash, RunId};
 
 /// The Python client of `examples/python-client`, written from `docs/app-protocol.md` alone.
 fn python_example() -> PathBuf {
@@ -34,18 +34,6 @@ async fn start_bundle(
     let run_id = client.start_bundled_run(packed.hash, run_config).await;
     client.close().await;
     Ok((run_id?, packed.hash, sent))
-}
-
-fn final_vector(federation: &Federation, run_id: RunId) -> Vec<f32> {
-    let bytes = federation
-        .broker()
-        .shared
-        .store
-        .artifact(run_id, "final.arrays")
-        .unwrap()
-        .expect("final arrays stored");
-    let arrays: ArrayRecord = postcard::from_bytes(&bytes).unwrap();
-    arrays.get("vector").unwrap().to_f32().unwrap()
 }
 
 async fn nodes(federation: &Federation, configs: &[&str]) -> Vec<RunningNode> {

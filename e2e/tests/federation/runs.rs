@@ -83,7 +83,7 @@ fn leftover_instructions(federation: &Federation, run_id: RunId) -> usize {
     federation.broker().shared.rounds.in_flight_for_run(run_id)
 }
 
-fn final_vector(federation: &Federation, run_id: RunId) -> Vec<f32> {
+pub fn final_vector(federation: &Federation, run_id: RunId) -> Vec<f32> {
     let bytes = federation
         .broker()
         .shared
