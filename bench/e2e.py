@@ -140,7 +140,11 @@ def ours(bins, work, data, learning_rate):
     processes = Processes(app)
     try:
         started = time.monotonic()
-        processes.start("superlink", [f"{bins}/flower-superlink", "--insecure", "--database", str(app / "state.redb")])
+        processes.start(
+            "superlink",
+            [f"{bins}/flower-superlink", "--insecure", "--database", str(app / "state.redb")]
+            + ["--serverappio-api-address", "127.0.0.1:0"],
+        )
         start_supernodes(
             processes,
             data,

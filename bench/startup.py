@@ -34,6 +34,7 @@ def start_superlink(workdir, fleet, control):
             "--database", ":flwr-in-memory:",
             "--fleet-api-address", f"127.0.0.1:{fleet}",
             "--control-api-address", f"127.0.0.1:{control}",
+            "--serverappio-api-address", "127.0.0.1:0",
         ],
         cwd=workdir,
         stderr=subprocess.PIPE,

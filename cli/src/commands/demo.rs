@@ -230,6 +230,11 @@ async fn federation(
             format!("127.0.0.1:{fleet_port}"),
             "--control-api-address".into(),
             format!("127.0.0.1:{control_port}"),
+            // A free port: the demo's SuperLink must not compete with another one's 9091.
+            "--serverappio-api-address".into(),
+            "127.0.0.1:0".into(),
+            "--apps-dir".into(),
+            path("superlink-apps"),
             "--database".into(),
             path("state.redb"),
         ],
