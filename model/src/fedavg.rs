@@ -352,6 +352,11 @@ impl FedAvg {
         })
     }
 
+    /// Whether `model` has the names, dtypes and shapes this sum was made for.
+    pub fn fits(&self, model: &ArrayRecord) -> bool {
+        check_layout(&self.layout, model).is_ok()
+    }
+
     /// Keeps `record`'s memory for the next mean (see [`FedAvg::take_mean`]): typically the model
     /// that the round now ending sent out.
     pub fn recycle(&mut self, record: ArrayRecord) {

@@ -1,13 +1,15 @@
 //! Every strategy against Flower 1.42's own results on the same inputs
 //! (`tests/fixtures/strategies.json`, written by `scripts/strategy-fixtures` from Flower's
 //! implementation): three rounds of aggregate_train, stateful strategies carrying their state from
-//! round to round, then aggregate_evaluate; arrays and metrics within 1e-6.
+//! round to round, then aggregate_evaluate; arrays and metrics within 1e-6. Each strategy is
+//! checked twice: given every reply at once (`aggregate_train`), and given them one at a time
+//! (`train_fold`, as the round loop does).
 
 #![allow(clippy::unwrap_used)]
 
 use model::strategy::{
     Bulyan, FedAdagrad, FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, FedYogi, Krum,
-    MultiKrum, Strategy, TrainReply,
+    MultiKrum, Strategy, StrategyError, TrainReply,
 };
 use serde_json::Value;
 use wire::{Array, ArrayRecord, ConfigValue, MetricRecord, MetricValue};
@@ -141,14 +143,55 @@ fn assert_metrics_match(ours: &MetricRecord, expected: &Value, what: &str) {
     }
 }
 
+/// How a test hands a round's replies to the strategy.
+#[derive(Clone, Copy, Debug)]
+enum Delivery {
+    AllAtOnce,
+    OneAtATime,
+}
+
+fn aggregate(
+    strategy: &mut dyn Strategy,
+    delivery: Delivery,
+    round: u64,
+    current: ArrayRecord,
+    replies: &[TrainReply<'_>],
+) -> (ArrayRecord, MetricRecord) {
+    match delivery {
+        Delivery::AllAtOnce => strategy.aggregate_train(round, &current, replies).unwrap(),
+        Delivery::OneAtATime => {
+            let aggregated = {
+                let mut fold = strategy.train_fold(round, &current).unwrap();
+                for reply in replies {
+                    fold.add(*reply).unwrap();
+                }
+                assert_eq!(fold.accepted(), replies.len());
+                fold.finish().unwrap()
+            };
+            // As the round loop does: the next round's result may be written into it.
+            strategy.recycle(current);
+            aggregated
+        }
+    }
+}
+
 #[test]
 fn every_strategy_agrees_with_flower_round_after_round() {
+    agrees_with_flower(Delivery::AllAtOnce);
+}
+
+#[test]
+fn every_strategy_agrees_with_flower_given_the_replies_one_at_a_time() {
+    agrees_with_flower(Delivery::OneAtATime);
+}
+
+fn agrees_with_flower(delivery: Delivery) {
     let fixtures = fixtures();
     let cases = fixtures["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 13);
     for case in cases {
         let name = case["strategy"].as_str().unwrap();
-        let what = format!("{name} {}", case["params"]);
+        let what = format!("{name} {} {delivery:?}", case["params"]);
         let mut strategy = strategy(name, &case["params"]);
         assert_eq!(strategy.name(), name);
         for round in case["rounds"].as_array().unwrap() {
@@ -164,9 +207,8 @@ fn every_strategy_agrees_with_flower_round_after_round() {
                 .iter()
                 .map(|(arrays, metrics)| TrainReply { arrays, metrics })
                 .collect();
-            let (ours, our_metrics) = strategy
-                .aggregate_train(number, &current, &borrowed)
-                .unwrap();
+            let (ours, our_metrics) =
+                aggregate(strategy.as_mut(), delivery, number, current, &borrowed);
             let what = format!("{what}, round {number}");
             assert_arrays_match(&ours, &round["arrays"], &what);
             assert_metrics_match(&our_metrics, &round["metrics"], &what);
@@ -372,4 +414,78 @@ fn replies_whose_metrics_differ_are_refused_as_flower_refuses_them() {
         bulyan.aggregate_train(1, &arrays, &one),
         Err(model::strategy::StrategyError::Parameter(_))
     ));
+}
+
+fn sample_reply(values: &[f32], examples: i64) -> (ArrayRecord, MetricRecord) {
+    let arrays = ArrayRecord::new().with(
+        "w",
+        Array::from_f32(vec![values.len() as u64], values).unwrap(),
+    );
+    let metrics = MetricRecord::new()
+        .with("num-examples", MetricValue::Int(examples))
+        .with("loss", MetricValue::Float(0.5));
+    (arrays, metrics)
+}
+
+/// Folds `replies` into `strategy`; returns the result and each reply's refusal, if any.
+fn fold_all(
+    strategy: &mut dyn Strategy,
+    replies: &[(ArrayRecord, MetricRecord)],
+) -> ((ArrayRecord, MetricRecord), Vec<Option<StrategyError>>) {
+    let current = replies[0].0.clone();
+    let mut fold = strategy.train_fold(1, &current).unwrap();
+    let refusals = replies
+        .iter()
+        .map(|(arrays, metrics)| fold.add(TrainReply { arrays, metrics }).err())
+        .collect();
+    (fold.finish().unwrap(), refusals)
+}
+
+#[test]
+fn a_refused_reply_is_left_out_and_the_round_goes_on() {
+    let good = [sample_reply(&[1.0, 2.0], 1), sample_reply(&[4.0, 8.0], 3)];
+    let nan = sample_reply(&[f32::NAN, 1.0], 2);
+    let other_shape = sample_reply(&[1.0, 2.0, 3.0], 2);
+    let no_weight = (
+        good[0].0.clone(),
+        MetricRecord::new().with("loss", MetricValue::Float(0.5)),
+    );
+    let other_metrics = (
+        good[0].0.clone(),
+        MetricRecord::new().with("num-examples", MetricValue::Int(1)),
+    );
+    let strategies: Vec<Box<dyn Strategy>> = vec![
+        Box::new(FedAvg::default()),
+        Box::new(FedProx::default()),
+        Box::new(FedMedian::default()),
+        Box::new(FedAvgM::new(1.0, 0.0)),
+    ];
+    for mut strategy in strategies {
+        let (expected, _) = fold_all(strategy.as_mut(), &good);
+        let mixed = [
+            good[0].clone(),
+            other_shape.clone(),
+            no_weight.clone(),
+            other_metrics.clone(),
+            good[1].clone(),
+        ];
+        let (got, refusals) = fold_all(strategy.as_mut(), &mixed);
+        assert_eq!(got, expected, "{}", strategy.name());
+        let refused: Vec<bool> = refusals.iter().map(Option::is_some).collect();
+        assert_eq!(
+            refused,
+            [false, true, true, true, false],
+            "{}",
+            strategy.name()
+        );
+    }
+    // NaN reaches FedAvg's running sum only through a refusal, which says the training diverged.
+    let mut fedavg = FedAvg::default();
+    let (got, refusals) = fold_all(&mut fedavg, &[good[0].clone(), nan, good[1].clone()]);
+    assert!(
+        refusals[1]
+            .as_ref()
+            .is_some_and(StrategyError::is_not_finite)
+    );
+    assert_eq!(got.0.get("w").unwrap().to_f32().unwrap(), [3.25, 6.5]);
 }

@@ -174,7 +174,7 @@ fn the_example_app_trains_with_fedprox_on_two_nodes_through_the_real_binaries() 
     assert!(pulled.join("model.safetensors").is_file());
     let metrics: serde_json::Value =
         serde_json::from_slice(&std::fs::read(pulled.join("metrics.json")).unwrap()).unwrap();
-    let rounds = metrics["evaluate"].as_array().unwrap();
+    let rounds = metrics["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 3, "{metrics}");
     let accuracy = rounds[2]["eval-acc"].as_f64().unwrap();
     assert!(accuracy > 0.8, "final accuracy {accuracy}: {metrics}");

@@ -204,6 +204,37 @@ fn fedavg_cnn_resumed_from_any_round_ends_on_the_uninterrupted_model() {
 }
 
 #[test]
+fn fedavg_cnn_resumed_keeps_the_metrics_of_the_rounds_before_the_restart() {
+    let config = ConfigRecord::new().with("num-server-rounds", ConfigValue::Int(3));
+    let whole = ScriptedGrid::default();
+    super::fedavg_cnn::Server
+        .run(&whole, &context(config.clone(), None))
+        .unwrap();
+    let after_round_two = whole.checkpoints.lock().unwrap()[1].clone();
+    let resumed = ScriptedGrid::default();
+    super::fedavg_cnn::Server
+        .run(&resumed, &context(config, Some(after_round_two)))
+        .unwrap();
+    let metrics: serde_json::Value = serde_json::from_slice(
+        &resumed.artifacts.lock().unwrap()[super::fedavg_cnn::METRICS_ARTIFACT],
+    )
+    .unwrap();
+    let rounds = metrics["rounds"].as_array().unwrap();
+    let numbers: Vec<u64> = rounds
+        .iter()
+        .map(|r| r["round"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [1, 2, 3], "{metrics}");
+    for round in rounds {
+        // The scripted nodes (110 and 120 examples) report a train loss of 1/examples:
+        // weighted, 2/230 whatever the round.
+        let loss = round["train_loss"].as_f64().unwrap();
+        assert!((loss - 2.0 / 230.0).abs() < 1e-9, "{round}");
+        assert_eq!(round["eval_acc"].as_f64(), Some(0.75), "{round}");
+    }
+}
+
+#[test]
 fn a_damaged_checkpoint_fails_the_run_instead_of_starting_over() {
     let grid = ScriptedGrid::default();
     let error = super::vector_add::Server

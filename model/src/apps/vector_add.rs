@@ -8,7 +8,7 @@
 //! Run config: `num-server-rounds` (3), `vector-length` (4), `min-nodes` (1), `round-timeout`
 //! seconds (30), `node-wait-timeout` seconds (30). Node config: `value` (1.0), `num-examples` (1, the
 //! weight the node claims), `delay-ms` (0, to simulate slow work), and `fault` with `fault-round` to simulate a client app that crashes (see
-//! [`simulate_fault`]).
+//! `simulate_fault`).
 
 use crate::app::{
     AppError, ClientApp, ClientContext, Grid, Instruction, ServerApp, ServerContext, config_f64,

@@ -12,21 +12,29 @@
 //! - [`FedMedian`], [`FedTrimmedAvg`], [`Krum`], [`MultiKrum`], [`Bulyan`]: robust to a minority
 //!   of bad replies; the median, trimmed mean and Bulyan's final mean are unweighted, as Flower's.
 //!
-//! [`start::start`] is the round loop around any of them, Flower's `Strategy.start`.
+//! [`start::start`] is the round loop around any of them, Flower's `Strategy.start`. It hands a
+//! round's train replies to the strategy one at a time, as they arrive ([`Strategy::train_fold`]):
+//! FedAvg and FedProx fold each into a running sum and drop it, so a round holds one model's
+//! worth of memory whatever the number of nodes; the others keep the replies and aggregate them
+//! at the end. A reply a fold refuses (another layout, NaN, no usable weight, metrics unlike the
+//! others') is left out of the round rather than failing it.
 //!
 //! Where Flower differs by accident rather than design, ours keeps the model's dtype: Flower's
 //! FedAdam returns float64 arrays (a numpy promotion of its bias-corrected step), ours the f32
 //! arrays it was given.
 
+mod fold;
 mod optimizers;
 mod robust;
 pub mod start;
 mod weighted;
 
+pub use fold::TrainFold;
 pub use optimizers::{FedAdagrad, FedAdam, FedAvgM, FedYogi};
 pub use robust::{Bulyan, FedMedian, FedTrimmedAvg, Krum, MultiKrum};
 pub use weighted::{FedAvg, FedProx};
 
+use crate::fedavg::AggregationError;
 use thiserror::Error;
 use wire::{Array, ArrayRecord, ConfigRecord, ConfigValue, MetricRecord, MetricValue};
 
@@ -73,6 +81,16 @@ pub enum StrategyError {
     /// A parameter outside its range.
     #[error("invalid parameter: {0}")]
     Parameter(String),
+    /// A streaming fold refused a reply (FedAvg's and FedProx's).
+    #[error(transparent)]
+    Refused(#[from] AggregationError),
+}
+
+impl StrategyError {
+    /// Whether the reply was refused for holding NaN or infinite values: training that diverged.
+    pub fn is_not_finite(&self) -> bool {
+        matches!(self, StrategyError::Refused(AggregationError::NotFinite(_)))
+    }
 }
 
 /// A strategy: what a round does with its replies. Sampling and the round loop belong to the
@@ -80,6 +98,11 @@ pub enum StrategyError {
 pub trait Strategy {
     /// Flower's class name.
     fn name(&self) -> &'static str;
+
+    /// The metric each reply is weighted by (Flower's `weighted_by_key`).
+    fn weighted_by_key(&self) -> &str {
+        NUM_EXAMPLES
+    }
 
     /// Entries to add to the train instructions' config (`server-round` is added by the loop).
     fn train_config(&self) -> ConfigRecord {
@@ -95,11 +118,31 @@ pub trait Strategy {
         replies: &[TrainReply<'_>],
     ) -> Result<(ArrayRecord, MetricRecord), StrategyError>;
 
+    /// Begins round `round`'s aggregation from the `current` global arrays: the replies are then
+    /// [added](TrainFold::add) one at a time as they arrive, and [finished](TrainFold::finish)
+    /// into what [`Strategy::aggregate_train`] returns. The default keeps each reply (checked
+    /// against the first, so one bad reply is refused alone) and calls `aggregate_train` at the
+    /// end; a strategy that can fold replies in as they come overrides it.
+    fn train_fold<'a>(
+        &'a mut self,
+        round: u64,
+        current: &'a ArrayRecord,
+    ) -> Result<Box<dyn TrainFold + 'a>, StrategyError> {
+        Ok(Box::new(fold::KeepAll::new(self, round, current)))
+    }
+
+    /// Hands back the global arrays a finished round sent out, whose memory a strategy may write
+    /// the next round's result into (FedAvg does). The default drops them.
+    fn recycle(&mut self, spent: ArrayRecord) {
+        drop(spent);
+    }
+
     /// The round's evaluation metrics: the weighted mean of every metric but the weight, as
     /// every Flower strategy does.
     fn aggregate_evaluate(&self, replies: &[&MetricRecord]) -> Result<MetricRecord, StrategyError> {
-        let weights = weights(replies.iter().copied(), NUM_EXAMPLES)?;
-        aggregate_metrics(replies, &weights, NUM_EXAMPLES)
+        let key = self.weighted_by_key();
+        let weights = weights(replies.iter().copied(), key)?;
+        aggregate_metrics(replies, &weights, key)
     }
 }
 
@@ -220,11 +263,7 @@ pub(crate) fn weights<'a>(
 ) -> Result<Vec<f64>, StrategyError> {
     let weights: Vec<f64> = metrics
         .into_iter()
-        .map(|metrics| match metrics.get(key) {
-            Some(MetricValue::Int(n)) => Ok(*n as f64),
-            Some(MetricValue::Float(x)) if x.is_finite() => Ok(*x),
-            _ => Err(StrategyError::MissingWeight(key.to_string())),
-        })
+        .map(|metrics| weight_of(metrics, key))
         .collect::<Result<_, _>>()?;
     if weights.is_empty() {
         return Err(StrategyError::NoReplies);
@@ -282,6 +321,33 @@ fn same_kind(a: &MetricValue, b: &MetricValue) -> bool {
     }
 }
 
+/// Checks that `record` has `first`'s metric names, each of a kind that averages with it.
+pub(crate) fn check_metrics_like(
+    first: &MetricRecord,
+    record: &MetricRecord,
+) -> Result<(), StrategyError> {
+    let consistent = record.len() == first.len()
+        && first
+            .iter()
+            .all(|(key, value)| record.get(key).is_some_and(|other| same_kind(value, other)));
+    if consistent {
+        Ok(())
+    } else {
+        Err(StrategyError::Inconsistent(
+            "replies' metrics differ in names or kinds".into(),
+        ))
+    }
+}
+
+/// A reply's weight: its `key` metric, a finite number.
+pub(crate) fn weight_of(metrics: &MetricRecord, key: &str) -> Result<f64, StrategyError> {
+    match metrics.get(key) {
+        Some(MetricValue::Int(n)) => Ok(*n as f64),
+        Some(MetricValue::Float(x)) if x.is_finite() => Ok(*x),
+        _ => Err(StrategyError::MissingWeight(key.to_string())),
+    }
+}
+
 /// Flower's metric aggregation (`aggregate_metricrecords`): the weighted mean, in f64 and reply
 /// order, of every metric but `weight_key`, lists element by element; integers become floats.
 /// Like Flower's, it refuses replies whose metrics have different names, or lists of different
@@ -297,15 +363,7 @@ pub(crate) fn aggregate_metrics(
         return Ok(out);
     };
     for record in &metrics[1..] {
-        let consistent = record.len() == first.len()
-            && first
-                .iter()
-                .all(|(key, value)| record.get(key).is_some_and(|other| same_kind(value, other)));
-        if !consistent {
-            return Err(StrategyError::Inconsistent(
-                "replies' metrics differ in names or kinds".into(),
-            ));
-        }
+        check_metrics_like(first, record)?;
     }
     for (key, _) in first.iter() {
         if key == weight_key {

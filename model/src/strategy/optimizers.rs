@@ -64,6 +64,10 @@ impl FedAvgM {
 }
 
 impl Strategy for FedAvgM {
+    fn weighted_by_key(&self) -> &str {
+        &self.fedavg.weighted_by_key
+    }
+
     fn name(&self) -> &'static str {
         "FedAvgM"
     }
@@ -252,6 +256,10 @@ macro_rules! fedopt_strategy {
         }
 
         impl Strategy for $name {
+            fn weighted_by_key(&self) -> &str {
+                &self.0.fedavg.weighted_by_key
+            }
+
             fn name(&self) -> &'static str {
                 stringify!($name)
             }

@@ -70,6 +70,10 @@ pub struct FedMedian {
 }
 
 impl Strategy for FedMedian {
+    fn weighted_by_key(&self) -> &str {
+        &self.fedavg.weighted_by_key
+    }
+
     fn name(&self) -> &'static str {
         "FedMedian"
     }
@@ -108,6 +112,10 @@ impl Default for FedTrimmedAvg {
 }
 
 impl Strategy for FedTrimmedAvg {
+    fn weighted_by_key(&self) -> &str {
+        &self.fedavg.weighted_by_key
+    }
+
     fn name(&self) -> &'static str {
         "FedTrimmedAvg"
     }
@@ -197,6 +205,10 @@ impl Default for MultiKrum {
 }
 
 impl Strategy for MultiKrum {
+    fn weighted_by_key(&self) -> &str {
+        &self.fedavg.weighted_by_key
+    }
+
     fn name(&self) -> &'static str {
         "MultiKrum"
     }
@@ -245,6 +257,10 @@ pub struct Krum {
 }
 
 impl Strategy for Krum {
+    fn weighted_by_key(&self) -> &str {
+        &self.fedavg.weighted_by_key
+    }
+
     fn name(&self) -> &'static str {
         "Krum"
     }
@@ -275,6 +291,10 @@ pub struct Bulyan {
 }
 
 impl Strategy for Bulyan {
+    fn weighted_by_key(&self) -> &str {
+        &self.fedavg.weighted_by_key
+    }
+
     fn name(&self) -> &'static str {
         "Bulyan"
     }

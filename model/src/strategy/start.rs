@@ -1,23 +1,34 @@
 //! The round loop around a strategy, as Flower's `Strategy.start` runs it: each round samples
 //! nodes, sends them the global arrays to train on, aggregates their replies with the strategy,
 //! then has a sample evaluate the result and aggregates their metrics. Progress goes to the
-//! run's log in Flower's words; the arrays are checkpointed after every round, so a run
-//! interrupted by a SuperLink restart resumes after its last completed round.
+//! run's log in Flower's words; the arrays and every round's metrics are checkpointed after each
+//! round, so a run interrupted by a SuperLink restart resumes after its last completed round.
+//!
+//! Train replies reach the strategy one at a time, as they arrive ([`Strategy::train_fold`]); a
+//! reply it refuses is logged and left out, and the round goes on with the others. A round
+//! without a single result keeps the global arrays (as Flower does), unless every node's training
+//! diverged: then going on is pointless, and the run fails with the learning rate to try.
 //!
 //! Instructions carry the records Flower's apps use: `arrays` (an ArrayRecord) and `config`
 //! (a ConfigRecord with `server-round` and the strategy's train config); replies carry `arrays`
 //! and `metrics` (a MetricRecord with `num-examples`) for training, `metrics` for evaluation.
 
-use super::{Strategy, TrainReply};
+use super::{Strategy, TrainReply, check_metrics_like, weight_of};
 use crate::app::{AppError, Grid, GridError, Instruction, ServerContext};
 use crate::checkpoint;
+use crate::fedavg::check_weight;
 use rand::seq::SliceRandom as _;
+use serde_json::{Map, Value, json};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wire::{
     ArrayRecord, ConfigRecord, ConfigValue, Message, MessageBody, MessageType, MetricRecord,
     MetricValue, NodeId, Record, RecordDict,
 };
+
+/// How a client app's error reason begins when its training diverged (the loss or the weights
+/// became NaN or infinite). A round in which every node's training diverged fails the run.
+pub const DIVERGED: &str = "training diverged";
 
 /// How the rounds run: Flower's `Strategy.start` arguments and its sampling fields, with its
 /// defaults.
@@ -43,6 +54,10 @@ pub struct Rounds {
     pub train_config: ConfigRecord,
     /// Added to every evaluate instruction's config.
     pub evaluate_config: ConfigRecord,
+    /// Makes the sampling reproducible: each round's sample then depends only on the seed, the
+    /// round and the online nodes, so a resumed run samples as the uninterrupted one would have.
+    /// `None` (the default) samples at random, as Flower does.
+    pub seed: Option<u64>,
 }
 
 impl Default for Rounds {
@@ -58,8 +73,107 @@ impl Default for Rounds {
             node_wait: Duration::from_secs(120),
             train_config: ConfigRecord::new(),
             evaluate_config: ConfigRecord::new(),
+            seed: None,
         }
     }
+}
+
+/// One completed round: how long it took and its aggregated metrics (empty when the step had no
+/// result or did not run).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundMetrics {
+    /// The round, from 1.
+    pub round: u64,
+    /// Its wall time, in seconds.
+    pub seconds: f64,
+    /// The aggregated train metrics.
+    pub train: MetricRecord,
+    /// The aggregated evaluation metrics.
+    pub evaluate: MetricRecord,
+}
+
+impl RoundMetrics {
+    /// The round as one flat JSON object, `{"round": 1, "seconds": 2.5, "train_loss": ...}`: the
+    /// train metrics, then the evaluation metrics (which win where a name is in both). Floats that
+    /// are not finite are `null`.
+    pub fn to_flat_json(&self) -> Value {
+        let mut entry = Map::new();
+        entry.insert("round".into(), self.round.into());
+        entry.insert("seconds".into(), json!(self.seconds));
+        entry.extend(metrics_to_json(&self.train));
+        entry.extend(metrics_to_json(&self.evaluate));
+        Value::Object(entry)
+    }
+
+    /// The form kept in checkpoints, which [`RoundMetrics::from_json`] reads back.
+    fn to_json(&self) -> Value {
+        json!({
+            "round": self.round,
+            "seconds": self.seconds,
+            "train": metrics_to_json(&self.train),
+            "evaluate": metrics_to_json(&self.evaluate),
+        })
+    }
+
+    fn from_json(value: &Value) -> Option<Self> {
+        Some(RoundMetrics {
+            round: value.get("round")?.as_u64()?,
+            seconds: value.get("seconds")?.as_f64()?,
+            train: metrics_from_json(value.get("train")?.as_object()?),
+            evaluate: metrics_from_json(value.get("evaluate")?.as_object()?),
+        })
+    }
+}
+
+fn metrics_to_json(metrics: &MetricRecord) -> Map<String, Value> {
+    metrics
+        .iter()
+        .map(|(name, value)| {
+            let value = match value {
+                MetricValue::Int(v) => json!(v),
+                MetricValue::Float(v) => json!(v),
+                MetricValue::IntList(v) => json!(v),
+                MetricValue::FloatList(v) => json!(v),
+            };
+            (name.to_string(), value)
+        })
+        .collect()
+}
+
+/// The inverse of [`metrics_to_json`], but for non-finite floats, which were written as `null`
+/// and are left out.
+fn metrics_from_json(map: &Map<String, Value>) -> MetricRecord {
+    let mut metrics = MetricRecord::new();
+    for (name, value) in map {
+        let value = match value {
+            Value::Number(n) => match n.as_i64() {
+                Some(v) if !n.is_f64() => MetricValue::Int(v),
+                _ => MetricValue::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Value::Array(items) if items.iter().all(|v| v.is_i64()) && !items.is_empty() => {
+                MetricValue::IntList(items.iter().filter_map(Value::as_i64).collect())
+            }
+            Value::Array(items) => MetricValue::FloatList(
+                items
+                    .iter()
+                    .map(|v| v.as_f64().unwrap_or(f64::NAN))
+                    .collect(),
+            ),
+            _ => continue,
+        };
+        metrics.insert(name.clone(), value);
+    }
+    metrics
+}
+
+/// The rounds of a checkpoint's history.
+fn history_from_checkpoint(text: &str) -> Result<Vec<RoundMetrics>, AppError> {
+    let damaged = || AppError::new("the checkpoint's round history is damaged");
+    let entries: Vec<Value> = serde_json::from_str(text).map_err(|_| damaged())?;
+    entries
+        .iter()
+        .map(|entry| RoundMetrics::from_json(entry).ok_or_else(damaged))
+        .collect()
 }
 
 /// What a run of rounds produced.
@@ -67,20 +181,45 @@ impl Default for Rounds {
 pub struct Outcome {
     /// The final global arrays.
     pub arrays: ArrayRecord,
-    /// Aggregated train metrics, by round.
-    pub train_metrics: Vec<(u64, MetricRecord)>,
-    /// Aggregated evaluation metrics, by round.
-    pub evaluate_metrics: Vec<(u64, MetricRecord)>,
+    /// Every round's metrics, those of rounds completed before a resume included.
+    pub rounds: Vec<RoundMetrics>,
 }
 
-/// `count` of `nodes` at random: the share `fraction`, at least `min`, at most all of them.
-fn sample(nodes: &[NodeId], fraction: f64, min: usize) -> Vec<NodeId> {
+impl Outcome {
+    /// Every round as [`RoundMetrics::to_flat_json`], in order.
+    pub fn metrics_json(&self) -> Value {
+        self.rounds.iter().map(RoundMetrics::to_flat_json).collect()
+    }
+
+    /// The last round that was evaluated, with its metrics.
+    pub fn last_evaluation(&self) -> Option<(u64, &MetricRecord)> {
+        self.rounds
+            .iter()
+            .rev()
+            .find(|round| !round.evaluate.is_empty())
+            .map(|round| (round.round, &round.evaluate))
+    }
+}
+
+/// `fraction` of `nodes`, at least `min`, at most all of them; in node order when seeded, so
+/// that the replies of a reproducible round are folded in the same order.
+fn sample(nodes: &[NodeId], fraction: f64, min: usize, seed: Option<u64>) -> Vec<NodeId> {
     let wanted = ((nodes.len() as f64 * fraction) as usize)
         .max(min)
         .min(nodes.len());
     let mut sampled = nodes.to_vec();
-    sampled.shuffle(&mut rand::rng());
-    sampled.truncate(wanted);
+    match seed {
+        Some(seed) => {
+            sampled.sort();
+            sampled.shuffle(&mut crate::data::partition::rng(seed));
+            sampled.truncate(wanted);
+            sampled.sort();
+        }
+        None => {
+            sampled.shuffle(&mut rand::rng());
+            sampled.truncate(wanted);
+        }
+    }
     sampled
 }
 
@@ -96,17 +235,19 @@ fn describe(metrics: &MetricRecord) -> String {
     format!("{{{}}}", entries.join(", "))
 }
 
-/// Sends `content` to `nodes` as `message_type` and collects the replies; error replies are
-/// logged and left out.
-fn step(
-    grid: &dyn Grid,
+fn instructions(
     nodes: &[NodeId],
     message_type: MessageType,
     round: u64,
-    content: Arc<RecordDict>,
-    timeout: Duration,
-) -> Result<Vec<Message>, AppError> {
-    let instructions = nodes
+    arrays: &ArrayRecord,
+    config: ConfigRecord,
+) -> Vec<Instruction> {
+    let content = Arc::new(
+        RecordDict::new()
+            .with("arrays", Record::Arrays(arrays.clone()))
+            .with("config", Record::Config(config)),
+    );
+    nodes
         .iter()
         .map(|&dst| Instruction {
             dst,
@@ -114,34 +255,159 @@ fn step(
             group_id: round.to_string(),
             content: content.clone(),
         })
-        .collect();
-    let replies = grid.send_and_receive(instructions, timeout)?;
-    let (good, failed): (Vec<Message>, Vec<Message>) = replies
-        .into_iter()
-        .partition(|reply| matches!(reply.body, MessageBody::Content(_)));
-    let step = message_type.as_str();
-    grid.log(&format!(
-        "aggregate_{step}: received {} results and {} failures",
-        good.len(),
-        failed.len()
-    ));
-    for reply in &failed {
-        if let MessageBody::Error(error) = &reply.body {
-            grid.log(&format!(
-                "  failure from node {}: {:?}: {}",
-                reply.metadata.src_node_id, error.code, error.reason
-            ));
-        }
-    }
-    Ok(good)
+        .collect()
 }
 
-fn content(arrays: Option<&ArrayRecord>, config: ConfigRecord) -> Arc<RecordDict> {
-    let mut content = RecordDict::new();
-    if let Some(arrays) = arrays {
-        content = content.with("arrays", Record::Arrays(arrays.clone()));
+/// The failure an error reply reports, if it is one.
+fn failure(reply: &Message) -> Option<String> {
+    match &reply.body {
+        MessageBody::Error(error) => Some(format!(
+            "node {}: {:?}: {}",
+            reply.metadata.src_node_id, error.code, error.reason
+        )),
+        MessageBody::Content(_) => None,
     }
-    Arc::new(content.with("config", Record::Config(config)))
+}
+
+fn log_step(grid: &dyn Grid, step: &str, results: usize, failures: &[String]) {
+    grid.log(&format!(
+        "aggregate_{step}: received {results} results and {} failures",
+        failures.len()
+    ));
+    for failure in failures {
+        grid.log(&format!("  failure from {failure}"));
+    }
+}
+
+/// Why the run stops when every node's training diverged, with the learning rate to try when the
+/// train config has one.
+fn all_diverged(round: u64, train_config: &ConfigRecord) -> String {
+    let what = format!(
+        "round {round}: training diverged on every node (loss or weights became NaN or infinite)"
+    );
+    match train_config.get("learning-rate") {
+        Some(ConfigValue::Float(rate)) => format!(
+            "{what} at learning-rate {rate}; try a smaller one: flwr run --run-config \
+             'learning-rate={}'",
+            rate / 10.0
+        ),
+        _ => format!("{what}; try a smaller learning rate"),
+    }
+}
+
+/// One train step: sends `arrays` to `nodes`, folds the replies into the strategy as they come;
+/// the next global arrays and the metrics, or `None` when no reply could be used.
+fn train(
+    grid: &dyn Grid,
+    strategy: &mut dyn Strategy,
+    round: u64,
+    arrays: &ArrayRecord,
+    nodes: &[NodeId],
+    config: ConfigRecord,
+    timeout: Duration,
+) -> Result<Option<(ArrayRecord, MetricRecord)>, AppError> {
+    let in_round = |e: super::StrategyError| AppError::new(format!("round {round}: {e}"));
+    let instructions = instructions(nodes, MessageType::Train, round, arrays, config.clone());
+    let mut fold = strategy.train_fold(round, arrays).map_err(in_round)?;
+    let mut failures = Vec::new();
+    // Failures that are training gone numerically wrong, rather than a node or the network.
+    let mut diverged = 0;
+    grid.send_and_fold(instructions, timeout, &mut |reply| {
+        if let Some(reason) = failure(&reply) {
+            if matches!(&reply.body, MessageBody::Error(e) if e.reason.starts_with(DIVERGED)) {
+                diverged += 1;
+            }
+            failures.push(reason);
+            return;
+        }
+        let MessageBody::Content(content) = &reply.body else {
+            return;
+        };
+        let node = reply.metadata.src_node_id;
+        let (Some(arrays), Some(metrics)) = (content.arrays("arrays"), content.metrics("metrics"))
+        else {
+            failures.push(format!(
+                "node {node}: the reply lacks the arrays or the metrics record"
+            ));
+            return;
+        };
+        if let Err(error) = fold.add(TrainReply { arrays, metrics }) {
+            if error.is_not_finite() {
+                diverged += 1;
+            }
+            failures.push(format!("node {node}: {error}"));
+        }
+    })?;
+    log_step(grid, "train", fold.accepted(), &failures);
+    if fold.accepted() == 0 {
+        if !failures.is_empty() && diverged == failures.len() {
+            return Err(AppError::new(all_diverged(round, &config)));
+        }
+        grid.log("  no results to aggregate: the global arrays stay as they were");
+        return Ok(None);
+    }
+    let (next, metrics) = fold.finish().map_err(in_round)?;
+    grid.log(&format!(
+        "  └──> Aggregated MetricRecord: {}",
+        describe(&metrics)
+    ));
+    Ok(Some((next, metrics)))
+}
+
+/// One evaluation step: the aggregated metrics of the replies that carry a usable weight and
+/// the same metrics as the others (empty when there are none).
+fn evaluate(
+    grid: &dyn Grid,
+    strategy: &dyn Strategy,
+    round: u64,
+    arrays: &ArrayRecord,
+    nodes: &[NodeId],
+    config: ConfigRecord,
+    timeout: Duration,
+) -> Result<MetricRecord, AppError> {
+    let instructions = instructions(nodes, MessageType::Evaluate, round, arrays, config);
+    let key = strategy.weighted_by_key();
+    let mut evaluated: Vec<MetricRecord> = Vec::new();
+    let mut failures = Vec::new();
+    grid.send_and_fold(instructions, timeout, &mut |reply| {
+        if let Some(reason) = failure(&reply) {
+            failures.push(reason);
+            return;
+        }
+        let MessageBody::Content(content) = &reply.body else {
+            return;
+        };
+        let node = reply.metadata.src_node_id;
+        let Some(metrics) = content.metrics("metrics") else {
+            failures.push(format!("node {node}: the reply lacks the metrics record"));
+            return;
+        };
+        // The same bound on the weight as training's: one huge count would make the means
+        // meaningless.
+        let usable = weight_of(metrics, key)
+            .and_then(|weight| check_weight(weight).map_err(Into::into))
+            .and_then(|()| match evaluated.first() {
+                Some(first) => check_metrics_like(first, metrics),
+                None => Ok(()),
+            });
+        match usable {
+            Ok(()) => evaluated.push(metrics.clone()),
+            Err(error) => failures.push(format!("node {node}: {error}")),
+        }
+    })?;
+    log_step(grid, "evaluate", evaluated.len(), &failures);
+    if evaluated.is_empty() {
+        return Ok(MetricRecord::new());
+    }
+    let replies: Vec<&MetricRecord> = evaluated.iter().collect();
+    let metrics = strategy
+        .aggregate_evaluate(&replies)
+        .map_err(|e| AppError::new(format!("round {round}: {e}")))?;
+    grid.log(&format!(
+        "  └──> Aggregated MetricRecord: {}",
+        describe(&metrics)
+    ));
+    Ok(metrics)
 }
 
 fn merged(round: u64, extra: [&ConfigRecord; 2]) -> ConfigRecord {
@@ -154,8 +420,30 @@ fn merged(round: u64, extra: [&ConfigRecord; 2]) -> ConfigRecord {
     config
 }
 
-/// Runs `rounds` of `strategy` from `initial` (or from the run's checkpoint when resumed);
-/// returns the final arrays and the metrics of every round.
+/// Saves the state after `round`; a checkpoint the SuperLink cannot keep (a model over its
+/// limit) costs only the ability to resume from this round, while a stopped run stops.
+fn save_checkpoint(
+    grid: &dyn Grid,
+    round: u64,
+    arrays: &ArrayRecord,
+    history: &[RoundMetrics],
+) -> Result<(), AppError> {
+    let history: Value = history.iter().map(RoundMetrics::to_json).collect();
+    match checkpoint::encode(round, arrays, &history.to_string()) {
+        Ok(state) => match grid.save_checkpoint(&state) {
+            Ok(()) => {}
+            Err(GridError::Stopped) => return Err(GridError::Stopped.into()),
+            Err(error) => grid.log(&format!(
+                "  checkpoint not saved ({error}): a restart would begin this run again"
+            )),
+        },
+        Err(error) => grid.log(&format!("  checkpoint not saved ({error})")),
+    }
+    Ok(())
+}
+
+/// Runs `rounds` of `strategy` from `initial` (or from the run's checkpoint when resumed, when
+/// `initial` is not used); returns the final arrays and the metrics of every round.
 pub fn start(
     grid: &dyn Grid,
     context: &ServerContext,
@@ -163,28 +451,27 @@ pub fn start(
     initial: ArrayRecord,
     rounds: &Rounds,
 ) -> Result<Outcome, AppError> {
-    let (mut arrays, first_round) = match checkpoint::resume_point(context)? {
+    let (mut arrays, mut history) = match checkpoint::resume_point(context)? {
         Some(resumed) => {
             grid.log(&format!(
                 "Resuming after round {} of {} from the run's checkpoint",
                 resumed.completed_rounds, rounds.num_rounds
             ));
-            (resumed.arrays, resumed.completed_rounds + 1)
+            let mut history = history_from_checkpoint(&resumed.history)?;
+            history.retain(|entry| entry.round <= resumed.completed_rounds);
+            (resumed.arrays, history)
         }
-        None => (initial, 1),
+        None => (initial, Vec::new()),
     };
+    let first_round = history.last().map_or(1, |entry| entry.round + 1);
     grid.log(&format!(
         "Starting {} strategy: {} rounds, {} arrays",
         strategy.name(),
         rounds.num_rounds,
         arrays.len()
     ));
-    let mut outcome = Outcome {
-        arrays: ArrayRecord::new(),
-        train_metrics: Vec::new(),
-        evaluate_metrics: Vec::new(),
-    };
     for round in first_round..=rounds.num_rounds {
+        let started = Instant::now();
         grid.log("");
         grid.log(&format!("[ROUND {round}/{}]", rounds.num_rounds));
         let nodes = grid.wait_for_nodes(rounds.min_available_nodes, rounds.node_wait)?;
@@ -195,117 +482,234 @@ pub fn start(
                 rounds.min_available_nodes
             )));
         }
-        let trainers = sample(&nodes, rounds.fraction_train, rounds.min_train_nodes);
+        let seed = |salt: u64| rounds.seed.map(|seed| seed ^ round.wrapping_mul(salt));
+        let trainers = sample(
+            &nodes,
+            rounds.fraction_train,
+            rounds.min_train_nodes,
+            seed(0x9e37_79b9),
+        );
         grid.log(&format!(
             "configure_train: sampled {} nodes (out of {})",
             trainers.len(),
             nodes.len()
         ));
         let config = merged(round, [&rounds.train_config, &strategy.train_config()]);
-        let replies = step(
-            grid,
-            &trainers,
-            MessageType::Train,
+        let mut entry = RoundMetrics {
             round,
-            content(Some(&arrays), config),
+            seconds: 0.0,
+            train: MetricRecord::new(),
+            evaluate: MetricRecord::new(),
+        };
+        let trained = train(
+            grid,
+            strategy,
+            round,
+            &arrays,
+            &trainers,
+            config,
             rounds.round_timeout,
         )?;
-        let mut trained: Vec<TrainReply<'_>> = Vec::with_capacity(replies.len());
-        for reply in &replies {
-            let MessageBody::Content(content) = &reply.body else {
-                continue;
-            };
-            match (content.arrays("arrays"), content.metrics("metrics")) {
-                (Some(arrays), Some(metrics)) => trained.push(TrainReply { arrays, metrics }),
-                _ => grid.log(&format!(
-                    "  reply from node {} left out: it lacks the arrays or the metrics record",
-                    reply.metadata.src_node_id
-                )),
-            }
-        }
-        if trained.is_empty() {
-            // As Flower does: the global arrays stay as they are, and the rounds go on.
-            grid.log("  no results to aggregate: the global arrays stay as they were");
-        } else {
-            let (next, metrics) = strategy
-                .aggregate_train(round, &arrays, &trained)
-                .map_err(|e| AppError::new(format!("round {round}: {e}")))?;
-            grid.log(&format!(
-                "  └──> Aggregated MetricRecord: {}",
-                describe(&metrics)
-            ));
-            arrays = next;
-            outcome.train_metrics.push((round, metrics));
+        if let Some((next, metrics)) = trained {
+            strategy.recycle(std::mem::replace(&mut arrays, next));
+            entry.train = metrics;
         }
         if rounds.fraction_evaluate > 0.0 {
-            let evaluators = sample(&nodes, rounds.fraction_evaluate, rounds.min_evaluate_nodes);
+            let evaluators = sample(
+                &nodes,
+                rounds.fraction_evaluate,
+                rounds.min_evaluate_nodes,
+                seed(0x85eb_ca6b),
+            );
             grid.log(&format!(
                 "configure_evaluate: sampled {} nodes (out of {})",
                 evaluators.len(),
                 nodes.len()
             ));
             let config = merged(round, [&rounds.evaluate_config, &ConfigRecord::new()]);
-            let replies = step(
+            entry.evaluate = evaluate(
                 grid,
-                &evaluators,
-                MessageType::Evaluate,
+                strategy,
                 round,
-                content(Some(&arrays), config),
+                &arrays,
+                &evaluators,
+                config,
                 rounds.round_timeout,
             )?;
-            let evaluated: Vec<&MetricRecord> = replies
-                .iter()
-                .filter_map(|reply| match &reply.body {
-                    MessageBody::Content(content) => content.metrics("metrics"),
-                    MessageBody::Error(_) => None,
-                })
-                .collect();
-            if !evaluated.is_empty() {
-                let metrics = strategy
-                    .aggregate_evaluate(&evaluated)
-                    .map_err(|e| AppError::new(format!("round {round}: {e}")))?;
-                grid.log(&format!(
-                    "  └──> Aggregated MetricRecord: {}",
-                    describe(&metrics)
-                ));
-                outcome.evaluate_metrics.push((round, metrics));
-            }
         }
-        // A checkpoint the SuperLink cannot keep (a model over its limit) costs only the
-        // ability to resume from this round; a stopped run stops.
-        match checkpoint::encode(round, &arrays, "") {
-            Ok(state) => match grid.save_checkpoint(&state) {
-                Ok(()) => {}
-                Err(GridError::Stopped) => return Err(GridError::Stopped.into()),
-                Err(error) => grid.log(&format!(
-                    "  checkpoint not saved ({error}): a restart would begin this run again"
-                )),
-            },
-            Err(error) => grid.log(&format!("  checkpoint not saved ({error})")),
-        }
+        entry.seconds = started.elapsed().as_secs_f64();
+        history.push(entry);
+        save_checkpoint(grid, round, &arrays, &history)?;
     }
     grid.log("");
     grid.log(&format!(
         "Strategy execution finished after {} rounds",
         rounds.num_rounds
     ));
-    outcome.arrays = arrays;
-    Ok(outcome)
+    Ok(Outcome {
+        arrays,
+        rounds: history,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::strategy::FedAvg;
+    use std::sync::Mutex;
+    use wire::message::{ErrorCode, MessageError};
+    use wire::{Array, MessageId, Metadata, RunId};
+
+    /// Two nodes whose every answer is an error with one of `reasons`, in turn.
+    struct FailingNodes {
+        reasons: Vec<&'static str>,
+        log: Mutex<Vec<String>>,
+    }
+
+    impl Grid for FailingNodes {
+        fn run_id(&self) -> RunId {
+            RunId(1)
+        }
+
+        fn node_ids(&self) -> Result<Vec<NodeId>, GridError> {
+            Ok(vec![NodeId(2), NodeId(3)])
+        }
+
+        fn wait_for_nodes(&self, _: usize, _: Duration) -> Result<Vec<NodeId>, GridError> {
+            self.node_ids()
+        }
+
+        fn send_and_fold(
+            &self,
+            instructions: Vec<Instruction>,
+            _: Duration,
+            on_reply: &mut dyn FnMut(Message),
+        ) -> Result<(), GridError> {
+            for (instruction, reason) in instructions.into_iter().zip(self.reasons.iter().cycle()) {
+                let sent = Message {
+                    metadata: Metadata {
+                        run_id: RunId(1),
+                        message_id: MessageId::random(),
+                        src_node_id: NodeId::SERVER,
+                        dst_node_id: instruction.dst,
+                        reply_to: None,
+                        group_id: instruction.group_id,
+                        ttl_ms: 1000,
+                        message_type: instruction.message_type,
+                        created_at_ms: 0,
+                    },
+                    body: MessageBody::Content(RecordDict::new()),
+                };
+                let error = MessageError {
+                    code: ErrorCode::ClientAppRaisedException,
+                    reason: reason.to_string(),
+                };
+                on_reply(sent.reply(MessageBody::Error(error), 0));
+            }
+            Ok(())
+        }
+
+        fn log(&self, line: &str) {
+            self.log.lock().unwrap().push(line.to_string());
+        }
+
+        fn save_artifact(&self, _: &str, _: &[u8]) -> Result<(), GridError> {
+            Ok(())
+        }
+
+        fn save_checkpoint(&self, _: &[u8]) -> Result<(), GridError> {
+            Ok(())
+        }
+    }
+
+    fn run_against(reasons: Vec<&'static str>) -> (Result<Outcome, AppError>, ArrayRecord) {
+        let grid = FailingNodes {
+            reasons,
+            log: Mutex::new(Vec::new()),
+        };
+        let context = ServerContext {
+            run_id: RunId(1),
+            run_config: ConfigRecord::new(),
+            checkpoint: None,
+        };
+        let initial = ArrayRecord::new().with("w", Array::from_f32(vec![1], &[1.0]).unwrap());
+        let rounds = Rounds {
+            train_config: ConfigRecord::new().with("learning-rate", ConfigValue::Float(0.1)),
+            ..Rounds::default()
+        };
+        let outcome = start(
+            &grid,
+            &context,
+            &mut FedAvg::default(),
+            initial.clone(),
+            &rounds,
+        );
+        (outcome, initial)
+    }
+
+    #[test]
+    fn a_round_where_every_node_diverged_fails_the_run_with_the_rate_to_try() {
+        let (outcome, _) = run_against(vec!["training diverged (loss NaN)"]);
+        let error = outcome.unwrap_err().to_string();
+        assert!(error.contains("learning-rate=0.01"), "{error}");
+    }
+
+    #[test]
+    fn a_round_without_results_for_other_reasons_keeps_the_arrays_and_goes_on() {
+        let (outcome, initial) = run_against(vec!["training diverged (loss NaN)", "out of memory"]);
+        let outcome = outcome.unwrap();
+        assert_eq!(outcome.arrays, initial);
+        assert_eq!(outcome.rounds.len(), 3);
+    }
 
     #[test]
     fn sampling_takes_the_share_but_at_least_the_minimum_and_at_most_everyone() {
         let nodes: Vec<NodeId> = (2..12).map(NodeId).collect();
-        assert_eq!(sample(&nodes, 1.0, 2).len(), 10);
-        assert_eq!(sample(&nodes, 0.5, 2).len(), 5);
-        assert_eq!(sample(&nodes, 0.0, 2).len(), 2);
-        assert_eq!(sample(&nodes, 0.5, 20).len(), 10);
-        let mut sampled = sample(&nodes, 1.0, 0);
+        assert_eq!(sample(&nodes, 1.0, 2, None).len(), 10);
+        assert_eq!(sample(&nodes, 0.5, 2, None).len(), 5);
+        assert_eq!(sample(&nodes, 0.0, 2, None).len(), 2);
+        assert_eq!(sample(&nodes, 0.5, 20, None).len(), 10);
+        let mut sampled = sample(&nodes, 1.0, 0, None);
         sampled.sort();
         assert_eq!(sampled, nodes);
+    }
+
+    #[test]
+    fn a_seeded_sample_depends_on_the_seed_and_the_nodes_alone() {
+        let nodes: Vec<NodeId> = (2..40).map(NodeId).collect();
+        let mut shuffled = nodes.clone();
+        shuffled.reverse();
+        let once = sample(&nodes, 0.25, 2, Some(7));
+        assert_eq!(once, sample(&shuffled, 0.25, 2, Some(7)));
+        assert!(once.is_sorted());
+        assert_ne!(once, sample(&nodes, 0.25, 2, Some(8)));
+    }
+
+    #[test]
+    fn a_round_lost_to_divergence_names_the_learning_rate_to_try() {
+        let config = ConfigRecord::new().with("learning-rate", ConfigValue::Float(0.1));
+        let diverged = all_diverged(1, &config);
+        assert!(
+            diverged.contains("diverged") && diverged.contains("--run-config 'learning-rate=0.01'"),
+            "{diverged}"
+        );
+        assert!(all_diverged(1, &ConfigRecord::new()).ends_with("try a smaller learning rate"));
+    }
+
+    #[test]
+    fn round_metrics_survive_the_checkpoint_history() {
+        let round = RoundMetrics {
+            round: 2,
+            seconds: 1.5,
+            train: MetricRecord::new()
+                .with("train_loss", MetricValue::Float(0.25))
+                .with("steps", MetricValue::Int(3)),
+            evaluate: MetricRecord::new()
+                .with("losses", MetricValue::FloatList(vec![0.5, 2.0]))
+                .with("counts", MetricValue::IntList(vec![1, 2])),
+        };
+        let text = Value::Array(vec![round.to_json()]).to_string();
+        assert_eq!(history_from_checkpoint(&text).unwrap(), [round]);
+        assert!(history_from_checkpoint("[{\"round\": 1}]").is_err());
     }
 }

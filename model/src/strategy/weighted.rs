@@ -1,9 +1,19 @@
 //! FedAvg and FedProx: the weighted mean of the replies.
+//!
+//! Given every reply at once ([`Strategy::aggregate_train`]), the mean is Flower's to the bit:
+//! each weight over the total, rounded to f32, times each reply, summed in reply order. Taken one
+//! at a time ([`Strategy::train_fold`], as the round loop does), each reply is folded into a
+//! running weighted sum and dropped, and the sum is divided by the total at the end
+//! ([`crate::fedavg::FedAvg`]): the same mean to within f32 rounding (a few units in the last
+//! place), in one model's memory whatever the number of replies, written into the memory of the
+//! model the round sent out.
 
 use super::{
-    Layers, NUM_EXAMPLES, Strategy, StrategyError, TrainReply, Values, aggregate_metrics,
-    decode_replies, float, weighted_mean, weights,
+    Layers, NUM_EXAMPLES, Strategy, StrategyError, TrainFold, TrainReply, Values,
+    aggregate_metrics, check_metrics_like, decode_replies, float, weight_of, weighted_mean,
+    weights,
 };
+use crate::fedavg;
 use wire::{ArrayRecord, ConfigRecord, MetricRecord};
 
 /// Federated averaging: each reply weighted by its `num-examples`.
@@ -25,21 +35,37 @@ use wire::{ArrayRecord, ConfigRecord, MetricRecord};
 /// let (mean, _) = FedAvg::default().aggregate_train(1, &a.0, &replies).unwrap();
 /// assert_eq!(mean.get("w").unwrap().to_f32().unwrap(), [3.25]);
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct FedAvg {
     /// The metric replies are weighted by (Flower's `weighted_by_key`).
     pub weighted_by_key: String,
+    /// The running sum of the streaming fold, kept from round to round with its memory (and the
+    /// spent model's, which the next mean is written into).
+    sums: Option<fedavg::FedAvg>,
+}
+
+/// Two FedAvgs are equal when they weight alike: the running sum is scratch memory.
+impl PartialEq for FedAvg {
+    fn eq(&self, other: &Self) -> bool {
+        self.weighted_by_key == other.weighted_by_key
+    }
 }
 
 impl Default for FedAvg {
     fn default() -> Self {
-        FedAvg {
-            weighted_by_key: NUM_EXAMPLES.to_string(),
-        }
+        FedAvg::weighted_by(NUM_EXAMPLES)
     }
 }
 
 impl FedAvg {
+    /// FedAvg weighting each reply by its `key` metric.
+    pub fn weighted_by(key: &str) -> Self {
+        FedAvg {
+            weighted_by_key: key.to_string(),
+            sums: None,
+        }
+    }
+
     /// The weighted mean of the replies and of their metrics: what every strategy built on
     /// FedAvg starts from. The layout is the first reply's.
     pub(crate) fn mean(
@@ -83,6 +109,34 @@ impl Strategy for FedAvg {
         "FedAvg"
     }
 
+    fn weighted_by_key(&self) -> &str {
+        &self.weighted_by_key
+    }
+
+    fn train_fold<'a>(
+        &'a mut self,
+        _round: u64,
+        current: &'a ArrayRecord,
+    ) -> Result<Box<dyn TrainFold + 'a>, StrategyError> {
+        // The last round's sum serves again while the model keeps its layout.
+        let sums = match self.sums.take() {
+            Some(sums) if sums.fits(current) => sums,
+            _ => fedavg::FedAvg::new(current)?,
+        };
+        Ok(Box::new(Streaming {
+            strategy: self,
+            sums,
+            metrics: Vec::new(),
+            weights: Vec::new(),
+        }))
+    }
+
+    fn recycle(&mut self, spent: ArrayRecord) {
+        if let Some(sums) = &mut self.sums {
+            sums.recycle(spent);
+        }
+    }
+
     fn aggregate_train(
         &mut self,
         _round: u64,
@@ -91,6 +145,40 @@ impl Strategy for FedAvg {
     ) -> Result<(ArrayRecord, MetricRecord), StrategyError> {
         let (layers, mean, metrics) = self.mean(replies)?;
         Ok((layers.record(mean)?, metrics))
+    }
+}
+
+/// FedAvg's fold: replies summed as they come, their metrics kept for the weighted means.
+struct Streaming<'a> {
+    strategy: &'a mut FedAvg,
+    sums: fedavg::FedAvg,
+    metrics: Vec<MetricRecord>,
+    weights: Vec<f64>,
+}
+
+impl TrainFold for Streaming<'_> {
+    fn add(&mut self, reply: TrainReply<'_>) -> Result<(), StrategyError> {
+        let weight = weight_of(reply.metrics, &self.strategy.weighted_by_key)?;
+        if let Some(first) = self.metrics.first() {
+            check_metrics_like(first, reply.metrics)?;
+        }
+        // Last, as it changes the sum only when it succeeds.
+        self.sums.add(reply.arrays, weight)?;
+        self.metrics.push(reply.metrics.clone());
+        self.weights.push(weight);
+        Ok(())
+    }
+
+    fn accepted(&self) -> usize {
+        self.sums.accepted()
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<(ArrayRecord, MetricRecord), StrategyError> {
+        let mean = self.sums.take_mean()?;
+        let metrics: Vec<&MetricRecord> = self.metrics.iter().collect();
+        let metrics = aggregate_metrics(&metrics, &self.weights, &self.strategy.weighted_by_key)?;
+        self.strategy.sums = Some(self.sums);
+        Ok((mean, metrics))
     }
 }
 
@@ -109,8 +197,24 @@ impl Strategy for FedProx {
         "FedProx"
     }
 
+    fn weighted_by_key(&self) -> &str {
+        &self.fedavg.weighted_by_key
+    }
+
     fn train_config(&self) -> ConfigRecord {
         ConfigRecord::new().with("proximal-mu", float(self.proximal_mu))
+    }
+
+    fn train_fold<'a>(
+        &'a mut self,
+        round: u64,
+        current: &'a ArrayRecord,
+    ) -> Result<Box<dyn TrainFold + 'a>, StrategyError> {
+        self.fedavg.train_fold(round, current)
+    }
+
+    fn recycle(&mut self, spent: ArrayRecord) {
+        self.fedavg.recycle(spent);
     }
 
     fn aggregate_train(

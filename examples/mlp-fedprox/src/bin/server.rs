@@ -8,8 +8,8 @@ use flwr_example_mlp::mlp;
 use flwr_sdk::strategy::start::{Rounds, start};
 use flwr_sdk::strategy::{FedAvg, FedProx};
 use flwr_sdk::{
-    AppError, ConfigRecord, ConfigValue, Grid, MetricRecord, MetricValue, ServerApp, ServerContext,
-    config_f64, config_i64,
+    AppError, ConfigRecord, ConfigValue, Grid, MetricValue, ServerApp, ServerContext, config_f64,
+    config_i64,
 };
 use std::process::ExitCode;
 use std::time::Duration;
@@ -19,25 +19,6 @@ struct Server;
 fn seconds(config: &ConfigRecord, key: &str, default: f64) -> Result<Duration, AppError> {
     Duration::try_from_secs_f64(config_f64(config, key, default)?)
         .map_err(|_| AppError::new(format!("{key} must be a number of seconds")))
-}
-
-fn metrics_json(rounds: &[(u64, MetricRecord)]) -> serde_json::Value {
-    rounds
-        .iter()
-        .map(|(round, metrics)| {
-            let mut entry = serde_json::Map::new();
-            entry.insert("round".into(), (*round).into());
-            for (name, value) in metrics.iter() {
-                let value = match value {
-                    MetricValue::Int(v) => (*v).into(),
-                    MetricValue::Float(v) => (*v).into(),
-                    other => format!("{other:?}").into(),
-                };
-                entry.insert(name.to_string(), value);
-            }
-            serde_json::Value::Object(entry)
-        })
-        .collect()
 }
 
 impl ServerApp for Server {
@@ -63,6 +44,7 @@ impl ServerApp for Server {
                     ConfigValue::Float(config_f64(config, "learning-rate", 0.1)?),
                 ),
             evaluate_config: ConfigRecord::new(),
+            seed: None,
         };
         let mut strategy = FedProx {
             fedavg: FedAvg::default(),
@@ -74,12 +56,9 @@ impl ServerApp for Server {
             "model.safetensors",
             &flwr_sdk::safetensors::encode(&outcome.arrays, &[]),
         )?;
-        let metrics = serde_json::json!({
-            "train": metrics_json(&outcome.train_metrics),
-            "evaluate": metrics_json(&outcome.evaluate_metrics),
-        });
+        let metrics = serde_json::json!({ "rounds": outcome.metrics_json() });
         grid.save_artifact("metrics.json", metrics.to_string().as_bytes())?;
-        if let Some((round, last)) = outcome.evaluate_metrics.last()
+        if let Some((round, last)) = outcome.last_evaluation()
             && let Some(MetricValue::Float(accuracy)) = last.get("eval-acc")
         {
             grid.log(&format!(
