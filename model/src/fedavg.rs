@@ -190,6 +190,16 @@ fn fold<const FIRST: bool>(acc: &mut [f32], dtype: DType, bytes: &[u8], weight: 
     }
 }
 
+/// Checks that every array of `record` holds only finite values.
+pub fn check_finite(record: &ArrayRecord) -> Result<(), AggregationError> {
+    for (name, array) in record.iter() {
+        if magnitude(array).is_none() {
+            return Err(AggregationError::NotFinite(name.to_string()));
+        }
+    }
+    Ok(())
+}
+
 /// An upper bound of the magnitudes in `array` (within a factor of two for f32), or `None` if a
 /// value is NaN or infinite (f64 values beyond f32's range count as infinite: they are summed in
 /// f32). One pass over the bytes.

@@ -427,13 +427,14 @@ fn sample_reply(values: &[f32], examples: i64) -> (ArrayRecord, MetricRecord) {
     (arrays, metrics)
 }
 
-/// Folds `replies` into `strategy`; returns the result and each reply's refusal, if any.
+/// Folds `replies` into `strategy` for a round that sent out `current`; returns the result and
+/// each reply's refusal, if any.
 fn fold_all(
     strategy: &mut dyn Strategy,
+    current: &ArrayRecord,
     replies: &[(ArrayRecord, MetricRecord)],
 ) -> ((ArrayRecord, MetricRecord), Vec<Option<StrategyError>>) {
-    let current = replies[0].0.clone();
-    let mut fold = strategy.train_fold(1, &current).unwrap();
+    let mut fold = strategy.train_fold(1, current).unwrap();
     let refusals = replies
         .iter()
         .map(|(arrays, metrics)| fold.add(TrainReply { arrays, metrics }).err())
@@ -441,51 +442,79 @@ fn fold_all(
     (fold.finish().unwrap(), refusals)
 }
 
-#[test]
-fn a_refused_reply_is_left_out_and_the_round_goes_on() {
-    let good = [sample_reply(&[1.0, 2.0], 1), sample_reply(&[4.0, 8.0], 3)];
-    let nan = sample_reply(&[f32::NAN, 1.0], 2);
-    let other_shape = sample_reply(&[1.0, 2.0, 3.0], 2);
-    let no_weight = (
-        good[0].0.clone(),
-        MetricRecord::new().with("loss", MetricValue::Float(0.5)),
-    );
-    let other_metrics = (
-        good[0].0.clone(),
-        MetricRecord::new().with("num-examples", MetricValue::Int(1)),
-    );
-    let strategies: Vec<Box<dyn Strategy>> = vec![
+fn strategies_that_fold() -> Vec<Box<dyn Strategy>> {
+    vec![
         Box::new(FedAvg::default()),
         Box::new(FedProx::default()),
         Box::new(FedMedian::default()),
         Box::new(FedAvgM::new(1.0, 0.0)),
+    ]
+}
+
+#[test]
+fn a_bad_reply_is_left_out_whenever_it_arrives_and_the_round_goes_on() {
+    let good = [sample_reply(&[1.0, 2.0], 1), sample_reply(&[4.0, 8.0], 3)];
+    let current = good[0].0.clone();
+    let bad = [
+        sample_reply(&[1.0, 2.0, 3.0], 2),
+        (
+            good[0].0.clone(),
+            MetricRecord::new().with("loss", MetricValue::Float(0.5)),
+        ),
+        sample_reply(&[f32::NAN, 1.0], 2),
+        sample_reply(&[1.0, 1.0], 0),
     ];
-    for mut strategy in strategies {
-        let (expected, _) = fold_all(strategy.as_mut(), &good);
-        let mixed = [
-            good[0].clone(),
-            other_shape.clone(),
-            no_weight.clone(),
-            other_metrics.clone(),
-            good[1].clone(),
-        ];
-        let (got, refusals) = fold_all(strategy.as_mut(), &mixed);
-        assert_eq!(got, expected, "{}", strategy.name());
+    for mut strategy in strategies_that_fold() {
+        let name = strategy.name();
+        let (expected, _) = fold_all(strategy.as_mut(), &current, &good);
+        // Bad replies first, where they would set the standard for the others if they could.
+        let mixed: Vec<_> = bad.iter().chain(&good).cloned().collect();
+        let (got, refusals) = fold_all(strategy.as_mut(), &current, &mixed);
+        assert_eq!(got, expected, "{name}");
         let refused: Vec<bool> = refusals.iter().map(Option::is_some).collect();
-        assert_eq!(
-            refused,
-            [false, true, true, true, false],
-            "{}",
-            strategy.name()
+        assert_eq!(refused, [true, true, true, true, false, false], "{name}");
+        assert!(
+            refusals[2]
+                .as_ref()
+                .is_some_and(StrategyError::is_not_finite),
+            "{name}"
         );
     }
-    // NaN reaches FedAvg's running sum only through a refusal, which says the training diverged.
-    let mut fedavg = FedAvg::default();
-    let (got, refusals) = fold_all(&mut fedavg, &[good[0].clone(), nan, good[1].clone()]);
-    assert!(
-        refusals[1]
-            .as_ref()
-            .is_some_and(StrategyError::is_not_finite)
-    );
-    assert_eq!(got.0.get("w").unwrap().to_f32().unwrap(), [3.25, 6.5]);
+}
+
+#[test]
+fn metrics_are_averaged_over_the_names_every_reply_shares() {
+    let (arrays, metrics) = sample_reply(&[1.0, 2.0], 1);
+    let odd = (arrays, metrics.with("odd", MetricValue::Float(9.0)));
+    let replies = [odd, sample_reply(&[4.0, 8.0], 3)];
+    for mut strategy in strategies_that_fold() {
+        let name = strategy.name();
+        let (aggregated, refusals) = fold_all(strategy.as_mut(), &replies[1].0, &replies);
+        assert!(refusals.iter().all(Option::is_none), "{name}");
+        assert_eq!(
+            aggregated.1.get("loss"),
+            Some(&MetricValue::Float(0.5)),
+            "{name}"
+        );
+        assert_eq!(aggregated.1.get("odd"), None, "{name}");
+    }
+    let (mean, _) = fold_all(&mut FedAvg::default(), &replies[1].0, &replies).0;
+    assert_eq!(mean.get("w").unwrap().to_f32().unwrap(), [3.25, 6.5]);
+}
+
+#[test]
+fn fedavg_folds_a_reply_whose_arrays_come_in_another_order() {
+    let pair = |a: f32, b: f32| {
+        ArrayRecord::new()
+            .with("a", Array::from_f32(vec![1], &[a]).unwrap())
+            .with("b", Array::from_f32(vec![1], &[b]).unwrap())
+    };
+    let weight = MetricRecord::new().with("num-examples", MetricValue::Int(1));
+    let swapped = ArrayRecord::new()
+        .with("b", Array::from_f32(vec![1], &[4.0]).unwrap())
+        .with("a", Array::from_f32(vec![1], &[3.0]).unwrap());
+    let replies = [(pair(1.0, 2.0), weight.clone()), (swapped, weight)];
+    let ((mean, _), refusals) = fold_all(&mut FedAvg::default(), &pair(0.0, 0.0), &replies);
+    assert!(refusals.iter().all(Option::is_none));
+    assert_eq!(mean, pair(2.0, 3.0));
 }

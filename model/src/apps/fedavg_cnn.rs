@@ -20,7 +20,7 @@ use crate::strategy::FedAvg;
 use crate::strategy::start::{Rounds, start};
 use serde_json::json;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use wire::{
     ArrayRecord, ConfigRecord, ConfigValue, Message, MessageBody, MessageType, MetricRecord,
     MetricValue, NodeId, RecordDict,
@@ -207,7 +207,6 @@ impl Server {
 impl ServerApp for Server {
     fn run(&self, grid: &dyn Grid, context: &ServerContext) -> Result<(), AppError> {
         let settings = Settings::read(&context.run_config)?;
-        let started = Instant::now();
         // A resumed run takes its model from the checkpoint: no query round.
         let initial = match context.checkpoint {
             Some(_) => ArrayRecord::new(),
@@ -220,10 +219,6 @@ impl ServerApp for Server {
             initial,
             &settings.rounds,
         )?;
-        grid.log(&format!(
-            "Finished in {:.2}s",
-            started.elapsed().as_secs_f64()
-        ));
         let model = crate::safetensors::encode(&outcome.arrays, &[("format", "pt".into())]);
         grid.save_artifact(MODEL_ARTIFACT, &model)?;
         let history: Vec<serde_json::Value> = outcome
@@ -264,8 +259,8 @@ impl Server {
         })?;
         let parameters: u64 = arrays.iter().map(|(_, a)| a.numel()).sum();
         grid.log(&format!(
-            "Starting FedAvg: {} rounds, CNN with {parameters} parameters for {}x{}x{} images in {} classes",
-            settings.rounds.num_rounds, input.channels, input.height, input.width, input.classes
+            "CNN with {parameters} parameters for {}x{}x{} images in {} classes",
+            input.channels, input.height, input.width, input.classes
         ));
         Ok(arrays)
     }

@@ -1,7 +1,8 @@
 //! A round's train replies, taken one at a time as they arrive: [`TrainFold`], and the fold every
 //! strategy gets unless it has its own, [`KeepAll`].
 
-use super::{Strategy, StrategyError, TrainReply, check_metrics_like, weight_of};
+use super::{Strategy, StrategyError, TrainReply, common_metrics, usable_weight};
+use crate::fedavg::check_finite;
 use wire::{ArrayRecord, DType, MetricRecord};
 
 /// One round's aggregation in progress ([`Strategy::train_fold`]).
@@ -19,8 +20,9 @@ pub trait TrainFold {
 
 /// Keeps a copy of every reply and hands them all to [`Strategy::aggregate_train`] at the end:
 /// what a strategy that needs every reply at once (a median, Krum's distances) does. Each reply is
-/// checked against the first as it comes, so one bad reply is left out instead of failing the
-/// round when the strategy sees them all.
+/// checked on its own as it comes (against the arrays the round sent out, never against another
+/// reply), so a bad reply is left out instead of failing the round when the strategy sees them
+/// all, and cannot push good ones out by arriving first.
 pub(crate) struct KeepAll<'a, S: Strategy + ?Sized> {
     strategy: &'a mut S,
     round: u64,
@@ -41,12 +43,10 @@ impl<'a, S: Strategy + ?Sized> KeepAll<'a, S> {
 
 impl<S: Strategy + ?Sized> TrainFold for KeepAll<'_, S> {
     fn add(&mut self, reply: TrainReply<'_>) -> Result<(), StrategyError> {
-        weight_of(reply.metrics, self.strategy.weighted_by_key())?;
+        usable_weight(reply.metrics, self.strategy.weighted_by_key())?;
         check_f32_arrays(reply.arrays)?;
-        if let Some((arrays, metrics)) = self.replies.first() {
-            check_arrays_like(arrays, reply.arrays)?;
-            check_metrics_like(metrics, reply.metrics)?;
-        }
+        check_arrays_like(self.current, reply.arrays)?;
+        check_finite(reply.arrays)?;
         self.replies
             .push((reply.arrays.clone(), reply.metrics.clone()));
         Ok(())
@@ -57,10 +57,13 @@ impl<S: Strategy + ?Sized> TrainFold for KeepAll<'_, S> {
     }
 
     fn finish(self: Box<Self>) -> Result<(ArrayRecord, MetricRecord), StrategyError> {
+        let metrics: Vec<MetricRecord> = self.replies.iter().map(|(_, m)| m.clone()).collect();
+        let metrics = common_metrics(&metrics);
         let replies: Vec<TrainReply<'_>> = self
             .replies
             .iter()
-            .map(|(arrays, metrics)| TrainReply { arrays, metrics })
+            .zip(&metrics)
+            .map(|((arrays, _), metrics)| TrainReply { arrays, metrics })
             .collect();
         self.strategy
             .aggregate_train(self.round, self.current, &replies)
@@ -81,7 +84,10 @@ fn check_f32_arrays(record: &ArrayRecord) -> Result<(), StrategyError> {
 }
 
 /// `record` has `first`'s array names (in any order, as Flower allows) and shapes.
-fn check_arrays_like(first: &ArrayRecord, record: &ArrayRecord) -> Result<(), StrategyError> {
+pub(crate) fn check_arrays_like(
+    first: &ArrayRecord,
+    record: &ArrayRecord,
+) -> Result<(), StrategyError> {
     if record.len() != first.len() {
         return Err(StrategyError::Inconsistent(format!(
             "{} arrays where {} were expected",

@@ -16,8 +16,10 @@
 //! round's train replies to the strategy one at a time, as they arrive ([`Strategy::train_fold`]):
 //! FedAvg and FedProx fold each into a running sum and drop it, so a round holds one model's
 //! worth of memory whatever the number of nodes; the others keep the replies and aggregate them
-//! at the end. A reply a fold refuses (another layout, NaN, no usable weight, metrics unlike the
-//! others') is left out of the round rather than failing it.
+//! at the end. Each reply is checked on its own against the arrays the round sent out (names and
+//! shapes, finite values) and for a weight between 1 and 2^32; one that fails is left out of the
+//! round rather than failing it, whatever order replies come in. Metrics are averaged over the
+//! names every kept reply shares, so no reply's metrics decide which others count.
 //!
 //! Where Flower differs by accident rather than design, ours keeps the model's dtype: Flower's
 //! FedAdam returns float64 arrays (a numpy promotion of its bias-corrected step), ours the f32
@@ -120,9 +122,9 @@ pub trait Strategy {
 
     /// Begins round `round`'s aggregation from the `current` global arrays: the replies are then
     /// [added](TrainFold::add) one at a time as they arrive, and [finished](TrainFold::finish)
-    /// into what [`Strategy::aggregate_train`] returns. The default keeps each reply (checked
-    /// against the first, so one bad reply is refused alone) and calls `aggregate_train` at the
-    /// end; a strategy that can fold replies in as they come overrides it.
+    /// into what [`Strategy::aggregate_train`] returns. The default keeps each reply that passes
+    /// the checks above and calls `aggregate_train` at the end, with each reply's metrics cut to
+    /// the names all share; a strategy that can fold replies in as they come overrides it.
     fn train_fold<'a>(
         &'a mut self,
         round: u64,
@@ -337,6 +339,42 @@ pub(crate) fn check_metrics_like(
             "replies' metrics differ in names or kinds".into(),
         ))
     }
+}
+
+/// A reply's weight as the round loop accepts it: its `key` metric, a count of examples between 1
+/// and 2^32 (see [`crate::fedavg::check_weight`]).
+pub(crate) fn usable_weight(metrics: &MetricRecord, key: &str) -> Result<f64, StrategyError> {
+    let weight = weight_of(metrics, key)?;
+    crate::fedavg::check_weight(weight)?;
+    Ok(weight)
+}
+
+/// Each record cut to the metrics that every record has, of one kind (lists of one length): what
+/// the replies agree on, so one reply's extra or odd metric cannot make the others unusable.
+pub(crate) fn common_metrics(records: &[MetricRecord]) -> Vec<MetricRecord> {
+    let Some(first) = records.first() else {
+        return Vec::new();
+    };
+    let shared: Vec<&str> = first
+        .iter()
+        .filter(|(name, value)| {
+            records[1..].iter().all(|record| {
+                record
+                    .get(name)
+                    .is_some_and(|other| same_kind(value, other))
+            })
+        })
+        .map(|(name, _)| name)
+        .collect();
+    records
+        .iter()
+        .map(|record| {
+            shared
+                .iter()
+                .filter_map(|name| Some((name.to_string(), record.get(name)?.clone())))
+                .collect()
+        })
+        .collect()
 }
 
 /// A reply's weight: its `key` metric, a finite number.

@@ -5,18 +5,18 @@
 //! round, so a run interrupted by a SuperLink restart resumes after its last completed round.
 //!
 //! Train replies reach the strategy one at a time, as they arrive ([`Strategy::train_fold`]); a
-//! reply it refuses is logged and left out, and the round goes on with the others. A round
-//! without a single result keeps the global arrays (as Flower does), unless every node's training
-//! diverged: then going on is pointless, and the run fails with the learning rate to try.
+//! reply it refuses is logged and left out, and the round goes on with the others. Where Flower
+//! would go on from a round without a single usable training result, keeping the global arrays,
+//! this loop fails the run and says why (with the learning rate to try when every node's training
+//! diverged): rounds that cannot train would only end in a "completed" run with an untrained model.
 //!
 //! Instructions carry the records Flower's apps use: `arrays` (an ArrayRecord) and `config`
 //! (a ConfigRecord with `server-round` and the strategy's train config); replies carry `arrays`
 //! and `metrics` (a MetricRecord with `num-examples`) for training, `metrics` for evaluation.
 
-use super::{Strategy, TrainReply, check_metrics_like, weight_of};
+use super::{Strategy, TrainReply, common_metrics, usable_weight};
 use crate::app::{AppError, Grid, GridError, Instruction, ServerContext};
 use crate::checkpoint;
-use crate::fedavg::check_weight;
 use rand::seq::SliceRandom as _;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
@@ -115,12 +115,30 @@ impl RoundMetrics {
         })
     }
 
+    /// Reads [`RoundMetrics::to_json`]'s form, or the flat form of the checkpoints `fedavg-cnn`
+    /// wrote before it ran on this loop (its metrics then all count as train metrics, which
+    /// [`RoundMetrics::to_flat_json`] writes back the same).
     fn from_json(value: &Value) -> Option<Self> {
+        let entry = value.as_object()?;
+        let round = entry.get("round")?.as_u64()?;
+        let seconds = entry.get("seconds").and_then(Value::as_f64).unwrap_or(0.0);
+        let (train, evaluate) = match (entry.get("train"), entry.get("evaluate")) {
+            (Some(train), Some(evaluate)) => (
+                metrics_from_json(train.as_object()?),
+                metrics_from_json(evaluate.as_object()?),
+            ),
+            _ => {
+                let mut flat = entry.clone();
+                flat.remove("round");
+                flat.remove("seconds");
+                (metrics_from_json(&flat), MetricRecord::new())
+            }
+        };
         Some(RoundMetrics {
-            round: value.get("round")?.as_u64()?,
-            seconds: value.get("seconds")?.as_f64()?,
-            train: metrics_from_json(value.get("train")?.as_object()?),
-            evaluate: metrics_from_json(value.get("evaluate")?.as_object()?),
+            round,
+            seconds,
+            train,
+            evaluate,
         })
     }
 }
@@ -140,8 +158,7 @@ fn metrics_to_json(metrics: &MetricRecord) -> Map<String, Value> {
         .collect()
 }
 
-/// The inverse of [`metrics_to_json`], but for non-finite floats, which were written as `null`
-/// and are left out.
+/// The inverse of [`metrics_to_json`]; a non-finite float, written as `null`, comes back as NaN.
 fn metrics_from_json(map: &Map<String, Value>) -> MetricRecord {
     let mut metrics = MetricRecord::new();
     for (name, value) in map {
@@ -159,6 +176,7 @@ fn metrics_from_json(map: &Map<String, Value>) -> MetricRecord {
                     .map(|v| v.as_f64().unwrap_or(f64::NAN))
                     .collect(),
             ),
+            Value::Null => MetricValue::Float(f64::NAN),
             _ => continue,
         };
         metrics.insert(name.clone(), value);
@@ -166,8 +184,12 @@ fn metrics_from_json(map: &Map<String, Value>) -> MetricRecord {
     metrics
 }
 
-/// The rounds of a checkpoint's history.
+/// The rounds of a checkpoint's history; empty for the checkpoints of this loop's first version,
+/// which kept none.
 fn history_from_checkpoint(text: &str) -> Result<Vec<RoundMetrics>, AppError> {
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
     let damaged = || AppError::new("the checkpoint's round history is damaged");
     let entries: Vec<Value> = serde_json::from_str(text).map_err(|_| damaged())?;
     entries
@@ -201,8 +223,8 @@ impl Outcome {
     }
 }
 
-/// `fraction` of `nodes`, at least `min`, at most all of them; in node order when seeded, so
-/// that the replies of a reproducible round are folded in the same order.
+/// `fraction` of `nodes`, at least `min`, at most all of them; when seeded, the same nodes for the
+/// same seed and online nodes, asked in node order.
 fn sample(nodes: &[NodeId], fraction: f64, min: usize, seed: Option<u64>) -> Vec<NodeId> {
     let wanted = ((nodes.len() as f64 * fraction) as usize)
         .max(min)
@@ -296,7 +318,7 @@ fn all_diverged(round: u64, train_config: &ConfigRecord) -> String {
 }
 
 /// One train step: sends `arrays` to `nodes`, folds the replies into the strategy as they come;
-/// the next global arrays and the metrics, or `None` when no reply could be used.
+/// the next global arrays and the metrics (`None` when no node was sampled).
 fn train(
     grid: &dyn Grid,
     strategy: &mut dyn Strategy,
@@ -306,6 +328,9 @@ fn train(
     config: ConfigRecord,
     timeout: Duration,
 ) -> Result<Option<(ArrayRecord, MetricRecord)>, AppError> {
+    if nodes.is_empty() {
+        return Ok(None);
+    }
     let in_round = |e: super::StrategyError| AppError::new(format!("round {round}: {e}"));
     let instructions = instructions(nodes, MessageType::Train, round, arrays, config.clone());
     let mut fold = strategy.train_fold(round, arrays).map_err(in_round)?;
@@ -343,8 +368,9 @@ fn train(
         if !failures.is_empty() && diverged == failures.len() {
             return Err(AppError::new(all_diverged(round, &config)));
         }
-        grid.log("  no results to aggregate: the global arrays stay as they were");
-        return Ok(None);
+        return Err(AppError::new(format!(
+            "round {round}: no node returned a usable training result (see the failures above)"
+        )));
     }
     let (next, metrics) = fold.finish().map_err(in_round)?;
     grid.log(&format!(
@@ -384,14 +410,8 @@ fn evaluate(
         };
         // The same bound on the weight as training's: one huge count would make the means
         // meaningless.
-        let usable = weight_of(metrics, key)
-            .and_then(|weight| check_weight(weight).map_err(Into::into))
-            .and_then(|()| match evaluated.first() {
-                Some(first) => check_metrics_like(first, metrics),
-                None => Ok(()),
-            });
-        match usable {
-            Ok(()) => evaluated.push(metrics.clone()),
+        match usable_weight(metrics, key) {
+            Ok(_) => evaluated.push(metrics.clone()),
             Err(error) => failures.push(format!("node {node}: {error}")),
         }
     })?;
@@ -399,6 +419,7 @@ fn evaluate(
     if evaluated.is_empty() {
         return Ok(MetricRecord::new());
     }
+    let evaluated = common_metrics(&evaluated);
     let replies: Vec<&MetricRecord> = evaluated.iter().collect();
     let metrics = strategy
         .aggregate_evaluate(&replies)
@@ -451,7 +472,8 @@ pub fn start(
     initial: ArrayRecord,
     rounds: &Rounds,
 ) -> Result<Outcome, AppError> {
-    let (mut arrays, mut history) = match checkpoint::resume_point(context)? {
+    let started = Instant::now();
+    let (mut arrays, mut history, first_round) = match checkpoint::resume_point(context)? {
         Some(resumed) => {
             grid.log(&format!(
                 "Resuming after round {} of {} from the run's checkpoint",
@@ -459,11 +481,10 @@ pub fn start(
             ));
             let mut history = history_from_checkpoint(&resumed.history)?;
             history.retain(|entry| entry.round <= resumed.completed_rounds);
-            (resumed.arrays, history)
+            (resumed.arrays, history, resumed.completed_rounds + 1)
         }
-        None => (initial, Vec::new()),
+        None => (initial, Vec::new(), 1),
     };
-    let first_round = history.last().map_or(1, |entry| entry.round + 1);
     grid.log(&format!(
         "Starting {} strategy: {} rounds, {} arrays",
         strategy.name(),
@@ -471,7 +492,7 @@ pub fn start(
         arrays.len()
     ));
     for round in first_round..=rounds.num_rounds {
-        let started = Instant::now();
+        let round_started = Instant::now();
         grid.log("");
         grid.log(&format!("[ROUND {round}/{}]", rounds.num_rounds));
         let nodes = grid.wait_for_nodes(rounds.min_available_nodes, rounds.node_wait)?;
@@ -537,14 +558,14 @@ pub fn start(
                 rounds.round_timeout,
             )?;
         }
-        entry.seconds = started.elapsed().as_secs_f64();
+        entry.seconds = round_started.elapsed().as_secs_f64();
         history.push(entry);
         save_checkpoint(grid, round, &arrays, &history)?;
     }
     grid.log("");
     grid.log(&format!(
-        "Strategy execution finished after {} rounds",
-        rounds.num_rounds
+        "Strategy execution finished in {:.2}s",
+        started.elapsed().as_secs_f64()
     ));
     Ok(Outcome {
         arrays,
@@ -655,11 +676,14 @@ mod tests {
     }
 
     #[test]
-    fn a_round_without_results_for_other_reasons_keeps_the_arrays_and_goes_on() {
-        let (outcome, initial) = run_against(vec!["training diverged (loss NaN)", "out of memory"]);
-        let outcome = outcome.unwrap();
-        assert_eq!(outcome.arrays, initial);
-        assert_eq!(outcome.rounds.len(), 3);
+    fn a_round_without_a_usable_result_fails_the_run_and_says_why() {
+        let (outcome, _) = run_against(vec!["training diverged (loss NaN)", "out of memory"]);
+        let error = outcome.unwrap_err().to_string();
+        assert!(
+            error.contains("no node returned a usable training result")
+                && !error.contains("learning-rate"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -709,7 +733,22 @@ mod tests {
                 .with("counts", MetricValue::IntList(vec![1, 2])),
         };
         let text = Value::Array(vec![round.to_json()]).to_string();
-        assert_eq!(history_from_checkpoint(&text).unwrap(), [round]);
-        assert!(history_from_checkpoint("[{\"round\": 1}]").is_err());
+        assert_eq!(
+            history_from_checkpoint(&text).unwrap(),
+            std::slice::from_ref(&round)
+        );
+        assert!(history_from_checkpoint("{\"round\": 1}").is_err());
+        assert!(history_from_checkpoint("").unwrap().is_empty());
+        // A NaN is written as null and comes back NaN; the flat form reads back as written.
+        let diverged = RoundMetrics {
+            evaluate: MetricRecord::new().with("eval_loss", MetricValue::Float(f64::NAN)),
+            ..round
+        };
+        let text = Value::Array(vec![diverged.to_json()]).to_string();
+        let back = history_from_checkpoint(&text).unwrap();
+        assert_eq!(back[0].to_flat_json(), diverged.to_flat_json());
+        let flat = Value::Array(vec![diverged.to_flat_json()]).to_string();
+        let back = history_from_checkpoint(&flat).unwrap();
+        assert_eq!(back[0].to_flat_json(), diverged.to_flat_json());
     }
 }

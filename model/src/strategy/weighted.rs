@@ -4,13 +4,14 @@
 //! each weight over the total, rounded to f32, times each reply, summed in reply order. Taken one
 //! at a time ([`Strategy::train_fold`], as the round loop does), each reply is folded into a
 //! running weighted sum and dropped, and the sum is divided by the total at the end
-//! ([`crate::fedavg::FedAvg`]): the same mean to within f32 rounding (a few units in the last
-//! place), in one model's memory whatever the number of replies, written into the memory of the
-//! model the round sent out.
+//! ([`crate::fedavg::FedAvg`]), in one model's memory whatever the number of replies, written
+//! into the memory of the model the round sent out. Over the same replies the two agree to within
+//! f32 rounding (a few units in the last place). The fold takes f64 arrays as well as f32 ones,
+//! and checks more: finite values, and a weight between 1 and 2^32.
 
 use super::{
     Layers, NUM_EXAMPLES, Strategy, StrategyError, TrainFold, TrainReply, Values,
-    aggregate_metrics, check_metrics_like, decode_replies, float, weight_of, weighted_mean,
+    aggregate_metrics, common_metrics, decode_replies, float, usable_weight, weighted_mean,
     weights,
 };
 use crate::fedavg;
@@ -125,6 +126,7 @@ impl Strategy for FedAvg {
         };
         Ok(Box::new(Streaming {
             strategy: self,
+            current,
             sums,
             metrics: Vec::new(),
             weights: Vec::new(),
@@ -151,6 +153,7 @@ impl Strategy for FedAvg {
 /// FedAvg's fold: replies summed as they come, their metrics kept for the weighted means.
 struct Streaming<'a> {
     strategy: &'a mut FedAvg,
+    current: &'a ArrayRecord,
     sums: fedavg::FedAvg,
     metrics: Vec<MetricRecord>,
     weights: Vec<f64>,
@@ -158,12 +161,12 @@ struct Streaming<'a> {
 
 impl TrainFold for Streaming<'_> {
     fn add(&mut self, reply: TrainReply<'_>) -> Result<(), StrategyError> {
-        let weight = weight_of(reply.metrics, &self.strategy.weighted_by_key)?;
-        if let Some(first) = self.metrics.first() {
-            check_metrics_like(first, reply.metrics)?;
+        let weight = usable_weight(reply.metrics, &self.strategy.weighted_by_key)?;
+        // The running sum takes arrays in the model's order; Flower allows any.
+        match in_order_of(self.current, reply.arrays) {
+            Some(reordered) => self.sums.add(&reordered, weight)?,
+            None => self.sums.add(reply.arrays, weight)?,
         }
-        // Last, as it changes the sum only when it succeeds.
-        self.sums.add(reply.arrays, weight)?;
         self.metrics.push(reply.metrics.clone());
         self.weights.push(weight);
         Ok(())
@@ -175,11 +178,28 @@ impl TrainFold for Streaming<'_> {
 
     fn finish(mut self: Box<Self>) -> Result<(ArrayRecord, MetricRecord), StrategyError> {
         let mean = self.sums.take_mean()?;
-        let metrics: Vec<&MetricRecord> = self.metrics.iter().collect();
+        let metrics = common_metrics(&self.metrics);
+        let metrics: Vec<&MetricRecord> = metrics.iter().collect();
         let metrics = aggregate_metrics(&metrics, &self.weights, &self.strategy.weighted_by_key)?;
         self.strategy.sums = Some(self.sums);
         Ok((mean, metrics))
     }
+}
+
+/// `reply`'s arrays in `model`'s order, when it has the same names in another order; `None` when
+/// it is in order already, or when the names differ (which the running sum then reports).
+fn in_order_of(model: &ArrayRecord, reply: &ArrayRecord) -> Option<ArrayRecord> {
+    let in_order = model
+        .iter()
+        .map(|(name, _)| name)
+        .eq(reply.iter().map(|(name, _)| name));
+    if in_order || model.len() != reply.len() {
+        return None;
+    }
+    model
+        .iter()
+        .map(|(name, _)| Some((name.to_string(), reply.get(name)?.clone())))
+        .collect()
 }
 
 /// FedProx: FedAvg on the server; the nodes add a proximal term `mu/2 * |w - w_global|^2` to
