@@ -7,6 +7,8 @@
 pub mod npy;
 pub mod objects;
 pub mod records;
+pub mod server;
+pub mod task;
 
 /// The types of Flower's `flwr.proto` package that the runtime API uses.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -24,6 +24,10 @@ use wire::records::{Array, ArrayRecord, Record, RecordDict};
 /// The most bytes of an array's `.npy` data one chunk holds.
 pub const MAX_CHUNK: usize = 5_242_880;
 
+/// The most entries a record dict or an array record may have when read: a model with more
+/// named arrays than this is unheard of, and the bound keeps building the record linear.
+pub const MAX_ENTRIES: usize = 16_384;
+
 /// One object: its id (the lowercase hex SHA-256 of its bytes) and its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Object {
@@ -294,8 +298,8 @@ pub enum ObjectError {
     /// A value with no counterpart here, or inconsistent.
     #[error(transparent)]
     Record(#[from] RecordError),
-    /// The arrays add up to more than the caller allows.
-    #[error("the message's arrays exceed {0} bytes")]
+    /// The message's records add up to more than the caller allows.
+    #[error("the message's records exceed {0} bytes")]
     TooLarge(u64),
 }
 
@@ -316,17 +320,19 @@ struct Parsed<'a> {
 }
 
 /// Reads message `root` from `objects`, checking every object's id, form and type, and that
-/// its arrays come to no more than `max_array_bytes` (a chunk may be named many times, so the
-/// bytes to allocate are counted before any is).
+/// the records it builds come to no more than `max_bytes`. An object may be named many times
+/// (equal records, chunks of zeros), and each naming is a copy, so every naming is counted,
+/// before anything is allocated for it; each object is hashed once.
 pub fn inflate(
     root: &str,
     objects: &HashMap<String, Vec<u8>>,
-    max_array_bytes: u64,
+    max_bytes: u64,
 ) -> Result<Inflated, ObjectError> {
     let mut reader = Inflater {
         objects,
-        budget: max_array_bytes,
-        limit: max_array_bytes,
+        verified: HashSet::new(),
+        budget: max_bytes,
+        limit: max_bytes,
     };
     let message = reader.parse(root, "Message")?;
     let proto = proto::Message::decode(message.body).map_err(|e| malformed(root, e))?;
@@ -353,18 +359,34 @@ fn malformed(id: &str, why: impl ToString) -> ObjectError {
 
 struct Inflater<'o> {
     objects: &'o HashMap<String, Vec<u8>>,
+    /// Objects whose bytes were checked against their id.
+    verified: HashSet<&'o str>,
     budget: u64,
     limit: u64,
 }
 
 impl<'o> Inflater<'o> {
-    fn parse(&self, id: &str, kind: &str) -> Result<Parsed<'o>, ObjectError> {
+    /// Takes `bytes` from the budget.
+    fn charge(&mut self, bytes: u64) -> Result<(), ObjectError> {
+        self.budget = self
+            .budget
+            .checked_sub(bytes)
+            .ok_or(ObjectError::TooLarge(self.limit))?;
+        Ok(())
+    }
+
+    /// Object `id`, of type `kind`, charged to the budget: each visit is a copy made.
+    fn parse(&mut self, id: &str, kind: &str) -> Result<Parsed<'o>, ObjectError> {
         let (id, bytes) = self
             .objects
             .get_key_value(id)
             .ok_or_else(|| ObjectError::Missing(id.to_string()))?;
-        if object_id(bytes) != *id {
-            return Err(ObjectError::WrongId(id.clone()));
+        self.charge(bytes.len() as u64)?;
+        if !self.verified.contains(id.as_str()) {
+            if object_id(bytes) != *id {
+                return Err(ObjectError::WrongId(id.clone()));
+            }
+            self.verified.insert(id.as_str());
         }
         let split = bytes
             .iter()
@@ -404,6 +426,12 @@ impl<'o> Inflater<'o> {
                 _ => Err(malformed(parsed.id, "a reference is not a string")),
             })
             .collect::<Result<_, _>>()?;
+        if refs.len() > MAX_ENTRIES {
+            return Err(malformed(
+                parsed.id,
+                format!("more than {MAX_ENTRIES} entries"),
+            ));
+        }
         let named: HashSet<&str> = refs.iter().map(|(_, id)| id.as_str()).collect();
         let children: HashSet<&str> = parsed.children.iter().copied().collect();
         if named != children || children.len() != parsed.children.len() {
@@ -475,27 +503,29 @@ impl<'o> Inflater<'o> {
         ) else {
             return Err(malformed(id, "array metadata lacks a field"));
         };
-        let mut sizes = Vec::with_capacity(parsed.children.len());
+        let distinct: HashSet<&str> = parsed.children.iter().copied().collect();
+        if distinct.len() != parsed.children.len() {
+            return Err(malformed(id, "a chunk is listed twice among its children"));
+        }
+        let mut chunks = Vec::with_capacity(parsed.children.len());
         for child in &parsed.children {
-            sizes.push(self.parse(child, "ArrayChunk")?.body.len() as u64);
+            chunks.push(self.parse(child, "ArrayChunk")?.body);
         }
         // Counted before anything is allocated: one small object may name a chunk many times.
         let mut total = 0u64;
+        let mut order = Vec::with_capacity(positions.len());
         for &position in &positions {
-            let size = usize::try_from(position)
+            let chunk = usize::try_from(position)
                 .ok()
-                .and_then(|p| sizes.get(p))
+                .and_then(|p| chunks.get(p))
                 .ok_or_else(|| malformed(id, "a chunk index is out of range"))?;
-            total = total.saturating_add(*size);
+            total = total.saturating_add(chunk.len() as u64);
+            order.push(*chunk);
         }
-        if total > self.budget {
-            return Err(ObjectError::TooLarge(self.limit));
-        }
-        self.budget -= total;
-        let mut data = Vec::with_capacity(total as usize);
-        for position in positions {
-            let child = parsed.children[position as usize];
-            data.extend_from_slice(self.parse(child, "ArrayChunk")?.body);
+        self.charge(total)?;
+        let mut data = Vec::with_capacity(usize::try_from(total).unwrap_or(usize::MAX));
+        for chunk in order {
+            data.extend_from_slice(chunk);
         }
         Ok(array_from_parts(name, dtype, &shape, stype, &data)?)
     }

@@ -1,0 +1,309 @@
+//! Flower's runtime API over HTTP/1.1, as `flwr-clientapp` and `flwr-serverapp` call it: `POST
+//! /v1/runtime/<call>` with a protobuf body, the task's token in `flwr-task-token`, and Flower's
+//! version headers. This layer checks what Flower's own server checks (method, path, content
+//! type, versions, exactly one live token, a body within [`MAX_BODY`] read no further than that)
+//! and answers errors as Flower does (a JSON `{"code", "detail"}` with Flower's status and code);
+//! what each call does is the [`Host`]'s. A body is read only for a live token, and within
+//! [`BODY_TIMEOUT`]; a connection is closed (after its request in flight) once it is
+//! [`MAX_CONNECTION_AGE`] old, and a new one waits for a free slot rather than being dropped, so
+//! idle or slow local connections cannot shut the apps out for long.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The largest request body read: a pushed object is at most a 5 MiB chunk and its head.
+pub const MAX_BODY: usize = 8 << 20;
+
+/// Most connections open at once (an app keeps three or four: its calls, heartbeats and two
+/// object workers).
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// How long a client has to send a request's headers (Flower's clients time out after 30 s).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a client has to send a request's body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a connection is kept; the app's client opens another when it needs one.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+
+/// The Flower release whose apps this serves (major.minor).
+pub const FLOWER_VERSION: &str = "1.42";
+
+const PREFIX: &str = "/v1/runtime/";
+const PROTOBUF: &str = "application/protobuf";
+
+/// The calls Flower's app processes make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `send-task-heartbeat`.
+    SendTaskHeartbeat,
+    /// `pull-task-input`.
+    PullTaskInput,
+    /// `pull-messages`.
+    PullMessages,
+    /// `pull-object`.
+    PullObject,
+    /// `confirm-message-received`.
+    ConfirmMessageReceived,
+    /// `push-messages`.
+    PushMessages,
+    /// `push-object`.
+    PushObject,
+    /// `push-task-output`.
+    PushTaskOutput,
+    /// `get-nodes` (server apps).
+    GetNodes,
+    /// `push-logs` (server apps).
+    PushLogs,
+}
+
+impl Endpoint {
+    const ALL: [Endpoint; 10] = [
+        Endpoint::SendTaskHeartbeat,
+        Endpoint::PullTaskInput,
+        Endpoint::PullMessages,
+        Endpoint::PullObject,
+        Endpoint::ConfirmMessageReceived,
+        Endpoint::PushMessages,
+        Endpoint::PushObject,
+        Endpoint::PushTaskOutput,
+        Endpoint::GetNodes,
+        Endpoint::PushLogs,
+    ];
+
+    /// The last part of the call's path.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::SendTaskHeartbeat => "send-task-heartbeat",
+            Endpoint::PullTaskInput => "pull-task-input",
+            Endpoint::PullMessages => "pull-messages",
+            Endpoint::PullObject => "pull-object",
+            Endpoint::ConfirmMessageReceived => "confirm-message-received",
+            Endpoint::PushMessages => "push-messages",
+            Endpoint::PushObject => "push-object",
+            Endpoint::PushTaskOutput => "push-task-output",
+            Endpoint::GetNodes => "get-nodes",
+            Endpoint::PushLogs => "push-logs",
+        }
+    }
+
+    /// The call a path names.
+    pub fn of_path(path: &str) -> Option<Endpoint> {
+        let name = path.strip_prefix(PREFIX)?;
+        Endpoint::ALL.into_iter().find(|e| e.name() == name)
+    }
+}
+
+/// An error answer: the HTTP status, Flower's error code and the text the app logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// Flower's code (`flwr/common/constant.py`, `ApiErrorCode`).
+    pub code: u32,
+    /// What the app is told.
+    pub detail: String,
+}
+
+impl ApiError {
+    /// An answer with `status`, `code` and `detail`.
+    pub fn new(status: u16, code: u32, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    /// 401, code 1008: no live task holds the token. The app stops on it.
+    pub fn invalid_token() -> Self {
+        ApiError::new(401, 1008, "Invalid token.")
+    }
+
+    /// 400, code 1003: the body is not the request's protobuf.
+    pub fn bad_body(why: impl std::fmt::Display) -> Self {
+        ApiError::new(400, 1003, format!("Invalid request body: {why}"))
+    }
+}
+
+/// The future a call's answer comes from: the response's protobuf bytes, or an error.
+pub type CallFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, ApiError>> + Send>>;
+
+/// What answers the calls: the daemon's side of its apps' tasks.
+pub trait Host: Send + Sync + 'static {
+    /// Whether a live task holds `token` (checked before a body is read).
+    fn admits(&self, token: &str) -> bool;
+
+    /// Answers `endpoint` for the task holding `token`, given the request's protobuf `body`.
+    fn call(&self, endpoint: Endpoint, token: String, body: Bytes) -> CallFuture;
+}
+
+/// Serves `host` on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, host: Arc<dyn Host>, shutdown: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "runtime API accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+        };
+        let host = host.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let host = host.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(host.as_ref(), request).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = tokio::time::sleep(MAX_CONNECTION_AGE) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(BODY_TIMEOUT, connection).await;
+                }
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn respond(status: u16, content_type: &'static str, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn error_response(error: &ApiError) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({"code": error.code, "detail": error.detail});
+    respond(
+        error.status,
+        "application/json",
+        body.to_string().into_bytes(),
+    )
+}
+
+/// The one value of header `name`, `Ok(None)` when absent, `Err` when repeated or not text.
+fn single_header<'r>(request: &'r Request<Incoming>, name: &str) -> Result<Option<&'r str>, ()> {
+    let mut values = request.headers().get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(());
+    }
+    first.map(|v| v.to_str().map_err(|_| ())).transpose()
+}
+
+/// Flower's version check: no version headers, or all three naming this Flower release.
+fn check_versions(request: &Request<Incoming>) -> Result<(), ApiError> {
+    let mismatch = || {
+        ApiError::new(
+            412,
+            1001,
+            format!("This runtime serves Flower {FLOWER_VERSION}."),
+        )
+    };
+    let get = |name| single_header(request, name).map_err(|()| mismatch());
+    let (package, version, component) = (
+        get("flwr-package-name")?,
+        get("flwr-package-version")?,
+        get("flwr-component-name")?,
+    );
+    match (package, version, component) {
+        (None, None, None) => Ok(()),
+        (Some("flwr" | "flwr-nightly"), Some(version), Some(_))
+            if version.split('.').take(2).collect::<Vec<_>>().join(".") == FLOWER_VERSION =>
+        {
+            Ok(())
+        }
+        _ => Err(mismatch()),
+    }
+}
+
+async fn answer(host: &dyn Host, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.uri().path() == "/health" {
+        return respond(200, "text/plain", b"OK".to_vec());
+    }
+    let Some(endpoint) = Endpoint::of_path(request.uri().path()) else {
+        return error_response(&ApiError::new(404, 0, "Not Found"));
+    };
+    if request.method() != Method::POST {
+        return error_response(&ApiError::new(405, 0, "Method Not Allowed"));
+    }
+    let content_type = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type.split(';').next().map(str::trim) != Some(PROTOBUF) {
+        return error_response(&ApiError::new(
+            415,
+            1002,
+            format!("Content-Type must be {PROTOBUF}."),
+        ));
+    }
+    if let Err(error) = check_versions(&request) {
+        return error_response(&error);
+    }
+    let token = match single_header(&request, "flwr-task-token") {
+        Ok(Some(token)) if host.admits(token.trim()) => token.trim().to_string(),
+        _ => return error_response(&ApiError::invalid_token()),
+    };
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = || {
+        error_response(&ApiError::new(
+            413,
+            0,
+            format!("Bodies are limited to {MAX_BODY} bytes."),
+        ))
+    };
+    if declared.is_some_and(|length| length > MAX_BODY as u64) {
+        return too_large();
+    }
+    // Read no further than the limit, whatever the headers said, and no longer than the timeout.
+    let read = Limited::new(request.into_body(), MAX_BODY).collect();
+    let body = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(_)) => return too_large(),
+        Err(_) => return error_response(&ApiError::new(408, 0, "The body took too long.")),
+    };
+    match host.call(endpoint, token, body).await {
+        Ok(response) => respond(200, PROTOBUF, response),
+        Err(error) => error_response(&error),
+    }
+}

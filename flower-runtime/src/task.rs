@@ -1,0 +1,425 @@
+//! One `flwr-clientapp` task, served as Flower's SuperNode serves it: the app pulls its input
+//! (context, run, FAB), the instruction message and its objects, confirms it, pushes its reply
+//! and the reply's objects, then its output status. Heartbeats are answered; how long the task
+//! may live is the daemon's (the instruction's time to live). A [`Tasks`] host routes each call
+//! to the task holding its token; the daemon waits for [`ClientAppTask::finished`] and reads the
+//! reply from there, outside any lock ([`Reply::inflate`]).
+
+use crate::objects::{Deflated, Inflated, ObjectError, inflate, is_object_id, object_id};
+use crate::proto;
+use crate::server::{ApiError, CallFuture, Endpoint, Host};
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::watch;
+
+/// What the app's input holds: its context, its run and its FAB.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskInput {
+    /// The task's id (the app stamps it on its reply).
+    pub task_id: u64,
+    /// The context: run and node ids, node config, run config, the run's state.
+    pub context: proto::Context,
+    /// The run.
+    pub run: proto::Run,
+    /// The app bundle.
+    pub fab: proto::Fab,
+}
+
+/// A reply whose objects all arrived, with the metadata the app pushed (checked then).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    metadata: proto::Metadata,
+    objects: HashMap<String, Vec<u8>>,
+}
+
+impl Reply {
+    /// The reply's message, its records no larger than `max_bytes` in all; its objects must hold
+    /// the metadata that was checked when it was pushed.
+    pub fn inflate(&self, max_bytes: u64) -> Result<Inflated, ObjectError> {
+        let root = &self.metadata.message_id;
+        let mut inflated = inflate(root, &self.objects, max_bytes)?;
+        inflated.metadata.message_id.clone_from(root);
+        if inflated.metadata != self.metadata {
+            return Err(ObjectError::Malformed {
+                id: root.clone(),
+                why: "its metadata differs from that of the message pushed".into(),
+            });
+        }
+        Ok(inflated)
+    }
+}
+
+/// How the task ended, as the app reported it (or did not).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TaskOutcome {
+    /// The reply, when one arrived whole.
+    pub reply: Option<Reply>,
+    /// `completed` or `failed` from the app's output; `None` if it never sent one.
+    pub sub_status: Option<String>,
+    /// The app's failure text, if any.
+    pub details: String,
+    /// The context after the run (its state is what the run's next task receives).
+    pub context: Option<proto::Context>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Starting,
+    Running,
+    Finished,
+}
+
+/// The reply the app is pushing.
+struct PendingReply {
+    metadata: proto::Metadata,
+    response: proto::PushAppMessagesResponse,
+    session: String,
+    pending: HashSet<String>,
+    objects: HashMap<String, Vec<u8>>,
+    bytes: u64,
+}
+
+struct State {
+    phase: Phase,
+    input: TaskInput,
+    instruction: proto::Message,
+    instruction_tree: proto::ObjectTree,
+    instruction_objects: HashMap<String, Vec<u8>>,
+    handed_out: bool,
+    reply: Option<PendingReply>,
+    outcome: Option<TaskOutcome>,
+}
+
+/// One instruction's `flwr-clientapp` task.
+pub struct ClientAppTask {
+    state: Mutex<State>,
+    max_reply_bytes: u64,
+    finished: watch::Sender<bool>,
+}
+
+impl ClientAppTask {
+    /// A task that will hand the app `input` and the instruction `deflated` (with `metadata`,
+    /// whose message id is the root's), and accept a reply of at most `max_reply_bytes`.
+    pub fn new(
+        input: TaskInput,
+        metadata: proto::Metadata,
+        deflated: Deflated,
+        max_reply_bytes: u64,
+    ) -> Arc<Self> {
+        let mut metadata = metadata;
+        metadata.message_id = deflated.tree.object_id.clone();
+        let instruction = proto::Message {
+            metadata: Some(metadata),
+            content: Some(proto::RecordDict::default()),
+            error: None,
+        };
+        let instruction_objects = deflated
+            .objects
+            .into_iter()
+            .map(|object| (object.id, object.bytes))
+            .collect();
+        Arc::new(ClientAppTask {
+            state: Mutex::new(State {
+                phase: Phase::Starting,
+                input,
+                instruction,
+                instruction_tree: deflated.tree,
+                instruction_objects,
+                handed_out: false,
+                reply: None,
+                outcome: None,
+            }),
+            max_reply_bytes,
+            finished: watch::channel(false).0,
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits until the app has sent its output (or [`ClientAppTask::abandon`] was called); then
+    /// takes how the task ended (a second call finds it taken: an empty outcome).
+    pub async fn finished(&self) -> TaskOutcome {
+        let mut finished = self.finished.subscribe();
+        // An error means the sender is gone, which it is not while `self` lives.
+        let _ = finished.wait_for(|done| *done).await;
+        self.state().outcome.take().unwrap_or_default()
+    }
+
+    /// Ends the task from the daemon's side (the process exited or ran past its time to live):
+    /// its token stops working, and the outcome taken is whatever arrived.
+    pub fn abandon(&self) -> TaskOutcome {
+        let mut state = self.state();
+        if state.phase != Phase::Finished {
+            Self::finish(&mut state, TaskOutcome::default());
+        }
+        let outcome = state.outcome.take().unwrap_or_default();
+        drop(state);
+        self.finished.send_replace(true);
+        outcome
+    }
+
+    /// Ends the task with `outcome` and the reply, if it arrived whole; lets the instruction go.
+    fn finish(state: &mut State, mut outcome: TaskOutcome) {
+        outcome.reply = state
+            .reply
+            .take()
+            .filter(|reply| reply.pending.is_empty())
+            .map(|reply| Reply {
+                metadata: reply.metadata,
+                objects: reply.objects,
+            });
+        state.outcome = Some(outcome);
+        state.phase = Phase::Finished;
+        state.instruction_objects = HashMap::new();
+    }
+
+    fn call(&self, endpoint: Endpoint, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+        let mut state = self.state();
+        if state.phase == Phase::Finished {
+            return Err(ApiError::invalid_token());
+        }
+        if endpoint == Endpoint::PushTaskOutput {
+            // Accepted in any phase, as Flower accepts it: an app that failed early says so.
+            let request = decode::<proto::PushTaskOutputRequest>(body)?;
+            Self::finish(
+                &mut state,
+                TaskOutcome {
+                    reply: None,
+                    sub_status: Some(request.sub_status),
+                    details: request.details,
+                    context: request.context,
+                },
+            );
+            drop(state);
+            self.finished.send_replace(true);
+            return Ok(encode(&proto::PushTaskOutputResponse {}));
+        }
+        match endpoint {
+            Endpoint::SendTaskHeartbeat => {
+                Ok(encode(&proto::SendTaskHeartbeatResponse { success: true }))
+            }
+            Endpoint::PullTaskInput => {
+                if state.phase != Phase::Starting {
+                    return Err(ApiError::new(412, 3002, "The task has already started."));
+                }
+                state.phase = Phase::Running;
+                let input = &state.input;
+                Ok(encode(&proto::PullTaskInputResponse {
+                    context: Some(input.context.clone()),
+                    run: Some(input.run.clone()),
+                    fab: Some(input.fab.clone()),
+                    task_id: input.task_id,
+                }))
+            }
+            _ if state.phase != Phase::Running => Err(ApiError::new(
+                412,
+                3002,
+                "The task has not pulled its input yet.",
+            )),
+            Endpoint::PullMessages => {
+                let _request = decode::<proto::PullAppMessagesRequest>(body)?;
+                let response = if state.handed_out {
+                    proto::PullAppMessagesResponse::default()
+                } else {
+                    state.handed_out = true;
+                    proto::PullAppMessagesResponse {
+                        messages_list: vec![state.instruction.clone()],
+                        message_object_trees: vec![state.instruction_tree.clone()],
+                    }
+                };
+                Ok(encode(&response))
+            }
+            Endpoint::PullObject => {
+                let request = decode::<proto::PullObjectRequest>(body)?;
+                let found = state.instruction_objects.get(&request.object_id);
+                Ok(encode(&proto::PullObjectResponse {
+                    object_found: found.is_some(),
+                    object_available: found.is_some(),
+                    object_content: found.cloned().unwrap_or_default(),
+                }))
+            }
+            Endpoint::ConfirmMessageReceived => {
+                let _request = decode::<proto::ConfirmMessageReceivedRequest>(body)?;
+                Ok(encode(&proto::ConfirmMessageReceivedResponse {}))
+            }
+            Endpoint::PushMessages => {
+                let request = decode::<proto::PushAppMessagesRequest>(body)?;
+                self.push_messages(&mut state, request)
+            }
+            Endpoint::PushObject => {
+                let request = decode::<proto::PushObjectRequest>(body)?;
+                let stored = self.push_object(&mut state, request);
+                Ok(encode(&proto::PushObjectResponse { stored }))
+            }
+            Endpoint::PushTaskOutput | Endpoint::GetNodes | Endpoint::PushLogs => Err(
+                ApiError::new(403, 3005, "This call is not available to client apps."),
+            ),
+        }
+    }
+
+    fn push_messages(
+        &self,
+        state: &mut State,
+        request: proto::PushAppMessagesRequest,
+    ) -> Result<Vec<u8>, ApiError> {
+        let ([message], [tree]) = (
+            request.messages_list.as_slice(),
+            request.message_object_trees.as_slice(),
+        ) else {
+            return Err(ApiError::new(
+                400,
+                3013,
+                "Exactly one message and one tree are expected.",
+            ));
+        };
+        let metadata = message
+            .metadata
+            .as_ref()
+            .ok_or_else(|| ApiError::bad_body("the message has no metadata"))?;
+        if let Some(reply) = &state.reply {
+            // A retry after a lost response gets the same answer; another reply is refused.
+            if reply.metadata == *metadata {
+                return Ok(encode(&reply.response));
+            }
+            return Err(ApiError::new(400, 3013, "The task has already replied."));
+        }
+        let instruction = state.instruction.metadata.as_ref();
+        if Some(metadata.run_id) != instruction.map(|m| m.run_id) {
+            return Err(ApiError::new(
+                403,
+                3014,
+                "The message belongs to another run.",
+            ));
+        }
+        if metadata.reply_to_message_id != state.instruction_tree.object_id {
+            return Err(ApiError::bad_body("the reply answers another message"));
+        }
+        if !is_object_id(&tree.object_id) || metadata.message_id != tree.object_id {
+            return Err(ApiError::bad_body("the message id is not its tree's root"));
+        }
+        let mut pending = HashSet::new();
+        collect_ids(tree, &mut pending)?;
+        let session: [u8; 16] = rand::random();
+        let session: String = session.iter().map(|b| format!("{b:02x}")).collect();
+        let response = proto::PushAppMessagesResponse {
+            message_ids: vec![tree.object_id.clone()],
+            objects_to_push: pending.iter().cloned().collect(),
+            session_id: session.clone(),
+        };
+        state.reply = Some(PendingReply {
+            metadata: metadata.clone(),
+            response: response.clone(),
+            session,
+            pending,
+            objects: HashMap::new(),
+            bytes: 0,
+        });
+        Ok(encode(&response))
+    }
+
+    /// Stores one of the reply's objects; `false` (which fails the app) for one not asked for,
+    /// not matching its id, or beyond the reply's size limit.
+    fn push_object(&self, state: &mut State, request: proto::PushObjectRequest) -> bool {
+        let Some(reply) = state.reply.as_mut() else {
+            return false;
+        };
+        let id = request.object_id;
+        if reply.session != request.session_id {
+            return false;
+        }
+        if reply.objects.contains_key(&id) {
+            // A retry after a lost response: the same bytes, already kept.
+            return object_id(&request.object_content) == id;
+        }
+        if !reply.pending.contains(&id) || object_id(&request.object_content) != id {
+            return false;
+        }
+        let bytes = reply
+            .bytes
+            .saturating_add(request.object_content.len() as u64);
+        if bytes > self.max_reply_bytes {
+            return false;
+        }
+        reply.bytes = bytes;
+        reply.pending.remove(&id);
+        reply.objects.insert(id, request.object_content);
+        true
+    }
+}
+
+/// Every id of `tree`, checked to be object ids; a tree deeper than a message's is refused.
+fn collect_ids(tree: &proto::ObjectTree, ids: &mut HashSet<String>) -> Result<(), ApiError> {
+    fn walk(
+        tree: &proto::ObjectTree,
+        ids: &mut HashSet<String>,
+        depth: usize,
+    ) -> Result<(), ApiError> {
+        // Message, RecordDict, ArrayRecord, Array, ArrayChunk.
+        if depth > 5 || !is_object_id(&tree.object_id) {
+            return Err(ApiError::bad_body("the object tree is not a message's"));
+        }
+        ids.insert(tree.object_id.clone());
+        tree.children
+            .iter()
+            .try_for_each(|child| walk(child, ids, depth + 1))
+    }
+    walk(tree, ids, 1)
+}
+
+fn encode(message: &impl prost::Message) -> Vec<u8> {
+    message.encode_to_vec()
+}
+
+fn decode<M: prost::Message + Default>(body: &[u8]) -> Result<M, ApiError> {
+    M::decode(body).map_err(ApiError::bad_body)
+}
+
+/// The host of a daemon's tasks: each call goes to the task holding its token.
+#[derive(Default)]
+pub struct Tasks {
+    tasks: Mutex<HashMap<String, Arc<ClientAppTask>>>,
+}
+
+impl Tasks {
+    /// A fresh token for `task`, which answers calls with it until it ends or is removed.
+    pub fn admit(&self, task: Arc<ClientAppTask>) -> String {
+        let token: [u8; 32] = rand::random();
+        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        self.lock().insert(token.clone(), task);
+        token
+    }
+
+    /// Forgets the task of `token`: later calls with it are refused.
+    pub fn remove(&self, token: &str) {
+        self.lock().remove(token);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<ClientAppTask>>> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Host for Tasks {
+    fn admits(&self, token: &str) -> bool {
+        self.lock()
+            .get(token)
+            .is_some_and(|task| task.state().phase != Phase::Finished)
+    }
+
+    fn call(&self, endpoint: Endpoint, token: String, body: Bytes) -> CallFuture {
+        let task = self.lock().get(&token).cloned();
+        Box::pin(async move {
+            match task {
+                Some(task) => task.call(endpoint, &body),
+                None => Err(ApiError::invalid_token()),
+            }
+        })
+    }
+}
