@@ -1,11 +1,8 @@
 //! Flower's own `flwr-clientapp` 1.42, run against our runtime API with the FAB of
 //! `fixtures/echo-app` (built by Flower's `flwr build --app fixtures/echo-app`): it installs the
 //! app, takes the instruction, runs the Python ClientApp and pushes a reply with the arrays
-//! doubled. It needs Flower installed (`pip install "flwr==1.42.*" numpy`):
-//!
-//! ```text
-//! FLWR_CLIENTAPP=/path/to/venv/bin/flwr-clientapp cargo test -p flower-runtime -- --ignored
-//! ```
+//! doubled. The program is `$FLWR_CLIENTAPP`, or the one in `target/flower-venv`, which
+//! `scripts/flower-venv` makes (`scripts/install-test-deps` and `./test` run it).
 
 #![allow(clippy::unwrap_used)]
 
@@ -23,10 +20,24 @@ const FAB: &[u8] = include_bytes!("fixtures/echo-app.fab");
 const RUN: u64 = 8_000_000_000_000_000_001;
 const NODE: u64 = 4_242;
 
+/// `$FLWR_CLIENTAPP`, else the virtual environment's.
+fn clientapp() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("FLWR_CLIENTAPP") {
+        return path.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/flower-venv/bin/flwr-clientapp");
+    assert!(
+        venv.is_file(),
+        "no flwr-clientapp at {}: run scripts/flower-venv, or set FLWR_CLIENTAPP",
+        venv.display()
+    );
+    venv
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs Flower's flwr-clientapp: FLWR_CLIENTAPP=path cargo test -p flower-runtime -- --ignored"]
 async fn flowers_own_clientapp_answers_an_instruction_through_our_runtime_api() {
-    let clientapp = std::env::var("FLWR_CLIENTAPP").unwrap_or_else(|_| "flwr-clientapp".into());
+    let clientapp = clientapp();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -96,7 +107,7 @@ async fn flowers_own_clientapp_answers_an_instruction_through_our_runtime_api() 
         .env("FLWR_TELEMETRY_ENABLED", "0")
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {clientapp}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", clientapp.display()));
     let outcome = tokio::time::timeout(Duration::from_secs(120), task.finished())
         .await
         .expect("flwr-clientapp finished within two minutes");
