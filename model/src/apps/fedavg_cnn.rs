@@ -17,13 +17,13 @@
 use crate::app::{AppError, Grid, Instruction, ServerApp, ServerContext, config_f64, config_i64};
 use crate::net::{InputShape, initial_parameters};
 use crate::strategy::FedAvg;
-use crate::strategy::start::{Rounds, start};
+use crate::strategy::start::{Rounds, failure, start};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use wire::{
-    ArrayRecord, ConfigRecord, ConfigValue, Message, MessageBody, MessageType, MetricRecord,
-    MetricValue, NodeId, RecordDict,
+    ArrayRecord, ConfigRecord, ConfigValue, MessageBody, MessageType, MetricRecord, MetricValue,
+    NodeId, RecordDict,
 };
 
 pub use crate::strategy::start::DIVERGED;
@@ -124,16 +124,6 @@ fn metric(metrics: &MetricRecord, name: &str) -> Option<f64> {
         MetricValue::Float(v) => Some(*v),
         MetricValue::Int(v) => Some(*v as f64),
         _ => None,
-    }
-}
-
-fn failure(reply: &Message) -> Option<String> {
-    match &reply.body {
-        MessageBody::Error(error) => Some(format!(
-            "node {}: {:?}: {}",
-            reply.metadata.src_node_id, error.code, error.reason
-        )),
-        MessageBody::Content(_) => None,
     }
 }
 

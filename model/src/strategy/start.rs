@@ -280,8 +280,8 @@ fn instructions(
         .collect()
 }
 
-/// The failure an error reply reports, if it is one.
-fn failure(reply: &Message) -> Option<String> {
+/// The failure an error reply reports (`node N: Code: reason`), if it is one.
+pub(crate) fn failure(reply: &Message) -> Option<String> {
     match &reply.body {
         MessageBody::Error(error) => Some(format!(
             "node {}: {:?}: {}",
