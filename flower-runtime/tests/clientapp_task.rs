@@ -446,6 +446,33 @@ async fn a_chunked_body_is_read_no_further_than_the_limit() {
 }
 
 #[tokio::test]
+async fn a_body_is_not_waited_for_without_a_live_token() {
+    let (app, _task, _tasks, _shutdown) = start().await;
+    let mut stream = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    // Headers announcing a body that never comes: refused at once, not after the body timeout.
+    let head = format!(
+        "POST /v1/runtime/push-object HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\
+         content-type: application/protobuf\r\nflwr-task-token: {}\r\ncontent-length: 1000\r\n\r\n",
+        "f".repeat(64)
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut response),
+    );
+    assert!(
+        read.await.is_ok(),
+        "the runtime waited for the body of a stranger"
+    );
+    assert!(
+        response.starts_with(b"HTTP/1.1 401"),
+        "{:?}",
+        String::from_utf8_lossy(&response)
+    );
+}
+
+#[tokio::test]
 async fn the_runtime_refuses_what_flowers_own_refuses() {
     let (app, _task, _tasks, _shutdown) = start().await;
     let path = "/v1/runtime/send-task-heartbeat";

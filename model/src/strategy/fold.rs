@@ -57,7 +57,7 @@ impl<S: Strategy + ?Sized> TrainFold for KeepAll<'_, S> {
     }
 
     fn finish(self: Box<Self>) -> Result<(ArrayRecord, MetricRecord), StrategyError> {
-        let metrics: Vec<MetricRecord> = self.replies.iter().map(|(_, m)| m.clone()).collect();
+        let metrics: Vec<&MetricRecord> = self.replies.iter().map(|(_, m)| m).collect();
         let metrics = common_metrics(&metrics);
         let replies: Vec<TrainReply<'_>> = self
             .replies
@@ -83,19 +83,16 @@ fn check_f32_arrays(record: &ArrayRecord) -> Result<(), StrategyError> {
     Ok(())
 }
 
-/// `record` has `first`'s array names (in any order, as Flower allows) and shapes.
-pub(crate) fn check_arrays_like(
-    first: &ArrayRecord,
-    record: &ArrayRecord,
-) -> Result<(), StrategyError> {
-    if record.len() != first.len() {
+/// `record` has `model`'s array names (in any order, as Flower allows) and shapes.
+fn check_arrays_like(model: &ArrayRecord, record: &ArrayRecord) -> Result<(), StrategyError> {
+    if record.len() != model.len() {
         return Err(StrategyError::Inconsistent(format!(
             "{} arrays where {} were expected",
             record.len(),
-            first.len()
+            model.len()
         )));
     }
-    for (name, expected) in first.iter() {
+    for (name, expected) in model.iter() {
         let array = record
             .get(name)
             .ok_or_else(|| StrategyError::Inconsistent(format!("array {name:?} is missing")))?;

@@ -324,10 +324,7 @@ fn same_kind(a: &MetricValue, b: &MetricValue) -> bool {
 }
 
 /// Checks that `record` has `first`'s metric names, each of a kind that averages with it.
-pub(crate) fn check_metrics_like(
-    first: &MetricRecord,
-    record: &MetricRecord,
-) -> Result<(), StrategyError> {
+fn check_metrics_like(first: &MetricRecord, record: &MetricRecord) -> Result<(), StrategyError> {
     let consistent = record.len() == first.len()
         && first
             .iter()
@@ -351,7 +348,7 @@ pub(crate) fn usable_weight(metrics: &MetricRecord, key: &str) -> Result<f64, St
 
 /// Each record cut to the metrics that every record has, of one kind (lists of one length): what
 /// the replies agree on, so one reply's extra or odd metric cannot make the others unusable.
-pub(crate) fn common_metrics(records: &[MetricRecord]) -> Vec<MetricRecord> {
+pub(crate) fn common_metrics(records: &[&MetricRecord]) -> Vec<MetricRecord> {
     let Some(first) = records.first() else {
         return Vec::new();
     };
@@ -378,7 +375,7 @@ pub(crate) fn common_metrics(records: &[MetricRecord]) -> Vec<MetricRecord> {
 }
 
 /// A reply's weight: its `key` metric, a finite number.
-pub(crate) fn weight_of(metrics: &MetricRecord, key: &str) -> Result<f64, StrategyError> {
+fn weight_of(metrics: &MetricRecord, key: &str) -> Result<f64, StrategyError> {
     match metrics.get(key) {
         Some(MetricValue::Int(n)) => Ok(*n as f64),
         Some(MetricValue::Float(x)) if x.is_finite() => Ok(*x),

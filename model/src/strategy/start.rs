@@ -419,6 +419,7 @@ fn evaluate(
     if evaluated.is_empty() {
         return Ok(MetricRecord::new());
     }
+    let evaluated: Vec<&MetricRecord> = evaluated.iter().collect();
     let evaluated = common_metrics(&evaluated);
     let replies: Vec<&MetricRecord> = evaluated.iter().collect();
     let metrics = strategy

@@ -178,7 +178,8 @@ impl TrainFold for Streaming<'_> {
 
     fn finish(mut self: Box<Self>) -> Result<(ArrayRecord, MetricRecord), StrategyError> {
         let mean = self.sums.take_mean()?;
-        let metrics = common_metrics(&self.metrics);
+        let metrics: Vec<&MetricRecord> = self.metrics.iter().collect();
+        let metrics = common_metrics(&metrics);
         let metrics: Vec<&MetricRecord> = metrics.iter().collect();
         let metrics = aggregate_metrics(&metrics, &self.weights, &self.strategy.weighted_by_key)?;
         self.strategy.sums = Some(self.sums);
