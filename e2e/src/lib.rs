@@ -274,6 +274,7 @@ pub fn node_settings(fleet: SocketAddr, trust: ServerTrust, key: Option<&Path>) 
         // Bundles are content-addressed and unpacked atomically: tests may share the cache.
         apps_dir: std::env::temp_dir().join("flwr-rs-test-apps"),
         trusted_apps: None,
+        flwr_clientapp: None,
     }
 }
 

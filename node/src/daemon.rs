@@ -157,9 +157,18 @@ pub async fn run(
         .await
         .map_err(|e| NodeError::Setup(format!("cannot serve the ClientAppIo API: {e}")))?,
     };
+    let flower = crate::flower::FlowerClientApps::start(
+        std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+        settings.flwr_clientapp.clone(),
+        settings.apps_dir.join("flwr-home"),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|e| NodeError::Setup(format!("cannot serve Flower's runtime API: {e}")))?;
     worker = worker.programs(crate::work::Programs {
         bundles: crate::bundles::BundleCache::new(settings.apps_dir.clone()),
         io: programs_io,
+        flower,
     });
     match &settings.trusted_apps {
         Some(trusted) => {

@@ -376,7 +376,7 @@ impl ClientAppIo {
         let mut stderr = child
             .stderr
             .take()
-            .map(|stderr| tokio::spawn(forward_stderr(stderr)));
+            .map(|stderr| tokio::spawn(forward_output(stderr)));
 
         // The broker stops waiting for the reply after the instruction's time to live; a child
         // still starting or working then (stuck, or simply too slow) is of no more use to anyone.
@@ -445,7 +445,7 @@ impl ClientAppIo {
 }
 
 /// Resolves once `cancelled` is set (the run was stopped).
-async fn stopped(cancelled: &AtomicBool) {
+pub(crate) async fn stopped(cancelled: &AtomicBool) {
     while !cancelled.load(Ordering::Relaxed) {
         tokio::time::sleep(CANCEL_POLL).await;
     }
@@ -510,10 +510,10 @@ impl ClientAppIo {
 /// Longest stderr line of a child kept; the rest of a longer one is dropped.
 const STDERR_LINE_BYTES: usize = 4096;
 
-/// Logs the child's stderr as the node's own; returns its last line worth quoting.
-async fn forward_stderr(stderr: tokio::process::ChildStderr) -> Option<String> {
+/// Logs a child's output as the node's own; returns its last line worth quoting.
+pub(crate) async fn forward_output<R: tokio::io::AsyncRead + Unpin>(output: R) -> Option<String> {
     let mut last = None;
-    ops::process::for_each_line(stderr, STDERR_LINE_BYTES, |line| {
+    ops::process::for_each_line(output, STDERR_LINE_BYTES, |line| {
         let line = wire::text::escape_controls(&line).into_owned();
         tracing::info!(target: "clientapp", "{line}");
         if !is_backtrace(&line) {
@@ -533,7 +533,7 @@ fn is_backtrace(line: &str) -> bool {
 }
 
 /// Why a child ended without replying: its exit status and the last thing it said.
-async fn crash_report(
+pub(crate) async fn crash_report(
     status: std::io::Result<ExitStatus>,
     stderr: Option<tokio::task::JoinHandle<Option<String>>>,
 ) -> String {

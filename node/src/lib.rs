@@ -10,6 +10,7 @@
 //! - [`isolation`]: client apps in a process of their own (`flwr-clientapp`, or a bundle's
 //!   program).
 //! - [`bundles`]: app bundles fetched from the SuperLink, cached by hash.
+//! - [`flower`]: Flower's own ClientApps, run by Flower's `flwr-clientapp` for FAB runs.
 //! - [`trust`]: which apps the node runs (`--trusted-apps`).
 //! - [`clientapp`]: that process's side (the `flwr-clientapp` binary).
 //! - [`logging`]: log output of both executables.
@@ -21,6 +22,7 @@ pub mod apps;
 pub mod bundles;
 pub mod clientapp;
 pub mod daemon;
+pub mod flower;
 pub mod isolation;
 pub mod logging;
 pub mod session;

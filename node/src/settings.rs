@@ -59,6 +59,10 @@ pub struct Args {
     /// executable].
     #[arg(long, value_name = "FILE")]
     pub clientapp_program: Option<PathBuf>,
+    /// Flower's `flwr-clientapp` (from `pip install 'flwr==1.42.*'`), which runs the ClientApps
+    /// of Flower apps (FABs) [default: `flwr-clientapp` on PATH, other than this project's own].
+    #[arg(long, value_name = "FILE")]
+    pub flwr_clientapp: Option<PathBuf>,
     /// Where fetched app bundles are unpacked, one directory per bundle hash [default:
     /// $FLWR_HOME/apps, else ~/.flwr/apps]. Nodes on one host may share it.
     #[arg(long, value_name = "DIR")]
@@ -144,6 +148,8 @@ pub struct NodeSettings {
     pub apps_dir: PathBuf,
     /// The apps the node runs; `None`: whatever the SuperLink sends.
     pub trusted_apps: Option<crate::trust::TrustedApps>,
+    /// `--flwr-clientapp`, checked to exist.
+    pub flwr_clientapp: Option<PathBuf>,
 }
 
 impl Args {
@@ -199,6 +205,9 @@ impl Args {
             .map(crate::trust::TrustedApps::load)
             .transpose()
             .map_err(|e| format!("--trusted-apps: {e}"))?;
+        if let Some(program) = &self.flwr_clientapp {
+            crate::flower::find_program(Some(program))?;
+        }
         Ok(NodeSettings {
             superlink: self.superlink,
             trust,
@@ -213,6 +222,7 @@ impl Args {
             backend: self.runtime.backend,
             apps_dir,
             trusted_apps,
+            flwr_clientapp: self.flwr_clientapp,
         })
     }
 }

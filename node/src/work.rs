@@ -55,6 +55,8 @@ pub struct Programs {
     pub bundles: BundleCache,
     /// The ClientAppIo API the programs connect to.
     pub io: Arc<ClientAppIo>,
+    /// Flower's ClientApps, for bundles that are FABs.
+    pub flower: Arc<crate::flower::FlowerClientApps>,
 }
 
 /// Client apps in processes of their own: the API they connect to and how they start.
@@ -266,6 +268,22 @@ impl Worker {
             }
         }
         let program = match &fetched.bundle.manifest.clientapp {
+            Component::Flower(_) => {
+                let Some(fab) = &fetched.bundle.fab else {
+                    return refuse(
+                        ErrorCode::UnknownApp,
+                        format!("the app bundle {hash} names a Flower ClientApp but is no FAB"),
+                    );
+                };
+                let job = crate::flower::FlowerJob {
+                    node_id,
+                    node_config: &self.node_config,
+                    run_config: &header.run_config,
+                    fab,
+                    hash,
+                };
+                return programs.flower.answer(&job, instruction, cancelled).await;
+            }
             Component::Builtin(name) => {
                 let header = InstructionHeader {
                     app_name: name.clone(),

@@ -78,6 +78,7 @@ fn settings(federation: &Federation, node_config: &str, isolation: Isolation) ->
         // Bundles are content-addressed and unpacked atomically: tests may share the cache.
         apps_dir: std::env::temp_dir().join("flwr-rs-test-apps"),
         trusted_apps: None,
+        flwr_clientapp: None,
     }
 }
 

@@ -29,6 +29,9 @@ pub fn check_server_app(shared: &Shared, manifest: &Manifest) -> Result<(), Cont
                 shared.apps.names().join(", ")
             )))
         }
+        Component::Flower(object) => Err(ControlError::InvalidBundle(format!(
+            "serverapp {object:?} is a Flower ServerApp, which this SuperLink does not run"
+        ))),
         _ => Ok(()),
     }
 }
@@ -56,6 +59,9 @@ pub fn server_app_of(
             .apps
             .get(&name)
             .ok_or_else(|| format!("unknown app {name:?}")),
+        Component::Flower(object) => Err(format!(
+            "serverapp {object:?} is a Flower ServerApp, which this SuperLink does not run"
+        )),
         Component::Program(program) => Ok(Arc::new(super::program::ProgramServerApp {
             shared: shared.clone(),
             bundle: Arc::new(bundle),

@@ -35,6 +35,9 @@ pub enum Component {
     Builtin(String),
     /// A program the daemon starts.
     Program(Program),
+    /// A Flower app's Python object (`module:attribute`) in a FAB, run by Flower's own
+    /// `flwr-serverapp` or `flwr-clientapp`.
+    Flower(String),
 }
 
 /// A program and its arguments.
@@ -59,6 +62,7 @@ impl std::fmt::Display for Component {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Component::Builtin(name) => write!(f, "the built-in app {name:?}"),
+            Component::Flower(object) => write!(f, "the Flower app object {object}"),
             Component::Program(program) => {
                 write!(f, "{}", program.command)?;
                 program.args.iter().try_for_each(|arg| write!(f, " {arg}"))

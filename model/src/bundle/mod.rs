@@ -6,13 +6,17 @@
 //! - [`archive`]: the archive format (a tar of regular files, fixed metadata) and its checks.
 //! - [`manifest`]: `flwr.toml` inside a bundle: name, version and the two components.
 //! - [`workspace`]: a fresh, private copy of a bundle's files for one execution of a program.
+//! - [`fab`]: Flower App Bundles, which travel the same way and are run by Flower's own
+//!   `flwr-serverapp` and `flwr-clientapp`.
 
 pub mod archive;
+pub mod fab;
 pub mod manifest;
 pub mod workspace;
 
 pub use archive::Entry;
-pub use manifest::{Component, Manifest, Program};
+pub use fab::Fab;
+pub use manifest::{Component, Manifest, Program, is_app_name};
 
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
@@ -84,18 +88,29 @@ pub struct Bundle {
     pub hash: BundleHash,
     /// Its `flwr.toml`.
     pub manifest: Manifest,
-    /// Its files, sorted by path.
+    /// Its files, sorted by path (none for a FAB, which Flower's programs unpack themselves).
     pub entries: Vec<Entry>,
+    /// What a FAB says about itself; `None` for a bundle of this project's form.
+    pub fab: Option<Fab>,
 }
 
 impl Bundle {
     /// Reads and checks the archive `bytes`, which must have the hash `expected`: its size, its
     /// paths, its manifest, and that every program it names inside itself is there and
-    /// executable.
+    /// executable. A ZIP archive is a FAB, checked as Flower checks one ([`fab::open`]).
     pub fn open(bytes: &[u8], expected: BundleHash) -> Result<Bundle, BundleError> {
         let actual = hash_of(bytes);
         if actual != expected {
             return Err(BundleError::WrongHash { expected, actual });
+        }
+        if fab::is_fab(bytes) {
+            let (manifest, info) = fab::open(bytes)?;
+            return Ok(Bundle {
+                hash: actual,
+                manifest,
+                entries: Vec::new(),
+                fab: Some(info),
+            });
         }
         let entries = archive::unpack(bytes)?;
         let manifest = Manifest::from_entries(&entries)?;
@@ -103,6 +118,7 @@ impl Bundle {
             hash: actual,
             manifest,
             entries,
+            fab: None,
         })
     }
 }

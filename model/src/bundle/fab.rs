@@ -1,0 +1,336 @@
+//! Flower App Bundles (FABs) as the SuperLink and the nodes receive them: a ZIP archive with a
+//! `pyproject.toml` naming the app and its two Python components, and `.info/CONTENT` listing
+//! the SHA-256 of every other file. Flower's own `flwr-serverapp` and `flwr-clientapp` install
+//! and run a FAB; the daemons only check it, as Flower checks it when installing, and read what
+//! they need to describe the run: the app's id, version and components.
+//!
+//! The reader accepts what ZIP writers produce for a FAB (stored or deflated entries, with or
+//! without data descriptors) and refuses everything else with a typed error: ZIP64, encryption,
+//! multi-disk archives, entries whose sizes disagree, and paths that would leave the app's
+//! directory. Sizes are bounded by the archive's (at most [`super::MAX_BUNDLE_BYTES`]) before
+//! anything is inflated.
+
+use super::archive::check_path;
+use super::{BundleError, Component, MAX_BUNDLE_BYTES, MAX_FILES, Manifest, is_app_name};
+use sha2::{Digest as _, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read as _;
+
+/// The first bytes of a ZIP archive (a local file header).
+pub const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
+
+/// The content list Flower writes and checks.
+pub const CONTENT: &str = ".info/CONTENT";
+
+/// The app's configuration file.
+pub const PYPROJECT: &str = "pyproject.toml";
+
+/// Most bytes all of a FAB's files may hold once inflated (a deflated FAB cannot hide more).
+const MAX_INFLATED_BYTES: u64 = 4 * MAX_BUNDLE_BYTES;
+
+/// A checked FAB: what it says about itself beyond its components, and the archive itself,
+/// which Flower's programs install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fab {
+    /// `<[tool.flwr.app] publisher>/<[project] name>`, Flower's `fab_id`.
+    pub fab_id: String,
+    /// `[project] version`.
+    pub version: String,
+    /// The archive.
+    pub archive: Vec<u8>,
+}
+
+/// Whether `bytes` look like a ZIP archive rather than a bundle's tar.
+pub fn is_fab(bytes: &[u8]) -> bool {
+    bytes.starts_with(ZIP_MAGIC)
+}
+
+fn malformed(why: impl Into<String>) -> BundleError {
+    BundleError::Malformed(format!("the FAB {}", why.into()))
+}
+
+fn invalid(why: impl Into<String>) -> BundleError {
+    BundleError::Manifest(format!("{PYPROJECT}: {}", why.into()))
+}
+
+/// Little-endian reads at fixed offsets of a record that has been checked to be long enough.
+struct Record<'a>(&'a [u8]);
+
+impl Record<'_> {
+    fn u16(&self, at: usize) -> u16 {
+        u16::from_le_bytes([self.0[at], self.0[at + 1]])
+    }
+
+    fn u32(&self, at: usize) -> u32 {
+        u32::from_le_bytes([self.0[at], self.0[at + 1], self.0[at + 2], self.0[at + 3]])
+    }
+}
+
+/// `len` bytes of `bytes` from `start`, or an error naming `what` when they are not all there.
+fn span<'a>(
+    bytes: &'a [u8],
+    start: usize,
+    len: usize,
+    what: &str,
+) -> Result<&'a [u8], BundleError> {
+    start
+        .checked_add(len)
+        .and_then(|end| bytes.get(start..end))
+        .ok_or_else(|| malformed(format!("is truncated: its {what} runs past its end")))
+}
+
+const END_SIGNATURE: u32 = 0x0605_4b50;
+const CENTRAL_SIGNATURE: u32 = 0x0201_4b50;
+const LOCAL_SIGNATURE: u32 = 0x0403_4b50;
+const END_LEN: usize = 22;
+const CENTRAL_LEN: usize = 46;
+const LOCAL_LEN: usize = 30;
+
+/// The end-of-central-directory record: where the directory is and how many entries it has.
+fn end_record(bytes: &[u8]) -> Result<(usize, usize, usize), BundleError> {
+    let lowest = bytes.len().saturating_sub(END_LEN + usize::from(u16::MAX));
+    let at = (lowest..=bytes.len().saturating_sub(END_LEN))
+        .rev()
+        .find(|&at| bytes[at..].starts_with(&END_SIGNATURE.to_le_bytes()))
+        .ok_or_else(|| malformed("is not a ZIP archive: it has no end-of-directory record"))?;
+    let end = Record(&bytes[at..]);
+    let (disk, directory_disk) = (end.u16(4), end.u16(6));
+    let (on_disk, entries) = (end.u16(8), end.u16(10));
+    if disk != 0 || directory_disk != 0 || on_disk != entries {
+        return Err(malformed("spans several disks"));
+    }
+    let size = end.u32(12);
+    let offset = end.u32(16);
+    if entries == u16::MAX || size == u32::MAX || offset == u32::MAX {
+        return Err(malformed("is a ZIP64 archive, which no FAB needs"));
+    }
+    Ok((usize::from(entries), size as usize, offset as usize))
+}
+
+/// One file's place in the archive, from the central directory.
+struct Located {
+    path: String,
+    method: u16,
+    crc: u32,
+    compressed: usize,
+    size: usize,
+    local_offset: usize,
+}
+
+/// Reads every file of the ZIP archive `bytes`, checked: paths, sizes, checksums.
+pub fn unzip(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, BundleError> {
+    if bytes.len() as u64 > MAX_BUNDLE_BYTES {
+        return Err(BundleError::TooLarge {
+            size: bytes.len() as u64,
+        });
+    }
+    let (count, size, offset) = end_record(bytes)?;
+    if count > MAX_FILES {
+        return Err(malformed(format!(
+            "holds {count} entries, over the limit of {MAX_FILES}"
+        )));
+    }
+    let directory = span(bytes, offset, size, "central directory")?;
+    let mut located = Vec::with_capacity(count);
+    let mut at = 0;
+    for _ in 0..count {
+        let fixed = Record(span(directory, at, CENTRAL_LEN, "central directory")?);
+        if fixed.u32(0) != CENTRAL_SIGNATURE {
+            return Err(malformed("has a damaged central directory"));
+        }
+        let name_len = usize::from(fixed.u16(28));
+        let extra_len = usize::from(fixed.u16(30));
+        let comment_len = usize::from(fixed.u16(32));
+        let name = span(directory, at + CENTRAL_LEN, name_len, "central directory")?;
+        let path = String::from_utf8(name.to_vec()).map_err(|e| BundleError::UnsafePath {
+            path: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            why: "it is not UTF-8",
+        })?;
+        if fixed.u16(8) & 1 != 0 {
+            return Err(malformed(format!("encrypts {path:?}")));
+        }
+        located.push(Located {
+            method: fixed.u16(10),
+            crc: fixed.u32(16),
+            compressed: fixed.u32(20) as usize,
+            size: fixed.u32(24) as usize,
+            local_offset: fixed.u32(42) as usize,
+            path,
+        });
+        at += CENTRAL_LEN + name_len + extra_len + comment_len;
+    }
+    let mut files = BTreeMap::new();
+    let mut inflated_total: u64 = 0;
+    for entry in located {
+        if entry.path.ends_with('/') {
+            // A directory entry: the files inside it say all there is to say.
+            check_path(entry.path.trim_end_matches('/'))?;
+            continue;
+        }
+        check_path(&entry.path)?;
+        inflated_total += entry.size as u64;
+        if inflated_total > MAX_INFLATED_BYTES {
+            return Err(malformed(format!(
+                "inflates to more than {MAX_INFLATED_BYTES} bytes"
+            )));
+        }
+        let local = Record(span(bytes, entry.local_offset, LOCAL_LEN, "file header")?);
+        if local.u32(0) != LOCAL_SIGNATURE {
+            return Err(malformed(format!(
+                "has no file header where {:?} should start",
+                entry.path
+            )));
+        }
+        let data_start = entry.local_offset
+            + LOCAL_LEN
+            + usize::from(local.u16(26))
+            + usize::from(local.u16(28));
+        let data = span(bytes, data_start, entry.compressed, "file data")?;
+        let contents = match entry.method {
+            0 if entry.compressed == entry.size => data.to_vec(),
+            0 => return Err(malformed(format!("gives {:?} two sizes", entry.path))),
+            8 => {
+                let mut contents = Vec::with_capacity(entry.size);
+                flate2::read::DeflateDecoder::new(data)
+                    .take(entry.size as u64 + 1)
+                    .read_to_end(&mut contents)
+                    .map_err(|e| malformed(format!("has a damaged {:?}: {e}", entry.path)))?;
+                if contents.len() != entry.size {
+                    return Err(malformed(format!("gives {:?} two sizes", entry.path)));
+                }
+                contents
+            }
+            method => {
+                return Err(malformed(format!(
+                    "compresses {:?} with method {method}; FABs are stored or deflated",
+                    entry.path
+                )));
+            }
+        };
+        if crc32fast::hash(&contents) != entry.crc {
+            return Err(malformed(format!("has a damaged {:?}", entry.path)));
+        }
+        if files.insert(entry.path.clone(), contents).is_some() {
+            return Err(malformed(format!("holds {:?} twice", entry.path)));
+        }
+    }
+    Ok(files)
+}
+
+/// Checks `.info/CONTENT` against the files, as Flower's install does: every file it lists is
+/// there with that SHA-256, and it lists every file.
+fn check_content(files: &BTreeMap<String, Vec<u8>>) -> Result<(), BundleError> {
+    let content = files
+        .get(CONTENT)
+        .ok_or_else(|| malformed(format!("has no {CONTENT}")))?;
+    let content = std::str::from_utf8(content)
+        .map_err(|_| malformed(format!("has a {CONTENT} that is not UTF-8")))?;
+    let mut listed = BTreeSet::new();
+    for line in content.lines().filter(|line| !line.is_empty()) {
+        let mut fields = line.split(',');
+        let (Some(path), Some(hash)) = (fields.next(), fields.next()) else {
+            return Err(malformed(format!("has a damaged {CONTENT} line {line:?}")));
+        };
+        let bytes = files
+            .get(path)
+            .ok_or_else(|| malformed(format!("lists {path:?} in {CONTENT} but lacks it")))?;
+        let actual: String = Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if actual != hash {
+            return Err(malformed(format!(
+                "holds a {path:?} whose SHA-256 is not the one {CONTENT} lists"
+            )));
+        }
+        listed.insert(path);
+    }
+    match files
+        .keys()
+        .find(|path| *path != CONTENT && !listed.contains(path.as_str()))
+    {
+        Some(path) => Err(malformed(format!("holds {path:?}, which {CONTENT} omits"))),
+        None => Ok(()),
+    }
+}
+
+/// A string at `keys` in `table`.
+fn text_at<'a>(table: &'a toml::Table, keys: &[&str]) -> Result<&'a str, BundleError> {
+    let (last, sections) = keys.split_last().unwrap_or((&"", &[]));
+    let mut current = table;
+    for (i, key) in sections.iter().enumerate() {
+        current = current
+            .get(*key)
+            .and_then(toml::Value::as_table)
+            .ok_or_else(|| invalid(format!("it has no [{}] table", keys[..=i].join("."))))?;
+    }
+    current
+        .get(*last)
+        .and_then(toml::Value::as_str)
+        .ok_or_else(|| invalid(format!("[{}] has no {last} string", sections.join("."))))
+}
+
+/// A component: a Python object reference, `module:attribute`.
+fn component(table: &toml::Table, key: &str) -> Result<Component, BundleError> {
+    let reference = text_at(table, &["tool", "flwr", "app", "components", key])?;
+    let parts: Vec<&str> = reference.split(':').collect();
+    let python_name = |part: &str| {
+        !part.is_empty()
+            && part.split('.').all(|word| {
+                word.chars()
+                    .next()
+                    .is_some_and(|c| c.is_alphabetic() || c == '_')
+                    && word.chars().all(|c| c.is_alphanumeric() || c == '_')
+            })
+    };
+    match parts.as_slice() {
+        [module, attribute] if python_name(module) && python_name(attribute) => {
+            Ok(Component::Flower(reference.to_string()))
+        }
+        _ => Err(invalid(format!(
+            "[tool.flwr.app.components] {key} = {reference:?} is not a Python object reference \
+             such as \"my_app.server_app:app\""
+        ))),
+    }
+}
+
+/// Opens a FAB: its files checked against `.info/CONTENT`, and its `pyproject.toml` read.
+pub fn open(bytes: &[u8]) -> Result<(Manifest, Fab), BundleError> {
+    let files = unzip(bytes)?;
+    check_content(&files)?;
+    let pyproject = files
+        .get(PYPROJECT)
+        .ok_or_else(|| malformed(format!("has no {PYPROJECT} at its root")))?;
+    let text = std::str::from_utf8(pyproject).map_err(|_| invalid("it is not UTF-8"))?;
+    let table: toml::Table = toml::from_str(text).map_err(|e| invalid(e.message()))?;
+    let name = text_at(&table, &["project", "name"])?;
+    let version = text_at(&table, &["project", "version"])?;
+    let publisher = text_at(&table, &["tool", "flwr", "app", "publisher"])?;
+    if !is_app_name(name) {
+        return Err(invalid(format!(
+            "[project] name {name:?} is not a valid app name"
+        )));
+    }
+    if version.is_empty() || version.len() > 128 || version.chars().any(char::is_control) {
+        return Err(invalid(
+            "[project] version must be 1 to 128 printable characters",
+        ));
+    }
+    if !is_app_name(publisher) {
+        return Err(invalid(format!(
+            "[tool.flwr.app] publisher {publisher:?} is not a valid publisher name"
+        )));
+    }
+    let manifest = Manifest {
+        name: name.to_string(),
+        version: version.to_string(),
+        serverapp: component(&table, "serverapp")?,
+        clientapp: component(&table, "clientapp")?,
+    };
+    let info = Fab {
+        fab_id: format!("{publisher}/{name}"),
+        version: version.to_string(),
+        archive: bytes.to_vec(),
+    };
+    Ok((manifest, info))
+}

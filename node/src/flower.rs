@@ -1,0 +1,353 @@
+//! Flower's own ClientApps. For each instruction of a run whose bundle is a FAB, the node starts
+//! Flower's `flwr-clientapp` (from the `flwr` package, found on `PATH` or given with
+//! `--flwr-clientapp`) with a one-time token, and serves it Flower 1.42's runtime API on a
+//! loopback port ([`flower_runtime::task`]): the app installs the FAB, takes the instruction,
+//! runs the Python ClientApp and pushes its reply, which the node sends back over the fleet like
+//! any other. The context's state the app leaves behind is handed to the run's next task, as
+//! Flower's SuperNode does.
+//!
+//! Nothing the app does can take the node down: a missing program, a crash, a process that never
+//! connects or hangs past the instruction's time to live each cost that instruction an error
+//! reply, and the process group is killed whatever happens.
+
+use crate::isolation::{crash_report, forward_output, stopped};
+use flower_runtime::messages::{body_from_objects, metadata_to_proto};
+use flower_runtime::objects::{Body, deflate};
+use flower_runtime::proto;
+use flower_runtime::records::scalar_of;
+use flower_runtime::task::{ClientAppTask, TaskInput, TaskOutcome, Tasks};
+use model::bundle::Fab;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use wire::message::{ErrorCode, MessageError};
+use wire::{BundleHash, ConfigRecord, Message, MessageBody, NodeId, RunId};
+
+/// The program's name, as the `flwr` package installs it.
+pub const PROGRAM: &str = "flwr-clientapp";
+
+/// What to do when Flower's program is missing.
+const INSTALL_HINT: &str = "install Flower's runtime where the node runs \
+     (pip install 'flwr==1.42.*', then start flower-supernode with that environment's bin on PATH), \
+     or give --flwr-clientapp PATH";
+
+/// How long a process that pushed its output has to exit before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// How long the output of a process that exited may still take to arrive (it is sent before
+/// the process exits, but on another connection).
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+/// Most runs whose context state is kept; the oldest run's is dropped beyond that.
+const KEPT_STATES: usize = 256;
+
+/// Largest reply a ClientApp may send (its records, in all).
+const MAX_REPLY_BYTES: u64 = 1 << 30;
+
+/// The node's Flower ClientApps: the runtime API their processes use, and what they keep.
+pub struct FlowerClientApps {
+    /// `--flwr-clientapp`, if given.
+    program: Option<PathBuf>,
+    /// Where the API listens (loopback).
+    address: SocketAddr,
+    /// Tasks by token.
+    tasks: Arc<Tasks>,
+    /// `FLWR_HOME` of the processes: where Flower installs FABs.
+    home: PathBuf,
+    /// Each run's context state, with the runs in the order first seen.
+    states: Mutex<(HashMap<RunId, proto::RecordDict>, VecDeque<RunId>)>,
+}
+
+/// What one instruction's task is given besides the instruction.
+pub struct FlowerJob<'a> {
+    /// This node.
+    pub node_id: NodeId,
+    /// `--node-config`.
+    pub node_config: &'a ConfigRecord,
+    /// The run's config: the app's defaults with the run's overrides.
+    pub run_config: &'a ConfigRecord,
+    /// The run's FAB.
+    pub fab: &'a Fab,
+    /// Its SHA-256.
+    pub hash: BundleHash,
+}
+
+impl FlowerClientApps {
+    /// Serves the runtime API on `address` until `shutdown`; processes install FABs under
+    /// `home`, and are `program` when given, else Flower's `flwr-clientapp` on `PATH`.
+    pub async fn start(
+        address: SocketAddr,
+        program: Option<PathBuf>,
+        home: PathBuf,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Arc<Self>> {
+        let listener = tokio::net::TcpListener::bind(address).await?;
+        let address = listener.local_addr()?;
+        let tasks = Arc::new(Tasks::default());
+        tokio::spawn(flower_runtime::server::serve(
+            listener,
+            tasks.clone(),
+            shutdown,
+        ));
+        Ok(Arc::new(FlowerClientApps {
+            program,
+            address,
+            tasks,
+            home,
+            states: Mutex::default(),
+        }))
+    }
+
+    /// Where the runtime API listens.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Runs the FAB's ClientApp on `instruction` in a `flwr-clientapp` process; its reply's
+    /// body, or an error saying why there is none.
+    pub async fn answer(
+        &self,
+        job: &FlowerJob<'_>,
+        instruction: &Message,
+        cancelled: Arc<AtomicBool>,
+    ) -> MessageBody {
+        let started = std::time::Instant::now();
+        match self.supervise(job, instruction, cancelled).await {
+            Ok(body) => {
+                tracing::info!(elapsed = ?started.elapsed(), app = %job.fab.fab_id, "Flower ClientApp finished");
+                body
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, app = %job.fab.fab_id, "Flower ClientApp failed");
+                MessageBody::Error(MessageError {
+                    code: ErrorCode::ClientAppRaisedException,
+                    reason,
+                })
+            }
+        }
+    }
+
+    fn state_of(&self, run_id: RunId) -> proto::RecordDict {
+        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states.0.get(&run_id).cloned().unwrap_or_default()
+    }
+
+    fn keep_state(&self, run_id: RunId, state: proto::RecordDict) {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, order) = &mut *states;
+        if map.insert(run_id, state).is_none() {
+            order.push_back(run_id);
+            if order.len() > KEPT_STATES
+                && let Some(oldest) = order.pop_front()
+            {
+                map.remove(&oldest);
+            }
+        }
+    }
+
+    /// The task's input: the context (ids, configs, the run's state), the run and the FAB.
+    fn input(&self, job: &FlowerJob<'_>, run_id: RunId) -> TaskInput {
+        let scalars = |config: &ConfigRecord| {
+            config
+                .iter()
+                .map(|(key, value)| (key.to_string(), scalar_of(value)))
+                .collect()
+        };
+        let hash = job.hash.to_string();
+        TaskInput {
+            task_id: rand::random(),
+            context: proto::Context {
+                run_id: run_id.0,
+                node_id: job.node_id.0,
+                node_config: scalars(job.node_config),
+                run_config: scalars(job.run_config),
+                state: Some(self.state_of(run_id)),
+                ..proto::Context::default()
+            },
+            run: proto::Run {
+                run_id: run_id.0,
+                fab_id: job.fab.fab_id.clone(),
+                fab_version: job.fab.version.clone(),
+                fab_hash: hash.clone(),
+                ..proto::Run::default()
+            },
+            fab: proto::Fab {
+                hash_str: hash,
+                content: job.fab.archive.clone(),
+                ..proto::Fab::default()
+            },
+        }
+    }
+
+    async fn supervise(
+        &self,
+        job: &FlowerJob<'_>,
+        instruction: &Message,
+        cancelled: Arc<AtomicBool>,
+    ) -> Result<MessageBody, String> {
+        let program = find_program(self.program.as_deref())?;
+        let MessageBody::Content(content) = &instruction.body else {
+            return Err("the instruction carries an error, not records".into());
+        };
+        let metadata = metadata_to_proto(instruction);
+        let deflated = deflate(&metadata, &Body::Content(content.clone()))
+            .map_err(|e| format!("the instruction cannot be given to a Flower app: {e}"))?;
+        let run_id = instruction.metadata.run_id;
+        let root = deflated.tree.object_id.clone();
+        let task = ClientAppTask::new(self.input(job, run_id), metadata, deflated, MAX_REPLY_BYTES);
+        let admitted = Admitted {
+            tasks: &self.tasks,
+            token: self.tasks.admit(task.clone()),
+        };
+        let outcome = self
+            .run_process(&program, &admitted.token, &task, instruction, &cancelled)
+            .await?;
+        if outcome.sub_status.as_deref() == Some("completed")
+            && let Some(state) = outcome.context.as_ref().and_then(|c| c.state.clone())
+        {
+            self.keep_state(run_id, state);
+        }
+        let Some(reply) = outcome.reply else {
+            let status = outcome.sub_status.as_deref().unwrap_or("no output");
+            let details = wire::text::sanitize(&outcome.details, 4096);
+            return Err(format!(
+                "flwr-clientapp ended without a reply ({status}){}",
+                if details.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {details}")
+                }
+            ));
+        };
+        let reply = reply
+            .inflate(MAX_REPLY_BYTES)
+            .map_err(|e| format!("the Flower ClientApp's reply is unusable: {e}"))?;
+        if reply.metadata.reply_to_message_id != root {
+            return Err("the Flower ClientApp answered another message".into());
+        }
+        Ok(body_from_objects(reply.body))
+    }
+
+    /// Starts `program` for the task of `token` and waits for the task's outcome; kills the
+    /// process group when the run is stopped or the instruction's time to live runs out.
+    async fn run_process(
+        &self,
+        program: &Path,
+        token: &str,
+        task: &ClientAppTask,
+        instruction: &Message,
+        cancelled: &AtomicBool,
+    ) -> Result<TaskOutcome, String> {
+        let mut command = tokio::process::Command::new(program);
+        command
+            .arg("--runtime-api-address")
+            .arg(self.address.to_string())
+            .arg("--token")
+            .arg(token)
+            .arg("--insecure")
+            .arg("--parent-pid")
+            .arg(std::process::id().to_string())
+            .env("FLWR_HOME", &self.home);
+        if std::env::var_os("FLWR_TELEMETRY_ENABLED").is_none() {
+            // Otherwise every process posts to Flower's telemetry server and waits for it.
+            command.env("FLWR_TELEMETRY_ENABLED", "0");
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+        let _group = ops::process::ProcessGroup::of(child.id());
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(forward_output(stdout));
+        }
+        let mut stderr = child.stderr.take().map(|e| tokio::spawn(forward_output(e)));
+        let ttl = Duration::from_millis(instruction.metadata.ttl_ms);
+        let outcome = tokio::select! {
+            outcome = task.finished() => outcome,
+            status = child.wait() => match tokio::time::timeout(OUTPUT_GRACE, task.finished()).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    task.abandon();
+                    return Err(crash_report(status, stderr.take()).await);
+                }
+            },
+            _ = tokio::time::sleep(ttl) => {
+                task.abandon();
+                return Err(format!(
+                    "the Flower ClientApp did not finish within the instruction's time to live \
+                     ({ttl:?}); its process was killed"
+                ));
+            }
+            _ = stopped(cancelled) => {
+                task.abandon();
+                return Err("run stopped".into());
+            }
+        };
+        if tokio::time::timeout(EXIT_GRACE, child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+        Ok(outcome)
+    }
+}
+
+/// A task's token, withdrawn when the instruction is done with, however it ended.
+struct Admitted<'a> {
+    tasks: &'a Tasks,
+    token: String,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.tasks.remove(&self.token);
+    }
+}
+
+/// `given`, or Flower's `flwr-clientapp` on `PATH`. This project's own `flwr-clientapp` (beside
+/// this executable) runs this project's apps, not Flower's, so it is passed over.
+pub fn find_program(given: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(program) = given {
+        return if program.is_file() {
+            Ok(program.to_path_buf())
+        } else {
+            Err(format!(
+                "--flwr-clientapp {} does not exist: {INSTALL_HINT}",
+                program.display()
+            ))
+        };
+    }
+    let ours = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name(PROGRAM))
+        .and_then(|path| path.canonicalize().ok());
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(PROGRAM))
+        .filter(|candidate| candidate.is_file())
+        .find(|candidate| candidate.canonicalize().ok() != ours)
+        .ok_or_else(|| {
+            format!("this node has no Flower {PROGRAM} to run a Flower app: {INSTALL_HINT}")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_program_says_what_to_install() {
+        let error = find_program(Some(Path::new("/nonexistent/flwr-clientapp"))).unwrap_err();
+        assert!(error.contains("pip install 'flwr==1.42.*'"), "{error}");
+    }
+}

@@ -1,0 +1,148 @@
+//! The node's Flower ClientApps, with Flower's own `flwr-clientapp` 1.42 (`$FLWR_CLIENTAPP`, or
+//! the one in `target/flower-venv`, which `scripts/flower-venv` makes): an instruction of a FAB
+//! run is answered by the FAB's Python ClientApp; a ClientApp that raises, a missing program and
+//! a program that hangs past the instruction's time to live each give an error reply that says
+//! so, and the node goes on.
+
+#![allow(clippy::unwrap_used)]
+
+use model::bundle::{Bundle, Fab, hash_of};
+use node::flower::{FlowerClientApps, FlowerJob};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use wire::message::{ErrorCode, MessageType, Metadata, now_ms};
+use wire::records::{Array, ConfigRecord, ConfigValue, Record, RecordDict};
+use wire::{Message, MessageBody, MessageId, NodeId, RunId};
+
+const FAB: &[u8] = include_bytes!("../../flower-runtime/tests/fixtures/echo-app.fab");
+const NODE: u64 = 9_000_000_000_000_000_007;
+
+fn flowers_clientapp() -> PathBuf {
+    if let Some(path) = std::env::var_os("FLWR_CLIENTAPP") {
+        return path.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/flower-venv/bin/flwr-clientapp");
+    assert!(
+        venv.is_file(),
+        "no flwr-clientapp at {}: run scripts/flower-venv, or set FLWR_CLIENTAPP",
+        venv.display()
+    );
+    venv
+}
+
+fn fab() -> Fab {
+    Bundle::open(FAB, hash_of(FAB)).unwrap().fab.unwrap()
+}
+
+fn instruction(ttl: Duration) -> Message {
+    let arrays = [(
+        "0".to_string(),
+        Array::from_f32(vec![2], &[1.5, -4.0]).unwrap(),
+    )];
+    let content = RecordDict::new()
+        .with("arrays", Record::Arrays(arrays.into_iter().collect()))
+        .with(
+            "config",
+            Record::Config(ConfigRecord::new().with("server-round", ConfigValue::Int(1))),
+        );
+    Message {
+        metadata: Metadata {
+            run_id: RunId(12_345),
+            message_id: MessageId::random(),
+            src_node_id: NodeId(1),
+            dst_node_id: NodeId(NODE),
+            reply_to: None,
+            group_id: "1".into(),
+            ttl_ms: ttl.as_millis() as u64,
+            message_type: MessageType::Train,
+            created_at_ms: now_ms(),
+        },
+        body: MessageBody::Content(content),
+    }
+}
+
+async fn apps(program: PathBuf, home: &std::path::Path) -> Arc<FlowerClientApps> {
+    FlowerClientApps::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Some(program),
+        home.to_path_buf(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn answer(apps: &FlowerClientApps, run_config: &ConfigRecord, ttl: Duration) -> MessageBody {
+    let fab = fab();
+    let job = FlowerJob {
+        node_id: NodeId(NODE),
+        node_config: &ConfigRecord::new(),
+        run_config,
+        fab: &fab,
+        hash: hash_of(FAB),
+    };
+    apps.answer(&job, &instruction(ttl), Arc::new(AtomicBool::new(false)))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flowers_clientapp_answers_and_a_raising_app_reports_flowers_error() {
+    let home = tempfile::tempdir().unwrap();
+    let apps = apps(flowers_clientapp(), home.path()).await;
+    let factor = ConfigRecord::new().with("factor", ConfigValue::Float(3.0));
+    let body = answer(&apps, &factor, Duration::from_secs(120)).await;
+    let MessageBody::Content(content) = body else {
+        panic!("an error reply: {body:?}");
+    };
+    let arrays = content.arrays("arrays").unwrap();
+    let values = arrays.iter().next().unwrap().1.to_f32().unwrap();
+    assert_eq!(values, [4.5, -12.0]);
+    // Without `factor` in the run config the Python app raises a KeyError.
+    let body = answer(&apps, &ConfigRecord::new(), Duration::from_secs(120)).await;
+    let MessageBody::Error(error) = body else {
+        panic!("content from an app that raised: {body:?}");
+    };
+    assert_eq!(error.code, ErrorCode::ClientAppRaisedException);
+    assert!(
+        error.reason.contains("CLIENT_APP_RAISED_EXCEPTION") && error.reason.contains("factor"),
+        "{}",
+        error.reason
+    );
+}
+
+#[tokio::test]
+async fn a_missing_flwr_clientapp_gets_an_error_reply_saying_what_to_install() {
+    let home = tempfile::tempdir().unwrap();
+    let apps = apps("/nonexistent/flwr-clientapp".into(), home.path()).await;
+    let body = answer(&apps, &ConfigRecord::new(), Duration::from_secs(60)).await;
+    let MessageBody::Error(error) = body else {
+        panic!("content without a program: {body:?}");
+    };
+    assert!(
+        error.reason.contains("pip install 'flwr==1.42.*'"),
+        "{}",
+        error.reason
+    );
+}
+
+#[tokio::test]
+async fn a_process_that_never_connects_is_killed_at_the_time_to_live() {
+    let home = tempfile::tempdir().unwrap();
+    let program = home.path().join("hangs");
+    std::fs::write(&program, "#!/bin/sh\nsleep 600\n").unwrap();
+    let mut permissions = std::fs::metadata(&program).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&program, permissions).unwrap();
+    let apps = apps(program, home.path()).await;
+    let started = Instant::now();
+    let body = answer(&apps, &ConfigRecord::new(), Duration::from_secs(2)).await;
+    let MessageBody::Error(error) = body else {
+        panic!("content from a process that hung: {body:?}");
+    };
+    assert!(error.reason.contains("time to live"), "{}", error.reason);
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
