@@ -72,6 +72,9 @@ pub struct BrokerConfig {
     pub serverappio_address: std::net::SocketAddr,
     /// Where server app programs run: one fresh workspace per run, removed afterwards.
     pub apps_dir: std::path::PathBuf,
+    /// Flower's `flwr-serverapp`, which runs Flower apps' ServerApps (`None`: the one on
+    /// `PATH`).
+    pub flwr_serverapp: Option<std::path::PathBuf>,
 }
 
 impl BrokerConfig {
@@ -104,6 +107,7 @@ impl BrokerConfig {
             // which the binary binds by default.
             serverappio_address: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
             apps_dir: std::env::temp_dir().join("flower-superlink-apps"),
+            flwr_serverapp: None,
         }
     }
 }

@@ -238,6 +238,13 @@ pub fn start(
     let serverappio = crate::serverappio::bind(serverappio_address)
         .and_then(|bound| crate::serverappio::ServerAppIo::serve(bound, shutdown.clone()))
         .map_err(serverappio_error)?;
+    let flower = crate::runs::flower::FlowerRuntime::start(shutdown.clone()).map_err(|source| {
+        BrokerError::Bind {
+            api: "Flower runtime",
+            address: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+            source,
+        }
+    })?;
     let apps = config.apps.clone();
     let shared = Arc::new(Shared {
         store,
@@ -248,6 +255,7 @@ pub fn start(
         apps,
         metrics: crate::metrics::Metrics::default(),
         serverappio,
+        flower,
     });
     match crate::runs::runner::resume_interrupted_runs(&shared) {
         Ok(0) => {}

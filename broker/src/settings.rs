@@ -63,6 +63,10 @@ pub struct Args {
     /// ~/.flwr/superlink/apps].
     #[arg(long, value_name = "DIR")]
     pub apps_dir: Option<PathBuf>,
+    /// Flower's `flwr-serverapp` (from `pip install 'flwr==1.42.*'`), which runs the ServerApps
+    /// of Flower apps (FABs) [default: `flwr-serverapp` on PATH].
+    #[arg(long, value_name = "FILE")]
+    pub flwr_serverapp: Option<PathBuf>,
     /// Serve Prometheus metrics over plain HTTP on this address (off by default).
     #[arg(long, value_name = "ADDR")]
     pub metrics_address: Option<SocketAddr>,
@@ -190,6 +194,10 @@ impl Args {
         }
         config.metrics_address = self.metrics_address;
         config.serverappio_address = self.serverappio_api_address;
+        if let Some(program) = &self.flwr_serverapp {
+            crate::runs::flower::find_program(Some(program))?;
+        }
+        config.flwr_serverapp = self.flwr_serverapp;
         config.apps_dir = self.apps_dir.unwrap_or_else(|| {
             default_database()
                 .parent()

@@ -27,4 +27,6 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Where server app programs connect.
     pub serverappio: Arc<crate::serverappio::ServerAppIo>,
+    /// Where Flower's `flwr-serverapp` processes connect.
+    pub flower: crate::runs::flower::FlowerRuntime,
 }

@@ -278,6 +278,22 @@ pub fn node_settings(fleet: SocketAddr, trust: ServerTrust, key: Option<&Path>) 
     }
 }
 
+/// Flower's program `name` (`flwr-serverapp`, `flwr-clientapp`) in the virtual environment
+/// `scripts/flower-venv` makes (`target/flower-venv`), or in `$FLOWER_VENV`.
+pub fn flower_program(name: &str) -> PathBuf {
+    let venv = std::env::var_os("FLOWER_VENV").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/flower-venv"),
+        PathBuf::from,
+    );
+    let program = venv.join("bin").join(name);
+    assert!(
+        program.is_file(),
+        "no {name} at {}: run scripts/flower-venv, or set FLOWER_VENV",
+        program.display()
+    );
+    program
+}
+
 /// A node daemon running in this process.
 pub struct RunningNode {
     /// The daemon's state as it changes.

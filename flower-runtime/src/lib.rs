@@ -9,6 +9,7 @@ pub mod npy;
 pub mod objects;
 pub mod records;
 pub mod server;
+pub mod serverapp;
 pub mod task;
 
 /// The types of Flower's `flwr.proto` package that the runtime API uses.

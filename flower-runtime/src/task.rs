@@ -353,7 +353,10 @@ impl ClientAppTask {
 }
 
 /// Every id of `tree`, checked to be object ids; a tree deeper than a message's is refused.
-fn collect_ids(tree: &proto::ObjectTree, ids: &mut HashSet<String>) -> Result<(), ApiError> {
+pub(crate) fn collect_ids(
+    tree: &proto::ObjectTree,
+    ids: &mut HashSet<String>,
+) -> Result<(), ApiError> {
     fn walk(
         tree: &proto::ObjectTree,
         ids: &mut HashSet<String>,
@@ -371,23 +374,42 @@ fn collect_ids(tree: &proto::ObjectTree, ids: &mut HashSet<String>) -> Result<()
     walk(tree, ids, 1)
 }
 
-fn encode(message: &impl prost::Message) -> Vec<u8> {
-    message.encode_to_vec()
+/// A task that answers its app's calls: a `flwr-clientapp` task here, a `flwr-serverapp` task in
+/// [`crate::serverapp`].
+pub trait Task: Send + Sync + 'static {
+    /// Whether the task still takes calls (its token is live).
+    fn is_live(&self) -> bool;
+
+    /// Answers `endpoint` given the request's protobuf `body`.
+    fn answer(&self, endpoint: Endpoint, body: &[u8]) -> Result<Vec<u8>, ApiError>;
 }
 
-fn decode<M: prost::Message + Default>(body: &[u8]) -> Result<M, ApiError> {
-    M::decode(body).map_err(ApiError::bad_body)
+impl Task for ClientAppTask {
+    fn is_live(&self) -> bool {
+        self.state().phase != Phase::Finished
+    }
+
+    fn answer(&self, endpoint: Endpoint, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+        self.call(endpoint, body)
+    }
 }
 
 /// The host of a daemon's tasks: each call goes to the task holding its token.
-#[derive(Default)]
-pub struct Tasks {
-    tasks: Mutex<HashMap<String, Arc<ClientAppTask>>>,
+pub struct Tasks<T: Task = ClientAppTask> {
+    tasks: Mutex<HashMap<String, Arc<T>>>,
 }
 
-impl Tasks {
+impl<T: Task> Default for Tasks<T> {
+    fn default() -> Self {
+        Tasks {
+            tasks: Mutex::default(),
+        }
+    }
+}
+
+impl<T: Task> Tasks<T> {
     /// A fresh token for `task`, which answers calls with it until it ends or is removed.
-    pub fn admit(&self, task: Arc<ClientAppTask>) -> String {
+    pub fn admit(&self, task: Arc<T>) -> String {
         let token: [u8; 32] = rand::random();
         let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
         self.lock().insert(token.clone(), task);
@@ -399,27 +421,35 @@ impl Tasks {
         self.lock().remove(token);
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<ClientAppTask>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<T>>> {
         self.tasks
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-impl Host for Tasks {
+impl<T: Task> Host for Tasks<T> {
     fn admits(&self, token: &str) -> bool {
-        self.lock()
-            .get(token)
-            .is_some_and(|task| task.state().phase != Phase::Finished)
+        self.lock().get(token).is_some_and(|task| task.is_live())
     }
 
     fn call(&self, endpoint: Endpoint, token: String, body: Bytes) -> CallFuture {
         let task = self.lock().get(&token).cloned();
         Box::pin(async move {
             match task {
-                Some(task) => task.call(endpoint, &body),
+                Some(task) => task.answer(endpoint, &body),
                 None => Err(ApiError::invalid_token()),
             }
         })
     }
+}
+
+/// A response's protobuf bytes.
+pub(crate) fn encode(message: &impl prost::Message) -> Vec<u8> {
+    message.encode_to_vec()
+}
+
+/// A request's protobuf body, or Flower's error for an unreadable one.
+pub(crate) fn decode<M: prost::Message + Default>(body: &[u8]) -> Result<M, ApiError> {
+    M::decode(body).map_err(ApiError::bad_body)
 }

@@ -1,5 +1,5 @@
 //! Which server app a run executes: a built-in app by name, or what its bundle's manifest names
-//! (a built-in app, or a program).
+//! (a built-in app, a program, or a Flower app's ServerApp).
 
 use crate::state::Shared;
 use model::app::ServerApp;
@@ -29,9 +29,6 @@ pub fn check_server_app(shared: &Shared, manifest: &Manifest) -> Result<(), Cont
                 shared.apps.names().join(", ")
             )))
         }
-        Component::Flower(object) => Err(ControlError::InvalidBundle(format!(
-            "serverapp {object:?} is a Flower ServerApp, which this SuperLink does not run"
-        ))),
         _ => Ok(()),
     }
 }
@@ -59,9 +56,12 @@ pub fn server_app_of(
             .apps
             .get(&name)
             .ok_or_else(|| format!("unknown app {name:?}")),
-        Component::Flower(object) => Err(format!(
-            "serverapp {object:?} is a Flower ServerApp, which this SuperLink does not run"
-        )),
+        Component::Flower(_) => Ok(Arc::new(super::flower::FlowerServerApp {
+            shared: shared.clone(),
+            bundle: Arc::new(bundle),
+            cancel: cancel.clone(),
+            handle: tokio::runtime::Handle::current(),
+        })),
         Component::Program(program) => Ok(Arc::new(super::program::ProgramServerApp {
             shared: shared.clone(),
             bundle: Arc::new(bundle),

@@ -2,6 +2,7 @@
 //! [`runner`] (found by [`apps`]) and reaches the nodes through [`grid::BrokerGrid`].
 
 pub mod apps;
+pub mod flower;
 pub mod grid;
 pub mod program;
 pub mod runner;

@@ -25,34 +25,56 @@ fn config_json(config: &ConfigRecord) -> serde_json::Value {
     serde_json::Value::Object(entries.collect())
 }
 
+/// What `flwr run` sends with a run: a FAB or a bundle.
+struct Shipped {
+    /// The archive's SHA-256.
+    hash: wire::BundleHash,
+    /// What it is, for the progress line.
+    what: String,
+    /// How many files a bundle packs.
+    files: Option<usize>,
+    /// The archive.
+    bytes: Vec<u8>,
+}
+
 /// `flwr run`.
 pub async fn start(target: &Target, overrides: &[String], stream: bool) -> Result<(), CliError> {
     let config = AppConfig::load(&target.app)?;
     let app = config.app()?;
-    if let Some(component) = &app.python_component {
-        return Err(CliError::Config(format!(
-            "{}: {component:?} is a Python object: this is a Flower Python app, and this SuperLink \
-             runs its built-in apps ({}), chosen by the app's name",
-            app.source.display(),
-            model::apps::ServerApps::builtin().names().join(", ")
-        )));
-    }
     let run_config = crate::run_config::fuse(app, overrides)?;
-    // Packed before connecting: a bundle that cannot run is refused without a word to the
-    // SuperLink.
-    let packed = if app.bundled {
-        Some(crate::bundle::pack(&target.app)?)
+    // Packed before connecting: an app that cannot run is refused without a word to the
+    // SuperLink. A Flower app (Python components) travels as its FAB, built as `flwr build`
+    // builds it; an app whose flwr.toml names programs, as a bundle of its directory.
+    let shipped = if app.python_component.is_some() {
+        let fab = crate::fab::build(&target.app)?;
+        let hash = model::bundle::hash_of(&fab.bytes);
+        let what = format!("Flower app {} {} (FAB", fab.fab_id, fab.version);
+        Some(Shipped {
+            hash,
+            what,
+            files: None,
+            bytes: fab.bytes,
+        })
+    } else if app.bundled {
+        let packed = crate::bundle::pack(&target.app)?;
+        let what = format!("App bundle {} {} (", packed.manifest.name, packed.hash);
+        Some(Shipped {
+            hash: packed.hash,
+            what,
+            files: Some(packed.paths.len()),
+            bytes: packed.bytes,
+        })
     } else {
         None
     };
     let (_, federation) = config.federation(target.federation.as_deref())?;
     let mut client = ControlClient::connect(&federation).await?;
-    let run_id = match &packed {
-        Some(packed) => {
-            let signatures = crate::bundle::signatures_for(&target.app, packed.hash)?;
+    let run_id = match &shipped {
+        Some(shipped) => {
+            let signatures = crate::bundle::signatures_for(&target.app, shipped.hash)?;
             let signed = signatures.len();
             let sent = client
-                .offer_bundle(packed.hash, &packed.bytes, signatures)
+                .offer_bundle(shipped.hash, &shipped.bytes, signatures)
                 .await?;
             if target.format == Format::Default {
                 let how = if sent {
@@ -60,15 +82,17 @@ pub async fn start(target: &Target, overrides: &[String], stream: bool) -> Resul
                 } else {
                     "already on the SuperLink"
                 };
+                let files = shipped
+                    .files
+                    .map(|files| format!("{files} files, "))
+                    .unwrap_or_default();
                 eprintln!(
-                    "App bundle {} {} ({} files, {} bytes, {signed} signatures): {how}",
-                    packed.manifest.name,
-                    packed.hash,
-                    packed.paths.len(),
-                    packed.bytes.len()
+                    "{}{files}{} bytes, {signed} signatures): {how}",
+                    shipped.what,
+                    shipped.bytes.len()
                 );
             }
-            client.start_bundled_run(packed.hash, run_config).await?
+            client.start_bundled_run(shipped.hash, run_config).await?
         }
         None => {
             client
@@ -77,7 +101,7 @@ pub async fn start(target: &Target, overrides: &[String], stream: bool) -> Resul
         }
     };
     if target.format == Format::Json && !stream {
-        let hash = packed.as_ref().map(|packed| packed.hash.to_string());
+        let hash = shipped.as_ref().map(|shipped| shipped.hash.to_string());
         super::print_json(
             &json!({"success": true, "run-id": run_id.to_string(), "fab-hash": hash}),
         );

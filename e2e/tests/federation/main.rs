@@ -6,6 +6,7 @@
 
 mod bundles;
 mod crash;
+mod flower_apps;
 mod hostile;
 mod learning;
 mod lifecycle;

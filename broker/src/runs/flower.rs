@@ -1,0 +1,389 @@
+//! Flower's own ServerApps: a run whose bundle is a FAB runs its Python ServerApp in Flower's
+//! `flwr-serverapp` (from the `flwr` package: `--flwr-serverapp`, else found on `PATH`), started
+//! with a one-time token against Flower 1.42's runtime API, which the SuperLink serves on a
+//! loopback port ([`flower_runtime::serverapp`]). The app's instructions go to the nodes through
+//! the run's [`BrokerGrid`] like any other app's, its log output becomes the run's log, and the
+//! run completes or fails as the app reports. Stopping the run kills the app's process group.
+
+use super::grid::BrokerGrid;
+use crate::state::Shared;
+use flower_runtime::proto;
+use flower_runtime::records::scalar_of;
+use flower_runtime::serverapp::{Federation, Outgoing, SERVER_NODE, ServerAppTask, ServerOutcome};
+use flower_runtime::task::{TaskInput, Tasks};
+use model::app::{AppError, Grid, Instruction, ServerApp, ServerContext};
+use model::bundle::Bundle;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use wire::message::{ErrorCode, MessageError, MessageType, now_ms};
+use wire::{Message, MessageBody, MessageId, NodeId};
+
+/// The program's name, as the `flwr` package installs it.
+pub const PROGRAM: &str = "flwr-serverapp";
+
+/// Most bytes of objects a ServerApp may have pushed and not yet sent.
+const MAX_PUSHED_BYTES: u64 = 4 << 30;
+
+/// Longest an instruction waits for its reply (Flower's default time to live is 12 hours).
+const MAX_TTL: Duration = Duration::from_secs(12 * 60 * 60);
+
+/// How long the output of a process that exited may still take to arrive.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a process that pushed its output has to exit before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// Stderr lines kept to explain a crash.
+const STDERR_TAIL: usize = 10;
+
+/// Flower's runtime API on the SuperLink: where ServerApp processes connect, and their tasks.
+pub struct FlowerRuntime {
+    /// Tasks by token.
+    pub tasks: Arc<Tasks<ServerAppTask>>,
+    /// The API's address (loopback).
+    pub address: SocketAddr,
+}
+
+impl FlowerRuntime {
+    /// Serves the API on a free loopback port until `shutdown` (inside the broker's runtime).
+    pub fn start(shutdown: CancellationToken) -> std::io::Result<FlowerRuntime> {
+        let listener =
+            std::net::TcpListener::bind(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)))?;
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let address = listener.local_addr()?;
+        let tasks: Arc<Tasks<ServerAppTask>> = Arc::new(Tasks::default());
+        tokio::spawn(flower_runtime::server::serve(
+            listener,
+            tasks.clone(),
+            shutdown,
+        ));
+        Ok(FlowerRuntime { tasks, address })
+    }
+}
+
+/// `given`, or `flwr-serverapp` on `PATH`.
+pub fn find_program(given: Option<&Path>) -> Result<PathBuf, String> {
+    const HINT: &str = "install Flower's runtime where the SuperLink runs (pip install \
+        'flwr==1.42.*', then start flower-superlink with that environment's bin on PATH), or \
+        give --flwr-serverapp PATH";
+    if let Some(program) = given {
+        return if program.is_file() {
+            Ok(program.to_path_buf())
+        } else {
+            Err(format!(
+                "--flwr-serverapp {} does not exist: {HINT}",
+                program.display()
+            ))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(PROGRAM))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| format!("this SuperLink has no {PROGRAM} to run a Flower app: {HINT}"))
+}
+
+/// A run's Flower ServerApp.
+pub struct FlowerServerApp {
+    /// The broker.
+    pub shared: Arc<Shared>,
+    /// The run's FAB, checked.
+    pub bundle: Arc<Bundle>,
+    /// Cancelled when the run is stopped or the broker shuts down.
+    pub cancel: CancellationToken,
+    /// The broker's runtime.
+    pub handle: tokio::runtime::Handle,
+}
+
+impl ServerApp for FlowerServerApp {
+    fn run(&self, _grid: &dyn Grid, context: &ServerContext) -> Result<(), AppError> {
+        self.handle.block_on(self.supervise(context))
+    }
+}
+
+/// A task's token, withdrawn however the run ends.
+struct Admitted<'a> {
+    tasks: &'a Tasks<ServerAppTask>,
+    token: String,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.tasks.remove(&self.token);
+    }
+}
+
+impl FlowerServerApp {
+    fn input(&self, context: &ServerContext) -> Result<TaskInput, AppError> {
+        let fab = self.bundle.fab.as_ref().ok_or_else(|| {
+            AppError::new("the run's bundle names a Flower ServerApp but is no FAB")
+        })?;
+        let run_id = context.run_id.0;
+        let hash = self.bundle.hash.to_string();
+        // The app reads its run config from the FAB's defaults and these overrides: the run's
+        // config, which `flwr run` fused from the same defaults, so every key is one of them.
+        let override_config = context
+            .run_config
+            .iter()
+            .map(|(key, value)| (key.to_string(), scalar_of(value)))
+            .collect();
+        Ok(TaskInput {
+            task_id: rand::random(),
+            context: proto::Context {
+                run_id,
+                node_id: SERVER_NODE,
+                state: Some(proto::RecordDict::default()),
+                ..proto::Context::default()
+            },
+            run: proto::Run {
+                run_id,
+                fab_id: fab.fab_id.clone(),
+                fab_version: fab.version.clone(),
+                fab_hash: hash.clone(),
+                override_config,
+                ..proto::Run::default()
+            },
+            fab: proto::Fab {
+                hash_str: hash,
+                content: fab.archive.clone(),
+                ..proto::Fab::default()
+            },
+        })
+    }
+
+    async fn supervise(&self, context: &ServerContext) -> Result<(), AppError> {
+        let program =
+            find_program(self.shared.config.flwr_serverapp.as_deref()).map_err(AppError::new)?;
+        // The app's instructions are sent with a grid of their own, whose sends end when the app
+        // does (or the run is stopped), so none outlives it waiting for a reply.
+        let sends = self.cancel.child_token();
+        let _end_sends = sends.clone().drop_guard();
+        let grid = Arc::new(BrokerGrid::new(
+            self.shared.clone(),
+            context.run_id,
+            sends,
+            self.handle.clone(),
+        ));
+        let task = ServerAppTask::new(
+            self.input(context)?,
+            Arc::new(BrokerFederation { grid }),
+            MAX_PUSHED_BYTES,
+        );
+        let runtime = &self.shared.flower;
+        let admitted = Admitted {
+            tasks: &runtime.tasks,
+            token: runtime.tasks.admit(task.clone()),
+        };
+        let mut command = tokio::process::Command::new(&program);
+        command
+            .arg("--runtime-api-address")
+            .arg(runtime.address.to_string())
+            .arg("--token")
+            .arg(&admitted.token)
+            .arg("--insecure")
+            .arg("--parent-pid")
+            .arg(std::process::id().to_string())
+            .env("FLWR_HOME", self.shared.config.apps_dir.join("flwr-home"));
+        if std::env::var_os("FLWR_TELEMETRY_ENABLED").is_none() {
+            command.env("FLWR_TELEMETRY_ENABLED", "0");
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| AppError::new(format!("cannot start {}: {e}", program.display())))?;
+        let _group = ops::process::ProcessGroup::of(child.id());
+        let tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
+        let stderr = child
+            .stderr
+            .take()
+            .map(|stderr| tokio::spawn(keep_stderr(stderr, tail.clone())));
+        let outcome = tokio::select! {
+            outcome = task.finished() => outcome,
+            status = child.wait() => match tokio::time::timeout(OUTPUT_GRACE, task.finished()).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    task.abandon();
+                    if let Some(stderr) = stderr {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), stderr).await;
+                    }
+                    return Err(AppError::new(format!(
+                        "flwr-serverapp {} without reporting how the app ended{}",
+                        ops::process::describe_exit(status),
+                        last_words(&tail)
+                    )));
+                }
+            },
+            _ = self.cancel.cancelled() => {
+                task.abandon();
+                return Err(AppError::new("the run was stopped"));
+            }
+        };
+        if tokio::time::timeout(EXIT_GRACE, child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+        match outcome {
+            ServerOutcome {
+                sub_status: Some(status),
+                ..
+            } if status == "completed" => Ok(()),
+            ServerOutcome {
+                sub_status,
+                details,
+            } => Err(AppError::new(format!(
+                "the Flower ServerApp {}: {}",
+                sub_status.as_deref().unwrap_or("ended"),
+                wire::text::sanitize(&details, 4096)
+            ))),
+        }
+    }
+}
+
+/// Logs the app's stderr as the broker's own, keeping the last lines.
+async fn keep_stderr(stderr: tokio::process::ChildStderr, tail: Arc<Mutex<VecDeque<String>>>) {
+    ops::process::for_each_line(stderr, 4096, |line| {
+        let line = wire::text::sanitize(&line, 512);
+        tracing::info!(target: "serverapp", "{line}");
+        let mut kept = tail.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() == STDERR_TAIL {
+            kept.pop_front();
+        }
+        kept.push_back(line);
+    })
+    .await;
+}
+
+fn last_words(tail: &Mutex<VecDeque<String>>) -> String {
+    let lines = tail.lock().unwrap_or_else(|p| p.into_inner());
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; its last words: {}",
+            lines.iter().cloned().collect::<Vec<_>>().join(" | ")
+        )
+    }
+}
+
+/// The run's federation, as the Flower ServerApp's task uses it.
+struct BrokerFederation {
+    grid: Arc<BrokerGrid>,
+}
+
+/// Flower's message type as this project's; `None` for one its nodes do not take.
+fn message_type(name: &str) -> Option<MessageType> {
+    match name {
+        "train" => Some(MessageType::Train),
+        "evaluate" => Some(MessageType::Evaluate),
+        "query" => Some(MessageType::Query),
+        _ => None,
+    }
+}
+
+impl Federation for BrokerFederation {
+    fn node_ids(&self) -> Result<Vec<u64>, String> {
+        self.grid
+            .node_ids()
+            .map(|ids| ids.into_iter().map(|id| id.0).collect())
+            .map_err(|e| e.to_string())
+    }
+
+    fn send(&self, task: Arc<ServerAppTask>, instructions: Vec<Outgoing>) {
+        // Replies are matched to instructions by the node they come from, so each send holds
+        // at most one instruction per node; a second one to the same node goes in another.
+        let mut groups: Vec<(HashMap<NodeId, String>, Vec<Instruction>, Duration)> = Vec::new();
+        for outgoing in instructions {
+            let dst = NodeId(outgoing.dst_node_id);
+            let Some(message_type) = message_type(&outgoing.message_type) else {
+                let reason = format!(
+                    "message type {:?} is not one flower-rs nodes take (train, evaluate, query)",
+                    outgoing.message_type
+                );
+                task.deliver(
+                    &outgoing.flower_id,
+                    &refusal(dst, &outgoing.group_id, reason),
+                );
+                continue;
+            };
+            let ttl = Duration::try_from_secs_f64(outgoing.ttl)
+                .unwrap_or(MAX_TTL)
+                .min(MAX_TTL);
+            let group = match groups
+                .iter_mut()
+                .find(|(ids, _, _)| !ids.contains_key(&dst))
+            {
+                Some(group) => group,
+                None => {
+                    groups.push((HashMap::new(), Vec::new(), ttl));
+                    groups.last_mut().expect("just pushed")
+                }
+            };
+            group.0.insert(dst, outgoing.flower_id);
+            group.1.push(Instruction {
+                dst,
+                message_type,
+                group_id: outgoing.group_id,
+                content: outgoing.content,
+            });
+            group.2 = group.2.max(ttl);
+        }
+        for (ids, instructions, ttl) in groups {
+            let grid = self.grid.clone();
+            let task = task.clone();
+            tokio::task::spawn_blocking(move || {
+                let result = grid.send_and_fold(instructions, ttl, &mut |reply| {
+                    if let MessageBody::Error(error) = &reply.body {
+                        // The app may say nothing of it: the run's log does.
+                        grid.log(&format!(
+                            "node {} answered with an error: {}",
+                            reply.metadata.src_node_id, error.reason
+                        ));
+                    }
+                    if let Some(id) = ids.get(&reply.metadata.src_node_id) {
+                        task.deliver(id, &reply);
+                    }
+                });
+                if let Err(error) = result {
+                    tracing::debug!(%error, "a Flower ServerApp's send ended early");
+                }
+            });
+        }
+    }
+
+    fn log(&self, line: &str) {
+        self.grid.log(line);
+    }
+}
+
+/// An error reply from `node`, in place of one it was never sent.
+fn refusal(node: NodeId, group_id: &str, reason: String) -> Message {
+    Message {
+        metadata: wire::message::Metadata {
+            run_id: wire::RunId(0),
+            message_id: MessageId::random(),
+            src_node_id: node,
+            dst_node_id: NodeId::SERVER,
+            reply_to: None,
+            group_id: group_id.to_string(),
+            ttl_ms: 0,
+            message_type: MessageType::Query,
+            created_at_ms: now_ms(),
+        },
+        body: MessageBody::Error(MessageError {
+            code: ErrorCode::InvalidReply,
+            reason,
+        }),
+    }
+}

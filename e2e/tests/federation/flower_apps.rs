@@ -1,0 +1,123 @@
+//! Flower's own apps end to end: a Flower app directory (the echo app, a numpy-only Python app)
+//! built into its FAB as `flwr run` builds it, its ServerApp run by Flower's `flwr-serverapp`
+//! on the SuperLink and its ClientApp by Flower's `flwr-clientapp` on each node, all from the
+//! virtual environment `scripts/flower-venv` makes; the ServerApp's output is the run's log.
+
+use crate::runs::follow;
+use broker::config::{BrokerConfig, NodeAuth};
+use cli::app_config::AppConfig;
+use e2e::{Db, Federation, RunningNode, flower_program};
+use std::path::{Path, PathBuf};
+use wire::RunId;
+use wire::control::RunStatus;
+
+/// Doubles the arrays it is sent (times the run config's `factor`); its ServerApp runs one
+/// round of FedAvg from `[0, 1, 2, 3]` and prints the result.
+fn echo_app() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../flower-runtime/tests/fixtures/echo-app")
+}
+
+fn with_flower_serverapp(config: &mut BrokerConfig) {
+    config.flwr_serverapp = Some(flower_program("flwr-serverapp"));
+}
+
+/// Builds the app's FAB, offers it and starts a run with its config and `overrides`.
+async fn start_flower_app(federation: &Federation, dir: &Path, overrides: &[String]) -> RunId {
+    let config = AppConfig::load(dir).unwrap();
+    let app = config.app.as_ref().unwrap();
+    let run_config = cli::run_config::fuse(app, overrides).unwrap();
+    let fab = cli::fab::build(dir).unwrap();
+    let hash = model::bundle::hash_of(&fab.bytes);
+    let mut client = federation.operator().await.unwrap();
+    client
+        .offer_bundle(hash, &fab.bytes, Vec::new())
+        .await
+        .unwrap();
+    let run_id = client.start_bundled_run(hash, run_config).await.unwrap();
+    client.close().await;
+    run_id
+}
+
+async fn flower_nodes(federation: &Federation, count: usize) -> Vec<RunningNode> {
+    let mut nodes = Vec::new();
+    for _ in 0..count {
+        let mut settings = federation.node_settings(None);
+        settings.flwr_clientapp = Some(flower_program("flwr-clientapp"));
+        let mut node = RunningNode::start(settings);
+        node.online().await;
+        nodes.push(node);
+    }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flower_app_runs_on_flowers_own_serverapp_and_clientapps() {
+    let federation = Federation::start_tuned(
+        NodeAuth::Automatic,
+        false,
+        Db::Memory,
+        with_flower_serverapp,
+    )
+    .await;
+    let _nodes = flower_nodes(&federation, 2).await;
+    let run_id = start_flower_app(&federation, &echo_app(), &[]).await;
+    let (lines, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Completed, "{lines:#?}");
+    // Both nodes doubled [0, 1, 2, 3]; FedAvg averaged their replies.
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("final [0.0, 2.0, 4.0, 6.0]")),
+        "the ServerApp's output is in the run's log: {lines:#?}"
+    );
+
+    // The run config reaches the ClientApps: factor 3 triples.
+    let run_id = start_flower_app(&federation, &echo_app(), &["factor=3.0".into()]).await;
+    let (lines, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Completed, "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("final [0.0, 3.0, 6.0, 9.0]")),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clientapp_that_raises_puts_flowers_error_in_the_run_log() {
+    let federation = Federation::start_tuned(
+        NodeAuth::Automatic,
+        false,
+        Db::Memory,
+        with_flower_serverapp,
+    )
+    .await;
+    let _nodes = flower_nodes(&federation, 2).await;
+    // A factor that is no number: float("many") raises in the Python ClientApp.
+    let run_id = start_flower_app(&federation, &echo_app(), &["factor='many'".into()]).await;
+    let (lines, _) = follow(&federation, run_id).await;
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("CLIENT_APP_RAISED_EXCEPTION")
+                && line.contains("could not convert string to float")),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_superlink_without_flwr_serverapp_fails_the_run_saying_what_to_install() {
+    fn missing(config: &mut BrokerConfig) {
+        config.flwr_serverapp = Some("/nonexistent/flwr-serverapp".into());
+    }
+    let federation = Federation::start_tuned(NodeAuth::Automatic, false, Db::Memory, missing).await;
+    let run_id = start_flower_app(&federation, &echo_app(), &[]).await;
+    let (lines, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Failed, "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("pip install 'flwr==1.42.*'")),
+        "{lines:#?}"
+    );
+}

@@ -1,0 +1,643 @@
+//! One run's `flwr-serverapp` task, served as Flower's SuperLink serves it: the app pulls its
+//! input (context with node id 1, the run, the FAB), lists the federation's nodes, pushes
+//! instructions and their objects, pulls the replies by instruction id and their objects,
+//! confirms them, pushes its log output, and finally its output status.
+//!
+//! The daemon's side is a [`Federation`]: the nodes online, sending instructions (each reply is
+//! handed back with [`ServerAppTask::deliver`]) and the run's log. An instruction is sent once
+//! every object of its tree has arrived and it has been read back, ids, metadata and sizes
+//! checked; instructions pushed together that share their records (a strategy sends one model
+//! to every node) share one copy of them.
+
+use crate::messages::{body_to_objects, code};
+use crate::objects::{Body, ObjectError, deflate, inflate, is_object_id, object_id};
+use crate::proto;
+use crate::server::{ApiError, Endpoint};
+use crate::task::{Task, TaskInput, collect_ids, decode, encode};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use tokio::sync::watch;
+use wire::{Message, RecordDict};
+
+/// The server app's node id, which every instruction it sends carries as its source.
+pub const SERVER_NODE: u64 = 1;
+
+/// Longest log line kept; a longer one is cut.
+const MAX_LOG_LINE: usize = 4096;
+
+/// Most instructions in flight at once.
+const MAX_OUTSTANDING: usize = 1 << 20;
+
+/// An instruction, read back whole and checked, for the federation to send.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Its id on Flower's side (its tree's root), which its reply is delivered under.
+    pub flower_id: String,
+    /// The destination node.
+    pub dst_node_id: u64,
+    /// Flower's message type (`train`, `evaluate`, `query`, ...).
+    pub message_type: String,
+    /// The round.
+    pub group_id: String,
+    /// Its time to live, in seconds.
+    pub ttl: f64,
+    /// The records; instructions pushed together with equal records share them.
+    pub content: Arc<RecordDict>,
+}
+
+/// What the run's federation does for its server app.
+pub trait Federation: Send + Sync + 'static {
+    /// The ids of the nodes online now.
+    fn node_ids(&self) -> Result<Vec<u64>, String>;
+
+    /// Sends `instructions`; each reply (or the error in place of one) is handed to
+    /// `task.deliver` under the instruction's Flower id.
+    fn send(&self, task: Arc<ServerAppTask>, instructions: Vec<Outgoing>);
+
+    /// Appends a line of the app's output to the run's log.
+    fn log(&self, line: &str);
+}
+
+/// How the app ended, as it reported it (or did not).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ServerOutcome {
+    /// `completed` or `failed`; `None` if it never said.
+    pub sub_status: Option<String>,
+    /// Its failure text, if any.
+    pub details: String,
+}
+
+/// An instruction whose objects are still arriving.
+struct Pushing {
+    metadata: proto::Metadata,
+    /// Its objects not here yet.
+    missing: HashSet<String>,
+    /// The id of its records' object (instructions with the same one share their records).
+    content_id: Option<String>,
+}
+
+/// A reply handed to the app, until it confirms it.
+struct HandedOut {
+    objects: Vec<String>,
+}
+
+#[derive(Default)]
+struct State {
+    started: bool,
+    finished: bool,
+    /// Instructions being pushed, by Flower id.
+    pushing: HashMap<String, Pushing>,
+    /// The objects each push session may still bring.
+    sessions: HashMap<String, HashSet<String>>,
+    /// Objects pushed, kept while an instruction still being pushed may need them.
+    pushed: HashMap<String, Vec<u8>>,
+    pushed_bytes: u64,
+    /// Records already read back, by their object's id, for instructions that share them.
+    contents: HashMap<String, Arc<RecordDict>>,
+    /// Instructions sent and not yet answered, with their message type.
+    outstanding: HashMap<String, String>,
+    /// Replies ready to be pulled, by instruction id.
+    ready: HashMap<String, (proto::Message, proto::ObjectTree)>,
+    /// Objects of replies, with how many unconfirmed replies hold each.
+    reply_objects: HashMap<String, (Vec<u8>, usize)>,
+    /// Replies pulled and not yet confirmed, by reply id.
+    handed_out: HashMap<String, HandedOut>,
+    /// Output after its last newline.
+    partial_log: String,
+    outcome: Option<ServerOutcome>,
+}
+
+/// One run's `flwr-serverapp` task.
+pub struct ServerAppTask {
+    me: Weak<ServerAppTask>,
+    input: TaskInput,
+    federation: Arc<dyn Federation>,
+    /// Most bytes of objects held for instructions being pushed.
+    max_pushed_bytes: u64,
+    state: Mutex<State>,
+    finished: watch::Sender<bool>,
+}
+
+impl ServerAppTask {
+    /// A task that hands the app `input`, sends its instructions through `federation`, and holds
+    /// at most `max_pushed_bytes` of objects for instructions being pushed.
+    pub fn new(
+        input: TaskInput,
+        federation: Arc<dyn Federation>,
+        max_pushed_bytes: u64,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| ServerAppTask {
+            me: me.clone(),
+            input,
+            federation,
+            max_pushed_bytes,
+            state: Mutex::default(),
+            finished: watch::channel(false).0,
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits until the app has sent its output (or [`ServerAppTask::abandon`] was called), then
+    /// takes how it ended.
+    pub async fn finished(&self) -> ServerOutcome {
+        let mut finished = self.finished.subscribe();
+        let _ = finished.wait_for(|done| *done).await;
+        self.state().outcome.take().unwrap_or_default()
+    }
+
+    /// Ends the task from the daemon's side: its token stops working.
+    pub fn abandon(&self) -> ServerOutcome {
+        let outcome = {
+            let mut state = self.state();
+            self.finish(&mut state, ServerOutcome::default());
+            state.outcome.take().unwrap_or_default()
+        };
+        self.finished.send_replace(true);
+        outcome
+    }
+
+    fn finish(&self, state: &mut State, outcome: ServerOutcome) {
+        if state.finished {
+            return;
+        }
+        let rest = std::mem::take(&mut state.partial_log);
+        if !rest.is_empty() {
+            self.federation.log(&rest);
+        }
+        *state = State {
+            finished: true,
+            outcome: Some(outcome),
+            ..State::default()
+        };
+    }
+
+    /// Hands the app the reply to its instruction `flower_id`: a node's, or the error the
+    /// federation answered in its place.
+    pub fn deliver(&self, flower_id: &str, reply: &Message) {
+        let mut state = self.state();
+        let Some(message_type) = state.outstanding.remove(flower_id) else {
+            return;
+        };
+        let metadata = proto::Metadata {
+            run_id: self.input.run.run_id,
+            src_node_id: reply.metadata.src_node_id.0,
+            dst_node_id: SERVER_NODE,
+            reply_to_message_id: flower_id.to_string(),
+            group_id: reply.metadata.group_id.clone(),
+            ttl: reply.metadata.ttl_ms as f64 / 1000.0,
+            message_type,
+            created_at: reply.metadata.created_at_ms as f64 / 1000.0,
+            ..proto::Metadata::default()
+        };
+        Self::make_ready(
+            &mut state,
+            flower_id,
+            metadata,
+            &body_to_objects(&reply.body),
+        );
+    }
+
+    /// Answers instruction `flower_id` in place of a node, as Flower's SuperLink answers one it
+    /// cannot deliver: from node 1 to node 1, type `system`.
+    fn answer_in_place(state: &mut State, run_id: u64, flower_id: &str, error: proto::Error) {
+        let metadata = proto::Metadata {
+            run_id,
+            src_node_id: SERVER_NODE,
+            dst_node_id: SERVER_NODE,
+            reply_to_message_id: flower_id.to_string(),
+            message_type: "system".into(),
+            created_at: wire::message::now_ms() as f64 / 1000.0,
+            ..proto::Metadata::default()
+        };
+        Self::make_ready(state, flower_id, metadata, &Body::Error(error));
+    }
+
+    /// Makes the reply `metadata` + `body` to `flower_id` ready to pull, its objects kept until
+    /// it is confirmed.
+    fn make_ready(state: &mut State, flower_id: &str, metadata: proto::Metadata, body: &Body) {
+        let deflated = deflate(&metadata, body).or_else(|error| {
+            let reason = format!("the reply cannot be given to a Flower app: {error}");
+            let error = proto::Error {
+                code: code::UNKNOWN,
+                reason,
+            };
+            deflate(&metadata, &Body::Error(error))
+        });
+        let Ok(deflated) = deflated else {
+            return;
+        };
+        let mut metadata = metadata;
+        metadata.message_id = deflated.tree.object_id.clone();
+        for object in deflated.objects {
+            state
+                .reply_objects
+                .entry(object.id)
+                .or_insert_with(|| (object.bytes, 0))
+                .1 += 1;
+        }
+        let message = proto::Message {
+            metadata: Some(metadata),
+            content: Some(proto::RecordDict::default()),
+            error: None,
+        };
+        state
+            .ready
+            .insert(flower_id.to_string(), (message, deflated.tree));
+    }
+
+    fn push_messages(
+        &self,
+        state: &mut State,
+        request: proto::PushAppMessagesRequest,
+    ) -> Result<(Vec<u8>, Vec<Outgoing>), ApiError> {
+        if request.messages_list.len() != request.message_object_trees.len() {
+            return Err(ApiError::new(
+                400,
+                3013,
+                "Messages and object trees do not pair up.",
+            ));
+        }
+        if state.outstanding.len() + state.pushing.len() + request.messages_list.len()
+            > MAX_OUTSTANDING
+        {
+            return Err(ApiError::new(503, 3013, "Too many instructions in flight."));
+        }
+        let session: [u8; 16] = rand::random();
+        let session: String = session.iter().map(|b| format!("{b:02x}")).collect();
+        let mut message_ids = Vec::with_capacity(request.messages_list.len());
+        let mut to_push: Vec<String> = Vec::new();
+        let mut asked: HashSet<String> = HashSet::new();
+        let mut complete = Vec::new();
+        for (message, tree) in request
+            .messages_list
+            .into_iter()
+            .zip(request.message_object_trees)
+        {
+            let Some(metadata) = self.valid_instruction(&message, &tree) else {
+                message_ids.push(String::new());
+                continue;
+            };
+            let id = tree.object_id.clone();
+            if state.pushing.contains_key(&id) || state.outstanding.contains_key(&id) {
+                // The same instruction again (a retry): it is on its way already.
+                message_ids.push(id);
+                continue;
+            }
+            let mut ids = HashSet::new();
+            collect_ids(&tree, &mut ids)?;
+            let missing: HashSet<String> = ids
+                .into_iter()
+                .filter(|id| !state.pushed.contains_key(id))
+                .collect();
+            for object in &missing {
+                if asked.insert(object.clone()) {
+                    to_push.push(object.clone());
+                }
+            }
+            let content_id = tree.children.first().map(|child| child.object_id.clone());
+            let pushing = Pushing {
+                metadata,
+                missing,
+                content_id,
+            };
+            if pushing.missing.is_empty() {
+                complete.push((id.clone(), pushing));
+            } else {
+                state.pushing.insert(id.clone(), pushing);
+            }
+            message_ids.push(id);
+        }
+        if !asked.is_empty() {
+            state.sessions.insert(session.clone(), asked);
+        }
+        let outgoing = complete
+            .into_iter()
+            .filter_map(|(id, pushing)| self.read_back(state, id, pushing))
+            .collect();
+        let response = proto::PushAppMessagesResponse {
+            message_ids,
+            objects_to_push: to_push,
+            session_id: session,
+        };
+        Ok((encode(&response), outgoing))
+    }
+
+    /// The instruction's metadata, if it is one this run's server app may send: its own run,
+    /// from node 1 to another node, no reply, a type, a positive time to live, and its tree's
+    /// root as its id.
+    fn valid_instruction(
+        &self,
+        message: &proto::Message,
+        tree: &proto::ObjectTree,
+    ) -> Option<proto::Metadata> {
+        let metadata = message.metadata.as_ref()?;
+        let valid = metadata.run_id == self.input.run.run_id
+            && metadata.src_node_id == SERVER_NODE
+            && metadata.dst_node_id != 0
+            && metadata.dst_node_id != SERVER_NODE
+            && metadata.reply_to_message_id.is_empty()
+            && !metadata.message_type.is_empty()
+            && metadata.ttl.is_finite()
+            && metadata.ttl > 0.0
+            && is_object_id(&tree.object_id)
+            && metadata.message_id == tree.object_id;
+        valid.then(|| metadata.clone())
+    }
+
+    /// Reads instruction `id` back from the pushed objects; one that does not read back as
+    /// pushed is answered with an error at once.
+    fn read_back(&self, state: &mut State, id: String, pushing: Pushing) -> Option<Outgoing> {
+        match Self::records_of(state, &id, &pushing, self.max_pushed_bytes) {
+            Ok(content) => {
+                state
+                    .outstanding
+                    .insert(id.clone(), pushing.metadata.message_type.clone());
+                Some(Outgoing {
+                    flower_id: id,
+                    dst_node_id: pushing.metadata.dst_node_id,
+                    message_type: pushing.metadata.message_type,
+                    group_id: pushing.metadata.group_id,
+                    ttl: pushing.metadata.ttl,
+                    content,
+                })
+            }
+            Err(error) => {
+                tracing::warn!(%error, "a Flower ServerApp pushed an unreadable instruction");
+                let error = proto::Error {
+                    code: code::MESSAGE_UNAVAILABLE,
+                    reason: format!("the instruction could not be read: {error}"),
+                };
+                Self::answer_in_place(state, self.input.run.run_id, &id, error);
+                None
+            }
+        }
+    }
+
+    /// The records of instruction `id`, checked: its metadata is the one pushed, it carries
+    /// records, and they are within `max_bytes`.
+    fn records_of(
+        state: &mut State,
+        id: &str,
+        pushing: &Pushing,
+        max_bytes: u64,
+    ) -> Result<Arc<RecordDict>, ObjectError> {
+        let malformed = |why: &str| ObjectError::Malformed {
+            id: id.to_string(),
+            why: why.into(),
+        };
+        let inflated = inflate(id, &state.pushed, max_bytes)?;
+        let mut read = inflated.metadata;
+        read.message_id = id.to_string();
+        if read != pushing.metadata {
+            return Err(malformed(
+                "its metadata differs from that of the message pushed",
+            ));
+        }
+        let Body::Content(records) = inflated.body else {
+            return Err(malformed("an instruction carries an error, not records"));
+        };
+        Ok(match &pushing.content_id {
+            Some(content_id) => state
+                .contents
+                .entry(content_id.clone())
+                .or_insert_with(|| Arc::new(records))
+                .clone(),
+            None => Arc::new(records),
+        })
+    }
+
+    /// Stores one pushed object; instructions it completes are read back and returned to send.
+    fn push_object(
+        &self,
+        state: &mut State,
+        request: proto::PushObjectRequest,
+    ) -> (bool, Vec<Outgoing>) {
+        let id = request.object_id;
+        if state.pushed.contains_key(&id) {
+            // A retry after a lost response: the same bytes, already kept.
+            return (object_id(&request.object_content) == id, Vec::new());
+        }
+        let asked = state
+            .sessions
+            .get(&request.session_id)
+            .is_some_and(|ids| ids.contains(&id));
+        if !asked || object_id(&request.object_content) != id {
+            return (false, Vec::new());
+        }
+        let bytes = state
+            .pushed_bytes
+            .saturating_add(request.object_content.len() as u64);
+        if bytes > self.max_pushed_bytes {
+            return (false, Vec::new());
+        }
+        state.pushed_bytes = bytes;
+        if let Some(ids) = state.sessions.get_mut(&request.session_id) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                state.sessions.remove(&request.session_id);
+            }
+        }
+        state.pushed.insert(id.clone(), request.object_content);
+        let done: Vec<String> = state
+            .pushing
+            .iter_mut()
+            .filter_map(|(message, pushing)| {
+                (pushing.missing.remove(&id) && pushing.missing.is_empty()).then(|| message.clone())
+            })
+            .collect();
+        let mut outgoing = Vec::new();
+        for message in done {
+            if let Some(pushing) = state.pushing.remove(&message)
+                && let Some(instruction) = self.read_back(state, message, pushing)
+            {
+                outgoing.push(instruction);
+            }
+        }
+        if state.pushing.is_empty() {
+            // Nothing left that could need them: sent instructions hold their own records.
+            state.pushed = HashMap::new();
+            state.pushed_bytes = 0;
+            state.contents = HashMap::new();
+        }
+        (true, outgoing)
+    }
+
+    fn pull_messages(
+        &self,
+        state: &mut State,
+        request: &proto::PullAppMessagesRequest,
+    ) -> proto::PullAppMessagesResponse {
+        let mut response = proto::PullAppMessagesResponse::default();
+        for id in &request.message_ids {
+            let Some((message, tree)) = state.ready.remove(id) else {
+                continue;
+            };
+            let mut objects = HashSet::new();
+            // The tree was made here: its ids are object ids.
+            let _ = collect_ids(&tree, &mut objects);
+            let reply_id = tree.object_id.clone();
+            state.handed_out.insert(
+                reply_id,
+                HandedOut {
+                    objects: objects.into_iter().collect(),
+                },
+            );
+            response.messages_list.push(message);
+            response.message_object_trees.push(tree);
+        }
+        response
+    }
+
+    fn confirm(&self, state: &mut State, reply_id: &str) {
+        let Some(handed_out) = state.handed_out.remove(reply_id) else {
+            return;
+        };
+        for object in handed_out.objects {
+            if let Some((_, holders)) = state.reply_objects.get_mut(&object) {
+                *holders -= 1;
+                if *holders == 0 {
+                    state.reply_objects.remove(&object);
+                }
+            }
+        }
+    }
+
+    fn push_logs(&self, state: &mut State, fragments: Vec<String>) {
+        for fragment in fragments {
+            state.partial_log.push_str(&fragment);
+        }
+        while let Some(end) = state.partial_log.find('\n') {
+            let line: String = state.partial_log.drain(..=end).collect();
+            self.federation
+                .log(&wire::text::sanitize(line.trim_end(), MAX_LOG_LINE));
+        }
+        if state.partial_log.len() > MAX_LOG_LINE {
+            let line = std::mem::take(&mut state.partial_log);
+            self.federation
+                .log(&wire::text::sanitize(&line, MAX_LOG_LINE));
+        }
+    }
+
+    fn node_infos(&self) -> Result<Vec<u8>, ApiError> {
+        let ids = self
+            .federation
+            .node_ids()
+            .map_err(|e| ApiError::new(503, 3000, e))?;
+        let nodes = ids
+            .into_iter()
+            .map(|node_id| proto::NodeInfo {
+                node_id,
+                status: "online".into(),
+                ..proto::NodeInfo::default()
+            })
+            .collect();
+        Ok(encode(&proto::GetNodesResponse { nodes }))
+    }
+}
+
+impl Task for ServerAppTask {
+    fn is_live(&self) -> bool {
+        !self.state().finished
+    }
+
+    fn answer(&self, endpoint: Endpoint, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+        let mut state = self.state();
+        if state.finished {
+            return Err(ApiError::invalid_token());
+        }
+        match endpoint {
+            Endpoint::PushTaskOutput => {
+                let request = decode::<proto::PushTaskOutputRequest>(body)?;
+                self.finish(
+                    &mut state,
+                    ServerOutcome {
+                        sub_status: Some(request.sub_status),
+                        details: request.details,
+                    },
+                );
+                drop(state);
+                self.finished.send_replace(true);
+                Ok(encode(&proto::PushTaskOutputResponse {}))
+            }
+            Endpoint::SendTaskHeartbeat => {
+                Ok(encode(&proto::SendTaskHeartbeatResponse { success: true }))
+            }
+            Endpoint::PullTaskInput => {
+                if state.started {
+                    return Err(ApiError::new(412, 3002, "The task has already started."));
+                }
+                state.started = true;
+                let input = &self.input;
+                Ok(encode(&proto::PullTaskInputResponse {
+                    context: Some(input.context.clone()),
+                    run: Some(input.run.clone()),
+                    fab: Some(input.fab.clone()),
+                    task_id: input.task_id,
+                }))
+            }
+            _ if !state.started => Err(ApiError::new(
+                412,
+                3002,
+                "The task has not pulled its input yet.",
+            )),
+            Endpoint::GetNodes => {
+                drop(state);
+                self.node_infos()
+            }
+            Endpoint::PushLogs => {
+                let request = decode::<proto::PushLogsRequest>(body)?;
+                self.push_logs(&mut state, request.logs);
+                Ok(encode(&proto::PushLogsResponse {}))
+            }
+            Endpoint::PushMessages => {
+                let request = decode::<proto::PushAppMessagesRequest>(body)?;
+                let (response, outgoing) = self.push_messages(&mut state, request)?;
+                drop(state);
+                self.send(outgoing);
+                Ok(response)
+            }
+            Endpoint::PushObject => {
+                let request = decode::<proto::PushObjectRequest>(body)?;
+                let (stored, outgoing) = self.push_object(&mut state, request);
+                drop(state);
+                self.send(outgoing);
+                Ok(encode(&proto::PushObjectResponse { stored }))
+            }
+            Endpoint::PullMessages => {
+                let request = decode::<proto::PullAppMessagesRequest>(body)?;
+                Ok(encode(&self.pull_messages(&mut state, &request)))
+            }
+            Endpoint::PullObject => {
+                let request = decode::<proto::PullObjectRequest>(body)?;
+                let found = state.reply_objects.get(&request.object_id);
+                Ok(encode(&proto::PullObjectResponse {
+                    object_found: found.is_some(),
+                    object_available: found.is_some(),
+                    object_content: found.map(|(bytes, _)| bytes.clone()).unwrap_or_default(),
+                }))
+            }
+            Endpoint::ConfirmMessageReceived => {
+                let request = decode::<proto::ConfirmMessageReceivedRequest>(body)?;
+                self.confirm(&mut state, &request.message_object_id);
+                Ok(encode(&proto::ConfirmMessageReceivedResponse {}))
+            }
+        }
+    }
+}
+
+impl ServerAppTask {
+    /// Hands instructions read back to the federation, outside the lock.
+    fn send(&self, outgoing: Vec<Outgoing>) {
+        if outgoing.is_empty() {
+            return;
+        }
+        if let Some(me) = self.me.upgrade() {
+            self.federation.send(me, outgoing);
+        }
+    }
+}
