@@ -275,6 +275,7 @@ pub fn node_settings(fleet: SocketAddr, trust: ServerTrust, key: Option<&Path>) 
         apps_dir: std::env::temp_dir().join("flwr-rs-test-apps"),
         trusted_apps: None,
         flwr_clientapp: None,
+        native_clientapps: Default::default(),
     }
 }
 

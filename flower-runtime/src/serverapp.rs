@@ -509,7 +509,7 @@ impl ServerAppTask {
 
     fn push_logs(&self, state: &mut State, fragments: Vec<String>) {
         for fragment in fragments {
-            state.partial_log.push_str(&fragment);
+            state.partial_log.push_str(&without_colours(&fragment));
         }
         while let Some(end) = state.partial_log.find('\n') {
             let line: String = state.partial_log.drain(..=end).collect();
@@ -639,5 +639,43 @@ impl ServerAppTask {
         if let Some(me) = self.me.upgrade() {
             self.federation.send(me, outgoing);
         }
+    }
+}
+
+/// `text` without terminal escape sequences (Flower colours its log levels): the run's log is
+/// read with `flwr log`, in files and as JSON, where they are noise.
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        // ESC [ parameters... final byte (0x40 to 0x7e); any other escape is dropped alone.
+        let mut rest = chars.clone();
+        if rest.next() == Some('[') {
+            for c in rest.by_ref() {
+                if ('\u{40}'..='\u{7e}').contains(&c) {
+                    break;
+                }
+            }
+            chars = rest;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_colours;
+
+    #[test]
+    fn colours_are_dropped_from_log_lines() {
+        assert_eq!(
+            without_colours("\u{1b}[92mINFO \u{1b}[0m:      [ROUND 1/1]"),
+            "INFO :      [ROUND 1/1]"
+        );
+        assert_eq!(without_colours("plain \u{1b}x"), "plain x");
     }
 }

@@ -96,7 +96,8 @@ pub async fn run(
     shutdown: CancellationToken,
     state: watch::Sender<NodeState>,
 ) -> Result<(), NodeError> {
-    let mut worker = crate::work::Worker::new(apps, settings.node_config.clone());
+    let mut worker = crate::work::Worker::new(apps, settings.node_config.clone())
+        .native_clientapps(settings.native_clientapps.clone());
     let launch = match &settings.isolation {
         Isolation::InProcess => None,
         Isolation::Subprocess { program, args } => Some(Launch::Child(

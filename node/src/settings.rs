@@ -63,6 +63,11 @@ pub struct Args {
     /// of Flower apps (FABs) [default: `flwr-clientapp` on PATH, other than this project's own].
     #[arg(long, value_name = "FILE")]
     pub flwr_clientapp: Option<PathBuf>,
+    /// Answer a Flower app's instructions with a native client app of the same model instead of
+    /// its Python ClientApp: `PUBLISHER/NAME=APP` (the FAB's id, then a built-in app's name).
+    /// Repeatable.
+    #[arg(long = "native-clientapp", value_name = "FAB_ID=APP")]
+    pub native_clientapps: Vec<String>,
     /// Where fetched app bundles are unpacked, one directory per bundle hash [default:
     /// $FLWR_HOME/apps, else ~/.flwr/apps]. Nodes on one host may share it.
     #[arg(long, value_name = "DIR")]
@@ -150,6 +155,8 @@ pub struct NodeSettings {
     pub trusted_apps: Option<crate::trust::TrustedApps>,
     /// `--flwr-clientapp`, checked to exist.
     pub flwr_clientapp: Option<PathBuf>,
+    /// `--native-clientapp`: the built-in client app that answers each Flower app, by FAB id.
+    pub native_clientapps: std::collections::BTreeMap<String, String>,
 }
 
 impl Args {
@@ -208,6 +215,11 @@ impl Args {
         if let Some(program) = &self.flwr_clientapp {
             crate::flower::find_program(Some(program))?;
         }
+        let native_clientapps = self
+            .native_clientapps
+            .iter()
+            .map(|pair| native_clientapp(pair))
+            .collect::<Result<_, _>>()?;
         Ok(NodeSettings {
             superlink: self.superlink,
             trust,
@@ -223,11 +235,32 @@ impl Args {
             apps_dir,
             trusted_apps,
             flwr_clientapp: self.flwr_clientapp,
+            native_clientapps,
         })
     }
 }
 
 /// `$FLWR_HOME/apps`, else `~/.flwr/apps`, as Flower keeps installed apps.
+/// One `--native-clientapp FAB_ID=APP`.
+fn native_clientapp(pair: &str) -> Result<(String, String), String> {
+    let invalid = || {
+        format!(
+            "--native-clientapp {pair:?}: write the FAB's id and a built-in app's name, as in \
+             flwrlabs/my-app=fedavg-cnn"
+        )
+    };
+    let (fab_id, app) = pair.split_once('=').ok_or_else(invalid)?;
+    let (publisher, name) = fab_id.split_once('/').ok_or_else(invalid)?;
+    let valid = [publisher, name, app]
+        .iter()
+        .all(|part| model::bundle::is_app_name(part));
+    if valid {
+        Ok((fab_id.to_string(), app.to_string()))
+    } else {
+        Err(invalid())
+    }
+}
+
 fn default_apps_dir() -> Option<PathBuf> {
     let home = match std::env::var_os("FLWR_HOME") {
         Some(home) if !home.is_empty() => PathBuf::from(home),
@@ -290,6 +323,29 @@ mod tests {
                 args: vec!["--backend".into(), "cpu".into()]
             }
         );
+    }
+
+    #[test]
+    fn native_clientapps_name_a_fab_id_and_a_builtin_app() {
+        let settings = resolve(&[
+            "--isolation",
+            "in-process",
+            "--native-clientapp",
+            "flwrlabs/seedbench=fedavg-cnn",
+        ])
+        .unwrap();
+        assert_eq!(
+            settings
+                .native_clientapps
+                .get("flwrlabs/seedbench")
+                .map(String::as_str),
+            Some("fedavg-cnn")
+        );
+        for bad in ["seedbench=fedavg-cnn", "flwrlabs/seedbench", "a/b=../x"] {
+            let error =
+                resolve(&["--isolation", "in-process", "--native-clientapp", bad]).unwrap_err();
+            assert!(error.contains("--native-clientapp"), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::trust::TrustedApps;
 use model::app::ClientContext;
 use model::apps::ClientApps;
 use model::bundle::Component;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,6 +47,9 @@ pub struct Worker {
     programs: Option<Programs>,
     /// The apps this node agreed to run (`--trusted-apps`); `None`: whatever the SuperLink sends.
     trusted: Option<TrustedApps>,
+    /// Built-in client apps that answer Flower apps in place of their Python ClientApps, by FAB
+    /// id (`--native-clientapp`).
+    native: BTreeMap<String, String>,
 }
 
 /// What running app bundles' programs takes: the bundles, and the API their processes use.
@@ -87,7 +90,14 @@ impl Worker {
             isolated: None,
             programs: None,
             trusted: None,
+            native: BTreeMap::new(),
         }
+    }
+
+    /// Answers the Flower apps in `native` (by FAB id) with these built-in client apps.
+    pub fn native_clientapps(mut self, native: BTreeMap<String, String>) -> Self {
+        self.native = native;
+        self
     }
 
     /// Runs the programs of app bundles.
@@ -275,6 +285,15 @@ impl Worker {
                         format!("the app bundle {hash} names a Flower ClientApp but is no FAB"),
                     );
                 };
+                if let Some(native) = self.native.get(&fab.fab_id) {
+                    let header = InstructionHeader {
+                        app_name: native.clone(),
+                        ..header.clone()
+                    };
+                    return self
+                        .execute_builtin(node_id, &header, instruction, cancelled)
+                        .await;
+                }
                 let job = crate::flower::FlowerJob {
                     node_id,
                     node_config: &self.node_config,

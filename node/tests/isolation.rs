@@ -79,6 +79,7 @@ fn settings(federation: &Federation, node_config: &str, isolation: Isolation) ->
         apps_dir: std::env::temp_dir().join("flwr-rs-test-apps"),
         trusted_apps: None,
         flwr_clientapp: None,
+        native_clientapps: Default::default(),
     }
 }
 

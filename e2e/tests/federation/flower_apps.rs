@@ -121,3 +121,76 @@ async fn a_superlink_without_flwr_serverapp_fails_the_run_saying_what_to_install
         "{lines:#?}"
     );
 }
+
+/// The echo app's ClientApp in Rust: every array times the run config's `factor`.
+struct NativeEcho;
+
+impl model::app::ClientApp for NativeEcho {
+    fn handle(
+        &self,
+        message: &wire::Message,
+        context: &model::app::ClientContext,
+    ) -> Result<wire::RecordDict, model::app::AppError> {
+        use wire::records::{Array, ConfigValue, MetricValue, Record};
+        let fail = |why: &str| model::app::AppError::new(why.to_string());
+        let Some(ConfigValue::Float(factor)) = context.run_config.get("factor") else {
+            return Err(fail("no float factor in the run config"));
+        };
+        let wire::MessageBody::Content(content) = &message.body else {
+            return Err(fail("no content"));
+        };
+        let arrays = content.arrays("arrays").ok_or_else(|| fail("no arrays"))?;
+        let mut scaled = wire::ArrayRecord::new();
+        for (name, array) in arrays.iter() {
+            let values: Vec<f32> = array
+                .to_f32()
+                .ok_or_else(|| fail("not f32"))?
+                .iter()
+                .map(|v| v * *factor as f32)
+                .collect();
+            let array =
+                Array::from_f32(array.shape.clone(), &values).map_err(|e| fail(&e.to_string()))?;
+            scaled.insert(name, array);
+        }
+        // The metrics the Python ClientApp returns: Flower aggregates only replies whose metrics
+        // have the same keys.
+        let node = i64::try_from(context.node_id.0 % 1000).unwrap_or(0);
+        let metrics = wire::MetricRecord::new()
+            .with("num-examples", MetricValue::Int(1))
+            .with("node", MetricValue::Int(node));
+        Ok(wire::RecordDict::new()
+            .with("arrays", Record::Arrays(scaled))
+            .with("metrics", Record::Metrics(metrics)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_mixes_a_flower_clientapp_node_and_a_native_one() {
+    let federation = Federation::start_tuned(
+        NodeAuth::Automatic,
+        false,
+        Db::Memory,
+        with_flower_serverapp,
+    )
+    .await;
+    let mut nodes = flower_nodes(&federation, 1).await;
+    let mut settings = federation.node_settings(None);
+    settings
+        .native_clientapps
+        .insert("flower-rs/echo-app".into(), "native-echo".into());
+    let mut apps = model::apps::ClientApps::builtin();
+    apps.add("native-echo", std::sync::Arc::new(NativeEcho));
+    let mut native = RunningNode::start_with_apps(settings, apps);
+    native.online().await;
+    nodes.push(native);
+    let run_id = start_flower_app(&federation, &echo_app(), &["factor=3.0".into()]).await;
+    let (lines, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Completed, "{lines:#?}");
+    // Python and Rust both tripled [0, 1, 2, 3]: the mean of equal replies is the same.
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("final [0.0, 3.0, 6.0, 9.0]")),
+        "{lines:#?}"
+    );
+}
