@@ -4,6 +4,7 @@
 //! Flower's records and this project's. The broker and the node serve Flower's `flwr-serverapp`
 //! and `flwr-clientapp` with it; the core crates stay free of protobuf.
 
+pub mod launch;
 pub mod messages;
 pub mod npy;
 pub mod objects;

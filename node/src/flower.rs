@@ -243,26 +243,12 @@ impl FlowerClientApps {
         instruction: &Message,
         cancelled: &AtomicBool,
     ) -> Result<TaskOutcome, String> {
-        let mut command = tokio::process::Command::new(program);
-        command
-            .arg("--runtime-api-address")
-            .arg(self.address.to_string())
-            .arg("--token")
-            .arg(token)
-            .arg("--insecure")
-            .arg("--parent-pid")
-            .arg(std::process::id().to_string())
-            .env("FLWR_HOME", &self.home);
-        if std::env::var_os("FLWR_TELEMETRY_ENABLED").is_none() {
-            // Otherwise every process posts to Flower's telemetry server and waits for it.
-            command.env("FLWR_TELEMETRY_ENABLED", "0");
-        }
+        let (mut command, _token_file) =
+            flower_runtime::launch::app_command(program, self.address, token, &self.home)
+                .map_err(|e| format!("cannot write the task's token file: {e}"))?;
         let mut child = command
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
         let _group = ops::process::ProcessGroup::of(child.id());

@@ -180,25 +180,15 @@ impl FlowerServerApp {
             tasks: &runtime.tasks,
             token: runtime.tasks.admit(task.clone()),
         };
-        let mut command = tokio::process::Command::new(&program);
-        command
-            .arg("--runtime-api-address")
-            .arg(runtime.address.to_string())
-            .arg("--token")
-            .arg(&admitted.token)
-            .arg("--insecure")
-            .arg("--parent-pid")
-            .arg(std::process::id().to_string())
-            .env("FLWR_HOME", self.shared.config.apps_dir.join("flwr-home"));
-        if std::env::var_os("FLWR_TELEMETRY_ENABLED").is_none() {
-            command.env("FLWR_TELEMETRY_ENABLED", "0");
-        }
+        let home = self.shared.config.apps_dir.join("flwr-home");
+        let (mut command, _token_file) =
+            flower_runtime::launch::app_command(&program, runtime.address, &admitted.token, &home)
+                .map_err(|e| AppError::new(format!("cannot write the task's token file: {e}")))?;
+        // Flower's SuperLink sends the app's output nowhere: what it says reaches the run's log
+        // through push-logs. Stderr is kept to explain a crash before that starts.
         let mut child = command
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true)
             .spawn()
             .map_err(|e| AppError::new(format!("cannot start {}: {e}", program.display())))?;
         let _group = ops::process::ProcessGroup::of(child.id());

@@ -48,7 +48,7 @@ pub async fn start(target: &Target, overrides: &[String], stream: bool) -> Resul
     let shipped = if app.python_component.is_some() {
         let fab = crate::fab::build(&target.app)?;
         let hash = model::bundle::hash_of(&fab.bytes);
-        let what = format!("Flower app {} {} (FAB", fab.fab_id, fab.version);
+        let what = format!("Flower app {} {} (FAB, ", fab.fab_id, fab.version);
         Some(Shipped {
             hash,
             what,

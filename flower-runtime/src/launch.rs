@@ -1,0 +1,104 @@
+//! Starting Flower's app programs (`flwr-serverapp`, `flwr-clientapp`) for a task, as Flower's
+//! SuperExec starts them: the runtime API's address, the task's token, `--insecure` (the API
+//! is plain HTTP on loopback) and the daemon's pid, so the app exits when the daemon is gone.
+//!
+//! The token goes in a file only the daemon's user can read (`--token-file`), not on the command
+//! line, where every user of the host could read it in the process list; the file is removed
+//! when the task is over.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+/// A task's token in a private file, removed when dropped.
+#[derive(Debug)]
+pub struct TokenFile {
+    path: PathBuf,
+}
+
+impl TokenFile {
+    /// Writes `token` to a fresh file in `dir` (created private to this user).
+    pub fn write(dir: &Path, token: &str) -> std::io::Result<TokenFile> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let name: [u8; 16] = rand::random();
+        let name: String = name.iter().map(|b| format!("{b:02x}")).collect();
+        let path = dir.join(format!("{name}.token"));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        file.write_all(token.as_bytes())?;
+        Ok(TokenFile { path })
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TokenFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The command that starts `program` for the task holding `token`, against the runtime API at
+/// `address`, with `home` as its `FLWR_HOME` (where it installs FABs; the token file goes in
+/// `home/tokens`). The program starts in a process group of its own and is killed if the
+/// command's child is dropped; its output is the caller's to route.
+pub fn app_command(
+    program: &Path,
+    address: SocketAddr,
+    token: &str,
+    home: &Path,
+) -> std::io::Result<(tokio::process::Command, TokenFile)> {
+    let token_file = TokenFile::write(&home.join("tokens"), token)?;
+    let mut command = tokio::process::Command::new(program);
+    command
+        .arg("--runtime-api-address")
+        .arg(address.to_string())
+        .arg("--token-file")
+        .arg(token_file.path())
+        .arg("--insecure")
+        .arg("--parent-pid")
+        .arg(std::process::id().to_string())
+        .env("FLWR_HOME", home)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true);
+    if std::env::var_os("FLWR_TELEMETRY_ENABLED").is_none() {
+        // Otherwise every app process posts to Flower's telemetry server and waits for it.
+        command.env("FLWR_TELEMETRY_ENABLED", "0");
+    }
+    Ok((command, token_file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn a_token_file_is_private_and_goes_with_its_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = TokenFile::write(&dir.path().join("tokens"), "secret").unwrap();
+        let path = file.path().to_path_buf();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "secret");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let dir_mode = std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+        drop(file);
+        assert!(!path.exists());
+    }
+}
