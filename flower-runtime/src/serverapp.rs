@@ -16,6 +16,7 @@ use crate::server::{ApiError, Endpoint};
 use crate::task::{Task, TaskInput, collect_ids, decode, encode};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use wire::{Message, RecordDict};
 
@@ -27,6 +28,14 @@ const MAX_LOG_LINE: usize = 4096;
 
 /// Most instructions in flight at once.
 const MAX_OUTSTANDING: usize = 1 << 20;
+
+/// Most log lines taken from one push of the app's output; the rest are counted, not kept.
+const MAX_LOG_LINES_PER_PUSH: usize = 1000;
+
+/// Shortest and longest a reply waits to be pulled before it is dropped (its instruction's time
+/// to live, within these): an app that stopped waiting for it never will.
+const MIN_REPLY_WAIT: Duration = Duration::from_secs(60);
+const MAX_REPLY_WAIT: Duration = Duration::from_secs(12 * 60 * 60);
 
 /// An instruction, read back whole and checked, for the federation to send.
 #[derive(Debug, Clone)]
@@ -54,8 +63,8 @@ pub trait Federation: Send + Sync + 'static {
     /// `task.deliver` under the instruction's Flower id.
     fn send(&self, task: Arc<ServerAppTask>, instructions: Vec<Outgoing>);
 
-    /// Appends a line of the app's output to the run's log.
-    fn log(&self, line: &str);
+    /// Appends lines of the app's output to the run's log (called outside the task's lock).
+    fn log(&self, lines: Vec<String>);
 }
 
 /// How the app ended, as it reported it (or did not).
@@ -81,6 +90,22 @@ struct HandedOut {
     objects: Vec<String>,
 }
 
+/// An instruction sent and not yet answered.
+struct Outstanding {
+    message_type: String,
+    /// How long its reply may wait to be pulled.
+    reply_wait: Duration,
+}
+
+/// A reply waiting to be pulled.
+struct Ready {
+    message: proto::Message,
+    tree: proto::ObjectTree,
+    objects: Vec<String>,
+    /// When it is dropped unpulled.
+    expires: Instant,
+}
+
 #[derive(Default)]
 struct State {
     started: bool,
@@ -94,10 +119,10 @@ struct State {
     pushed_bytes: u64,
     /// Records already read back, by their object's id, for instructions that share them.
     contents: HashMap<String, Arc<RecordDict>>,
-    /// Instructions sent and not yet answered, with their message type.
-    outstanding: HashMap<String, String>,
+    /// Instructions sent and not yet answered.
+    outstanding: HashMap<String, Outstanding>,
     /// Replies ready to be pulled, by instruction id.
-    ready: HashMap<String, (proto::Message, proto::ObjectTree)>,
+    ready: HashMap<String, Ready>,
     /// Objects of replies, with how many unconfirmed replies hold each.
     reply_objects: HashMap<String, (Vec<u8>, usize)>,
     /// Replies pulled and not yet confirmed, by reply id.
@@ -152,35 +177,47 @@ impl ServerAppTask {
 
     /// Ends the task from the daemon's side: its token stops working.
     pub fn abandon(&self) -> ServerOutcome {
-        let outcome = {
+        let (outcome, rest) = {
             let mut state = self.state();
-            self.finish(&mut state, ServerOutcome::default());
-            state.outcome.take().unwrap_or_default()
+            let rest = Self::finish(&mut state, ServerOutcome::default());
+            (state.outcome.take().unwrap_or_default(), rest)
         };
+        self.log(rest);
         self.finished.send_replace(true);
         outcome
     }
 
-    fn finish(&self, state: &mut State, outcome: ServerOutcome) {
+    /// Ends the task with `outcome`, dropping everything it held; returns the app's last
+    /// unfinished log line, to be logged once the lock is released.
+    fn finish(state: &mut State, outcome: ServerOutcome) -> Vec<String> {
         if state.finished {
-            return;
+            return Vec::new();
         }
         let rest = std::mem::take(&mut state.partial_log);
-        if !rest.is_empty() {
-            self.federation.log(&rest);
-        }
         *state = State {
             finished: true,
             outcome: Some(outcome),
             ..State::default()
         };
+        let rest = wire::text::sanitize(rest.trim_end(), MAX_LOG_LINE);
+        if rest.trim().is_empty() {
+            Vec::new()
+        } else {
+            vec![rest]
+        }
+    }
+
+    fn log(&self, lines: Vec<String>) {
+        if !lines.is_empty() {
+            self.federation.log(lines);
+        }
     }
 
     /// Hands the app the reply to its instruction `flower_id`: a node's, or the error the
     /// federation answered in its place.
     pub fn deliver(&self, flower_id: &str, reply: &Message) {
         let mut state = self.state();
-        let Some(message_type) = state.outstanding.remove(flower_id) else {
+        let Some(outstanding) = state.outstanding.remove(flower_id) else {
             return;
         };
         let metadata = proto::Metadata {
@@ -190,7 +227,7 @@ impl ServerAppTask {
             reply_to_message_id: flower_id.to_string(),
             group_id: reply.metadata.group_id.clone(),
             ttl: reply.metadata.ttl_ms as f64 / 1000.0,
-            message_type,
+            message_type: outstanding.message_type,
             created_at: reply.metadata.created_at_ms as f64 / 1000.0,
             ..proto::Metadata::default()
         };
@@ -199,12 +236,19 @@ impl ServerAppTask {
             flower_id,
             metadata,
             &body_to_objects(&reply.body),
+            outstanding.reply_wait,
         );
     }
 
     /// Answers instruction `flower_id` in place of a node, as Flower's SuperLink answers one it
     /// cannot deliver: from node 1 to node 1, type `system`.
-    fn answer_in_place(state: &mut State, run_id: u64, flower_id: &str, error: proto::Error) {
+    fn answer_in_place(
+        state: &mut State,
+        run_id: u64,
+        flower_id: &str,
+        error: proto::Error,
+        reply_wait: Duration,
+    ) {
         let metadata = proto::Metadata {
             run_id,
             src_node_id: SERVER_NODE,
@@ -214,12 +258,18 @@ impl ServerAppTask {
             created_at: wire::message::now_ms() as f64 / 1000.0,
             ..proto::Metadata::default()
         };
-        Self::make_ready(state, flower_id, metadata, &Body::Error(error));
+        Self::make_ready(state, flower_id, metadata, &Body::Error(error), reply_wait);
     }
 
     /// Makes the reply `metadata` + `body` to `flower_id` ready to pull, its objects kept until
     /// it is confirmed.
-    fn make_ready(state: &mut State, flower_id: &str, metadata: proto::Metadata, body: &Body) {
+    fn make_ready(
+        state: &mut State,
+        flower_id: &str,
+        metadata: proto::Metadata,
+        body: &Body,
+        reply_wait: Duration,
+    ) {
         let deflated = deflate(&metadata, body).or_else(|error| {
             let reason = format!("the reply cannot be given to a Flower app: {error}");
             let error = proto::Error {
@@ -233,7 +283,9 @@ impl ServerAppTask {
         };
         let mut metadata = metadata;
         metadata.message_id = deflated.tree.object_id.clone();
+        let mut objects = Vec::with_capacity(deflated.objects.len());
         for object in deflated.objects {
+            objects.push(object.id.clone());
             state
                 .reply_objects
                 .entry(object.id)
@@ -245,9 +297,34 @@ impl ServerAppTask {
             content: Some(proto::RecordDict::default()),
             error: None,
         };
-        state
-            .ready
-            .insert(flower_id.to_string(), (message, deflated.tree));
+        let ready = Ready {
+            message,
+            tree: deflated.tree,
+            objects,
+            expires: Instant::now() + reply_wait,
+        };
+        if let Some(replaced) = state.ready.insert(flower_id.to_string(), ready) {
+            Self::release(state, replaced.objects);
+        }
+    }
+
+    /// Lets go of one reply's hold on each of `objects`.
+    fn release(state: &mut State, objects: Vec<String>) {
+        for object in objects {
+            if let Some((_, holders)) = state.reply_objects.get_mut(&object) {
+                *holders -= 1;
+                if *holders == 0 {
+                    state.reply_objects.remove(&object);
+                }
+            }
+        }
+    }
+
+    /// How long the reply to an instruction living `ttl` seconds may wait to be pulled.
+    fn reply_wait(ttl: f64) -> Duration {
+        Duration::try_from_secs_f64(ttl)
+            .unwrap_or(MAX_REPLY_WAIT)
+            .clamp(MIN_REPLY_WAIT, MAX_REPLY_WAIT)
     }
 
     fn push_messages(
@@ -267,39 +344,61 @@ impl ServerAppTask {
         {
             return Err(ApiError::new(503, 3013, "Too many instructions in flight."));
         }
-        let session: [u8; 16] = rand::random();
-        let session: String = session.iter().map(|b| format!("{b:02x}")).collect();
-        let mut message_ids = Vec::with_capacity(request.messages_list.len());
-        let mut to_push: Vec<String> = Vec::new();
-        let mut asked: HashSet<String> = HashSet::new();
-        let mut complete = Vec::new();
+        // Every tree is read before anything changes: a request refused halfway leaves nothing
+        // behind.
+        let mut checked = Vec::with_capacity(request.messages_list.len());
         for (message, tree) in request
             .messages_list
-            .into_iter()
-            .zip(request.message_object_trees)
+            .iter()
+            .zip(&request.message_object_trees)
         {
-            let Some(metadata) = self.valid_instruction(&message, &tree) else {
+            let instruction = match self.valid_instruction(message, tree) {
+                Some(metadata) => {
+                    let mut ids = HashSet::new();
+                    collect_ids(tree, &mut ids)?;
+                    let content_id = tree.children.first().map(|child| child.object_id.clone());
+                    Some((tree.object_id.clone(), metadata, ids, content_id))
+                }
+                None => None,
+            };
+            checked.push(instruction);
+        }
+        let session: [u8; 16] = rand::random();
+        let session: String = session.iter().map(|b| format!("{b:02x}")).collect();
+        let mut message_ids = Vec::with_capacity(checked.len());
+        let mut to_push: Vec<String> = Vec::new();
+        let mut asked: HashSet<String> = HashSet::new();
+        let mut ask = |object: &String, to_push: &mut Vec<String>| {
+            if asked.insert(object.clone()) {
+                to_push.push(object.clone());
+            }
+        };
+        let mut complete = Vec::new();
+        for instruction in checked {
+            let Some((id, metadata, ids, content_id)) = instruction else {
                 message_ids.push(String::new());
                 continue;
             };
-            let id = tree.object_id.clone();
-            if state.pushing.contains_key(&id) || state.outstanding.contains_key(&id) {
-                // The same instruction again (a retry): it is on its way already.
+            if let Some(pushing) = state.pushing.get(&id) {
+                // The same instruction again (a retry after a lost answer): this session asks
+                // for what it still lacks.
+                pushing
+                    .missing
+                    .iter()
+                    .for_each(|object| ask(object, &mut to_push));
                 message_ids.push(id);
                 continue;
             }
-            let mut ids = HashSet::new();
-            collect_ids(&tree, &mut ids)?;
+            if state.outstanding.contains_key(&id) || state.ready.contains_key(&id) {
+                // Sent already, and not yet answered or not yet pulled.
+                message_ids.push(id);
+                continue;
+            }
             let missing: HashSet<String> = ids
                 .into_iter()
                 .filter(|id| !state.pushed.contains_key(id))
                 .collect();
-            for object in &missing {
-                if asked.insert(object.clone()) {
-                    to_push.push(object.clone());
-                }
-            }
-            let content_id = tree.children.first().map(|child| child.object_id.clone());
+            missing.iter().for_each(|object| ask(object, &mut to_push));
             let pushing = Pushing {
                 metadata,
                 missing,
@@ -352,11 +451,14 @@ impl ServerAppTask {
     /// Reads instruction `id` back from the pushed objects; one that does not read back as
     /// pushed is answered with an error at once.
     fn read_back(&self, state: &mut State, id: String, pushing: Pushing) -> Option<Outgoing> {
+        let reply_wait = Self::reply_wait(pushing.metadata.ttl);
         match Self::records_of(state, &id, &pushing, self.max_pushed_bytes) {
             Ok(content) => {
-                state
-                    .outstanding
-                    .insert(id.clone(), pushing.metadata.message_type.clone());
+                let outstanding = Outstanding {
+                    message_type: pushing.metadata.message_type.clone(),
+                    reply_wait,
+                };
+                state.outstanding.insert(id.clone(), outstanding);
                 Some(Outgoing {
                     flower_id: id,
                     dst_node_id: pushing.metadata.dst_node_id,
@@ -372,7 +474,7 @@ impl ServerAppTask {
                     code: code::MESSAGE_UNAVAILABLE,
                     reason: format!("the instruction could not be read: {error}"),
                 };
-                Self::answer_in_place(state, self.input.run.run_id, &id, error);
+                Self::answer_in_place(state, self.input.run.run_id, &id, error, reply_wait);
                 None
             }
         }
@@ -459,10 +561,12 @@ impl ServerAppTask {
             }
         }
         if state.pushing.is_empty() {
-            // Nothing left that could need them: sent instructions hold their own records.
+            // Nothing left that could need them: sent instructions hold their own records, and
+            // a session still asking for an object asks for nothing anyone waits on.
             state.pushed = HashMap::new();
             state.pushed_bytes = 0;
             state.contents = HashMap::new();
+            state.sessions = HashMap::new();
         }
         (true, outgoing)
     }
@@ -472,55 +576,78 @@ impl ServerAppTask {
         state: &mut State,
         request: &proto::PullAppMessagesRequest,
     ) -> proto::PullAppMessagesResponse {
+        let now = Instant::now();
+        let expired: Vec<String> = state
+            .ready
+            .iter()
+            .filter(|(_, ready)| ready.expires <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            if let Some(ready) = state.ready.remove(&id) {
+                Self::release(state, ready.objects);
+            }
+        }
         let mut response = proto::PullAppMessagesResponse::default();
         for id in &request.message_ids {
-            let Some((message, tree)) = state.ready.remove(id) else {
+            let Some(ready) = state.ready.remove(id) else {
                 continue;
             };
-            let mut objects = HashSet::new();
-            // The tree was made here: its ids are object ids.
-            let _ = collect_ids(&tree, &mut objects);
-            let reply_id = tree.object_id.clone();
-            state.handed_out.insert(
-                reply_id,
-                HandedOut {
-                    objects: objects.into_iter().collect(),
-                },
-            );
-            response.messages_list.push(message);
-            response.message_object_trees.push(tree);
+            let handed_out = HandedOut {
+                objects: ready.objects,
+            };
+            if let Some(replaced) = state
+                .handed_out
+                .insert(ready.tree.object_id.clone(), handed_out)
+            {
+                Self::release(state, replaced.objects);
+            }
+            response.messages_list.push(ready.message);
+            response.message_object_trees.push(ready.tree);
         }
         response
     }
 
     fn confirm(&self, state: &mut State, reply_id: &str) {
-        let Some(handed_out) = state.handed_out.remove(reply_id) else {
-            return;
-        };
-        for object in handed_out.objects {
-            if let Some((_, holders)) = state.reply_objects.get_mut(&object) {
-                *holders -= 1;
-                if *holders == 0 {
-                    state.reply_objects.remove(&object);
-                }
-            }
+        if let Some(handed_out) = state.handed_out.remove(reply_id) {
+            Self::release(state, handed_out.objects);
         }
     }
 
-    fn push_logs(&self, state: &mut State, fragments: Vec<String>) {
+    /// The complete lines of the app's output so far, without terminal colours, at most
+    /// [`MAX_LOG_LINES_PER_PUSH`] of them (and a line counting the rest), for the run's log.
+    fn push_logs(&self, state: &mut State, fragments: Vec<String>) -> Vec<String> {
         for fragment in fragments {
             state.partial_log.push_str(&without_colours(&fragment));
         }
-        while let Some(end) = state.partial_log.find('\n') {
-            let line: String = state.partial_log.drain(..=end).collect();
-            self.federation
-                .log(&wire::text::sanitize(line.trim_end(), MAX_LOG_LINE));
-        }
+        let mut lines = Vec::new();
+        let mut dropped = 0usize;
+        let mut keep = |line: &str, lines: &mut Vec<String>| {
+            let line = line.trim_end();
+            if line.trim().is_empty() {
+                return;
+            }
+            if lines.len() < MAX_LOG_LINES_PER_PUSH {
+                lines.push(wire::text::sanitize(line, MAX_LOG_LINE));
+            } else {
+                dropped += 1;
+            }
+        };
+        let complete = match state.partial_log.rfind('\n') {
+            Some(end) => state.partial_log.drain(..=end).collect::<String>(),
+            None => String::new(),
+        };
+        complete.split('\n').for_each(|line| keep(line, &mut lines));
         if state.partial_log.len() > MAX_LOG_LINE {
             let line = std::mem::take(&mut state.partial_log);
-            self.federation
-                .log(&wire::text::sanitize(&line, MAX_LOG_LINE));
+            keep(&line, &mut lines);
         }
+        if dropped > 0 {
+            lines.push(format!(
+                "({dropped} more lines of the ServerApp's output were not kept)"
+            ));
+        }
+        lines
     }
 
     fn node_infos(&self) -> Result<Vec<u8>, ApiError> {
@@ -553,7 +680,7 @@ impl Task for ServerAppTask {
         match endpoint {
             Endpoint::PushTaskOutput => {
                 let request = decode::<proto::PushTaskOutputRequest>(body)?;
-                self.finish(
+                let rest = Self::finish(
                     &mut state,
                     ServerOutcome {
                         sub_status: Some(request.sub_status),
@@ -561,6 +688,7 @@ impl Task for ServerAppTask {
                     },
                 );
                 drop(state);
+                self.log(rest);
                 self.finished.send_replace(true);
                 Ok(encode(&proto::PushTaskOutputResponse {}))
             }
@@ -591,7 +719,9 @@ impl Task for ServerAppTask {
             }
             Endpoint::PushLogs => {
                 let request = decode::<proto::PushLogsRequest>(body)?;
-                self.push_logs(&mut state, request.logs);
+                let lines = self.push_logs(&mut state, request.logs);
+                drop(state);
+                self.log(lines);
                 Ok(encode(&proto::PushLogsResponse {}))
             }
             Endpoint::PushMessages => {

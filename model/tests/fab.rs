@@ -278,3 +278,53 @@ fn a_deflated_entry_that_inflates_past_its_size_is_refused() {
     let rewritten = rewrite_entry(&stored, "a.py", &bomb);
     assert!(refusal(&rewritten).contains("two sizes"));
 }
+
+#[test]
+fn a_content_list_naming_a_file_twice_is_refused_before_hashing_it_again() {
+    let files: [(&str, &[u8]); 2] = [
+        (PYPROJECT, PYPROJECT_TEXT.as_bytes()),
+        ("big.py", &[0; 4096]),
+    ];
+    let once = content_of(&files);
+    let big_line = once.lines().nth(1).unwrap();
+    let repeated = format!("{once}\n{}", [big_line; 1000].join("\n"));
+    let bytes = zip(&[files[0], files[1], (CONTENT, repeated.as_bytes())]);
+    assert!(refusal(&bytes).contains("twice"), "{}", refusal(&bytes));
+    // Flower's own reading: exactly three fields a line.
+    let two_fields = content_of(&files)
+        .lines()
+        .map(|line| line.rsplit_once(',').unwrap().0)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let bytes = zip(&[files[0], files[1], (CONTENT, two_fields.as_bytes())]);
+    assert!(refusal(&bytes).contains("damaged"), "{}", refusal(&bytes));
+}
+
+#[test]
+fn a_version_that_would_steer_flowers_install_directory_is_refused() {
+    let text = PYPROJECT_TEXT.replace("1.0.0", "1/../../../../tmp/x");
+    let why = refusal(&fab_of(&[(PYPROJECT, text.as_bytes())]));
+    assert!(why.contains("is not a version"), "{why}");
+}
+
+#[test]
+fn archives_that_readers_could_see_differently_are_refused() {
+    let good = fab_of(&[(PYPROJECT, PYPROJECT_TEXT.as_bytes()), ("a.py", b"1")]);
+    // The local header names another file than the directory does.
+    let mut renamed = good.clone();
+    let at = renamed.windows(4).position(|w| w == b"a.py").unwrap();
+    renamed[at] = b'b';
+    assert!(
+        refusal(&renamed).contains("differently"),
+        "{}",
+        refusal(&renamed)
+    );
+    // Bytes between the directory and its end record.
+    let end = good.len() - 22;
+    let mut gap = good[..end].to_vec();
+    gap.extend([0; 7]);
+    gap.extend(&good[end..]);
+    assert!(refusal(&gap).contains("end record"), "{}", refusal(&gap));
+    // Too short to hold an end record at all.
+    assert!(fab::unzip(b"PK\x05\x06").is_err());
+}

@@ -57,7 +57,7 @@ pub struct FlowerClientApps {
     address: SocketAddr,
     /// Tasks by token.
     tasks: Arc<Tasks>,
-    /// `FLWR_HOME` of the processes: where Flower installs FABs.
+    /// Where the processes' `FLWR_HOME`s are, one per FAB: where Flower installs them.
     home: PathBuf,
     /// Each run's context state, with the runs in the order first seen.
     states: Mutex<(HashMap<RunId, proto::RecordDict>, VecDeque<RunId>)>,
@@ -204,8 +204,18 @@ impl FlowerClientApps {
             tasks: &self.tasks,
             token: self.tasks.admit(task.clone()),
         };
+        // A home per FAB: Flower installs an app under a directory named by eight digits of its
+        // hash and reuses any it finds, which another FAB could be made to match.
+        let home = self.home.join(job.hash.to_string());
         let outcome = self
-            .run_process(&program, &admitted.token, &task, instruction, &cancelled)
+            .run_process(
+                &program,
+                &home,
+                &admitted.token,
+                &task,
+                instruction,
+                &cancelled,
+            )
             .await?;
         if outcome.sub_status.as_deref() == Some("completed")
             && let Some(state) = outcome.context.as_ref().and_then(|c| c.state.clone())
@@ -238,13 +248,14 @@ impl FlowerClientApps {
     async fn run_process(
         &self,
         program: &Path,
+        home: &Path,
         token: &str,
         task: &ClientAppTask,
         instruction: &Message,
         cancelled: &AtomicBool,
     ) -> Result<TaskOutcome, String> {
         let (mut command, _token_file) =
-            flower_runtime::launch::app_command(program, self.address, token, &self.home)
+            flower_runtime::launch::app_command(program, self.address, token, home)
                 .map_err(|e| format!("cannot write the task's token file: {e}"))?;
         let mut child = command
             .stdout(Stdio::piped())

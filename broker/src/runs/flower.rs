@@ -13,7 +13,7 @@ use flower_runtime::serverapp::{Federation, Outgoing, SERVER_NODE, ServerAppTask
 use flower_runtime::task::{TaskInput, Tasks};
 use model::app::{AppError, Grid, Instruction, ServerApp, ServerContext};
 use model::bundle::Bundle;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -172,7 +172,11 @@ impl FlowerServerApp {
         ));
         let task = ServerAppTask::new(
             self.input(context)?,
-            Arc::new(BrokerFederation { grid }),
+            Arc::new(BrokerFederation::new(
+                self.shared.clone(),
+                grid,
+                context.run_id,
+            )),
             MAX_PUSHED_BYTES,
         );
         let runtime = &self.shared.flower;
@@ -180,7 +184,14 @@ impl FlowerServerApp {
             tasks: &runtime.tasks,
             token: runtime.tasks.admit(task.clone()),
         };
-        let home = self.shared.config.apps_dir.join("flwr-home");
+        // A home per FAB: Flower installs an app under a directory named by eight digits of its
+        // hash and reuses any it finds, which another FAB could be made to match.
+        let home = self
+            .shared
+            .config
+            .apps_dir
+            .join("flwr-home")
+            .join(self.bundle.hash.to_string());
         let (mut command, _token_file) =
             flower_runtime::launch::app_command(&program, runtime.address, &admitted.token, &home)
                 .map_err(|e| AppError::new(format!("cannot write the task's token file: {e}")))?;
@@ -270,6 +281,22 @@ fn last_words(tail: &Mutex<VecDeque<String>>) -> String {
 /// The run's federation, as the Flower ServerApp's task uses it.
 struct BrokerFederation {
     grid: Arc<BrokerGrid>,
+    /// Batches of log lines, written in order by a thread of their own: a log write commits to
+    /// the database, which no request of the app's should wait on.
+    logs: std::sync::mpsc::Sender<Vec<String>>,
+}
+
+impl BrokerFederation {
+    fn new(shared: Arc<Shared>, grid: Arc<BrokerGrid>, run_id: wire::RunId) -> Self {
+        let (logs, batches) = std::sync::mpsc::channel::<Vec<String>>();
+        // Ends when the federation, and with it the sender, is dropped.
+        std::thread::spawn(move || {
+            for lines in batches {
+                shared.runs.log_lines(&shared.store, run_id, &lines);
+            }
+        });
+        BrokerFederation { grid, logs }
+    }
 }
 
 /// Flower's message type as this project's; `None` for one its nodes do not take.
@@ -291,9 +318,9 @@ impl Federation for BrokerFederation {
     }
 
     fn send(&self, task: Arc<ServerAppTask>, instructions: Vec<Outgoing>) {
-        // Replies are matched to instructions by the node they come from, so each send holds
-        // at most one instruction per node; a second one to the same node goes in another.
-        let mut groups: Vec<(HashMap<NodeId, String>, Vec<Instruction>, Duration)> = Vec::new();
+        let mut ids = Vec::with_capacity(instructions.len());
+        let mut sendable = Vec::with_capacity(instructions.len());
+        let mut ttl = Duration::ZERO;
         for outgoing in instructions {
             let dst = NodeId(outgoing.dst_node_id);
             let Some(message_type) = message_type(&outgoing.message_type) else {
@@ -307,53 +334,47 @@ impl Federation for BrokerFederation {
                 );
                 continue;
             };
-            let ttl = Duration::try_from_secs_f64(outgoing.ttl)
+            let instruction_ttl = Duration::try_from_secs_f64(outgoing.ttl)
                 .unwrap_or(MAX_TTL)
                 .min(MAX_TTL);
-            let group = match groups
-                .iter_mut()
-                .find(|(ids, _, _)| !ids.contains_key(&dst))
-            {
-                Some(group) => group,
-                None => {
-                    groups.push((HashMap::new(), Vec::new(), ttl));
-                    groups.last_mut().expect("just pushed")
-                }
-            };
-            group.0.insert(dst, outgoing.flower_id);
-            group.1.push(Instruction {
+            ttl = ttl.max(instruction_ttl);
+            ids.push(outgoing.flower_id);
+            sendable.push(Instruction {
                 dst,
                 message_type,
                 group_id: outgoing.group_id,
                 content: outgoing.content,
             });
-            group.2 = group.2.max(ttl);
         }
-        for (ids, instructions, ttl) in groups {
-            let grid = self.grid.clone();
-            let task = task.clone();
-            tokio::task::spawn_blocking(move || {
-                let result = grid.send_and_fold(instructions, ttl, &mut |reply| {
+        if sendable.is_empty() {
+            return;
+        }
+        let grid = self.grid.clone();
+        let logs = self.logs.clone();
+        tokio::spawn(async move {
+            let result = grid
+                .send_indexed(sendable, ttl, |index, reply| {
                     if let MessageBody::Error(error) = &reply.body {
                         // The app may say nothing of it: the run's log does.
-                        grid.log(&format!(
+                        let line = format!(
                             "node {} answered with an error: {}",
                             reply.metadata.src_node_id, error.reason
-                        ));
+                        );
+                        let _ = logs.send(vec![line]);
                     }
-                    if let Some(id) = ids.get(&reply.metadata.src_node_id) {
+                    if let Some(id) = ids.get(index) {
                         task.deliver(id, &reply);
                     }
-                });
-                if let Err(error) = result {
-                    tracing::debug!(%error, "a Flower ServerApp's send ended early");
-                }
-            });
-        }
+                })
+                .await;
+            if let Err(error) = result {
+                tracing::debug!(%error, "a Flower ServerApp's send ended early");
+            }
+        });
     }
 
-    fn log(&self, line: &str) {
-        self.grid.log(line);
+    fn log(&self, lines: Vec<String>) {
+        let _ = self.logs.send(lines);
     }
 }
 

@@ -69,13 +69,13 @@ impl BrokerGrid {
     /// Answers each of `missing` in place of its node with an error reply made from `reason`,
     /// and stops waiting for it, unless its real reply has come in meanwhile (that one is on its
     /// way to the round and is taken instead).
-    fn give_up_on(
+    fn give_up_on<F: FnMut(Message) + ?Sized>(
         round: &Round,
         missing: Vec<Metadata>,
         outstanding: &mut HashMap<MessageId, Metadata>,
         code: ErrorCode,
         reason: impl Fn(&Metadata) -> String,
-        on_reply: &mut dyn FnMut(Message),
+        on_reply: &mut F,
     ) {
         for metadata in missing {
             if round.answer_in_place_of(metadata.message_id) {
@@ -124,12 +124,12 @@ impl BrokerGrid {
 
     /// Waits for every reply of `round`, answering in place of nodes that leave and of replies
     /// that miss the deadline.
-    async fn wait(
+    async fn wait<F: FnMut(Message) + ?Sized>(
         &self,
         mut round: Round,
         mut outstanding: HashMap<MessageId, Metadata>,
         timeout: Duration,
-        on_reply: &mut dyn FnMut(Message),
+        on_reply: &mut F,
     ) -> Result<(), GridError> {
         let mut departures = self.shared.sessions.departures();
         // Wakes each destination's delivery task; a destination that is not online has none, and
@@ -194,6 +194,42 @@ impl BrokerGrid {
             }
         }
         Ok(())
+    }
+}
+
+impl BrokerGrid {
+    /// [`Grid::send_and_fold`] for async callers: sends `instructions` and calls `on_reply` with
+    /// the index of the instruction each reply answers. It waits on the broker's events without
+    /// holding a thread, so a server app may have many rounds in flight.
+    pub async fn send_indexed(
+        &self,
+        instructions: Vec<Instruction>,
+        timeout: Duration,
+        mut on_reply: impl FnMut(usize, Message) + Send,
+    ) -> Result<(), GridError> {
+        self.check()?;
+        let addressed = self.address(instructions, timeout);
+        let index: HashMap<MessageId, usize> = addressed
+            .iter()
+            .enumerate()
+            .map(|(i, (metadata, _))| (metadata.message_id, i))
+            .collect();
+        let outstanding = addressed
+            .iter()
+            .map(|(metadata, _)| (metadata.message_id, metadata.clone()))
+            .collect();
+        let round = self.shared.rounds.open(self.header()?, addressed);
+        let mut by_index = |reply: Message| {
+            if let Some(&i) = reply
+                .metadata
+                .reply_to
+                .as_ref()
+                .and_then(|id| index.get(id))
+            {
+                on_reply(i, reply);
+            }
+        };
+        self.wait(round, outstanding, timeout, &mut by_index).await
     }
 }
 

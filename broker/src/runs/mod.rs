@@ -98,6 +98,22 @@ impl ActiveRuns {
         }
     }
 
+    /// Appends `texts` to a run's log in one write, and tells its followers.
+    pub fn log_lines(&self, store: &Store, run_id: RunId, texts: &[String]) {
+        let texts: Vec<String> = texts
+            .iter()
+            .map(|text| wire::text::sanitize(text, MAX_LOG_LINE))
+            .collect();
+        match store.append_logs(run_id, &texts, now_ms()) {
+            Ok(lines) => {
+                for line in lines {
+                    self.publish(run_id, RunEvent::Line(line));
+                }
+            }
+            Err(error) => tracing::error!(run_id = run_id.0, %error, "could not store log lines"),
+        }
+    }
+
     /// Tells followers of `run_id`, if any.
     pub fn publish(&self, run_id: RunId, event: RunEvent) {
         if let Some(run) = self.lock().get(&run_id) {

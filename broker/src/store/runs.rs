@@ -104,10 +104,24 @@ impl Store {
         text: &str,
         now_ms: u64,
     ) -> Result<LogLine, StoreError> {
+        let mut lines = self.append_logs(run_id, &[text.to_string()], now_ms)?;
+        lines
+            .pop()
+            .ok_or_else(|| StoreError::Storage("no line appended".into()))
+    }
+
+    /// Appends `texts` to a run's log in one transaction (one commit, however many lines);
+    /// returns them as stored.
+    pub fn append_logs(
+        &self,
+        run_id: RunId,
+        texts: &[String],
+        now_ms: u64,
+    ) -> Result<Vec<LogLine>, StoreError> {
         let txn = self.db.begin_write().map_err(storage)?;
-        let line = {
+        let lines = {
             let mut logs = txn.open_table(tables::RUN_LOGS).map_err(storage)?;
-            let index = match logs
+            let first = match logs
                 .range((run_id.0, 0)..=(run_id.0, u64::MAX))
                 .map_err(storage)?
                 .next_back()
@@ -115,17 +129,21 @@ impl Store {
                 Some(last) => last.map_err(storage)?.0.value().1 + 1,
                 None => 0,
             };
-            let line = LogLine {
-                index,
-                at_ms: now_ms,
-                text: text.to_string(),
-            };
-            logs.insert((run_id.0, index), encode(&line)?.as_slice())
-                .map_err(storage)?;
-            line
+            let mut lines = Vec::with_capacity(texts.len());
+            for (index, text) in (first..).zip(texts) {
+                let line = LogLine {
+                    index,
+                    at_ms: now_ms,
+                    text: text.clone(),
+                };
+                logs.insert((run_id.0, index), encode(&line)?.as_slice())
+                    .map_err(storage)?;
+                lines.push(line);
+            }
+            lines
         };
         txn.commit().map_err(storage)?;
-        Ok(line)
+        Ok(lines)
     }
 
     /// A run's log lines from index `after` on.

@@ -85,9 +85,17 @@ const LOCAL_SIGNATURE: u32 = 0x0403_4b50;
 const END_LEN: usize = 22;
 const CENTRAL_LEN: usize = 46;
 const LOCAL_LEN: usize = 30;
+const ZIP64_LOCATOR: u32 = 0x0706_4b50;
+const ZIP64_LOCATOR_LEN: usize = 20;
+
+/// The general-purpose flag saying a name is UTF-8 (otherwise readers take it as code page 437).
+const UTF8_NAMES: u16 = 0x800;
 
 /// The end-of-central-directory record: where the directory is and how many entries it has.
 fn end_record(bytes: &[u8]) -> Result<(usize, usize, usize), BundleError> {
+    if bytes.len() < END_LEN {
+        return Err(malformed("is not a ZIP archive: it is too short"));
+    }
     let lowest = bytes.len().saturating_sub(END_LEN + usize::from(u16::MAX));
     let at = (lowest..=bytes.len().saturating_sub(END_LEN))
         .rev()
@@ -101,10 +109,21 @@ fn end_record(bytes: &[u8]) -> Result<(usize, usize, usize), BundleError> {
     }
     let size = end.u32(12);
     let offset = end.u32(16);
-    if entries == u16::MAX || size == u32::MAX || offset == u32::MAX {
+    let zip64_locator = at
+        .checked_sub(ZIP64_LOCATOR_LEN)
+        .is_some_and(|locator| bytes[locator..].starts_with(&ZIP64_LOCATOR.to_le_bytes()));
+    if entries == u16::MAX || size == u32::MAX || offset == u32::MAX || zip64_locator {
         return Err(malformed("is a ZIP64 archive, which no FAB needs"));
     }
-    Ok((usize::from(entries), size as usize, offset as usize))
+    let (size, offset) = (size as usize, offset as usize);
+    // Readers that find the directory by its size rather than its offset (Python's zipfile,
+    // which Flower installs with) must find the same one.
+    if offset.checked_add(size) != Some(at) {
+        return Err(malformed(
+            "has a central directory that does not end where its end record starts",
+        ));
+    }
+    Ok((usize::from(entries), size, offset))
 }
 
 /// One file's place in the archive, from the central directory.
@@ -146,6 +165,12 @@ pub fn unzip(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, BundleError> {
             path: String::from_utf8_lossy(e.as_bytes()).into_owned(),
             why: "it is not UTF-8",
         })?;
+        if !path.is_ascii() && fixed.u16(8) & UTF8_NAMES == 0 {
+            return Err(BundleError::UnsafePath {
+                path,
+                why: "it is not ASCII and not marked UTF-8, so readers differ on what it is",
+            });
+        }
         if fixed.u16(8) & 1 != 0 {
             return Err(malformed(format!("encrypts {path:?}")));
         }
@@ -158,6 +183,11 @@ pub fn unzip(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, BundleError> {
             path,
         });
         at += CENTRAL_LEN + name_len + extra_len + comment_len;
+    }
+    if at != directory.len() {
+        return Err(malformed(
+            "has a central directory whose size does not match its entries",
+        ));
     }
     let mut files = BTreeMap::new();
     let mut inflated_total: u64 = 0;
@@ -181,10 +211,21 @@ pub fn unzip(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, BundleError> {
                 entry.path
             )));
         }
-        let data_start = entry.local_offset
-            + LOCAL_LEN
-            + usize::from(local.u16(26))
-            + usize::from(local.u16(28));
+        let local_name_len = usize::from(local.u16(26));
+        let local_name = span(
+            bytes,
+            entry.local_offset + LOCAL_LEN,
+            local_name_len,
+            "file header",
+        )?;
+        if local_name != entry.path.as_bytes() {
+            return Err(malformed(format!(
+                "names {:?} differently in its file header",
+                entry.path
+            )));
+        }
+        let data_start =
+            entry.local_offset + LOCAL_LEN + local_name_len + usize::from(local.u16(28));
         let data = span(bytes, data_start, entry.compressed, "file data")?;
         let contents = match entry.method {
             0 if entry.compressed == entry.size => data.to_vec(),
@@ -226,24 +267,27 @@ fn check_content(files: &BTreeMap<String, Vec<u8>>) -> Result<(), BundleError> {
     let content = std::str::from_utf8(content)
         .map_err(|_| malformed(format!("has a {CONTENT} that is not UTF-8")))?;
     let mut listed = BTreeSet::new();
-    for line in content.lines().filter(|line| !line.is_empty()) {
-        let mut fields = line.split(',');
-        let (Some(path), Some(hash)) = (fields.next(), fields.next()) else {
+    // As Flower reads it: the text stripped, then one `path,sha256,bits` per line.
+    for line in content.trim().split('\n') {
+        let fields: Vec<&str> = line.split(',').collect();
+        let [path, hash, _bits] = fields.as_slice() else {
             return Err(malformed(format!("has a damaged {CONTENT} line {line:?}")));
         };
+        if !listed.insert(*path) {
+            return Err(malformed(format!("lists {path:?} twice in {CONTENT}")));
+        }
         let bytes = files
-            .get(path)
+            .get(*path)
             .ok_or_else(|| malformed(format!("lists {path:?} in {CONTENT} but lacks it")))?;
         let actual: String = Sha256::digest(bytes)
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        if actual != hash {
+        if actual != *hash {
             return Err(malformed(format!(
                 "holds a {path:?} whose SHA-256 is not the one {CONTENT} lists"
             )));
         }
-        listed.insert(path);
     }
     match files
         .keys()
@@ -311,10 +355,14 @@ pub fn open(bytes: &[u8]) -> Result<(Manifest, Fab), BundleError> {
             "[project] name {name:?} is not a valid app name"
         )));
     }
-    if version.is_empty() || version.len() > 128 || version.chars().any(char::is_control) {
-        return Err(invalid(
-            "[project] version must be 1 to 128 printable characters",
-        ));
+    // Flower names the app's install directory after it: no separators, nothing but a
+    // version's characters (PEP 440's, with a local label).
+    let version_chars =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '!' | '-' | '_');
+    if version.is_empty() || version.len() > 128 || !version.chars().all(version_chars) {
+        return Err(invalid(format!(
+            "[project] version {version:?} is not a version: 1 to 128 letters, digits and . + ! - _"
+        )));
     }
     if !is_app_name(publisher) {
         return Err(invalid(format!(
