@@ -1,8 +1,13 @@
-"""The seed workload end to end on both systems: a SuperLink, two SuperNodes on the same prepared
-partitions, and a 3-round FedAvg run of the seed's CNN (flwr.toml's run config), first through
-flower-rs, then through Flower's Deployment Engine (bench/flower-app). Both run in development mode
-(--insecure) so that each does the same work; flower-rs's authenticated mode adds a handshake per
-node, not per round.
+"""The seed workload end to end: a SuperLink, two SuperNodes on the same prepared partitions, and a
+3-round FedAvg run of the seed's CNN (flwr.toml's run config), first through flower-rs, then
+through Flower's Deployment Engine (bench/flower-app). Both run in development mode (--insecure)
+so that each does the same work; flower-rs's authenticated mode adds a handshake per node, not per
+round.
+
+A third system runs Flower's own app, bench/flower-app, unchanged on flower-rs: its ServerApp in
+Flower's flwr-serverapp on our SuperLink and its ClientApp in Flower's flwr-clientapp on our
+SuperNodes, with SuperNode authentication on (TLS, registered keys, the signed challenge). Its
+training is PyTorch's, as on Flower's SuperLink; what differs is everything underneath.
 
 Both run with learning rate 0.01 by default (`--learning-rate`): at the seed's 0.1 this CNN
 diverges, and PyTorch's training step then runs three times slower (one thread: 2,300 against
@@ -195,6 +200,64 @@ def flower(bins, work, data, learning_rate, threads):
         processes.stop()
 
 
+def flower_on_ours(bins, flower_bins, work, data, learning_rate, threads):
+    """Flower's app on flower-rs: our SuperLink and SuperNodes with authentication on, Flower's
+    flwr-serverapp and flwr-clientapp from the virtual environment, app bench/flower-app."""
+    home = work / "flower-on-ours" / data["name"]
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    flwr = f"{bins}/flwr"
+    subprocess.run([flwr, "certs", "generate", "--out", str(home / "certificates")], check=True, capture_output=True)
+    subprocess.run([flwr, "keys", "generate", "2", "--out", str(home / "keys")], check=True, capture_output=True)
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "127.0.0.1:9093"\n'
+        f'root-certificates = "{home}/certificates/ca.crt"\noperator-key = "{home}/keys/operator"\n'
+    )
+    env = dict(os.environ, FLWR_HOME=str(home), OMP_NUM_THREADS=str(threads))
+    app = str(REPO / "bench" / "flower-app")
+    processes = Processes(home)
+    try:
+        started = time.monotonic()
+        certificates = home / "certificates"
+        processes.start(
+            "superlink",
+            [f"{bins}/flower-superlink", "--ssl-ca-certfile", str(certificates / "ca.crt")]
+            + ["--ssl-certfile", str(certificates / "server.pem"), "--ssl-keyfile", str(certificates / "server.key")]
+            + ["--enable-supernode-auth", "--control-auth-public-keys", str(home / "keys" / "operator.pub")]
+            + ["--database", str(home / "state.redb"), "--apps-dir", str(home / "apps")]
+            + ["--serverappio-api-address", "127.0.0.1:0", "--flwr-serverapp", f"{flower_bins}/flwr-serverapp"],
+            env,
+        )
+        ls = [flwr, "ls", app, "bench"]
+        wait_until(lambda: subprocess.run(ls, env=env, capture_output=True).returncode == 0, "the SuperLink")
+        for i in (1, 2):
+            key = str(home / "keys" / f"client_credentials_{i}.pub")
+            subprocess.run([flwr, "supernode", "register", key, app, "bench"], env=env, check=True, capture_output=True)
+        start_supernodes(
+            processes,
+            data,
+            lambda i: [f"{bins}/flower-supernode", "--superlink", "127.0.0.1:9092"]
+            + ["--root-certificates", str(certificates / "ca.crt")]
+            + ["--auth-supernode-private-key", str(home / "keys" / f"client_credentials_{i}")]
+            + ["--clientappio-api-address", "127.0.0.1:0", "--apps-dir", str(home / f"node{i}")]
+            + ["--flwr-clientapp", f"{flower_bins}/flwr-clientapp"],
+            env,
+        )
+        argv = [flwr, "run", app, "bench", "--stream"]
+        run_config = f"learning-rate={learning_rate} {data['shape']}"
+        wall, strategy, accuracy = timed_run(argv, home, env, home / "run.log", run_config)
+        return {"cold": time.monotonic() - started, "run": wall, "strategy": strategy, "accuracy": accuracy}
+    finally:
+        processes.stop()
+
+
+SYSTEMS = {
+    "ours": "flower-rs with its native CNN",
+    "flower": "Flower's Deployment Engine with bench/flower-app",
+    "flower-on-ours": "bench/flower-app on flower-rs (Flower's app programs)",
+}
+
+
 def prepare(bins, work, name, samples):
     """Two partitions of dataset `name` (all of Fashion-MNIST; `samples` synthetic images)."""
     out = work / "datasets" / name
@@ -215,8 +278,14 @@ def main():
     parser.add_argument("--datasets", default="synthetic,fashion-mnist", help="comma-separated: synthetic, fashion-mnist")
     parser.add_argument("--learning-rate", type=float, default=0.01)
     parser.add_argument("--flower-threads", type=int, default=1, help="OMP_NUM_THREADS of Flower's nodes")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated: " + ", ".join(SYSTEMS))
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    systems = [name.strip() for name in args.systems.split(",") if name.strip()]
+    if any(system not in SYSTEMS for system in systems):
+        parser.error(f"unknown system in {args.systems!r}: choose from {', '.join(SYSTEMS)}")
+    # The runs change directory: binaries are found by absolute paths.
+    args.ours_bin, args.flower_bin = (str(Path(path).resolve()) for path in (args.ours_bin, args.flower_bin))
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     names = [name.strip() for name in args.datasets.split(",") if name.strip()]
@@ -227,10 +296,14 @@ def main():
     results["datasets"] = {}
     for name in names:
         data = prepare(args.ours_bin, work, name, args.samples)
-        results["datasets"][name] = {
-            "ours": ours(args.ours_bin, work, data, args.learning_rate),
-            "flower": flower(args.flower_bin, work, data, args.learning_rate, args.flower_threads),
+        runs = {
+            "ours": lambda: ours(args.ours_bin, work, data, args.learning_rate),
+            "flower": lambda: flower(args.flower_bin, work, data, args.learning_rate, args.flower_threads),
+            "flower-on-ours": lambda: flower_on_ours(
+                args.ours_bin, args.flower_bin, work, data, args.learning_rate, args.flower_threads
+            ),
         }
+        results["datasets"][name] = {system: runs[system]() for system in systems}
     if args.json:
         json.dump(results, sys.stdout, indent=2)
         print()
@@ -239,15 +312,16 @@ def main():
         f"seed workload: 2 nodes, 3 rounds, learning rate {args.learning_rate}, "
         f"Flower's nodes with {args.flower_threads} thread(s)"
     )
-    for name, both in results["datasets"].items():
+    for name, measured in results["datasets"].items():
         print(f"{name}:" + (f" {args.samples} images" if name == "synthetic" else ""))
         for key, label in [("cold", "SuperLink start to run end"), ("run", "flwr run to run end"), ("strategy", "strategy")]:
-            a, b = both["ours"][key], both["flower"][key]
-            ratio = f"{b / a:.1f}x faster" if a and b else "-"
-            a_text, b_text = [f"{v:7.1f} s" if v else "      -" for v in (a, b)]
-            print(f"  {label:<28} ours {a_text}   Flower {b_text}   {ratio}")
-        for system in ("ours", "flower"):
-            accuracy = ", ".join(f"{value:.3f}" for value in both[system]["accuracy"]) or "-"
+            cells = []
+            for system, result in measured.items():
+                value = result[key]
+                cells.append(f"{system} " + (f"{value:7.1f} s" if value else "      -"))
+            print(f"  {label:<28} " + "   ".join(cells))
+        for system, result in measured.items():
+            accuracy = ", ".join(f"{value:.3f}" for value in result["accuracy"]) or "-"
             print(f"  {'accuracy per round, ' + system:<28} {accuracy}")
 
 

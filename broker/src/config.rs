@@ -75,6 +75,9 @@ pub struct BrokerConfig {
     /// Flower's `flwr-serverapp`, which runs Flower apps' ServerApps (`None`: the one on
     /// `PATH`).
     pub flwr_serverapp: Option<std::path::PathBuf>,
+    /// How long a Flower ServerApp may go unheard (no heartbeat, no call) before it is killed
+    /// and its run fails; Flower's apps send a heartbeat every 20 s or so.
+    pub flower_app_patience: Duration,
 }
 
 impl BrokerConfig {
@@ -108,6 +111,7 @@ impl BrokerConfig {
             serverappio_address: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
             apps_dir: std::env::temp_dir().join("flower-superlink-apps"),
             flwr_serverapp: None,
+            flower_app_patience: Duration::from_secs(90),
         }
     }
 }

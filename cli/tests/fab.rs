@@ -70,3 +70,14 @@ fn a_directory_that_is_no_flower_app_is_refused_with_the_reason() {
     let error = cli::fab::build(&sneaky).unwrap_err().to_string();
     assert!(error.contains("cannot be part of a file name"), "{error}");
 }
+
+#[test]
+fn the_echo_app_builds_to_the_fab_flower_built_for_it() {
+    let dir = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../flower-runtime/tests/fixtures"
+    ));
+    let fab = cli::fab::build(&dir.join("echo-app")).unwrap();
+    let flower = std::fs::read(dir.join("echo-app.fab")).unwrap();
+    assert!(fab.bytes == flower, "the echo app's FAB is not Flower's");
+}

@@ -50,8 +50,8 @@ impl Drop for TokenFile {
 }
 
 /// The command that starts `program` for the task holding `token`, against the runtime API at
-/// `address`, with `home` as its `FLWR_HOME` (where it installs FABs; the token file goes in
-/// `home/tokens`). The program starts in a process group of its own and is killed if the
+/// `address`, with `home` (made absolute) as its `FLWR_HOME` (where it installs FABs; the token
+/// file goes in `home/tokens`). The program starts in a process group of its own and is killed if the
 /// command's child is dropped; its output is the caller's to route.
 pub fn app_command(
     program: &Path,
@@ -59,6 +59,8 @@ pub fn app_command(
     token: &str,
     home: &Path,
 ) -> std::io::Result<(tokio::process::Command, TokenFile)> {
+    // Absolute: the program may be started in another directory than the daemon's.
+    let home = std::path::absolute(home)?;
     let token_file = TokenFile::write(&home.join("tokens"), token)?;
     let mut command = tokio::process::Command::new(program);
     command
@@ -69,7 +71,7 @@ pub fn app_command(
         .arg("--insecure")
         .arg("--parent-pid")
         .arg(std::process::id().to_string())
-        .env("FLWR_HOME", home)
+        .env("FLWR_HOME", &home)
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(true);
@@ -84,6 +86,23 @@ pub fn app_command(
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn paths_are_absolute_whatever_directory_the_program_starts_in() {
+        let (command, token_file) = app_command(
+            Path::new("flwr-clientapp"),
+            "127.0.0.1:1".parse().unwrap(),
+            "t",
+            Path::new("relative-home-for-a-test"),
+        )
+        .unwrap();
+        let args: Vec<_> = command.as_std().get_args().collect();
+        let token_path = Path::new(args[3]);
+        assert!(token_path.is_absolute(), "{token_path:?}");
+        assert_eq!(token_file.path(), token_path);
+        drop(token_file);
+        let _ = std::fs::remove_dir_all("relative-home-for-a-test");
+    }
 
     #[test]
     fn a_token_file_is_private_and_goes_with_its_task() {

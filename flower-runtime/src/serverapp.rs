@@ -141,6 +141,19 @@ pub struct ServerAppTask {
     max_pushed_bytes: u64,
     state: Mutex<State>,
     finished: watch::Sender<bool>,
+    /// When the app last called (or the task was made).
+    last_call: Mutex<Instant>,
+}
+
+/// Whether the app is still heard from, for a daemon's watchdog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// It has called within the patience given.
+    Alive,
+    /// It never took its input within the patience given.
+    NeverStarted,
+    /// It took its input, then fell silent (no heartbeat, no call) for longer.
+    Silent,
 }
 
 impl ServerAppTask {
@@ -158,7 +171,21 @@ impl ServerAppTask {
             max_pushed_bytes,
             state: Mutex::default(),
             finished: watch::channel(false).0,
+            last_call: Mutex::new(Instant::now()),
         })
+    }
+
+    /// Whether the app has been heard from within `patience` (its heartbeats come every 20 s
+    /// or so); before it took its input, since the task was made.
+    pub fn liveness(&self, patience: Duration) -> Liveness {
+        let last = *self.last_call.lock().unwrap_or_else(|p| p.into_inner());
+        if last.elapsed() <= patience {
+            Liveness::Alive
+        } else if self.state().started {
+            Liveness::Silent
+        } else {
+            Liveness::NeverStarted
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -673,6 +700,7 @@ impl Task for ServerAppTask {
     }
 
     fn answer(&self, endpoint: Endpoint, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+        *self.last_call.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         let mut state = self.state();
         if state.finished {
             return Err(ApiError::invalid_token());

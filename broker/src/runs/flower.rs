@@ -4,12 +4,17 @@
 //! loopback port ([`flower_runtime::serverapp`]). The app's instructions go to the nodes through
 //! the run's [`BrokerGrid`] like any other app's, its log output becomes the run's log, and the
 //! run completes or fails as the app reports. Stopping the run kills the app's process group.
+//!
+//! The app runs in a fresh directory of its own; what it leaves there (a final model, plots)
+//! becomes the run's artifacts, which `flwr pull` fetches, and the directory is removed.
 
 use super::grid::BrokerGrid;
 use crate::state::Shared;
 use flower_runtime::proto;
 use flower_runtime::records::scalar_of;
-use flower_runtime::serverapp::{Federation, Outgoing, SERVER_NODE, ServerAppTask, ServerOutcome};
+use flower_runtime::serverapp::{
+    Federation, Liveness, Outgoing, SERVER_NODE, ServerAppTask, ServerOutcome,
+};
 use flower_runtime::task::{TaskInput, Tasks};
 use model::app::{AppError, Grid, Instruction, ServerApp, ServerContext};
 use model::bundle::Bundle;
@@ -40,6 +45,15 @@ const EXIT_GRACE: Duration = Duration::from_secs(10);
 
 /// Stderr lines kept to explain a crash.
 const STDERR_TAIL: usize = 10;
+
+/// How often the app's liveness is checked (against `BrokerConfig::flower_app_patience`).
+const WATCHDOG_PERIOD: Duration = Duration::from_secs(1);
+
+/// Most files of the app's directory kept as artifacts.
+const MAX_ARTIFACTS: usize = 64;
+
+/// Most bytes of artifacts kept from one run.
+const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
 
 /// Flower's runtime API on the SuperLink: where ServerApp processes connect, and their tasks.
 pub struct FlowerRuntime {
@@ -197,7 +211,9 @@ impl FlowerServerApp {
                 .map_err(|e| AppError::new(format!("cannot write the task's token file: {e}")))?;
         // Flower's SuperLink sends the app's output nowhere: what it says reaches the run's log
         // through push-logs. Stderr is kept to explain a crash before that starts.
+        let workdir = self.workdir(context.run_id)?;
         let mut child = command
+            .current_dir(workdir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -208,6 +224,7 @@ impl FlowerServerApp {
             .stderr
             .take()
             .map(|stderr| tokio::spawn(keep_stderr(stderr, tail.clone())));
+        let patience = self.shared.config.flower_app_patience;
         let outcome = tokio::select! {
             outcome = task.finished() => outcome,
             status = child.wait() => match tokio::time::timeout(OUTPUT_GRACE, task.finished()).await {
@@ -228,6 +245,20 @@ impl FlowerServerApp {
                 task.abandon();
                 return Err(AppError::new("the run was stopped"));
             }
+            liveness = unheard(&task, patience) => {
+                task.abandon();
+                let _ = child.kill().await;
+                return Err(AppError::new(match liveness {
+                    Liveness::NeverStarted => format!(
+                        "flwr-serverapp did not take its input within {patience:?}; it was killed{}",
+                        last_words(&tail)
+                    ),
+                    _ => format!(
+                        "flwr-serverapp went silent (no heartbeat for {patience:?}); it was killed{}",
+                        last_words(&tail)
+                    ),
+                }));
+            }
         };
         if tokio::time::timeout(EXIT_GRACE, child.wait())
             .await
@@ -235,6 +266,9 @@ impl FlowerServerApp {
         {
             let _ = child.kill().await;
         }
+        let shared = self.shared.clone();
+        let run_id = context.run_id;
+        let _ = tokio::task::spawn_blocking(move || keep_artifacts(&shared, run_id, workdir)).await;
         match outcome {
             ServerOutcome {
                 sub_status: Some(status),
@@ -248,6 +282,158 @@ impl FlowerServerApp {
                 sub_status.as_deref().unwrap_or("ended"),
                 wire::text::sanitize(&details, 4096)
             ))),
+        }
+    }
+}
+
+impl FlowerServerApp {
+    /// A fresh, private directory for the app to run in.
+    fn workdir(&self, run_id: wire::RunId) -> Result<WorkDir, AppError> {
+        let runs = self.shared.config.apps_dir.join("flower-runs");
+        let path = runs.join(run_id.to_string());
+        let made = model::bundle::workspace::create_private_dir(&runs).and_then(|()| {
+            // A run resumed after a restart starts afresh, as its app does.
+            match std::fs::remove_dir_all(&path) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+                _ => {}
+            }
+            std::fs::create_dir(&path)
+        });
+        made.map(|()| WorkDir(path)).map_err(|e| {
+            AppError::new(format!(
+                "cannot make the app's directory in {}: {e}",
+                runs.display()
+            ))
+        })
+    }
+}
+
+/// The directory a ServerApp runs in, removed when dropped.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An artifact's name for the file at `relative` (`/` becomes `-`, other characters an artifact
+/// name cannot hold become `_`); `None` for hidden files and Python's caches.
+fn artifact_name(relative: &Path) -> Option<String> {
+    let mut parts = Vec::new();
+    for part in relative.components() {
+        let part = part.as_os_str().to_string_lossy();
+        if part.starts_with('.') || part == "__pycache__" {
+            return None;
+        }
+        let part: String = part
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        parts.push(part);
+    }
+    let name = parts.join("-");
+    super::program::valid_artifact_name(&name).then_some(name)
+}
+
+/// Stores the regular files the app left in `workdir` as the run's artifacts (within
+/// [`MAX_ARTIFACTS`] and [`MAX_ARTIFACT_BYTES`]; what is left out is said in the run's log),
+/// then removes the directory.
+fn keep_artifacts(shared: &Shared, run_id: wire::RunId, workdir: WorkDir) {
+    let mut files = Vec::new();
+    let mut pending = vec![workdir.path().to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            // Not followed: a link may point anywhere on the SuperLink's host.
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() && pending.len() + files.len() < 4 * MAX_ARTIFACTS {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    let (mut kept, mut bytes, mut left_out) = (0usize, 0u64, Vec::new());
+    for path in files {
+        let Ok(relative) = path.strip_prefix(workdir.path()) else {
+            continue;
+        };
+        let Some(name) = artifact_name(relative) else {
+            continue;
+        };
+        let size = std::fs::metadata(&path)
+            .map(|m| m.len())
+            .unwrap_or(u64::MAX);
+        if kept == MAX_ARTIFACTS
+            || size > super::program::MAX_STORED_BYTES
+            || bytes + size > MAX_ARTIFACT_BYTES
+        {
+            left_out.push(name);
+            continue;
+        }
+        let saved = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|contents| {
+                shared
+                    .store
+                    .save_artifact(run_id, &name, &contents)
+                    .map_err(|e| e.to_string())
+            });
+        match saved {
+            Ok(()) => {
+                kept += 1;
+                bytes += size;
+            }
+            Err(error) => {
+                tracing::warn!(%error, artifact = %name, "could not keep a ServerApp's file");
+                left_out.push(name);
+            }
+        }
+    }
+    if kept > 0 {
+        shared.runs.log(
+            &shared.store,
+            run_id,
+            &format!("Kept {kept} file(s) the ServerApp wrote as the run's artifacts (flwr pull)"),
+        );
+    }
+    if !left_out.is_empty() {
+        shared.runs.log(
+            &shared.store,
+            run_id,
+            &format!(
+                "Not kept (over {MAX_ARTIFACTS} files, {MAX_ARTIFACT_BYTES} bytes, or unreadable): {}",
+                left_out.join(", ")
+            ),
+        );
+    }
+}
+
+/// Resolves once the app has not been heard from within `patience`.
+async fn unheard(task: &ServerAppTask, patience: Duration) -> Liveness {
+    loop {
+        tokio::time::sleep(WATCHDOG_PERIOD).await;
+        match task.liveness(patience) {
+            Liveness::Alive => {}
+            unheard => return unheard,
         }
     }
 }

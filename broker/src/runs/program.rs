@@ -238,7 +238,7 @@ fn failure(error: GridError) -> GridResponse {
 }
 
 /// Whether `name` may name an artifact: a plain file name (`flwr pull` writes it as one).
-fn valid_artifact_name(name: &str) -> bool {
+pub(super) fn valid_artifact_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')

@@ -70,6 +70,19 @@ async fn a_flower_app_runs_on_flowers_own_serverapp_and_clientapps() {
             .any(|line| line.contains("final [0.0, 2.0, 4.0, 6.0]")),
         "the ServerApp's output is in the run's log: {lines:#?}"
     );
+    // What the ServerApp saved (np.save("final.npy", ...)) is the run's artifact.
+    let saved = federation
+        .broker()
+        .shared
+        .store
+        .artifact(run_id, "final.npy")
+        .unwrap()
+        .expect("final.npy kept");
+    let values: Vec<f32> = saved[saved.len() - 16..]
+        .chunks(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    assert_eq!(values, [0.0, 2.0, 4.0, 6.0]);
 
     // The run config reaches the ClientApps: factor 3 triples.
     let run_id = start_flower_app(&federation, &echo_app(), &["factor=3.0".into()]).await;
@@ -191,6 +204,29 @@ async fn a_run_mixes_a_flower_clientapp_node_and_a_native_one() {
         lines
             .iter()
             .any(|line| line.contains("final [0.0, 3.0, 6.0, 9.0]")),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_serverapp_that_never_takes_its_input_is_killed_and_its_run_fails() {
+    fn hanging(config: &mut BrokerConfig) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let program = config.apps_dir.join("hanging-serverapp");
+        std::fs::create_dir_all(&config.apps_dir).unwrap();
+        std::fs::write(&program, "#!/bin/sh\necho starting >&2\nexec sleep 600\n").unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        config.flwr_serverapp = Some(program);
+        config.flower_app_patience = std::time::Duration::from_secs(2);
+    }
+    let federation = Federation::start_tuned(NodeAuth::Automatic, false, Db::Memory, hanging).await;
+    let run_id = start_flower_app(&federation, &echo_app(), &[]).await;
+    let (lines, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Failed, "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("did not take its input") && line.contains("starting")),
         "{lines:#?}"
     );
 }
