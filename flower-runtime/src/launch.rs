@@ -12,6 +12,35 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+/// The program `given` (its flag `flag` names it), or the first `name` on `PATH` other than
+/// `passed_over` (a program of the same name that is not Flower's); an error ends with `hint`,
+/// which says how to install it.
+pub fn find_program(
+    name: &str,
+    flag: &str,
+    given: Option<&Path>,
+    passed_over: Option<&Path>,
+    hint: &str,
+) -> Result<PathBuf, String> {
+    if let Some(program) = given {
+        return if program.is_file() {
+            Ok(program.to_path_buf())
+        } else {
+            Err(format!(
+                "{flag} {} does not exist: {hint}",
+                program.display()
+            ))
+        };
+    }
+    let passed_over = passed_over.and_then(|path| path.canonicalize().ok());
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .filter(|candidate| candidate.is_file())
+        .find(|candidate| passed_over.is_none() || candidate.canonicalize().ok() != passed_over)
+        .ok_or_else(|| format!("there is no Flower {name} here to run a Flower app: {hint}"))
+}
+
 /// A task's token in a private file, removed when dropped.
 #[derive(Debug)]
 pub struct TokenFile {

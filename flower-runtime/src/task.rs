@@ -416,6 +416,15 @@ impl<T: Task> Tasks<T> {
         token
     }
 
+    /// [`Tasks::admit`], with the token withdrawn when the returned admission is dropped, however
+    /// the task ends.
+    pub fn admit_scoped(&self, task: Arc<T>) -> Admission<'_, T> {
+        Admission {
+            token: self.admit(task),
+            tasks: self,
+        }
+    }
+
     /// Forgets the task of `token`: later calls with it are refused.
     pub fn remove(&self, token: &str) {
         self.lock().remove(token);
@@ -441,6 +450,25 @@ impl<T: Task> Host for Tasks<T> {
                 None => Err(ApiError::invalid_token()),
             }
         })
+    }
+}
+
+/// A task's token, withdrawn from its [`Tasks`] when dropped.
+pub struct Admission<'a, T: Task> {
+    tasks: &'a Tasks<T>,
+    token: String,
+}
+
+impl<T: Task> Admission<'_, T> {
+    /// The token the task's app shows.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+}
+
+impl<T: Task> Drop for Admission<'_, T> {
+    fn drop(&mut self) {
+        self.tasks.remove(&self.token);
     }
 }
 

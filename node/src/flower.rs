@@ -200,10 +200,7 @@ impl FlowerClientApps {
         let run_id = instruction.metadata.run_id;
         let root = deflated.tree.object_id.clone();
         let task = ClientAppTask::new(self.input(job, run_id), metadata, deflated, MAX_REPLY_BYTES);
-        let admitted = Admitted {
-            tasks: &self.tasks,
-            token: self.tasks.admit(task.clone()),
-        };
+        let admitted = self.tasks.admit_scoped(task.clone());
         // A home per FAB: Flower installs an app under a directory named by eight digits of its
         // hash and reuses any it finds, which another FAB could be made to match.
         let home = self.home.join(job.hash.to_string());
@@ -211,7 +208,7 @@ impl FlowerClientApps {
             .run_process(
                 &program,
                 &home,
-                &admitted.token,
+                admitted.token(),
                 &task,
                 instruction,
                 &cancelled,
@@ -299,43 +296,19 @@ impl FlowerClientApps {
     }
 }
 
-/// A task's token, withdrawn when the instruction is done with, however it ended.
-struct Admitted<'a> {
-    tasks: &'a Tasks,
-    token: String,
-}
-
-impl Drop for Admitted<'_> {
-    fn drop(&mut self) {
-        self.tasks.remove(&self.token);
-    }
-}
-
 /// `given`, or Flower's `flwr-clientapp` on `PATH`. This project's own `flwr-clientapp` (beside
 /// this executable) runs this project's apps, not Flower's, so it is passed over.
 pub fn find_program(given: Option<&Path>) -> Result<PathBuf, String> {
-    if let Some(program) = given {
-        return if program.is_file() {
-            Ok(program.to_path_buf())
-        } else {
-            Err(format!(
-                "--flwr-clientapp {} does not exist: {INSTALL_HINT}",
-                program.display()
-            ))
-        };
-    }
     let ours = std::env::current_exe()
         .ok()
-        .map(|exe| exe.with_file_name(PROGRAM))
-        .and_then(|path| path.canonicalize().ok());
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(PROGRAM))
-        .filter(|candidate| candidate.is_file())
-        .find(|candidate| candidate.canonicalize().ok() != ours)
-        .ok_or_else(|| {
-            format!("this node has no Flower {PROGRAM} to run a Flower app: {INSTALL_HINT}")
-        })
+        .map(|exe| exe.with_file_name(PROGRAM));
+    flower_runtime::launch::find_program(
+        PROGRAM,
+        "--flwr-clientapp",
+        given,
+        ours.as_deref(),
+        INSTALL_HINT,
+    )
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! becomes the run's artifacts, which `flwr pull` fetches, and the directory is removed.
 
 use super::grid::BrokerGrid;
+use super::program::{Tail, forward_stderr, tail_text};
 use crate::state::Shared;
 use flower_runtime::proto;
 use flower_runtime::records::scalar_of;
@@ -18,11 +19,10 @@ use flower_runtime::serverapp::{
 use flower_runtime::task::{TaskInput, Tasks};
 use model::app::{AppError, Grid, Instruction, ServerApp, ServerContext};
 use model::bundle::Bundle;
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use wire::message::{ErrorCode, MessageError, MessageType, now_ms};
@@ -42,9 +42,6 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
 /// How long a process that pushed its output has to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
-
-/// Stderr lines kept to explain a crash.
-const STDERR_TAIL: usize = 10;
 
 /// How often the app's liveness is checked (against `BrokerConfig::flower_app_patience`).
 const WATCHDOG_PERIOD: Duration = Duration::from_secs(1);
@@ -83,24 +80,14 @@ impl FlowerRuntime {
 
 /// `given`, or `flwr-serverapp` on `PATH`.
 pub fn find_program(given: Option<&Path>) -> Result<PathBuf, String> {
-    const HINT: &str = "install Flower's runtime where the SuperLink runs (pip install \
-        'flwr==1.42.*', then start flower-superlink with that environment's bin on PATH), or \
-        give --flwr-serverapp PATH";
-    if let Some(program) = given {
-        return if program.is_file() {
-            Ok(program.to_path_buf())
-        } else {
-            Err(format!(
-                "--flwr-serverapp {} does not exist: {HINT}",
-                program.display()
-            ))
-        };
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(PROGRAM))
-        .find(|candidate| candidate.is_file())
-        .ok_or_else(|| format!("this SuperLink has no {PROGRAM} to run a Flower app: {HINT}"))
+    flower_runtime::launch::find_program(
+        PROGRAM,
+        "--flwr-serverapp",
+        given,
+        None,
+        "install Flower's runtime where the SuperLink runs (pip install 'flwr==1.42.*', then \
+         start flower-superlink with that environment's bin on PATH), or give --flwr-serverapp PATH",
+    )
 }
 
 /// A run's Flower ServerApp.
@@ -118,18 +105,6 @@ pub struct FlowerServerApp {
 impl ServerApp for FlowerServerApp {
     fn run(&self, _grid: &dyn Grid, context: &ServerContext) -> Result<(), AppError> {
         self.handle.block_on(self.supervise(context))
-    }
-}
-
-/// A task's token, withdrawn however the run ends.
-struct Admitted<'a> {
-    tasks: &'a Tasks<ServerAppTask>,
-    token: String,
-}
-
-impl Drop for Admitted<'_> {
-    fn drop(&mut self) {
-        self.tasks.remove(&self.token);
     }
 }
 
@@ -194,10 +169,7 @@ impl FlowerServerApp {
             MAX_PUSHED_BYTES,
         );
         let runtime = &self.shared.flower;
-        let admitted = Admitted {
-            tasks: &runtime.tasks,
-            token: runtime.tasks.admit(task.clone()),
-        };
+        let admitted = runtime.tasks.admit_scoped(task.clone());
         // A home per FAB: Flower installs an app under a directory named by eight digits of its
         // hash and reuses any it finds, which another FAB could be made to match.
         let home = self
@@ -207,7 +179,7 @@ impl FlowerServerApp {
             .join("flwr-home")
             .join(self.bundle.hash.to_string());
         let (mut command, _token_file) =
-            flower_runtime::launch::app_command(&program, runtime.address, &admitted.token, &home)
+            flower_runtime::launch::app_command(&program, runtime.address, admitted.token(), &home)
                 .map_err(|e| AppError::new(format!("cannot write the task's token file: {e}")))?;
         // Flower's SuperLink sends the app's output nowhere: what it says reaches the run's log
         // through push-logs. Stderr is kept to explain a crash before that starts.
@@ -219,11 +191,11 @@ impl FlowerServerApp {
             .spawn()
             .map_err(|e| AppError::new(format!("cannot start {}: {e}", program.display())))?;
         let _group = ops::process::ProcessGroup::of(child.id());
-        let tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
+        let tail = Tail::default();
         let stderr = child
             .stderr
             .take()
-            .map(|stderr| tokio::spawn(keep_stderr(stderr, tail.clone())));
+            .map(|stderr| tokio::spawn(forward_stderr(stderr, tail.clone())));
         let patience = self.shared.config.flower_app_patience;
         let outcome = tokio::select! {
             outcome = task.finished() => outcome,
@@ -237,7 +209,7 @@ impl FlowerServerApp {
                     return Err(AppError::new(format!(
                         "flwr-serverapp {} without reporting how the app ended{}",
                         ops::process::describe_exit(status),
-                        last_words(&tail)
+                        tail_text(&tail)
                     )));
                 }
             },
@@ -251,11 +223,11 @@ impl FlowerServerApp {
                 return Err(AppError::new(match liveness {
                     Liveness::NeverStarted => format!(
                         "flwr-serverapp did not take its input within {patience:?}; it was killed{}",
-                        last_words(&tail)
+                        tail_text(&tail)
                     ),
                     _ => format!(
                         "flwr-serverapp went silent (no heartbeat for {patience:?}); it was killed{}",
-                        last_words(&tail)
+                        tail_text(&tail)
                     ),
                 }));
             }
@@ -435,32 +407,6 @@ async fn unheard(task: &ServerAppTask, patience: Duration) -> Liveness {
             Liveness::Alive => {}
             unheard => return unheard,
         }
-    }
-}
-
-/// Logs the app's stderr as the broker's own, keeping the last lines.
-async fn keep_stderr(stderr: tokio::process::ChildStderr, tail: Arc<Mutex<VecDeque<String>>>) {
-    ops::process::for_each_line(stderr, 4096, |line| {
-        let line = wire::text::sanitize(&line, 512);
-        tracing::info!(target: "serverapp", "{line}");
-        let mut kept = tail.lock().unwrap_or_else(|p| p.into_inner());
-        if kept.len() == STDERR_TAIL {
-            kept.pop_front();
-        }
-        kept.push_back(line);
-    })
-    .await;
-}
-
-fn last_words(tail: &Mutex<VecDeque<String>>) -> String {
-    let lines = tail.lock().unwrap_or_else(|p| p.into_inner());
-    if lines.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "; its last words: {}",
-            lines.iter().cloned().collect::<Vec<_>>().join(" | ")
-        )
     }
 }
 

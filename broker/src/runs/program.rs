@@ -58,9 +58,10 @@ pub struct ProgramServerApp {
 }
 
 /// The last lines a program wrote to stderr.
-type Tail = Arc<Mutex<VecDeque<String>>>;
+pub(super) type Tail = Arc<Mutex<VecDeque<String>>>;
 
-fn tail_text(tail: &Tail) -> String {
+/// `; its last words: ...`, or nothing if it said nothing.
+pub(super) fn tail_text(tail: &Tail) -> String {
     let lines = tail.lock().unwrap_or_else(|p| p.into_inner());
     if lines.is_empty() {
         String::new()
@@ -76,7 +77,7 @@ fn tail_text(tail: &Tail) -> String {
 const STDERR_LINE_BYTES: usize = 4096;
 
 /// Logs a program's stderr as the broker's own, keeping the last lines.
-async fn forward_stderr(stderr: tokio::process::ChildStderr, tail: Tail) {
+pub(super) async fn forward_stderr(stderr: tokio::process::ChildStderr, tail: Tail) {
     ops::process::for_each_line(stderr, STDERR_LINE_BYTES, |line| {
         let line = wire::text::sanitize(&line, 512);
         tracing::info!(target: "serverapp", "{line}");
