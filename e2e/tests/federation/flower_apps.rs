@@ -3,7 +3,7 @@
 //! on the SuperLink and its ClientApp by Flower's `flwr-clientapp` on each node, all from the
 //! virtual environment `scripts/flower-venv` makes; the ServerApp's output is the run's log.
 
-use crate::runs::follow;
+use crate::runs::follow_for;
 use broker::config::{BrokerConfig, NodeAuth};
 use cli::app_config::AppConfig;
 use e2e::{Db, Federation, RunningNode, flower_program};
@@ -19,6 +19,12 @@ fn echo_app() -> PathBuf {
 
 fn with_flower_serverapp(config: &mut BrokerConfig) {
     config.flwr_serverapp = Some(flower_program("flwr-serverapp"));
+}
+
+/// Follows a run to its end. Python programs start for every instruction: under a full test
+/// suite on two cores they take their time.
+async fn follow(federation: &Federation, run_id: RunId) -> (Vec<String>, RunStatus) {
+    follow_for(federation, run_id, std::time::Duration::from_secs(300)).await
 }
 
 /// Builds the app's FAB, offers it and starts a run with its config and `overrides`.

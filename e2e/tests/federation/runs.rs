@@ -24,6 +24,15 @@ pub async fn start_run(federation: &Federation, overrides: &str) -> RunId {
 
 /// Follows the run's log to its end; returns the lines and the final status.
 pub async fn follow(federation: &Federation, run_id: RunId) -> (Vec<String>, RunStatus) {
+    follow_for(federation, run_id, PATIENCE * 2).await
+}
+
+/// [`follow`], giving the run `patience` to end.
+pub async fn follow_for(
+    federation: &Federation,
+    run_id: RunId,
+    patience: Duration,
+) -> (Vec<String>, RunStatus) {
     let mut client = federation.operator().await.unwrap();
     client
         .send_request(ControlRequest::Log {
@@ -34,7 +43,7 @@ pub async fn follow(federation: &Federation, run_id: RunId) -> (Vec<String>, Run
         .await
         .unwrap();
     let mut lines = Vec::new();
-    let status = tokio::time::timeout(PATIENCE * 2, async {
+    let status = tokio::time::timeout(patience, async {
         loop {
             match client.receive().await.unwrap() {
                 ControlResponse::Log {
