@@ -236,3 +236,62 @@ async fn a_serverapp_that_never_takes_its_input_is_killed_and_its_run_fails() {
         "{lines:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_a_flower_app_run_ends_its_serverapp() {
+    use wire::control::{ControlRequest, ControlResponse};
+    let federation = Federation::start_tuned(
+        NodeAuth::Automatic,
+        false,
+        Db::Memory,
+        with_flower_serverapp,
+    )
+    .await;
+    // One node where the app waits for two: its ServerApp waits until stopped.
+    let _nodes = flower_nodes(&federation, 1).await;
+    let run_id = start_flower_app(&federation, &echo_app(), &[]).await;
+    let mut client = federation.operator().await.unwrap();
+    client
+        .send_request(ControlRequest::Log {
+            run_id,
+            after: 0,
+            follow: true,
+        })
+        .await
+        .unwrap();
+    let waiting = tokio::time::timeout(std::time::Duration::from_secs(300), async {
+        loop {
+            let ControlResponse::Log { lines, .. } = client.receive().await.unwrap() else {
+                panic!("not a log page")
+            };
+            if lines.iter().any(|l| l.text.contains("Waiting for nodes")) {
+                break;
+            }
+        }
+    });
+    waiting
+        .await
+        .expect("the ServerApp waits for a second node");
+    let response = federation.request(ControlRequest::StopRun { run_id }).await;
+    assert_eq!(response, ControlResponse::RunStopped { run_id });
+    // The supervisor ends with its process: the task's token file goes with it.
+    let homes = federation.path("superlink-apps/flwr-home");
+    let token_files = || {
+        std::fs::read_dir(&homes)
+            .unwrap()
+            .flatten()
+            .filter_map(|home| std::fs::read_dir(home.path().join("tokens")).ok())
+            .flat_map(|tokens| tokens.flatten())
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while token_files() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ServerApp's task outlived its run"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (_, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Stopped);
+}
