@@ -10,7 +10,7 @@
 //! to every node) share one copy of them.
 
 use crate::messages::{body_to_objects, code};
-use crate::objects::{Body, ObjectError, deflate, inflate, is_object_id, object_id};
+use crate::objects::{Body, Deflated, ObjectError, deflate, inflate, is_object_id, object_id};
 use crate::proto;
 use crate::server::{ApiError, Endpoint};
 use crate::task::{Task, TaskInput, collect_ids, decode, encode};
@@ -28,6 +28,16 @@ const MAX_LOG_LINE: usize = 4096;
 
 /// Most instructions in flight at once.
 const MAX_OUTSTANDING: usize = 1 << 20;
+
+/// Most instructions whose objects may be arriving at once.
+const MAX_PUSHING: usize = 16_384;
+
+/// Most push sessions open at once.
+const MAX_SESSIONS: usize = 1024;
+
+/// What holding one pushed object costs beyond its bytes (its id, its entries), counted against
+/// the pushed-bytes budget so that many tiny objects are bounded too.
+const OBJECT_OVERHEAD: u64 = 128;
 
 /// Most log lines taken from one push of the app's output; the rest are counted, not kept.
 const MAX_LOG_LINES_PER_PUSH: usize = 1000;
@@ -79,6 +89,8 @@ pub struct ServerOutcome {
 /// An instruction whose objects are still arriving.
 struct Pushing {
     metadata: proto::Metadata,
+    /// When it is given up on if its objects have not all arrived (its time to live).
+    expires: Instant,
     /// Its objects not here yet.
     missing: HashSet<String>,
     /// The id of its records' object (instructions with the same one share their records).
@@ -88,6 +100,9 @@ struct Pushing {
 /// A reply handed to the app, until it confirms it.
 struct HandedOut {
     objects: Vec<String>,
+    /// When its objects are dropped unconfirmed (Flower's app skips the confirmation when an
+    /// object is missing).
+    expires: Instant,
 }
 
 /// An instruction sent and not yet answered.
@@ -143,6 +158,8 @@ pub struct ServerAppTask {
     finished: watch::Sender<bool>,
     /// When the app last called (or the task was made).
     last_call: Mutex<Instant>,
+    /// When the task was made.
+    created: Instant,
 }
 
 /// Whether the app is still heard from, for a daemon's watchdog.
@@ -172,19 +189,25 @@ impl ServerAppTask {
             state: Mutex::default(),
             finished: watch::channel(false).0,
             last_call: Mutex::new(Instant::now()),
+            created: Instant::now(),
         })
     }
 
     /// Whether the app has been heard from within `patience` (its heartbeats come every 20 s
-    /// or so); before it took its input, since the task was made.
+    /// or so), and took its input within `patience` of the task being made.
     pub fn liveness(&self, patience: Duration) -> Liveness {
         let last = *self.last_call.lock().unwrap_or_else(|p| p.into_inner());
-        if last.elapsed() <= patience {
-            Liveness::Alive
-        } else if self.state().started {
+        // Heartbeats come before the input is taken: they do not count as starting.
+        if !self.state().started {
+            if self.created.elapsed() > patience {
+                Liveness::NeverStarted
+            } else {
+                Liveness::Alive
+            }
+        } else if last.elapsed() > patience {
             Liveness::Silent
         } else {
-            Liveness::NeverStarted
+            Liveness::Alive
         }
     }
 
@@ -243,8 +266,7 @@ impl ServerAppTask {
     /// Hands the app the reply to its instruction `flower_id`: a node's, or the error the
     /// federation answered in its place.
     pub fn deliver(&self, flower_id: &str, reply: &Message) {
-        let mut state = self.state();
-        let Some(outstanding) = state.outstanding.remove(flower_id) else {
+        let Some(outstanding) = self.state().outstanding.remove(flower_id) else {
             return;
         };
         let metadata = proto::Metadata {
@@ -258,13 +280,12 @@ impl ServerAppTask {
             created_at: reply.metadata.created_at_ms as f64 / 1000.0,
             ..proto::Metadata::default()
         };
-        Self::make_ready(
-            &mut state,
-            flower_id,
-            metadata,
-            &body_to_objects(&reply.body),
-            outstanding.reply_wait,
-        );
+        // Made into objects (a model's bytes hashed and copied) before the lock is taken.
+        let prepared = Self::prepare(metadata, &body_to_objects(&reply.body));
+        let mut state = self.state();
+        if !state.finished {
+            Self::make_ready(&mut state, flower_id, prepared, outstanding.reply_wait);
+        }
     }
 
     /// Answers instruction `flower_id` in place of a node, as Flower's SuperLink answers one it
@@ -285,18 +306,15 @@ impl ServerAppTask {
             created_at: wire::message::now_ms() as f64 / 1000.0,
             ..proto::Metadata::default()
         };
-        Self::make_ready(state, flower_id, metadata, &Body::Error(error), reply_wait);
+        let prepared = Self::prepare(metadata, &Body::Error(error));
+        Self::make_ready(state, flower_id, prepared, reply_wait);
     }
 
     /// Makes the reply `metadata` + `body` to `flower_id` ready to pull, its objects kept until
     /// it is confirmed.
-    fn make_ready(
-        state: &mut State,
-        flower_id: &str,
-        metadata: proto::Metadata,
-        body: &Body,
-        reply_wait: Duration,
-    ) {
+    /// The reply `metadata` + `body` as Flower's objects, with its message; a body that cannot
+    /// be one becomes an error saying so.
+    fn prepare(metadata: proto::Metadata, body: &Body) -> Option<(proto::Metadata, Deflated)> {
         let deflated = deflate(&metadata, body).or_else(|error| {
             let reason = format!("the reply cannot be given to a Flower app: {error}");
             let error = proto::Error {
@@ -305,11 +323,23 @@ impl ServerAppTask {
             };
             deflate(&metadata, &Body::Error(error))
         });
-        let Ok(deflated) = deflated else {
-            return;
-        };
+        let deflated = deflated.ok()?;
         let mut metadata = metadata;
         metadata.message_id = deflated.tree.object_id.clone();
+        Some((metadata, deflated))
+    }
+
+    /// Makes a prepared reply to `flower_id` ready to pull, its objects kept until it is
+    /// confirmed or it expires.
+    fn make_ready(
+        state: &mut State,
+        flower_id: &str,
+        prepared: Option<(proto::Metadata, Deflated)>,
+        reply_wait: Duration,
+    ) {
+        let Some((metadata, deflated)) = prepared else {
+            return;
+        };
         let mut objects = Vec::with_capacity(deflated.objects.len());
         for object in deflated.objects {
             objects.push(object.id.clone());
@@ -366,10 +396,15 @@ impl ServerAppTask {
                 "Messages and object trees do not pair up.",
             ));
         }
+        Self::forget_expired_pushes(state);
         if state.outstanding.len() + state.pushing.len() + request.messages_list.len()
             > MAX_OUTSTANDING
+            || state.pushing.len() + request.messages_list.len() > MAX_PUSHING
         {
             return Err(ApiError::new(503, 3013, "Too many instructions in flight."));
+        }
+        if state.sessions.len() >= MAX_SESSIONS {
+            return Err(ApiError::new(503, 3013, "Too many pushes under way."));
         }
         // Every tree is read before anything changes: a request refused halfway leaves nothing
         // behind.
@@ -401,11 +436,17 @@ impl ServerAppTask {
             }
         };
         let mut complete = Vec::new();
+        let mut listed = HashSet::new();
         for instruction in checked {
             let Some((id, metadata, ids, content_id)) = instruction else {
                 message_ids.push(String::new());
                 continue;
             };
+            if !listed.insert(id.clone()) {
+                // Twice in one request: it goes once.
+                message_ids.push(id);
+                continue;
+            }
             if let Some(pushing) = state.pushing.get(&id) {
                 // The same instruction again (a retry after a lost answer): this session asks
                 // for what it still lacks.
@@ -427,6 +468,7 @@ impl ServerAppTask {
                 .collect();
             missing.iter().for_each(|object| ask(object, &mut to_push));
             let pushing = Pushing {
+                expires: Instant::now() + Self::reply_wait(metadata.ttl),
                 metadata,
                 missing,
                 content_id,
@@ -451,6 +493,23 @@ impl ServerAppTask {
             session_id: session,
         };
         Ok((encode(&response), outgoing))
+    }
+
+    /// Gives up on instructions whose objects did not all arrive within their time to live.
+    fn forget_expired_pushes(state: &mut State) {
+        let now = Instant::now();
+        state.pushing.retain(|_, pushing| pushing.expires > now);
+        if state.pushing.is_empty() {
+            Self::forget_pushed(state);
+        }
+    }
+
+    /// Drops every pushed object and push session: no instruction being pushed needs them.
+    fn forget_pushed(state: &mut State) {
+        state.pushed = HashMap::new();
+        state.pushed_bytes = 0;
+        state.contents = HashMap::new();
+        state.sessions = HashMap::new();
     }
 
     /// The instruction's metadata, if it is one this run's server app may send: its own run,
@@ -560,7 +619,8 @@ impl ServerAppTask {
         }
         let bytes = state
             .pushed_bytes
-            .saturating_add(request.object_content.len() as u64);
+            .saturating_add(request.object_content.len() as u64)
+            .saturating_add(OBJECT_OVERHEAD);
         if bytes > self.max_pushed_bytes {
             return (false, Vec::new());
         }
@@ -590,10 +650,7 @@ impl ServerAppTask {
         if state.pushing.is_empty() {
             // Nothing left that could need them: sent instructions hold their own records, and
             // a session still asking for an object asks for nothing anyone waits on.
-            state.pushed = HashMap::new();
-            state.pushed_bytes = 0;
-            state.contents = HashMap::new();
-            state.sessions = HashMap::new();
+            Self::forget_pushed(state);
         }
         (true, outgoing)
     }
@@ -615,6 +672,17 @@ impl ServerAppTask {
                 Self::release(state, ready.objects);
             }
         }
+        let unconfirmed: Vec<String> = state
+            .handed_out
+            .iter()
+            .filter(|(_, handed_out)| handed_out.expires <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in unconfirmed {
+            if let Some(handed_out) = state.handed_out.remove(&id) {
+                Self::release(state, handed_out.objects);
+            }
+        }
         let mut response = proto::PullAppMessagesResponse::default();
         for id in &request.message_ids {
             let Some(ready) = state.ready.remove(id) else {
@@ -622,6 +690,8 @@ impl ServerAppTask {
             };
             let handed_out = HandedOut {
                 objects: ready.objects,
+                // Time to pull its objects, however late it was pulled.
+                expires: ready.expires.max(now + MIN_REPLY_WAIT),
             };
             if let Some(replaced) = state
                 .handed_out

@@ -8,7 +8,7 @@
 use flower_runtime::objects::{Body, Deflated, deflate, inflate};
 use flower_runtime::proto;
 use flower_runtime::server::Endpoint;
-use flower_runtime::serverapp::{Federation, Outgoing, ServerAppTask};
+use flower_runtime::serverapp::{Federation, Liveness, Outgoing, ServerAppTask};
 use flower_runtime::task::{Task, TaskInput};
 use prost::Message as _;
 use std::collections::HashMap;
@@ -436,4 +436,68 @@ fn an_error_reply_reaches_the_app_with_flowers_code() {
         panic!("not an error");
     };
     assert_eq!(error.code, flower_runtime::messages::code::NODE_UNAVAILABLE);
+}
+
+#[test]
+fn an_instruction_listed_twice_in_one_push_goes_once() {
+    let (task, federation) = task();
+    let content = records(&[1.0]);
+    let first = [instruction(10, &content)];
+    let response = push(&task, &first);
+    // Another instruction still being pushed keeps the pushed objects around.
+    let other = [instruction(11, &records(&[2.0]))];
+    push(&task, &other);
+    push_objects(&task, &response, &objects_of(&first));
+    assert_eq!(federation.sent.lock().unwrap().len(), 1);
+    // The first one's reply is pulled: it is neither outstanding nor waiting.
+    let id = federation.sent.lock().unwrap()[0].flower_id.clone();
+    let reply = Message {
+        metadata: Metadata {
+            run_id: RunId(RUN),
+            message_id: MessageId::random(),
+            src_node_id: NodeId(10),
+            dst_node_id: NodeId::SERVER,
+            reply_to: None,
+            group_id: "1".into(),
+            ttl_ms: 60_000,
+            message_type: MessageType::Train,
+            created_at_ms: now_ms(),
+        },
+        body: MessageBody::Content(content.clone()),
+    };
+    task.deliver(&id, &reply);
+    let _: proto::PullAppMessagesResponse = call(
+        &task,
+        Endpoint::PullMessages,
+        &proto::PullAppMessagesRequest {
+            message_ids: vec![id],
+        },
+    );
+    // The same instruction twice in one request, its objects all held: sent once.
+    let twice = [first[0].clone(), first[0].clone()];
+    push(&task, &twice);
+    assert_eq!(federation.sent.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn heartbeats_alone_do_not_count_as_taking_the_input() {
+    let federation = Arc::new(Recorded::default());
+    let input = TaskInput {
+        task_id: 1,
+        context: proto::Context::default(),
+        run: proto::Run::default(),
+        fab: proto::Fab::default(),
+    };
+    let task = ServerAppTask::new(input, federation, 1 << 20);
+    let patience = std::time::Duration::from_millis(200);
+    assert_eq!(task.liveness(patience), Liveness::Alive);
+    for _ in 0..5 {
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        let _: proto::SendTaskHeartbeatResponse = call(
+            &task,
+            Endpoint::SendTaskHeartbeat,
+            &proto::SendTaskHeartbeatRequest {},
+        );
+    }
+    assert_eq!(task.liveness(patience), Liveness::NeverStarted);
 }

@@ -328,3 +328,61 @@ fn archives_that_readers_could_see_differently_are_refused() {
     // Too short to hold an end record at all.
     assert!(fab::unzip(b"PK\x05\x06").is_err());
 }
+
+#[test]
+fn an_entry_with_a_second_unicode_name_is_refused() {
+    let good = fab_of(&[(PYPROJECT, PYPROJECT_TEXT.as_bytes()), ("x.py", b"1")]);
+    // Rebuild the archive with an Info-ZIP Unicode Path field on x.py's directory entry, naming
+    // it pyproject.toml for the readers that prefer that field.
+    let files = fab::unzip(&good).unwrap();
+    let mut extra = 0x7075u16.to_le_bytes().to_vec();
+    let name = b"pyproject.toml";
+    extra.extend(((5 + name.len()) as u16).to_le_bytes());
+    extra.push(1);
+    extra.extend(crc32fast::hash(b"x.py").to_le_bytes());
+    extra.extend(name);
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for path in [PYPROJECT, "x.py", CONTENT] {
+        let contents = &files[path];
+        let offset = out.len() as u32;
+        let with_extra: &[u8] = if path == "x.py" { &extra } else { &[] };
+        for is_central in [false, true] {
+            let signature: u32 = if is_central { 0x0201_4b50 } else { 0x0403_4b50 };
+            let mut h = signature.to_le_bytes().to_vec();
+            if is_central {
+                h.extend(20u16.to_le_bytes());
+            }
+            h.extend([20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            h.extend(crc32fast::hash(contents).to_le_bytes());
+            h.extend((contents.len() as u32).to_le_bytes());
+            h.extend((contents.len() as u32).to_le_bytes());
+            h.extend((path.len() as u16).to_le_bytes());
+            let extra_len = if is_central { with_extra.len() } else { 0 };
+            h.extend((extra_len as u16).to_le_bytes());
+            if is_central {
+                h.extend([0; 10]);
+                h.extend(offset.to_le_bytes());
+            }
+            h.extend(path.as_bytes());
+            if is_central {
+                h.extend(with_extra);
+                central.extend(h);
+            } else {
+                out.extend(h);
+                out.extend(contents);
+            }
+        }
+    }
+    let directory_offset = out.len() as u32;
+    out.extend(&central);
+    out.extend(0x0605_4b50u32.to_le_bytes());
+    out.extend([0; 4]);
+    out.extend(3u16.to_le_bytes());
+    out.extend(3u16.to_le_bytes());
+    out.extend((central.len() as u32).to_le_bytes());
+    out.extend(directory_offset.to_le_bytes());
+    out.extend([0; 2]);
+    let why = refusal(&out);
+    assert!(why.contains("second, Unicode name"), "{why}");
+}

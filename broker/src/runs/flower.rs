@@ -43,6 +43,12 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 /// How long a process that pushed its output has to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
 
+/// Most batches of log lines waiting to be written.
+const LOG_QUEUE: usize = 256;
+
+/// How long the app's last log lines may take to be written when it ends.
+const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How often the app's liveness is checked (against `BrokerConfig::flower_app_patience`).
 const WATCHDOG_PERIOD: Duration = Duration::from_secs(1);
 
@@ -159,15 +165,12 @@ impl FlowerServerApp {
             sends,
             self.handle.clone(),
         ));
-        let task = ServerAppTask::new(
-            self.input(context)?,
-            Arc::new(BrokerFederation::new(
-                self.shared.clone(),
-                grid,
-                context.run_id,
-            )),
-            MAX_PUSHED_BYTES,
-        );
+        let federation = Arc::new(BrokerFederation::new(
+            self.shared.clone(),
+            grid,
+            context.run_id,
+        ));
+        let task = ServerAppTask::new(self.input(context)?, federation.clone(), MAX_PUSHED_BYTES);
         let runtime = &self.shared.flower;
         let admitted = runtime.tasks.admit_scoped(task.clone());
         // A home per FAB: Flower installs an app under a directory named by eight digits of its
@@ -190,37 +193,41 @@ impl FlowerServerApp {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| AppError::new(format!("cannot start {}: {e}", program.display())))?;
-        let _group = ops::process::ProcessGroup::of(child.id());
+        let group = ops::process::ProcessGroup::of(child.id());
         let tail = Tail::default();
         let stderr = child
             .stderr
             .take()
             .map(|stderr| tokio::spawn(forward_stderr(stderr, tail.clone())));
         let patience = self.shared.config.flower_app_patience;
-        let outcome = tokio::select! {
-            outcome = task.finished() => outcome,
+        let ended: Result<ServerOutcome, String> = tokio::select! {
+            outcome = task.finished() => {
+                // It reported how it ended: it may take a moment to exit.
+                let _ = tokio::time::timeout(EXIT_GRACE, child.wait()).await;
+                Ok(outcome)
+            }
             status = child.wait() => match tokio::time::timeout(OUTPUT_GRACE, task.finished()).await {
-                Ok(outcome) => outcome,
+                Ok(outcome) => Ok(outcome),
                 Err(_) => {
                     task.abandon();
                     if let Some(stderr) = stderr {
                         let _ = tokio::time::timeout(Duration::from_secs(1), stderr).await;
                     }
-                    return Err(AppError::new(format!(
+                    Err(format!(
                         "flwr-serverapp {} without reporting how the app ended{}",
                         ops::process::describe_exit(status),
                         tail_text(&tail)
-                    )));
+                    ))
                 }
             },
             _ = self.cancel.cancelled() => {
+                // Stopped (or the SuperLink is shutting down): nothing of it is kept.
                 task.abandon();
                 return Err(AppError::new("the run was stopped"));
             }
             liveness = unheard(&task, patience) => {
                 task.abandon();
-                let _ = child.kill().await;
-                return Err(AppError::new(match liveness {
+                Err(match liveness {
                     Liveness::NeverStarted => format!(
                         "flwr-serverapp did not take its input within {patience:?}; it was killed{}",
                         tail_text(&tail)
@@ -229,19 +236,17 @@ impl FlowerServerApp {
                         "flwr-serverapp went silent (no heartbeat for {patience:?}); it was killed{}",
                         tail_text(&tail)
                     ),
-                }));
+                })
             }
         };
-        if tokio::time::timeout(EXIT_GRACE, child.wait())
-            .await
-            .is_err()
-        {
-            let _ = child.kill().await;
-        }
-        let shared = self.shared.clone();
-        let run_id = context.run_id;
-        let _ = tokio::task::spawn_blocking(move || keep_artifacts(&shared, run_id, workdir)).await;
-        match outcome {
+        // Whatever ended it, every process of the app ends now, before its files are read:
+        // none is left to change them.
+        let _ = child.start_kill();
+        drop(group);
+        // Its last output is in the run's log before the run is declared over.
+        federation.flush(LOG_FLUSH_TIMEOUT);
+        keep_artifacts(&self.shared, context.run_id, workdir);
+        match ended.map_err(AppError::new)? {
             ServerOutcome {
                 sub_status: Some(status),
                 ..
@@ -320,22 +325,59 @@ fn artifact_name(relative: &Path) -> Option<String> {
     super::program::valid_artifact_name(&name).then_some(name)
 }
 
+/// Most directory entries looked at when collecting a ServerApp's files.
+const MAX_ENTRIES_WALKED: usize = 10_000;
+
+/// Reads the regular file at `path` if it is one (a link, a pipe or a device is not opened
+/// through), and if it holds at most `limit` bytes.
+fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let metadata = file.metadata().map_err(|e| e.to_string())?;
+    if !metadata.is_file() {
+        return Err("not a regular file".into());
+    }
+    if metadata.len() > limit {
+        return Err(format!("over {limit} bytes"));
+    }
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > limit {
+        return Err(format!("over {limit} bytes"));
+    }
+    Ok(bytes)
+}
+
 /// Stores the regular files the app left in `workdir` as the run's artifacts (within
-/// [`MAX_ARTIFACTS`] and [`MAX_ARTIFACT_BYTES`]; what is left out is said in the run's log),
-/// then removes the directory.
+/// [`MAX_ARTIFACTS`] and [`MAX_ARTIFACT_BYTES`], looking at no more than [`MAX_ENTRIES_WALKED`]
+/// entries; what is left out is said in the run's log), then removes the directory. Every
+/// process of the app has ended by then.
 fn keep_artifacts(shared: &Shared, run_id: wire::RunId, workdir: WorkDir) {
     let mut files = Vec::new();
     let mut pending = vec![workdir.path().to_path_buf()];
-    while let Some(dir) = pending.pop() {
+    let mut walked = 0usize;
+    'walk: while let Some(dir) = pending.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
         for entry in entries.flatten() {
-            // Not followed: a link may point anywhere on the SuperLink's host.
+            walked += 1;
+            if walked > MAX_ENTRIES_WALKED {
+                break 'walk;
+            }
+            // The entry's own type: a link is never followed.
             let Ok(kind) = entry.file_type() else {
                 continue;
             };
-            if kind.is_dir() && pending.len() + files.len() < 4 * MAX_ARTIFACTS {
+            if kind.is_dir() {
                 pending.push(entry.path());
             } else if kind.is_file() {
                 files.push(entry.path());
@@ -343,56 +385,76 @@ fn keep_artifacts(shared: &Shared, run_id: wire::RunId, workdir: WorkDir) {
         }
     }
     files.sort();
-    let (mut kept, mut bytes, mut left_out) = (0usize, 0u64, Vec::new());
-    for path in files {
-        let Ok(relative) = path.strip_prefix(workdir.path()) else {
-            continue;
-        };
-        let Some(name) = artifact_name(relative) else {
-            continue;
-        };
-        let size = std::fs::metadata(&path)
-            .map(|m| m.len())
-            .unwrap_or(u64::MAX);
-        if kept == MAX_ARTIFACTS
-            || size > super::program::MAX_STORED_BYTES
-            || bytes + size > MAX_ARTIFACT_BYTES
-        {
+    let mut names = std::collections::HashSet::new();
+    let (mut bytes, mut left_out, mut more_left_out) = (0u64, Vec::new(), 0usize);
+    let mut leave_out = |name: String, left_out: &mut Vec<String>| {
+        if left_out.len() < 10 {
             left_out.push(name);
+        } else {
+            more_left_out += 1;
+        }
+    };
+    for path in files {
+        let Some(name) = path
+            .strip_prefix(workdir.path())
+            .ok()
+            .and_then(artifact_name)
+        else {
+            continue;
+        };
+        let room = MAX_ARTIFACT_BYTES
+            .saturating_sub(bytes)
+            .min(super::program::MAX_STORED_BYTES);
+        if names.len() == MAX_ARTIFACTS || names.contains(&name) {
+            leave_out(name, &mut left_out);
             continue;
         }
-        let saved = std::fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|contents| {
-                shared
-                    .store
-                    .save_artifact(run_id, &name, &contents)
-                    .map_err(|e| e.to_string())
-            });
+        let saved = read_regular_file(&path, room).and_then(|contents| {
+            let size = contents.len() as u64;
+            shared
+                .store
+                .save_artifact(run_id, &name, &contents)
+                .map(|()| size)
+                .map_err(|e| e.to_string())
+        });
         match saved {
-            Ok(()) => {
-                kept += 1;
+            Ok(size) => {
                 bytes += size;
+                names.insert(name);
             }
             Err(error) => {
-                tracing::warn!(%error, artifact = %name, "could not keep a ServerApp's file");
-                left_out.push(name);
+                tracing::warn!(%error, artifact = %name, "a ServerApp's file is not kept");
+                leave_out(name, &mut left_out);
             }
         }
     }
-    if kept > 0 {
-        shared.runs.log(
-            &shared.store,
-            run_id,
-            &format!("Kept {kept} file(s) the ServerApp wrote as the run's artifacts (flwr pull)"),
-        );
-    }
-    if !left_out.is_empty() {
+    if !names.is_empty() {
         shared.runs.log(
             &shared.store,
             run_id,
             &format!(
-                "Not kept (over {MAX_ARTIFACTS} files, {MAX_ARTIFACT_BYTES} bytes, or unreadable): {}",
+                "Kept {} file(s) the ServerApp wrote as the run's artifacts (flwr pull)",
+                names.len()
+            ),
+        );
+    }
+    if !left_out.is_empty() || walked > MAX_ENTRIES_WALKED {
+        let more = if more_left_out > 0 {
+            format!(" and {more_left_out} more")
+        } else {
+            String::new()
+        };
+        let unwalked = if walked > MAX_ENTRIES_WALKED {
+            format!("; only the first {MAX_ENTRIES_WALKED} entries of its directory were looked at")
+        } else {
+            String::new()
+        };
+        shared.runs.log(
+            &shared.store,
+            run_id,
+            &format!(
+                "Not kept (over {MAX_ARTIFACTS} files or {MAX_ARTIFACT_BYTES} bytes, a name \
+                 taken, or unreadable): {}{more}{unwalked}",
                 left_out.join(", ")
             ),
         );
@@ -410,24 +472,74 @@ async fn unheard(task: &ServerAppTask, patience: Duration) -> Liveness {
     }
 }
 
+/// What the log writer is handed.
+enum LogWork {
+    /// Lines to append.
+    Lines(Vec<String>),
+    /// Everything handed before is written: say so.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
 /// The run's federation, as the Flower ServerApp's task uses it.
 struct BrokerFederation {
     grid: Arc<BrokerGrid>,
     /// Batches of log lines, written in order by a thread of their own: a log write commits to
-    /// the database, which no request of the app's should wait on.
-    logs: std::sync::mpsc::Sender<Vec<String>>,
+    /// the database, which no request of the app's should wait on. The queue is bounded; what
+    /// does not fit is counted and said.
+    logs: std::sync::mpsc::SyncSender<LogWork>,
+    /// Lines dropped because the queue was full.
+    dropped: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl BrokerFederation {
     fn new(shared: Arc<Shared>, grid: Arc<BrokerGrid>, run_id: wire::RunId) -> Self {
-        let (logs, batches) = std::sync::mpsc::channel::<Vec<String>>();
-        // Ends when the federation, and with it the sender, is dropped.
+        let (logs, work) = std::sync::mpsc::sync_channel::<LogWork>(LOG_QUEUE);
+        let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = dropped.clone();
+        // Ends when the federation, and with it every sender, is dropped.
         std::thread::spawn(move || {
-            for lines in batches {
-                shared.runs.log_lines(&shared.store, run_id, &lines);
+            for item in work {
+                match item {
+                    LogWork::Lines(mut lines) => {
+                        let lost = counted.swap(0, std::sync::atomic::Ordering::Relaxed);
+                        if lost > 0 {
+                            lines.insert(
+                                0,
+                                format!(
+                                    "({lost} lines of the ServerApp's output were dropped: it \
+                                     wrote faster than the log could keep)"
+                                ),
+                            );
+                        }
+                        shared.runs.log_lines(&shared.store, run_id, &lines);
+                    }
+                    LogWork::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
             }
         });
-        BrokerFederation { grid, logs }
+        BrokerFederation {
+            grid,
+            logs,
+            dropped,
+        }
+    }
+
+    /// Waits (at most `timeout`) until every line handed so far is written.
+    fn flush(&self, timeout: Duration) {
+        let (done, written) = std::sync::mpsc::channel();
+        if self.logs.send(LogWork::Flush(done)).is_ok() {
+            let _ = written.recv_timeout(timeout);
+        }
+    }
+
+    fn queue(&self, lines: Vec<String>) {
+        let count = lines.len();
+        if self.logs.try_send(LogWork::Lines(lines)).is_err() {
+            self.dropped
+                .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -492,10 +604,12 @@ impl Federation for BrokerFederation {
                             "node {} answered with an error: {}",
                             reply.metadata.src_node_id, error.reason
                         );
-                        let _ = logs.send(vec![line]);
+                        let _ = logs.try_send(LogWork::Lines(vec![line]));
                     }
-                    if let Some(id) = ids.get(index) {
-                        task.deliver(id, &reply);
+                    if let Some(id) = ids.get(index).cloned() {
+                        // Made into Flower's objects (hashing a model's bytes) off the runtime.
+                        let task = task.clone();
+                        tokio::task::spawn_blocking(move || task.deliver(&id, &reply));
                     }
                 })
                 .await;
@@ -506,7 +620,7 @@ impl Federation for BrokerFederation {
     }
 
     fn log(&self, lines: Vec<String>) {
-        let _ = self.logs.send(lines);
+        self.queue(lines);
     }
 }
 
@@ -528,5 +642,36 @@ fn refusal(node: NodeId, group_id: &str, reason: String) -> Message {
             code: ErrorCode::InvalidReply,
             reason,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_within_the_limit_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("model.npy");
+        std::fs::write(&file, b"weights").unwrap();
+        assert_eq!(read_regular_file(&file, 100).unwrap(), b"weights");
+        assert!(read_regular_file(&file, 3).is_err(), "over the limit");
+        let link = dir.path().join("secret");
+        std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
+        assert!(read_regular_file(&link, 1 << 20).is_err(), "a link is not followed");
+        let fifo = dir.path().join("pipe");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        // A pipe with no writer would block a plain open forever.
+        assert!(read_regular_file(&fifo, 1 << 20).is_err(), "a pipe is not read");
+    }
+
+    #[test]
+    fn artifact_names_flatten_paths_and_skip_hidden_files_and_caches() {
+        assert_eq!(
+            artifact_name(Path::new("outputs/final model.pt")).as_deref(),
+            Some("outputs-final_model.pt")
+        );
+        assert_eq!(artifact_name(Path::new(".cache/x")), None);
+        assert_eq!(artifact_name(Path::new("pkg/__pycache__/m.pyc")), None);
     }
 }

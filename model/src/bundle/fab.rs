@@ -88,6 +88,28 @@ const LOCAL_LEN: usize = 30;
 const ZIP64_LOCATOR: u32 = 0x0706_4b50;
 const ZIP64_LOCATOR_LEN: usize = 20;
 
+/// The extra field giving an entry a second, Unicode name (Info-ZIP's), which Python's
+/// `zipfile` prefers to the entry's own name.
+const UNICODE_PATH_FIELD: u16 = 0x7075;
+
+/// Checks an entry's extra fields: well formed, and none that would rename it for some readers.
+fn check_extra(extra: &[u8], path: &str) -> Result<(), BundleError> {
+    let mut at = 0;
+    while at < extra.len() {
+        let header = span(extra, at, 4, "extra field")?;
+        let id = u16::from_le_bytes([header[0], header[1]]);
+        let len = usize::from(u16::from_le_bytes([header[2], header[3]]));
+        span(extra, at + 4, len, "extra field")?;
+        if id == UNICODE_PATH_FIELD {
+            return Err(malformed(format!(
+                "gives {path:?} a second, Unicode name: readers differ on which is its name"
+            )));
+        }
+        at += 4 + len;
+    }
+    Ok(())
+}
+
 /// The general-purpose flag saying a name is UTF-8 (otherwise readers take it as code page 437).
 const UTF8_NAMES: u16 = 0x800;
 
@@ -171,6 +193,15 @@ pub fn unzip(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, BundleError> {
                 why: "it is not ASCII and not marked UTF-8, so readers differ on what it is",
             });
         }
+        check_extra(
+            span(
+                directory,
+                at + CENTRAL_LEN + name_len,
+                extra_len,
+                "central directory",
+            )?,
+            &path,
+        )?;
         if fixed.u16(8) & 1 != 0 {
             return Err(malformed(format!("encrypts {path:?}")));
         }
@@ -224,6 +255,16 @@ pub fn unzip(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, BundleError> {
                 entry.path
             )));
         }
+        let local_extra_len = usize::from(local.u16(28));
+        check_extra(
+            span(
+                bytes,
+                entry.local_offset + LOCAL_LEN + local_name_len,
+                local_extra_len,
+                "file header",
+            )?,
+            &entry.path,
+        )?;
         let data_start =
             entry.local_offset + LOCAL_LEN + local_name_len + usize::from(local.u16(28));
         let data = span(bytes, data_start, entry.compressed, "file data")?;
