@@ -658,11 +658,17 @@ mod tests {
         assert!(read_regular_file(&file, 3).is_err(), "over the limit");
         let link = dir.path().join("secret");
         std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
-        assert!(read_regular_file(&link, 1 << 20).is_err(), "a link is not followed");
+        assert!(
+            read_regular_file(&link, 1 << 20).is_err(),
+            "a link is not followed"
+        );
         let fifo = dir.path().join("pipe");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
         // A pipe with no writer would block a plain open forever.
-        assert!(read_regular_file(&fifo, 1 << 20).is_err(), "a pipe is not read");
+        assert!(
+            read_regular_file(&fifo, 1 << 20).is_err(),
+            "a pipe is not read"
+        );
     }
 
     #[test]
