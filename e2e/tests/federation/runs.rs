@@ -513,7 +513,9 @@ async fn a_flower_app_directory_runs_from_its_pyproject_toml() {
         Some(&wire::ConfigValue::Int(1))
     );
 
-    // The same directory with Python components is refused before any run exists.
+    // The same directory with Python components is a Flower app, sent as its FAB: one Flower's
+    // `flwr build` could not build (the directory's name is no app name) is refused before any
+    // run exists.
     let text = std::fs::read_to_string(federation.path("pyproject.toml")).unwrap();
     std::fs::write(
         federation.path("pyproject.toml"),
@@ -527,7 +529,10 @@ async fn a_flower_app_directory_runs_from_its_pyproject_toml() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(error.contains("Flower Python app"), "{error}");
+    assert!(
+        error.contains("Flower App directory name") && error.contains("is invalid"),
+        "{error}"
+    );
     match federation
         .request(ControlRequest::ListRuns { run_id: None })
         .await
