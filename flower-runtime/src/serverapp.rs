@@ -661,27 +661,20 @@ impl ServerAppTask {
         request: &proto::PullAppMessagesRequest,
     ) -> proto::PullAppMessagesResponse {
         let now = Instant::now();
-        let expired: Vec<String> = state
+        // Replies never pulled, and replies pulled but never confirmed, are let go of alike.
+        let expired: Vec<Vec<String>> = state
             .ready
-            .iter()
-            .filter(|(_, ready)| ready.expires <= now)
-            .map(|(id, _)| id.clone())
+            .extract_if(|_, ready| ready.expires <= now)
+            .map(|(_, ready)| ready.objects)
+            .chain(
+                state
+                    .handed_out
+                    .extract_if(|_, handed_out| handed_out.expires <= now)
+                    .map(|(_, handed_out)| handed_out.objects),
+            )
             .collect();
-        for id in expired {
-            if let Some(ready) = state.ready.remove(&id) {
-                Self::release(state, ready.objects);
-            }
-        }
-        let unconfirmed: Vec<String> = state
-            .handed_out
-            .iter()
-            .filter(|(_, handed_out)| handed_out.expires <= now)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in unconfirmed {
-            if let Some(handed_out) = state.handed_out.remove(&id) {
-                Self::release(state, handed_out.objects);
-            }
+        for objects in expired {
+            Self::release(state, objects);
         }
         let mut response = proto::PullAppMessagesResponse::default();
         for id in &request.message_ids {

@@ -68,6 +68,24 @@ fn call<R: prost::Message + Default>(
     R::decode(answer.as_slice()).unwrap()
 }
 
+/// A reply from node 10 carrying `body`, as the federation hands one to the task.
+fn reply_from_node_10(body: MessageBody) -> Message {
+    Message {
+        metadata: Metadata {
+            run_id: RunId(RUN),
+            message_id: MessageId::random(),
+            src_node_id: NodeId(10),
+            dst_node_id: NodeId::SERVER,
+            reply_to: Some(MessageId::random()),
+            group_id: "1".into(),
+            ttl_ms: 60_000,
+            message_type: MessageType::Train,
+            created_at_ms: now_ms(),
+        },
+        body,
+    }
+}
+
 fn records(values: &[f32]) -> RecordDict {
     let arrays = [(
         "w".to_string(),
@@ -173,20 +191,7 @@ fn instructions_go_out_once_whole_sharing_their_records_and_replies_come_back_as
     assert_eq!(*sent[0].content, content);
 
     // Node 10 answers; the app pulls the reply and its objects, then confirms it.
-    let reply = Message {
-        metadata: Metadata {
-            run_id: RunId(RUN),
-            message_id: MessageId::random(),
-            src_node_id: NodeId(10),
-            dst_node_id: NodeId::SERVER,
-            reply_to: Some(MessageId::random()),
-            group_id: "1".into(),
-            ttl_ms: 60_000,
-            message_type: MessageType::Train,
-            created_at_ms: now_ms(),
-        },
-        body: MessageBody::Content(records(&[3.0, 4.0])),
-    };
+    let reply = reply_from_node_10(MessageBody::Content(records(&[3.0, 4.0])));
     let first = &sent[0].flower_id;
     task.deliver(first, &reply);
     task.deliver(first, &reply);
@@ -396,23 +401,10 @@ fn an_error_reply_reaches_the_app_with_flowers_code() {
     let response = push(&task, &messages);
     push_objects(&task, &response, &objects_of(&messages));
     let id = federation.sent.lock().unwrap()[0].flower_id.clone();
-    let reply = Message {
-        metadata: Metadata {
-            run_id: RunId(RUN),
-            message_id: MessageId::random(),
-            src_node_id: NodeId(10),
-            dst_node_id: NodeId::SERVER,
-            reply_to: None,
-            group_id: "1".into(),
-            ttl_ms: 0,
-            message_type: MessageType::Train,
-            created_at_ms: now_ms(),
-        },
-        body: MessageBody::Error(MessageError {
-            code: ErrorCode::NodeUnavailable,
-            reason: "node 10 went offline".into(),
-        }),
-    };
+    let reply = reply_from_node_10(MessageBody::Error(MessageError {
+        code: ErrorCode::NodeUnavailable,
+        reason: "node 10 went offline".into(),
+    }));
     task.deliver(&id, &reply);
     let pulled: proto::PullAppMessagesResponse = call(
         &task,
@@ -451,20 +443,7 @@ fn an_instruction_listed_twice_in_one_push_goes_once() {
     assert_eq!(federation.sent.lock().unwrap().len(), 1);
     // The first one's reply is pulled: it is neither outstanding nor waiting.
     let id = federation.sent.lock().unwrap()[0].flower_id.clone();
-    let reply = Message {
-        metadata: Metadata {
-            run_id: RunId(RUN),
-            message_id: MessageId::random(),
-            src_node_id: NodeId(10),
-            dst_node_id: NodeId::SERVER,
-            reply_to: None,
-            group_id: "1".into(),
-            ttl_ms: 60_000,
-            message_type: MessageType::Train,
-            created_at_ms: now_ms(),
-        },
-        body: MessageBody::Content(content.clone()),
-    };
+    let reply = reply_from_node_10(MessageBody::Content(content.clone()));
     task.deliver(&id, &reply);
     let _: proto::PullAppMessagesResponse = call(
         &task,
