@@ -29,6 +29,9 @@ pub enum BrokerError {
     /// The operator key list cannot be used as it is.
     #[error("--control-auth-public-keys: {0}")]
     OperatorKeys(String),
+    /// The apps directory could be changed by other users.
+    #[error("--apps-dir: {0}")]
+    AppsDir(#[from] ops::private_dir::NotPrivate),
     /// An address could not be bound.
     #[error("cannot listen on {address} ({api} API): {source}")]
     Bind {
@@ -165,6 +168,8 @@ pub fn start(
     control_address: SocketAddr,
     shutdown: CancellationToken,
 ) -> Result<RunningBroker, BrokerError> {
+    // Apps run from here as the SuperLink's user: nobody else may change it, nor its path.
+    ops::private_dir::create_private_dir(&config.apps_dir)?;
     if let OperatorAuth::Keys(lines) = &config.operator_auth {
         check_operator_keys(lines)?;
         for (name, node_id) in operator_keys_registered_as_nodes(lines, &store) {
@@ -254,6 +259,7 @@ pub fn start(
         rounds: Arc::new(crate::rounds::Rounds::default()),
         apps,
         metrics: crate::metrics::Metrics::default(),
+        bundle_sender: crate::bundle_sender::BundleSender::default(),
         serverappio,
         flower,
     });
@@ -408,6 +414,40 @@ mod tests {
             key: IdentityKey::generate().public_key(),
             comment: comment.into(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_superlink_whose_apps_dir_others_may_change_does_not_start() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let paths =
+            certs::generate::generate_certificates(&dir.path().join("certificates"), &[], false)
+                .unwrap();
+        let chain = certs::load::load_certificates(&paths.server_cert).unwrap();
+        let key = certs::load::load_tls_private_key(&paths.server_key).unwrap();
+        let mut config =
+            BrokerConfig::new(chain, key, NodeAuth::Registered, OperatorAuth::LoopbackOnly);
+        // The apps dir would be private, but anyone may rename it away from its parent.
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        config.apps_dir = shared.join("apps");
+        let any_port = || SocketAddr::from(([127, 0, 0, 1], 0));
+        let started = start(
+            config,
+            Store::in_memory().unwrap(),
+            any_port(),
+            any_port(),
+            CancellationToken::new(),
+        );
+        let Err(error) = started else {
+            panic!("a SuperLink started with an apps dir others may change");
+        };
+        assert!(matches!(error, BrokerError::AppsDir(_)), "{error}");
+        assert!(
+            error.to_string().contains("writable by other users"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -59,8 +59,9 @@ pub struct Args {
     /// Where server app programs connect (the ServerAppIo API); only this host's processes may.
     #[arg(long, default_value = "127.0.0.1:9091", value_name = "ADDR")]
     pub serverappio_api_address: SocketAddr,
-    /// Where server app programs run, a fresh workspace per run [default:
-    /// ~/.flwr/superlink/apps].
+    /// Where server app programs and Flower's ServerApps run, a fresh workspace per run [default:
+    /// ~/.flwr/superlink/apps]. It must belong to the SuperLink's user and be writable by nobody
+    /// else, and so must every directory above it (unless sticky, as /tmp is).
     #[arg(long, value_name = "DIR")]
     pub apps_dir: Option<PathBuf>,
     /// Flower's `flwr-serverapp` (from `pip install 'flwr==1.42.*'`), which runs the ServerApps

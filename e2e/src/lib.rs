@@ -242,12 +242,17 @@ impl Federation {
 
     /// Settings of a node with the key `keys/<key>` (or a fresh one), trusting this CA.
     pub fn node_settings(&self, key: Option<&str>) -> NodeSettings {
+        static NODES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let roots = certs::load::load_certificates(&self.certs.ca_cert).unwrap();
-        node_settings(
+        let mut settings = node_settings(
             self.broker().fleet_addr,
             ServerTrust::Roots(roots),
             key.map(|k| self.path(&format!("keys/{k}"))).as_deref(),
-        )
+        );
+        // Each node's own, as on separate hosts: what one node keeps, a test can look for.
+        let n = NODES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        settings.apps_dir = self.path(&format!("node-apps-{n}"));
+        settings
     }
 }
 

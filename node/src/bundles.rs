@@ -5,8 +5,9 @@
 //! program cannot change what the next execution runs, and files changed on disk never run
 //! unless they hash to what was trusted.
 
-use model::bundle::workspace::{Workspace, create_private_dir};
+use model::bundle::workspace::Workspace;
 use model::bundle::{Bundle, MAX_BUNDLE_BYTES};
+use ops::private_dir::create_private_dir;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -90,6 +91,21 @@ impl BundleCache {
         outcome
     }
 
+    /// Whether the checked bundle `hash` is in memory (no fetch needed to use it).
+    pub fn is_known(&self, hash: BundleHash) -> bool {
+        self.known(hash).is_some()
+    }
+
+    /// The signatures the SuperLink has of the bundle `hash`, without its bytes: a node that
+    /// trusts publishers asks for these first and never downloads a bundle none of them signed.
+    pub async fn signatures(
+        &self,
+        connection: &quinn::Connection,
+        hash: BundleHash,
+    ) -> Result<Vec<BundleSignature>, String> {
+        fetch_signatures(connection, hash).await
+    }
+
     /// The bundle `hash` with the signatures the SuperLink has now: a publisher may have signed
     /// it since the node kept it. Only the signatures travel.
     pub async fn refresh_signatures(
@@ -150,10 +166,13 @@ impl BundleCache {
     /// A fresh copy of `bundle`'s files for one execution of its program.
     pub async fn workspace(&self, fetched: Arc<Fetched>) -> Result<Workspace, String> {
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || Workspace::create(&dir, &fetched.bundle))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot unpack the app bundle: {e}"))
+        tokio::task::spawn_blocking(move || {
+            create_private_dir(&dir)?;
+            Workspace::create(&dir, &fetched.bundle)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot unpack the app bundle: {e}"))
     }
 }
 

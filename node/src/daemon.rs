@@ -96,6 +96,9 @@ pub async fn run(
     shutdown: CancellationToken,
     state: watch::Sender<NodeState>,
 ) -> Result<(), NodeError> {
+    // Apps run from here as the node's user: nobody else may change it, nor its path.
+    ops::private_dir::create_private_dir(&settings.apps_dir)
+        .map_err(|e| NodeError::Setup(format!("--apps-dir: {e}")))?;
     let mut worker = crate::work::Worker::new(apps, settings.node_config.clone())
         .native_clientapps(settings.native_clientapps.clone());
     let launch = match &settings.isolation {

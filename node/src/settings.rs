@@ -68,8 +68,9 @@ pub struct Args {
     /// Repeatable.
     #[arg(long = "native-clientapp", value_name = "FAB_ID=APP")]
     pub native_clientapps: Vec<String>,
-    /// Where fetched app bundles are unpacked, one directory per bundle hash [default:
-    /// $FLWR_HOME/apps, else ~/.flwr/apps]. Nodes on one host may share it.
+    /// Where fetched app bundles are kept and unpacked [default: $FLWR_HOME/apps, else
+    /// ~/.flwr/apps]. It must belong to the node's user and be writable by nobody else, and so
+    /// must every directory above it (unless sticky, as /tmp is). Nodes of one user may share it.
     #[arg(long, value_name = "DIR")]
     pub apps_dir: Option<PathBuf>,
     /// Run only the apps this file lists: one per line, an app bundle's SHA-256 (as `flwr run`

@@ -5,12 +5,14 @@
 //! - [`flower_flags`]: flags Flower's deployment scripts pass that have no effect in this
 //!   design, accepted with one warning each so that those scripts start;
 //! - [`shutdown`]: the signals that stop a daemon gracefully;
-//! - [`process`]: child processes whose whole process group goes with them.
+//! - [`process`]: child processes whose whole process group goes with them;
+//! - [`private_dir`]: directories only the daemon's user can change, up to the root.
 
 #![forbid(unsafe_code)]
 
 pub mod flower_flags;
 pub mod http;
 pub mod logging;
+pub mod private_dir;
 pub mod process;
 pub mod shutdown;

@@ -93,12 +93,15 @@ pub(super) async fn forward_stderr(stderr: tokio::process::ChildStderr, tail: Ta
 impl ServerApp for ProgramServerApp {
     fn run(&self, grid: &dyn Grid, context: &ServerContext) -> Result<(), AppError> {
         let apps_dir = &self.shared.config.apps_dir;
-        let workspace = Workspace::create(apps_dir, &self.bundle).map_err(|e| {
-            AppError::new(format!(
-                "cannot unpack the app bundle into {}: {e}",
-                apps_dir.display()
-            ))
-        })?;
+        let workspace = ops::private_dir::create_private_dir(apps_dir)
+            .map_err(std::io::Error::from)
+            .and_then(|()| Workspace::create(apps_dir, &self.bundle))
+            .map_err(|e| {
+                AppError::new(format!(
+                    "cannot unpack the app bundle into {}: {e}",
+                    apps_dir.display()
+                ))
+            })?;
         let program = match self.program.bundle_path() {
             Some(path) => workspace.path().join(path),
             None => self.program.command.clone().into(),

@@ -5,25 +5,6 @@
 use super::Bundle;
 use std::path::{Path, PathBuf};
 
-/// Creates `dir` and its missing parents, private to this user, and refuses a directory other
-/// users may write to (they could swap a workspace between its unpacking and its use).
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let mode = std::fs::metadata(dir)?.permissions().mode();
-    if mode & 0o022 != 0 {
-        return Err(std::io::Error::other(format!(
-            "{} is writable by other users (mode {:o}): give it a private --apps-dir",
-            dir.display(),
-            mode & 0o777
-        )));
-    }
-    Ok(())
-}
-
 /// One execution's copy of a bundle's files, removed when dropped.
 #[derive(Debug)]
 pub struct Workspace {
@@ -32,11 +13,12 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    /// Unpacks `bundle` into a new directory under `cache`.
+    /// Unpacks `bundle` into a new directory under `cache`, a directory the caller has checked
+    /// that only this user can change, up to the root (`ops::private_dir`): otherwise another
+    /// user could swap the workspace between its unpacking and its use.
     pub fn create(cache: &Path, bundle: &Bundle) -> std::io::Result<Workspace> {
         use std::io::Write as _;
         use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-        create_private_dir(cache)?;
         let path = cache.join(format!(
             "run-{}-{:016x}",
             bundle.hash.short(),
@@ -120,16 +102,5 @@ mod tests {
         let (first_path, second_path) = (first.path().to_path_buf(), second.path().to_path_buf());
         drop((first, second));
         assert!(!first_path.exists() && !second_path.exists());
-    }
-
-    #[test]
-    fn a_directory_other_users_may_write_to_is_refused() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let parent = tempfile::tempdir().unwrap();
-        let shared = parent.path().join("apps");
-        std::fs::create_dir(&shared).unwrap();
-        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let error = create_private_dir(&shared).unwrap_err().to_string();
-        assert!(error.contains("writable by other users"), "{error}");
     }
 }

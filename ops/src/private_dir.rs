@@ -1,0 +1,229 @@
+//! Directories where a daemon keeps what it runs (app workspaces, Flower installs, token files):
+//! nobody but the daemon's user may change them, nor any directory on the way to them.
+//!
+//! A directory is only as private as its path: another user who owns it, or who can write to any
+//! of its ancestors, can rename it away and put a tree of their own in its place, and the daemon
+//! then runs their code as its own user. So, as OpenSSH's `StrictModes` does, every directory from
+//! the root down is checked: owned by root or by this user, and writable by nobody else unless its
+//! sticky bit keeps others from renaming what they do not own (as on `/tmp`). The directory
+//! itself must be this user's and writable by nobody else. Both the path as given and the path
+//! its links resolve to are checked, so a link cannot lead the walk around a shared directory.
+
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+use std::path::{Path, PathBuf};
+
+/// The sticky bit: in such a directory only an entry's owner may rename or remove it.
+const STICKY: u32 = 0o1000;
+
+/// Written to by group or others.
+const SHARED_WRITE: u32 = 0o022;
+
+/// Why a directory is not private.
+#[derive(Debug, thiserror::Error)]
+pub enum NotPrivate {
+    /// The directory, or one on its path, could not be made or read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// Another user owns it.
+    #[error(
+        "{} belongs to user {owner}, not to this daemon's user {user}: other users could swap \
+         what runs from it (give a private --apps-dir)",
+        path.display()
+    )]
+    Owner {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner's uid.
+        owner: u32,
+        /// This process's effective uid.
+        user: u32,
+    },
+    /// Other users may write to it.
+    #[error(
+        "{} is writable by other users (mode {mode:o}): they could swap what runs from it \
+         (give a private --apps-dir)",
+        path.display()
+    )]
+    Writable {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// It is not a directory.
+    #[error("{} is not a directory", path.display())]
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
+    },
+}
+
+impl From<NotPrivate> for std::io::Error {
+    fn from(error: NotPrivate) -> Self {
+        std::io::Error::new(std::io::ErrorKind::PermissionDenied, error)
+    }
+}
+
+/// Creates `dir` and its missing parents (those it creates are 0700), then checks that it and
+/// every directory above it are private to this user (see the module's documentation).
+pub fn create_private_dir(dir: &Path) -> Result<(), NotPrivate> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source: std::io::Error| NotPrivate::Io { path, source }
+    };
+    let dir = std::path::absolute(dir).map_err(io(dir))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io(&dir))?;
+    check_private_dir(&dir)
+}
+
+/// Checks that `dir` (which exists) and every directory above it are private to this user.
+pub fn check_private_dir(dir: &Path) -> Result<(), NotPrivate> {
+    let user = nix::unistd::geteuid().as_raw();
+    let given = std::path::absolute(dir).map_err(|source| NotPrivate::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let resolved = given.canonicalize().map_err(|source| NotPrivate::Io {
+        path: given.clone(),
+        source,
+    })?;
+    for path in [&given, &resolved] {
+        check_one(path, user, true)?;
+        for ancestor in path.ancestors().skip(1) {
+            check_one(ancestor, user, false)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks one directory: the leaf must be `user`'s and writable by nobody else; an ancestor may
+/// also be root's, and shared-writable when sticky.
+fn check_one(path: &Path, user: u32, leaf: bool) -> Result<(), NotPrivate> {
+    let metadata = std::fs::metadata(path).map_err(|source| NotPrivate::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !metadata.is_dir() {
+        return Err(NotPrivate::NotADirectory {
+            path: path.to_path_buf(),
+        });
+    }
+    let owner = metadata.uid();
+    let owner_allowed = owner == user || (!leaf && owner == 0);
+    if !owner_allowed {
+        return Err(NotPrivate::Owner {
+            path: path.to_path_buf(),
+            owner,
+            user,
+        });
+    }
+    let mode = metadata.mode() & 0o7777;
+    let sticky_ancestor = !leaf && mode & STICKY != 0;
+    if mode & SHARED_WRITE != 0 && !sticky_ancestor {
+        return Err(NotPrivate::Writable {
+            path: path.to_path_buf(),
+            mode: mode & 0o777,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn set_mode(path: &Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_private_directory_is_made_and_accepted() {
+        let parent = tempfile::tempdir().unwrap();
+        let apps = parent.path().join("a/b/apps");
+        create_private_dir(&apps).unwrap();
+        let mode = std::fs::metadata(&apps).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // Again, now that it exists.
+        create_private_dir(&apps).unwrap();
+    }
+
+    #[test]
+    fn a_directory_other_users_may_write_to_is_refused() {
+        let parent = tempfile::tempdir().unwrap();
+        let apps = parent.path().join("apps");
+        std::fs::create_dir(&apps).unwrap();
+        set_mode(&apps, 0o777);
+        let error = create_private_dir(&apps).unwrap_err();
+        assert!(matches!(error, NotPrivate::Writable { .. }), "{error}");
+        // Sticky is no excuse for the directory itself: it is where its own entries live.
+        set_mode(&apps, 0o1777);
+        assert!(create_private_dir(&apps).is_err());
+    }
+
+    #[test]
+    fn an_ancestor_other_users_may_write_to_is_refused_unless_sticky() {
+        let parent = tempfile::tempdir().unwrap();
+        let shared = parent.path().join("shared");
+        let apps = shared.join("apps");
+        std::fs::create_dir_all(&apps).unwrap();
+        set_mode(&apps, 0o700);
+        set_mode(&shared, 0o777);
+        let error = create_private_dir(&apps).unwrap_err().to_string();
+        assert!(
+            error.contains("shared") && error.contains("writable by other users"),
+            "{error}"
+        );
+        // Sticky, as /tmp is: nobody else may rename the apps directory away.
+        set_mode(&shared, 0o1777);
+        create_private_dir(&apps).unwrap();
+    }
+
+    #[test]
+    fn a_link_cannot_lead_around_a_shared_directory() {
+        let parent = tempfile::tempdir().unwrap();
+        let shared = parent.path().join("shared");
+        std::fs::create_dir_all(shared.join("apps")).unwrap();
+        set_mode(&shared.join("apps"), 0o700);
+        set_mode(&shared, 0o777);
+        let private = parent.path().join("private");
+        std::fs::create_dir(&private).unwrap();
+        set_mode(&private, 0o700);
+        let link = private.join("apps");
+        std::os::unix::fs::symlink(shared.join("apps"), &link).unwrap();
+        let error = check_private_dir(&link).unwrap_err().to_string();
+        assert!(error.contains("writable by other users"), "{error}");
+    }
+
+    #[test]
+    fn a_directory_another_user_owns_is_refused() {
+        let parent = tempfile::tempdir().unwrap();
+        let apps = parent.path().join("apps");
+        std::fs::create_dir(&apps).unwrap();
+        set_mode(&apps, 0o755);
+        let nobody = nix::unistd::Uid::from_raw(65534);
+        match nix::unistd::chown(&apps, Some(nobody), None) {
+            Ok(()) => {}
+            // Only root may give a file away; as another user this case cannot be made here.
+            Err(nix::errno::Errno::EPERM) => {
+                eprintln!("skipped: only root can make a directory another user owns");
+                return;
+            }
+            Err(error) => panic!("chown: {error}"),
+        }
+        let error = create_private_dir(&apps).unwrap_err();
+        assert!(
+            matches!(error, NotPrivate::Owner { owner: 65534, .. }),
+            "{error}"
+        );
+    }
+}
