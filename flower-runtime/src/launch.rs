@@ -3,8 +3,8 @@
 //! is plain HTTP on loopback) and the daemon's pid, so the app exits when the daemon is gone.
 //!
 //! The token goes in a file only the daemon's user can read (`--token-file`), not on the command
-//! line, where every user of the host could read it in the process list; the file is removed
-//! when the task is over.
+//! line, where every user of the host could read it in the process list. Each execution gets a
+//! fresh `FLWR_HOME` ([`Execution`]), removed with the token file when the task is over.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -41,66 +41,89 @@ pub fn find_program(
         .ok_or_else(|| format!("there is no Flower {name} here to run a Flower app: {hint}"))
 }
 
-/// A task's token in a private file, removed when dropped.
+/// One execution of a Flower app program: a fresh directory of its own under a private base,
+/// holding the program's `FLWR_HOME` (where Flower installs the FAB it runs) and, outside that
+/// tree, the task's token file; removed with everything in it when dropped.
+///
+/// Flower reuses an install it finds in `FLWR_HOME` without looking at it again, so a shared one
+/// would let one execution change what every later one runs; here each starts from the FAB
+/// itself, which was checked.
 #[derive(Debug)]
-pub struct TokenFile {
-    path: PathBuf,
+pub struct Execution {
+    dir: PathBuf,
+    home: PathBuf,
+    token_file: PathBuf,
 }
 
-impl TokenFile {
-    /// Writes `token` to a fresh file in `dir` (created private to this user).
-    pub fn write(dir: &Path, token: &str) -> std::io::Result<TokenFile> {
+impl Execution {
+    /// Makes the execution's directory in `base` (created if missing, and refused unless only
+    /// this user can change it and every directory above it: `ops::private_dir`), with the
+    /// token `token` in its file.
+    pub fn create(base: &Path, token: &str) -> std::io::Result<Execution> {
+        // Absolute: the program may be started in another directory than the daemon's.
+        let base = std::path::absolute(base)?;
+        ops::private_dir::create_private_dir(&base)?;
+        let dir = base.join(format!("{:032x}", rand::random::<u128>()));
+        // Not recursive: the directory must be new, made by this call.
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let execution = Execution {
+            home: dir.join("flwr-home"),
+            token_file: dir.join("task.token"),
+            dir,
+        };
         std::fs::DirBuilder::new()
-            .recursive(true)
             .mode(0o700)
-            .create(dir)?;
-        let name: [u8; 16] = rand::random();
-        let name: String = name.iter().map(|b| format!("{b:02x}")).collect();
-        let path = dir.join(format!("{name}.token"));
+            .create(&execution.home)?;
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&path)?;
+            .open(&execution.token_file)?;
         file.write_all(token.as_bytes())?;
-        Ok(TokenFile { path })
+        Ok(execution)
     }
 
-    /// Where it is.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The program's `FLWR_HOME`.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// The file holding the task's token.
+    pub fn token_file(&self) -> &Path {
+        &self.token_file
     }
 }
 
-impl Drop for TokenFile {
+impl Drop for Execution {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if let Err(error) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(path = %self.dir.display(), %error, "could not remove a Flower app's directory");
+        }
     }
 }
 
-/// The command that starts `program` for the task holding `token`, against the runtime API at
-/// `address`, with `home` (made absolute) as its `FLWR_HOME` (where it installs FABs; the token
-/// file goes in `home/tokens`). The program starts in a process group of its own and is killed if the
-/// command's child is dropped; its output is the caller's to route.
+/// The command that starts `program` for `execution`'s task against the runtime API at
+/// `address`. The program starts in a process group of its own, with only the environment a
+/// bundle's program gets ([`ops::process::PASSED_ENVIRONMENT`]) and [`FLOWER_ENVIRONMENT`], and
+/// is killed if the command's child is dropped; its output is the caller's to route.
 pub fn app_command(
     program: &Path,
     address: SocketAddr,
-    token: &str,
-    home: &Path,
-) -> std::io::Result<(tokio::process::Command, TokenFile)> {
-    // Absolute: the program may be started in another directory than the daemon's.
-    let home = std::path::absolute(home)?;
-    let token_file = TokenFile::write(&home.join("tokens"), token)?;
+    execution: &Execution,
+) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(program);
     command
         .arg("--runtime-api-address")
         .arg(address.to_string())
         .arg("--token-file")
-        .arg(token_file.path())
+        .arg(execution.token_file())
         .arg("--insecure")
         .arg("--parent-pid")
         .arg(std::process::id().to_string())
-        .env("FLWR_HOME", &home)
+        .env_clear()
+        .envs(ops::process::passed_environment())
+        .envs(flower_environment())
+        .env("FLWR_HOME", execution.home())
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(true);
@@ -108,7 +131,46 @@ pub fn app_command(
         // Otherwise every app process posts to Flower's telemetry server and waits for it.
         command.env("FLWR_TELEMETRY_ENABLED", "0");
     }
-    Ok((command, token_file))
+    command
+}
+
+/// Variables a Python program of Flower's keeps besides a bundle program's, by name or by a
+/// prefix ending in `_`: the environment it runs in (a virtual environment, Conda), Flower's own
+/// switches, and what numerical libraries and GPUs are set up with. Credentials, proxies and
+/// other tools' settings stay with the daemon.
+pub const FLOWER_ENVIRONMENT: &[&str] = &[
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "LD_LIBRARY_PATH",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "FLWR_",
+    "CUDA_",
+    "NVIDIA_",
+    "OPENBLAS_",
+];
+
+/// The values of [`FLOWER_ENVIRONMENT`] in this process (but `FLWR_HOME`, which is the
+/// execution's own).
+fn flower_environment() -> Vec<(String, std::ffi::OsString)> {
+    let kept = |name: &str| {
+        name != "FLWR_HOME"
+            && FLOWER_ENVIRONMENT.iter().any(|kept| {
+                if kept.ends_with('_') {
+                    name.starts_with(kept)
+                } else {
+                    name == *kept
+                }
+            })
+    };
+    std::env::vars_os()
+        .filter_map(|(name, value)| {
+            let name = name.into_string().ok()?;
+            kept(&name).then_some((name, value))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -116,37 +178,91 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
 
-    #[test]
-    fn paths_are_absolute_whatever_directory_the_program_starts_in() {
-        let (command, token_file) = app_command(
-            Path::new("flwr-clientapp"),
-            "127.0.0.1:1".parse().unwrap(),
-            "t",
-            Path::new("relative-home-for-a-test"),
-        )
-        .unwrap();
-        let args: Vec<_> = command.as_std().get_args().collect();
-        let token_path = Path::new(args[3]);
-        assert!(token_path.is_absolute(), "{token_path:?}");
-        assert_eq!(token_file.path(), token_path);
-        drop(token_file);
-        let _ = std::fs::remove_dir_all("relative-home-for-a-test");
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
     }
 
     #[test]
-    fn a_token_file_is_private_and_goes_with_its_task() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = TokenFile::write(&dir.path().join("tokens"), "secret").unwrap();
-        let path = file.path().to_path_buf();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "secret");
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        let dir_mode = std::fs::metadata(path.parent().unwrap())
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(dir_mode & 0o777, 0o700);
-        drop(file);
-        assert!(!path.exists());
+    fn paths_are_absolute_whatever_directory_the_program_starts_in() {
+        let execution = Execution::create(Path::new("relative-base-for-a-test"), "t").unwrap();
+        let command = app_command(
+            Path::new("flwr-clientapp"),
+            "127.0.0.1:1".parse().unwrap(),
+            &execution,
+        );
+        let args: Vec<_> = command.as_std().get_args().collect();
+        let token_path = Path::new(args[3]);
+        assert!(token_path.is_absolute(), "{token_path:?}");
+        assert_eq!(execution.token_file(), token_path);
+        let home = command
+            .as_std()
+            .get_envs()
+            .find(|(name, _)| *name == "FLWR_HOME")
+            .and_then(|(_, value)| value)
+            .unwrap();
+        assert!(Path::new(home).is_absolute(), "{home:?}");
+        drop(execution);
+        let _ = std::fs::remove_dir_all("relative-base-for-a-test");
+    }
+
+    #[test]
+    fn each_execution_has_its_own_private_home_and_token_and_leaves_nothing() {
+        let base = tempfile::tempdir().unwrap();
+        let first = Execution::create(base.path(), "secret").unwrap();
+        let second = Execution::create(base.path(), "other").unwrap();
+        assert_ne!(first.home(), second.home());
+        assert_eq!(
+            std::fs::read_to_string(first.token_file()).unwrap(),
+            "secret"
+        );
+        assert_eq!(mode(first.token_file()), 0o600);
+        assert_eq!(mode(first.home()), 0o700);
+        assert_eq!(mode(first.home().parent().unwrap()), 0o700);
+        // The token is not in the tree the app installs into and may change.
+        assert!(!first.token_file().starts_with(first.home()));
+        std::fs::write(first.home().join("planted.py"), "import os").unwrap();
+        drop((first, second));
+        assert_eq!(std::fs::read_dir(base.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_base_other_users_may_change_is_refused() {
+        let parent = tempfile::tempdir().unwrap();
+        let base = parent.path().join("flwr-home");
+        std::fs::create_dir(&base).unwrap();
+        std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let error = Execution::create(&base, "t").unwrap_err().to_string();
+        assert!(error.contains("writable by other users"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn programs_get_none_of_the_daemons_other_variables() {
+        let kept = |name: &str| {
+            ops::process::PASSED_ENVIRONMENT.contains(&name)
+                || FLOWER_ENVIRONMENT
+                    .iter()
+                    .any(|kept| name == *kept || (kept.ends_with('_') && name.starts_with(kept)))
+                || ["PWD", "SHLVL", "_"].contains(&name)
+        };
+        // The test's own process has others (cargo's, at least): the check below means something.
+        assert!(std::env::vars_os().any(|(name, _)| !kept(&name.to_string_lossy())));
+        let base = tempfile::tempdir().unwrap();
+        let program = base.path().join("dump-environment");
+        std::fs::write(&program, "#!/bin/sh\nenv > \"$FLWR_HOME/environment\"\n").unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let execution = Execution::create(&base.path().join("executions"), "t").unwrap();
+        let status = app_command(&program, "127.0.0.1:1".parse().unwrap(), &execution)
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+        let dumped = std::fs::read_to_string(execution.home().join("environment")).unwrap();
+        let names: Vec<&str> = dumped.lines().filter_map(|l| l.split('=').next()).collect();
+        assert!(names.contains(&"FLWR_HOME"), "{names:?}");
+        let leaked: Vec<_> = names.into_iter().filter(|name| !kept(name)).collect();
+        assert!(
+            leaked.is_empty(),
+            "the daemon's variables reached the program: {leaked:?}"
+        );
     }
 }

@@ -5,8 +5,12 @@
 //! and answers errors as Flower does (a JSON `{"code", "detail"}` with Flower's status and code);
 //! what each call does is the [`Host`]'s. A body is read only for a live token, and within
 //! [`BODY_TIMEOUT`]; a connection is closed (after its request in flight) once it is
-//! [`MAX_CONNECTION_AGE`] old, and a new one waits for a free slot rather than being dropped, so
-//! idle or slow local connections cannot shut the apps out for long.
+//! [`MAX_CONNECTION_AGE`] old.
+//!
+//! Any local account can connect to the port, so connections are admitted as the daemon's other
+//! local APIs admit them: at [`MAX_CONNECTIONS`], a new connection closes the oldest one that has
+//! never shown a live token, and waits only while every open connection has shown one (only the
+//! daemon's own apps hold tokens). Idle local sockets cannot shut the apps out.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -17,6 +21,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -151,7 +156,7 @@ pub trait Host: Send + Sync + 'static {
 
 /// Serves `host` on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, host: Arc<dyn Host>, shutdown: CancellationToken) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let connections = Arc::new(Connections::default());
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -164,20 +169,23 @@ pub async fn serve(listener: TcpListener, host: Arc<dyn Host>, shutdown: Cancell
                 }
             },
         };
-        let slot = tokio::select! {
+        let entry = tokio::select! {
             _ = shutdown.cancelled() => return,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => return,
-            },
+            entry = connections.enter() => entry,
         };
         let host = host.clone();
         let shutdown = shutdown.clone();
+        let connections = connections.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let admitted = entry.admitted.clone();
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let host = host.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(host.as_ref(), request).await) }
+                let admitted = admitted.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        answer(host.as_ref(), &admitted, request).await,
+                    )
+                }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -190,9 +198,82 @@ pub async fn serve(listener: TcpListener, host: Arc<dyn Host>, shutdown: Cancell
                     connection.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(BODY_TIMEOUT, connection).await;
                 }
+                // Closed for a newer connection before it ever showed a live token.
+                _ = entry.evicted.cancelled() => {}
                 _ = shutdown.cancelled() => {}
             }
+            connections.leave(entry.id);
         });
+    }
+}
+
+/// The open connections, oldest first, and whether each has shown a live token.
+#[derive(Default)]
+struct Connections {
+    table: std::sync::Mutex<ConnectionTable>,
+    /// Told when a connection leaves.
+    left: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct ConnectionTable {
+    next_id: u64,
+    open: std::collections::BTreeMap<u64, OpenConnection>,
+}
+
+/// One open connection, as the table and the connection's task both see it.
+#[derive(Clone)]
+struct OpenConnection {
+    id: u64,
+    /// Set once a request on it showed a live token: then it is the daemon's own app's.
+    admitted: Arc<AtomicBool>,
+    /// Cancelled to close it for a newer connection.
+    evicted: CancellationToken,
+}
+
+impl Connections {
+    /// A place for a new connection: a free one, or the one of the oldest connection that never
+    /// showed a live token (closed for it); waits only while every connection has shown one.
+    async fn enter(&self) -> OpenConnection {
+        loop {
+            let left = self.left.notified();
+            tokio::pin!(left);
+            left.as_mut().enable();
+            if let Some(entry) = self.try_enter() {
+                return entry;
+            }
+            left.await;
+        }
+    }
+
+    fn try_enter(&self) -> Option<OpenConnection> {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if table.open.len() >= MAX_CONNECTIONS {
+            let oldest_unadmitted = table
+                .open
+                .values()
+                .find(|open| !open.admitted.load(Ordering::Acquire))
+                .map(|open| open.id)?;
+            if let Some(evicted) = table.open.remove(&oldest_unadmitted) {
+                evicted.evicted.cancel();
+            }
+        }
+        let id = table.next_id;
+        table.next_id += 1;
+        let entry = OpenConnection {
+            id,
+            admitted: Arc::default(),
+            evicted: CancellationToken::new(),
+        };
+        table.open.insert(id, entry.clone());
+        Some(entry)
+    }
+
+    fn leave(&self, id: u64) {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if table.open.remove(&id).is_some() {
+            self.left.notify_one();
+        }
     }
 }
 
@@ -251,7 +332,11 @@ fn check_versions(request: &Request<Incoming>) -> Result<(), ApiError> {
     }
 }
 
-async fn answer(host: &dyn Host, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn answer(
+    host: &dyn Host,
+    admitted: &AtomicBool,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     if request.uri().path() == "/health" {
         return respond(200, "text/plain", b"OK".to_vec());
     }
@@ -280,6 +365,7 @@ async fn answer(host: &dyn Host, request: Request<Incoming>) -> Response<Full<By
         Ok(Some(token)) if host.admits(token.trim()) => token.trim().to_string(),
         _ => return error_response(&ApiError::invalid_token()),
     };
+    admitted.store(true, Ordering::Release);
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)

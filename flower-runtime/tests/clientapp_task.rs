@@ -564,3 +564,71 @@ async fn the_runtime_refuses_what_flowers_own_refuses() {
     // An unknown path.
     assert_eq!(app.raw("no-such-call", b"").await.0, 404);
 }
+
+/// Reads one HTTP/1.1 response with a `content-length` from `stream`, leaving it open; its status.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> u16 {
+    let mut response = Vec::new();
+    let mut byte = [0u8; 1];
+    while !response.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).await.unwrap(),
+            1,
+            "connection closed"
+        );
+        response.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&response).to_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .map(|value| value.trim().parse().unwrap())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.unwrap();
+    head[9..12].parse().unwrap()
+}
+
+/// A heartbeat on an open connection, kept open.
+async fn heartbeat_on(stream: &mut tokio::net::TcpStream, token: &str) -> u16 {
+    let body = proto::SendTaskHeartbeatRequest {}.encode_to_vec();
+    let mut request = format!(
+        "POST /v1/runtime/send-task-heartbeat HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in app_headers(token) {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(&body).await.unwrap();
+    read_response(stream).await
+}
+
+#[tokio::test]
+async fn idle_local_connections_cannot_shut_the_apps_out() {
+    use flower_runtime::server::MAX_CONNECTIONS;
+    use std::time::Duration;
+    let (app, _task, _tasks, _shutdown) = start().await;
+    // The app's own connection, which has shown its token, stays open through what follows.
+    let mut kept = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    assert_eq!(heartbeat_on(&mut kept, &app.token).await, 200);
+    // Another local account fills every slot with connections that never send a byte, and
+    // queues as many again behind them.
+    let mut idle = Vec::new();
+    for _ in 0..MAX_CONNECTIONS + 700 {
+        idle.push(tokio::net::TcpStream::connect(app.address).await.unwrap());
+    }
+    // A fresh connection of the app's is answered at once, not after the idle ones time out.
+    let input = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.raw(
+            "pull-task-input",
+            &proto::PullTaskInputRequest::default().encode_to_vec(),
+        ),
+    )
+    .await
+    .expect("the app was shut out by idle connections");
+    assert_eq!(input.0, 200, "{}", String::from_utf8_lossy(&input.1));
+    assert_eq!(heartbeat_on(&mut kept, &app.token).await, 200);
+    drop(idle);
+}

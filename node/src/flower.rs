@@ -11,6 +11,7 @@
 //! reply, and the process group is killed whatever happens.
 
 use crate::isolation::{crash_report, forward_output, stopped};
+use flower_runtime::launch::Execution;
 use flower_runtime::messages::{body_from_objects, metadata_to_proto};
 use flower_runtime::objects::{Body, deflate};
 use flower_runtime::proto;
@@ -57,7 +58,7 @@ pub struct FlowerClientApps {
     address: SocketAddr,
     /// Tasks by token.
     tasks: Arc<Tasks>,
-    /// Where the processes' `FLWR_HOME`s are, one per FAB: where Flower installs them.
+    /// Where each process gets a fresh `FLWR_HOME` of its own, removed when it ends.
     home: PathBuf,
     /// Each run's context state, with the runs in the order first seen.
     states: Mutex<(HashMap<RunId, proto::RecordDict>, VecDeque<RunId>)>,
@@ -200,18 +201,8 @@ impl FlowerClientApps {
         let run_id = instruction.metadata.run_id;
         let task = ClientAppTask::new(self.input(job, run_id), metadata, deflated, MAX_REPLY_BYTES);
         let admitted = self.tasks.admit_scoped(task.clone());
-        // A home per FAB: Flower installs an app under a directory named by eight digits of its
-        // hash and reuses any it finds, which another FAB could be made to match.
-        let home = self.home.join(job.hash.to_string());
         let outcome = self
-            .run_process(
-                &program,
-                &home,
-                admitted.token(),
-                &task,
-                instruction,
-                &cancelled,
-            )
+            .run_process(&program, admitted.token(), &task, instruction, &cancelled)
             .await?;
         if outcome.sub_status.as_deref() == Some("completed")
             && let Some(state) = outcome.context.as_ref().and_then(|c| c.state.clone())
@@ -242,16 +233,16 @@ impl FlowerClientApps {
     async fn run_process(
         &self,
         program: &Path,
-        home: &Path,
         token: &str,
         task: &ClientAppTask,
         instruction: &Message,
         cancelled: &AtomicBool,
     ) -> Result<TaskOutcome, String> {
-        let (mut command, _token_file) =
-            flower_runtime::launch::app_command(program, self.address, token, home)
-                .map_err(|e| format!("cannot write the task's token file: {e}"))?;
-        let mut child = command
+        // A fresh FLWR_HOME for each execution, removed when it ends: what one execution does
+        // to its install, no later one runs.
+        let execution = Execution::create(&self.home, token)
+            .map_err(|e| format!("cannot make the Flower app's directory: {e}"))?;
+        let mut child = flower_runtime::launch::app_command(program, self.address, &execution)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -146,3 +146,35 @@ async fn a_process_that_never_connects_is_killed_at_the_time_to_live() {
     assert!(error.reason.contains("time to live"), "{}", error.reason);
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+#[tokio::test]
+async fn a_clientapp_that_rewrites_its_install_changes_nothing_for_the_next_execution() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("seen");
+    // Stands in for a compromised ClientApp: it looks for what an earlier execution left in its
+    // install, then rewrites its own module there, as Flower would find it next time.
+    let program = dir.path().join("rewrites-its-install");
+    std::fs::write(
+        &program,
+        format!(
+            "#!/bin/sh\n\
+             app=\"$FLWR_HOME/apps/flwrlabs.echo.1.0.0.abcdef01\"\n\
+             if [ -e \"$app/client_app.py\" ]; then echo reused >> {seen}; else echo fresh >> {seen}; fi\n\
+             mkdir -p \"$app\" && echo 'import os  # planted' > \"$app/client_app.py\"\n\
+             exit 1\n",
+            seen = seen.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = dir.path().join("flwr-home");
+    let apps = apps(program, &home).await;
+    for _ in 0..2 {
+        let body = answer(&apps, &ConfigRecord::new(), Duration::from_secs(30)).await;
+        assert!(matches!(body, MessageBody::Error(_)), "{body:?}");
+    }
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), "fresh\nfresh\n");
+    // Nothing of either execution is left.
+    assert_eq!(std::fs::read_dir(&home).unwrap().count(), 0);
+}

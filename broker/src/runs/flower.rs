@@ -173,21 +173,17 @@ impl FlowerServerApp {
         let task = ServerAppTask::new(self.input(context)?, federation.clone(), MAX_PUSHED_BYTES);
         let runtime = &self.shared.flower;
         let admitted = runtime.tasks.admit_scoped(task.clone());
-        // A home per FAB: Flower installs an app under a directory named by eight digits of its
-        // hash and reuses any it finds, which another FAB could be made to match.
-        let home = self
-            .shared
-            .config
-            .apps_dir
-            .join("flwr-home")
-            .join(self.bundle.hash.to_string());
-        let (mut command, _token_file) =
-            flower_runtime::launch::app_command(&program, runtime.address, admitted.token(), &home)
-                .map_err(|e| AppError::new(format!("cannot write the task's token file: {e}")))?;
+        // A fresh FLWR_HOME for each execution, removed when it ends: Flower reuses an install
+        // it finds there without looking at it again.
+        let execution = flower_runtime::launch::Execution::create(
+            &self.shared.config.apps_dir.join("flwr-home"),
+            admitted.token(),
+        )
+        .map_err(|e| AppError::new(format!("cannot make the Flower app's directory: {e}")))?;
         // Flower's SuperLink sends the app's output nowhere: what it says reaches the run's log
         // through push-logs. Stderr is kept to explain a crash before that starts.
         let workdir = self.workdir(context.run_id)?;
-        let mut child = command
+        let mut child = flower_runtime::launch::app_command(&program, runtime.address, &execution)
             .current_dir(workdir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -268,14 +264,18 @@ impl FlowerServerApp {
     fn workdir(&self, run_id: wire::RunId) -> Result<WorkDir, AppError> {
         let runs = self.shared.config.apps_dir.join("flower-runs");
         let path = runs.join(run_id.to_string());
-        let made = model::bundle::workspace::create_private_dir(&runs).and_then(|()| {
-            // A run resumed after a restart starts afresh, as its app does.
-            match std::fs::remove_dir_all(&path) {
-                Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
-                _ => {}
-            }
-            std::fs::create_dir(&path)
-        });
+        let made = ops::private_dir::create_private_dir(&runs)
+            .map_err(std::io::Error::from)
+            .and_then(|()| {
+                // A run resumed after a restart starts afresh, as its app does.
+                match std::fs::remove_dir_all(&path) {
+                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(error);
+                    }
+                    _ => {}
+                }
+                std::fs::create_dir(&path)
+            });
         made.map(|()| WorkDir(path)).map_err(|e| {
             AppError::new(format!(
                 "cannot make the app's directory in {}: {e}",
