@@ -3,6 +3,7 @@
 
 use crate::state::Shared;
 use model::bundle::{Bundle, MAX_BUNDLE_BYTES};
+use std::sync::Arc;
 use std::time::Duration;
 use wire::bundle::{BundleSignature, MAX_SIGNATURES, signing_message};
 use wire::control::{ControlError, ControlFrame, ControlResponse};
@@ -59,7 +60,7 @@ pub async fn receive(
     }
     match shared.store.has_bundle(hash) {
         Ok(true) => {
-            let response = match keep_signatures(shared, hash, &signatures) {
+            let response = match keep_signatures(&shared.store, hash, &signatures) {
                 Ok(()) => ControlResponse::BundleWanted { wanted: false },
                 Err(error) => refuse(error),
             };
@@ -86,8 +87,9 @@ pub async fn receive(
             Bundle::open(&bytes, hash).map_err(|e| ControlError::InvalidBundle(e.to_string()))?;
         store
             .put_bundle(hash, &bytes)
-            .and_then(|()| store.add_bundle_signatures(hash, &signatures))
             .map_err(|e| ControlError::Internal(e.to_string()))?;
+        // A concurrent offer of the same bytes may have stored signatures since.
+        keep_signatures(&store, hash, &signatures)?;
         Ok::<_, ControlError>(bundle.manifest.name)
     })
     .await
@@ -139,38 +141,30 @@ fn check_signatures(
 /// than [`MAX_SIGNATURES`] publishers: anyone may sign any hash, and a bundle with too many
 /// signatures would reach no node.
 fn keep_signatures(
-    shared: &Shared,
+    store: &crate::store::Store,
     hash: BundleHash,
     signatures: &[BundleSignature],
 ) -> Result<(), ControlError> {
-    let internal = |e: crate::store::StoreError| ControlError::Internal(e.to_string());
-    let kept = shared.store.bundle_signatures(hash).map_err(internal)?;
-    let publishers: std::collections::BTreeSet<&[u8]> = kept
-        .iter()
-        .chain(signatures)
-        .map(|signature| signature.public_key.as_slice())
-        .collect();
-    if publishers.len() > MAX_SIGNATURES {
-        return Err(ControlError::InvalidBundle(format!(
-            "the bundle would carry {} publishers' signatures, at most {MAX_SIGNATURES}",
-            publishers.len()
-        )));
+    match store.add_bundle_signatures(hash, signatures, MAX_SIGNATURES) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(publishers)) => Err(ControlError::InvalidBundle(format!(
+            "the bundle would carry {publishers} publishers' signatures, at most {MAX_SIGNATURES}"
+        ))),
+        Err(error) => Err(ControlError::Internal(error.to_string())),
     }
-    shared
-        .store
-        .add_bundle_signatures(hash, signatures)
-        .map_err(internal)
 }
 
-/// How long a node has to take a bundle.
-const SERVE_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Most bundles being sent to nodes at once, over all nodes.
-static SERVING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(16);
-
-/// Tells `node` it gets no bundle `hash`, and why.
-async fn refuse(mut send: quinn::SendStream, node: NodeId, hash: BundleHash, reason: String) {
-    tracing::warn!(%node, %hash, %reason, "bundle refused to a node");
+/// Tells `node` it gets no bundle `hash`, and why. Any authenticated node can ask, as often as
+/// it opens streams: the refusal is logged at debug level and counted, not warned about.
+async fn refuse(
+    shared: &Shared,
+    mut send: quinn::SendStream,
+    node: NodeId,
+    hash: BundleHash,
+    reason: String,
+) {
+    tracing::debug!(%node, %hash, %reason, "bundle refused to a node");
+    shared.metrics.bundle_refused();
     let answer = BundleAnswer::Refused(format!("no bundle {hash}: {reason}"));
     let _ = write_value(&mut send, &answer).await;
     let _ = send.finish();
@@ -179,9 +173,11 @@ async fn refuse(mut send: quinn::SendStream, node: NodeId, hash: BundleHash, rea
 /// Answers a node's [`wire::fleet::NodeStream::FetchBundle`] (with `whole`) or
 /// [`wire::fleet::NodeStream::FetchSignatures`]: the bundle of a run the node has an unanswered
 /// instruction of, or its signatures only, or a refusal. A bundle is an operator's code: it goes
-/// only to the nodes asked to run it.
+/// only to the nodes asked to run it. Its bytes are sent within the bounds of
+/// [`crate::bundle_sender`]: a slot taken before they are read, one shared copy, one fetch of a
+/// bundle per node at a time, and progress or the slot is given up.
 pub async fn serve(
-    shared: &Shared,
+    shared: Arc<Shared>,
     node: NodeId,
     mut send: quinn::SendStream,
     hash: BundleHash,
@@ -189,41 +185,76 @@ pub async fn serve(
 ) {
     if !shared.rounds.awaits_bundle(node, hash) {
         let reason = "this node has no instruction of a run that uses it";
-        return refuse(send, node, hash, reason.into()).await;
+        return refuse(&shared, send, node, hash, reason.into()).await;
     }
-    let signatures = match shared.store.bundle_signatures(hash) {
-        Ok(signatures) => signatures,
-        Err(error) => return refuse(send, node, hash, error.to_string()).await,
+    let sender = &shared.bundle_sender;
+    let claim = if whole {
+        match sender.claim(node, hash) {
+            Some(claim) => Some(claim),
+            None => {
+                let reason = "this node is fetching it already";
+                return refuse(&shared, send, node, hash, reason.into()).await;
+            }
+        }
+    } else {
+        None
     };
-    if !whole {
+    // Signatures are small: only a bundle's bytes wait for a slot.
+    let _slot = match &claim {
+        Some(_) => match sender.slot().await {
+            Some(slot) => Some(slot),
+            None => return,
+        },
+        None => None,
+    };
+    // The store is read off the runtime's threads: up to 10 MiB for the bytes.
+    let reading = shared.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let store = &reading.store;
+        let signatures = store.bundle_signatures(hash)?;
+        let bytes = if whole {
+            reading
+                .bundle_sender
+                .copy(hash, || store.bundle(hash))?
+                .map(Some)
+        } else {
+            Some(None)
+        };
+        Ok::<_, crate::store::StoreError>((signatures, bytes))
+    })
+    .await;
+    let (mut signatures, bytes) = match read {
+        Ok(Ok((signatures, Some(bytes)))) => (signatures, bytes),
+        Ok(Ok((_, None))) => {
+            return refuse(&shared, send, node, hash, "it is not stored".into()).await;
+        }
+        Ok(Err(error)) => return refuse(&shared, send, node, hash, error.to_string()).await,
+        Err(error) => return refuse(&shared, send, node, hash, error.to_string()).await,
+    };
+    // No bundle carries more (offers are capped): the answer stays within the node's frame limit.
+    signatures.truncate(MAX_SIGNATURES);
+    let Some(bytes) = bytes else {
         let _ = write_value(&mut send, &BundleAnswer::Signatures(signatures)).await;
         let _ = send.finish();
-        return;
-    }
-    let bytes = match shared.store.bundle(hash) {
-        Ok(Some(bytes)) => bytes,
-        Ok(None) => return refuse(send, node, hash, "it is not stored".into()).await,
-        Err(error) => return refuse(send, node, hash, error.to_string()).await,
-    };
-    let Ok(_permit) = SERVING.acquire().await else {
         return;
     };
     let answer = BundleAnswer::Found {
         size: bytes.len() as u64,
         signatures,
     };
-    let sent = tokio::time::timeout(SERVE_TIMEOUT, async {
-        write_value(&mut send, &answer).await.is_ok() && send.write_all(&bytes).await.is_ok()
-    })
-    .await;
-    match sent {
-        Ok(true) => tracing::info!(%node, %hash, "bundle sent to a node"),
-        Ok(false) => tracing::warn!(%node, %hash, "bundle not sent: the stream failed"),
-        Err(_) => {
-            tracing::warn!(%node, %hash, "bundle not sent within {SERVE_TIMEOUT:?}");
+    let head = match wire::frame::encode(&answer) {
+        Ok(head) => head,
+        Err(error) => return refuse(&shared, send, node, hash, error.to_string()).await,
+    };
+    match sender.send(&mut send, &head, &bytes).await {
+        Ok(()) => {
+            tracing::info!(%node, %hash, "bundle sent to a node");
+            let _ = send.finish();
+        }
+        Err(error) => {
+            tracing::warn!(%node, %hash, %error, "bundle not sent");
             let _ = send.reset(wire::close::PROTOCOL.into());
-            return;
         }
     }
-    let _ = send.finish();
+    drop(claim);
 }

@@ -97,7 +97,15 @@ pub async fn handle(
                     }
                 }
                 request => {
-                    let response = answer(&shared, &operator, request);
+                    // Reading the store (a run's artifacts, a bundle checked again before its run
+                    // starts) is kept off the runtime's threads, which carry every connection.
+                    let (shared, operator) = (shared.clone(), operator.clone());
+                    let response =
+                        tokio::task::spawn_blocking(move || answer(&shared, &operator, request))
+                            .await
+                            .unwrap_or_else(|error| {
+                                ControlResponse::Error(ControlError::Internal(error.to_string()))
+                            });
                     write_value(&mut send, &ControlFrame::Response(response)).await
                 }
             };

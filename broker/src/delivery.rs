@@ -133,10 +133,10 @@ pub async fn serve_node_stream(
     match kind {
         Ok(Ok(NodeStream::Reply)) => receive_reply(shared, node, send, recv).await,
         Ok(Ok(NodeStream::FetchBundle { hash })) => {
-            crate::bundles::serve(&shared, node, send, hash, true).await;
+            crate::bundles::serve(shared, node, send, hash, true).await;
         }
         Ok(Ok(NodeStream::FetchSignatures { hash })) => {
-            crate::bundles::serve(&shared, node, send, hash, false).await;
+            crate::bundles::serve(shared, node, send, hash, false).await;
         }
         Ok(Err(error)) => tracing::warn!(%node, %error, "unreadable stream from a node"),
         Err(_) => tracing::warn!(%node, "a node opened a stream and sent nothing"),

@@ -16,13 +16,15 @@
 //! - [`fleet`], [`delivery`]: a node's connection; instructions out and replies in.
 //! - [`control`]: an operator's connection.
 //! - [`serverappio`]: where server app programs connect, each with its run's token.
-//! - [`bundles`]: app bundles received from operators, served to nodes, read for a run's app.
+//! - [`bundles`]: app bundles received from operators, served to nodes, read for a run's app;
+//!   [`bundle_sender`]: the bounds on sending them (slots, one shared copy, progress).
 //! - [`server`]: binds the endpoints and runs the accept loops until shutdown.
 
 #![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod authentication;
+pub mod bundle_sender;
 pub mod bundles;
 pub mod config;
 pub mod control;

@@ -66,6 +66,7 @@ pub struct Metrics {
     bytes_sent: Counter,
     handshake_failures: Family<ReasonLabel, Counter>,
     replies: Family<FateLabel, Counter>,
+    bundle_refusals: Counter,
     rounds: Histogram,
     /// UDP bytes received on connections that have closed.
     closed_bytes_in: AtomicU64,
@@ -115,6 +116,13 @@ impl Default for Metrics {
              stale round's stand-in) or rejected",
             replies.clone(),
         );
+        let bundle_refusals = Counter::default();
+        registry.register(
+            "flwr_bundle_refusals",
+            "Bundle fetches refused to nodes (no instruction that uses the bundle, a fetch of it \
+             going already, or not stored)",
+            bundle_refusals.clone(),
+        );
         let rounds = Histogram::new(ROUND_BUCKETS);
         registry.register(
             "flwr_round_duration_seconds",
@@ -130,6 +138,7 @@ impl Default for Metrics {
             bytes_sent,
             handshake_failures,
             replies,
+            bundle_refusals,
             rounds,
             closed_bytes_in: AtomicU64::new(0),
             closed_bytes_out: AtomicU64::new(0),
@@ -153,6 +162,11 @@ impl Metrics {
     /// Counts a received reply by its fate: `stored`, `duplicate` or `rejected`.
     pub fn reply_received(&self, fate: &'static str) {
         self.replies.get_or_create(&FateLabel { fate }).inc();
+    }
+
+    /// Counts a bundle fetch refused to a node.
+    pub fn bundle_refused(&self) {
+        self.bundle_refusals.inc();
     }
 
     /// How many replies met `fate` so far.

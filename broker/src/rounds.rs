@@ -50,6 +50,9 @@ struct Inner {
     /// Runs an operator stopped: nothing of theirs is queued, delivered or accepted any more,
     /// even while their app has not let go yet. One id per stop, for the broker's lifetime.
     stopped: HashSet<RunId>,
+    /// Per node, its instructions in `instructions`: what a node may ask about is found without
+    /// looking at everyone else's.
+    by_node: HashMap<NodeId, HashSet<MessageId>>,
 }
 
 /// The rounds in flight in this broker.
@@ -116,6 +119,11 @@ impl Rounds {
                 .entry(metadata.dst_node_id)
                 .or_default()
                 .push_back(id);
+            inner
+                .by_node
+                .entry(metadata.dst_node_id)
+                .or_default()
+                .insert(id);
             inner.instructions.insert(
                 id,
                 InFlight {
@@ -168,12 +176,17 @@ impl Rounds {
     /// bundle `bundle`: only such a node may fetch it.
     pub fn awaits_bundle(&self, node: NodeId, bundle: wire::BundleHash) -> bool {
         let inner = lock(&self.inner);
-        inner.instructions.values().any(|instruction| {
-            instruction.metadata.dst_node_id == node
-                && instruction.answered.is_none()
-                && instruction.header.bundle == Some(bundle)
-                && !inner.stopped.contains(&instruction.metadata.run_id)
-        })
+        let Some(ids) = inner.by_node.get(&node) else {
+            return false;
+        };
+        ids.iter()
+            .filter_map(|id| inner.instructions.get(id))
+            .any(|instruction| {
+                instruction.metadata.dst_node_id == node
+                    && instruction.answered.is_none()
+                    && instruction.header.bundle == Some(bundle)
+                    && !inner.stopped.contains(&instruction.metadata.run_id)
+            })
     }
 
     /// How many instructions of `run` are in flight.
@@ -199,6 +212,7 @@ impl Rounds {
             instructions,
             queues,
             stopped,
+            ..
         } = &mut *inner;
         stopped.insert(run);
         for queue in queues.values_mut() {
@@ -316,7 +330,14 @@ impl Drop for Round {
         let mut inner = lock(&self.rounds.inner);
         for id in &self.ids {
             if let Some(instruction) = inner.instructions.remove(id) {
-                remove_queued(&mut inner.queues, instruction.metadata.dst_node_id, *id);
+                let node = instruction.metadata.dst_node_id;
+                remove_queued(&mut inner.queues, node, *id);
+                if let Some(ids) = inner.by_node.get_mut(&node) {
+                    ids.remove(id);
+                    if ids.is_empty() {
+                        inner.by_node.remove(&node);
+                    }
+                }
             }
         }
     }

@@ -27,6 +27,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Where server app programs connect.
     pub serverappio: Arc<crate::serverappio::ServerAppIo>,
+    /// Bundles being sent to nodes: their slots and shared copies.
+    pub bundle_sender: crate::bundle_sender::BundleSender,
     /// Where Flower's `flwr-serverapp` processes connect.
     pub flower: crate::runs::flower::FlowerRuntime,
 }

@@ -252,6 +252,18 @@ impl Worker {
                 format!("node {node_id} does not run app bundles"),
             );
         };
+        if let Some(trusted) = &self.trusted
+            && !trusted.allows(Some(hash), &header.app_name)
+            && !programs.bundles.is_known(hash)
+        {
+            // Only a trusted publisher's signature can let it run: that is asked for first, and
+            // the bundle's bytes are not downloaded (nor kept) without one.
+            match programs.bundles.signatures(connection, hash).await {
+                Ok(signatures) if trusted.signer(hash, &signatures).is_some() => {}
+                Ok(_) => return untrusted(),
+                Err(reason) => return refuse(ErrorCode::UnknownApp, reason),
+            }
+        }
         let mut fetched = match programs.bundles.get(connection, hash).await {
             Ok(fetched) => fetched,
             Err(reason) => return refuse(ErrorCode::UnknownApp, reason),

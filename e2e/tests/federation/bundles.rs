@@ -416,6 +416,15 @@ async fn a_node_trusting_a_publisher_runs_what_they_signed_and_nothing_else() {
     let mut settings = federation.node_settings_with(None, "");
     let line = certs::openssh::format_public_line(&publisher.public_key(), "publisher");
     settings.trusted_apps = Some(node::trust::TrustedApps::parse(&line).unwrap());
+    let apps_dir = settings.apps_dir.clone();
+    let kept_bundles = || {
+        std::fs::read_dir(&apps_dir).map_or(0, |entries| {
+            entries
+                .flatten()
+                .filter(|entry| entry.path().extension().is_some_and(|e| e == "bundle"))
+                .count()
+        })
+    };
     let mut node = RunningNode::start(settings);
     node.online().await;
 
@@ -440,6 +449,12 @@ async fn a_node_trusting_a_publisher_runs_what_they_signed_and_nothing_else() {
     assert!(
         !started.exists(),
         "a program signed by a stranger was started"
+    );
+    // Neither was even downloaded: the signatures were asked for first.
+    assert_eq!(
+        kept_bundles(),
+        0,
+        "an untrusted bundle was downloaded and kept"
     );
 
     // Signed by the publisher: it runs (and fails, as written).
