@@ -199,11 +199,15 @@ pub async fn serve(
     } else {
         None
     };
-    // Signatures are small: only a bundle's bytes wait for a slot.
+    // Signatures are small: only a bundle's bytes wait for a slot, and only while the node
+    // still wants them (a node that gave up stops the stream, and its claim goes with it).
     let _slot = match &claim {
-        Some(_) => match sender.slot().await {
-            Some(slot) => Some(slot),
-            None => return,
+        Some(_) => tokio::select! {
+            slot = sender.slot() => match slot {
+                Some(slot) => Some(slot),
+                None => return,
+            },
+            _ = send.stopped() => return,
         },
         None => None,
     };
@@ -246,14 +250,29 @@ pub async fn serve(
         Ok(head) => head,
         Err(error) => return refuse(&shared, send, node, hash, error.to_string()).await,
     };
-    match sender.send(&mut send, &head, &bytes).await {
+    // The slot is held until the node has acknowledged every byte: QUIC takes a whole bundle
+    // into its send buffer at once (the node grants that much credit), so a write returns long
+    // before the bytes are gone, and the buffer is what the slots bound.
+    let deadline = tokio::time::Instant::now()
+        + crate::bundle_sender::BundleSender::deadline_for((head.len() + bytes.len()) as u64);
+    let sent = match sender.send(&mut send, &head, &bytes).await {
         Ok(()) => {
-            tracing::info!(%node, %hash, "bundle sent to a node");
             let _ = send.finish();
+            match tokio::time::timeout_at(deadline, send.stopped()).await {
+                Ok(Ok(None)) => Ok(()),
+                Ok(Ok(Some(code))) => Err(format!("the node stopped the stream ({code})")),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err("the node did not take it all by its deadline".into()),
+            }
         }
+        Err(error) => Err(error.to_string()),
+    };
+    match sent {
+        Ok(()) => tracing::info!(%node, %hash, "bundle sent to a node"),
         Err(error) => {
-            tracing::warn!(%node, %hash, %error, "bundle not sent");
+            // Resetting drops what the stream still buffers.
             let _ = send.reset(wire::close::PROTOCOL.into());
+            tracing::debug!(%node, %hash, %error, "bundle not sent");
         }
     }
     drop(claim);

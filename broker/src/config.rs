@@ -109,7 +109,9 @@ impl BrokerConfig {
             // A free port: brokers embedded in tests and tools never compete for Flower's 9091,
             // which the binary binds by default.
             serverappio_address: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
-            apps_dir: std::env::temp_dir().join("flower-superlink-apps"),
+            // The user's own: a fixed name another user created first would be refused.
+            apps_dir: std::env::temp_dir()
+                .join(format!("flower-superlink-apps-{}", nix::unistd::geteuid())),
             flwr_serverapp: None,
             flower_app_patience: Duration::from_secs(90),
         }

@@ -138,8 +138,9 @@ pub async fn serve_node_stream(
         Ok(Ok(NodeStream::FetchSignatures { hash })) => {
             crate::bundles::serve(shared, node, send, hash, false).await;
         }
-        Ok(Err(error)) => tracing::warn!(%node, %error, "unreadable stream from a node"),
-        Err(_) => tracing::warn!(%node, "a node opened a stream and sent nothing"),
+        // Any authenticated node can open streams as fast as it likes: not worth a warning each.
+        Ok(Err(error)) => tracing::debug!(%node, %error, "unreadable stream from a node"),
+        Err(_) => tracing::debug!(%node, "a node opened a stream and sent nothing"),
     }
 }
 

@@ -277,7 +277,9 @@ pub fn node_settings(fleet: SocketAddr, trust: ServerTrust, key: Option<&Path>) 
         max_wait_time: None,
         backend: model::cnn::backend::BackendChoice::Cpu,
         // Bundles are content-addressed and unpacked atomically: tests may share the cache.
-        apps_dir: std::env::temp_dir().join("flwr-rs-test-apps"),
+        // The user's own: a fixed name another user created first would be refused.
+        apps_dir: std::env::temp_dir()
+            .join(format!("flwr-rs-test-apps-{}", nix::unistd::geteuid())),
         trusted_apps: None,
         flwr_clientapp: None,
         native_clientapps: Default::default(),

@@ -136,20 +136,40 @@ pub fn app_command(
 
 /// Variables a Python program of Flower's keeps besides a bundle program's, by name or by a
 /// prefix ending in `_`: the environment it runs in (a virtual environment, Conda), Flower's own
-/// switches, and what numerical libraries and GPUs are set up with. Credentials, proxies and
-/// other tools' settings stay with the daemon.
+/// switches, what numerical libraries, machine-learning frameworks and GPUs are set up with, and
+/// how the host reaches the network (proxies, certificate authorities), which apps that download
+/// their data need. Credentials of cloud providers and other tools stay with the daemon.
 pub const FLOWER_ENVIRONMENT: &[&str] = &[
     "VIRTUAL_ENV",
     "CONDA_PREFIX",
     "PYTHONPATH",
     "PYTHONHOME",
     "LD_LIBRARY_PATH",
+    "XDG_CACHE_HOME",
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
     "FLWR_",
     "CUDA_",
     "NVIDIA_",
+    "NCCL_",
+    "HIP_",
+    "ROCR_",
     "OPENBLAS_",
+    "HF_",
+    "TORCH_",
+    "PYTORCH_",
+    "TF_",
+    "XLA_",
+    "JAX_",
 ];
 
 /// The values of [`FLOWER_ENVIRONMENT`] in this process (but `FLWR_HOME`, which is the

@@ -177,6 +177,11 @@ pub async fn serve(listener: TcpListener, host: Arc<dyn Host>, shutdown: Cancell
         let shutdown = shutdown.clone();
         let connections = connections.clone();
         tokio::spawn(async move {
+            // Leaves the table however the task ends, a panic included.
+            let _leave = Leave {
+                connections,
+                id: entry.id,
+            };
             let admitted = entry.admitted.clone();
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let host = host.clone();
@@ -202,8 +207,19 @@ pub async fn serve(listener: TcpListener, host: Arc<dyn Host>, shutdown: Cancell
                 _ = entry.evicted.cancelled() => {}
                 _ = shutdown.cancelled() => {}
             }
-            connections.leave(entry.id);
         });
+    }
+}
+
+/// Takes a connection out of the table when dropped.
+struct Leave {
+    connections: Arc<Connections>,
+    id: u64,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.connections.leave(self.id);
     }
 }
 

@@ -76,7 +76,8 @@ fn settings(federation: &Federation, node_config: &str, isolation: Isolation) ->
         max_wait_time: None,
         backend: model::cnn::backend::BackendChoice::Cpu,
         // Bundles are content-addressed and unpacked atomically: tests may share the cache.
-        apps_dir: std::env::temp_dir().join("flwr-rs-test-apps"),
+        apps_dir: std::env::temp_dir()
+            .join(format!("flwr-rs-test-apps-{}", nix::unistd::geteuid())),
         trusted_apps: None,
         flwr_clientapp: None,
         native_clientapps: Default::default(),

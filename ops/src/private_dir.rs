@@ -6,8 +6,9 @@
 //! then runs their code as its own user. So, as OpenSSH's `StrictModes` does, every directory from
 //! the root down is checked: owned by root or by this user, and writable by nobody else unless its
 //! sticky bit keeps others from renaming what they do not own (as on `/tmp`). The directory
-//! itself must be this user's and writable by nobody else. Both the path as given and the path
-//! its links resolve to are checked, so a link cannot lead the walk around a shared directory.
+//! itself must be this user's and writable by nobody else. The path is resolved here one step at
+//! a time, so every directory passed through is checked, links and their targets included, and
+//! each link must belong to this user or root: whoever owns a link can point it elsewhere.
 
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
@@ -46,7 +47,7 @@ pub enum NotPrivate {
     /// Other users may write to it.
     #[error(
         "{} is writable by other users (mode {mode:o}): they could swap what runs from it \
-         (give a private --apps-dir)",
+         (chmod go-w it, or give a private --apps-dir)",
         path.display()
     )]
     Writable {
@@ -85,24 +86,81 @@ pub fn create_private_dir(dir: &Path) -> Result<(), NotPrivate> {
     check_private_dir(&dir)
 }
 
+/// Most links followed on the way to a directory (as the kernel's own limit).
+const MAX_LINKS: usize = 40;
+
 /// Checks that `dir` (which exists) and every directory above it are private to this user.
+/// The path is resolved here, one component at a time, so that every directory passed through
+/// is checked, and every link followed must belong to this user or root: another user who owns a
+/// link on the way could point it elsewhere after the check.
 pub fn check_private_dir(dir: &Path) -> Result<(), NotPrivate> {
     let user = nix::unistd::geteuid().as_raw();
-    let given = std::path::absolute(dir).map_err(|source| NotPrivate::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let resolved = given.canonicalize().map_err(|source| NotPrivate::Io {
-        path: given.clone(),
-        source,
-    })?;
-    for path in [&given, &resolved] {
-        check_one(path, user, true)?;
-        for ancestor in path.ancestors().skip(1) {
-            check_one(ancestor, user, false)?;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source: std::io::Error| NotPrivate::Io { path, source }
+    };
+    let given = std::path::absolute(dir).map_err(io(dir))?;
+    let mut pending: std::collections::VecDeque<Part> = Part::all(&given).collect();
+    let mut current = PathBuf::from("/");
+    let mut links = 0;
+    check_one(&current, user, false)?;
+    while let Some(part) = pending.pop_front() {
+        match part {
+            Part::Root => current = PathBuf::from("/"),
+            // Its parent was checked on the way here.
+            Part::Parent => {
+                current.pop();
+            }
+            Part::Name(name) => {
+                let next = current.join(name);
+                let metadata = std::fs::symlink_metadata(&next).map_err(io(&next))?;
+                if !metadata.is_symlink() {
+                    check_one(&next, user, false)?;
+                    current = next;
+                    continue;
+                }
+                let owner = metadata.uid();
+                if owner != user && owner != 0 {
+                    return Err(NotPrivate::Owner {
+                        path: next,
+                        owner,
+                        user,
+                    });
+                }
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(NotPrivate::Io {
+                        path: given,
+                        source: std::io::Error::other("too many links on the way"),
+                    });
+                }
+                let target = std::fs::read_link(&next).map_err(io(&next))?;
+                for part in Part::all(&target).collect::<Vec<_>>().into_iter().rev() {
+                    pending.push_front(part);
+                }
+            }
         }
     }
-    Ok(())
+    check_one(&current, user, true)
+}
+
+/// A step along a path being resolved.
+enum Part {
+    Root,
+    Parent,
+    Name(std::ffi::OsString),
+}
+
+impl Part {
+    fn all(path: &Path) -> impl Iterator<Item = Part> + '_ {
+        use std::path::Component;
+        path.components().filter_map(|component| match component {
+            Component::RootDir | Component::Prefix(_) => Some(Part::Root),
+            Component::CurDir => None,
+            Component::ParentDir => Some(Part::Parent),
+            Component::Normal(name) => Some(Part::Name(name.to_os_string())),
+        })
+    }
 }
 
 /// Checks one directory: the leaf must be `user`'s and writable by nobody else; an ancestor may
@@ -201,6 +259,53 @@ mod tests {
         let link = private.join("apps");
         std::os::unix::fs::symlink(shared.join("apps"), &link).unwrap();
         let error = check_private_dir(&link).unwrap_err().to_string();
+        assert!(error.contains("writable by other users"), "{error}");
+    }
+
+    #[test]
+    fn a_link_another_user_owns_is_refused_though_it_leads_somewhere_private() {
+        let parent = tempfile::tempdir().unwrap();
+        let apps = parent.path().join("private/apps");
+        create_private_dir(&apps).unwrap();
+        let sticky = parent.path().join("sticky");
+        std::fs::create_dir(&sticky).unwrap();
+        set_mode(&sticky, 0o1777);
+        let link = sticky.join("apps");
+        std::os::unix::fs::symlink(&apps, &link).unwrap();
+        check_private_dir(&link).unwrap();
+        match std::os::unix::fs::lchown(&link, Some(65534), None) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                eprintln!("skipped: only root can make a link another user owns");
+                return;
+            }
+            Err(error) => panic!("lchown: {error}"),
+        }
+        let error = check_private_dir(&link).unwrap_err();
+        assert!(
+            matches!(&error, NotPrivate::Owner { path, owner: 65534, .. } if *path == link),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_path_through_links_and_dots_is_resolved_and_checked_on_the_way() {
+        let parent = tempfile::tempdir().unwrap();
+        let shared = parent.path().join("shared");
+        std::fs::create_dir_all(shared.join("apps")).unwrap();
+        set_mode(&shared, 0o777);
+        set_mode(&shared.join("apps"), 0o700);
+        let private = parent.path().join("private");
+        std::fs::create_dir_all(private.join("apps")).unwrap();
+        set_mode(&private, 0o700);
+        set_mode(&private.join("apps"), 0o700);
+        // Through the shared directory and back out of it with `..`: still through it.
+        let through = shared.join("../private/apps");
+        assert!(check_private_dir(&through).is_err());
+        check_private_dir(&private.join("apps")).unwrap();
+        let via_link = private.join("to-shared");
+        std::os::unix::fs::symlink("../shared/apps", &via_link).unwrap();
+        let error = check_private_dir(&via_link).unwrap_err().to_string();
         assert!(error.contains("writable by other users"), "{error}");
     }
 
