@@ -6,9 +6,10 @@
 //!   10 GiB. Fetches waiting for a slot hold nothing.
 //! - Slots: at most [`SLOTS`] sends at once, and a node has at most one send of a bundle going
 //!   (a second fetch of the same bundle while one is going is refused, not queued).
-//! - Progress: a send fails once the node has taken nothing for [`STALL_TIMEOUT`], or once it is
-//!   slower overall than [`MIN_RATE`] allows: a node that stops reading frees its slot quickly,
-//!   and one that trickles frees it within a bound set by the bundle's size.
+//! - Progress: a send fails once a piece has waited [`STALL_TIMEOUT`] for room, or once it is
+//!   slower overall than [`MIN_RATE`] allows ([`BundleSender::deadline_for`] its size, which the
+//!   caller also applies to the node's acknowledgement of the last byte): a slot is freed within
+//!   a bound set by the bundle's size, whatever the node does.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};

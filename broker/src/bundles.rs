@@ -166,9 +166,13 @@ async fn refuse(
     tracing::debug!(%node, %hash, %reason, "bundle refused to a node");
     shared.metrics.bundle_refused();
     let answer = BundleAnswer::Refused(format!("no bundle {hash}: {reason}"));
-    let _ = write_value(&mut send, &answer).await;
+    // Bounded: a node that grants no credit must not keep this task (or a slot) forever.
+    let _ = tokio::time::timeout(ANSWER_TIMEOUT, write_value(&mut send, &answer)).await;
     let _ = send.finish();
 }
+
+/// How long a node has to take a refusal or a list of signatures.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Answers a node's [`wire::fleet::NodeStream::FetchBundle`] (with `whole`) or
 /// [`wire::fleet::NodeStream::FetchSignatures`]: the bundle of a run the node has an unanswered
@@ -238,7 +242,8 @@ pub async fn serve(
     // No bundle carries more (offers are capped): the answer stays within the node's frame limit.
     signatures.truncate(MAX_SIGNATURES);
     let Some(bytes) = bytes else {
-        let _ = write_value(&mut send, &BundleAnswer::Signatures(signatures)).await;
+        let answer = BundleAnswer::Signatures(signatures);
+        let _ = tokio::time::timeout(ANSWER_TIMEOUT, write_value(&mut send, &answer)).await;
         let _ = send.finish();
         return;
     };

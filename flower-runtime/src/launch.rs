@@ -137,8 +137,9 @@ pub fn app_command(
 /// Variables a Python program of Flower's keeps besides a bundle program's, by name or by a
 /// prefix ending in `_`: the environment it runs in (a virtual environment, Conda), Flower's own
 /// switches, what numerical libraries, machine-learning frameworks and GPUs are set up with, and
-/// how the host reaches the network (proxies, certificate authorities), which apps that download
-/// their data need. Credentials of cloud providers and other tools stay with the daemon.
+/// how the host reaches the network (proxies, as set, and certificate authorities), which apps
+/// that download their data need. Credentials of cloud providers and other tools stay with the
+/// daemon, and so does any variable whose name says it holds a secret (`HF_TOKEN`).
 pub const FLOWER_ENVIRONMENT: &[&str] = &[
     "VIRTUAL_ENV",
     "CONDA_PREFIX",
@@ -172,11 +173,28 @@ pub const FLOWER_ENVIRONMENT: &[&str] = &[
     "JAX_",
 ];
 
+/// Whether a variable's name says it holds a secret (`HF_TOKEN`, `TF_TOKEN_app_terraform_io`,
+/// `TF_VAR_db_password`): such a variable is withheld whatever prefix it shares.
+fn names_a_secret(name: &str) -> bool {
+    let name = name.to_ascii_uppercase();
+    ["TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL"]
+        .iter()
+        .any(|word| name.contains(word))
+}
+
 /// The values of [`FLOWER_ENVIRONMENT`] in this process (but `FLWR_HOME`, which is the
-/// execution's own).
+/// execution's own, and any whose name says it holds a secret).
 fn flower_environment() -> Vec<(String, std::ffi::OsString)> {
+    flower_environment_of(std::env::vars_os())
+}
+
+/// What of `variables` a Python program of Flower's keeps (see [`flower_environment`]).
+fn flower_environment_of(
+    variables: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Vec<(String, std::ffi::OsString)> {
     let kept = |name: &str| {
         name != "FLWR_HOME"
+            && !names_a_secret(name)
             && FLOWER_ENVIRONMENT.iter().any(|kept| {
                 if kept.ends_with('_') {
                     name.starts_with(kept)
@@ -185,7 +203,7 @@ fn flower_environment() -> Vec<(String, std::ffi::OsString)> {
                 }
             })
     };
-    std::env::vars_os()
+    variables
         .filter_map(|(name, value)| {
             let name = name.into_string().ok()?;
             kept(&name).then_some((name, value))
@@ -255,6 +273,33 @@ mod tests {
         assert!(error.contains("writable by other users"), "{error}");
     }
 
+    #[test]
+    fn secrets_under_a_kept_prefix_are_withheld() {
+        let secrets = [
+            "HF_TOKEN",
+            "HF_HUB_TOKEN",
+            "TF_TOKEN_app_terraform_io",
+            "TF_VAR_db_password",
+            "AWS_SECRET_ACCESS_KEY",
+            "FLWR_HOME",
+        ];
+        let settings = [
+            "HF_HOME",
+            "CUDA_VISIBLE_DEVICES",
+            "TF_CPP_MIN_LOG_LEVEL",
+            "HTTPS_PROXY",
+        ];
+        let variables = secrets
+            .iter()
+            .chain(&settings)
+            .map(|name| (name.into(), "x".into()));
+        let kept: Vec<String> = flower_environment_of(variables)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(kept, settings);
+    }
+
     #[tokio::test]
     async fn programs_get_none_of_the_daemons_other_variables() {
         let kept = |name: &str| {
@@ -279,6 +324,7 @@ mod tests {
         let dumped = std::fs::read_to_string(execution.home().join("environment")).unwrap();
         let names: Vec<&str> = dumped.lines().filter_map(|l| l.split('=').next()).collect();
         assert!(names.contains(&"FLWR_HOME"), "{names:?}");
+        assert!(!names.iter().any(|name| names_a_secret(name)), "{names:?}");
         let leaked: Vec<_> = names.into_iter().filter(|name| !kept(name)).collect();
         assert!(
             leaked.is_empty(),
