@@ -192,23 +192,24 @@ fn flower_environment() -> Vec<(String, std::ffi::OsString)> {
 fn flower_environment_of(
     variables: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
 ) -> Vec<(String, std::ffi::OsString)> {
-    let kept = |name: &str| {
-        name != "FLWR_HOME"
-            && !names_a_secret(name)
-            && FLOWER_ENVIRONMENT.iter().any(|kept| {
-                if kept.ends_with('_') {
-                    name.starts_with(kept)
-                } else {
-                    name == *kept
-                }
-            })
-    };
     variables
         .filter_map(|(name, value)| {
             let name = name.into_string().ok()?;
-            kept(&name).then_some((name, value))
+            (name != "FLWR_HOME" && !names_a_secret(&name) && in_flower_environment(&name))
+                .then_some((name, value))
         })
         .collect()
+}
+
+/// Whether [`FLOWER_ENVIRONMENT`] names `name`, or a prefix of it.
+fn in_flower_environment(name: &str) -> bool {
+    FLOWER_ENVIRONMENT.iter().any(|kept| {
+        if kept.ends_with('_') {
+            name.starts_with(kept)
+        } else {
+            name == *kept
+        }
+    })
 }
 
 #[cfg(test)]
@@ -304,9 +305,7 @@ mod tests {
     async fn programs_get_none_of_the_daemons_other_variables() {
         let kept = |name: &str| {
             ops::process::PASSED_ENVIRONMENT.contains(&name)
-                || FLOWER_ENVIRONMENT
-                    .iter()
-                    .any(|kept| name == *kept || (kept.ends_with('_') && name.starts_with(kept)))
+                || in_flower_environment(name)
                 || ["PWD", "SHLVL", "_"].contains(&name)
         };
         // The test's own process has others (cargo's, at least): the check below means something.

@@ -70,13 +70,15 @@ impl From<NotPrivate> for std::io::Error {
     }
 }
 
+/// What turns an error of the file system at `path` into a [`NotPrivate`].
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NotPrivate {
+    let path = path.to_path_buf();
+    move |source| NotPrivate::Io { path, source }
+}
+
 /// Creates `dir` and its missing parents (those it creates are 0700), then checks that it and
 /// every directory above it are private to this user (see the module's documentation).
 pub fn create_private_dir(dir: &Path) -> Result<(), NotPrivate> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source: std::io::Error| NotPrivate::Io { path, source }
-    };
     let dir = std::path::absolute(dir).map_err(io(dir))?;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -95,15 +97,11 @@ const MAX_LINKS: usize = 40;
 /// link on the way could point it elsewhere after the check.
 pub fn check_private_dir(dir: &Path) -> Result<(), NotPrivate> {
     let user = nix::unistd::geteuid().as_raw();
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source: std::io::Error| NotPrivate::Io { path, source }
-    };
     let given = std::path::absolute(dir).map_err(io(dir))?;
     let mut pending: std::collections::VecDeque<Part> = Part::all(&given).collect();
     let mut current = PathBuf::from("/");
     let mut links = 0;
-    check_one(&current, user, false)?;
+    check_stated(&current, user, false)?;
     while let Some(part) = pending.pop_front() {
         match part {
             Part::Root => current = PathBuf::from("/"),
@@ -115,7 +113,7 @@ pub fn check_private_dir(dir: &Path) -> Result<(), NotPrivate> {
                 let next = current.join(name);
                 let metadata = std::fs::symlink_metadata(&next).map_err(io(&next))?;
                 if !metadata.is_symlink() {
-                    check_one(&next, user, false)?;
+                    check_one(&next, &metadata, user, false)?;
                     current = next;
                     continue;
                 }
@@ -141,7 +139,7 @@ pub fn check_private_dir(dir: &Path) -> Result<(), NotPrivate> {
             }
         }
     }
-    check_one(&current, user, true)
+    check_stated(&current, user, true)
 }
 
 /// A step along a path being resolved.
@@ -163,13 +161,22 @@ impl Part {
     }
 }
 
-/// Checks one directory: the leaf must be `user`'s and writable by nobody else; an ancestor may
-/// also be root's, and shared-writable when sticky.
-fn check_one(path: &Path, user: u32, leaf: bool) -> Result<(), NotPrivate> {
-    let metadata = std::fs::metadata(path).map_err(|source| NotPrivate::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+/// [`check_one`] for `path`, read from the file system (a real directory: `/` or one the
+/// resolution reached).
+fn check_stated(path: &Path, user: u32, leaf: bool) -> Result<(), NotPrivate> {
+    let metadata = std::fs::symlink_metadata(path).map_err(io(path))?;
+    check_one(path, &metadata, user, leaf)
+}
+
+/// Checks one directory, whose `metadata` was read without following a link: the leaf must be
+/// `user`'s and writable by nobody else; an ancestor may also be root's, and shared-writable when
+/// sticky.
+fn check_one(
+    path: &Path,
+    metadata: &std::fs::Metadata,
+    user: u32,
+    leaf: bool,
+) -> Result<(), NotPrivate> {
     if !metadata.is_dir() {
         return Err(NotPrivate::NotADirectory {
             path: path.to_path_buf(),
@@ -202,6 +209,22 @@ mod tests {
 
     fn set_mode(path: &Path, mode: u32) {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// Gives `path` (a link itself, not its target) to user 65534; `false` when this process may
+    /// not (only root may give a file away: the case cannot be made here then).
+    fn give_to_nobody(path: &Path) -> bool {
+        match std::os::unix::fs::lchown(path, Some(65534), None) {
+            Ok(()) => true,
+            Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                eprintln!(
+                    "skipped: only root can give {} to another user",
+                    path.display()
+                );
+                false
+            }
+            Err(error) => panic!("lchown: {error}"),
+        }
     }
 
     #[test]
@@ -273,13 +296,8 @@ mod tests {
         let link = sticky.join("apps");
         std::os::unix::fs::symlink(&apps, &link).unwrap();
         check_private_dir(&link).unwrap();
-        match std::os::unix::fs::lchown(&link, Some(65534), None) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
-                eprintln!("skipped: only root can make a link another user owns");
-                return;
-            }
-            Err(error) => panic!("lchown: {error}"),
+        if !give_to_nobody(&link) {
+            return;
         }
         let error = check_private_dir(&link).unwrap_err();
         assert!(
@@ -315,15 +333,8 @@ mod tests {
         let apps = parent.path().join("apps");
         std::fs::create_dir(&apps).unwrap();
         set_mode(&apps, 0o755);
-        let nobody = nix::unistd::Uid::from_raw(65534);
-        match nix::unistd::chown(&apps, Some(nobody), None) {
-            Ok(()) => {}
-            // Only root may give a file away; as another user this case cannot be made here.
-            Err(nix::errno::Errno::EPERM) => {
-                eprintln!("skipped: only root can make a directory another user owns");
-                return;
-            }
-            Err(error) => panic!("chown: {error}"),
+        if !give_to_nobody(&apps) {
+            return;
         }
         let error = create_private_dir(&apps).unwrap_err();
         assert!(
