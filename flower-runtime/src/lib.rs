@@ -2,7 +2,20 @@
 //! (written in `proto/` from Flower's published wire format and compiled without `protoc`), the
 //! content-addressed objects a message travels as, `.npy` arrays, and exact conversion between
 //! Flower's records and this project's. The broker and the node serve Flower's `flwr-serverapp`
-//! and `flwr-clientapp` with it; the core crates stay free of protobuf.
+//! and `flwr-clientapp` with it; the core crates stay free of protobuf: they build a task's
+//! input from their own types ([`task::TaskInput::server`], [`task::TaskInput::client`]) and never
+//! name [`proto`].
+//!
+//! # Layout
+//! - [`proto`]: the generated types of Flower's `flwr.proto` package.
+//! - [`records`], [`npy`], [`messages`]: records, arrays and message metadata, both ways, exactly.
+//! - [`objects`]: messages as Flower's content-addressed object trees (deflate, inflate, ids).
+//! - [`server`]: the runtime API over HTTP/1.1 and the connection bounds, for any task.
+//! - [`task`]: the registry of tasks by token, a `flwr-clientapp` task, and each run's context
+//!   state on a node.
+//! - [`serverapp`]: a `flwr-serverapp` task, and the `Federation` the SuperLink gives it.
+//! - [`launch`]: starting Flower's programs for a task (a fresh `FLWR_HOME`, the token, the
+//!   environment they may see).
 
 pub mod launch;
 pub mod messages;

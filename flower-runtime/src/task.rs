@@ -26,6 +26,141 @@ pub struct TaskInput {
     pub fab: proto::Fab,
 }
 
+/// A run's FAB as the daemons hold it.
+#[derive(Debug, Clone, Copy)]
+pub struct FabRef<'a> {
+    /// `publisher/name`.
+    pub fab_id: &'a str,
+    /// Its version.
+    pub version: &'a str,
+    /// Its SHA-256, in hex.
+    pub hash: &'a str,
+    /// The FAB's bytes.
+    pub archive: &'a [u8],
+}
+
+impl FabRef<'_> {
+    fn run(&self, run_id: u64, override_config: HashMap<String, proto::Scalar>) -> proto::Run {
+        proto::Run {
+            run_id,
+            fab_id: self.fab_id.to_string(),
+            fab_version: self.version.to_string(),
+            fab_hash: self.hash.to_string(),
+            override_config,
+            ..proto::Run::default()
+        }
+    }
+
+    fn fab(&self) -> proto::Fab {
+        proto::Fab {
+            hash_str: self.hash.to_string(),
+            content: self.archive.to_vec(),
+            ..proto::Fab::default()
+        }
+    }
+}
+
+/// A config record as Flower's context and run carry it.
+fn scalars(config: &wire::ConfigRecord) -> HashMap<String, proto::Scalar> {
+    config
+        .iter()
+        .map(|(key, value)| (key.to_string(), crate::records::scalar_of(value)))
+        .collect()
+}
+
+impl TaskInput {
+    /// A ServerApp's input: the context of the server's node ([`SERVER_NODE`](crate::serverapp::SERVER_NODE)) with a fresh state, and the run, whose overrides
+    /// are its whole config (`flwr run` fused it from the same defaults the app reads from its
+    /// FAB, so every key is one of them).
+    pub fn server(run_id: u64, fab: FabRef<'_>, run_config: &wire::ConfigRecord) -> Self {
+        TaskInput {
+            task_id: rand::random(),
+            context: proto::Context {
+                run_id,
+                node_id: crate::serverapp::SERVER_NODE,
+                state: Some(proto::RecordDict::default()),
+                ..proto::Context::default()
+            },
+            run: fab.run(run_id, scalars(run_config)),
+            fab: fab.fab(),
+        }
+    }
+
+    /// A ClientApp's input on node `node_id`: its context with the configs and the state the
+    /// run's last task on this node left.
+    pub fn client(
+        run_id: u64,
+        node_id: u64,
+        fab: FabRef<'_>,
+        node_config: &wire::ConfigRecord,
+        run_config: &wire::ConfigRecord,
+        state: &ContextStates,
+    ) -> Self {
+        TaskInput {
+            task_id: rand::random(),
+            context: proto::Context {
+                run_id,
+                node_id,
+                node_config: scalars(node_config),
+                run_config: scalars(run_config),
+                state: Some(state.of(run_id)),
+                ..proto::Context::default()
+            },
+            run: fab.run(run_id, HashMap::new()),
+            fab: fab.fab(),
+        }
+    }
+}
+
+/// Each run's context state on a node: what a run's ClientApp left in its context is what the
+/// run's next task there receives, as on Flower's SuperNode. Bounded: beyond [`KEPT_STATES`]
+/// runs, the oldest run's state is dropped.
+#[derive(Debug, Default)]
+pub struct ContextStates {
+    states: Mutex<(
+        HashMap<u64, proto::RecordDict>,
+        std::collections::VecDeque<u64>,
+    )>,
+}
+
+/// Most runs whose context state is kept.
+pub const KEPT_STATES: usize = 256;
+
+/// Locks `mutex`; the maps behind it change by single inserts and removals, so one a panicking
+/// thread left behind is still consistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl ContextStates {
+    fn of(&self, run_id: u64) -> proto::RecordDict {
+        let states = lock(&self.states);
+        states.0.get(&run_id).cloned().unwrap_or_default()
+    }
+
+    /// Keeps the state a completed task of run `run_id` ended with; a failed task's is not kept.
+    pub fn keep(&self, run_id: u64, outcome: &TaskOutcome) {
+        if outcome.sub_status.as_deref() != Some("completed") {
+            return;
+        }
+        let Some(state) = outcome.context.as_ref().and_then(|c| c.state.clone()) else {
+            return;
+        };
+        let mut states = lock(&self.states);
+        let (map, order) = &mut *states;
+        if map.insert(run_id, state).is_none() {
+            order.push_back(run_id);
+            if order.len() > KEPT_STATES
+                && let Some(oldest) = order.pop_front()
+            {
+                map.remove(&oldest);
+            }
+        }
+    }
+}
+
 /// A reply whose objects all arrived, with the metadata the app pushed (checked then).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {

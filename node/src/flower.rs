@@ -10,24 +10,21 @@
 //! connects or hangs past the instruction's time to live each cost that instruction an error
 //! reply, and the process group is killed whatever happens.
 
-use crate::isolation::{crash_report, forward_output, stopped};
+use crate::isolation::{CLIENT_APP_OUTPUT, stopped};
 use flower_runtime::launch::Execution;
 use flower_runtime::messages::{body_from_objects, metadata_to_proto};
 use flower_runtime::objects::{Body, deflate};
-use flower_runtime::proto;
-use flower_runtime::records::scalar_of;
-use flower_runtime::task::{ClientAppTask, TaskInput, TaskOutcome, Tasks};
+use flower_runtime::task::{ClientAppTask, ContextStates, FabRef, TaskInput, TaskOutcome, Tasks};
 use model::bundle::Fab;
-use std::collections::{HashMap, VecDeque};
+use ops::app_process::{AppProcess, EXIT_GRACE, Ended, OUTPUT_GRACE, Output};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use wire::message::{ErrorCode, MessageError};
-use wire::{BundleHash, ConfigRecord, Message, MessageBody, NodeId, RunId};
+use wire::{BundleHash, ConfigRecord, Message, MessageBody, NodeId};
 
 /// The program's name, as the `flwr` package installs it.
 pub const PROGRAM: &str = "flwr-clientapp";
@@ -36,16 +33,6 @@ pub const PROGRAM: &str = "flwr-clientapp";
 const INSTALL_HINT: &str = "install Flower's runtime where the node runs \
      (pip install 'flwr==1.42.*', then start flower-supernode with that environment's bin on PATH), \
      or give --flwr-clientapp PATH";
-
-/// How long a process that pushed its output has to exit before it is killed.
-const EXIT_GRACE: Duration = Duration::from_secs(10);
-
-/// How long the output of a process that exited may still take to arrive (it is sent before
-/// the process exits, but on another connection).
-const OUTPUT_GRACE: Duration = Duration::from_secs(2);
-
-/// Most runs whose context state is kept; the oldest run's is dropped beyond that.
-const KEPT_STATES: usize = 256;
 
 /// Largest reply a ClientApp may send (its records, in all).
 const MAX_REPLY_BYTES: u64 = 1 << 30;
@@ -60,8 +47,8 @@ pub struct FlowerClientApps {
     tasks: Arc<Tasks>,
     /// Where each process gets a fresh `FLWR_HOME` of its own, removed when it ends.
     home: PathBuf,
-    /// Each run's context state, with the runs in the order first seen.
-    states: Mutex<(HashMap<RunId, proto::RecordDict>, VecDeque<RunId>)>,
+    /// Each run's context state.
+    states: ContextStates,
 }
 
 /// What one instruction's task is given besides the instruction.
@@ -100,7 +87,7 @@ impl FlowerClientApps {
             address,
             tasks,
             home,
-            states: Mutex::default(),
+            states: ContextStates::default(),
         }))
     }
 
@@ -133,58 +120,6 @@ impl FlowerClientApps {
         }
     }
 
-    fn state_of(&self, run_id: RunId) -> proto::RecordDict {
-        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        states.0.get(&run_id).cloned().unwrap_or_default()
-    }
-
-    fn keep_state(&self, run_id: RunId, state: proto::RecordDict) {
-        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        let (map, order) = &mut *states;
-        if map.insert(run_id, state).is_none() {
-            order.push_back(run_id);
-            if order.len() > KEPT_STATES
-                && let Some(oldest) = order.pop_front()
-            {
-                map.remove(&oldest);
-            }
-        }
-    }
-
-    /// The task's input: the context (ids, configs, the run's state), the run and the FAB.
-    fn input(&self, job: &FlowerJob<'_>, run_id: RunId) -> TaskInput {
-        let scalars = |config: &ConfigRecord| {
-            config
-                .iter()
-                .map(|(key, value)| (key.to_string(), scalar_of(value)))
-                .collect()
-        };
-        let hash = job.hash.to_string();
-        TaskInput {
-            task_id: rand::random(),
-            context: proto::Context {
-                run_id: run_id.0,
-                node_id: job.node_id.0,
-                node_config: scalars(job.node_config),
-                run_config: scalars(job.run_config),
-                state: Some(self.state_of(run_id)),
-                ..proto::Context::default()
-            },
-            run: proto::Run {
-                run_id: run_id.0,
-                fab_id: job.fab.fab_id.clone(),
-                fab_version: job.fab.version.clone(),
-                fab_hash: hash.clone(),
-                ..proto::Run::default()
-            },
-            fab: proto::Fab {
-                hash_str: hash,
-                content: job.fab.archive.clone(),
-                ..proto::Fab::default()
-            },
-        }
-    }
-
     async fn supervise(
         &self,
         job: &FlowerJob<'_>,
@@ -199,16 +134,27 @@ impl FlowerClientApps {
         let deflated = deflate(&metadata, &Body::Content(content.clone()))
             .map_err(|e| format!("the instruction cannot be given to a Flower app: {e}"))?;
         let run_id = instruction.metadata.run_id;
-        let task = ClientAppTask::new(self.input(job, run_id), metadata, deflated, MAX_REPLY_BYTES);
+        let hash = job.hash.to_string();
+        let fab = FabRef {
+            fab_id: &job.fab.fab_id,
+            version: &job.fab.version,
+            hash: &hash,
+            archive: &job.fab.archive,
+        };
+        let input = TaskInput::client(
+            run_id.0,
+            job.node_id.0,
+            fab,
+            job.node_config,
+            job.run_config,
+            &self.states,
+        );
+        let task = ClientAppTask::new(input, metadata, deflated, MAX_REPLY_BYTES);
         let admitted = self.tasks.admit_scoped(task.clone());
         let outcome = self
             .run_process(&program, admitted.token(), &task, instruction, &cancelled)
             .await?;
-        if outcome.sub_status.as_deref() == Some("completed")
-            && let Some(state) = outcome.context.as_ref().and_then(|c| c.state.clone())
-        {
-            self.keep_state(run_id, state);
-        }
+        self.states.keep(run_id.0, &outcome);
         let Some(reply) = outcome.reply else {
             let status = outcome.sub_status.as_deref().unwrap_or("no output");
             let details = wire::text::sanitize(&outcome.details, 4096);
@@ -242,44 +188,43 @@ impl FlowerClientApps {
         // to its install, no later one runs.
         let execution = Execution::create(&self.home, token)
             .map_err(|e| format!("cannot make the Flower app's directory: {e}"))?;
-        let mut child = flower_runtime::launch::app_command(program, self.address, &execution)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
-        let _group = ops::process::ProcessGroup::of(child.id());
-        if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(forward_output(stdout));
-        }
-        let mut stderr = child.stderr.take().map(|e| tokio::spawn(forward_output(e)));
+        // Flower's program prints the app's own output on stdout: both streams are the node's log.
+        let output = Output {
+            stdout: true,
+            ..CLIENT_APP_OUTPUT
+        };
+        let mut process = AppProcess::spawn(
+            &mut flower_runtime::launch::app_command(program, self.address, &execution),
+            output,
+        )
+        .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
         let ttl = Duration::from_millis(instruction.metadata.ttl_ms);
-        let outcome = tokio::select! {
-            outcome = task.finished() => outcome,
-            status = child.wait() => match tokio::time::timeout(OUTPUT_GRACE, task.finished()).await {
-                Ok(outcome) => outcome,
-                Err(_) => {
-                    task.abandon();
-                    return Err(crash_report(status, stderr.take()).await);
-                }
-            },
-            _ = tokio::time::sleep(ttl) => {
-                task.abandon();
-                return Err(format!(
+        let interruption = async {
+            tokio::select! {
+                () = tokio::time::sleep(ttl) => format!(
                     "the Flower ClientApp did not finish within the instruction's time to live \
                      ({ttl:?}); its process was killed"
-                ));
-            }
-            _ = stopped(cancelled) => {
-                task.abandon();
-                return Err("run stopped".into());
+                ),
+                () = stopped(cancelled) => "run stopped".to_string(),
             }
         };
-        if tokio::time::timeout(EXIT_GRACE, child.wait())
+        let outcome = match process
+            .until(task.finished(), interruption, OUTPUT_GRACE)
             .await
-            .is_err()
         {
-            let _ = child.kill().await;
-        }
+            Ended::Reported(outcome) => outcome,
+            Ended::Exited(status) => {
+                task.abandon();
+                return Err(process
+                    .crash_report(status, "the client app process", "before replying")
+                    .await);
+            }
+            Ended::Interrupted(reason) => {
+                task.abandon();
+                return Err(reason);
+            }
+        };
+        process.exit_within(EXIT_GRACE).await;
         Ok(outcome)
     }
 }

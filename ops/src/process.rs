@@ -60,10 +60,9 @@ impl ProcessGroup {
     pub fn of(pid: Option<u32>) -> Self {
         ProcessGroup(pid)
     }
-}
 
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
+    /// Kills every process of the group now.
+    pub fn kill(&self) {
         if let Some(pid) = self.0.and_then(|pid| i32::try_from(pid).ok()) {
             // The group may be gone already (every member exited): nothing to do then.
             let _ = nix::sys::signal::killpg(
@@ -71,6 +70,12 @@ impl Drop for ProcessGroup {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

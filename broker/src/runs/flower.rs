@@ -9,19 +9,15 @@
 //! becomes the run's artifacts, which `flwr pull` fetches, and the directory is removed.
 
 use super::grid::BrokerGrid;
-use super::program::{Tail, forward_stderr, tail_text};
+use super::output::{SERVER_APP_OUTPUT, quoted};
 use crate::state::Shared;
-use flower_runtime::proto;
-use flower_runtime::records::scalar_of;
-use flower_runtime::serverapp::{
-    Federation, Liveness, Outgoing, SERVER_NODE, ServerAppTask, ServerOutcome,
-};
-use flower_runtime::task::{TaskInput, Tasks};
+use flower_runtime::serverapp::{Federation, Liveness, Outgoing, ServerAppTask, ServerOutcome};
+use flower_runtime::task::{FabRef, TaskInput, Tasks};
 use model::app::{AppError, Grid, Instruction, ServerApp, ServerContext};
 use model::bundle::Bundle;
+use ops::app_process::{AppProcess, EXIT_GRACE, Ended, OUTPUT_GRACE};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -36,12 +32,6 @@ const MAX_PUSHED_BYTES: u64 = 4 << 30;
 
 /// Longest an instruction waits for its reply (Flower's default time to live is 12 hours).
 const MAX_TTL: Duration = Duration::from_secs(12 * 60 * 60);
-
-/// How long the output of a process that exited may still take to arrive.
-const OUTPUT_GRACE: Duration = Duration::from_secs(2);
-
-/// How long a process that pushed its output has to exit before it is killed.
-const EXIT_GRACE: Duration = Duration::from_secs(10);
 
 /// Most batches of log lines waiting to be written.
 const LOG_QUEUE: usize = 256;
@@ -119,37 +109,18 @@ impl FlowerServerApp {
         let fab = self.bundle.fab.as_ref().ok_or_else(|| {
             AppError::new("the run's bundle names a Flower ServerApp but is no FAB")
         })?;
-        let run_id = context.run_id.0;
         let hash = self.bundle.hash.to_string();
-        // The app reads its run config from the FAB's defaults and these overrides: the run's
-        // config, which `flwr run` fused from the same defaults, so every key is one of them.
-        let override_config = context
-            .run_config
-            .iter()
-            .map(|(key, value)| (key.to_string(), scalar_of(value)))
-            .collect();
-        Ok(TaskInput {
-            task_id: rand::random(),
-            context: proto::Context {
-                run_id,
-                node_id: SERVER_NODE,
-                state: Some(proto::RecordDict::default()),
-                ..proto::Context::default()
-            },
-            run: proto::Run {
-                run_id,
-                fab_id: fab.fab_id.clone(),
-                fab_version: fab.version.clone(),
-                fab_hash: hash.clone(),
-                override_config,
-                ..proto::Run::default()
-            },
-            fab: proto::Fab {
-                hash_str: hash,
-                content: fab.archive.clone(),
-                ..proto::Fab::default()
-            },
-        })
+        let fab = FabRef {
+            fab_id: &fab.fab_id,
+            version: &fab.version,
+            hash: &hash,
+            archive: &fab.archive,
+        };
+        Ok(TaskInput::server(
+            context.run_id.0,
+            fab,
+            &context.run_config,
+        ))
     }
 
     async fn supervise(&self, context: &ServerContext) -> Result<(), AppError> {
@@ -183,62 +154,58 @@ impl FlowerServerApp {
         // Flower's SuperLink sends the app's output nowhere: what it says reaches the run's log
         // through push-logs. Stderr is kept to explain a crash before that starts.
         let workdir = self.workdir(context.run_id)?;
-        let mut child = flower_runtime::launch::app_command(&program, runtime.address, &execution)
-            .current_dir(workdir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
+        let mut command =
+            flower_runtime::launch::app_command(&program, runtime.address, &execution);
+        command.current_dir(workdir.path());
+        let mut process = AppProcess::spawn(&mut command, SERVER_APP_OUTPUT)
             .map_err(|e| AppError::new(format!("cannot start {}: {e}", program.display())))?;
-        let group = ops::process::ProcessGroup::of(child.id());
-        let tail = Tail::default();
-        let stderr = child
-            .stderr
-            .take()
-            .map(|stderr| tokio::spawn(forward_stderr(stderr, tail.clone())));
         let patience = self.shared.config.flower_app_patience;
-        let ended: Result<ServerOutcome, String> = tokio::select! {
-            outcome = task.finished() => {
+        let interruption = async {
+            tokio::select! {
+                () = self.cancel.cancelled() => None,
+                liveness = unheard(&task, patience) => Some(liveness),
+            }
+        };
+        let ended: Result<ServerOutcome, String> = match process
+            .until(task.finished(), interruption, OUTPUT_GRACE)
+            .await
+        {
+            Ended::Reported(outcome) => {
                 // It reported how it ended: it may take a moment to exit.
-                let _ = tokio::time::timeout(EXIT_GRACE, child.wait()).await;
+                process.exit_within(EXIT_GRACE).await;
                 Ok(outcome)
             }
-            status = child.wait() => match tokio::time::timeout(OUTPUT_GRACE, task.finished()).await {
-                Ok(outcome) => Ok(outcome),
-                Err(_) => {
-                    task.abandon();
-                    if let Some(stderr) = stderr {
-                        let _ = tokio::time::timeout(Duration::from_secs(1), stderr).await;
-                    }
-                    Err(format!(
-                        "flwr-serverapp {} without reporting how the app ended{}",
-                        ops::process::describe_exit(status),
-                        tail_text(&tail)
-                    ))
-                }
-            },
-            _ = self.cancel.cancelled() => {
+            Ended::Exited(status) => {
+                task.abandon();
+                let last_words = process.last_words().await;
+                Err(format!(
+                    "flwr-serverapp {} without reporting how the app ended{}",
+                    ops::process::describe_exit(status),
+                    quoted(&last_words)
+                ))
+            }
+            Ended::Interrupted(None) => {
                 // Stopped (or the SuperLink is shutting down): nothing of it is kept.
                 task.abandon();
                 return Err(AppError::new("the run was stopped"));
             }
-            liveness = unheard(&task, patience) => {
+            Ended::Interrupted(Some(liveness)) => {
                 task.abandon();
+                process.kill();
+                let last_words = quoted(&process.last_words().await);
                 Err(match liveness {
                     Liveness::NeverStarted => format!(
-                        "flwr-serverapp did not take its input within {patience:?}; it was killed{}",
-                        tail_text(&tail)
+                        "flwr-serverapp did not take its input within {patience:?}; it was killed{last_words}"
                     ),
                     _ => format!(
-                        "flwr-serverapp went silent (no heartbeat for {patience:?}); it was killed{}",
-                        tail_text(&tail)
+                        "flwr-serverapp went silent (no heartbeat for {patience:?}); it was killed{last_words}"
                     ),
                 })
             }
         };
         // Whatever ended it, every process of the app ends now, before its files are read:
         // none is left to change them.
-        let _ = child.start_kill();
-        drop(group);
+        process.kill();
         // Its last output is in the run's log before the run is declared over.
         federation.flush(LOG_FLUSH_TIMEOUT);
         keep_artifacts(&self.shared, context.run_id, workdir);

@@ -4,6 +4,7 @@
 pub mod apps;
 pub mod flower;
 pub mod grid;
+pub mod output;
 pub mod program;
 pub mod runner;
 

@@ -5,14 +5,14 @@
 //! completes when the program exits with status 0, and fails otherwise, with its exit status and
 //! last stderr lines in the run's log. Stopping the run kills the program's process group.
 
+use super::output::{SERVER_APP_OUTPUT, quoted};
 use crate::state::Shared;
 use model::app::{AppError, Grid, GridError, Instruction, ServerApp, ServerContext};
 use model::bundle::workspace::Workspace;
 use model::bundle::{Bundle, Program};
-use std::collections::VecDeque;
+use ops::app_process::{AppProcess, EXIT_GRACE, Ended};
 use std::io::Read as _;
 use std::net::TcpStream;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -31,17 +31,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the connection of a program that exited right after connecting may take to arrive.
 const HELLO_GRACE: Duration = Duration::from_secs(2);
 
-/// How long a program that closed its connection has to exit before it is killed.
-const EXIT_GRACE: Duration = Duration::from_secs(10);
-
 /// Largest artifact or checkpoint a program may store.
 pub const MAX_STORED_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Most destinations of one request.
 const MAX_DESTINATIONS: usize = 1 << 20;
-
-/// Stderr lines kept to explain a failure.
-const STDERR_TAIL: usize = 10;
 
 /// A server app that is a bundle's program.
 pub struct ProgramServerApp {
@@ -55,39 +49,6 @@ pub struct ProgramServerApp {
     pub cancel: CancellationToken,
     /// The broker's runtime, for the child process's async parts.
     pub handle: tokio::runtime::Handle,
-}
-
-/// The last lines a program wrote to stderr.
-pub(super) type Tail = Arc<Mutex<VecDeque<String>>>;
-
-/// `; its last words: ...`, or nothing if it said nothing.
-pub(super) fn tail_text(tail: &Tail) -> String {
-    let lines = tail.lock().unwrap_or_else(|p| p.into_inner());
-    if lines.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "; its last words: {}",
-            lines.iter().cloned().collect::<Vec<_>>().join(" | ")
-        )
-    }
-}
-
-/// Longest stderr line kept; the rest of a longer one is dropped.
-const STDERR_LINE_BYTES: usize = 4096;
-
-/// Logs a program's stderr as the broker's own, keeping the last lines.
-pub(super) async fn forward_stderr(stderr: tokio::process::ChildStderr, tail: Tail) {
-    ops::process::for_each_line(stderr, STDERR_LINE_BYTES, |line| {
-        let line = wire::text::sanitize(&line, 512);
-        tracing::info!(target: "serverapp", "{line}");
-        let mut kept = tail.lock().unwrap_or_else(|p| p.into_inner());
-        if kept.len() == STDERR_TAIL {
-            kept.pop_front();
-        }
-        kept.push_back(line);
-    })
-    .await;
 }
 
 impl ServerApp for ProgramServerApp {
@@ -110,21 +71,16 @@ impl ServerApp for ProgramServerApp {
         let (token, connection) = io.expect();
         let _entered = self.handle.enter();
         // The program gets what it needs of the broker's environment, nothing more.
-        let spawned = tokio::process::Command::new(&program)
+        let mut command = tokio::process::Command::new(&program);
+        command
             .args(&self.program.args)
             .current_dir(workspace.path())
             .env_clear()
             .envs(ops::process::passed_environment())
             .env(TOKEN_ENV, encode_token(&token))
-            .env(ADDRESS_ENV, io.address().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn();
-        let mut child = match spawned {
-            Ok(child) => child,
+            .env(ADDRESS_ENV, io.address().to_string());
+        let mut process = match AppProcess::spawn(&mut command, SERVER_APP_OUTPUT) {
+            Ok(process) => process,
             Err(error) => {
                 io.forget(&token);
                 return Err(AppError::new(format!(
@@ -133,22 +89,16 @@ impl ServerApp for ProgramServerApp {
                 )));
             }
         };
-        let group = ops::process::ProcessGroup::of(child.id());
-        let tail = Tail::default();
-        let stderr = child
-            .stderr
-            .take()
-            .map(|stderr| self.handle.spawn(forward_stderr(stderr, tail.clone())));
         // A stopped run takes the program with it, whatever it is doing, and its connection,
         // which a process that left the group could still hold open.
         let connection_to_close: Arc<Mutex<Option<TcpStream>>> = Arc::default();
         let killer = {
             let cancel = self.cancel.clone();
-            let pid = child.id();
+            let pid = process.id();
             let connection_to_close = connection_to_close.clone();
             self.handle.spawn(async move {
                 cancel.cancelled().await;
-                drop(ops::process::ProcessGroup::of(pid));
+                ops::process::ProcessGroup::of(pid).kill();
                 if let Some(stream) = connection_to_close
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -158,21 +108,26 @@ impl ServerApp for ProgramServerApp {
                 }
             })
         };
-        let connected = self.handle.block_on(async {
-            tokio::pin!(connection);
+        let interruption = async {
             tokio::select! {
-                connected = &mut connection => connected.map_err(|_| "the ServerAppIo API stopped".to_string()),
-                status = child.wait() => {
-                    // It may have connected just before it exited: its hello is still on its way.
-                    match tokio::time::timeout(HELLO_GRACE, &mut connection).await {
-                        Ok(Ok(stream)) => Ok(stream),
-                        _ => Err(format!("the server app {} before connecting", ops::process::describe_exit(status))),
-                    }
-                }
-                _ = tokio::time::sleep(CONNECT_TIMEOUT) => Err(format!("the server app did not connect within {CONNECT_TIMEOUT:?}")),
-                _ = self.cancel.cancelled() => Err("the run was stopped".to_string()),
+                () = tokio::time::sleep(CONNECT_TIMEOUT) => format!("the server app did not connect within {CONNECT_TIMEOUT:?}"),
+                () = self.cancel.cancelled() => "the run was stopped".to_string(),
             }
-        });
+        };
+        // A program may connect just before it exits: its hello gets a moment to arrive.
+        let connected = self
+            .handle
+            .block_on(process.until(connection, interruption, HELLO_GRACE));
+        let connected = match connected {
+            Ended::Reported(connected) => {
+                connected.map_err(|_| "the ServerAppIo API stopped".to_string())
+            }
+            Ended::Exited(status) => Err(format!(
+                "the server app {} before connecting",
+                ops::process::describe_exit(status)
+            )),
+            Ended::Interrupted(reason) => Err(reason),
+        };
         io.forget(&token);
         let served = connected.and_then(|stream| {
             let stream = stream
@@ -198,31 +153,26 @@ impl ServerApp for ProgramServerApp {
         });
         // A stopped run's program, or one that broke the protocol, is killed, not waited for.
         if self.cancel.is_cancelled() || served.is_err() {
-            let _ = child.start_kill();
+            process.kill();
         }
-        let status = self
-            .handle
-            .block_on(tokio::time::timeout(EXIT_GRACE, child.wait()));
+        let status = self.handle.block_on(process.exit_within(EXIT_GRACE));
         killer.abort();
-        drop(group);
-        if let Some(stderr) = stderr {
-            let _ = self
-                .handle
-                .block_on(tokio::time::timeout(Duration::from_secs(1), stderr));
-        }
+        // Whatever it left running goes with it.
+        process.kill();
+        let last_words = self.handle.block_on(process.last_words());
         drop(workspace);
-        served.map_err(|reason| AppError::new(format!("{reason}{}", tail_text(&tail))))?;
+        served.map_err(|reason| AppError::new(format!("{reason}{}", quoted(&last_words))))?;
         match status {
-            Ok(Ok(status)) if status.success() => Ok(()),
-            Ok(status) => Err(AppError::new(format!(
+            Some(Ok(status)) if status.success() => Ok(()),
+            Some(status) => Err(AppError::new(format!(
                 "the server app {}{}",
                 ops::process::describe_exit(status),
-                tail_text(&tail)
+                quoted(&last_words)
             ))),
-            Err(_) => Err(AppError::new(format!(
+            None => Err(AppError::new(format!(
                 "the server app closed its connection but did not exit within {EXIT_GRACE:?}; \
                  it was killed{}",
-                tail_text(&tail)
+                quoted(&last_words)
             ))),
         }
     }

@@ -1,0 +1,292 @@
+//! An app process a daemon starts and supervises: a bundle's program or Flower's
+//! `flwr-serverapp` on the SuperLink, `flwr-clientapp` or a bundle's program on a SuperNode. All
+//! four run the same way, written once here:
+//!
+//! - the process starts in a process group of its own, with nothing on stdin, and the group is
+//!   killed when the [`AppProcess`] is dropped, so nothing it started outlives it;
+//! - its output is read line by line to its end and logged as the daemon's own, and its last
+//!   lines are kept to explain a failure;
+//! - the daemon waits for the first of: the outcome it reported over its API, its exit, or an
+//!   interruption (a stopped run, a deadline, silence), and a process that exits gets
+//!   [`OUTPUT_GRACE`] for an outcome still on its way;
+//! - a process that reported its outcome gets [`EXIT_GRACE`] to exit before it is killed.
+//!
+//! What differs between the four stays with them: the API the process talks to, and what the
+//! daemon does with the outcome.
+
+use crate::process::{ProcessGroup, describe_exit, for_each_line};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+/// How long a process that reported its outcome, or closed its connection, has to exit before
+/// its group is killed.
+pub const EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// How long the outcome of a process that exited may still take to arrive (it was reported
+/// just before the exit, and is still on its way through the daemon's API).
+pub const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+/// How long the last lines of a process that ended may take to be read.
+const LAST_WORDS_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Longest output line kept; the rest of a longer one is read and dropped.
+const LINE_BYTES: usize = 4096;
+
+/// What becomes of an app process's output.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    /// Called with each line: logs it as the daemon's own and returns the text worth quoting in
+    /// a failure, if any (a backtrace's frames are not).
+    pub on_line: fn(String) -> Option<String>,
+    /// How many such lines are kept.
+    pub kept_lines: usize,
+    /// Whether stdout is read too; otherwise it goes nowhere.
+    pub stdout: bool,
+}
+
+/// How waiting on an app process ended.
+#[derive(Debug)]
+pub enum Ended<T, I> {
+    /// It reported its outcome.
+    Reported(T),
+    /// It exited without reporting one, even after [`OUTPUT_GRACE`].
+    Exited(std::io::Result<ExitStatus>),
+    /// The daemon stopped waiting, for this reason.
+    Interrupted(I),
+}
+
+/// A running app process.
+#[derive(Debug)]
+pub struct AppProcess {
+    child: Child,
+    /// Kills the whole group when dropped.
+    group: ProcessGroup,
+    /// The last lines worth quoting, oldest first.
+    kept: Arc<Mutex<VecDeque<String>>>,
+    /// The tasks reading its output.
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl AppProcess {
+    /// Starts `command` in a process group of its own, with nothing on stdin, its output going
+    /// to `output`.
+    pub fn spawn(command: &mut Command, output: Output) -> std::io::Result<Self> {
+        let stdout = if output.stdout {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()?;
+        let group = ProcessGroup::of(child.id());
+        let kept = Arc::new(Mutex::new(VecDeque::new()));
+        let mut readers = Vec::new();
+        if let Some(stdout) = child.stdout.take() {
+            readers.push(tokio::spawn(read_lines(stdout, output, kept.clone())));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            readers.push(tokio::spawn(read_lines(stderr, output, kept.clone())));
+        }
+        Ok(AppProcess {
+            child,
+            group,
+            kept,
+            readers,
+        })
+    }
+
+    /// Its process id, while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Waits for the first of `outcome`, the process's exit (after which the outcome gets
+    /// `grace` to arrive), and `interrupt`.
+    pub async fn until<T, I>(
+        &mut self,
+        outcome: impl Future<Output = T>,
+        interrupt: impl Future<Output = I>,
+        grace: Duration,
+    ) -> Ended<T, I> {
+        tokio::pin!(outcome);
+        tokio::select! {
+            reported = &mut outcome => Ended::Reported(reported),
+            status = self.child.wait() => match tokio::time::timeout(grace, outcome).await {
+                Ok(reported) => Ended::Reported(reported),
+                Err(_) => Ended::Exited(status),
+            },
+            reason = interrupt => Ended::Interrupted(reason),
+        }
+    }
+
+    /// Waits up to `grace` for the process to exit, then kills its group. Returns how it
+    /// exited; `None` if it had to be killed.
+    pub async fn exit_within(&mut self, grace: Duration) -> Option<std::io::Result<ExitStatus>> {
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => Some(status),
+            Err(_) => {
+                self.kill();
+                None
+            }
+        }
+    }
+
+    /// Kills the process's whole group now (a stopped run, a process of no more use, or one
+    /// whose files are about to be read: none is left to change them).
+    pub fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        self.group.kill();
+    }
+
+    /// The last lines it wrote worth quoting, oldest first, once its output ended (or after a
+    /// second: a process it left behind may hold the pipe open).
+    pub async fn last_words(&mut self) -> Vec<String> {
+        for reader in self.readers.drain(..) {
+            let _ = tokio::time::timeout(LAST_WORDS_PATIENCE, reader).await;
+        }
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.iter().cloned().collect()
+    }
+
+    /// Why it ended without reporting an outcome: `the client app process was killed by signal
+    /// 6 (SIGABRT) before replying: <its last line>`. `what` names the process, `before` what it
+    /// did not do.
+    pub async fn crash_report(
+        &mut self,
+        status: std::io::Result<ExitStatus>,
+        what: &str,
+        before: &str,
+    ) -> String {
+        let last = self
+            .last_words()
+            .await
+            .pop()
+            .map(|line| format!(": {line}"))
+            .unwrap_or_default();
+        format!("{what} {} {before}{last}", describe_exit(status))
+    }
+}
+
+/// Reads `output` to its end through `rules`, keeping the last lines worth quoting.
+async fn read_lines<R: tokio::io::AsyncRead + Unpin>(
+    output: R,
+    rules: Output,
+    kept: Arc<Mutex<VecDeque<String>>>,
+) {
+    for_each_line(output, LINE_BYTES, |line| {
+        if let Some(line) = (rules.on_line)(line)
+            && rules.kept_lines > 0
+        {
+            let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+            if kept.len() == rules.kept_lines {
+                kept.pop_front();
+            }
+            kept.push_back(line);
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::pending;
+
+    fn quiet(line: String) -> Option<String> {
+        (!line.starts_with(' ')).then_some(line)
+    }
+
+    const OUTPUT: Output = Output {
+        on_line: quiet,
+        kept_lines: 2,
+        stdout: true,
+    };
+
+    fn shell(script: &str) -> AppProcess {
+        AppProcess::spawn(Command::new("sh").args(["-c", script]), OUTPUT).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_process_that_exits_without_an_outcome_is_reported_with_its_last_words() {
+        let mut process = shell("echo one; echo two >&2; echo '  frame'; exit 3");
+        let ended = process
+            .until(pending::<()>(), pending::<()>(), Duration::from_millis(50))
+            .await;
+        let Ended::Exited(status) = ended else {
+            panic!("{ended:?}");
+        };
+        let report = process
+            .crash_report(status, "the app", "before replying")
+            .await;
+        // Both streams are read; indented lines are not worth quoting, and two lines are kept.
+        assert!(
+            report.starts_with("the app exited with status 3 before replying: "),
+            "{report}"
+        );
+        let mut words = process.last_words().await;
+        words.sort();
+        assert_eq!(words, ["one", "two"]);
+    }
+
+    #[tokio::test]
+    async fn an_outcome_reported_just_before_the_exit_still_counts() {
+        let mut process = shell("exit 0");
+        let late = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            "reported"
+        };
+        let ended = process
+            .until(late, pending::<()>(), Duration::from_secs(5))
+            .await;
+        assert!(matches!(ended, Ended::Reported("reported")), "{ended:?}");
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_process_is_killed_with_everything_it_started() {
+        // The shell starts a sleeper of its own in the background, then waits.
+        let mut process = shell("sleep 60 & echo $! ; wait");
+        let pid = process.id().unwrap();
+        let ended = process
+            .until(
+                pending::<()>(),
+                tokio::time::sleep(Duration::from_millis(300)),
+                OUTPUT_GRACE,
+            )
+            .await;
+        assert!(matches!(ended, Ended::Interrupted(())), "{ended:?}");
+        let sleeper: i32 = process.last_words().await.first().unwrap().parse().unwrap();
+        process.kill();
+        assert!(process.exit_within(Duration::from_secs(5)).await.is_some());
+        let gone = |pid: i32| {
+            (0..50).any(|_| {
+                std::thread::sleep(Duration::from_millis(20));
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map_or(true, |stat| stat.contains(") Z "))
+            })
+        };
+        assert!(gone(i32::try_from(pid).unwrap()));
+        assert!(gone(sleeper), "the group went with it");
+    }
+
+    #[tokio::test]
+    async fn a_process_that_does_not_exit_after_its_outcome_is_killed_after_the_grace() {
+        let mut process = shell("sleep 60");
+        assert!(
+            process
+                .exit_within(Duration::from_millis(100))
+                .await
+                .is_none()
+        );
+        assert!(process.exit_within(Duration::from_secs(5)).await.is_some());
+    }
+}
