@@ -271,7 +271,7 @@ pub fn node_settings(fleet: SocketAddr, trust: ServerTrust, key: Option<&Path>) 
         node_config: wire::ConfigRecord::new(),
         clientappio_address: SocketAddr::from(([127, 0, 0, 1], 0)),
         clientappio_allow_remote: false,
-        // Client app processes are tested in the node crate, where flwr-clientapp is built.
+        // Client app processes are tested in `tests/federation/isolation.rs`.
         isolation: node::isolation::Isolation::InProcess,
         max_retries: None,
         max_wait_time: None,

@@ -53,6 +53,29 @@ pub enum ClientAppError {
     },
 }
 
+/// The whole `flwr-clientapp` program: flags, logging, then [`run`]; a failure is printed with
+/// its reason and ends the process with a failure status.
+pub fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    crate::logging::init(args.runtime.log_format);
+    let outcome = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| format!("cannot start its runtime: {error}"))
+        .and_then(|runtime| {
+            runtime
+                .block_on(run(&args))
+                .map_err(|error| error.to_string())
+        });
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(reason) => {
+            eprintln!("flwr-clientapp: {reason}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the client app on `instruction`; a panic becomes an error reply, like in the node.
 async fn answer(
     job: &AppJob,

@@ -8,6 +8,7 @@ mod bundles;
 mod crash;
 mod flower_apps;
 mod hostile;
+mod isolation;
 mod learning;
 mod lifecycle;
 mod load;

@@ -17,7 +17,7 @@ use wire::records::{
 const NO_LIMIT: u64 = u64::MAX;
 
 fn fixtures() -> Value {
-    serde_json::from_str(include_str!("fixtures/objects.json")).unwrap()
+    serde_json::from_str(include_str!("../fixtures/objects.json")).unwrap()
 }
 
 /// An exactly representable f32 as f16 bits.

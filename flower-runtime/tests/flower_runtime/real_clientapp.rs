@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use wire::records::{Array, ConfigRecord, ConfigValue, Record, RecordDict};
 
-const FAB: &[u8] = include_bytes!("fixtures/echo-app.fab");
+const FAB: &[u8] = include_bytes!("../fixtures/echo-app.fab");
 const RUN: u64 = 8_000_000_000_000_000_001;
 const NODE: u64 = 4_242;
 

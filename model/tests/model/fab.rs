@@ -8,7 +8,7 @@ use model::bundle::{Bundle, BundleError, Component, hash_of};
 use sha2::{Digest as _, Sha256};
 
 /// Built by Flower 1.42's `flwr build` from `flower-runtime/tests/fixtures/echo-app`.
-const FLOWER_FAB: &[u8] = include_bytes!("../../flower-runtime/tests/fixtures/echo-app.fab");
+const FLOWER_FAB: &[u8] = include_bytes!("../../../flower-runtime/tests/fixtures/echo-app.fab");
 
 const PYPROJECT_TEXT: &str = r#"[project]
 name = "echo-app"

@@ -17,7 +17,7 @@ use wire::{Array, ArrayRecord, ConfigValue, MetricRecord, MetricValue};
 const TOLERANCE: f64 = 1e-6;
 
 fn fixtures() -> Value {
-    let text = include_str!("fixtures/strategies.json");
+    let text = include_str!("../fixtures/strategies.json");
     serde_json::from_str(text).unwrap()
 }
 

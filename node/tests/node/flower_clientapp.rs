@@ -17,7 +17,7 @@ use wire::message::{ErrorCode, MessageType, Metadata, now_ms};
 use wire::records::{Array, ConfigRecord, ConfigValue, Record, RecordDict};
 use wire::{Message, MessageBody, MessageId, NodeId, RunId};
 
-const FAB: &[u8] = include_bytes!("../../flower-runtime/tests/fixtures/echo-app.fab");
+const FAB: &[u8] = include_bytes!("../../../flower-runtime/tests/fixtures/echo-app.fab");
 const NODE: u64 = 9_000_000_000_000_000_007;
 
 fn flowers_clientapp() -> PathBuf {
