@@ -237,8 +237,15 @@ impl Session {
             mut send,
             mut recv,
         } = self;
-        worker.flush_outbox(&connection).await;
         let mut work = tokio::task::JoinSet::new();
+        // Replies a lost connection left behind go out beside the heartbeats, not before them:
+        // a SuperLink gives up on a node that is silent for its heartbeat timeout, and a large
+        // reply on a slow link takes longer than that to send.
+        {
+            let worker = worker.clone();
+            let connection = connection.clone();
+            work.spawn(async move { worker.flush_outbox(&connection).await });
+        }
         // Reads happen in their own task: a read cancelled halfway would lose part of a frame.
         let (acks, mut ack_rx) = tokio::sync::mpsc::channel::<Result<BrokerFrame, SessionError>>(8);
         let reader = tokio::spawn(async move {

@@ -139,34 +139,40 @@ async fn flood(
 /// fresh connection attempts, captured on a local socket: replayed at a broker, each starts a
 /// handshake of its own (its own destination connection id) that nobody will ever continue.
 async fn captured_initials(count: usize, alpn: &[u8]) -> Vec<Vec<u8>> {
+    // A batch's Initials fit the trap's receive buffer however late the test gets to read them:
+    // 200 at once overflowed it under load, and the lost ones came back only on the client's
+    // retransmission timer, whose backoff outgrew the test's patience.
+    const BATCH: usize = 16;
     let trap = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let trap_addr = trap.local_addr().unwrap();
     let endpoint = certs::quic::client_endpoint(trap_addr).unwrap();
     let tls = certs::tls::insecure_client_config(None, alpn).unwrap();
     let transport = certs::quic::transport(Duration::from_secs(30), None);
     let config = certs::quic::client_config(tls, transport).unwrap();
-    let attempts: Vec<_> = (0..count)
-        .map(|_| {
+    let mut by_connection_id = std::collections::HashMap::new();
+    let mut attempts = Vec::new();
+    let mut datagram = vec![0u8; 2048];
+    while by_connection_id.len() < count {
+        let wanted = (by_connection_id.len() + BATCH).min(count);
+        attempts.extend((attempts.len()..wanted).map(|_| {
             endpoint
                 .connect_with(config.clone(), trap_addr, "localhost")
                 .unwrap()
-        })
-        .collect();
-    let mut by_connection_id = std::collections::HashMap::new();
-    let mut datagram = vec![0u8; 2048];
-    while by_connection_id.len() < count {
-        let (len, _) = tokio::time::timeout(PATIENCE, trap.recv_from(&mut datagram))
-            .await
-            .expect("the client sent no Initial")
-            .unwrap();
-        let packet = &datagram[..len];
-        // Long header: flags, version (4), destination id length, destination id.
-        if len > 6 && packet[0] & 0x80 != 0 {
-            let id_len = usize::from(packet[5]);
-            if let Some(id) = packet.get(6..6 + id_len) {
-                by_connection_id
-                    .entry(id.to_vec())
-                    .or_insert_with(|| packet.to_vec());
+        }));
+        while by_connection_id.len() < wanted {
+            let (len, _) = tokio::time::timeout(PATIENCE, trap.recv_from(&mut datagram))
+                .await
+                .expect("the client sent no Initial")
+                .unwrap();
+            let packet = &datagram[..len];
+            // Long header: flags, version (4), destination id length, destination id.
+            if len > 6 && packet[0] & 0x80 != 0 {
+                let id_len = usize::from(packet[5]);
+                if let Some(id) = packet.get(6..6 + id_len) {
+                    by_connection_id
+                        .entry(id.to_vec())
+                        .or_insert_with(|| packet.to_vec());
+                }
             }
         }
     }
