@@ -9,7 +9,7 @@
 //! them running; each asks for the next waiting instruction ([`PULL_TOKEN`]) and answers it. The
 //! trust boundary is then who may reach the address: this host's processes, by default.
 
-use ops::app_process::{AppProcess, Ended, OUTPUT_GRACE, Output};
+use ops::app_process::{AppProcess, Ended, Output};
 use ops::token_gate::{self, HelloFuture, Rules, Shown, TokenGate};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -236,20 +236,19 @@ impl ClientAppIo {
             Ended::Exited(status) => return Err(crash(&mut process, status).await),
             Ended::Interrupted(why) => return Err(why.reason(ttl)),
         };
+        // Its exit is not watched now: a program may hand the exchange to a process of its own
+        // and exit. The exchange ends with the connection, a stop or the time to live.
         let exchange = self.exchange(&mut stream, &job, instruction);
-        let reply = match process
-            .until(
-                exchange,
-                interruption(&cancelled, expires, None),
-                OUTPUT_GRACE,
-            )
-            .await
-        {
-            Ended::Reported(Ok(reply)) => reply,
+        let exchanged = tokio::select! {
+            reply = exchange => Ok(reply),
+            why = interruption(&cancelled, expires, None) => Err(why),
+        };
+        let reply = match exchanged {
+            Ok(Ok(reply)) => reply,
             // The connection broke. A child that exits cleanly without a reply it could send
             // broke the protocol; any other end is a crash, which its exit status and last words
             // explain.
-            Ended::Reported(Err(error)) => {
+            Ok(Err(error)) => {
                 return Err(match process.exit_within(BROKEN_EXCHANGE_EXIT).await {
                     Some(Ok(status)) if status.success() => {
                         format!("the client app process broke the ClientAppIo exchange: {error}")
@@ -260,8 +259,7 @@ impl ClientAppIo {
                     }
                 });
             }
-            Ended::Exited(status) => return Err(crash(&mut process, status).await),
-            Ended::Interrupted(why) => return Err(why.reason(ttl)),
+            Err(why) => return Err(why.reason(ttl)),
         };
         if reply.metadata.reply_to != Some(instruction.metadata.message_id) {
             return Err("the client app process answered another instruction".into());

@@ -43,9 +43,10 @@ pub struct Output {
     /// Called with each line: logs it as the daemon's own and returns the text worth quoting in
     /// a failure, if any (a backtrace's frames are not).
     pub on_line: fn(String) -> Option<String>,
-    /// How many such lines are kept.
+    /// How many lines of stderr worth quoting are kept.
     pub kept_lines: usize,
-    /// Whether stdout is read too; otherwise it goes nowhere.
+    /// Whether stdout is read and logged too (never quoted: a program's buffered stdout arrives
+    /// at its exit, after the stderr line that explains a crash); otherwise it goes nowhere.
     pub stdout: bool,
 }
 
@@ -92,10 +93,10 @@ impl AppProcess {
         let kept = Arc::new(Mutex::new(VecDeque::new()));
         let mut readers = Vec::new();
         if let Some(stdout) = child.stdout.take() {
-            readers.push(tokio::spawn(read_lines(stdout, output, kept.clone())));
+            readers.push(tokio::spawn(read_lines(stdout, output, None)));
         }
         if let Some(stderr) = child.stderr.take() {
-            readers.push(tokio::spawn(read_lines(stderr, output, kept.clone())));
+            readers.push(tokio::spawn(read_lines(stderr, output, Some(kept.clone()))));
         }
         Ok(AppProcess {
             child,
@@ -148,11 +149,12 @@ impl AppProcess {
         self.group.kill();
     }
 
-    /// The last lines it wrote worth quoting, oldest first, once its output ended (or after a
-    /// second: a process it left behind may hold the pipe open).
+    /// The last lines of stderr it wrote worth quoting, oldest first, once its output ended (or
+    /// after a second: a process it left behind may hold the pipe open).
     pub async fn last_words(&mut self) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + LAST_WORDS_PATIENCE;
         for reader in self.readers.drain(..) {
-            let _ = tokio::time::timeout(LAST_WORDS_PATIENCE, reader).await;
+            let _ = tokio::time::timeout_at(deadline, reader).await;
         }
         let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         kept.iter().cloned().collect()
@@ -160,13 +162,14 @@ impl AppProcess {
 
     /// Why it ended without reporting an outcome: `the client app process was killed by signal
     /// 6 (SIGABRT) before replying: <its last line>`. `what` names the process, `before` what it
-    /// did not do.
+    /// did not do. Whatever it left running is killed first, so its output ends.
     pub async fn crash_report(
         &mut self,
         status: std::io::Result<ExitStatus>,
         what: &str,
         before: &str,
     ) -> String {
+        self.kill();
         let last = self
             .last_words()
             .await
@@ -177,14 +180,16 @@ impl AppProcess {
     }
 }
 
-/// Reads `output` to its end through `rules`, keeping the last lines worth quoting.
+/// Reads `output` to its end through `rules`, keeping the last lines worth quoting in `kept`
+/// (when given).
 async fn read_lines<R: tokio::io::AsyncRead + Unpin>(
     output: R,
     rules: Output,
-    kept: Arc<Mutex<VecDeque<String>>>,
+    kept: Option<Arc<Mutex<VecDeque<String>>>>,
 ) {
     for_each_line(output, LINE_BYTES, |line| {
         if let Some(line) = (rules.on_line)(line)
+            && let Some(kept) = &kept
             && rules.kept_lines > 0
         {
             let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
@@ -216,9 +221,20 @@ mod tests {
         AppProcess::spawn(Command::new("sh").args(["-c", script]), OUTPUT).unwrap()
     }
 
+    /// Whether process `pid` is gone (or a zombie nobody reaps) within a second.
+    fn gone(pid: i32) -> bool {
+        (0..50).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map_or(true, |stat| stat.contains(") Z "))
+        })
+    }
+
     #[tokio::test]
-    async fn a_process_that_exits_without_an_outcome_is_reported_with_its_last_words() {
-        let mut process = shell("echo one; echo two >&2; echo '  frame'; exit 3");
+    async fn a_process_that_exits_without_an_outcome_is_reported_with_its_last_stderr_lines() {
+        let mut process = shell(
+            "echo one >&2; echo two >&2; echo three >&2; echo '  frame' >&2; echo out; exit 3",
+        );
         let ended = process
             .until(pending::<()>(), pending::<()>(), Duration::from_millis(50))
             .await;
@@ -228,34 +244,42 @@ mod tests {
         let report = process
             .crash_report(status, "the app", "before replying")
             .await;
-        // Both streams are read; indented lines are not worth quoting, and two lines are kept.
-        assert!(
-            report.starts_with("the app exited with status 3 before replying: "),
-            "{report}"
+        // Stdout is never quoted, nor lines not worth it; two lines are kept.
+        assert_eq!(
+            report,
+            "the app exited with status 3 before replying: three"
         );
-        let mut words = process.last_words().await;
-        words.sort();
-        assert_eq!(words, ["one", "two"]);
+        assert_eq!(process.last_words().await, ["two", "three"]);
     }
 
     #[tokio::test]
-    async fn an_outcome_reported_just_before_the_exit_still_counts() {
-        let mut process = shell("exit 0");
-        let late = async {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            "reported"
-        };
-        let ended = process
-            .until(late, pending::<()>(), Duration::from_secs(5))
-            .await;
-        assert!(matches!(ended, Ended::Reported("reported")), "{ended:?}");
+    async fn an_outcome_arriving_within_the_grace_after_the_exit_still_counts_and_a_later_one_does_not()
+     {
+        for (grace, counts) in [
+            (Duration::from_secs(10), true),
+            (Duration::from_millis(50), false),
+        ] {
+            let mut process = shell("exit 0");
+            // The process has long exited when the wait starts, and the outcome comes after.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let late = async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                "reported"
+            };
+            let ended = process.until(late, pending::<()>(), grace).await;
+            assert_eq!(
+                matches!(ended, Ended::Reported("reported")),
+                counts,
+                "grace {grace:?}: {ended:?}"
+            );
+        }
     }
 
     #[tokio::test]
-    async fn an_interrupted_process_is_killed_with_everything_it_started() {
-        // The shell starts a sleeper of its own in the background, then waits.
-        let mut process = shell("sleep 60 & echo $! ; wait");
-        let pid = process.id().unwrap();
+    async fn an_interrupted_process_dropped_takes_everything_it_started_with_it() {
+        // The shell starts a sleeper of its own in the background, says its pid, then waits.
+        let mut process = shell("sleep 60 & echo $! >&2; wait");
+        let pid = i32::try_from(process.id().unwrap()).unwrap();
         let ended = process
             .until(
                 pending::<()>(),
@@ -264,17 +288,9 @@ mod tests {
             )
             .await;
         assert!(matches!(ended, Ended::Interrupted(())), "{ended:?}");
-        let sleeper: i32 = process.last_words().await.first().unwrap().parse().unwrap();
-        process.kill();
-        assert!(process.exit_within(Duration::from_secs(5)).await.is_some());
-        let gone = |pid: i32| {
-            (0..50).any(|_| {
-                std::thread::sleep(Duration::from_millis(20));
-                std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .map_or(true, |stat| stat.contains(") Z "))
-            })
-        };
-        assert!(gone(i32::try_from(pid).unwrap()));
+        let sleeper: i32 = process.last_words().await[0].parse().unwrap();
+        drop(process);
+        assert!(gone(pid));
         assert!(gone(sleeper), "the group went with it");
     }
 

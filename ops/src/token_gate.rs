@@ -370,7 +370,10 @@ mod tests {
             .expect("the process was kept waiting behind idle connections")
             .unwrap();
         assert!(closed_within(&mut silent[0], HELLO_TIMEOUT / 2).await);
-        assert!(lock(&gate.pending).tasks.len() <= MAX_PENDING_HELLOS);
+        assert!(
+            !closed_within(&mut silent[1], HELLO_TIMEOUT / 8).await,
+            "only the oldest goes"
+        );
     }
 
     #[tokio::test]
@@ -392,12 +395,22 @@ mod tests {
     #[tokio::test]
     async fn asking_for_anything_when_nothing_waits_gets_nothing() {
         let gate = gate_on("127.0.0.1:0", true);
-        // A token no longer waited for (its instruction ended) is not handed out either.
+        // A token no longer waited for, though still queued, is not handed out either.
         let connection = gate.expect_any(5);
         lock(&gate.waiting).remove(&5);
         assert!(answer_to(&[0], &gate).await.is_empty());
         assert!(lock(&gate.unclaimed).is_empty());
         drop(connection);
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_token_leaves_nothing_behind() {
+        let gate = gate_on("127.0.0.1:0", true);
+        let _connection = gate.expect_any(6);
+        gate.forget(&6);
+        assert!(lock(&gate.waiting).is_empty());
+        assert!(lock(&gate.unclaimed).is_empty());
+        assert!(answer_to(&[6], &gate).await.is_empty());
     }
 
     #[test]
