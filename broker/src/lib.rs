@@ -15,7 +15,8 @@
 //! - [`authentication`]: TLS deadline and handshake failures, shared by both APIs.
 //! - [`fleet`], [`delivery`]: a node's connection; instructions out and replies in.
 //! - [`control`]: an operator's connection.
-//! - [`serverappio`]: where server app programs connect, each with its run's token.
+//! - [`serverappio`]: where server app programs connect, each with its run's token;
+//!   [`flower_api`]: where Flower's `flwr-serverapp` connects, each with its task's token.
 //! - [`bundles`]: app bundles received from operators, served to nodes, read for a run's app;
 //!   [`bundle_sender`]: the bounds on sending them (slots, one shared copy, progress).
 //! - [`server`]: binds the endpoints and runs the accept loops until shutdown.
@@ -30,6 +31,7 @@ pub mod config;
 pub mod control;
 pub mod delivery;
 pub mod fleet;
+pub mod flower_api;
 pub mod metrics;
 pub mod rounds;
 pub mod runs;

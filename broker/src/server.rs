@@ -243,7 +243,7 @@ pub fn start(
     let serverappio = crate::serverappio::bind(serverappio_address)
         .and_then(|bound| crate::serverappio::ServerAppIo::serve(bound, shutdown.clone()))
         .map_err(serverappio_error)?;
-    let flower = crate::runs::flower::FlowerRuntime::start(shutdown.clone()).map_err(|source| {
+    let flower = crate::flower_api::FlowerRuntime::start(shutdown.clone()).map_err(|source| {
         BrokerError::Bind {
             api: "Flower runtime",
             address: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),

@@ -30,5 +30,5 @@ pub struct Shared {
     /// Bundles being sent to nodes: their slots and shared copies.
     pub bundle_sender: crate::bundle_sender::BundleSender,
     /// Where Flower's `flwr-serverapp` processes connect.
-    pub flower: crate::runs::flower::FlowerRuntime,
+    pub flower: crate::flower_api::FlowerRuntime,
 }

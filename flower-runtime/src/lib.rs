@@ -3,7 +3,7 @@
 //! content-addressed objects a message travels as, `.npy` arrays, and exact conversion between
 //! Flower's records and this project's. The broker and the node serve Flower's `flwr-serverapp`
 //! and `flwr-clientapp` with it; the core crates stay free of protobuf: they build a task's
-//! input from their own types ([`task::TaskInput::server`], [`task::TaskInput::client`]) and never
+//! input from their own types ([`tasks::TaskInput::server`], [`tasks::TaskInput::client`]) and never
 //! name [`proto`].
 //!
 //! # Layout
@@ -11,12 +11,14 @@
 //! - [`records`], [`npy`], [`messages`]: records, arrays and message metadata, both ways, exactly.
 //! - [`objects`]: messages as Flower's content-addressed object trees (deflate, inflate, ids).
 //! - [`server`]: the runtime API over HTTP/1.1 and the connection bounds, for any task.
-//! - [`task`]: the registry of tasks by token, a `flwr-clientapp` task, and each run's context
-//!   state on a node.
+//! - [`tasks`]: what both tasks share: the registry of tasks by token, a task's input, the
+//!   protobuf coding.
+//! - [`clientapp`]: a `flwr-clientapp` task, and each run's context state on a node.
 //! - [`serverapp`]: a `flwr-serverapp` task, and the `Federation` the SuperLink gives it.
 //! - [`launch`]: starting Flower's programs for a task (a fresh `FLWR_HOME`, the token, the
 //!   environment they may see).
 
+pub mod clientapp;
 pub mod launch;
 pub mod messages;
 pub mod npy;
@@ -24,7 +26,7 @@ pub mod objects;
 pub mod records;
 pub mod server;
 pub mod serverapp;
-pub mod task;
+pub mod tasks;
 
 /// The types of Flower's `flwr.proto` package that the runtime API uses.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -1,6 +1,8 @@
 //! Which server app a run executes: a built-in app by name, or what its bundle's manifest names
 //! (a built-in app, a program, or a Flower app's ServerApp).
 
+use super::flower::FlowerServerApp;
+use super::program::ProgramServerApp;
 use crate::state::Shared;
 use model::app::ServerApp;
 use model::bundle::{Bundle, Component, Manifest};
@@ -33,21 +35,35 @@ pub fn check_server_app(shared: &Shared, manifest: &Manifest) -> Result<(), Cont
     }
 }
 
+/// How a run's server app executes.
+pub enum AppRun {
+    /// A built-in app, in the SuperLink's process on a blocking thread of its own.
+    InProcess(Arc<dyn ServerApp>),
+    /// A bundle's program, in a process the SuperLink supervises.
+    Program(ProgramServerApp),
+    /// A FAB's ServerApp, in Flower's `flwr-serverapp`, which the SuperLink supervises.
+    Flower(FlowerServerApp),
+}
+
 /// The server app of a stored run: a built-in app by name, or what its bundle names, which for
-/// a program runs until `cancel`.
+/// a supervised app runs until `cancel`.
 pub fn server_app_of(
     shared: &Arc<Shared>,
     run: &RunInfo,
     cancel: &CancellationToken,
-) -> Result<Arc<dyn ServerApp>, String> {
+) -> Result<AppRun, String> {
     let Some(hash) = run.bundle else {
-        return shared.apps.get(&run.app_name).ok_or_else(|| {
-            format!(
-                "unknown app {:?}: this SuperLink has {}",
-                run.app_name,
-                shared.apps.names().join(", ")
-            )
-        });
+        return shared
+            .apps
+            .get(&run.app_name)
+            .map(AppRun::InProcess)
+            .ok_or_else(|| {
+                format!(
+                    "unknown app {:?}: this SuperLink has {}",
+                    run.app_name,
+                    shared.apps.names().join(", ")
+                )
+            });
     };
     let bundle = bundle(shared, hash).map_err(|e| e.to_string())?;
     check_server_app(shared, &bundle.manifest).map_err(|e| e.to_string())?;
@@ -55,19 +71,18 @@ pub fn server_app_of(
         Component::Builtin(name) => shared
             .apps
             .get(&name)
+            .map(AppRun::InProcess)
             .ok_or_else(|| format!("unknown app {name:?}")),
-        Component::Flower(_) => Ok(Arc::new(super::flower::FlowerServerApp {
+        Component::Flower(_) => Ok(AppRun::Flower(FlowerServerApp {
             shared: shared.clone(),
             bundle: Arc::new(bundle),
             cancel: cancel.clone(),
-            handle: tokio::runtime::Handle::current(),
         })),
-        Component::Program(program) => Ok(Arc::new(super::program::ProgramServerApp {
+        Component::Program(program) => Ok(AppRun::Program(ProgramServerApp {
             shared: shared.clone(),
             bundle: Arc::new(bundle),
             program,
             cancel: cancel.clone(),
-            handle: tokio::runtime::Handle::current(),
         })),
     }
 }

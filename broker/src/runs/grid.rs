@@ -1,5 +1,6 @@
-//! The federation as a run's server app sees it. The app runs on a blocking thread; this grid
-//! bridges its calls onto the broker's async machinery.
+//! The federation as a run's server app sees it. A built-in app runs on a blocking thread and
+//! calls the [`Grid`] trait, which this grid bridges onto the broker's async machinery; the
+//! supervised apps (programs, Flower's ServerApps) call its async methods directly.
 
 use crate::rounds::Round;
 use crate::state::Shared;
@@ -39,6 +40,20 @@ impl BrokerGrid {
             cancel,
             handle,
         }
+    }
+
+    /// A grid for the same run whose sends end when the returned guard is dropped (or the run
+    /// is stopped), whichever comes first: for an app whose sends must not outlive it.
+    pub fn scoped(&self) -> (BrokerGrid, tokio_util::sync::DropGuard) {
+        let cancel = self.cancel.child_token();
+        let guard = cancel.clone().drop_guard();
+        let grid = BrokerGrid {
+            shared: self.shared.clone(),
+            run_id: self.run_id,
+            cancel,
+            handle: self.handle.clone(),
+        };
+        (grid, guard)
     }
 
     fn check(&self) -> Result<(), GridError> {
@@ -198,6 +213,56 @@ impl BrokerGrid {
 }
 
 impl BrokerGrid {
+    /// [`Grid::wait_for_nodes`] for async callers.
+    pub async fn wait_for_nodes_async(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<NodeId>, GridError> {
+        let mut changes = self.shared.sessions.watch();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            self.check()?;
+            let online = self.shared.sessions.online();
+            if online.len() >= count {
+                return Ok(online);
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Err(GridError::Stopped),
+                _ = tokio::time::sleep_until(deadline) => return Ok(self.shared.sessions.online()),
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Ok(self.shared.sessions.online());
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Grid::send_and_fold`] for async callers.
+    pub async fn send_and_fold_async<F: FnMut(Message) + ?Sized>(
+        &self,
+        instructions: Vec<Instruction>,
+        timeout: Duration,
+        on_reply: &mut F,
+    ) -> Result<(), GridError> {
+        self.check()?;
+        let addressed = self.address(instructions, timeout);
+        let outstanding = addressed
+            .iter()
+            .map(|(metadata, _)| (metadata.message_id, metadata.clone()))
+            .collect();
+        // Dropped however this ends (replies in, stopped, an app callback panicking): the round's
+        // instructions, queue entries and contents go with it.
+        let round = self.shared.rounds.open(self.header()?, addressed);
+        let started = std::time::Instant::now();
+        let result = self.wait(round, outstanding, timeout, on_reply).await;
+        if result.is_ok() {
+            self.shared.metrics.round_finished(started.elapsed());
+        }
+        result
+    }
+
     /// [`Grid::send_and_fold`] for async callers: sends `instructions` and calls `on_reply` with
     /// the index of the instruction each reply answers. It waits on the broker's events without
     /// holding a thread, so a server app may have many rounds in flight.
@@ -244,26 +309,8 @@ impl Grid for BrokerGrid {
     }
 
     fn wait_for_nodes(&self, count: usize, timeout: Duration) -> Result<Vec<NodeId>, GridError> {
-        let mut changes = self.shared.sessions.watch();
-        let deadline = tokio::time::Instant::now() + timeout;
-        self.handle.block_on(async {
-            loop {
-                self.check()?;
-                let online = self.shared.sessions.online();
-                if online.len() >= count {
-                    return Ok(online);
-                }
-                tokio::select! {
-                    _ = self.cancel.cancelled() => return Err(GridError::Stopped),
-                    _ = tokio::time::sleep_until(deadline) => return Ok(self.shared.sessions.online()),
-                    changed = changes.changed() => {
-                        if changed.is_err() {
-                            return Ok(self.shared.sessions.online());
-                        }
-                    }
-                }
-            }
-        })
+        self.handle
+            .block_on(self.wait_for_nodes_async(count, timeout))
     }
 
     fn send_and_fold(
@@ -272,23 +319,8 @@ impl Grid for BrokerGrid {
         timeout: Duration,
         on_reply: &mut dyn FnMut(Message),
     ) -> Result<(), GridError> {
-        self.check()?;
-        let addressed = self.address(instructions, timeout);
-        let outstanding = addressed
-            .iter()
-            .map(|(metadata, _)| (metadata.message_id, metadata.clone()))
-            .collect();
-        // Dropped however this ends (replies in, stopped, an app callback panicking): the round's
-        // instructions, queue entries and contents go with it.
-        let round = self.shared.rounds.open(self.header()?, addressed);
-        let started = std::time::Instant::now();
-        let result = self
-            .handle
-            .block_on(self.wait(round, outstanding, timeout, on_reply));
-        if result.is_ok() {
-            self.shared.metrics.round_finished(started.elapsed());
-        }
-        result
+        self.handle
+            .block_on(self.send_and_fold_async(instructions, timeout, on_reply))
     }
 
     fn log(&self, line: &str) {

@@ -1,5 +1,8 @@
 //! Runs: starting, stopping and following them. The server half of each run's app executes in
-//! [`runner`] (found by [`apps`]) and reaches the nodes through [`grid::BrokerGrid`].
+//! [`runner`] (found by [`apps`]) and reaches the nodes through [`grid::BrokerGrid`]: a built-in
+//! app on a blocking thread, a bundle's [`program`] or a FAB's ServerApp in Flower's program
+//! ([`flower`]) as supervised processes, whose output ([`output`]) and directory ([`workdir`])
+//! are handled alike.
 
 pub mod apps;
 pub mod flower;
@@ -7,6 +10,7 @@ pub mod grid;
 pub mod output;
 pub mod program;
 pub mod runner;
+pub mod workdir;
 
 use crate::store::Store;
 use std::collections::HashMap;

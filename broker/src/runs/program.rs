@@ -1,25 +1,27 @@
 //! Server apps that are programs: the server half of an app bundle, in any language. For each
 //! run the SuperLink unpacks the bundle into a fresh workspace, starts the program there with
 //! the ServerAppIo API's address and a one-time token in its environment, and serves the
-//! program's [`GridRequest`]s with the run's [`Grid`], as the built-in apps use it. The run
+//! program's [`GridRequest`]s with the run's grid, as the built-in apps use it. The run
 //! completes when the program exits with status 0, and fails otherwise, with its exit status and
 //! last stderr lines in the run's log. Stopping the run kills the program's process group.
 
+use super::grid::BrokerGrid;
 use super::output::{SERVER_APP_OUTPUT, quoted};
+use super::workdir::{MAX_STORED_BYTES, valid_artifact_name};
 use crate::state::Shared;
-use model::app::{AppError, Grid, GridError, Instruction, ServerApp, ServerContext};
+use model::app::{AppError, Grid as _, GridError, Instruction, ServerContext};
 use model::bundle::workspace::Workspace;
 use model::bundle::{Bundle, Program};
 use ops::app_process::{AppProcess, EXIT_GRACE, Ended};
-use std::io::Read as _;
-use std::net::TcpStream;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use wire::MessageBody;
-use wire::blocking::{read_message, read_value, write_message, write_value};
 use wire::clientappio::encode_token;
 use wire::error::FrameIoError;
+use wire::io::{read_message, read_value, write_message, write_value};
 use wire::serverappio::{
     ADDRESS_ENV, CONTROL_FRAME_LIMIT, GridFailure, GridRequest, GridResponse, ServerJob, TOKEN_ENV,
 };
@@ -30,9 +32,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long the connection of a program that exited right after connecting may take to arrive.
 const HELLO_GRACE: Duration = Duration::from_secs(2);
-
-/// Largest artifact or checkpoint a program may store.
-pub const MAX_STORED_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Most destinations of one request.
 const MAX_DESTINATIONS: usize = 1 << 20;
@@ -47,29 +46,37 @@ pub struct ProgramServerApp {
     pub program: Program,
     /// Cancelled when the run is stopped or the broker shuts down.
     pub cancel: CancellationToken,
-    /// The broker's runtime, for the child process's async parts.
-    pub handle: tokio::runtime::Handle,
 }
 
-impl ServerApp for ProgramServerApp {
-    fn run(&self, grid: &dyn Grid, context: &ServerContext) -> Result<(), AppError> {
-        let apps_dir = &self.shared.config.apps_dir;
-        let workspace = ops::private_dir::create_private_dir(apps_dir)
-            .map_err(std::io::Error::from)
-            .and_then(|()| Workspace::create(apps_dir, &self.bundle))
-            .map_err(|e| {
-                AppError::new(format!(
-                    "cannot unpack the app bundle into {}: {e}",
-                    apps_dir.display()
-                ))
-            })?;
+impl ProgramServerApp {
+    /// Runs the program against `grid` until it exits, breaks the protocol, or the run is
+    /// stopped; every process of it is gone when this returns.
+    pub async fn run(self, grid: Arc<BrokerGrid>, context: ServerContext) -> Result<(), AppError> {
+        let apps_dir = self.shared.config.apps_dir.clone();
+        let unpacked = {
+            let (apps_dir, bundle) = (apps_dir.clone(), self.bundle.clone());
+            // Writes the bundle's files: off the runtime.
+            tokio::task::spawn_blocking(move || {
+                ops::private_dir::create_private_dir(&apps_dir)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| Workspace::create(&apps_dir, &bundle))
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|unpacked| unpacked)
+        };
+        let workspace = unpacked.map_err(|e| {
+            AppError::new(format!(
+                "cannot unpack the app bundle into {}: {e}",
+                apps_dir.display()
+            ))
+        })?;
         let program = match self.program.bundle_path() {
             Some(path) => workspace.path().join(path),
             None => self.program.command.clone().into(),
         };
         let io = &self.shared.serverappio;
         let (token, connection) = io.expect();
-        let _entered = self.handle.enter();
         // The program gets what it needs of the broker's environment, nothing more.
         let mut command = tokio::process::Command::new(&program);
         command
@@ -89,25 +96,6 @@ impl ServerApp for ProgramServerApp {
                 )));
             }
         };
-        // A stopped run takes the program with it, whatever it is doing, and its connection,
-        // which a process that left the group could still hold open.
-        let connection_to_close: Arc<Mutex<Option<TcpStream>>> = Arc::default();
-        let killer = {
-            let cancel = self.cancel.clone();
-            let pid = process.id();
-            let connection_to_close = connection_to_close.clone();
-            self.handle.spawn(async move {
-                cancel.cancelled().await;
-                ops::process::ProcessGroup::of(pid).kill();
-                if let Some(stream) = connection_to_close
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take()
-                {
-                    let _ = stream.shutdown(std::net::Shutdown::Both);
-                }
-            })
-        };
         let interruption = async {
             tokio::select! {
                 () = tokio::time::sleep(CONNECT_TIMEOUT) => format!("the server app did not connect within {CONNECT_TIMEOUT:?}"),
@@ -115,10 +103,7 @@ impl ServerApp for ProgramServerApp {
             }
         };
         // A program may connect just before it exits: its hello gets a moment to arrive.
-        let connected = self
-            .handle
-            .block_on(process.until(connection, interruption, HELLO_GRACE));
-        let connected = match connected {
+        let connected = match process.until(connection, interruption, HELLO_GRACE).await {
             Ended::Reported(connected) => {
                 connected.map_err(|_| "the ServerAppIo API stopped".to_string())
             }
@@ -129,38 +114,34 @@ impl ServerApp for ProgramServerApp {
             Ended::Interrupted(reason) => Err(reason),
         };
         io.forget(&token);
-        let served = connected.and_then(|stream| {
-            let stream = stream
-                .into_std()
-                .and_then(|stream| stream.set_nonblocking(false).map(|()| stream))
-                .map_err(|e| e.to_string())?;
-            if let Ok(clone) = stream.try_clone() {
-                *connection_to_close
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(clone);
+        let served = match connected {
+            Ok(stream) => {
+                let job = ServerJob {
+                    run_id: context.run_id,
+                    app_name: self.bundle.manifest.name.clone(),
+                    app_version: self.bundle.manifest.version.clone(),
+                    run_config: context.run_config.clone(),
+                    checkpoint_size: context.checkpoint.as_ref().map(|c| c.len() as u64),
+                };
+                let serving = Serving { grid, stream }.run(job, context.checkpoint.as_deref());
+                // A stopped run takes the program's connection with it, whatever it is doing.
+                tokio::select! {
+                    served = serving => served,
+                    () = self.cancel.cancelled() => Err("the run was stopped".to_string()),
+                }
             }
-            if self.cancel.is_cancelled() {
-                return Err("the run was stopped".to_string());
-            }
-            let job = ServerJob {
-                run_id: context.run_id,
-                app_name: self.bundle.manifest.name.clone(),
-                app_version: self.bundle.manifest.version.clone(),
-                run_config: context.run_config.clone(),
-                checkpoint_size: context.checkpoint.as_ref().map(|c| c.len() as u64),
-            };
-            Serving { grid, stream }.run(job, context.checkpoint.as_deref())
-        });
+            Err(reason) => Err(reason),
+        };
         // A stopped run's program, or one that broke the protocol, is killed, not waited for.
         if self.cancel.is_cancelled() || served.is_err() {
             process.kill();
         }
-        let status = self.handle.block_on(process.exit_within(EXIT_GRACE));
-        killer.abort();
+        let status = process.exit_within(EXIT_GRACE).await;
         // Whatever it left running goes with it.
         process.kill();
-        let last_words = self.handle.block_on(process.last_words());
-        drop(workspace);
+        let last_words = process.last_words().await;
+        // Removing the workspace deletes files: off the runtime.
+        let _ = tokio::task::spawn_blocking(move || drop(workspace)).await;
         served.map_err(|reason| AppError::new(format!("{reason}{}", quoted(&last_words))))?;
         match status {
             Some(Ok(status)) if status.success() => Ok(()),
@@ -179,8 +160,8 @@ impl ServerApp for ProgramServerApp {
 }
 
 /// One program's requests, answered with the run's grid.
-struct Serving<'a> {
-    grid: &'a dyn Grid,
+struct Serving {
+    grid: Arc<BrokerGrid>,
     stream: TcpStream,
 }
 
@@ -191,31 +172,30 @@ fn failure(error: GridError) -> GridResponse {
     })
 }
 
-/// Whether `name` may name an artifact: a plain file name (`flwr pull` writes it as one).
-pub(super) fn valid_artifact_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+/// What a blocking store call on a thread of its own gave, or why it gave nothing.
+fn stored(outcome: Result<Result<(), GridError>, tokio::task::JoinError>) -> GridResponse {
+    match outcome {
+        Ok(Ok(())) => GridResponse::Ok,
+        Ok(Err(error)) => failure(error),
+        Err(join) => failure(GridError::Internal(join.to_string())),
+    }
 }
 
-impl Serving<'_> {
+impl Serving {
     /// Sends the job, then answers requests until the program closes the connection. An error
     /// is a program that broke the protocol.
-    fn run(mut self, job: ServerJob, checkpoint: Option<&[u8]>) -> Result<(), String> {
+    async fn run(mut self, job: ServerJob, checkpoint: Option<&[u8]>) -> Result<(), String> {
         let broke = |e: FrameIoError| format!("the server app broke the ServerAppIo exchange: {e}");
-        self.job(&job, checkpoint).map_err(broke)?;
+        self.job(&job, checkpoint).await.map_err(broke)?;
         loop {
-            let request = match read_value::<GridRequest, _>(&mut self.stream, CONTROL_FRAME_LIMIT)
-            {
-                Ok(request) => request,
-                // The program closed its side (or died): its exit status says which.
-                Err(FrameIoError::Closed | FrameIoError::Io(_)) => return Ok(()),
-                Err(error) => return Err(broke(error)),
-            };
-            match self.answer(request) {
+            let request =
+                match read_value::<GridRequest, _>(&mut self.stream, CONTROL_FRAME_LIMIT).await {
+                    Ok(request) => request,
+                    // The program closed its side (or died): its exit status says which.
+                    Err(FrameIoError::Closed | FrameIoError::Io(_)) => return Ok(()),
+                    Err(error) => return Err(broke(error)),
+                };
+            match self.answer(request).await {
                 Ok(()) => {}
                 Err(FrameIoError::Io(_) | FrameIoError::Closed) => return Ok(()),
                 Err(error) => return Err(broke(error)),
@@ -223,46 +203,51 @@ impl Serving<'_> {
         }
     }
 
-    fn job(&mut self, job: &ServerJob, checkpoint: Option<&[u8]>) -> Result<(), FrameIoError> {
-        use std::io::Write as _;
-        write_value(&mut self.stream, job)?;
+    async fn job(
+        &mut self,
+        job: &ServerJob,
+        checkpoint: Option<&[u8]>,
+    ) -> Result<(), FrameIoError> {
+        write_value(&mut self.stream, job).await?;
         if let Some(checkpoint) = checkpoint {
-            self.stream.write_all(checkpoint)?;
+            self.stream.write_all(checkpoint).await?;
         }
         Ok(())
     }
 
-    fn respond(&mut self, response: &GridResponse) -> Result<(), FrameIoError> {
-        write_value(&mut self.stream, response)
+    async fn respond(&mut self, response: &GridResponse) -> Result<(), FrameIoError> {
+        write_value(&mut self.stream, response).await
     }
 
     /// Raw bytes following a request, bounded.
-    fn bytes(&mut self, size: u64) -> Result<Vec<u8>, FrameIoError> {
+    async fn bytes(&mut self, size: u64) -> Result<Vec<u8>, FrameIoError> {
         let mut bytes = vec![0u8; size as usize];
-        self.stream.read_exact(&mut bytes)?;
+        self.stream.read_exact(&mut bytes).await?;
         Ok(bytes)
     }
 
     /// Reads and drops `size` raw bytes following a refused request.
-    fn discard(&mut self, size: u64) -> Result<(), FrameIoError> {
-        let copied = std::io::copy(&mut (&mut self.stream).take(size), &mut std::io::sink())?;
+    async fn discard(&mut self, size: u64) -> Result<(), FrameIoError> {
+        let copied =
+            tokio::io::copy(&mut (&mut self.stream).take(size), &mut tokio::io::sink()).await?;
         if copied < size {
             return Err(FrameIoError::Closed);
         }
         Ok(())
     }
 
-    fn answer(&mut self, request: GridRequest) -> Result<(), FrameIoError> {
+    async fn answer(&mut self, request: GridRequest) -> Result<(), FrameIoError> {
+        let grid = self.grid.clone();
         let response = match request {
-            GridRequest::NodeIds => match self.grid.node_ids() {
+            GridRequest::NodeIds => match grid.node_ids() {
                 Ok(nodes) => GridResponse::Nodes(nodes),
                 Err(error) => failure(error),
             },
             GridRequest::WaitForNodes { count, timeout_ms } => {
                 let count = usize::try_from(count).unwrap_or(usize::MAX);
-                match self
-                    .grid
-                    .wait_for_nodes(count, Duration::from_millis(timeout_ms))
+                match grid
+                    .wait_for_nodes_async(count, Duration::from_millis(timeout_ms))
+                    .await
                 {
                     Ok(nodes) => GridResponse::Nodes(nodes),
                     Err(error) => failure(error),
@@ -271,51 +256,51 @@ impl Serving<'_> {
             GridRequest::SendAndReceive {
                 destinations,
                 timeout_ms,
-            } => return self.send_and_receive(destinations, timeout_ms),
+            } => return self.send_and_receive(destinations, timeout_ms).await,
+            // The store commits to disk: off the runtime.
             GridRequest::Log { line } => {
-                self.grid.log(&line);
+                let _ = tokio::task::spawn_blocking(move || grid.log(&line)).await;
                 GridResponse::Ok
             }
             GridRequest::SaveArtifact { name, size } => {
                 if size > MAX_STORED_BYTES || !valid_artifact_name(&name) {
-                    self.discard(size)?;
+                    self.discard(size).await?;
                     GridResponse::Error(GridFailure::Invalid(format!(
                         "artifact {:?} of {size} bytes: names are plain file names (letters, \
                          digits, '.', '-', '_'), sizes at most {MAX_STORED_BYTES} bytes",
                         wire::text::sanitize(&name, 64)
                     )))
                 } else {
-                    let bytes = self.bytes(size)?;
-                    match self.grid.save_artifact(&name, &bytes) {
-                        Ok(()) => GridResponse::Ok,
-                        Err(error) => failure(error),
-                    }
+                    let bytes = self.bytes(size).await?;
+                    stored(
+                        tokio::task::spawn_blocking(move || grid.save_artifact(&name, &bytes))
+                            .await,
+                    )
                 }
             }
             GridRequest::SaveCheckpoint { size } => {
                 if size > MAX_STORED_BYTES {
-                    self.discard(size)?;
+                    self.discard(size).await?;
                     GridResponse::Error(GridFailure::Invalid(format!(
                         "a checkpoint of {size} bytes (at most {MAX_STORED_BYTES})"
                     )))
                 } else {
-                    let bytes = self.bytes(size)?;
-                    match self.grid.save_checkpoint(&bytes) {
-                        Ok(()) => GridResponse::Ok,
-                        Err(error) => failure(error),
-                    }
+                    let bytes = self.bytes(size).await?;
+                    stored(tokio::task::spawn_blocking(move || grid.save_checkpoint(&bytes)).await)
                 }
             }
         };
-        self.respond(&response)
+        self.respond(&response).await
     }
 
-    fn send_and_receive(
+    /// Sends a message to `destinations` and forwards each reply to the program as it arrives.
+    /// A program that stops reading ends the round at once: its instructions are withdrawn.
+    async fn send_and_receive(
         &mut self,
         destinations: Vec<wire::NodeId>,
         timeout_ms: u64,
     ) -> Result<(), FrameIoError> {
-        let message = read_message(&mut self.stream, Limits::default())?;
+        let message = read_message(&mut self.stream, Limits::default()).await?;
         let MessageBody::Content(content) = message.body else {
             return Err(
                 wire::WireError::Invalid("a message to send without content".into()).into(),
@@ -335,35 +320,44 @@ impl Serving<'_> {
                 content: content.clone(),
             })
             .collect();
-        let mut broken: Option<FrameIoError> = None;
-        let stream = &mut self.stream;
-        let sent = self.grid.send_and_fold(
-            instructions,
-            Duration::from_millis(timeout_ms),
-            &mut |reply| {
-                if broken.is_some() {
-                    return;
-                }
-                let written = write_value(&mut *stream, &GridResponse::Reply)
-                    .and_then(|()| write_message(&mut *stream, &reply, DEFAULT_CHUNK));
-                if let Err(error) = written {
-                    broken = Some(error);
-                }
-            },
-        );
-        if let Some(error) = broken {
-            return Err(error);
+        let (replies, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let grid = self.grid.clone();
+        // Owns the sending end of `replies`: once the round is over, the channel ends.
+        let send = async move {
+            let mut on_reply = move |reply| {
+                let _ = replies.send(reply);
+            };
+            grid.send_and_fold_async(
+                instructions,
+                Duration::from_millis(timeout_ms),
+                &mut on_reply,
+            )
+            .await
+        };
+        tokio::pin!(send);
+        let mut sent = None;
+        loop {
+            tokio::select! {
+                result = &mut send, if sent.is_none() => sent = Some(result),
+                reply = received.recv() => match reply {
+                    Some(reply) => {
+                        write_value(&mut self.stream, &GridResponse::Reply).await?;
+                        write_message(&mut self.stream, &reply, DEFAULT_CHUNK).await?;
+                    }
+                    None => break,
+                },
+            }
         }
         match sent {
-            Ok(()) => self.respond(&GridResponse::Done),
-            Err(error) => self.respond(&failure(error)),
+            Some(Ok(())) | None => self.respond(&GridResponse::Done).await,
+            Some(Err(error)) => self.respond(&failure(error)).await,
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::super::workdir::valid_artifact_name;
 
     #[test]
     fn artifact_names_are_plain_file_names() {

@@ -2,6 +2,7 @@
 //! on a blocking thread and every step written to the run's log.
 
 use super::RunEvent;
+use super::apps::AppRun;
 use super::grid::BrokerGrid;
 use crate::state::Shared;
 use std::sync::Arc;
@@ -177,7 +178,14 @@ async fn execute(shared: Arc<Shared>, info: RunInfo) {
         run_config: info.config.clone(),
         checkpoint,
     };
-    let outcome = tokio::task::spawn_blocking(move || app.run(&grid, &context)).await;
+    // Each kind in a task of its own, so that a panic in it fails the run instead of the runner.
+    let outcome = match app {
+        AppRun::InProcess(app) => {
+            tokio::task::spawn_blocking(move || app.run(&grid, &context)).await
+        }
+        AppRun::Program(app) => tokio::spawn(app.run(Arc::new(grid), context)).await,
+        AppRun::Flower(app) => tokio::spawn(app.run(Arc::new(grid), context)).await,
+    };
     if cancel.is_cancelled() {
         // Either stop() already recorded finished:stopped and told everyone, or the broker is
         // shutting down and the run stays active, to resume at the next start.

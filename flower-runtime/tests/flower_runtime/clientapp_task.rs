@@ -5,10 +5,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+use flower_runtime::clientapp::ClientAppTask;
 use flower_runtime::objects::{Body, Deflated, ObjectError, deflate, inflate};
 use flower_runtime::proto;
 use flower_runtime::server::{MAX_BODY, serve};
-use flower_runtime::task::{ClientAppTask, TaskInput, Tasks};
+use flower_runtime::tasks::{TaskInput, Tasks};
 use prost::Message as _;
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -6,11 +6,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+use flower_runtime::clientapp::ClientAppTask;
 use flower_runtime::objects::{Body, deflate, object_id};
 use flower_runtime::proto;
 use flower_runtime::records::scalar_of;
 use flower_runtime::server::serve;
-use flower_runtime::task::{ClientAppTask, TaskInput, Tasks};
+use flower_runtime::tasks::{TaskInput, Tasks};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;

@@ -9,7 +9,7 @@ use flower_runtime::objects::{Body, Deflated, deflate, inflate};
 use flower_runtime::proto;
 use flower_runtime::server::Endpoint;
 use flower_runtime::serverapp::{Federation, Liveness, Outgoing, ServerAppTask};
-use flower_runtime::task::{Task, TaskInput};
+use flower_runtime::tasks::{Task, TaskInput};
 use prost::Message as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
