@@ -7,7 +7,7 @@
 
 use bench::{SIZES, bytes, record};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use model::fedavg::{FedAvg, Spare, aggregate, aggregate_into};
+use flwr_sdk::fedavg::{FedAvg, Spare, aggregate, aggregate_into};
 use std::hint::black_box;
 use wire::ArrayRecord;
 

@@ -6,7 +6,9 @@ use broker::config::{BrokerConfig, NodeAuth, OperatorAuth};
 use broker::server::RunningBroker;
 use broker::store::Store;
 use e2e::RunningNode;
-use model::app::{AppError, ClientApp, ClientContext, Grid, Instruction, ServerApp, ServerContext};
+use flwr_sdk::app::{
+    AppError, ClientApp, ClientContext, Grid, Instruction, ServerApp, ServerContext,
+};
 use node::settings::ServerTrust;
 use std::net::SocketAddr;
 use std::sync::mpsc;

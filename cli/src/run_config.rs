@@ -21,7 +21,7 @@ pub fn overrides(values: &[String]) -> Result<ConfigRecord, CliError> {
             }
             let mut record = ConfigRecord::new();
             for value in values {
-                let pairs = model::config::parse_overrides(value)
+                let pairs = flwr_sdk::config::parse_overrides(value)
                     .map_err(|e| CliError::Config(format!("--run-config: {e}")))?;
                 for (key, value) in pairs.iter() {
                     record.insert(key, value.clone());
@@ -38,14 +38,14 @@ fn from_file(path: &Path) -> Result<ConfigRecord, CliError> {
     })?;
     let table: toml::Table =
         toml::from_str(&text).map_err(|e| crate::app_config::toml_error(path, &text, &e))?;
-    model::config::from_table(&flatten(&table))
+    flwr_sdk::config::from_table(&flatten(&table))
         .map_err(|e| CliError::Config(format!("{}: {e}", path.display())))
 }
 
 /// The app's config with `values` fused in; a key the app does not have is refused, so that a
 /// typo does not silently leave the default in place.
 pub fn fuse(app: &App, values: &[String]) -> Result<ConfigRecord, CliError> {
-    let mut config = model::config::from_table(&app.config)
+    let mut config = flwr_sdk::config::from_table(&app.config)
         .map_err(|e| CliError::Config(format!("{}: app config: {e}", app.source.display())))?;
     for (key, value) in overrides(values)?.iter() {
         let Some(slot) = config.get_mut(key) else {

@@ -236,7 +236,7 @@ impl Federation {
     /// Settings of a node with `--node-config` `config`.
     pub fn node_settings_with(&self, key: Option<&str>, config: &str) -> NodeSettings {
         let mut settings = self.node_settings(key);
-        settings.node_config = model::config::parse_overrides(config).unwrap();
+        settings.node_config = flwr_sdk::config::parse_overrides(config).unwrap();
         settings
     }
 

@@ -1,31 +1,21 @@
-//! What the broker and the node share above the wire: FedAvg, the app traits, the built-in apps,
-//! and typed configuration. Only the `cnn` module (feature `burn`) needs Burn.
+//! The seed app and what the daemons ship besides the SDK: the built-in apps (the CNN's FedAvg,
+//! vector-add) on [`flwr_sdk`]'s traits and strategies, the CNN, datasets, plots and app bundles.
+//! Only the `cnn` module (feature `burn`) needs Burn.
 //!
 //! # Layout
-//! - [`fedavg`]: weighted averaging of `ArrayRecord`s, folded one reply at a time.
-//! - [`strategy`]: Flower's strategies (FedAvg, FedProx, FedAvgM, FedAdagrad, FedAdam, FedYogi,
-//!   FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan), checked against Flower's own results.
 //! - `cnn` (feature `burn`): the CNN on Burn, conversion, training, device choice.
 //! - [`net`]: the CNN's layout and initialisation without Burn.
-//! - [`app`]: the `ServerApp`, `ClientApp` and `Grid` traits.
-//! - [`bundle`]: app bundles: the archive, its hash and its manifest.
 //! - [`apps`]: the built-in apps and the registries that find apps by name.
-//! - [`checkpoint`]: the state saved after each round, from which a restarted run resumes.
 //! - [`data`]: the prepared-dataset format, sources and partitioning.
-//! - [`config`]: `k=v` override strings and TOML tables turned into a [`wire::ConfigRecord`].
+//! - [`plot`]: a run's metrics drawn as SVG and PNG.
+//! - [`bundle`]: app bundles: the archive, its hash and its manifest, and FABs.
 
 #![forbid(unsafe_code)]
 
-pub mod app;
 pub mod apps;
 pub mod bundle;
-pub mod checkpoint;
 #[cfg(feature = "burn")]
 pub mod cnn;
-pub mod config;
 pub mod data;
-pub mod fedavg;
 pub mod net;
 pub mod plot;
-pub mod safetensors;
-pub mod strategy;

@@ -1,7 +1,7 @@
 //! The client apps a node serves, built in one place for `flower-supernode` (in-process isolation)
 //! and `flwr-clientapp` (every other mode), so an app added here runs under every isolation.
 
-use model::app::{AppError, ClientApp, ClientContext};
+use flwr_sdk::app::{AppError, ClientApp, ClientContext};
 use model::apps::ClientApps;
 use model::cnn::backend::{BackendChoice, TrainingDevice};
 use std::sync::{Arc, OnceLock};

@@ -8,7 +8,7 @@
 
 use crate::settings::RuntimeArgs;
 use clap::Parser;
-use model::app::ClientContext;
+use flwr_sdk::app::ClientContext;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;

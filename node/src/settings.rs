@@ -185,7 +185,7 @@ impl Args {
             ),
             None => (IdentityKey::generate(), true),
         };
-        let node_config = model::config::parse_overrides(&self.node_config)
+        let node_config = flwr_sdk::config::parse_overrides(&self.node_config)
             .map_err(|e| format!("--node-config: {e}"))?;
         let max_wait_time = match self.max_wait_time {
             Some(secs) => Some(Duration::try_from_secs_f64(secs).map_err(|_| {

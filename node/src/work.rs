@@ -6,7 +6,7 @@
 use crate::bundles::BundleCache;
 use crate::isolation::{ChildCommand, ClientAppIo, Launch};
 use crate::trust::TrustedApps;
-use model::app::ClientContext;
+use flwr_sdk::app::ClientContext;
 use model::apps::ClientApps;
 use model::bundle::Component;
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -111,8 +111,8 @@ impl AppProcess {
         self.child.id()
     }
 
-    /// Waits for the first of `outcome`, the process's exit (after which the outcome gets
-    /// `grace` to arrive), and `interrupt`.
+    /// Waits for the first of `interrupt`, `outcome` and the process's exit (after which the
+    /// outcome gets `grace` to arrive); an interruption wins when several are ready.
     pub async fn until<T, I>(
         &mut self,
         outcome: impl Future<Output = T>,
@@ -121,12 +121,14 @@ impl AppProcess {
     ) -> Ended<T, I> {
         tokio::pin!(outcome);
         tokio::select! {
+            // An interruption wins over whatever else is ready: a stopped run hears nothing more.
+            biased;
+            reason = interrupt => Ended::Interrupted(reason),
             reported = &mut outcome => Ended::Reported(reported),
             status = self.child.wait() => match tokio::time::timeout(grace, outcome).await {
                 Ok(reported) => Ended::Reported(reported),
                 Err(_) => Ended::Exited(status),
             },
-            reason = interrupt => Ended::Interrupted(reason),
         }
     }
 

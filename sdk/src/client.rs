@@ -1,7 +1,7 @@
 //! The client half: one instruction per process.
 
+use crate::app::{ClientApp, ClientContext};
 use crate::connect::{SdkError, connect_for_job};
-use model::app::{ClientApp, ClientContext};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;

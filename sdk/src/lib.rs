@@ -35,19 +35,37 @@
 //! }
 //! ```
 
+//! # Layout
+//! - [`app`]: the `ClientApp`, `ServerApp` and `Grid` traits and their contexts.
+//! - [`strategy`]: Flower's strategies (FedAvg, FedProx, FedAvgM, FedAdagrad, FedAdam, FedYogi,
+//!   FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan), checked against Flower's own results,
+//!   and their round loop; [`fedavg`] is the aggregation kernel under them.
+//! - [`checkpoint`]: the state saved after each round, from which a restarted run resumes.
+//! - [`config`]: `k=v` override strings and TOML tables turned into a [`wire::ConfigRecord`].
+//! - [`safetensors`]: arrays as safetensors files, as PyTorch loads them.
+//! - [`run_client_app`], [`run_server_app`]: the app protocol's client side, for programs.
+//!
+//! It depends on `wire` alone: an app program compiles no plotting, archive or Burn code.
+
 #![forbid(unsafe_code)]
+
+pub mod app;
+pub mod checkpoint;
+pub mod config;
+pub mod fedavg;
+pub mod safetensors;
+pub mod strategy;
 
 mod client;
 mod connect;
 mod server;
 
-pub use client::{run_client_app, serve_instruction};
-pub use connect::SdkError;
-pub use model::app::{
+pub use app::{
     AppError, ClientApp, ClientContext, Grid, GridError, Instruction, ServerApp, ServerContext,
     config_f64, config_i64, config_str,
 };
-pub use model::{safetensors, strategy};
+pub use client::{run_client_app, serve_instruction};
+pub use connect::SdkError;
 pub use server::{Link, RemoteGrid, run_server_app, serve_run};
 pub use wire::{
     Array, ArrayRecord, ConfigRecord, ConfigValue, DType, Message, MessageBody, MessageType,

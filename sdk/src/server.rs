@@ -1,7 +1,7 @@
 //! The server half: one run per process, the federation reached through the SuperLink.
 
+use crate::app::{Grid, GridError, Instruction, ServerApp, ServerContext};
 use crate::connect::{SdkError, connect_for_job};
-use model::app::{Grid, GridError, Instruction, ServerApp, ServerContext};
 use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};

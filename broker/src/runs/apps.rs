@@ -4,7 +4,7 @@
 use super::flower::FlowerServerApp;
 use super::program::ProgramServerApp;
 use crate::state::Shared;
-use model::app::ServerApp;
+use flwr_sdk::app::ServerApp;
 use model::bundle::{Bundle, Component, Manifest};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;

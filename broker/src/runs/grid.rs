@@ -4,7 +4,7 @@
 
 use crate::rounds::Round;
 use crate::state::Shared;
-use model::app::{Grid, GridError, Instruction};
+use flwr_sdk::app::{Grid, GridError, Instruction};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

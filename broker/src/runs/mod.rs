@@ -7,10 +7,10 @@
 pub mod apps;
 pub mod flower;
 pub mod grid;
-pub mod output;
+pub(crate) mod output;
 pub mod program;
 pub mod runner;
-pub mod workdir;
+pub(crate) mod workdir;
 
 use crate::store::Store;
 use std::collections::HashMap;

@@ -7,9 +7,9 @@
 
 use super::grid::BrokerGrid;
 use super::output::{SERVER_APP_OUTPUT, quoted};
-use super::workdir::{MAX_STORED_BYTES, valid_artifact_name};
+use super::workdir::{MAX_STORED_BYTES, OffRuntime, valid_artifact_name};
 use crate::state::Shared;
-use model::app::{AppError, Grid as _, GridError, Instruction, ServerContext};
+use flwr_sdk::app::{AppError, Grid as _, GridError, Instruction, ServerContext};
 use model::bundle::workspace::Workspace;
 use model::bundle::{Bundle, Program};
 use ops::app_process::{AppProcess, EXIT_GRACE, Ended};
@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use wire::MessageBody;
 use wire::clientappio::encode_token;
 use wire::error::FrameIoError;
@@ -65,14 +66,14 @@ impl ProgramServerApp {
             .map_err(std::io::Error::other)
             .and_then(|unpacked| unpacked)
         };
-        let workspace = unpacked.map_err(|e| {
+        let workspace = OffRuntime::new(unpacked.map_err(|e| {
             AppError::new(format!(
                 "cannot unpack the app bundle into {}: {e}",
                 apps_dir.display()
             ))
-        })?;
+        })?);
         let program = match self.program.bundle_path() {
-            Some(path) => workspace.path().join(path),
+            Some(path) => workspace.get().path().join(path),
             None => self.program.command.clone().into(),
         };
         let io = &self.shared.serverappio;
@@ -81,7 +82,7 @@ impl ProgramServerApp {
         let mut command = tokio::process::Command::new(&program);
         command
             .args(&self.program.args)
-            .current_dir(workspace.path())
+            .current_dir(workspace.get().path())
             .env_clear()
             .envs(ops::process::passed_environment())
             .env(TOKEN_ENV, encode_token(&token))
@@ -123,12 +124,29 @@ impl ProgramServerApp {
                     run_config: context.run_config.clone(),
                     checkpoint_size: context.checkpoint.as_ref().map(|c| c.len() as u64),
                 };
-                let serving = Serving { grid, stream }.run(job, context.checkpoint.as_deref());
-                // A stopped run takes the program's connection with it, whatever it is doing.
-                tokio::select! {
-                    served = serving => served,
-                    () = self.cancel.cancelled() => Err("the run was stopped".to_string()),
+                let writes = TaskTracker::new();
+                let serving = Serving {
+                    grid,
+                    stream,
+                    writes: writes.clone(),
                 }
+                .run(job, context.checkpoint.as_deref());
+                // A stopped run takes the program's connection with it, whatever it is doing (no
+                // reply reaches a stopped run's app), and so does a program that exits while it
+                // is served: a round it left open is not waited out.
+                let served = match process
+                    .until(serving, self.cancel.cancelled(), HELLO_GRACE)
+                    .await
+                {
+                    Ended::Reported(served) => served,
+                    Ended::Exited(_) => Ok(()),
+                    Ended::Interrupted(()) => Err("the run was stopped".to_string()),
+                };
+                // Store writes it asked for are done (or refused) before the run is declared
+                // over: none lands after a stopped run's checkpoint is forgotten.
+                writes.close();
+                writes.wait().await;
+                served
             }
             Err(reason) => Err(reason),
         };
@@ -140,7 +158,8 @@ impl ProgramServerApp {
         // Whatever it left running goes with it.
         process.kill();
         let last_words = process.last_words().await;
-        // Removing the workspace deletes files: off the runtime.
+        // Removed before the run is declared over, off the runtime.
+        let workspace = workspace.take();
         let _ = tokio::task::spawn_blocking(move || drop(workspace)).await;
         served.map_err(|reason| AppError::new(format!("{reason}{}", quoted(&last_words))))?;
         match status {
@@ -163,6 +182,8 @@ impl ProgramServerApp {
 struct Serving {
     grid: Arc<BrokerGrid>,
     stream: TcpStream,
+    /// The store writes it asked for, each on a blocking thread; awaited before the run ends.
+    writes: TaskTracker,
 }
 
 fn failure(error: GridError) -> GridResponse {
@@ -259,7 +280,7 @@ impl Serving {
             } => return self.send_and_receive(destinations, timeout_ms).await,
             // The store commits to disk: off the runtime.
             GridRequest::Log { line } => {
-                let _ = tokio::task::spawn_blocking(move || grid.log(&line)).await;
+                let _ = self.writes.spawn_blocking(move || grid.log(&line)).await;
                 GridResponse::Ok
             }
             GridRequest::SaveArtifact { name, size } => {
@@ -273,7 +294,8 @@ impl Serving {
                 } else {
                     let bytes = self.bytes(size).await?;
                     stored(
-                        tokio::task::spawn_blocking(move || grid.save_artifact(&name, &bytes))
+                        self.writes
+                            .spawn_blocking(move || grid.save_artifact(&name, &bytes))
                             .await,
                     )
                 }
@@ -286,7 +308,11 @@ impl Serving {
                     )))
                 } else {
                     let bytes = self.bytes(size).await?;
-                    stored(tokio::task::spawn_blocking(move || grid.save_checkpoint(&bytes)).await)
+                    stored(
+                        self.writes
+                            .spawn_blocking(move || grid.save_checkpoint(&bytes))
+                            .await,
+                    )
                 }
             }
         };
@@ -338,7 +364,13 @@ impl Serving {
         let mut sent = None;
         loop {
             tokio::select! {
-                result = &mut send, if sent.is_none() => sent = Some(result),
+                result = &mut send, if sent.is_none() => {
+                    // A stopped run's app hears of no reply still queued.
+                    if matches!(result, Err(GridError::Stopped)) {
+                        return self.respond(&failure(GridError::Stopped)).await;
+                    }
+                    sent = Some(result);
+                }
                 reply = received.recv() => match reply {
                     Some(reply) => {
                         write_value(&mut self.stream, &GridResponse::Reply).await?;
@@ -348,24 +380,12 @@ impl Serving {
                 },
             }
         }
+        // The channel ends only once the round is over, so `sent` is known here.
+        let sent =
+            sent.unwrap_or_else(|| Err(GridError::Internal("the round ended unseen".into())));
         match sent {
-            Some(Ok(())) | None => self.respond(&GridResponse::Done).await,
-            Some(Err(error)) => self.respond(&failure(error)).await,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::workdir::valid_artifact_name;
-
-    #[test]
-    fn artifact_names_are_plain_file_names() {
-        for good in ["model.safetensors", "metrics.json", "final_arrays-2.bin"] {
-            assert!(valid_artifact_name(good), "{good}");
-        }
-        for bad in ["", ".hidden", "../x", "a/b", "a\\b", "é", &"x".repeat(129)] {
-            assert!(!valid_artifact_name(bad), "{bad}");
+            Ok(()) => self.respond(&GridResponse::Done).await,
+            Err(error) => self.respond(&failure(error)).await,
         }
     }
 }

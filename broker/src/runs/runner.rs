@@ -173,7 +173,7 @@ async fn execute(shared: Arc<Shared>, info: RunInfo) {
             return;
         }
     };
-    let context = model::app::ServerContext {
+    let context = flwr_sdk::app::ServerContext {
         run_id,
         run_config: info.config.clone(),
         checkpoint,

@@ -24,6 +24,40 @@ pub fn valid_artifact_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
+/// Drops what it holds on a blocking thread: directories removed on drop (a work directory, a
+/// Flower install) may hold many files, which no runtime worker should wait on.
+pub struct OffRuntime<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> OffRuntime<T> {
+    /// Holds `value` until dropped.
+    pub fn new(value: T) -> Self {
+        OffRuntime(Some(value))
+    }
+
+    /// What it holds.
+    pub fn get(&self) -> &T {
+        self.0.as_ref().expect("held until dropped or taken")
+    }
+
+    /// Takes what it holds back, to be dropped by the caller.
+    pub fn take(mut self) -> T {
+        self.0.take().expect("held until dropped or taken")
+    }
+}
+
+impl<T: Send + 'static> Drop for OffRuntime<T> {
+    fn drop(&mut self) {
+        if let Some(value) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn_blocking(move || drop(value));
+                }
+                Err(_) => drop(value),
+            }
+        }
+    }
+}
+
 /// The directory a ServerApp runs in, removed when dropped.
 pub struct WorkDir(PathBuf);
 

@@ -166,7 +166,7 @@ async fn a_broker_killed_mid_round_resumes_the_run_on_restart_and_loses_nothing(
     let mut nodes = Vec::new();
     for value in ["value=1 delay-ms=800", "value=3 delay-ms=800"] {
         let mut settings = node_settings(broker.fleet, ServerTrust::Roots(roots.clone()), None);
-        settings.node_config = model::config::parse_overrides(value).unwrap();
+        settings.node_config = flwr_sdk::config::parse_overrides(value).unwrap();
         let mut node = RunningNode::start(settings);
         node.online().await;
         nodes.push(node);

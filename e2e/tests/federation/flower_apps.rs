@@ -144,14 +144,14 @@ async fn a_superlink_without_flwr_serverapp_fails_the_run_saying_what_to_install
 /// The echo app's ClientApp in Rust: every array times the run config's `factor`.
 struct NativeEcho;
 
-impl model::app::ClientApp for NativeEcho {
+impl flwr_sdk::app::ClientApp for NativeEcho {
     fn handle(
         &self,
         message: &wire::Message,
-        context: &model::app::ClientContext,
-    ) -> Result<wire::RecordDict, model::app::AppError> {
+        context: &flwr_sdk::app::ClientContext,
+    ) -> Result<wire::RecordDict, flwr_sdk::app::AppError> {
         use wire::records::{Array, ConfigValue, MetricValue, Record};
-        let fail = |why: &str| model::app::AppError::new(why.to_string());
+        let fail = |why: &str| flwr_sdk::app::AppError::new(why.to_string());
         let Some(ConfigValue::Float(factor)) = context.run_config.get("factor") else {
             return Err(fail("no float factor in the run config"));
         };

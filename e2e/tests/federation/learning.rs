@@ -51,7 +51,7 @@ async fn fedavg_on_fashion_mnist_learns_well_above_chance_in_two_rounds() {
         node.online().await;
         nodes.push(node);
     }
-    let mut config = model::config::parse_overrides(
+    let mut config = flwr_sdk::config::parse_overrides(
         // The seed's learning rate 0.1 diverges with this CNN (in PyTorch too); 0.01 learns.
         "num-server-rounds=2 fraction-evaluate=1.0 learning-rate=0.01 min-nodes=2",
     )
@@ -117,7 +117,7 @@ async fn fedavg_on_fashion_mnist_learns_well_above_chance_in_two_rounds() {
         .artifact(run_id, "model.safetensors")
         .unwrap()
         .unwrap();
-    let arrays = model::safetensors::decode(&model).unwrap();
+    let arrays = flwr_sdk::safetensors::decode(&model).unwrap();
     assert_eq!(arrays.get("conv1.weight").unwrap().shape, [6, 1, 5, 5]);
     assert_eq!(arrays.get("fc1.weight").unwrap().shape, [120, 256]);
     let chart = store.artifact(run_id, "metrics.png").unwrap().unwrap();

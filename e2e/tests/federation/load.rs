@@ -12,7 +12,7 @@ use crate::runs::{follow, start_run};
 use broker::config::NodeAuth;
 use certs::IdentityKey;
 use e2e::{Db, Federation};
-use model::app::{ClientApp as _, ClientContext};
+use flwr_sdk::app::{ClientApp as _, ClientContext};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

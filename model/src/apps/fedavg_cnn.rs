@@ -1,5 +1,5 @@
 //! `fedavg-cnn`: the seed's app. The server half (here, without Burn) is Flower's FedAvg
-//! ([`crate::strategy::FedAvg`]) in Flower's round loop ([`crate::strategy::start::start`]); the
+//! ([`flwr_sdk::strategy::FedAvg`]) in Flower's round loop ([`flwr_sdk::strategy::start::start`]); the
 //! client half (`crate::cnn::client`, with Burn) trains and evaluates on the node's partition.
 //!
 //! Each run: a query round asks the nodes for their data's shape (so the network fits CIFAR-10 or
@@ -14,10 +14,12 @@
 //! `momentum` (0.9), `batch-size` (32), `round-timeout` seconds (3600), `node-wait-timeout`
 //! seconds (120), `seed` (42: the initial model and each round's sample).
 
-use crate::app::{AppError, Grid, Instruction, ServerApp, ServerContext, config_f64, config_i64};
 use crate::net::{InputShape, initial_parameters};
-use crate::strategy::FedAvg;
-use crate::strategy::start::{Rounds, failure, start};
+use flwr_sdk::app::{
+    AppError, Grid, Instruction, ServerApp, ServerContext, config_f64, config_i64,
+};
+use flwr_sdk::strategy::FedAvg;
+use flwr_sdk::strategy::start::{Rounds, failure, start};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +28,7 @@ use wire::{
     NodeId, RecordDict,
 };
 
-pub use crate::strategy::start::DIVERGED;
+pub use flwr_sdk::strategy::start::DIVERGED;
 
 /// The app's name in flwr.toml.
 pub const NAME: &str = "fedavg-cnn";
@@ -209,7 +211,7 @@ impl ServerApp for Server {
             initial,
             &settings.rounds,
         )?;
-        let model = crate::safetensors::encode(&outcome.arrays, &[("format", "pt".into())]);
+        let model = flwr_sdk::safetensors::encode(&outcome.arrays, &[("format", "pt".into())]);
         grid.save_artifact(MODEL_ARTIFACT, &model)?;
         let history: Vec<serde_json::Value> = outcome
             .rounds

@@ -5,7 +5,7 @@ pub mod fedavg_cnn;
 mod resume_tests;
 pub mod vector_add;
 
-use crate::app::{ClientApp, ServerApp};
+use flwr_sdk::app::{ClientApp, ServerApp};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

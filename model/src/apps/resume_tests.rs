@@ -2,7 +2,7 @@
 //! answer deterministically, a run resumed after any completed round ends on the same final model
 //! as an uninterrupted one.
 
-use crate::app::{Grid, GridError, Instruction, ServerApp, ServerContext};
+use flwr_sdk::app::{Grid, GridError, Instruction, ServerApp, ServerContext};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;

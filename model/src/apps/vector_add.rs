@@ -10,12 +10,12 @@
 //! weight the node claims), `delay-ms` (0, to simulate slow work), and `fault` with `fault-round` to simulate a client app that crashes (see
 //! `simulate_fault`).
 
-use crate::app::{
+use flwr_sdk::app::{
     AppError, ClientApp, ClientContext, Grid, Instruction, ServerApp, ServerContext, config_f64,
     config_i64, config_str,
 };
-use crate::checkpoint;
-use crate::fedavg::FedAvg;
+use flwr_sdk::checkpoint;
+use flwr_sdk::fedavg::FedAvg;
 use std::sync::Arc;
 use std::time::Duration;
 use wire::{

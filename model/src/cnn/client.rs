@@ -3,10 +3,10 @@
 
 use super::backend::TrainingDevice;
 use super::train::{Progress, TrainConfig, evaluate, input_shape, train};
-use crate::app::{AppError, ClientApp, ClientContext, config_f64, config_i64, config_str};
 use crate::apps::fedavg_cnn::{ARRAYS, CONFIG, METRICS};
 use crate::data::Dataset;
 use crate::data::format::read_partition;
+use flwr_sdk::app::{AppError, ClientApp, ClientContext, config_f64, config_i64, config_str};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -5,11 +5,11 @@
 //! `[out, in]`, Burn `[in, out]`; they are transposed on the way in and out.
 
 use super::module::Net;
-use crate::app::AppError;
 use crate::net::{InputShape, layout};
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::TensorData;
+use flwr_sdk::app::AppError;
 use wire::{Array, ArrayRecord, DType};
 
 fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {

@@ -3,7 +3,6 @@
 
 use super::convert::{from_arrays, to_arrays};
 use super::module::Net;
-use crate::app::AppError;
 use crate::data::Dataset;
 use crate::net::InputShape;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -11,6 +10,7 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::prelude::*;
 use burn::tensor::TensorData;
+use flwr_sdk::app::AppError;
 use rand::seq::SliceRandom as _;
 use wire::ArrayRecord;
 

@@ -1,5 +1,3 @@
-//! The model crate's integration tests, one binary: FABs as the daemons read them, and every
-//! strategy against Flower's own results.
+//! The model crate's integration tests, one binary: FABs as the daemons read them.
 
 mod fab;
-mod strategies;

@@ -5,7 +5,7 @@
 use crate::runs::grid::BrokerGrid;
 use crate::state::Shared;
 use flower_runtime::serverapp::{Federation, Outgoing, ServerAppTask};
-use model::app::{Grid as _, Instruction};
+use flwr_sdk::app::{Grid as _, Instruction};
 use std::sync::Arc;
 use std::time::Duration;
 use wire::message::{ErrorCode, MessageError, MessageType, now_ms};

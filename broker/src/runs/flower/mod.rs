@@ -12,12 +12,12 @@ mod federation;
 
 use super::grid::BrokerGrid;
 use super::output::{SERVER_APP_OUTPUT, quoted};
-use super::workdir::{WorkDir, keep_artifacts};
+use super::workdir::{OffRuntime, WorkDir, keep_artifacts};
 use crate::state::Shared;
 use federation::BrokerFederation;
 use flower_runtime::serverapp::{Liveness, ServerAppTask, ServerOutcome};
 use flower_runtime::tasks::{FabRef, TaskInput};
-use model::app::{AppError, ServerContext};
+use flwr_sdk::app::{AppError, ServerContext};
 use model::bundle::Bundle;
 use ops::app_process::{AppProcess, EXIT_GRACE, Ended, OUTPUT_GRACE};
 use std::path::{Path, PathBuf};
@@ -96,24 +96,28 @@ impl FlowerServerApp {
         let runtime = &self.shared.flower;
         let admitted = runtime.tasks.admit_scoped(task.clone());
         // A fresh FLWR_HOME for each execution, removed when it ends: Flower reuses an install
-        // it finds there without looking at it again.
-        let execution = flower_runtime::launch::Execution::create(
-            &self.shared.config.apps_dir.join("flwr-home"),
-            admitted.token(),
-        )
-        .map_err(|e| AppError::new(format!("cannot make the Flower app's directory: {e}")))?;
+        // it finds there without looking at it again. And a fresh directory to run in. Both are
+        // made, and removed, off the runtime.
+        let home = self.shared.config.apps_dir.join("flwr-home");
+        let runs = self.shared.config.apps_dir.join("flower-runs");
+        let token = admitted.token().to_string();
+        let run_id = context.run_id;
+        let made = tokio::task::spawn_blocking(move || {
+            let execution = flower_runtime::launch::Execution::create(&home, &token)
+                .map_err(|e| format!("cannot make the Flower app's directory: {e}"))?;
+            let workdir = WorkDir::create(&runs, run_id).map_err(|e| {
+                format!("cannot make the app's directory in {}: {e}", runs.display())
+            })?;
+            Ok::<_, String>((OffRuntime::new(execution), OffRuntime::new(workdir)))
+        })
+        .await
+        .map_err(|e| AppError::new(e.to_string()))?;
+        let (execution, workdir) = made.map_err(AppError::new)?;
         // Flower's SuperLink sends the app's output nowhere: what it says reaches the run's log
         // through push-logs. Stderr is kept to explain a crash before that starts.
-        let runs = self.shared.config.apps_dir.join("flower-runs");
-        let workdir = WorkDir::create(&runs, context.run_id).map_err(|e| {
-            AppError::new(format!(
-                "cannot make the app's directory in {}: {e}",
-                runs.display()
-            ))
-        })?;
         let mut command =
-            flower_runtime::launch::app_command(&program, runtime.address, &execution);
-        command.current_dir(workdir.path());
+            flower_runtime::launch::app_command(&program, runtime.address, execution.get());
+        command.current_dir(workdir.get().path());
         let mut process = AppProcess::spawn(&mut command, SERVER_APP_OUTPUT)
             .map_err(|e| AppError::new(format!("cannot start {}: {e}", program.display())))?;
         let patience = self.shared.config.flower_app_patience;
@@ -168,10 +172,11 @@ impl FlowerServerApp {
         // Its last output is in the run's log before the run is declared over, and its files
         // are the run's artifacts. Both wait on the disk: off the runtime.
         let shared = self.shared.clone();
-        let run_id = context.run_id;
+        let (workdir, execution) = (workdir.take(), execution.take());
         let _ = tokio::task::spawn_blocking(move || {
             federation.flush(LOG_FLUSH_TIMEOUT);
             keep_artifacts(&shared, run_id, workdir);
+            drop(execution);
         })
         .await;
         match ended.map_err(AppError::new)? {

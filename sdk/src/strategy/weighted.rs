@@ -20,7 +20,7 @@ use wire::{ArrayRecord, ConfigRecord, MetricRecord};
 /// Federated averaging: each reply weighted by its `num-examples`.
 ///
 /// ```
-/// use model::strategy::{FedAvg, Strategy, TrainReply};
+/// use flwr_sdk::strategy::{FedAvg, Strategy, TrainReply};
 /// use wire::{Array, ArrayRecord, MetricRecord, MetricValue};
 ///
 /// let reply = |value: f32, examples: i64| {

@@ -2,7 +2,7 @@
 //! defaults: how each turns a round's replies into the next global model and into the round's
 //! metrics. The arithmetic follows Flower's step by step (weights normalised in f64 and rounded to
 //! f32 once, then summed reply by reply in f32), so that results agree with Flower's to 1e-6 on
-//! the same inputs; `model/tests/model/strategies.rs` checks each against fixtures Flower produced
+//! the same inputs; `sdk/tests/sdk/strategies.rs` checks each against fixtures Flower produced
 //! (`scripts/strategy-fixtures`).
 //!
 //! - [`FedAvg`] and [`FedProx`]: the weighted mean (FedProx adds `proximal-mu` to the train

@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use model::strategy::{
+use flwr_sdk::strategy::{
     Bulyan, FedAdagrad, FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, FedYogi, Krum,
     MultiKrum, Strategy, StrategyError, TrainReply,
 };
@@ -254,7 +254,7 @@ fn fedprox_sends_its_mu_and_bulyan_refuses_too_few_replies() {
     };
     assert!(matches!(
         bulyan.aggregate_train(1, &one, &replies),
-        Err(model::strategy::StrategyError::TooFewReplies {
+        Err(flwr_sdk::strategy::StrategyError::TooFewReplies {
             needed: 7,
             got: 6,
             ..
@@ -286,7 +286,7 @@ fn a_reply_whose_bytes_disagree_with_its_shape_is_an_error_not_a_panic() {
         ] {
             assert!(matches!(
                 strategy.aggregate_train(1, &good, &replies),
-                Err(model::strategy::StrategyError::Inconsistent(_))
+                Err(flwr_sdk::strategy::StrategyError::Inconsistent(_))
             ));
         }
     }
@@ -337,7 +337,7 @@ fn stateful_strategies_match_arrays_by_name_and_refuse_a_changed_model() {
         let longer = pair([("a", &[1.0, 2.0, 3.0]), ("b", &[3.0, 4.0, 5.0])]);
         assert!(matches!(
             straight.aggregate_train(3, &grown, &[reply(&longer, &weight)]),
-            Err(model::strategy::StrategyError::Inconsistent(_))
+            Err(flwr_sdk::strategy::StrategyError::Inconsistent(_))
         ));
     }
 }
@@ -399,7 +399,7 @@ fn replies_whose_metrics_differ_are_refused_as_flower_refuses_them() {
         ];
         assert!(matches!(
             FedAvg::default().aggregate_train(1, &arrays, &replies),
-            Err(model::strategy::StrategyError::Inconsistent(_))
+            Err(flwr_sdk::strategy::StrategyError::Inconsistent(_))
         ));
     }
     let mut bulyan = Bulyan {
@@ -412,7 +412,7 @@ fn replies_whose_metrics_differ_are_refused_as_flower_refuses_them() {
     }];
     assert!(matches!(
         bulyan.aggregate_train(1, &arrays, &one),
-        Err(model::strategy::StrategyError::Parameter(_))
+        Err(flwr_sdk::strategy::StrategyError::Parameter(_))
     ));
 }
 

@@ -233,7 +233,7 @@ fn sample(nodes: &[NodeId], fraction: f64, min: usize, seed: Option<u64>) -> Vec
     match seed {
         Some(seed) => {
             sampled.sort();
-            sampled.shuffle(&mut crate::data::partition::rng(seed));
+            sampled.shuffle(&mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed));
             sampled.truncate(wanted);
             sampled.sort();
         }
@@ -281,7 +281,7 @@ fn instructions(
 }
 
 /// The failure an error reply reports (`node N: Code: reason`), if it is one.
-pub(crate) fn failure(reply: &Message) -> Option<String> {
+pub fn failure(reply: &Message) -> Option<String> {
     match &reply.body {
         MessageBody::Error(error) => Some(format!(
             "node {}: {:?}: {}",
