@@ -2,7 +2,7 @@
 //! served to nodes that have work of a run using them.
 
 use crate::state::Shared;
-use model::bundle::{Bundle, MAX_BUNDLE_BYTES};
+use app_bundle::{Bundle, MAX_BUNDLE_BYTES};
 use std::sync::Arc;
 use std::time::Duration;
 use wire::bundle::{BundleSignature, MAX_SIGNATURES, signing_message};

@@ -6,7 +6,7 @@
 
 use crate::CliError;
 use crate::fab::select::{Patterns, collect};
-use model::bundle::{Bundle, Component, Entry, MANIFEST, Manifest, archive, hash_of};
+use app_bundle::{Bundle, Component, Entry, MANIFEST, Manifest, archive, hash_of};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use wire::BundleHash;

@@ -1,5 +1,5 @@
 //! The seed app and what the daemons ship besides the SDK: the built-in apps (the CNN's FedAvg,
-//! vector-add) on [`flwr_sdk`]'s traits and strategies, the CNN, datasets, plots and app bundles.
+//! vector-add) on [`flwr_sdk`]'s traits and strategies, the CNN, datasets and plots.
 //! Only the `cnn` module (feature `burn`) needs Burn.
 //!
 //! # Layout
@@ -8,12 +8,10 @@
 //! - [`apps`]: the built-in apps and the registries that find apps by name.
 //! - [`data`]: the prepared-dataset format, sources and partitioning.
 //! - [`plot`]: a run's metrics drawn as SVG and PNG.
-//! - [`bundle`]: app bundles: the archive, its hash and its manifest, and FABs.
 
 #![forbid(unsafe_code)]
 
 pub mod apps;
-pub mod bundle;
 #[cfg(feature = "burn")]
 pub mod cnn;
 pub mod data;

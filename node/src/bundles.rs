@@ -5,8 +5,8 @@
 //! program cannot change what the next execution runs, and files changed on disk never run
 //! unless they hash to what was trusted.
 
-use model::bundle::workspace::Workspace;
-use model::bundle::{Bundle, MAX_BUNDLE_BYTES};
+use app_bundle::workspace::Workspace;
+use app_bundle::{Bundle, MAX_BUNDLE_BYTES};
 use ops::private_dir::create_private_dir;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -332,7 +332,7 @@ fn write_whole(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use model::bundle::{Entry, MANIFEST, archive, hash_of};
+    use app_bundle::{Entry, MANIFEST, archive, hash_of};
 
     fn packed() -> Vec<u8> {
         let manifest = b"[app]\nname = \"a\"\nversion = \"1\"\n[app.components]\nserverapp = \"vector-add\"\nclientapp = \"./bin/client\"\n";

@@ -11,12 +11,12 @@
 //! reply, and the process group is killed whatever happens.
 
 use crate::isolation::{CLIENT_APP_OUTPUT, stopped};
+use app_bundle::Fab;
 use flower_runtime::clientapp::{ClientAppTask, ContextStates, TaskOutcome};
 use flower_runtime::launch::Execution;
 use flower_runtime::messages::{body_from_objects, metadata_to_proto};
 use flower_runtime::objects::{Body, deflate};
 use flower_runtime::tasks::{FabRef, TaskInput, Tasks};
-use model::bundle::Fab;
 use ops::app_process::{AppProcess, EXIT_GRACE, Ended, OUTPUT_GRACE, Output};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -254,7 +254,7 @@ fn native_clientapp(pair: &str) -> Result<(String, String), String> {
     let (publisher, name) = fab_id.split_once('/').ok_or_else(invalid)?;
     let valid = [publisher, name, app]
         .iter()
-        .all(|part| model::bundle::is_app_name(part));
+        .all(|part| app_bundle::is_app_name(part));
     if valid {
         Ok((fab_id.to_string(), app.to_string()))
     } else {

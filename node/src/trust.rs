@@ -48,7 +48,7 @@ impl TrustedApps {
                 trusted.publishers.push(line.key);
             } else if let Some(hash) = BundleHash::from_hex(hex) {
                 trusted.bundles.insert(hash);
-            } else if model::bundle::manifest::is_app_name(entry) {
+            } else if app_bundle::manifest::is_app_name(entry) {
                 trusted.builtins.insert(entry.to_string());
             } else {
                 return Err(format!(

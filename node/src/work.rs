@@ -6,9 +6,9 @@
 use crate::bundles::BundleCache;
 use crate::isolation::{ChildCommand, ClientAppIo, Launch};
 use crate::trust::TrustedApps;
+use app_bundle::Component;
 use flwr_sdk::app::ClientContext;
 use model::apps::ClientApps;
-use model::bundle::Component;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

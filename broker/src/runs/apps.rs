@@ -4,8 +4,8 @@
 use super::flower::FlowerServerApp;
 use super::program::ProgramServerApp;
 use crate::state::Shared;
+use app_bundle::{Bundle, Component, Manifest};
 use flwr_sdk::app::ServerApp;
-use model::bundle::{Bundle, Component, Manifest};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use wire::BundleHash;

@@ -8,7 +8,7 @@
 //! [app.config]
 //! num-server-rounds = 3
 //!
-//! [app.components]              # optional: the app's own programs (see `model::bundle`)
+//! [app.components]              # optional: the app's own programs (see `app_bundle`)
 //! serverapp = "vector-add"
 //! clientapp = "python3 client.py"
 //!
@@ -38,7 +38,7 @@ struct AppTable {
     version: String,
     #[serde(default)]
     config: toml::Table,
-    /// Read in full from the bundle (`model::bundle::Manifest`); here only its presence counts.
+    /// Read in full from the bundle (`app_bundle::Manifest`); here only its presence counts.
     components: Option<toml::Value>,
 }
 

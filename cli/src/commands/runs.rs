@@ -47,7 +47,7 @@ pub async fn start(target: &Target, overrides: &[String], stream: bool) -> Resul
     // builds it; an app whose flwr.toml names programs, as a bundle of its directory.
     let shipped = if app.python_component.is_some() {
         let fab = crate::fab::build(&target.app)?;
-        let hash = model::bundle::hash_of(&fab.bytes);
+        let hash = app_bundle::hash_of(&fab.bytes);
         let what = format!("Flower app {} {} (FAB, ", fab.fab_id, fab.version);
         Some(Shipped {
             hash,

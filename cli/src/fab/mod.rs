@@ -3,16 +3,16 @@
 //! same ZIP layout ([`zip`]) and the `.info/CONTENT` manifest, so the SHA-256 that identifies an
 //! app is the one Flower computes for the same directory.
 
-pub mod pyproject_writer;
 pub mod select;
-pub mod zip;
+
+use app_bundle::fab::{pyproject_writer, zip};
 
 use crate::CliError;
 use sha2::{Digest as _, Sha256};
 use std::path::Path;
 
-/// Largest FAB (Flower's limit).
-pub const MAX_FAB_BYTES: usize = 10 * 1024 * 1024;
+/// Largest FAB: Flower's limit, which the daemons hold every bundle to.
+pub const MAX_FAB_BYTES: usize = app_bundle::MAX_BUNDLE_BYTES as usize;
 
 /// Longest app or directory name.
 const MAX_NAME_LEN: usize = 32;

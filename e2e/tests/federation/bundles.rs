@@ -147,7 +147,7 @@ async fn bytes_that_are_not_the_offered_bundle_are_refused_and_not_stored() {
     assert!(error.contains("SHA-256"), "{error}");
     let garbage = b"not an archive".to_vec();
     let error = client
-        .offer_bundle(model::bundle::hash_of(&garbage), &garbage, Vec::new())
+        .offer_bundle(app_bundle::hash_of(&garbage), &garbage, Vec::new())
         .await
         .unwrap_err()
         .to_string();
@@ -158,7 +158,7 @@ async fn bytes_that_are_not_the_offered_bundle_are_refused_and_not_stored() {
     client.close().await;
     let store = &federation.broker().shared.store;
     assert!(!store.has_bundle(packed.hash).unwrap());
-    assert!(!store.has_bundle(model::bundle::hash_of(&garbage)).unwrap());
+    assert!(!store.has_bundle(app_bundle::hash_of(&garbage)).unwrap());
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use model::bundle::{Bundle, Fab, hash_of};
+use app_bundle::{Bundle, Fab, hash_of};
 use node::flower::{FlowerClientApps, FlowerJob};
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -10,6 +10,9 @@
 //! directory. Sizes are bounded by the archive's (at most [`super::MAX_BUNDLE_BYTES`]) before
 //! anything is inflated.
 
+pub mod pyproject_writer;
+pub mod zip;
+
 use super::archive::check_path;
 use super::{BundleError, Component, MAX_BUNDLE_BYTES, MAX_FILES, Manifest, is_app_name};
 use sha2::{Digest as _, Sha256};

@@ -63,7 +63,7 @@ impl Drop for Workspace {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bundle::{Entry, MANIFEST, archive, hash_of};
+    use crate::{Entry, MANIFEST, archive, hash_of};
 
     fn bundle() -> Bundle {
         let manifest = b"[app]\nname = \"a\"\nversion = \"1\"\n[app.components]\nserverapp = \"vector-add\"\nclientapp = \"./bin/client\"\n";

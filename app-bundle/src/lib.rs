@@ -7,7 +7,10 @@
 //! - [`manifest`]: `flwr.toml` inside a bundle: name, version and the two components.
 //! - [`workspace`]: a fresh, private copy of a bundle's files for one execution of a program.
 //! - [`fab`]: Flower App Bundles, which travel the same way and are run by Flower's own
-//!   `flwr-serverapp` and `flwr-clientapp`.
+//!   `flwr-serverapp` and `flwr-clientapp`: read here, and written ([`fab::zip`],
+//!   [`fab::pyproject_writer`]) byte for byte as Flower's `flwr build` writes them.
+
+#![forbid(unsafe_code)]
 
 pub mod archive;
 pub mod fab;

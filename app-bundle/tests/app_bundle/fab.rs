@@ -3,8 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-use model::bundle::fab::{self, CONTENT, PYPROJECT};
-use model::bundle::{Bundle, BundleError, Component, hash_of};
+use app_bundle::fab::{self, CONTENT, PYPROJECT};
+use app_bundle::{Bundle, BundleError, Component, hash_of};
 use sha2::{Digest as _, Sha256};
 
 /// Built by Flower 1.42's `flwr build` from `flower-runtime/tests/fixtures/echo-app`.

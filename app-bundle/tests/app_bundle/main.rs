@@ -1,0 +1,3 @@
+//! The app-bundle crate's integration tests, one binary: FABs as the daemons read them.
+
+mod fab;

@@ -1,3 +1,0 @@
-//! The model crate's integration tests, one binary: FABs as the daemons read them.
-
-mod fab;
