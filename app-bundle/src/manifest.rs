@@ -106,7 +106,9 @@ fn invalid(why: impl Into<String>) -> BundleError {
     BundleError::Manifest(why.into())
 }
 
-/// Whether `name` is a valid app name: a letter, then letters, digits, hyphens and underscores.
+/// Whether `name` is a valid native bundle's app name: an ASCII letter, then ASCII letters, digits,
+/// hyphens and underscores (a FAB's name follows Flower's rule instead:
+/// [`crate::fab::is_fab_name`] says why they differ).
 pub fn is_app_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic())

@@ -67,23 +67,10 @@ impl ServerAppIo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     /// What the hello reader makes of `bytes`.
     async fn shown(bytes: Vec<u8>) -> Option<Shown<Token>> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let writer = tokio::spawn(async move {
-            let mut stream = TcpStream::connect(address).await.unwrap();
-            stream.write_all(&bytes).await.unwrap();
-            // Held open until the reader is done, so that a short hello is not an end of file.
-            let _ = stream.read_u8().await;
-        });
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let shown = read_hello(&mut stream).await;
-        drop(stream);
-        writer.await.unwrap();
-        shown
+        ops::token_gate::shown_by(read_hello, bytes).await
     }
 
     #[tokio::test]

@@ -15,29 +15,30 @@ fn fixtures() -> &'static Path {
 fn the_fab_is_byte_for_byte_flowers() {
     let fab = cli::fab::build(&fixtures().join("fabapp")).unwrap();
     let flower = std::fs::read(fixtures().join(FLOWER_FAB)).unwrap();
-    if fab.bytes != flower {
+    if fab.fab.archive != flower {
         // Say where they part, not just that they do.
         let at = fab
-            .bytes
+            .fab
+            .archive
             .iter()
             .zip(&flower)
             .position(|(a, b)| a != b)
-            .unwrap_or(fab.bytes.len().min(flower.len()));
+            .unwrap_or(fab.fab.archive.len().min(flower.len()));
         let context = |bytes: &[u8]| {
             String::from_utf8_lossy(&bytes[at.saturating_sub(40)..(at + 40).min(bytes.len())])
                 .into_owned()
         };
         panic!(
             "FABs differ at byte {at} (ours {} bytes, Flower's {}):\nours:    {:?}\nFlower's: {:?}",
-            fab.bytes.len(),
+            fab.fab.archive.len(),
             flower.len(),
-            context(&fab.bytes),
+            context(&fab.fab.archive),
             context(&flower)
         );
     }
     assert_eq!(fab.file_name, FLOWER_FAB);
-    assert_eq!(fab.fab_id, "flower-rs/fabapp");
-    assert_eq!(fab.version, "1.2.0");
+    assert_eq!(fab.fab.fab_id, "flower-rs/fabapp");
+    assert_eq!(fab.fab.version, "1.2.0");
 }
 
 #[test]
@@ -79,5 +80,8 @@ fn the_echo_app_builds_to_the_fab_flower_built_for_it() {
     ));
     let fab = cli::fab::build(&dir.join("echo-app")).unwrap();
     let flower = std::fs::read(dir.join("echo-app.fab")).unwrap();
-    assert!(fab.bytes == flower, "the echo app's FAB is not Flower's");
+    assert!(
+        fab.fab.archive == flower,
+        "the echo app's FAB is not Flower's"
+    );
 }

@@ -1,7 +1,7 @@
 //! Flower's own ClientApps. For each instruction of a run whose bundle is a FAB, the node starts
 //! Flower's `flwr-clientapp` (from the `flwr` package, found on `PATH` or given with
 //! `--flwr-clientapp`) with a one-time token, and serves it Flower 1.42's runtime API on a
-//! loopback port ([`flower_runtime::task`]): the app installs the FAB, takes the instruction,
+//! loopback port ([`flower_runtime::clientapp`]): the app installs the FAB, takes the instruction,
 //! runs the Python ClientApp and pushes its reply, which the node sends back over the fleet like
 //! any other. The context's state the app leaves behind is handed to the run's next task, as
 //! Flower's SuperNode does.

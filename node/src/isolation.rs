@@ -416,25 +416,10 @@ fn is_backtrace(line: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     /// What the hello reader makes of `bytes`.
     async fn shown(bytes: Vec<u8>) -> Option<Shown<Token>> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let writer = tokio::spawn(async move {
-            let mut stream = TcpStream::connect(address).await.unwrap();
-            stream.write_all(&bytes).await.unwrap();
-            // Held open until the reader is done, so that a short hello is not an end of file.
-            let _ = stream.read_u8().await;
-        });
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let shown = tokio::time::timeout(ops::token_gate::HELLO_TIMEOUT, read_hello(&mut stream))
-            .await
-            .unwrap_or(None);
-        drop(stream);
-        writer.await.unwrap();
-        shown
+        ops::token_gate::shown_by(read_hello, bytes).await
     }
 
     fn hello(version: u16, token: Token) -> Vec<u8> {

@@ -274,6 +274,27 @@ impl<T: Copy + Eq + Hash + Send + Sync + 'static> TokenGate<T> {
     }
 }
 
+/// What `read_hello` makes of a connection that sends `bytes` and then waits: how each API's
+/// tests check its hello.
+pub async fn shown_by<T>(read_hello: HelloReader<T>, bytes: Vec<u8>) -> Option<Shown<T>> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = TcpListener::bind("127.0.0.1:0").await.ok()?;
+    let address = listener.local_addr().ok()?;
+    let writer = tokio::spawn(async move {
+        let mut stream = TcpStream::connect(address).await.ok()?;
+        stream.write_all(&bytes).await.ok()?;
+        // Held open until the reader is done, so that a short hello is not an end of file.
+        stream.read_u8().await.ok()
+    });
+    let (mut stream, _) = listener.accept().await.ok()?;
+    let shown = tokio::time::timeout(HELLO_TIMEOUT, read_hello(&mut stream))
+        .await
+        .unwrap_or(None);
+    drop(stream);
+    let _ = writer.await;
+    shown
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

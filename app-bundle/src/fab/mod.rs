@@ -43,6 +43,24 @@ pub struct Fab {
     pub archive: Vec<u8>,
 }
 
+/// Longest name of a Flower app, in characters (Flower's limit).
+pub const MAX_FAB_NAME_LEN: usize = 32;
+
+/// Whether `name` is a valid Flower app name, as Flower's `flwr build` checks it: a letter, then
+/// letters, digits and hyphens, at most [`MAX_FAB_NAME_LEN`] characters, where a letter is any
+/// Unicode letter (Python's `isalpha`).
+///
+/// Not the rule of a native bundle's name ([`crate::manifest::is_app_name`]), and rightly so:
+/// a FAB's name is Flower's to define and is refused where Flower refuses it, while a native
+/// bundle's name becomes a directory name on every node, so it is held to ASCII (with `_`, which
+/// Rust and Python package names use).
+pub fn is_fab_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(char::is_alphabetic)
+        && chars.all(|c| c.is_alphanumeric() || c == '-')
+        && name.chars().count() <= MAX_FAB_NAME_LEN
+}
+
 /// Whether `bytes` look like a ZIP archive rather than a bundle's tar.
 pub fn is_fab(bytes: &[u8]) -> bool {
     bytes.starts_with(ZIP_MAGIC)

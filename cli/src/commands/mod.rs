@@ -78,19 +78,19 @@ pub async fn run(command: Command) -> Result<(), CliError> {
 /// `flwr build`: writes the app's FAB into the current directory.
 fn build(app: Option<std::path::PathBuf>, format: Format) -> Result<(), CliError> {
     let app = app.unwrap_or_else(|| std::path::PathBuf::from("."));
-    let fab = crate::fab::build(&app)?;
-    std::fs::write(&fab.file_name, &fab.bytes)
-        .map_err(|e| CliError::Io(format!("cannot write {}: {e}", fab.file_name)))?;
+    let built = crate::fab::build(&app)?;
+    std::fs::write(&built.file_name, &built.fab.archive)
+        .map_err(|e| CliError::Io(format!("cannot write {}: {e}", built.file_name)))?;
     match format {
         Format::Json => print_json(&serde_json::json!({
             "success": true,
-            "fab-filename": fab.file_name,
-            "fab-id": fab.fab_id,
-            "fab-version": fab.version,
-            "fab-hash": fab.hash,
-            "bytes": fab.bytes.len(),
+            "fab-filename": built.file_name,
+            "fab-id": built.fab.fab_id,
+            "fab-version": built.fab.version,
+            "fab-hash": built.hash,
+            "bytes": built.fab.archive.len(),
         })),
-        Format::Default => println!("Successfully built {}", fab.file_name),
+        Format::Default => println!("Successfully built {}", built.file_name),
     }
     Ok(())
 }

@@ -46,14 +46,14 @@ pub async fn start(target: &Target, overrides: &[String], stream: bool) -> Resul
     // SuperLink. A Flower app (Python components) travels as its FAB, built as `flwr build`
     // builds it; an app whose flwr.toml names programs, as a bundle of its directory.
     let shipped = if app.python_component.is_some() {
-        let fab = crate::fab::build(&target.app)?;
-        let hash = app_bundle::hash_of(&fab.bytes);
+        let fab = crate::fab::build(&target.app)?.fab;
+        let hash = app_bundle::hash_of(&fab.archive);
         let what = format!("Flower app {} {} (FAB, ", fab.fab_id, fab.version);
         Some(Shipped {
             hash,
             what,
             files: None,
-            bytes: fab.bytes,
+            bytes: fab.archive,
         })
     } else if app.bundled {
         let packed = crate::bundle::pack(&target.app)?;

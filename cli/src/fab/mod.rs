@@ -5,7 +5,7 @@
 
 pub mod select;
 
-use app_bundle::fab::{pyproject_writer, zip};
+use app_bundle::fab::{Fab, MAX_FAB_NAME_LEN, pyproject_writer, zip};
 
 use crate::CliError;
 use sha2::{Digest as _, Sha256};
@@ -14,37 +14,26 @@ use std::path::Path;
 /// Largest FAB: Flower's limit, which the daemons hold every bundle to.
 pub const MAX_FAB_BYTES: usize = app_bundle::MAX_BUNDLE_BYTES as usize;
 
-/// Longest app or directory name.
-const MAX_NAME_LEN: usize = 32;
-
-/// A built FAB.
+/// A FAB built here: the FAB as the daemons read it, and what Flower names it by.
 #[derive(Debug, Clone)]
-pub struct Fab {
-    /// The archive.
-    pub bytes: Vec<u8>,
+pub struct BuiltFab {
+    /// Its id, version and archive.
+    pub fab: Fab,
     /// SHA-256 of the archive, hex.
     pub hash: String,
-    /// `publisher/name`.
-    pub fab_id: String,
-    /// `[project] version`.
-    pub version: String,
     /// The file name Flower gives it: `publisher.name.version.hash8.fab`, dots in the version
     /// turned into dashes.
     pub file_name: String,
 }
 
-/// Whether `name` is a valid app name: a letter, then letters, digits and hyphens, at most 32.
+/// Whether `name` is a valid Flower app name ([`app_bundle::fab::is_fab_name`]).
 fn check_name(name: &str, what: &str) -> Result<(), CliError> {
-    let mut chars = name.chars();
-    let valid = chars.next().is_some_and(char::is_alphabetic)
-        && chars.all(|c| c.is_alphanumeric() || c == '-')
-        && name.chars().count() <= MAX_NAME_LEN;
-    if valid {
+    if app_bundle::fab::is_fab_name(name) {
         Ok(())
     } else {
         Err(CliError::Config(format!(
             "{what} {name:?} is invalid: a valid app name starts with a letter, holds only \
-             letters, digits and hyphens, and is at most {MAX_NAME_LEN} characters long"
+             letters, digits and hyphens, and is at most {MAX_FAB_NAME_LEN} characters long"
         )))
     }
 }
@@ -132,7 +121,7 @@ fn user_patterns(config: &toml::Table, key: &str) -> Result<Option<Vec<String>>,
 }
 
 /// Builds the FAB of the app in `dir`.
-pub fn build(dir: &Path) -> Result<Fab, CliError> {
+pub fn build(dir: &Path) -> Result<BuiltFab, CliError> {
     let fail = |reason: String| CliError::Config(format!("{}: {reason}", dir.display()));
     let dir = dir
         .canonicalize()
@@ -265,11 +254,13 @@ pub fn build(dir: &Path) -> Result<Fab, CliError> {
         version.replace('.', "-"),
         &hash[..8]
     );
-    Ok(Fab {
-        bytes,
+    Ok(BuiltFab {
+        fab: Fab {
+            fab_id: format!("{publisher}/{name}"),
+            version,
+            archive: bytes,
+        },
         hash,
-        fab_id: format!("{publisher}/{name}"),
-        version,
         file_name,
     })
 }

@@ -33,10 +33,10 @@ async fn start_flower_app(federation: &Federation, dir: &Path, overrides: &[Stri
     let app = config.app.as_ref().unwrap();
     let run_config = cli::run_config::fuse(app, overrides).unwrap();
     let fab = cli::fab::build(dir).unwrap();
-    let hash = app_bundle::hash_of(&fab.bytes);
+    let hash = app_bundle::hash_of(&fab.fab.archive);
     let mut client = federation.operator().await.unwrap();
     client
-        .offer_bundle(hash, &fab.bytes, Vec::new())
+        .offer_bundle(hash, &fab.fab.archive, Vec::new())
         .await
         .unwrap();
     let run_id = client.start_bundled_run(hash, run_config).await.unwrap();

@@ -2,13 +2,14 @@
 //! node's `flwr-clientapp` (built in this package as `e2e-clientapp`) started for every
 //! instruction, or by hand for a node under `--isolation process`.
 
+use crate::runs::final_vector;
 use broker::config::NodeAuth;
 use e2e::{Db, Federation, PATIENCE, RunningNode};
 use node::isolation::Isolation;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use wire::control::RunStatus;
-use wire::{ArrayRecord, ConfigRecord, ConfigValue, RunId};
+use wire::{ConfigRecord, ConfigValue, RunId};
 
 /// The client app program, and the name its processes have.
 const CLIENTAPP: &str = env!("CARGO_BIN_EXE_e2e-clientapp");
@@ -87,18 +88,6 @@ async fn run_vector_add(
         assert!(Instant::now() < deadline, "run never finished");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn final_vector(federation: &Federation, run_id: RunId) -> Vec<f32> {
-    let bytes = federation
-        .broker()
-        .shared
-        .store
-        .artifact(run_id, "final.arrays")
-        .unwrap()
-        .expect("final arrays stored");
-    let arrays: ArrayRecord = postcard::from_bytes(&bytes).unwrap();
-    arrays.get("vector").unwrap().to_f32().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

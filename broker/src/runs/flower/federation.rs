@@ -28,8 +28,8 @@ enum LogWork {
 /// The run's federation, as the Flower ServerApp's task uses it.
 pub struct BrokerFederation {
     grid: Arc<BrokerGrid>,
-    /// Batches of log lines, written in order by a thread of their own: a log write commits to
-    /// the database, which no request of the app's should wait on. The queue is bounded; what
+    /// Batches of log lines, written in order by a blocking task of their own: a log write
+    /// commits to the database, which no request of the app's should wait on. The queue is bounded; what
     /// does not fit is counted and said.
     logs: std::sync::mpsc::SyncSender<LogWork>,
     /// Lines dropped because the queue was full.
@@ -42,8 +42,9 @@ impl BrokerFederation {
         let (logs, work) = std::sync::mpsc::sync_channel::<LogWork>(LOG_QUEUE);
         let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = dropped.clone();
-        // Ends when the federation, and with it every sender, is dropped.
-        std::thread::spawn(move || {
+        // On the runtime's blocking pool, so that the broker's shutdown waits for it; it ends
+        // when the federation, and with it every sender, is dropped.
+        tokio::task::spawn_blocking(move || {
             for item in work {
                 match item {
                     LogWork::Lines(mut lines) => {
