@@ -18,7 +18,7 @@ fn message(parameters: usize) -> Message {
             reply_to: None,
             group_id: "1".into(),
             ttl_ms: 60_000,
-            message_type: MessageType::Train,
+            message_type: MessageType::TRAIN,
             created_at_ms: 0,
         },
         body: MessageBody::Content(

@@ -65,7 +65,7 @@ impl ServerApp for ProbeServer {
                 .iter()
                 .map(|&dst| Instruction {
                     dst,
-                    message_type: MessageType::Train,
+                    message_type: MessageType::TRAIN,
                     group_id: "1".into(),
                     content: round.content.clone(),
                 })

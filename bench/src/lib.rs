@@ -30,6 +30,7 @@ pub fn record(parameters: usize, seed: u32) -> ArrayRecord {
             dtype: DType::F32,
             shape: vec![len as u64],
             data,
+            serialised: None,
         };
         record.insert(format!("layer{i}.weight"), array);
     }

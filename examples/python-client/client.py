@@ -13,7 +13,7 @@ import socket
 import struct
 import sys
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MAX_FRAME = 8 * 1024 * 1024
 
 
@@ -115,19 +115,29 @@ DTYPE_SIZES = [4, 8, 2, 2, 1, 4, 8, 1, 1]  # F32 F64 F16 BF16 I8 I32 I64 U8 BOOL
 F32 = 0
 
 
+def read_bytes(r):
+    return r.take(r.varint())
+
+
+def read_bool(r):
+    return r.byte() == 1
+
+
+# ConfigValue's variants in index order: Int Float Bool Str Bytes UInt, then the lists of
+# Int UInt Float Bool Str Bytes.
+CONFIG_READERS = [
+    Reader.signed, Reader.f64, read_bool, Reader.string, read_bytes, Reader.varint,
+    lambda r: r.seq(r.signed), lambda r: r.seq(r.varint), lambda r: r.seq(r.f64),
+    lambda r: r.seq(lambda: read_bool(r)), lambda r: r.seq(r.string),
+    lambda r: r.seq(lambda: read_bytes(r)),
+]
+
+
 def read_config_value(r):
     kind = r.varint()
-    if kind == 0:
-        return r.signed()
-    if kind == 1:
-        return r.f64()
-    if kind == 2:
-        return r.byte() == 1
-    if kind == 3:
-        return r.string()
-    if kind == 4:
-        return r.take(r.varint())
-    raise ValueError(f"config value kind {kind}")
+    if kind >= len(CONFIG_READERS):
+        raise ValueError(f"config value kind {kind}")
+    return CONFIG_READERS[kind](r)
 
 
 def read_named(r, read_value):
@@ -139,20 +149,23 @@ def read_array(r):
     shape = r.seq(r.varint)
     if r.varint() != 0:
         raise ValueError("array bytes inside the head")
-    return {"dtype": dtype, "shape": shape, "data": b""}
+    # A serialised array: dtype and serialisation type as text, the shape it claims.
+    serialised = r.option(lambda: (r.string(), r.seq(r.signed), r.string()))
+    return {"dtype": dtype, "shape": shape, "data": b"", "serialised": serialised}
+
+
+# MetricValue's variants in index order: Int Float IntList FloatList UInt UIntList.
+METRIC_READERS = [
+    Reader.signed, Reader.f64, lambda r: r.seq(r.signed), lambda r: r.seq(r.f64),
+    Reader.varint, lambda r: r.seq(r.varint),
+]
 
 
 def read_metric_value(r):
     kind = r.varint()
-    if kind == 0:
-        return r.signed()
-    if kind == 1:
-        return r.f64()
-    if kind == 2:
-        return r.seq(r.signed)
-    if kind == 3:
-        return r.seq(r.f64)
-    raise ValueError(f"metric value kind {kind}")
+    if kind >= len(METRIC_READERS):
+        raise ValueError(f"metric value kind {kind}")
+    return METRIC_READERS[kind](r)
 
 
 def read_record(r):
@@ -172,7 +185,7 @@ def read_metadata(r):
         "reply_to": r.option(r.varint),
         "group_id": r.string(),
         "ttl_ms": r.varint(),
-        "message_type": r.varint(),
+        "message_type": r.string(),
         "created_at_ms": r.varint(),
     }
 
@@ -205,16 +218,16 @@ def write_reply(sock, instruction, records):
     head = (varint(m["run_id"]) + varint(int.from_bytes(os.urandom(16), "little"))
             + varint(m["dst_node_id"]) + varint(m["src_node_id"])
             + b"\x01" + varint(m["message_id"]) + string(m["group_id"])
-            + varint(m["ttl_ms"]) + varint(m["message_type"]) + varint(0))
+            + varint(m["ttl_ms"]) + string(m["message_type"]) + varint(0))
     head += varint(0) + varint(len(records))  # Content, then the records
     chunks = []
     for name, (kind, entries) in records:
         head += string(name) + varint(kind) + varint(len(entries))
         for key, value in entries:
             head += string(key)
-            if kind == 0:  # an array: dtype, shape, no bytes (they follow as chunks)
+            if kind == 0:  # an array: dtype, shape, no bytes (they follow as chunks), dense
                 head += varint(value["dtype"]) + varint(len(value["shape"]))
-                head += b"".join(varint(d) for d in value["shape"]) + varint(0)
+                head += b"".join(varint(d) for d in value["shape"]) + varint(0) + b"\x00"
                 if value["data"]:
                     chunks.append(value["data"])
             elif kind == 1:  # a metric: Int or Float

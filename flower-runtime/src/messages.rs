@@ -52,39 +52,19 @@ pub fn metadata_to_proto(message: &Message) -> proto::Metadata {
     }
 }
 
-/// A Flower error as this project's: the code mapped where one matches, and Flower's own code
-/// kept in the reason, so the run log says exactly what Flower said.
+/// A Flower error as this project's: the code mapped where it means the same here and kept as
+/// [`ErrorCode::Flower`] otherwise, and the reason as given, so that it goes back to Flower as it
+/// came ([`error_to_proto`]).
 pub fn error_from_proto(error: &proto::Error) -> MessageError {
     let code = match error.code {
-        code::MESSAGE_UNAVAILABLE | code::REPLY_MESSAGE_UNAVAILABLE => {
-            ErrorCode::MessageUnavailable
-        }
+        code::CLIENT_APP_RAISED_EXCEPTION => ErrorCode::ClientAppRaisedException,
+        code::MESSAGE_UNAVAILABLE => ErrorCode::MessageUnavailable,
         code::NODE_UNAVAILABLE => ErrorCode::NodeUnavailable,
-        _ => ErrorCode::ClientAppRaisedException,
+        other => ErrorCode::Flower(other),
     };
     MessageError {
         code,
-        reason: format!(
-            "Flower error {} ({}): {}",
-            error.code,
-            name_of(error.code),
-            wire::text::sanitize(&error.reason, 4096)
-        ),
-    }
-}
-
-/// The name Flower gives error `code`.
-pub fn name_of(error_code: i64) -> &'static str {
-    match error_code {
-        code::LOAD_CLIENT_APP_EXCEPTION => "LOAD_CLIENT_APP_EXCEPTION",
-        code::CLIENT_APP_RAISED_EXCEPTION => "CLIENT_APP_RAISED_EXCEPTION",
-        code::MESSAGE_UNAVAILABLE => "MESSAGE_UNAVAILABLE",
-        code::REPLY_MESSAGE_UNAVAILABLE => "REPLY_MESSAGE_UNAVAILABLE",
-        code::NODE_UNAVAILABLE => "NODE_UNAVAILABLE",
-        code::MOD_FAILED_PRECONDITION => "MOD_FAILED_PRECONDITION",
-        code::INVALID_FAB => "INVALID_FAB",
-        code::CLIENT_APP_CRASHED => "CLIENT_APP_CRASHED",
-        _ => "UNKNOWN",
+        reason: error.reason.clone(),
     }
 }
 
@@ -96,6 +76,7 @@ pub fn error_to_proto(error: &MessageError) -> proto::Error {
         ErrorCode::NodeUnavailable => code::NODE_UNAVAILABLE,
         ErrorCode::UnknownApp | ErrorCode::UntrustedApp => code::LOAD_CLIENT_APP_EXCEPTION,
         ErrorCode::InvalidReply | ErrorCode::RunStopped => code::UNKNOWN,
+        ErrorCode::Flower(code) => code,
     };
     proto::Error {
         code,
@@ -124,16 +105,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flowers_codes_survive_in_the_reason() {
-        let error = error_from_proto(&proto::Error {
+    fn every_flower_error_goes_back_to_flower_as_it_came() {
+        for flower_code in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, -1, i64::MAX] {
+            let error = proto::Error {
+                code: flower_code,
+                reason: "ValueError: boom\n  at line 3".into(),
+            };
+            assert_eq!(error_to_proto(&error_from_proto(&error)), error);
+        }
+        let raised = error_from_proto(&proto::Error {
             code: code::CLIENT_APP_RAISED_EXCEPTION,
-            reason: "ValueError: boom".into(),
+            reason: String::new(),
         });
-        assert_eq!(error.code, ErrorCode::ClientAppRaisedException);
-        assert_eq!(
-            error.reason,
-            "Flower error 2 (CLIENT_APP_RAISED_EXCEPTION): ValueError: boom"
-        );
+        assert_eq!(raised.code, ErrorCode::ClientAppRaisedException);
         let offline = error_from_proto(&proto::Error {
             code: code::NODE_UNAVAILABLE,
             reason: String::new(),

@@ -84,7 +84,6 @@ fn shape_repr(shape: &[u64]) -> String {
 
 /// `array` as numpy would save it.
 pub fn encode(array: &Array) -> Result<Vec<u8>, NpyError> {
-    let (_, descr) = numpy_dtype(array.dtype)?;
     let expected = array.numel().saturating_mul(array.dtype.size());
     if expected != array.data.len() as u64 {
         return Err(NpyError::Length {
@@ -92,11 +91,20 @@ pub fn encode(array: &Array) -> Result<Vec<u8>, NpyError> {
             got: array.data.len() as u64,
         });
     }
+    let mut bytes = header(array.dtype, &array.shape)?;
+    bytes.reserve_exact(array.data.len());
+    bytes.extend_from_slice(&array.data);
+    Ok(bytes)
+}
+
+/// The bytes numpy writes before the elements of an array of `dtype` and `shape`.
+pub fn header(dtype: DType, shape: &[u64]) -> Result<Vec<u8>, NpyError> {
+    let (_, descr) = numpy_dtype(dtype)?;
     let mut header = format!(
         "{{'descr': '{descr}', 'fortran_order': False, 'shape': {}, }}",
-        shape_repr(&array.shape)
+        shape_repr(shape)
     );
-    if let Some(first) = array.shape.first() {
+    if let Some(first) = shape.first() {
         let digits = first.to_string().len();
         header.push_str(&" ".repeat(GROWTH_AXIS_MAX_DIGITS.saturating_sub(digits)));
     }
@@ -107,14 +115,13 @@ pub fn encode(array: &Array) -> Result<Vec<u8>, NpyError> {
     let header_len = u16::try_from(header_len).map_err(|_| {
         NpyError::Malformed("the shape is too long for a version 1.0 header".into())
     })?;
-    let mut bytes = Vec::with_capacity(unpadded + padding + array.data.len());
+    let mut bytes = Vec::with_capacity(unpadded + padding);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&[1, 0]);
     bytes.extend_from_slice(&header_len.to_le_bytes());
     bytes.extend_from_slice(header.as_bytes());
     bytes.resize(bytes.len() + padding, b' ');
     bytes.push(b'\n');
-    bytes.extend_from_slice(&array.data);
     Ok(bytes)
 }
 
@@ -156,11 +163,7 @@ pub fn decode(bytes: &[u8]) -> Result<Array, NpyError> {
             got: data.len() as u64,
         });
     }
-    Ok(Array {
-        dtype,
-        shape,
-        data: data.to_vec(),
-    })
+    Ok(Array::dense(dtype, shape, data.to_vec()))
 }
 
 fn split(bytes: &[u8], at: usize) -> Option<(&[u8], &[u8])> {

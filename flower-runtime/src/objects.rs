@@ -11,8 +11,8 @@
 
 use crate::proto;
 use crate::records::{
-    self, NUMPY_STYPE, RecordError, array_from_parts, config_from_proto, config_to_proto,
-    metrics_from_proto, metrics_to_proto,
+    self, RecordError, array_from_parts, config_from_proto, config_to_proto, metrics_from_proto,
+    metrics_to_proto,
 };
 use prost::Message as _;
 use serde_json::{Map, Value};
@@ -145,7 +145,7 @@ impl Deflater {
         body.push_str(", \"shape\": ");
         push_json_list(&mut body, parts.shape.iter());
         body.push_str(", \"stype\": ");
-        push_json_string(&mut body, NUMPY_STYPE);
+        push_json_string(&mut body, &parts.stype);
         body.push_str(", \"arraychunk_ids\": ");
         push_json_list(&mut body, positions.iter());
         body.push('}');
@@ -477,13 +477,13 @@ impl<'o> Inflater<'o> {
         let parsed = self.parse(id, "ArrayRecord")?;
         let mut arrays = ArrayRecord::new();
         for (name, child) in self.refs(&parsed)? {
-            let array = self.array(&name, &child)?;
+            let array = self.array(&child)?;
             arrays.insert(name, array);
         }
         Ok(arrays)
     }
 
-    fn array(&mut self, name: &str, id: &str) -> Result<Array, ObjectError> {
+    fn array(&mut self, id: &str) -> Result<Array, ObjectError> {
         let parsed = self.parse(id, "Array")?;
         let meta: Map<String, Value> =
             serde_json::from_slice(parsed.body).map_err(|e| malformed(id, e))?;
@@ -503,6 +503,11 @@ impl<'o> Inflater<'o> {
         ) else {
             return Err(malformed(id, "array metadata lacks a field"));
         };
+        let shape = shape
+            .iter()
+            .map(|&d| i32::try_from(d))
+            .collect::<Result<Vec<i32>, _>>()
+            .map_err(|_| malformed(id, "a dimension is outside Flower's 32-bit range"))?;
         let distinct: HashSet<&str> = parsed.children.iter().copied().collect();
         if distinct.len() != parsed.children.len() {
             return Err(malformed(id, "a chunk is listed twice among its children"));
@@ -527,6 +532,6 @@ impl<'o> Inflater<'o> {
         for chunk in order {
             data.extend_from_slice(chunk);
         }
-        Ok(array_from_parts(name, dtype, &shape, stype, &data)?)
+        Ok(array_from_parts(dtype, &shape, stype, data))
     }
 }

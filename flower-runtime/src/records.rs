@@ -1,54 +1,42 @@
-//! Flower's record values and this project's, both ways, exactly: every value this project can
-//! hold goes to Flower and back unchanged, and every Flower value that has a counterpart here comes
-//! back to Flower byte for byte. The few Flower values without one (integers above `i64::MAX`,
-//! lists in a config record, arrays of a dtype numpy has and this project has not) are refused
-//! with a typed error rather than approximated.
+//! Flower's record values and this project's, both ways, exactly: every Flower value comes back to
+//! Flower byte for byte, and every value this project holds goes to Flower and back unchanged.
+//! Integers above `i64::MAX` stay unsigned, lists keep their element type (an empty one too), and
+//! an array is read as a dense tensor only where writing it back gives the same bytes; any other
+//! array (another serialisation type, a dtype this project lacks, legacy `Parameters` with their
+//! empty dtype and shape) is carried as given ([`wire::records::Serialised`]).
+//!
+//! What cannot cross is refused with a typed error: a list in a run or node config (Flower's
+//! `Scalar` holds single values) and a value with nothing set.
 
-use crate::npy::{self, NpyError};
+use crate::npy;
 use crate::proto;
 use crate::proto::config_record_value::Value as ConfigProto;
 use crate::proto::metric_record_value::Value as MetricProto;
 use thiserror::Error;
-use wire::records::{Array, ArrayRecord, ConfigRecord, ConfigValue, MetricRecord, MetricValue};
+use wire::records::{
+    Array, ArrayRecord, ConfigRecord, ConfigValue, MetricRecord, MetricValue, Serialised,
+};
 
-/// The serialisation type of every array Flower sends and this project writes.
+/// The serialisation type of numpy's `.npy` format, which Flower uses for its own arrays.
 pub const NUMPY_STYPE: &str = "numpy.ndarray";
 
 /// Why a value cannot cross between Flower and this project.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum RecordError {
-    /// A Flower value with no counterpart here.
+    /// A value with no counterpart on the other side.
     #[error("{0} cannot be represented here")]
     Unsupported(String),
-    /// An array's `.npy` bytes are not usable.
-    #[error("array {name:?}: {error}")]
-    Array {
-        /// The array's name in its record.
-        name: String,
-        /// What is wrong with it.
-        error: NpyError,
-    },
-    /// An array whose dtype name, serialisation type or shape disagree with its data.
+    /// An array this project holds that Flower's `Array` cannot describe.
     #[error("array {name:?}: {why}")]
     Inconsistent {
         /// The array's name in its record.
         name: String,
-        /// What disagrees.
+        /// What stands in the way.
         why: String,
     },
     /// A value that is empty in a way Flower never writes (a oneof with nothing set).
     #[error("{0} has no value")]
     Empty(String),
-}
-
-fn unsupported_uint(what: &str, value: u64) -> RecordError {
-    RecordError::Unsupported(format!(
-        "{what}: the unsigned integer {value} (above i64::MAX)"
-    ))
-}
-
-fn signed(what: &str, value: u64) -> Result<i64, RecordError> {
-    i64::try_from(value).map_err(|_| unsupported_uint(what, value))
 }
 
 /// A metric record's protobuf body, as Flower writes it.
@@ -58,9 +46,13 @@ pub fn metrics_to_proto(record: &MetricRecord) -> proto::MetricRecord {
         .map(|(key, value)| {
             let value = match value {
                 MetricValue::Int(v) => MetricProto::Sint64(*v),
+                MetricValue::UInt(v) => MetricProto::Uint64(*v),
                 MetricValue::Float(v) => MetricProto::Double(*v),
                 MetricValue::IntList(v) => {
                     MetricProto::SintList(proto::SintList { vals: v.clone() })
+                }
+                MetricValue::UIntList(v) => {
+                    MetricProto::UintList(proto::UintList { vals: v.clone() })
                 }
                 MetricValue::FloatList(v) => {
                     MetricProto::DoubleList(proto::DoubleList { vals: v.clone() })
@@ -79,20 +71,14 @@ pub fn metrics_to_proto(record: &MetricRecord) -> proto::MetricRecord {
 pub fn metrics_from_proto(record: &proto::MetricRecord) -> Result<MetricRecord, RecordError> {
     let mut metrics = MetricRecord::new();
     for item in &record.items {
-        let what = || format!("metric {:?}", item.key);
         let value = match item.value.as_ref().and_then(|v| v.value.as_ref()) {
             Some(MetricProto::Double(v)) => MetricValue::Float(*v),
             Some(MetricProto::Sint64(v)) => MetricValue::Int(*v),
-            Some(MetricProto::Uint64(v)) => MetricValue::Int(signed(&what(), *v)?),
+            Some(MetricProto::Uint64(v)) => MetricValue::UInt(*v),
             Some(MetricProto::DoubleList(list)) => MetricValue::FloatList(list.vals.clone()),
             Some(MetricProto::SintList(list)) => MetricValue::IntList(list.vals.clone()),
-            Some(MetricProto::UintList(list)) => MetricValue::IntList(
-                list.vals
-                    .iter()
-                    .map(|v| signed(&what(), *v))
-                    .collect::<Result<_, _>>()?,
-            ),
-            None => return Err(RecordError::Empty(what())),
+            Some(MetricProto::UintList(list)) => MetricValue::UIntList(list.vals.clone()),
+            None => return Err(RecordError::Empty(format!("metric {:?}", item.key))),
         };
         metrics.insert(item.key.clone(), value);
     }
@@ -116,10 +102,17 @@ pub fn config_to_proto(record: &ConfigRecord) -> proto::ConfigRecord {
 fn config_value_to_proto(value: &ConfigValue) -> ConfigProto {
     match value {
         ConfigValue::Int(v) => ConfigProto::Sint64(*v),
+        ConfigValue::UInt(v) => ConfigProto::Uint64(*v),
         ConfigValue::Float(v) => ConfigProto::Double(*v),
         ConfigValue::Bool(v) => ConfigProto::Bool(*v),
         ConfigValue::Str(v) => ConfigProto::String(v.clone()),
         ConfigValue::Bytes(v) => ConfigProto::Bytes(v.clone()),
+        ConfigValue::IntList(v) => ConfigProto::SintList(proto::SintList { vals: v.clone() }),
+        ConfigValue::UIntList(v) => ConfigProto::UintList(proto::UintList { vals: v.clone() }),
+        ConfigValue::FloatList(v) => ConfigProto::DoubleList(proto::DoubleList { vals: v.clone() }),
+        ConfigValue::BoolList(v) => ConfigProto::BoolList(proto::BoolList { vals: v.clone() }),
+        ConfigValue::StrList(v) => ConfigProto::StringList(proto::StringList { vals: v.clone() }),
+        ConfigValue::BytesList(v) => ConfigProto::BytesList(proto::BytesList { vals: v.clone() }),
     }
 }
 
@@ -127,71 +120,86 @@ fn config_value_to_proto(value: &ConfigValue) -> ConfigProto {
 pub fn config_from_proto(record: &proto::ConfigRecord) -> Result<ConfigRecord, RecordError> {
     let mut config = ConfigRecord::new();
     for item in &record.items {
-        let what = format!("config entry {:?}", item.key);
         let value = match item.value.as_ref().and_then(|v| v.value.as_ref()) {
             Some(ConfigProto::Double(v)) => ConfigValue::Float(*v),
             Some(ConfigProto::Sint64(v)) => ConfigValue::Int(*v),
-            Some(ConfigProto::Uint64(v)) => ConfigValue::Int(signed(&what, *v)?),
+            Some(ConfigProto::Uint64(v)) => ConfigValue::UInt(*v),
             Some(ConfigProto::Bool(v)) => ConfigValue::Bool(*v),
             Some(ConfigProto::String(v)) => ConfigValue::Str(v.clone()),
             Some(ConfigProto::Bytes(v)) => ConfigValue::Bytes(v.clone()),
-            Some(_) => return Err(RecordError::Unsupported(format!("{what}: a list"))),
-            None => return Err(RecordError::Empty(what)),
+            Some(ConfigProto::DoubleList(list)) => ConfigValue::FloatList(list.vals.clone()),
+            Some(ConfigProto::SintList(list)) => ConfigValue::IntList(list.vals.clone()),
+            Some(ConfigProto::UintList(list)) => ConfigValue::UIntList(list.vals.clone()),
+            Some(ConfigProto::BoolList(list)) => ConfigValue::BoolList(list.vals.clone()),
+            Some(ConfigProto::StringList(list)) => ConfigValue::StrList(list.vals.clone()),
+            Some(ConfigProto::BytesList(list)) => ConfigValue::BytesList(list.vals.clone()),
+            None => return Err(RecordError::Empty(format!("config entry {:?}", item.key))),
         };
         config.insert(item.key.clone(), value);
     }
     Ok(config)
 }
 
-/// A run-config or node-config value (`Scalar`), as Flower writes one.
-pub fn scalar_of(value: &ConfigValue) -> proto::Scalar {
+/// A run-config or node-config value (`Scalar`), as Flower writes one; `None` for a list, which
+/// a `Scalar` cannot hold.
+pub fn scalar_of(value: &ConfigValue) -> Option<proto::Scalar> {
     use proto::scalar::Scalar;
     let scalar = match value {
         ConfigValue::Int(v) => Scalar::Sint64(*v),
+        ConfigValue::UInt(v) => Scalar::Uint64(*v),
         ConfigValue::Float(v) => Scalar::Double(*v),
         ConfigValue::Bool(v) => Scalar::Bool(*v),
         ConfigValue::Str(v) => Scalar::String(v.clone()),
         ConfigValue::Bytes(v) => Scalar::Bytes(v.clone()),
+        ConfigValue::IntList(_)
+        | ConfigValue::UIntList(_)
+        | ConfigValue::FloatList(_)
+        | ConfigValue::BoolList(_)
+        | ConfigValue::StrList(_)
+        | ConfigValue::BytesList(_) => return None,
     };
-    proto::Scalar {
+    Some(proto::Scalar {
         scalar: Some(scalar),
-    }
+    })
 }
 
 /// A run-config or node-config value from Flower.
 pub fn config_value_of(name: &str, scalar: &proto::Scalar) -> Result<ConfigValue, RecordError> {
     use proto::scalar::Scalar;
-    let what = || format!("config entry {name:?}");
     Ok(match &scalar.scalar {
         Some(Scalar::Double(v)) => ConfigValue::Float(*v),
-        Some(Scalar::Uint64(v)) => ConfigValue::Int(signed(&what(), *v)?),
+        Some(Scalar::Uint64(v)) => ConfigValue::UInt(*v),
         Some(Scalar::Sint64(v)) => ConfigValue::Int(*v),
         Some(Scalar::Bool(v)) => ConfigValue::Bool(*v),
         Some(Scalar::String(v)) => ConfigValue::Str(v.clone()),
         Some(Scalar::Bytes(v)) => ConfigValue::Bytes(v.clone()),
-        None => return Err(RecordError::Empty(what())),
+        None => return Err(RecordError::Empty(format!("config entry {name:?}"))),
     })
 }
 
-/// An array as Flower's protobuf `Array`: numpy's dtype name, the shape, and a `.npy` file.
+/// An array as Flower's protobuf `Array`: a dense one as numpy's dtype name, its shape and a
+/// `.npy` file; a serialised one as it came.
 pub fn array_to_proto(name: &str, array: &Array) -> Result<proto::Array, RecordError> {
-    let (dtype, _) = npy::numpy_dtype(array.dtype).map_err(|error| RecordError::Array {
+    if let Some(form) = &array.serialised {
+        return Ok(proto::Array {
+            dtype: form.dtype.clone(),
+            shape: form.shape.clone(),
+            stype: form.stype.clone(),
+            data: array.data.clone(),
+        });
+    }
+    let inconsistent = |why: String| RecordError::Inconsistent {
         name: name.to_string(),
-        error,
-    })?;
+        why,
+    };
+    let (dtype, _) = npy::numpy_dtype(array.dtype).map_err(|e| inconsistent(e.to_string()))?;
     let shape = array
         .shape
         .iter()
         .map(|&d| i32::try_from(d))
         .collect::<Result<Vec<i32>, _>>()
-        .map_err(|_| RecordError::Inconsistent {
-            name: name.to_string(),
-            why: "a dimension is above Flower's limit of 2^31 - 1".into(),
-        })?;
-    let data = npy::encode(array).map_err(|error| RecordError::Array {
-        name: name.to_string(),
-        error,
-    })?;
+        .map_err(|_| inconsistent("a dimension is above Flower's limit of 2^31 - 1".into()))?;
+    let data = npy::encode(array).map_err(|e| inconsistent(e.to_string()))?;
     Ok(proto::Array {
         dtype: dtype.to_string(),
         shape,
@@ -200,49 +208,37 @@ pub fn array_to_proto(name: &str, array: &Array) -> Result<proto::Array, RecordE
     })
 }
 
-/// An array from its Flower parts: the dtype name, shape and serialisation type it claims, and
-/// its `.npy` bytes, which must agree.
-pub fn array_from_parts(
-    name: &str,
-    dtype: &str,
-    shape: &[i64],
-    stype: &str,
-    data: &[u8],
-) -> Result<Array, RecordError> {
-    let inconsistent = |why: String| RecordError::Inconsistent {
-        name: name.to_string(),
-        why,
-    };
-    if stype != NUMPY_STYPE {
-        return Err(inconsistent(format!(
-            "serialisation type {stype:?} (only {NUMPY_STYPE:?} is read)"
-        )));
+/// An array from its Flower parts: a dense tensor when they describe a `.npy` file exactly as
+/// [`array_to_proto`] would write it back, and otherwise the parts themselves, kept as given.
+pub fn array_from_parts(dtype: &str, shape: &[i32], stype: &str, data: Vec<u8>) -> Array {
+    if stype == NUMPY_STYPE
+        && let Some(array) = dense_npy(dtype, shape, &data)
+    {
+        return array;
     }
-    let array = npy::decode(data).map_err(|error| RecordError::Array {
-        name: name.to_string(),
-        error,
-    })?;
-    let (numpy_name, _) = npy::numpy_dtype(array.dtype).map_err(|error| RecordError::Array {
-        name: name.to_string(),
-        error,
-    })?;
-    if numpy_name != dtype {
-        return Err(inconsistent(format!(
-            "dtype {dtype:?} but its data holds {numpy_name}"
-        )));
-    }
+    Array::serialised(
+        Serialised {
+            dtype: dtype.to_string(),
+            shape: shape.to_vec(),
+            stype: stype.to_string(),
+        },
+        data,
+    )
+}
+
+/// The dense tensor a `.npy` file holds, when its dtype name and shape are the ones claimed and
+/// numpy's own header for them is the one it has (so nothing is lost in reading it).
+fn dense_npy(dtype: &str, shape: &[i32], data: &[u8]) -> Option<Array> {
+    let array = npy::decode(data).ok()?;
+    let (numpy_name, _) = npy::numpy_dtype(array.dtype).ok()?;
     let same_shape = shape.len() == array.shape.len()
         && shape
             .iter()
             .zip(&array.shape)
             .all(|(&claimed, &actual)| u64::try_from(claimed) == Ok(actual));
-    if !same_shape {
-        return Err(inconsistent(format!(
-            "shape {shape:?} but its data has {:?}",
-            array.shape
-        )));
-    }
-    Ok(array)
+    let header_len = data.len() - array.data.len();
+    let same_header = npy::header(array.dtype, &array.shape).ok()? == data[..header_len];
+    (numpy_name == dtype && same_shape && same_header).then_some(array)
 }
 
 /// An array record as Flower's protobuf form (used for a context's state).
@@ -267,8 +263,7 @@ pub fn arrays_from_proto(record: &proto::ArrayRecord) -> Result<ArrayRecord, Rec
             .value
             .as_ref()
             .ok_or_else(|| RecordError::Empty(format!("array {:?}", item.key)))?;
-        let shape: Vec<i64> = array.shape.iter().map(|&d| i64::from(d)).collect();
-        let array = array_from_parts(&item.key, &array.dtype, &shape, &array.stype, &array.data)?;
+        let array = array_from_parts(&array.dtype, &array.shape, &array.stype, array.data.clone());
         arrays.insert(item.key.clone(), array);
     }
     Ok(arrays)

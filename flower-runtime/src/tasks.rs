@@ -7,6 +7,7 @@ use crate::clientapp::ClientAppTask;
 use crate::clientapp::ContextStates;
 use crate::objects::is_object_id;
 use crate::proto;
+use crate::records::RecordError;
 use crate::server::{ApiError, CallFuture, Endpoint, Host};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
@@ -59,11 +60,22 @@ impl FabRef<'_> {
     }
 }
 
-/// A config record as Flower's context and run carry it.
-fn scalars(config: &wire::ConfigRecord) -> HashMap<String, proto::Scalar> {
+/// A config record as Flower's context and run carry it; a list, which Flower's run and node
+/// configs cannot hold, is refused.
+fn scalars(
+    what: &str,
+    config: &wire::ConfigRecord,
+) -> Result<HashMap<String, proto::Scalar>, RecordError> {
     config
         .iter()
-        .map(|(key, value)| (key.to_string(), crate::records::scalar_of(value)))
+        .map(|(key, value)| {
+            let scalar = crate::records::scalar_of(value).ok_or_else(|| {
+                RecordError::Unsupported(format!(
+                    "{what} entry {key:?}: a list (Flower's {what} holds single values)"
+                ))
+            })?;
+            Ok((key.to_string(), scalar))
+        })
         .collect()
 }
 
@@ -71,8 +83,12 @@ impl TaskInput {
     /// A ServerApp's input: the context of the server's node ([`SERVER_NODE`](crate::serverapp::SERVER_NODE)) with a fresh state, and the run, whose overrides
     /// are its whole config (`flwr run` fused it from the same defaults the app reads from its
     /// FAB, so every key is one of them).
-    pub fn server(run_id: u64, fab: FabRef<'_>, run_config: &wire::ConfigRecord) -> Self {
-        TaskInput {
+    pub fn server(
+        run_id: u64,
+        fab: FabRef<'_>,
+        run_config: &wire::ConfigRecord,
+    ) -> Result<Self, RecordError> {
+        Ok(TaskInput {
             task_id: rand::random(),
             context: proto::Context {
                 run_id,
@@ -80,9 +96,9 @@ impl TaskInput {
                 state: Some(proto::RecordDict::default()),
                 ..proto::Context::default()
             },
-            run: fab.run(run_id, scalars(run_config)),
+            run: fab.run(run_id, scalars("run config", run_config)?),
             fab: fab.fab(),
-        }
+        })
     }
 
     /// A ClientApp's input on node `node_id`: its context with the configs and the state the
@@ -94,20 +110,20 @@ impl TaskInput {
         node_config: &wire::ConfigRecord,
         run_config: &wire::ConfigRecord,
         state: &ContextStates,
-    ) -> Self {
-        TaskInput {
+    ) -> Result<Self, RecordError> {
+        Ok(TaskInput {
             task_id: rand::random(),
             context: proto::Context {
                 run_id,
                 node_id,
-                node_config: scalars(node_config),
-                run_config: scalars(run_config),
+                node_config: scalars("node config", node_config)?,
+                run_config: scalars("run config", run_config)?,
                 state: Some(state.of(run_id)),
                 ..proto::Context::default()
             },
             run: fab.run(run_id, HashMap::new()),
             fab: fab.fab(),
-        }
+        })
     }
 }
 

@@ -149,7 +149,8 @@ impl FlowerClientApps {
             job.node_config,
             job.run_config,
             &self.states,
-        );
+        )
+        .map_err(|e| format!("the instruction cannot be given to a Flower app: {e}"))?;
         let task = ClientAppTask::new(input, metadata, deflated, MAX_REPLY_BYTES);
         let admitted = self.tasks.admit_scoped(task.clone());
         let outcome = self

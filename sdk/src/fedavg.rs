@@ -450,6 +450,7 @@ impl FedAvg {
                     dtype: *dtype,
                     shape: shape.clone(),
                     data,
+                    serialised: None,
                 },
             );
         }
@@ -577,6 +578,7 @@ fn one_pass(
                             dtype: *dtype,
                             shape: vec![],
                             data: bytes.to_vec(),
+                            serialised: None,
                         };
                         let m = magnitude(&block).unwrap_or(f64::INFINITY);
                         (k, f64::from(accepted[k].2) * m)
@@ -595,6 +597,7 @@ fn one_pass(
                 dtype: *dtype,
                 shape: shape.clone(),
                 data,
+                serialised: None,
             },
         );
     }
@@ -691,6 +694,7 @@ mod tests {
                     dtype: DType::F64,
                     shape: vec![1],
                     data: value.to_le_bytes().to_vec(),
+                    serialised: None,
                 },
             )
         };
@@ -750,6 +754,7 @@ mod tests {
                 dtype: DType::I64,
                 shape: vec![],
                 data: 0i64.to_le_bytes().to_vec(),
+                serialised: None,
             },
         )]
         .into_iter()

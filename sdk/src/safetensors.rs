@@ -81,6 +81,7 @@ pub fn decode(bytes: &[u8]) -> Result<ArrayRecord, String> {
             dtype,
             shape: info.shape.iter().map(|&d| d as u64).collect(),
             data: slice.to_vec(),
+            serialised: None,
         };
         array.validate().map_err(|e| format!("{name}: {e}"))?;
         arrays.insert(name, array);

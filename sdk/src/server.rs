@@ -124,7 +124,7 @@ impl RemoteGrid {
                 reply_to: None,
                 group_id: template.group_id.clone(),
                 ttl_ms: 0,
-                message_type: template.message_type,
+                message_type: template.message_type.clone(),
                 created_at_ms: 0,
             },
             body: MessageBody::Content((*template.content).clone()),
@@ -285,7 +285,7 @@ mod tests {
     fn instruction(content: RecordDict) -> Instruction {
         Instruction {
             dst: NodeId(300),
-            message_type: MessageType::Train,
+            message_type: MessageType::TRAIN,
             group_id: "1".into(),
             content: Arc::new(content),
         }

@@ -96,7 +96,7 @@ mod tests {
                 reply_to: None,
                 group_id: "1".into(),
                 ttl_ms: 1000,
-                message_type: MessageType::Train,
+                message_type: MessageType::TRAIN,
                 created_at_ms: 0,
             },
             body: MessageBody::Content(RecordDict::new().with(

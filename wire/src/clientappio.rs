@@ -16,8 +16,9 @@ use crate::{ConfigRecord, NodeId};
 use serde::{Deserialize, Serialize};
 
 /// Version of this API; a child of another version is refused. Version 2 added the run's bundle
-/// to the instruction header of [`AppJob`].
-pub const CLIENTAPPIO_VERSION: u16 = 2;
+/// to the instruction header of [`AppJob`]; version 3 carries records and messages as Flower has
+/// them (message types as text, list values, serialised arrays, Flower's own error codes).
+pub const CLIENTAPPIO_VERSION: u16 = 3;
 
 /// The environment variable carrying the token, hex-encoded (not a flag: flags are visible to
 /// every local user in the process list).

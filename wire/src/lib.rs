@@ -47,5 +47,5 @@ pub use ids::{BundleHash, MessageId, NodeId, RunId};
 pub use message::{Message, MessageBody, MessageType, Metadata};
 pub use records::{
     Array, ArrayRecord, ConfigRecord, ConfigValue, DType, MetricRecord, MetricValue, Record,
-    RecordDict,
+    RecordDict, Serialised,
 };

@@ -64,35 +64,69 @@ pub fn byte_len(dtype: DType, shape: &[u64]) -> Option<u64> {
         .try_fold(dtype.size(), |acc, &dim| acc.checked_mul(dim))
 }
 
-/// A dense tensor: element type, shape, and little-endian bytes in row-major order.
+/// A dense tensor: element type, shape, and little-endian bytes in row-major order; or, with
+/// [`Array::serialised`] set, an array its app serialised itself, kept byte for byte as given.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Array {
-    /// Element type.
+    /// Element type ([`DType::U8`] for a serialised array).
     pub dtype: DType,
-    /// Dimensions, outermost first (PyTorch's layout).
+    /// Dimensions, outermost first (PyTorch's layout); `[data.len()]` for a serialised array.
     pub shape: Vec<u64>,
-    /// Little-endian element bytes, row-major. Serialised as one byte string (same encoding as a
-    /// sequence of bytes in postcard, but copied in one go instead of byte by byte).
+    /// Little-endian element bytes, row-major; or the serialised array. Serialised as one byte
+    /// string (same encoding as a sequence of bytes in postcard, but copied in one go instead of
+    /// byte by byte).
     #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
+    /// How the app described a serialised array, when `data` holds one.
+    pub serialised: Option<Box<Serialised>>,
+}
+
+/// How an app described an array it serialised itself: Flower's `Array` fields other than its
+/// data, exactly as given. Flower apps send such arrays with serialisation types other than
+/// numpy's, and its legacy `Parameters` as arrays whose dtype and shape are left empty; neither can
+/// be read as a dense tensor, and both must reach the other side unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Serialised {
+    /// The dtype name it claims (numpy's, for numpy arrays; empty in legacy `Parameters`).
+    pub dtype: String,
+    /// The shape it claims.
+    pub shape: Vec<i32>,
+    /// Its serialisation type (`"numpy.ndarray"` for numpy's `.npy` format).
+    pub stype: String,
 }
 
 impl Array {
     /// An `f32` array from values; fails when the shape does not match the number of values.
     pub fn from_f32(shape: Vec<u64>, values: &[f32]) -> Result<Self, WireError> {
         let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let array = Array {
-            dtype: DType::F32,
-            shape,
-            data,
-        };
+        let array = Array::dense(DType::F32, shape, data);
         array.validate()?;
         Ok(array)
     }
 
-    /// The values of an `f32` array; `None` for another dtype.
+    /// A dense array of `dtype` and `shape` holding `data` (not checked: see [`Array::validate`]).
+    pub fn dense(dtype: DType, shape: Vec<u64>, data: Vec<u8>) -> Self {
+        Array {
+            dtype,
+            shape,
+            data,
+            serialised: None,
+        }
+    }
+
+    /// An array an app serialised itself, kept as given: `data` with the description `form`.
+    pub fn serialised(form: Serialised, data: Vec<u8>) -> Self {
+        Array {
+            dtype: DType::U8,
+            shape: vec![data.len() as u64],
+            data,
+            serialised: Some(Box::new(form)),
+        }
+    }
+
+    /// The values of an `f32` array; `None` for another dtype or a serialised array.
     pub fn to_f32(&self) -> Option<Vec<f32>> {
-        if self.dtype != DType::F32 || !self.data.len().is_multiple_of(4) {
+        if !self.is_dense() || self.dtype != DType::F32 || !self.data.len().is_multiple_of(4) {
             return None;
         }
         Some(
@@ -103,13 +137,34 @@ impl Array {
         )
     }
 
+    /// Whether this is a dense tensor rather than an array its app serialised itself.
+    pub fn is_dense(&self) -> bool {
+        self.serialised.is_none()
+    }
+
     /// Number of elements the shape describes.
     pub fn numel(&self) -> u64 {
         self.shape.iter().product()
     }
 
-    /// Checks that the byte length matches dtype and shape.
+    /// Checks that the byte length matches dtype and shape, and that a serialised array is
+    /// described as its bytes.
     pub fn validate(&self) -> Result<(), WireError> {
+        if let Some(form) = &self.serialised {
+            if self.dtype != DType::U8 || self.shape != [self.data.len() as u64] {
+                return Err(WireError::Invalid(
+                    "a serialised array must be described as its bytes (U8, [length])".into(),
+                ));
+            }
+            check_text_len("a serialised array's dtype", &form.dtype)?;
+            check_text_len("a serialised array's serialisation type", &form.stype)?;
+            if form.shape.len() > MAX_DIMS {
+                return Err(WireError::Invalid(format!(
+                    "a serialised array claims {} dimensions (at most {MAX_DIMS})",
+                    form.shape.len()
+                )));
+            }
+        }
         let expected = byte_len(self.dtype, &self.shape)
             .ok_or_else(|| WireError::Invalid("array shape overflows".into()))?;
         if expected != self.data.len() as u64 {
@@ -122,6 +177,27 @@ impl Array {
         }
         Ok(())
     }
+}
+
+/// Most dimensions an array may have (numpy's own limit is 64).
+pub const MAX_DIMS: usize = 64;
+
+/// Most elements in one list value of a config or metric record: a list costs at least a byte per
+/// element on the wire, so this only matters for what an app builds itself.
+pub const MAX_LIST_LEN: usize = 1 << 20;
+
+/// Longest short text field a record carries besides its values (a serialised array's dtype
+/// name or serialisation type).
+pub const MAX_TEXT_LEN: usize = 1024;
+
+fn check_text_len(what: &str, text: &str) -> Result<(), WireError> {
+    if text.len() > MAX_TEXT_LEN {
+        return Err(WireError::Invalid(format!(
+            "{what} of {} bytes (at most {MAX_TEXT_LEN})",
+            text.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Most entries one collection may hold when decoded: a head frame of a few MiB could otherwise
@@ -306,7 +382,7 @@ impl<T> FromIterator<(String, T)> for Named<T> {
 /// Named arrays: model weights, in `state_dict` order.
 pub type ArrayRecord = Named<Array>;
 
-/// A metric value.
+/// A metric value: Flower's `MetricRecord` values. Variants are only ever appended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MetricValue {
     /// An integer metric (for example `num-examples`).
@@ -317,12 +393,31 @@ pub enum MetricValue {
     IntList(Vec<i64>),
     /// A list of floats.
     FloatList(Vec<f64>),
+    /// An integer above `i64::MAX` (Flower sends these as unsigned).
+    UInt(u64),
+    /// A list of integers of which at least one is above `i64::MAX` (Flower sends such a list as
+    /// unsigned).
+    UIntList(Vec<u64>),
+}
+
+impl MetricValue {
+    /// The number of elements of a list value; `None` for a single value.
+    pub fn list_len(&self) -> Option<usize> {
+        match self {
+            MetricValue::Int(_) | MetricValue::Float(_) | MetricValue::UInt(_) => None,
+            MetricValue::IntList(v) => Some(v.len()),
+            MetricValue::FloatList(v) => Some(v.len()),
+            MetricValue::UIntList(v) => Some(v.len()),
+        }
+    }
 }
 
 /// Named metrics.
 pub type MetricRecord = Named<MetricValue>;
 
-/// A configuration value, as TOML types it.
+/// A configuration value: Flower's `ConfigRecord` values (the single ones are also TOML's).
+/// Variants are only ever appended. A list holds one type, as Flower requires; an empty list is
+/// whichever type Flower made it (a bool list, for Flower's Python).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ConfigValue {
     /// Integer.
@@ -335,6 +430,49 @@ pub enum ConfigValue {
     Str(String),
     /// Raw bytes.
     Bytes(Vec<u8>),
+    /// An integer above `i64::MAX` (Flower sends these as unsigned).
+    UInt(u64),
+    /// A list of integers.
+    IntList(Vec<i64>),
+    /// A list of integers of which at least one is above `i64::MAX`.
+    UIntList(Vec<u64>),
+    /// A list of floats.
+    FloatList(Vec<f64>),
+    /// A list of booleans.
+    BoolList(Vec<bool>),
+    /// A list of strings.
+    StrList(Vec<String>),
+    /// A list of byte strings.
+    BytesList(Vec<Vec<u8>>),
+}
+
+impl ConfigValue {
+    /// The number of elements of a list value; `None` for a single value.
+    pub fn list_len(&self) -> Option<usize> {
+        match self {
+            ConfigValue::Int(_)
+            | ConfigValue::Float(_)
+            | ConfigValue::Bool(_)
+            | ConfigValue::Str(_)
+            | ConfigValue::Bytes(_)
+            | ConfigValue::UInt(_) => None,
+            ConfigValue::IntList(v) => Some(v.len()),
+            ConfigValue::UIntList(v) => Some(v.len()),
+            ConfigValue::FloatList(v) => Some(v.len()),
+            ConfigValue::BoolList(v) => Some(v.len()),
+            ConfigValue::StrList(v) => Some(v.len()),
+            ConfigValue::BytesList(v) => Some(v.len()),
+        }
+    }
+}
+
+fn check_list_len(what: &str, name: &str, len: Option<usize>) -> Result<(), WireError> {
+    match len {
+        Some(len) if len > MAX_LIST_LEN => Err(WireError::Invalid(format!(
+            "{what} {name:?} is a list of {len} elements (at most {MAX_LIST_LEN})"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Named configuration values.
@@ -349,6 +487,28 @@ pub enum Record {
     Metrics(MetricRecord),
     /// Configuration.
     Config(ConfigRecord),
+}
+
+impl Record {
+    /// Checks a metric or config record's names and values (unique names, lists within
+    /// [`MAX_LIST_LEN`]); an array record's arrays are checked by [`Array::validate`].
+    pub fn check_values(&self) -> Result<(), WireError> {
+        match self {
+            Record::Arrays(arrays) => arrays.check_unique("array"),
+            Record::Metrics(metrics) => {
+                metrics.check_unique("metric")?;
+                metrics
+                    .iter()
+                    .try_for_each(|(name, v)| check_list_len("metric", name, v.list_len()))
+            }
+            Record::Config(config) => {
+                config.check_unique("config")?;
+                config
+                    .iter()
+                    .try_for_each(|(name, v)| check_list_len("config entry", name, v.list_len()))
+            }
+        }
+    }
 }
 
 /// The content of a message: named records of any kind.
@@ -390,8 +550,7 @@ impl RecordDict {
                         array.validate()?;
                     }
                 }
-                Record::Metrics(metrics) => metrics.check_unique("metric")?,
-                Record::Config(config) => config.check_unique("config")?,
+                Record::Metrics(_) | Record::Config(_) => record.check_values()?,
             }
         }
         Ok(())
@@ -419,6 +578,7 @@ mod tests {
             dtype: DType::F32,
             shape: vec![2, 2],
             data: vec![0; 15],
+            serialised: None,
         };
         assert!(matches!(array.validate(), Err(WireError::Invalid(_))));
     }
@@ -429,6 +589,7 @@ mod tests {
             dtype: DType::F64,
             shape: vec![u64::MAX, 2],
             data: vec![],
+            serialised: None,
         };
         assert!(array.validate().is_err());
     }
@@ -438,5 +599,56 @@ mod tests {
         let array = Array::from_f32(vec![3], &[1.0, -2.5, 3.25]).unwrap();
         assert_eq!(array.to_f32().unwrap(), [1.0, -2.5, 3.25]);
         assert!(Array::from_f32(vec![4], &[1.0]).is_err());
+    }
+
+    fn legacy_parameters() -> Serialised {
+        Serialised {
+            dtype: String::new(),
+            shape: Vec::new(),
+            stype: "numpy.ndarray".into(),
+        }
+    }
+
+    #[test]
+    fn a_serialised_array_is_described_as_its_bytes() {
+        let array = Array::serialised(legacy_parameters(), vec![1, 2, 3]);
+        assert_eq!((array.dtype, array.shape.as_slice()), (DType::U8, &[3][..]));
+        assert!(array.validate().is_ok());
+        assert!(!array.is_dense());
+        assert_eq!(array.to_f32(), None);
+        let mut claims_more = array.clone();
+        claims_more.shape = vec![4];
+        assert!(claims_more.validate().is_err());
+        let mut as_floats = Array::serialised(legacy_parameters(), vec![0; 4]);
+        as_floats.dtype = DType::F32;
+        as_floats.shape = vec![1];
+        assert!(as_floats.validate().is_err());
+    }
+
+    #[test]
+    fn a_serialised_arrays_description_is_bounded() {
+        let mut form = legacy_parameters();
+        form.stype = "x".repeat(MAX_TEXT_LEN + 1);
+        assert!(Array::serialised(form, vec![]).validate().is_err());
+        let mut form = legacy_parameters();
+        form.dtype = "x".repeat(MAX_TEXT_LEN + 1);
+        assert!(Array::serialised(form, vec![]).validate().is_err());
+        let mut form = legacy_parameters();
+        form.shape = vec![1; MAX_DIMS + 1];
+        assert!(Array::serialised(form, vec![]).validate().is_err());
+    }
+
+    #[test]
+    fn lists_are_bounded() {
+        let at_limit =
+            ConfigRecord::new().with("l", ConfigValue::BoolList(vec![true; MAX_LIST_LEN]));
+        assert!(Record::Config(at_limit).check_values().is_ok());
+        let beyond =
+            ConfigRecord::new().with("l", ConfigValue::BoolList(vec![true; MAX_LIST_LEN + 1]));
+        assert!(Record::Config(beyond).check_values().is_err());
+        let beyond =
+            MetricRecord::new().with("l", MetricValue::UIntList(vec![0; MAX_LIST_LEN + 1]));
+        let dict = RecordDict::new().with("m", Record::Metrics(beyond));
+        assert!(dict.validate().is_err());
     }
 }

@@ -12,8 +12,9 @@
 use crate::{ConfigRecord, NodeId, RunId};
 use serde::{Deserialize, Serialize};
 
-/// Version of this API; a program of another version is refused.
-pub const SERVERAPPIO_VERSION: u16 = 1;
+/// Version of this API; a program of another version is refused. Version 2 carries records and
+/// messages as Flower has them, as ClientAppIo version 3 does.
+pub const SERVERAPPIO_VERSION: u16 = 2;
 
 /// The environment variable carrying the token, hex-encoded.
 pub const TOKEN_ENV: &str = "FLWR_SERVERAPP_TOKEN";

@@ -25,8 +25,7 @@ pub const DEFAULT_MAX_ARRAYS: usize = 1 << 16;
 /// [`MessageAssembler`]'s memory rule).
 pub const FIRST_READ: usize = 64 * 1024;
 
-/// Most dimensions one array may have (PyTorch allows 64; real weights use up to 5).
-pub const MAX_DIMS: usize = 64;
+pub use crate::records::MAX_DIMS;
 
 /// One outgoing frame payload, borrowed from the message where possible.
 #[derive(Debug)]
@@ -54,6 +53,7 @@ fn skeleton(content: &RecordDict) -> RecordDict {
             dtype: array.dtype,
             shape: array.shape.clone(),
             data: Vec::new(),
+            serialised: array.serialised.clone(),
         })),
         other => other.clone(),
     })
@@ -263,8 +263,7 @@ impl MessageAssembler {
                             }
                         }
                     }
-                    Record::Metrics(metrics) => metrics.check_unique("metric")?,
-                    Record::Config(config) => config.check_unique("config")?,
+                    Record::Metrics(_) | Record::Config(_) => record.check_values()?,
                 }
             }
         }
@@ -405,7 +404,7 @@ mod tests {
                 reply_to: None,
                 group_id: "1".into(),
                 ttl_ms: 60_000,
-                message_type: MessageType::Train,
+                message_type: MessageType::TRAIN,
                 created_at_ms: 0,
             },
             body: MessageBody::Content(RecordDict::new().with(
@@ -416,6 +415,7 @@ mod tests {
                         dtype: DType::U8,
                         shape: vec![len],
                         data: Vec::new(),
+                        serialised: None,
                     },
                 )),
             )),

@@ -341,7 +341,7 @@ impl Serving {
             .into_iter()
             .map(|dst| Instruction {
                 dst,
-                message_type: message.metadata.message_type,
+                message_type: message.metadata.message_type.clone(),
                 group_id: message.metadata.group_id.clone(),
                 content: content.clone(),
             })

@@ -19,6 +19,13 @@ fn config_json(config: &ConfigRecord) -> serde_json::Value {
             ConfigValue::Bool(v) => json!(v),
             ConfigValue::Str(v) => json!(v),
             ConfigValue::Bytes(v) => json!(v),
+            ConfigValue::UInt(v) => json!(v),
+            ConfigValue::IntList(v) => json!(v),
+            ConfigValue::UIntList(v) => json!(v),
+            ConfigValue::FloatList(v) => json!(v),
+            ConfigValue::BoolList(v) => json!(v),
+            ConfigValue::StrList(v) => json!(v),
+            ConfigValue::BytesList(v) => json!(v),
         };
         (key.to_string(), value)
     });

@@ -218,7 +218,8 @@ async fn programs_that_crash_babble_or_hang_cost_one_error_reply_and_leave_nothi
     let pid_file = scratch.path().join("grandchild.pid");
     let speak = |then: &str| {
         format!(
-            "python3 - <<'PY'\nimport os, socket, struct\nh, p = os.environ['FLWR_CLIENTAPPIO_ADDRESS'].rsplit(':', 1)\ns = socket.create_connection((h, int(p)))\ntoken = bytes.fromhex(os.environ['FLWR_CLIENTAPP_TOKEN'])\n{then}\ns.close()\nPY"
+            "python3 - <<'PY'\nimport os, socket, struct\nh, p = os.environ['FLWR_CLIENTAPPIO_ADDRESS'].rsplit(':', 1)\ns = socket.create_connection((h, int(p)))\ntoken = bytes.fromhex(os.environ['FLWR_CLIENTAPP_TOKEN'])\nversion = bytes([{}])\n{then}\ns.close()\nPY",
+            wire::clientappio::CLIENTAPPIO_VERSION
         )
     };
     let cases = [
@@ -230,7 +231,7 @@ async fn programs_that_crash_babble_or_hang_cost_one_error_reply_and_leave_nothi
         ),
         (
             // Another token than its own: the node never hands it anything.
-            speak("s.sendall(struct.pack('<I', 33) + b'\\x02' + bytes(32 * [0xAB]))"),
+            speak("s.sendall(struct.pack('<I', 33) + version + bytes(32 * [0xAB]))"),
             vec![],
             "",
             "exited with status 0 before replying",
@@ -238,7 +239,7 @@ async fn programs_that_crash_babble_or_hang_cost_one_error_reply_and_leave_nothi
         (
             // Its own token, then garbage where the reply belongs.
             speak(
-                "s.sendall(struct.pack('<I', 33) + b'\\x02' + token)\ns.sendall(struct.pack('<I', 5) + b'hello')",
+                "s.sendall(struct.pack('<I', 33) + version + token)\ns.sendall(struct.pack('<I', 5) + b'hello')",
             ),
             vec![],
             "",
@@ -362,11 +363,12 @@ async fn stopping_a_run_kills_its_server_program() {
     let pid_file = scratch.path().join("server.pid");
     // Connected, and busy: the SuperLink is waiting for its next request when the run stops.
     // It writes its pid once it has its job.
+    let version = wire::serverappio::SERVERAPPIO_VERSION;
     let app = server_script_app(&format!(
         "exec python3 - {:?} <<'PY'\nimport os, socket, struct, sys, time\n\
          h, p = os.environ['FLWR_SERVERAPPIO_ADDRESS'].rsplit(':', 1)\n\
          s = socket.create_connection((h, int(p)))\n\
-         s.sendall(struct.pack('<I', 33) + b'\\x01' + bytes.fromhex(os.environ['FLWR_SERVERAPP_TOKEN']))\n\
+         s.sendall(struct.pack('<I', 33) + bytes([{version}]) + bytes.fromhex(os.environ['FLWR_SERVERAPP_TOKEN']))\n\
          (n,) = struct.unpack('<I', s.recv(4, socket.MSG_WAITALL))\n\
          s.recv(n, socket.MSG_WAITALL)\n\
          open(sys.argv[1], 'w').write(str(os.getpid()))\n\

@@ -290,7 +290,7 @@ async fn an_authenticated_node_cannot_forge_replies_or_disturb_other_sessions() 
             reply_to: Some(reply_to),
             group_id: "1".into(),
             ttl_ms: 60_000,
-            message_type: wire::MessageType::Train,
+            message_type: wire::MessageType::TRAIN,
             created_at_ms: 0,
         },
         body,
@@ -337,6 +337,7 @@ async fn an_authenticated_node_cannot_forge_replies_or_disturb_other_sessions() 
                     dtype: wire::DType::U8,
                     shape: vec![1024],
                     data: Vec::new(),
+                    serialised: None,
                 },
             )),
         ))
@@ -377,6 +378,7 @@ async fn an_authenticated_node_cannot_forge_replies_or_disturb_other_sessions() 
                 dtype: wire::DType::U8,
                 shape: vec![broker::config::DEFAULT_MAX_REPLY_BYTES],
                 data: Vec::new(),
+                serialised: None,
             },
         )),
     ));

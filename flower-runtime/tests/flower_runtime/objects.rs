@@ -11,7 +11,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use wire::records::{
     Array, ArrayRecord, ConfigRecord, ConfigValue, DType, MetricRecord, MetricValue, Record,
-    RecordDict,
+    RecordDict, Serialised,
 };
 
 const NO_LIMIT: u64 = u64::MAX;
@@ -82,7 +82,7 @@ fn array(spec: &Value) -> Array {
         "bool" => (DType::Bool, (0..count).map(|i| (i % 2) as u8).collect()),
         other => panic!("no dtype {other}"),
     };
-    Array { dtype, shape, data }
+    Array::dense(dtype, shape, data)
 }
 
 fn body(description: &Value) -> Body {
@@ -150,15 +150,99 @@ fn body(description: &Value) -> Body {
         content.insert("config", Record::Config(record.clone()));
         content.insert("same config", Record::Config(record));
     }
+    if let Some(config) = description.get("typed config") {
+        let record: ConfigRecord = typed_values(config, config_value);
+        content.insert("config", Record::Config(record));
+    }
+    if let Some(metrics) = description.get("typed metrics") {
+        let record: MetricRecord = typed_values(metrics, metric_value);
+        content.insert("metrics", Record::Metrics(record));
+    }
+    if let Some(records) = description.get("raw records") {
+        for (record_name, arrays) in records.as_object().unwrap() {
+            let record: ArrayRecord = arrays
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(name, spec)| (name.clone(), raw_array(&spec["raw"])))
+                .collect();
+            content.insert(record_name.clone(), Record::Arrays(record));
+        }
+    }
     Body::Content(content)
 }
 
-fn metadata(case: &str) -> proto::Metadata {
-    let message_type = match case {
-        "big" => "evaluate",
-        "empty" => "query",
-        _ => "train",
+/// A record whose values the fixture gives as `[Flower's oneof field, value]`.
+fn typed_values<T>(
+    values: &Value,
+    value_of: impl Fn(&str, &Value) -> T,
+) -> wire::records::Named<T> {
+    values
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, typed)| {
+            let kind = typed[0].as_str().unwrap();
+            (name.clone(), value_of(kind, &typed[1]))
+        })
+        .collect()
+}
+
+fn list<T>(value: &Value, item: impl Fn(&Value) -> T) -> Vec<T> {
+    value.as_array().unwrap().iter().map(item).collect()
+}
+
+fn unhex(value: &Value) -> Vec<u8> {
+    let hex = value.as_str().unwrap();
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn config_value(kind: &str, value: &Value) -> ConfigValue {
+    match kind {
+        "sint64" => ConfigValue::Int(value.as_i64().unwrap()),
+        "uint64" => ConfigValue::UInt(value.as_u64().unwrap()),
+        "double" => ConfigValue::Float(value.as_f64().unwrap()),
+        "bool" => ConfigValue::Bool(value.as_bool().unwrap()),
+        "string" => ConfigValue::Str(value.as_str().unwrap().to_string()),
+        "bytes" => ConfigValue::Bytes(unhex(value)),
+        "sint_list" => ConfigValue::IntList(list(value, |v| v.as_i64().unwrap())),
+        "uint_list" => ConfigValue::UIntList(list(value, |v| v.as_u64().unwrap())),
+        "double_list" => ConfigValue::FloatList(list(value, |v| v.as_f64().unwrap())),
+        "bool_list" => ConfigValue::BoolList(list(value, |v| v.as_bool().unwrap())),
+        "string_list" => ConfigValue::StrList(list(value, |v| v.as_str().unwrap().to_string())),
+        "bytes_list" => ConfigValue::BytesList(list(value, unhex)),
+        other => panic!("config kind {other}"),
+    }
+}
+
+fn metric_value(kind: &str, value: &Value) -> MetricValue {
+    match kind {
+        "sint64" => MetricValue::Int(value.as_i64().unwrap()),
+        "uint64" => MetricValue::UInt(value.as_u64().unwrap()),
+        "double" => MetricValue::Float(value.as_f64().unwrap()),
+        "sint_list" => MetricValue::IntList(list(value, |v| v.as_i64().unwrap())),
+        "uint_list" => MetricValue::UIntList(list(value, |v| v.as_u64().unwrap())),
+        "double_list" => MetricValue::FloatList(list(value, |v| v.as_f64().unwrap())),
+        other => panic!("metric kind {other}"),
+    }
+}
+
+/// An array kept as Flower gave it: `[dtype, shape, stype, data as hex]`.
+fn raw_array(parts: &Value) -> Array {
+    let form = Serialised {
+        dtype: parts[0].as_str().unwrap().to_string(),
+        shape: list(&parts[1], |d| i32::try_from(d.as_i64().unwrap()).unwrap()),
+        stype: parts[2].as_str().unwrap().to_string(),
     };
+    Array::serialised(form, unhex(&parts[3]))
+}
+
+fn metadata(case: &Value) -> proto::Metadata {
+    let name = case["name"].as_str().unwrap();
+    let message_type = case["message_type"].as_str().unwrap();
     proto::Metadata {
         run_id: (1 << 63) + 5,
         message_id: String::new(),
@@ -169,7 +253,7 @@ fn metadata(case: &str) -> proto::Metadata {
         ttl: 43200.0,
         message_type: message_type.into(),
         created_at: 1_767_225_600.25,
-        src_task_id: (case == "train").then_some(77),
+        src_task_id: (name == "train").then_some(77),
         dst_task_id: None,
     }
 }
@@ -189,7 +273,7 @@ fn hex(bytes: &[u8]) -> String {
 fn our_messages_deflate_to_flowers_objects_byte_for_byte() {
     for case in fixtures()["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let ours = deflate(&metadata(name), &body(&case["message"])).unwrap();
+        let ours = deflate(&metadata(case), &body(&case["message"])).unwrap();
         assert_eq!(ours.message_id(), case["id"], "{name}: message id");
         assert_eq!(tree_json(&ours.tree), case["tree"], "{name}: tree");
         let theirs = case["objects"].as_object().unwrap();
@@ -212,7 +296,7 @@ fn flowers_objects_inflate_to_the_same_records() {
         let expected = body(&case["message"]);
         // Flower's bytes where the fixture holds them; for the large chunks, ours, which the
         // previous test shows are Flower's (same SHA-256).
-        let ours = deflate(&metadata(name), &expected).unwrap();
+        let ours = deflate(&metadata(case), &expected).unwrap();
         let mut objects: HashMap<String, Vec<u8>> = ours
             .objects
             .into_iter()
@@ -229,13 +313,13 @@ fn flowers_objects_inflate_to_the_same_records() {
         }
         let inflated = inflate(case["id"].as_str().unwrap(), &objects, NO_LIMIT).unwrap();
         assert_eq!(inflated.body, expected, "{name}");
-        assert_eq!(inflated.metadata, metadata(name), "{name}");
+        assert_eq!(inflated.metadata, metadata(case), "{name}");
     }
 }
 
 fn train_objects() -> (String, HashMap<String, Vec<u8>>) {
     let case = &fixtures()["cases"][0];
-    let deflated = deflate(&metadata("train"), &body(&case["message"])).unwrap();
+    let deflated = deflate(&metadata(case), &body(&case["message"])).unwrap();
     let objects = deflated
         .objects
         .into_iter()
@@ -285,7 +369,7 @@ fn a_chunk_named_many_times_is_refused_before_anything_is_allocated() {
     let refs = format!("{{\"arrays\": \"{arrays_id}\"}}");
     let (content_id, content) = forged("RecordDict", &[&arrays_id], refs.as_bytes());
     let message = prost::Message::encode_to_vec(&proto::Message {
-        metadata: Some(metadata("train")),
+        metadata: Some(metadata(&fixtures()["cases"][0])),
         content: None,
         error: None,
     });

@@ -64,7 +64,10 @@ async fn flowers_own_clientapp_answers_an_instruction_through_our_runtime_api() 
             Record::Config(ConfigRecord::new().with("server-round", ConfigValue::Int(1))),
         );
     let fab_hash = object_id(FAB);
-    let run_config = [("factor".to_string(), scalar_of(&ConfigValue::Float(2.0)))];
+    let run_config = [(
+        "factor".to_string(),
+        scalar_of(&ConfigValue::Float(2.0)).unwrap(),
+    )];
     let input = TaskInput {
         task_id: 77,
         context: proto::Context {

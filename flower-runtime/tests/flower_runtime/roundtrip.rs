@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use std::collections::HashMap;
 use wire::records::{
     Array, ArrayRecord, ConfigRecord, ConfigValue, DType, MetricRecord, MetricValue, Record,
-    RecordDict,
+    RecordDict, Serialised,
 };
 
 fn dtype() -> impl Strategy<Value = DType> {
@@ -26,7 +26,36 @@ fn dtype() -> impl Strategy<Value = DType> {
     ]
 }
 
+/// An array its app serialised itself: any description, any bytes (random bytes are never a
+/// `.npy` file that reads back the same, so it stays as given even with numpy's type).
+fn serialised_array() -> impl Strategy<Value = Array> {
+    (
+        "\\PC{0,8}",
+        prop::collection::vec(any::<i32>(), 0..3),
+        prop_oneof![
+            Just(String::new()),
+            Just("numpy.ndarray".to_string()),
+            "\\PC{0,12}"
+        ],
+        prop::collection::vec(any::<u8>(), 0..16),
+    )
+        .prop_map(|(dtype, shape, stype, data)| {
+            Array::serialised(
+                Serialised {
+                    dtype,
+                    shape,
+                    stype,
+                },
+                data,
+            )
+        })
+}
+
 fn array() -> impl Strategy<Value = Array> {
+    prop_oneof![dense_array(), serialised_array()]
+}
+
+fn dense_array() -> impl Strategy<Value = Array> {
     (dtype(), prop::collection::vec(0u64..4, 0..3)).prop_flat_map(|(dtype, shape)| {
         let bytes = (shape.iter().product::<u64>() * dtype.size()) as usize;
         let data = if dtype == DType::Bool {
@@ -38,6 +67,7 @@ fn array() -> impl Strategy<Value = Array> {
             dtype,
             shape: shape.clone(),
             data,
+            serialised: None,
         })
     })
 }
@@ -54,6 +84,8 @@ fn metric() -> impl Strategy<Value = MetricValue> {
             .prop_map(MetricValue::Float),
         prop::collection::vec(any::<i64>(), 0..4).prop_map(MetricValue::IntList),
         prop::collection::vec(-1e9f64..1e9, 0..4).prop_map(MetricValue::FloatList),
+        (1u64 << 63..=u64::MAX).prop_map(MetricValue::UInt),
+        prop::collection::vec(any::<u64>(), 0..4).prop_map(MetricValue::UIntList),
     ]
 }
 
@@ -64,6 +96,14 @@ fn config() -> impl Strategy<Value = ConfigValue> {
         any::<bool>().prop_map(ConfigValue::Bool),
         "\\PC{0,8}".prop_map(ConfigValue::Str),
         prop::collection::vec(any::<u8>(), 0..8).prop_map(ConfigValue::Bytes),
+        (1u64 << 63..=u64::MAX).prop_map(ConfigValue::UInt),
+        prop::collection::vec(any::<i64>(), 0..4).prop_map(ConfigValue::IntList),
+        prop::collection::vec(any::<u64>(), 0..4).prop_map(ConfigValue::UIntList),
+        prop::collection::vec(-1e9f64..1e9, 0..4).prop_map(ConfigValue::FloatList),
+        prop::collection::vec(any::<bool>(), 0..4).prop_map(ConfigValue::BoolList),
+        prop::collection::vec("\\PC{0,4}", 0..4).prop_map(ConfigValue::StrList),
+        prop::collection::vec(prop::collection::vec(any::<u8>(), 0..4), 0..4)
+            .prop_map(ConfigValue::BytesList),
     ]
 }
 

@@ -79,7 +79,7 @@ fn reply_from_node_10(body: MessageBody) -> Message {
             reply_to: Some(MessageId::random()),
             group_id: "1".into(),
             ttl_ms: 60_000,
-            message_type: MessageType::Train,
+            message_type: MessageType::TRAIN,
             created_at_ms: now_ms(),
         },
         body,

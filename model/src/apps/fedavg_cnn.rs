@@ -142,7 +142,7 @@ impl Server {
             .iter()
             .map(|&dst| Instruction {
                 dst,
-                message_type: MessageType::Query,
+                message_type: MessageType::QUERY,
                 group_id: "0".into(),
                 content: content.clone(),
             })

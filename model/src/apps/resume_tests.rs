@@ -32,8 +32,8 @@ fn answer(node: NodeId, message_type: MessageType, content: &RecordDict) -> Reco
         record
     };
     let examples = (node.0 * 10) as f64;
-    match message_type {
-        MessageType::Query => RecordDict::new().with(
+    match message_type.as_str() {
+        "query" => RecordDict::new().with(
             "metrics",
             Record::Metrics(metrics(&[
                 ("channels", 1.0),
@@ -42,7 +42,7 @@ fn answer(node: NodeId, message_type: MessageType, content: &RecordDict) -> Reco
                 ("classes", 10.0),
             ])),
         ),
-        MessageType::Train => {
+        "train" => {
             let arrays: ArrayRecord = content
                 .arrays("arrays")
                 .unwrap()
@@ -110,7 +110,7 @@ impl Grid for ScriptedGrid {
                     reply_to: None,
                     group_id: instruction.group_id,
                     ttl_ms: timeout.as_millis() as u64,
-                    message_type: instruction.message_type,
+                    message_type: instruction.message_type.clone(),
                     created_at_ms: 0,
                 },
                 body: MessageBody::Content(RecordDict::new()),

@@ -124,7 +124,7 @@ impl ServerApp for Server {
                 .iter()
                 .map(|&dst| Instruction {
                     dst,
-                    message_type: MessageType::Train,
+                    message_type: MessageType::TRAIN,
                     group_id: round.to_string(),
                     content: content.clone(),
                 })

@@ -10,9 +10,7 @@ use flwr_sdk::app::{AppError, ClientApp, ClientContext, config_f64, config_i64, 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wire::{
-    ConfigRecord, Message, MessageBody, MessageType, MetricRecord, MetricValue, Record, RecordDict,
-};
+use wire::{ConfigRecord, Message, MessageBody, MetricRecord, MetricValue, Record, RecordDict};
 
 /// How often training progress reaches the node's log.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -82,8 +80,8 @@ impl ClientApp for Client {
         let MessageBody::Content(content) = &message.body else {
             return Err(AppError::new("instruction without content"));
         };
-        match message.metadata.message_type {
-            MessageType::Query => {
+        match message.metadata.message_type.as_str() {
+            "query" => {
                 let input = input_shape(train_set);
                 Ok(RecordDict::new().with(
                     METRICS,
@@ -96,7 +94,7 @@ impl ClientApp for Client {
                     ]),
                 ))
             }
-            MessageType::Train => {
+            "train" => {
                 let arrays = content
                     .arrays(ARRAYS)
                     .ok_or_else(|| AppError::new("instruction lacks arrays"))?;
@@ -145,7 +143,7 @@ impl ClientApp for Client {
                         ]),
                     ))
             }
-            MessageType::Evaluate => {
+            "evaluate" => {
                 let arrays = content
                     .arrays(ARRAYS)
                     .ok_or_else(|| AppError::new("instruction lacks arrays"))?;
@@ -162,6 +160,9 @@ impl ClientApp for Client {
                     ]),
                 ))
             }
+            other => Err(AppError::new(format!(
+                "message type {other:?}: this app answers query, train and evaluate"
+            ))),
         }
     }
 }

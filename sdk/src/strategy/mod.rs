@@ -313,14 +313,8 @@ pub(crate) fn weighted_mean(
 
 /// Whether two metric values can be averaged together: both numbers, or lists of one length.
 fn same_kind(a: &MetricValue, b: &MetricValue) -> bool {
-    use MetricValue::{Float, FloatList, Int, IntList};
-    match (a, b) {
-        (Int(_) | Float(_), Int(_) | Float(_)) => true,
-        (IntList(x), IntList(y)) => x.len() == y.len(),
-        (FloatList(x), FloatList(y)) => x.len() == y.len(),
-        (IntList(x), FloatList(y)) | (FloatList(y), IntList(x)) => x.len() == y.len(),
-        _ => false,
-    }
+    // Numbers average with numbers, lists with lists of the same length, whatever the types.
+    a.list_len() == b.list_len()
 }
 
 /// Checks that `record` has `first`'s metric names, each of a kind that averages with it.
@@ -378,6 +372,7 @@ pub(crate) fn common_metrics(records: &[&MetricRecord]) -> Vec<MetricRecord> {
 fn weight_of(metrics: &MetricRecord, key: &str) -> Result<f64, StrategyError> {
     match metrics.get(key) {
         Some(MetricValue::Int(n)) => Ok(*n as f64),
+        Some(MetricValue::UInt(n)) => Ok(*n as f64),
         Some(MetricValue::Float(x)) if x.is_finite() => Ok(*x),
         _ => Err(StrategyError::MissingWeight(key.to_string())),
     }
@@ -413,6 +408,10 @@ pub(crate) fn aggregate_metrics(
                     let term = *n as f64 * factor;
                     scalar = Some(scalar.map_or(term, |acc| acc + term));
                 }
+                Some(MetricValue::UInt(n)) => {
+                    let term = *n as f64 * factor;
+                    scalar = Some(scalar.map_or(term, |acc| acc + term));
+                }
                 Some(MetricValue::Float(x)) => {
                     let term = x * factor;
                     scalar = Some(scalar.map_or(term, |acc| acc + term));
@@ -423,6 +422,10 @@ pub(crate) fn aggregate_metrics(
                 }
                 Some(MetricValue::FloatList(values)) => {
                     let terms: Vec<f64> = values.iter().map(|x| x * factor).collect();
+                    list = Some(add_lists(list, terms));
+                }
+                Some(MetricValue::UIntList(values)) => {
+                    let terms: Vec<f64> = values.iter().map(|&n| n as f64 * factor).collect();
                     list = Some(add_lists(list, terms));
                 }
                 None => {}

@@ -152,6 +152,8 @@ fn metrics_to_json(metrics: &MetricRecord) -> Map<String, Value> {
                 MetricValue::Float(v) => json!(v),
                 MetricValue::IntList(v) => json!(v),
                 MetricValue::FloatList(v) => json!(v),
+                MetricValue::UInt(v) => json!(v),
+                MetricValue::UIntList(v) => json!(v),
             };
             (name.to_string(), value)
         })
@@ -273,7 +275,7 @@ fn instructions(
         .iter()
         .map(|&dst| Instruction {
             dst,
-            message_type,
+            message_type: message_type.clone(),
             group_id: round.to_string(),
             content: content.clone(),
         })
@@ -332,7 +334,7 @@ fn train(
         return Ok(None);
     }
     let in_round = |e: super::StrategyError| AppError::new(format!("round {round}: {e}"));
-    let instructions = instructions(nodes, MessageType::Train, round, arrays, config.clone());
+    let instructions = instructions(nodes, MessageType::TRAIN, round, arrays, config.clone());
     let mut fold = strategy.train_fold(round, arrays).map_err(in_round)?;
     let mut failures = Vec::new();
     // Failures that are training gone numerically wrong, rather than a node or the network.
@@ -391,7 +393,7 @@ fn evaluate(
     config: ConfigRecord,
     timeout: Duration,
 ) -> Result<MetricRecord, AppError> {
-    let instructions = instructions(nodes, MessageType::Evaluate, round, arrays, config);
+    let instructions = instructions(nodes, MessageType::EVALUATE, round, arrays, config);
     let key = strategy.weighted_by_key();
     let mut evaluated: Vec<MetricRecord> = Vec::new();
     let mut failures = Vec::new();

@@ -60,7 +60,7 @@ fn instruction() -> Message {
             reply_to: None,
             group_id: "1".into(),
             ttl_ms: 30_000,
-            message_type: MessageType::Train,
+            message_type: MessageType::TRAIN,
             created_at_ms: 1_700_000_000_000,
         },
         body: MessageBody::Content(

@@ -59,6 +59,7 @@ fn many_tiny_arrays(count: usize) -> wire::Message {
                 dtype: wire::DType::U8,
                 shape: vec![1],
                 data: vec![i as u8],
+                serialised: None,
             };
             (format!("a{i}"), array)
         })
@@ -195,8 +196,11 @@ fn bytes_beyond_the_announced_arrays_are_refused() {
 fn duplicate_array_names_are_refused() {
     let message = samples::message();
     let mut bytes = postcard::to_stdvec(&message.metadata).unwrap();
-    // Body::Content, 1 record "r" of Arrays with two entries both named "a", empty shape F32.
-    bytes.extend_from_slice(&[0, 1, 1, b'r', 0, 2, 1, b'a', 0, 0, 0, 1, b'a', 0, 0, 0]);
+    // Body::Content, 1 record "r" of Arrays with two entries both named "a": F32, empty shape,
+    // no bytes, not serialised.
+    bytes.extend_from_slice(&[
+        0, 1, 1, b'r', 0, 2, 1, b'a', 0, 0, 0, 0, 1, b'a', 0, 0, 0, 0,
+    ]);
     let mut assembler = MessageAssembler::new(Limits::default());
     let error = assembler.feed(&bytes).unwrap_err();
     assert!(

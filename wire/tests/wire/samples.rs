@@ -21,7 +21,7 @@ pub fn metadata() -> Metadata {
         reply_to: None,
         group_id: "3".into(),
         ttl_ms: 43_200_000,
-        message_type: MessageType::Train,
+        message_type: MessageType::TRAIN,
         created_at_ms: 1_700_000_000_000,
     }
 }
@@ -39,19 +39,40 @@ pub fn content() -> RecordDict {
                 dtype: DType::I64,
                 shape: vec![],
                 data: 7i64.to_le_bytes().to_vec(),
+                serialised: None,
             },
+        )
+        .with(
+            "legacy",
+            Array::serialised(
+                Serialised {
+                    dtype: String::new(),
+                    shape: vec![],
+                    stype: "numpy.ndarray".into(),
+                },
+                vec![0x93, b'N', b'U', b'M'],
+            ),
         );
     let metrics = MetricRecord::new()
         .with("num-examples", MetricValue::Int(128))
         .with("train_loss", MetricValue::Float(0.75))
         .with("per-class", MetricValue::FloatList(vec![0.1, 0.9]))
-        .with("counts", MetricValue::IntList(vec![1, 2, 3]));
+        .with("counts", MetricValue::IntList(vec![1, 2, 3]))
+        .with("huge", MetricValue::UInt(u64::MAX))
+        .with("huge counts", MetricValue::UIntList(vec![1, u64::MAX]));
     let config = ConfigRecord::new()
         .with("server-round", ConfigValue::Int(3))
         .with("learning-rate", ConfigValue::Float(0.01))
         .with("evaluate", ConfigValue::Bool(true))
         .with("dataset", ConfigValue::Str("cifar10".into()))
-        .with("blob", ConfigValue::Bytes(vec![0, 255]));
+        .with("blob", ConfigValue::Bytes(vec![0, 255]))
+        .with("huge", ConfigValue::UInt(u64::MAX))
+        .with("ints", ConfigValue::IntList(vec![-1, 2]))
+        .with("huge ints", ConfigValue::UIntList(vec![0, u64::MAX]))
+        .with("floats", ConfigValue::FloatList(vec![0.5]))
+        .with("flags", ConfigValue::BoolList(vec![]))
+        .with("names", ConfigValue::StrList(vec!["a".into(), "ü".into()]))
+        .with("blobs", ConfigValue::BytesList(vec![vec![], vec![1]]));
     RecordDict::new()
         .with("arrays", Record::Arrays(arrays))
         .with("metrics", Record::Metrics(metrics))
@@ -68,7 +89,7 @@ pub fn message() -> Message {
 pub fn error_message() -> Message {
     let mut metadata = metadata();
     metadata.reply_to = Some(MessageId(42));
-    metadata.message_type = MessageType::Evaluate;
+    metadata.message_type = MessageType::new("evaluate.holdout").unwrap();
     Message {
         metadata,
         body: MessageBody::Error(MessageError {
@@ -405,6 +426,7 @@ pub fn head_of_one_f32_array(len: u64) -> Message {
                     dtype: wire::DType::F32,
                     shape: vec![len],
                     data: Vec::new(),
+                    serialised: None,
                 },
             )),
         )),

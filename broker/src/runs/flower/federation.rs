@@ -90,16 +90,6 @@ impl BrokerFederation {
     }
 }
 
-/// Flower's message type as this project's; `None` for one its nodes do not take.
-fn message_type(name: &str) -> Option<MessageType> {
-    match name {
-        "train" => Some(MessageType::Train),
-        "evaluate" => Some(MessageType::Evaluate),
-        "query" => Some(MessageType::Query),
-        _ => None,
-    }
-}
-
 impl Federation for BrokerFederation {
     fn node_ids(&self) -> Result<Vec<u64>, String> {
         self.grid
@@ -114,16 +104,15 @@ impl Federation for BrokerFederation {
         let mut ttl = Duration::ZERO;
         for outgoing in instructions {
             let dst = NodeId(outgoing.dst_node_id);
-            let Some(message_type) = message_type(&outgoing.message_type) else {
-                let reason = format!(
-                    "message type {:?} is not one flower-rs nodes take (train, evaluate, query)",
-                    outgoing.message_type
-                );
-                task.deliver(
-                    &outgoing.flower_id,
-                    &refusal(dst, &outgoing.group_id, reason),
-                );
-                continue;
+            let message_type = match MessageType::new(outgoing.message_type.clone()) {
+                Ok(message_type) => message_type,
+                Err(error) => {
+                    task.deliver(
+                        &outgoing.flower_id,
+                        &refusal(dst, &outgoing.group_id, error.to_string()),
+                    );
+                    continue;
+                }
             };
             let instruction_ttl = Duration::try_from_secs_f64(outgoing.ttl)
                 .unwrap_or(MAX_TTL)
@@ -148,8 +137,10 @@ impl Federation for BrokerFederation {
                     if let MessageBody::Error(error) = &reply.body {
                         // The app may say nothing of it: the run's log does.
                         let line = format!(
-                            "node {} answered with an error: {}",
-                            reply.metadata.src_node_id, error.reason
+                            "node {} answered with an error ({}): {}",
+                            reply.metadata.src_node_id,
+                            error.code,
+                            wire::text::sanitize(&error.reason, 4096)
                         );
                         let _ = logs.try_send(LogWork::Lines(vec![line]));
                     }
@@ -182,7 +173,7 @@ fn refusal(node: NodeId, group_id: &str, reason: String) -> Message {
             reply_to: None,
             group_id: group_id.to_string(),
             ttl_ms: 0,
-            message_type: MessageType::Query,
+            message_type: MessageType::QUERY,
             created_at_ms: now_ms(),
         },
         body: MessageBody::Error(MessageError {

@@ -71,11 +71,8 @@ impl FlowerServerApp {
             hash: &hash,
             archive: &fab.archive,
         };
-        Ok(TaskInput::server(
-            context.run_id.0,
-            fab,
-            &context.run_config,
-        ))
+        TaskInput::server(context.run_id.0, fab, &context.run_config)
+            .map_err(|e| AppError::new(format!("the run cannot be given to a Flower app: {e}")))
     }
 
     /// Runs the app in Flower's `flwr-serverapp` against `grid` until it reports how it ended,

@@ -3,8 +3,8 @@
 
 use flwr_example_mlp::{data, mlp};
 use flwr_sdk::{
-    AppError, ClientApp, ClientContext, Message, MessageBody, MessageType, MetricRecord,
-    MetricValue, Record, RecordDict, config_f64, config_i64,
+    AppError, ClientApp, ClientContext, Message, MessageBody, MetricRecord, MetricValue, Record,
+    RecordDict, config_f64, config_i64,
 };
 use std::process::ExitCode;
 
@@ -31,8 +31,8 @@ impl ClientApp for Client {
             count(context, "test-samples", 200)?,
             config_f64(&context.run_config, "spread", 1.5)? as f32,
         );
-        match message.metadata.message_type {
-            MessageType::Train => {
+        match message.metadata.message_type.as_str() {
+            "train" => {
                 let training = mlp::Training {
                     epochs: config_i64(&config, "local-epochs", 1)?.max(1) as usize,
                     learning_rate: config_f64(&config, "learning-rate", 0.1)?,
