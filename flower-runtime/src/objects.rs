@@ -344,7 +344,13 @@ pub fn inflate(
     }
     let body = match (proto.error, message.children.as_slice()) {
         (Some(error), []) => Body::Error(error),
-        (None, [content]) => Body::Content(reader.record_dict(content)?),
+        (None, [content]) => {
+            let records = reader.record_dict(content)?;
+            // The bounds every message of this project keeps (list lengths, a serialised
+            // array's description), checked where Flower's records come in.
+            records.validate().map_err(|e| malformed(content, e))?;
+            Body::Content(records)
+        }
         _ => return Err(malformed(root, "neither one error nor one record dict")),
     };
     Ok(Inflated { metadata, body })

@@ -17,18 +17,22 @@ fn echo_app() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../flower-runtime/tests/fixtures/echo-app")
 }
 
-fn with_flower_serverapp(config: &mut BrokerConfig) {
+pub(crate) fn with_flower_serverapp(config: &mut BrokerConfig) {
     config.flwr_serverapp = Some(flower_program("flwr-serverapp"));
 }
 
 /// Follows a run to its end. Python programs start for every instruction: under a full test
 /// suite on two cores they take their time.
-async fn follow(federation: &Federation, run_id: RunId) -> (Vec<String>, RunStatus) {
+pub(crate) async fn follow(federation: &Federation, run_id: RunId) -> (Vec<String>, RunStatus) {
     follow_for(federation, run_id, std::time::Duration::from_secs(300)).await
 }
 
 /// Builds the app's FAB, offers it and starts a run with its config and `overrides`.
-async fn start_flower_app(federation: &Federation, dir: &Path, overrides: &[String]) -> RunId {
+pub(crate) async fn start_flower_app(
+    federation: &Federation,
+    dir: &Path,
+    overrides: &[String],
+) -> RunId {
     let config = AppConfig::load(dir).unwrap();
     let app = config.app.as_ref().unwrap();
     let run_config = cli::run_config::fuse(app, overrides).unwrap();
@@ -44,7 +48,7 @@ async fn start_flower_app(federation: &Federation, dir: &Path, overrides: &[Stri
     run_id
 }
 
-async fn flower_nodes(federation: &Federation, count: usize) -> Vec<RunningNode> {
+pub(crate) async fn flower_nodes(federation: &Federation, count: usize) -> Vec<RunningNode> {
     let mut nodes = Vec::new();
     for _ in 0..count {
         let mut settings = federation.node_settings(None);

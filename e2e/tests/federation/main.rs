@@ -7,6 +7,7 @@
 mod bundles;
 mod crash;
 mod flower_apps;
+mod flower_corpus;
 mod hostile;
 mod isolation;
 mod learning;

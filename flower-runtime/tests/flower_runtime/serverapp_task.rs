@@ -272,6 +272,54 @@ fn an_instruction_whose_objects_say_other_than_its_message_is_answered_with_an_e
 }
 
 #[test]
+fn an_instruction_beyond_the_bounds_is_answered_with_an_error_naming_the_bound() {
+    let (task, federation) = task();
+    let long_list = wire::ConfigValue::BoolList(vec![true; wire::records::MAX_LIST_LEN + 1]);
+    let content = RecordDict::new().with(
+        "config",
+        Record::Config(wire::ConfigRecord::new().with("flags", long_list)),
+    );
+    let messages = [instruction(10, &content)];
+    let response = push(&task, &messages);
+    push_objects(&task, &response, &objects_of(&messages));
+    assert!(federation.sent.lock().unwrap().is_empty(), "not sent");
+    let pulled: proto::PullAppMessagesResponse = call(
+        &task,
+        Endpoint::PullMessages,
+        &proto::PullAppMessagesRequest {
+            message_ids: response.message_ids.clone(),
+        },
+    );
+    let error = pulled_error(&task, &pulled);
+    assert!(
+        error
+            .reason
+            .contains("a list of 1048577 elements (at most 1048576)"),
+        "{}",
+        error.reason
+    );
+}
+
+/// The error of the first reply pulled, read back from its object.
+fn pulled_error(task: &ServerAppTask, pulled: &proto::PullAppMessagesResponse) -> proto::Error {
+    let tree = &pulled.message_object_trees[0];
+    let object: proto::PullObjectResponse = call(
+        task,
+        Endpoint::PullObject,
+        &proto::PullObjectRequest {
+            object_id: tree.object_id.clone(),
+            ..proto::PullObjectRequest::default()
+        },
+    );
+    let objects = HashMap::from([(tree.object_id.clone(), object.object_content)]);
+    let inflated = inflate(&tree.object_id, &objects, u64::MAX).unwrap();
+    let Body::Error(error) = inflated.body else {
+        panic!("not an error");
+    };
+    error
+}
+
+#[test]
 fn instructions_the_app_may_not_send_are_refused_one_by_one() {
     let (task, federation) = task();
     let content = records(&[1.0]);
@@ -413,20 +461,7 @@ fn an_error_reply_reaches_the_app_with_flowers_code() {
             message_ids: vec![id],
         },
     );
-    let tree = &pulled.message_object_trees[0];
-    let object: proto::PullObjectResponse = call(
-        &task,
-        Endpoint::PullObject,
-        &proto::PullObjectRequest {
-            object_id: tree.object_id.clone(),
-            ..proto::PullObjectRequest::default()
-        },
-    );
-    let objects = HashMap::from([(tree.object_id.clone(), object.object_content)]);
-    let inflated = inflate(&tree.object_id, &objects, u64::MAX).unwrap();
-    let Body::Error(error) = inflated.body else {
-        panic!("not an error");
-    };
+    let error = pulled_error(&task, &pulled);
     assert_eq!(error.code, flower_runtime::messages::code::NODE_UNAVAILABLE);
 }
 

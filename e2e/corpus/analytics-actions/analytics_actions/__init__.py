@@ -1,0 +1,1 @@
+"""Federated analytics and message actions on Flower's Message API."""

@@ -1,0 +1,1 @@
+"""SecAgg+ on Flower's legacy API with a numpy model."""
