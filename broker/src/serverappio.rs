@@ -26,10 +26,17 @@ pub struct ServerAppIo {
 /// A program's hello: this API's version and a token.
 fn read_hello(stream: &mut TcpStream) -> HelloFuture<'_, Token> {
     Box::pin(async move {
-        match read_value::<AppHello, _>(stream, HELLO_FRAME_LIMIT).await {
-            Ok(hello) if hello.version == SERVERAPPIO_VERSION => Some(Shown::Token(hello.token)),
-            _ => None,
+        let hello = read_value::<AppHello, _>(stream, HELLO_FRAME_LIMIT)
+            .await
+            .map_err(|e| format!("it sent no ServerAppIo hello: {e}"))?;
+        if hello.version != SERVERAPPIO_VERSION {
+            return Err(format!(
+                "its hello is of ServerAppIo version {} (this SuperLink speaks version \
+                 {SERVERAPPIO_VERSION})",
+                hello.version
+            ));
         }
+        Ok(Shown::Token(hello.token))
     })
 }
 
@@ -62,6 +69,12 @@ impl ServerAppIo {
     pub fn forget(&self, token: &Token) {
         self.gate.forget(token);
     }
+
+    /// `reason` a program failed to connect, with what the API refused since `since` (see
+    /// [`TokenGate::explained`]).
+    pub fn explained(&self, reason: String, since: std::time::Instant) -> String {
+        self.gate.explained(reason, since)
+    }
 }
 
 #[cfg(test)]
@@ -69,7 +82,7 @@ mod tests {
     use super::*;
 
     /// What the hello reader makes of `bytes`.
-    async fn shown(bytes: Vec<u8>) -> Option<Shown<Token>> {
+    async fn shown(bytes: Vec<u8>) -> Result<Shown<Token>, String> {
         ops::token_gate::shown_by(read_hello, bytes).await
     }
 
@@ -78,12 +91,16 @@ mod tests {
         let hello = |version, token| wire::frame::encode(&AppHello { version, token }).unwrap();
         assert_eq!(
             shown(hello(SERVERAPPIO_VERSION, [1; TOKEN_LEN])).await,
-            Some(Shown::Token([1; TOKEN_LEN]))
+            Ok(Shown::Token([1; TOKEN_LEN]))
         );
-        assert_eq!(
-            shown(hello(SERVERAPPIO_VERSION + 1, [1; TOKEN_LEN])).await,
-            None
+        assert!(
+            shown(hello(SERVERAPPIO_VERSION + 1, [1; TOKEN_LEN]))
+                .await
+                .is_err_and(|why| why.contains(&format!(
+                    "version {} (this SuperLink speaks version {SERVERAPPIO_VERSION})",
+                    SERVERAPPIO_VERSION + 1
+                )))
         );
-        assert_eq!(shown(vec![0xFF; 16]).await, None);
+        assert!(shown(vec![0xFF; 16]).await.is_err());
     }
 }

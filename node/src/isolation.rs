@@ -108,12 +108,21 @@ pub struct ClientAppIo {
 /// A child's hello: this API's version, and its token or [`PULL_TOKEN`].
 fn read_hello(stream: &mut TcpStream) -> HelloFuture<'_, Token> {
     Box::pin(async move {
-        match read_value::<AppHello, _>(stream, HELLO_FRAME_LIMIT).await {
-            Ok(hello) if hello.version != CLIENTAPPIO_VERSION => None,
-            Ok(hello) if hello.token == PULL_TOKEN => Some(Shown::Any),
-            Ok(hello) => Some(Shown::Token(hello.token)),
-            Err(_) => None,
+        let hello = read_value::<AppHello, _>(stream, HELLO_FRAME_LIMIT)
+            .await
+            .map_err(|e| format!("it sent no ClientAppIo hello: {e}"))?;
+        if hello.version != CLIENTAPPIO_VERSION {
+            return Err(format!(
+                "its hello is of ClientAppIo version {} (this node speaks version \
+                 {CLIENTAPPIO_VERSION})",
+                hello.version
+            ));
         }
+        Ok(if hello.token == PULL_TOKEN {
+            Shown::Any
+        } else {
+            Shown::Token(hello.token)
+        })
     })
 }
 
@@ -214,6 +223,7 @@ impl ClientAppIo {
         child
             .env(TOKEN_ENV, encode_token(&token))
             .env(ADDRESS_ENV, self.address().to_string());
+        let started = std::time::Instant::now();
         let mut process = AppProcess::spawn(&mut child, CLIENT_APP_OUTPUT)
             .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
 
@@ -233,8 +243,11 @@ impl ClientAppIo {
             Ended::Reported(connected) => {
                 connected.map_err(|_| "the ClientAppIo API stopped".to_string())?
             }
-            Ended::Exited(status) => return Err(crash(&mut process, status).await),
-            Ended::Interrupted(why) => return Err(why.reason(ttl)),
+            Ended::Exited(status) => {
+                let crash = crash(&mut process, status).await;
+                return Err(self.gate.explained(crash, started));
+            }
+            Ended::Interrupted(why) => return Err(self.gate.explained(why.reason(ttl), started)),
         };
         // Its exit is not watched now: a program may hand the exchange to a process of its own
         // and exit. The exchange ends with the connection, a stop or the time to live.
@@ -418,7 +431,7 @@ mod tests {
     use super::*;
 
     /// What the hello reader makes of `bytes`.
-    async fn shown(bytes: Vec<u8>) -> Option<Shown<Token>> {
+    async fn shown(bytes: Vec<u8>) -> Result<Shown<Token>, String> {
         ops::token_gate::shown_by(read_hello, bytes).await
     }
 
@@ -430,17 +443,21 @@ mod tests {
     async fn a_hello_shows_its_token_or_asks_for_work_in_this_apis_version_only() {
         assert_eq!(
             shown(hello(CLIENTAPPIO_VERSION, [1; TOKEN_LEN])).await,
-            Some(Shown::Token([1; TOKEN_LEN]))
+            Ok(Shown::Token([1; TOKEN_LEN]))
         );
         assert_eq!(
             shown(hello(CLIENTAPPIO_VERSION, PULL_TOKEN)).await,
-            Some(Shown::Any)
+            Ok(Shown::Any)
         );
         assert_eq!(
-            shown(hello(CLIENTAPPIO_VERSION + 1, [1; TOKEN_LEN])).await,
-            None
+            shown(hello(CLIENTAPPIO_VERSION - 1, [1; TOKEN_LEN])).await,
+            Err(format!(
+                "its hello is of ClientAppIo version {} (this node speaks version \
+                 {CLIENTAPPIO_VERSION})",
+                CLIENTAPPIO_VERSION - 1
+            ))
         );
-        assert_eq!(shown(vec![0xFF; 16]).await, None);
+        assert!(shown(vec![0xFF; 16]).await.is_err());
     }
 
     #[tokio::test]
@@ -449,7 +466,7 @@ mod tests {
         let mut bytes = (1u32 << 20).to_le_bytes().to_vec();
         bytes.extend([0; 64]);
         let started = std::time::Instant::now();
-        assert_eq!(shown(bytes).await, None);
+        assert!(shown(bytes).await.is_err());
         assert!(started.elapsed() < ops::token_gate::HELLO_TIMEOUT / 4);
     }
 

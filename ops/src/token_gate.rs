@@ -1,7 +1,8 @@
 //! The front door of a daemon's local app API (the SuperLink's ServerAppIo, the SuperNode's
 //! ClientAppIo): the daemon starts an app process with a one-time token, and the process connects
 //! back and shows it. A connection showing a token the daemon waits for is handed to whoever
-//! waits; anything else is dropped without a word.
+//! waits; anything else is dropped, and why is kept a while ([`TokenGate::refusals_since`]) so
+//! that the daemon can say it where a process it started failed to connect.
 //!
 //! The bounds are the gate's, whatever the API: only this host's processes may connect (unless
 //! remote ones are allowed), a connection has [`HELLO_TIMEOUT`] to show its token, and at most
@@ -15,7 +16,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -36,8 +37,11 @@ pub enum Shown<T> {
     Any,
 }
 
-/// Reading a connection's hello: what it showed, or `None` (not a hello of this API) to drop it.
-pub type HelloFuture<'a, T> = Pin<Box<dyn Future<Output = Option<Shown<T>>> + Send + 'a>>;
+/// Reading a connection's hello: what it showed, or why it is no hello of this API (to drop it).
+pub type HelloFuture<'a, T> = Pin<Box<dyn Future<Output = Result<Shown<T>, String>> + Send + 'a>>;
+
+/// How many refusals are kept for [`TokenGate::refusals_since`]; older ones are forgotten.
+pub const KEPT_REFUSALS: usize = 8;
 
 /// Reads a connection's hello.
 pub type HelloReader<T> = for<'a> fn(&'a mut TcpStream) -> HelloFuture<'a, T>;
@@ -124,6 +128,8 @@ pub struct TokenGate<T> {
     pending: Mutex<Pending>,
     /// Whether a refused [`Shown::Any`] has been logged.
     refused_any: AtomicBool,
+    /// The latest connections dropped for their hello, when and why.
+    refusals: Mutex<VecDeque<(Instant, String)>>,
 }
 
 /// Locks `mutex`. Every structure here is changed by single inserts and removals, so one a
@@ -152,6 +158,7 @@ impl<T: Copy + Eq + Hash + Send + Sync + 'static> TokenGate<T> {
             unclaimed: Mutex::default(),
             pending: Mutex::default(),
             refused_any: AtomicBool::new(false),
+            refusals: Mutex::default(),
         });
         tokio::spawn(gate.clone().accept(listener, local, shutdown));
         Ok(gate)
@@ -174,6 +181,46 @@ impl<T: Copy + Eq + Hash + Send + Sync + 'static> TokenGate<T> {
         let receiver = self.expect(token);
         lock(&self.unclaimed).push_back(token);
         receiver
+    }
+
+    /// Why connections were dropped for their hello since `since` (at most [`KEPT_REFUSALS`],
+    /// oldest first). Any process on the host may connect, so a refusal is not proof that a
+    /// given process was refused; it is what a process that failed to connect most likely met.
+    pub fn refusals_since(&self, since: Instant) -> Vec<String> {
+        lock(&self.refusals)
+            .iter()
+            .filter(|(when, _)| *when >= since)
+            .map(|(_, why)| why.clone())
+            .collect()
+    }
+
+    /// `reason` a process failed to connect, followed by what this API refused since `since`,
+    /// the process's start: a wrong token or version then says why in the reply or run log
+    /// that reports the failure, not only in the daemon's log.
+    pub fn explained(&self, reason: String, since: Instant) -> String {
+        let refusals = self.refusals_since(since);
+        match refusals.as_slice() {
+            [] => reason,
+            [only] => format!(
+                "{reason}; meanwhile {} refused a connection: {only}",
+                self.rules.api
+            ),
+            many => format!(
+                "{reason}; meanwhile {} refused {} connections: {}",
+                self.rules.api,
+                many.len(),
+                many.join("; ")
+            ),
+        }
+    }
+
+    fn refuse(&self, peer: SocketAddr, why: String) {
+        tracing::warn!(%peer, "{} connection dropped: {why}", self.rules.api);
+        let mut refusals = lock(&self.refusals);
+        if refusals.len() == KEPT_REFUSALS {
+            refusals.pop_front();
+        }
+        refusals.push_back((Instant::now(), why));
     }
 
     /// Stops waiting for `token`.
@@ -233,8 +280,8 @@ impl<T: Copy + Eq + Hash + Send + Sync + 'static> TokenGate<T> {
             .tasks
             .retain(|(pending, _)| *pending != id);
         let token = match shown {
-            Ok(Some(Shown::Token(token))) => token,
-            Ok(Some(Shown::Any)) => {
+            Ok(Ok(Shown::Token(token))) => token,
+            Ok(Ok(Shown::Any)) => {
                 if !self.rules.accept_any {
                     if !self.refused_any.swap(true, Ordering::Relaxed) {
                         tracing::warn!(%peer, "{}", self.rules.any_refused);
@@ -247,18 +294,21 @@ impl<T: Copy + Eq + Hash + Send + Sync + 'static> TokenGate<T> {
                 };
                 token
             }
-            _ => {
-                tracing::warn!(%peer, "{} connection without a valid hello; dropped", self.rules.api);
-                return;
+            Ok(Err(why)) => return self.refuse(peer, why),
+            Err(_) => {
+                let why = format!("it showed no hello within {HELLO_TIMEOUT:?}");
+                return self.refuse(peer, why);
             }
         };
-        match lock(&self.waiting).remove(&token) {
+        let waiting = lock(&self.waiting).remove(&token);
+        match waiting {
             Some(waiting) => {
                 let _ = waiting.send(stream);
             }
-            None => {
-                tracing::warn!(%peer, "{} connection with an unknown token; dropped", self.rules.api);
-            }
+            None => self.refuse(
+                peer,
+                "it showed a token this daemon did not give or no longer waits for".into(),
+            ),
         }
     }
 
@@ -276,20 +326,21 @@ impl<T: Copy + Eq + Hash + Send + Sync + 'static> TokenGate<T> {
 
 /// What `read_hello` makes of a connection that sends `bytes` and then waits: how each API's
 /// tests check its hello.
-pub async fn shown_by<T>(read_hello: HelloReader<T>, bytes: Vec<u8>) -> Option<Shown<T>> {
+pub async fn shown_by<T>(read_hello: HelloReader<T>, bytes: Vec<u8>) -> Result<Shown<T>, String> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let listener = TcpListener::bind("127.0.0.1:0").await.ok()?;
-    let address = listener.local_addr().ok()?;
+    let io = |e: std::io::Error| e.to_string();
+    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
+    let address = listener.local_addr().map_err(io)?;
     let writer = tokio::spawn(async move {
         let mut stream = TcpStream::connect(address).await.ok()?;
         stream.write_all(&bytes).await.ok()?;
         // Held open until the reader is done, so that a short hello is not an end of file.
         stream.read_u8().await.ok()
     });
-    let (mut stream, _) = listener.accept().await.ok()?;
+    let (mut stream, _) = listener.accept().await.map_err(io)?;
     let shown = tokio::time::timeout(HELLO_TIMEOUT, read_hello(&mut stream))
         .await
-        .unwrap_or(None);
+        .unwrap_or_else(|_| Err("no hello in time".into()));
     drop(stream);
     let _ = writer.await;
     shown
@@ -303,9 +354,10 @@ mod tests {
     /// The hello of these tests: one byte, 0 to ask for anything, else the token itself.
     fn one_byte_hello(stream: &mut TcpStream) -> HelloFuture<'_, u8> {
         Box::pin(async move {
-            match stream.read_u8().await.ok()? {
-                0 => Some(Shown::Any),
-                token => Some(Shown::Token(token)),
+            match stream.read_u8().await.map_err(|e| e.to_string())? {
+                0 => Ok(Shown::Any),
+                255 => Err("255 is no token".into()),
+                token => Ok(Shown::Token(token)),
             }
         })
     }
@@ -372,6 +424,28 @@ mod tests {
             "the real process's slot is untouched"
         );
         assert!(lock(&gate.waiting).contains_key(&1));
+    }
+
+    #[tokio::test]
+    async fn refusals_are_kept_to_explain_a_process_that_failed_to_connect() {
+        let gate = gate_on("127.0.0.1:0", false);
+        let before = Instant::now();
+        assert_eq!(gate.explained("it exited".into(), before), "it exited");
+        assert!(answer_to(&[2], &gate).await.is_empty());
+        assert!(answer_to(&[255], &gate).await.is_empty());
+        assert_eq!(
+            gate.explained("it exited".into(), before),
+            "it exited; meanwhile TestIo refused 2 connections: it showed a token this daemon \
+             did not give or no longer waits for; 255 is no token"
+        );
+        // Only what happened since the process started, and only the latest few.
+        assert!(gate.refusals_since(Instant::now()).is_empty());
+        for _ in 0..KEPT_REFUSALS + 2 {
+            assert!(answer_to(&[255], &gate).await.is_empty());
+        }
+        let kept = gate.refusals_since(before);
+        assert_eq!(kept.len(), KEPT_REFUSALS);
+        assert!(kept.iter().all(|why| why == "255 is no token"), "{kept:?}");
     }
 
     #[tokio::test]

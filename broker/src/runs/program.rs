@@ -87,6 +87,7 @@ impl ProgramServerApp {
             .envs(ops::process::passed_environment())
             .env(TOKEN_ENV, encode_token(&token))
             .env(ADDRESS_ENV, io.address().to_string());
+        let started = std::time::Instant::now();
         let mut process = match AppProcess::spawn(&mut command, SERVER_APP_OUTPUT) {
             Ok(process) => process,
             Err(error) => {
@@ -108,11 +109,14 @@ impl ProgramServerApp {
             Ended::Reported(connected) => {
                 connected.map_err(|_| "the ServerAppIo API stopped".to_string())
             }
-            Ended::Exited(status) => Err(format!(
-                "the server app {} before connecting",
-                ops::process::describe_exit(status)
+            Ended::Exited(status) => Err(io.explained(
+                format!(
+                    "the server app {} before connecting",
+                    ops::process::describe_exit(status)
+                ),
+                started,
             )),
-            Ended::Interrupted(reason) => Err(reason),
+            Ended::Interrupted(reason) => Err(io.explained(reason, started)),
         };
         io.forget(&token);
         let served = match connected {
@@ -319,6 +323,22 @@ impl Serving {
         self.respond(&response).await
     }
 
+    /// Writes a node's error reply in the run's log, as for every kind of app: the program hears
+    /// of it, and may say nothing of it.
+    fn log_error(&self, reply: &wire::Message) {
+        if let MessageBody::Error(error) = &reply.body {
+            let line = format!(
+                "node {} answered with an error ({}): {}",
+                reply.metadata.src_node_id,
+                error.code,
+                wire::text::sanitize(&error.reason, 4096)
+            );
+            let grid = self.grid.clone();
+            // Tracked like every write of the program's: awaited before the run ends.
+            self.writes.spawn_blocking(move || grid.log(&line));
+        }
+    }
+
     /// Sends a message to `destinations` and forwards each reply to the program as it arrives.
     /// A program that stops reading ends the round at once: its instructions are withdrawn.
     async fn send_and_receive(
@@ -373,6 +393,7 @@ impl Serving {
                 }
                 reply = received.recv() => match reply {
                     Some(reply) => {
+                        self.log_error(&reply);
                         write_value(&mut self.stream, &GridResponse::Reply).await?;
                         write_message(&mut self.stream, &reply, DEFAULT_CHUNK).await?;
                     }

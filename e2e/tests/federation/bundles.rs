@@ -218,7 +218,7 @@ async fn programs_that_crash_babble_or_hang_cost_one_error_reply_and_leave_nothi
     let pid_file = scratch.path().join("grandchild.pid");
     let speak = |then: &str| {
         format!(
-            "python3 - <<'PY'\nimport os, socket, struct\nh, p = os.environ['FLWR_CLIENTAPPIO_ADDRESS'].rsplit(':', 1)\ns = socket.create_connection((h, int(p)))\ntoken = bytes.fromhex(os.environ['FLWR_CLIENTAPP_TOKEN'])\nversion = bytes([{}])\n{then}\ns.close()\nPY",
+            "python3 - <<'PY'\nimport os, socket, struct, time\nh, p = os.environ['FLWR_CLIENTAPPIO_ADDRESS'].rsplit(':', 1)\ns = socket.create_connection((h, int(p)))\ntoken = bytes.fromhex(os.environ['FLWR_CLIENTAPP_TOKEN'])\nversion = bytes([{}])\n{then}\ns.close()\nPY",
             wire::clientappio::CLIENTAPPIO_VERSION
         )
     };
@@ -230,11 +230,22 @@ async fn programs_that_crash_babble_or_hang_cost_one_error_reply_and_leave_nothi
             "boom: the model is on fire",
         ),
         (
-            // Another token than its own: the node never hands it anything.
-            speak("s.sendall(struct.pack('<I', 33) + version + bytes(32 * [0xAB]))"),
+            // Another token than its own: the node never hands it anything, and says why.
+            speak(
+                "s.sendall(struct.pack('<I', 33) + version + bytes(32 * [0xAB]))\ntime.sleep(0.5)",
+            ),
             vec![],
             "",
-            "exited with status 0 before replying",
+            "exited with status 0 before replying; meanwhile ClientAppIo refused a connection: \
+             it showed a token this daemon did not give or no longer waits for",
+        ),
+        (
+            // Its own token in a hello of another version.
+            speak("s.sendall(struct.pack('<I', 33) + bytes([2]) + token)\ntime.sleep(0.5)"),
+            vec![],
+            "",
+            "meanwhile ClientAppIo refused a connection: its hello is of ClientAppIo version 2 \
+             (this node speaks version 3)",
         ),
         (
             // Its own token, then garbage where the reply belongs.
@@ -353,6 +364,56 @@ async fn a_server_program_that_fails_fails_its_run_with_its_status_and_last_word
     assert!(
         error.contains("exited with status 4") && error.contains("no strategy configured"),
         "{error}"
+    );
+}
+
+/// A server program written from `docs/app-protocol.md` section 11: it waits for a node, sends it
+/// an instruction whose metadata is all zeros but its type and group, reads the reply and `Done`.
+const SERVER_PROGRAM_WITH_ZERO_METADATA: &str = r#"
+import os, socket, struct, sys
+h, p = os.environ['FLWR_SERVERAPPIO_ADDRESS'].rsplit(':', 1)
+s = socket.create_connection((h, int(p)))
+def frame(payload):
+    s.sendall(struct.pack('<I', len(payload)) + payload)
+def read_frame():
+    (n,) = struct.unpack('<I', s.recv(4, socket.MSG_WAITALL))
+    return s.recv(n, socket.MSG_WAITALL) if n else b''
+def varint(v):
+    out = bytearray()
+    while True:
+        b, v = v & 0x7F, v >> 7
+        out.append(b | 0x80 if v else b)
+        if not v:
+            return bytes(out)
+frame(varint(int(sys.argv[1])) + bytes.fromhex(os.environ['FLWR_SERVERAPP_TOKEN']))
+read_frame()
+frame(b'\x01' + varint(1) + varint(30000))
+nodes = read_frame()
+assert nodes[:2] == b'\x00\x01', nodes
+frame(b'\x02\x01' + nodes[2:] + varint(30000))
+frame(bytes(5) + b'\x011' + b'\x00' + b'\x05train' + b'\x00' + b'\x00\x00')
+assert read_frame() == b'\x01'
+read_frame()
+assert read_frame() == b'\x02'
+"#;
+
+#[tokio::test]
+async fn a_server_program_hears_of_a_node_error_and_the_run_log_says_it_too() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let _nodes = nodes(&federation, &["value=1"]).await;
+    let app = server_script_app(&format!(
+        "exec python3 - {} <<'PY'{SERVER_PROGRAM_WITH_ZERO_METADATA}PY",
+        wire::serverappio::SERVERAPPIO_VERSION
+    ));
+    let (run_id, _, _) = start_bundle(&federation, app.path(), "").await.unwrap();
+    let (lines, status) = follow(&federation, run_id).await;
+    // The built-in vector-add client app finds no arrays in the instruction.
+    assert_eq!(status, RunStatus::Completed, "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("answered with an error (CLIENT_APP_RAISED_EXCEPTION)")),
+        "{lines:#?}"
     );
 }
 

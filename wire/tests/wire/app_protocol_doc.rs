@@ -5,7 +5,7 @@
 
 use wire::clientappio::{AppHello, AppJob, CLIENTAPPIO_VERSION};
 use wire::fleet::InstructionHeader;
-use wire::serverappio::{GridRequest, GridResponse, ServerJob};
+use wire::serverappio::{GridRequest, GridResponse, SERVERAPPIO_VERSION, ServerJob};
 use wire::stream::encode_message_bytes;
 use wire::*;
 
@@ -41,6 +41,95 @@ fn examples(text: &str) -> Vec<(String, Vec<u8>)> {
     }
     examples.extend(current);
     examples
+}
+
+/// Every example block of the document with its lines, by name: each line's hex (spaces removed)
+/// and its note (after the `|`, trimmed).
+fn annotated_examples(text: &str) -> Vec<(String, Vec<(String, String)>)> {
+    let mut examples = Vec::new();
+    let mut current: Option<(String, Vec<(String, String)>)> = None;
+    for line in text.lines() {
+        if let Some(name) = line.trim().strip_prefix("# example: ") {
+            examples.extend(current.take());
+            current = Some((name.trim().to_string(), Vec::new()));
+            continue;
+        }
+        if line.trim_start().starts_with("```") {
+            examples.extend(current.take());
+            continue;
+        }
+        let Some((_, fields)) = current.as_mut() else {
+            continue;
+        };
+        let (hex, note) = line.split_once('|').unwrap_or((line, ""));
+        let hex: String = hex.split_whitespace().collect();
+        fields.push((hex, note.trim().to_string()));
+    }
+    examples.extend(current);
+    examples
+}
+
+/// `docs/app-protocol.vectors.json` as the document's examples make it.
+fn vectors(text: &str) -> String {
+    let vectors: Vec<serde_json::Value> = annotated_examples(text)
+        .into_iter()
+        .map(|(name, fields)| {
+            let hex: String = fields.iter().map(|(hex, _)| hex.as_str()).collect();
+            let fields: Vec<serde_json::Value> = fields
+                .into_iter()
+                .map(|(hex, note)| serde_json::json!({ "hex": hex, "note": note }))
+                .collect();
+            serde_json::json!({ "name": name, "hex": hex, "fields": fields })
+        })
+        .collect();
+    let document = serde_json::json!({
+        "about": "The worked examples of docs/app-protocol.md: each vector's bytes (hex) are \
+                  the encoding of the value its fields describe, run by run, in order.",
+        "clientappio_version": CLIENTAPPIO_VERSION,
+        "serverappio_version": SERVERAPPIO_VERSION,
+        "vectors": vectors,
+    });
+    serde_json::to_string_pretty(&document).unwrap() + "\n"
+}
+
+/// `docs/app-protocol.schema` as the document's `schema` blocks make it.
+fn schema(text: &str) -> String {
+    let mut schema = format!(
+        "-- The types of the app protocol, verbatim from docs/app-protocol.md (sections 5 and 11):\n\
+         -- ClientAppIo version {CLIENTAPPIO_VERSION}, ServerAppIo version {SERVERAPPIO_VERSION}. \
+         Encoding: postcard (section 4).\n"
+    );
+    let mut inside = false;
+    for line in text.lines() {
+        match line.trim_end() {
+            "```schema" => {
+                inside = true;
+                schema.push('\n');
+            }
+            "```" if inside => inside = false,
+            line if inside => {
+                schema.push_str(line);
+                schema.push('\n');
+            }
+            _ => {}
+        }
+    }
+    schema
+}
+
+/// Checks `file` under `docs/` against `made`, or writes it with `WIRE_BLESS=1`.
+fn check_beside_the_document(file: &str, made: &str) {
+    let path = format!("{}/../docs/{file}", env!("CARGO_MANIFEST_DIR"));
+    if std::env::var_os("WIRE_BLESS").is_some() {
+        std::fs::write(&path, made).unwrap();
+        return;
+    }
+    let kept = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert!(
+        kept == made,
+        "docs/{file} differs from docs/app-protocol.md: regenerate it with \
+         WIRE_BLESS=1 cargo test -p wire"
+    );
 }
 
 fn framed(payload: &[u8]) -> Vec<u8> {
@@ -184,6 +273,25 @@ fn the_worked_examples_of_the_app_protocol_document_are_the_bytes_on_the_wire() 
             *documented == bytes,
             "example {name:?} of docs/app-protocol.md differs from the encoding:\n{}",
             hex(&bytes)
+        );
+    }
+}
+
+#[test]
+fn the_machine_readable_vectors_and_schema_are_the_documents() {
+    let text = document();
+    check_beside_the_document("app-protocol.vectors.json", &vectors(&text));
+    check_beside_the_document("app-protocol.schema", &schema(&text));
+    // Each vector's bytes are its fields' bytes, and the encoder's (checked above against the
+    // document's blocks, from which both files are made).
+    let found = examples(&text);
+    for (name, fields) in annotated_examples(&text) {
+        let joined: String = fields.iter().map(|(hex, _)| hex.as_str()).collect();
+        let bytes = &found.iter().find(|(n, _)| *n == name).unwrap().1;
+        assert_eq!(
+            joined,
+            hex(bytes).split_whitespace().collect::<String>(),
+            "{name}"
         );
     }
 }
