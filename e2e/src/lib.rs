@@ -282,6 +282,7 @@ pub fn node_settings(fleet: SocketAddr, trust: ServerTrust, key: Option<&Path>) 
             .join(format!("flwr-rs-test-apps-{}", nix::unistd::geteuid())),
         trusted_apps: None,
         flwr_clientapp: None,
+        flwr_clientapp_warm: node::flower::warm::WarmLimits::default(),
         native_clientapps: Default::default(),
     }
 }

@@ -188,6 +188,12 @@ impl ClientAppTask {
         self.state().outcome.take().unwrap_or_default()
     }
 
+    /// Whether the app has taken the task's input (after which its process is the one serving
+    /// it, and the task cannot be handed to another).
+    pub fn started(&self) -> bool {
+        self.state().phase != Phase::Starting
+    }
+
     /// Ends the task from the daemon's side (the process exited or ran past its time to live):
     /// its token stops working, and the outcome taken is whatever arrived.
     pub fn abandon(&self) -> TaskOutcome {

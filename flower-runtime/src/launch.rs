@@ -52,7 +52,9 @@ pub fn find_program(
 pub struct Execution {
     dir: PathBuf,
     home: PathBuf,
-    token_file: PathBuf,
+    /// The task's token; `None` for a warm runner's execution, which is given its tasks' tokens
+    /// as they come.
+    token_file: Option<PathBuf>,
 }
 
 impl Execution {
@@ -60,6 +62,14 @@ impl Execution {
     /// this user can change it and every directory above it: `ops::private_dir`), with the
     /// token `token` in its file.
     pub fn create(base: &Path, token: &str) -> std::io::Result<Execution> {
+        let mut execution = Self::create_untokened(base)?;
+        execution.token_file = Some(execution.write_private("task.token", token.as_bytes())?);
+        Ok(execution)
+    }
+
+    /// Like [`create`](Self::create), without a token: for a warm runner, which is given its
+    /// tasks' tokens as they come.
+    pub fn create_untokened(base: &Path) -> std::io::Result<Execution> {
         // Absolute: the program may be started in another directory than the daemon's.
         let base = std::path::absolute(base)?;
         ops::private_dir::create_private_dir(&base)?;
@@ -68,19 +78,26 @@ impl Execution {
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
         let execution = Execution {
             home: dir.join("flwr-home"),
-            token_file: dir.join("task.token"),
+            token_file: None,
             dir,
         };
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&execution.home)?;
+        Ok(execution)
+    }
+
+    /// Writes `contents` to a new file `name` of the execution's own, outside its `FLWR_HOME`,
+    /// readable by this user alone; its path.
+    pub fn write_private(&self, name: &str, contents: &[u8]) -> std::io::Result<PathBuf> {
+        let path = self.dir.join(name);
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&execution.token_file)?;
-        file.write_all(token.as_bytes())?;
-        Ok(execution)
+            .open(&path)?;
+        file.write_all(contents)?;
+        Ok(path)
     }
 
     /// The program's `FLWR_HOME`.
@@ -88,9 +105,9 @@ impl Execution {
         &self.home
     }
 
-    /// The file holding the task's token.
-    pub fn token_file(&self) -> &Path {
-        &self.token_file
+    /// The file holding the task's token (none for a warm runner).
+    pub fn token_file(&self) -> Option<&Path> {
+        self.token_file.as_deref()
     }
 }
 
@@ -114,12 +131,44 @@ pub fn app_command(
     let mut command = tokio::process::Command::new(program);
     command
         .arg("--runtime-api-address")
-        .arg(address.to_string())
-        .arg("--token-file")
-        .arg(execution.token_file())
+        .arg(address.to_string());
+    if let Some(token_file) = execution.token_file() {
+        command.arg("--token-file").arg(token_file);
+    }
+    command
         .arg("--insecure")
         .arg("--parent-pid")
-        .arg(std::process::id().to_string())
+        .arg(std::process::id().to_string());
+    with_flower_environment(&mut command, execution);
+    command
+}
+
+/// The command that starts a warm runner: `python` on the runner's `script`, against the
+/// runtime API at `address`, for `execution` (a [`Execution::create_untokened`] one). Its
+/// environment and process group are `flwr-clientapp`'s ([`app_command`]); the tasks' tokens
+/// are the caller's to write on its stdin, one a line.
+pub fn warm_command(
+    python: &Path,
+    script: &Path,
+    address: SocketAddr,
+    execution: &Execution,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(python);
+    // Unbuffered, so the app's output reaches the daemon's log as it is written.
+    command
+        .arg("-u")
+        .arg(script)
+        .arg(address.to_string())
+        .arg(std::process::id().to_string());
+    with_flower_environment(&mut command, execution);
+    command
+}
+
+/// What every Flower app process gets: only the environment a bundle's program gets and
+/// [`FLOWER_ENVIRONMENT`], the execution's `FLWR_HOME`, a process group of its own, and death
+/// when the command's child is dropped.
+fn with_flower_environment(command: &mut tokio::process::Command, execution: &Execution) {
+    command
         .env_clear()
         .envs(ops::process::passed_environment())
         .envs(flower_environment())
@@ -131,7 +180,6 @@ pub fn app_command(
         // Otherwise every app process posts to Flower's telemetry server and waits for it.
         command.env("FLWR_TELEMETRY_ENABLED", "0");
     }
-    command
 }
 
 /// Variables a Python program of Flower's keeps besides a bundle program's, by name or by a
@@ -232,7 +280,7 @@ mod tests {
         let args: Vec<_> = command.as_std().get_args().collect();
         let token_path = Path::new(args[3]);
         assert!(token_path.is_absolute(), "{token_path:?}");
-        assert_eq!(execution.token_file(), token_path);
+        assert_eq!(execution.token_file(), Some(token_path));
         let home = command
             .as_std()
             .get_envs()
@@ -250,15 +298,13 @@ mod tests {
         let first = Execution::create(base.path(), "secret").unwrap();
         let second = Execution::create(base.path(), "other").unwrap();
         assert_ne!(first.home(), second.home());
-        assert_eq!(
-            std::fs::read_to_string(first.token_file()).unwrap(),
-            "secret"
-        );
-        assert_eq!(mode(first.token_file()), 0o600);
+        let token_file = first.token_file().unwrap();
+        assert_eq!(std::fs::read_to_string(token_file).unwrap(), "secret");
+        assert_eq!(mode(token_file), 0o600);
         assert_eq!(mode(first.home()), 0o700);
         assert_eq!(mode(first.home().parent().unwrap()), 0o700);
         // The token is not in the tree the app installs into and may change.
-        assert!(!first.token_file().starts_with(first.home()));
+        assert!(!token_file.starts_with(first.home()));
         std::fs::write(first.home().join("planted.py"), "import os").unwrap();
         drop((first, second));
         assert_eq!(std::fs::read_dir(base.path()).unwrap().count(), 0);

@@ -1,9 +1,11 @@
-//! Flower's record values and this project's, both ways, exactly: every Flower value comes back to
-//! Flower byte for byte, and every value this project holds goes to Flower and back unchanged.
-//! Integers above `i64::MAX` stay unsigned, lists keep their element type (an empty one too), and
-//! an array is read as a dense tensor only where writing it back gives the same bytes; any other
-//! array (another serialisation type, a dtype this project lacks, legacy `Parameters` with their
-//! empty dtype and shape) is carried as given ([`wire::records::Serialised`]).
+//! Flower's record values and this project's, both ways: every Flower value comes back to Flower
+//! byte for byte. Integers above `i64::MAX` stay unsigned, lists keep their element type (an
+//! empty one too), and an array is read as a dense tensor only where writing it back gives the
+//! same bytes; any other array (another serialisation type, a dtype this project lacks, legacy
+//! `Parameters` with their empty dtype and shape) is carried as given
+//! ([`wire::records::Serialised`]). The other way, a value of this project comes back from Flower
+//! in the form Flower itself writes: an unsigned integer or list within `i64` as a signed one, an
+//! empty list as Flower types it, a serialised array that is exactly a `.npy` as a dense one.
 //!
 //! What cannot cross is refused with a typed error: a list in a run or node config (Flower's
 //! `Scalar` holds single values) and a value with nothing set.
@@ -14,7 +16,8 @@ use crate::proto::config_record_value::Value as ConfigProto;
 use crate::proto::metric_record_value::Value as MetricProto;
 use thiserror::Error;
 use wire::records::{
-    Array, ArrayRecord, ConfigRecord, ConfigValue, MetricRecord, MetricValue, Serialised,
+    Array, ArrayRecord, ConfigRecord, ConfigValue, MAX_ENTRIES, MAX_LIST_LEN, MetricRecord,
+    MetricValue, Serialised,
 };
 
 /// The serialisation type of numpy's `.npy` format, which Flower uses for its own arrays.
@@ -37,6 +40,31 @@ pub enum RecordError {
     /// A value that is empty in a way Flower never writes (a oneof with nothing set).
     #[error("{0} has no value")]
     Empty(String),
+    /// A record beyond this project's bounds (entries, list lengths).
+    #[error("{0}")]
+    Beyond(String),
+}
+
+/// Refuses a record of `count` items before any is converted.
+fn check_entries(what: &str, count: usize) -> Result<(), RecordError> {
+    if count > MAX_ENTRIES {
+        return Err(RecordError::Beyond(format!(
+            "a {what} record of {count} entries (at most {MAX_ENTRIES})"
+        )));
+    }
+    Ok(())
+}
+
+/// A copy of the list `values`, refused before it is copied when it is beyond the bound.
+fn list<T: Clone>(what: &dyn Fn() -> String, values: &[T]) -> Result<Vec<T>, RecordError> {
+    if values.len() > MAX_LIST_LEN {
+        return Err(RecordError::Beyond(format!(
+            "{} is a list of {} elements (at most {MAX_LIST_LEN})",
+            what(),
+            values.len()
+        )));
+    }
+    Ok(values.to_vec())
 }
 
 /// A metric record's protobuf body, as Flower writes it.
@@ -67,22 +95,26 @@ pub fn metrics_to_proto(record: &MetricRecord) -> proto::MetricRecord {
     proto::MetricRecord { items }
 }
 
-/// A metric record from Flower.
+/// A metric record from Flower (a name given twice keeps its last value, as in Python's dict).
 pub fn metrics_from_proto(record: &proto::MetricRecord) -> Result<MetricRecord, RecordError> {
-    let mut metrics = MetricRecord::new();
-    for item in &record.items {
-        let value = match item.value.as_ref().and_then(|v| v.value.as_ref()) {
-            Some(MetricProto::Double(v)) => MetricValue::Float(*v),
-            Some(MetricProto::Sint64(v)) => MetricValue::Int(*v),
-            Some(MetricProto::Uint64(v)) => MetricValue::UInt(*v),
-            Some(MetricProto::DoubleList(list)) => MetricValue::FloatList(list.vals.clone()),
-            Some(MetricProto::SintList(list)) => MetricValue::IntList(list.vals.clone()),
-            Some(MetricProto::UintList(list)) => MetricValue::UIntList(list.vals.clone()),
-            None => return Err(RecordError::Empty(format!("metric {:?}", item.key))),
-        };
-        metrics.insert(item.key.clone(), value);
-    }
-    Ok(metrics)
+    check_entries("metric", record.items.len())?;
+    record
+        .items
+        .iter()
+        .map(|item| {
+            let what = || format!("metric {:?}", item.key);
+            let value = match item.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(MetricProto::Double(v)) => MetricValue::Float(*v),
+                Some(MetricProto::Sint64(v)) => MetricValue::Int(*v),
+                Some(MetricProto::Uint64(v)) => MetricValue::UInt(*v),
+                Some(MetricProto::DoubleList(l)) => MetricValue::FloatList(list(&what, &l.vals)?),
+                Some(MetricProto::SintList(l)) => MetricValue::IntList(list(&what, &l.vals)?),
+                Some(MetricProto::UintList(l)) => MetricValue::UIntList(list(&what, &l.vals)?),
+                None => return Err(RecordError::Empty(what())),
+            };
+            Ok((item.key.clone(), value))
+        })
+        .collect()
 }
 
 /// A config record's protobuf body, as Flower writes it.
@@ -116,28 +148,32 @@ fn config_value_to_proto(value: &ConfigValue) -> ConfigProto {
     }
 }
 
-/// A config record from Flower.
+/// A config record from Flower (a name given twice keeps its last value, as in Python's dict).
 pub fn config_from_proto(record: &proto::ConfigRecord) -> Result<ConfigRecord, RecordError> {
-    let mut config = ConfigRecord::new();
-    for item in &record.items {
-        let value = match item.value.as_ref().and_then(|v| v.value.as_ref()) {
-            Some(ConfigProto::Double(v)) => ConfigValue::Float(*v),
-            Some(ConfigProto::Sint64(v)) => ConfigValue::Int(*v),
-            Some(ConfigProto::Uint64(v)) => ConfigValue::UInt(*v),
-            Some(ConfigProto::Bool(v)) => ConfigValue::Bool(*v),
-            Some(ConfigProto::String(v)) => ConfigValue::Str(v.clone()),
-            Some(ConfigProto::Bytes(v)) => ConfigValue::Bytes(v.clone()),
-            Some(ConfigProto::DoubleList(list)) => ConfigValue::FloatList(list.vals.clone()),
-            Some(ConfigProto::SintList(list)) => ConfigValue::IntList(list.vals.clone()),
-            Some(ConfigProto::UintList(list)) => ConfigValue::UIntList(list.vals.clone()),
-            Some(ConfigProto::BoolList(list)) => ConfigValue::BoolList(list.vals.clone()),
-            Some(ConfigProto::StringList(list)) => ConfigValue::StrList(list.vals.clone()),
-            Some(ConfigProto::BytesList(list)) => ConfigValue::BytesList(list.vals.clone()),
-            None => return Err(RecordError::Empty(format!("config entry {:?}", item.key))),
-        };
-        config.insert(item.key.clone(), value);
-    }
-    Ok(config)
+    check_entries("config", record.items.len())?;
+    record
+        .items
+        .iter()
+        .map(|item| {
+            let what = || format!("config entry {:?}", item.key);
+            let value = match item.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(ConfigProto::Double(v)) => ConfigValue::Float(*v),
+                Some(ConfigProto::Sint64(v)) => ConfigValue::Int(*v),
+                Some(ConfigProto::Uint64(v)) => ConfigValue::UInt(*v),
+                Some(ConfigProto::Bool(v)) => ConfigValue::Bool(*v),
+                Some(ConfigProto::String(v)) => ConfigValue::Str(v.clone()),
+                Some(ConfigProto::Bytes(v)) => ConfigValue::Bytes(v.clone()),
+                Some(ConfigProto::DoubleList(l)) => ConfigValue::FloatList(list(&what, &l.vals)?),
+                Some(ConfigProto::SintList(l)) => ConfigValue::IntList(list(&what, &l.vals)?),
+                Some(ConfigProto::UintList(l)) => ConfigValue::UIntList(list(&what, &l.vals)?),
+                Some(ConfigProto::BoolList(l)) => ConfigValue::BoolList(list(&what, &l.vals)?),
+                Some(ConfigProto::StringList(l)) => ConfigValue::StrList(list(&what, &l.vals)?),
+                Some(ConfigProto::BytesList(l)) => ConfigValue::BytesList(list(&what, &l.vals)?),
+                None => return Err(RecordError::Empty(what())),
+            };
+            Ok((item.key.clone(), value))
+        })
+        .collect()
 }
 
 /// A run-config or node-config value (`Scalar`), as Flower writes one; `None` for a list, which
@@ -257,16 +293,20 @@ pub fn arrays_to_proto(record: &ArrayRecord) -> Result<proto::ArrayRecord, Recor
 
 /// An array record from Flower's protobuf form.
 pub fn arrays_from_proto(record: &proto::ArrayRecord) -> Result<ArrayRecord, RecordError> {
-    let mut arrays = ArrayRecord::new();
-    for item in &record.items {
-        let array = item
-            .value
-            .as_ref()
-            .ok_or_else(|| RecordError::Empty(format!("array {:?}", item.key)))?;
-        let array = array_from_parts(&array.dtype, &array.shape, &array.stype, array.data.clone());
-        arrays.insert(item.key.clone(), array);
-    }
-    Ok(arrays)
+    check_entries("array", record.items.len())?;
+    record
+        .items
+        .iter()
+        .map(|item| {
+            let array = item
+                .value
+                .as_ref()
+                .ok_or_else(|| RecordError::Empty(format!("array {:?}", item.key)))?;
+            let array =
+                array_from_parts(&array.dtype, &array.shape, &array.stype, array.data.clone());
+            Ok((item.key.clone(), array))
+        })
+        .collect()
 }
 
 /// A record dict in Flower's protobuf form (a context's state travels so).
@@ -294,17 +334,24 @@ pub fn record_dict_from_proto(
     content: &proto::RecordDict,
 ) -> Result<wire::RecordDict, RecordError> {
     use proto::record_dict::item::Value;
-    let mut records = wire::RecordDict::new();
-    for item in &content.items {
-        let record = match &item.value {
-            Some(Value::ArrayRecord(arrays)) => wire::Record::Arrays(arrays_from_proto(arrays)?),
-            Some(Value::MetricRecord(metrics)) => {
-                wire::Record::Metrics(metrics_from_proto(metrics)?)
-            }
-            Some(Value::ConfigRecord(config)) => wire::Record::Config(config_from_proto(config)?),
-            None => return Err(RecordError::Empty(format!("record {:?}", item.key))),
-        };
-        records.insert(item.key.clone(), record);
-    }
-    Ok(records)
+    check_entries("record dict", content.items.len())?;
+    content
+        .items
+        .iter()
+        .map(|item| {
+            let record = match &item.value {
+                Some(Value::ArrayRecord(arrays)) => {
+                    wire::Record::Arrays(arrays_from_proto(arrays)?)
+                }
+                Some(Value::MetricRecord(metrics)) => {
+                    wire::Record::Metrics(metrics_from_proto(metrics)?)
+                }
+                Some(Value::ConfigRecord(config)) => {
+                    wire::Record::Config(config_from_proto(config)?)
+                }
+                None => return Err(RecordError::Empty(format!("record {:?}", item.key))),
+            };
+            Ok((item.key.clone(), record))
+        })
+        .collect()
 }

@@ -165,6 +165,7 @@ pub async fn run(
         std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
         settings.flwr_clientapp.clone(),
         settings.apps_dir.join("flwr-home"),
+        settings.flwr_clientapp_warm,
         shutdown.clone(),
     )
     .await

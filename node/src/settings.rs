@@ -63,6 +63,15 @@ pub struct Args {
     /// of Flower apps (FABs) [default: `flwr-clientapp` on PATH, other than this project's own].
     #[arg(long, value_name = "FILE")]
     pub flwr_clientapp: Option<PathBuf>,
+    /// How many runs' Flower ClientApp processes may stay warm between their instructions (the
+    /// FAB installed and the app imported once per run, not once per instruction); 0 starts a
+    /// fresh `flwr-clientapp` for every instruction, as Flower's SuperNode does.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub flwr_clientapp_warm_runs: usize,
+    /// Seconds a warm Flower ClientApp process may wait for its run's next instruction before
+    /// it is ended.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub flwr_clientapp_idle_timeout: f64,
     /// Answer a Flower app's instructions with a native client app of the same model instead of
     /// its Python ClientApp: `PUBLISHER/NAME=APP` (the FAB's id, then a built-in app's name).
     /// Repeatable.
@@ -156,6 +165,8 @@ pub struct NodeSettings {
     pub trusted_apps: Option<crate::trust::TrustedApps>,
     /// `--flwr-clientapp`, checked to exist.
     pub flwr_clientapp: Option<PathBuf>,
+    /// `--flwr-clientapp-warm-runs` and `--flwr-clientapp-idle-timeout`.
+    pub flwr_clientapp_warm: crate::flower::warm::WarmLimits,
     /// `--native-clientapp`: the built-in client app that answers each Flower app, by FAB id.
     pub native_clientapps: std::collections::BTreeMap<String, String>,
 }
@@ -216,6 +227,18 @@ impl Args {
         if let Some(program) = &self.flwr_clientapp {
             crate::flower::find_program(Some(program))?;
         }
+        let flwr_clientapp_warm = crate::flower::warm::WarmLimits {
+            runs: self.flwr_clientapp_warm_runs,
+            idle: Duration::try_from_secs_f64(self.flwr_clientapp_idle_timeout)
+                .ok()
+                .filter(|idle| !idle.is_zero())
+                .ok_or_else(|| {
+                    format!(
+                        "--flwr-clientapp-idle-timeout must be a positive number of seconds, got {}",
+                        self.flwr_clientapp_idle_timeout
+                    )
+                })?,
+        };
         let native_clientapps = self
             .native_clientapps
             .iter()
@@ -236,6 +259,7 @@ impl Args {
             apps_dir,
             trusted_apps,
             flwr_clientapp: self.flwr_clientapp,
+            flwr_clientapp_warm,
             native_clientapps,
         })
     }

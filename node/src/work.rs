@@ -124,6 +124,9 @@ impl Worker {
         if let Some(flag) = lock(&self.running).get(&run_id) {
             flag.store(true, Ordering::Relaxed);
         }
+        if let Some(programs) = &self.programs {
+            programs.flower.end_run(run_id.0);
+        }
         tracing::info!(
             run_id = run_id.0,
             "run stopped by the SuperLink; abandoning its work"
@@ -201,7 +204,7 @@ impl Worker {
         if cancelled.load(Ordering::Relaxed) {
             return;
         }
-        let reply = instruction.reply(body, now_ms());
+        let reply = instruction.reply(deliverable(body), now_ms());
         if let Err(reply) = self.send_reply(&connection, reply).await {
             lock(&self.outbox).push(reply);
         }
@@ -403,7 +406,8 @@ impl Worker {
         body
     }
 
-    /// Sends one reply; gives it back if it could not be delivered (to retry later).
+    /// Sends one reply; gives it back if it could not be delivered (to retry later). The reply
+    /// is [`deliverable`]: a failure is the connection's, and worth retrying.
     async fn send_reply(
         &self,
         connection: &quinn::Connection,
@@ -434,5 +438,24 @@ impl Worker {
             }
             None => Err(reply),
         }
+    }
+}
+
+/// `body`, or an error in its place when it breaks the protocol's bounds (an app's records that
+/// no broker would accept): such a reply would fail to encode on every attempt and wait in the
+/// outbox for ever, while the round waited for it.
+fn deliverable(body: MessageBody) -> MessageBody {
+    match &body {
+        MessageBody::Content(content) => match content.validate() {
+            Ok(()) => body,
+            Err(error) => {
+                tracing::warn!(%error, "a client app's reply breaks the protocol's bounds");
+                MessageBody::Error(MessageError {
+                    code: ErrorCode::InvalidReply,
+                    reason: format!("the client app's reply cannot be sent: {error}"),
+                })
+            }
+        },
+        MessageBody::Error(_) => body,
     }
 }

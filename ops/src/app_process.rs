@@ -77,13 +77,32 @@ impl AppProcess {
     /// Starts `command` in a process group of its own, with nothing on stdin, its output going
     /// to `output`.
     pub fn spawn(command: &mut Command, output: Output) -> std::io::Result<Self> {
+        Self::spawn_with(command, output, Stdio::null())
+    }
+
+    /// Like [`spawn`](Self::spawn), with a pipe to its stdin: for a process the daemon feeds
+    /// work as it comes (a warm client app, one task token a line).
+    pub fn spawn_fed(
+        command: &mut Command,
+        output: Output,
+    ) -> std::io::Result<(Self, tokio::process::ChildStdin)> {
+        let mut process = Self::spawn_with(command, output, Stdio::piped())?;
+        let stdin = process
+            .child
+            .stdin
+            .take()
+            .ok_or_else(|| std::io::Error::other("the process's stdin was not piped"))?;
+        Ok((process, stdin))
+    }
+
+    fn spawn_with(command: &mut Command, output: Output, stdin: Stdio) -> std::io::Result<Self> {
         let stdout = if output.stdout {
             Stdio::piped()
         } else {
             Stdio::null()
         };
         let mut child = command
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(stdout)
             .stderr(Stdio::piped())
             .process_group(0)
@@ -109,6 +128,11 @@ impl AppProcess {
     /// Its process id, while it runs.
     pub fn id(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// Whether it has exited (without waiting).
+    pub fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Waits for the first of `interrupt`, `outcome` and the process's exit (after which the

@@ -323,6 +323,9 @@ pub enum ControlError {
     InvalidBundle(String),
     /// The broker has no bundle with this hash.
     UnknownBundle(BundleHash),
+    /// The run config cannot be a run's (a list where Flower's run config holds single values,
+    /// a name beyond the bounds), and why.
+    InvalidRunConfig(String),
 }
 
 impl std::fmt::Display for ControlError {
@@ -343,6 +346,7 @@ impl std::fmt::Display for ControlError {
             ControlError::UnknownBundle(hash) => {
                 write!(f, "The SuperLink has no app bundle {hash}")
             }
+            ControlError::InvalidRunConfig(why) => write!(f, "The run config is not valid: {why}"),
         }
     }
 }

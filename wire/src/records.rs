@@ -137,6 +137,35 @@ impl Array {
         )
     }
 
+    /// Checks what can be checked without the bytes (a message stream's head has none): at most
+    /// [`MAX_DIMS`] dimensions, and a serialised array described as its bytes (`U8`, one
+    /// dimension) within the bounds of its description.
+    pub fn check_description(&self) -> Result<(), WireError> {
+        if self.shape.len() > MAX_DIMS {
+            return Err(WireError::Invalid(format!(
+                "an array of {} dimensions (at most {MAX_DIMS})",
+                self.shape.len()
+            )));
+        }
+        let Some(form) = &self.serialised else {
+            return Ok(());
+        };
+        if self.dtype != DType::U8 || self.shape.len() != 1 {
+            return Err(WireError::Invalid(
+                "a serialised array must be described as its bytes (U8, [length])".into(),
+            ));
+        }
+        check_text_len("a serialised array's dtype", &form.dtype)?;
+        check_text_len("a serialised array's serialisation type", &form.stype)?;
+        if form.shape.len() > MAX_DIMS {
+            return Err(WireError::Invalid(format!(
+                "a serialised array claims {} dimensions (at most {MAX_DIMS})",
+                form.shape.len()
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether this is a dense tensor rather than an array its app serialised itself.
     pub fn is_dense(&self) -> bool {
         self.serialised.is_none()
@@ -147,24 +176,9 @@ impl Array {
         self.shape.iter().product()
     }
 
-    /// Checks that the byte length matches dtype and shape, and that a serialised array is
-    /// described as its bytes.
+    /// Checks that the byte length matches dtype and shape, and [`Array::check_description`].
     pub fn validate(&self) -> Result<(), WireError> {
-        if let Some(form) = &self.serialised {
-            if self.dtype != DType::U8 || self.shape != [self.data.len() as u64] {
-                return Err(WireError::Invalid(
-                    "a serialised array must be described as its bytes (U8, [length])".into(),
-                ));
-            }
-            check_text_len("a serialised array's dtype", &form.dtype)?;
-            check_text_len("a serialised array's serialisation type", &form.stype)?;
-            if form.shape.len() > MAX_DIMS {
-                return Err(WireError::Invalid(format!(
-                    "a serialised array claims {} dimensions (at most {MAX_DIMS})",
-                    form.shape.len()
-                )));
-            }
-        }
+        self.check_description()?;
         let expected = byte_len(self.dtype, &self.shape)
             .ok_or_else(|| WireError::Invalid("array shape overflows".into()))?;
         if expected != self.data.len() as u64 {
@@ -346,6 +360,25 @@ impl<T> Named<T> {
         self.entries.iter().map(|(n, _)| n.as_str())
     }
 
+    /// Fails on more than [`MAX_ENTRIES`] entries, a name longer than [`MAX_NAME_LEN`], or a
+    /// duplicate name: what decoding refuses, for a collection built otherwise (from Flower's
+    /// records, say).
+    pub fn check_bounds(&self, what: &str) -> Result<(), WireError> {
+        if self.entries.len() > MAX_ENTRIES {
+            return Err(WireError::Invalid(format!(
+                "{} {what} entries (at most {MAX_ENTRIES})",
+                self.entries.len()
+            )));
+        }
+        if let Some(name) = self.names().find(|name| name.len() > MAX_NAME_LEN) {
+            return Err(WireError::Invalid(format!(
+                "a {what} name of {} bytes (at most {MAX_NAME_LEN})",
+                name.len()
+            )));
+        }
+        self.check_unique(what)
+    }
+
     /// Fails on a duplicate name: decoded input must not smuggle two values under one name.
     pub fn check_unique(&self, what: &str) -> Result<(), WireError> {
         let mut names: Vec<&str> = self.names().collect();
@@ -490,19 +523,20 @@ pub enum Record {
 }
 
 impl Record {
-    /// Checks a metric or config record's names and values (unique names, lists within
-    /// [`MAX_LIST_LEN`]); an array record's arrays are checked by [`Array::validate`].
+    /// Checks a record's names (see [`Named::check_bounds`]) and a metric or config record's
+    /// values (lists within [`MAX_LIST_LEN`]); an array record's arrays are checked by
+    /// [`Array::validate`].
     pub fn check_values(&self) -> Result<(), WireError> {
         match self {
-            Record::Arrays(arrays) => arrays.check_unique("array"),
+            Record::Arrays(arrays) => arrays.check_bounds("array"),
             Record::Metrics(metrics) => {
-                metrics.check_unique("metric")?;
+                metrics.check_bounds("metric")?;
                 metrics
                     .iter()
                     .try_for_each(|(name, v)| check_list_len("metric", name, v.list_len()))
             }
             Record::Config(config) => {
-                config.check_unique("config")?;
+                config.check_bounds("config")?;
                 config
                     .iter()
                     .try_for_each(|(name, v)| check_list_len("config entry", name, v.list_len()))
@@ -541,16 +575,13 @@ impl RecordDict {
 
     /// Checks every invariant a decoded record dict must hold.
     pub fn validate(&self) -> Result<(), WireError> {
-        self.check_unique("record")?;
+        self.check_bounds("record")?;
         for (_, record) in self.iter() {
-            match record {
-                Record::Arrays(arrays) => {
-                    arrays.check_unique("array")?;
-                    for (_, array) in arrays.iter() {
-                        array.validate()?;
-                    }
+            record.check_values()?;
+            if let Record::Arrays(arrays) = record {
+                for (_, array) in arrays.iter() {
+                    array.validate()?;
                 }
-                Record::Metrics(_) | Record::Config(_) => record.check_values()?,
             }
         }
         Ok(())

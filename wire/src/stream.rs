@@ -234,12 +234,9 @@ impl MessageAssembler {
                         }
                         arrays.check_unique("array")?;
                         for (array_index, (name, array)) in arrays.iter().enumerate() {
-                            if array.shape.len() > MAX_DIMS {
-                                return Err(WireError::Invalid(format!(
-                                    "array {name:?} has {} dimensions (at most {MAX_DIMS})",
-                                    array.shape.len()
-                                )));
-                            }
+                            array
+                                .check_description()
+                                .map_err(|e| WireError::Invalid(format!("array {name:?}: {e}")))?;
                             if !array.data.is_empty() {
                                 return Err(WireError::Invalid(format!(
                                     "array {name:?} carries bytes inside the head"

@@ -81,6 +81,21 @@ pub fn start_bundled(
 }
 
 /// Stores a new pending run and starts it.
+/// Refuses a run config Flower's apps could not be given: a run's config holds single values
+/// (TOML's, which is where `flwr run` takes them from), within the bounds of any record.
+fn check_run_config(config: &ConfigRecord) -> Result<(), ControlError> {
+    let invalid = |why: String| ControlError::InvalidRunConfig(wire::text::sanitize(&why, 256));
+    config
+        .check_bounds("run config")
+        .map_err(|e| invalid(e.to_string()))?;
+    match config.iter().find(|(_, value)| value.list_len().is_some()) {
+        Some((name, _)) => Err(invalid(format!(
+            "{name:?} is a list; a run's config holds single values"
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn create(
     shared: &Arc<Shared>,
     operator: &str,
@@ -89,6 +104,7 @@ fn create(
     config: ConfigRecord,
     bundle: Option<BundleHash>,
 ) -> Result<RunInfo, ControlError> {
+    check_run_config(&config)?;
     let info = RunInfo {
         run_id: RunId(0),
         app_name,
@@ -270,4 +286,33 @@ pub fn resume_interrupted_runs(shared: &Arc<Shared>) -> Result<usize, crate::sto
         launch(shared, run.clone());
     }
     Ok(interrupted.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::ConfigValue;
+
+    #[test]
+    fn a_run_config_holds_single_values_within_the_bounds() {
+        let fine = ConfigRecord::new()
+            .with("rounds", ConfigValue::Int(3))
+            .with("seed", ConfigValue::UInt(u64::MAX));
+        assert_eq!(check_run_config(&fine), Ok(()));
+        let listed = fine.clone().with("lr", ConfigValue::FloatList(vec![0.1]));
+        assert_eq!(
+            check_run_config(&listed),
+            Err(ControlError::InvalidRunConfig(
+                "\"lr\" is a list; a run's config holds single values".into()
+            ))
+        );
+        let long_name = fine.with(
+            "x".repeat(wire::records::MAX_NAME_LEN + 1),
+            ConfigValue::Int(1),
+        );
+        assert!(matches!(
+            check_run_config(&long_name),
+            Err(ControlError::InvalidRunConfig(why)) if why.contains("name of 1025 bytes")
+        ));
+    }
 }

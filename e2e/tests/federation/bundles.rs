@@ -392,8 +392,25 @@ nodes = read_frame()
 assert nodes[:2] == b'\x00\x01', nodes
 frame(b'\x02\x01' + nodes[2:] + varint(30000))
 frame(bytes(5) + b'\x011' + b'\x00' + b'\x05train' + b'\x00' + b'\x00\x00')
+def skip_varint(b, i):
+    while b[i] & 0x80:
+        i += 1
+    return i + 1
+def skip_string(b, i):
+    n, j = 0, 0
+    while True:
+        n |= (b[i] & 0x7F) << (7 * j)
+        j += 1
+        i += 1
+        if not b[i - 1] & 0x80:
+            return i + n
 assert read_frame() == b'\x01'
-read_frame()
+reply = read_frame()
+i = skip_varint(reply, skip_varint(reply, skip_varint(reply, skip_varint(reply, 0))))
+i = skip_varint(reply, i + 1) if reply[i] == 1 else i + 1
+i = skip_varint(reply, skip_string(reply, i))
+i = skip_varint(reply, skip_string(reply, i))
+assert reply[i] == 1, 'the reply is an error'
 assert read_frame() == b'\x02'
 "#;
 

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use app_bundle::{Bundle, Fab, hash_of};
+use node::flower::warm::WarmLimits;
 use node::flower::{FlowerClientApps, FlowerJob};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,7 +39,9 @@ fn fab() -> Fab {
     Bundle::open(FAB, hash_of(FAB)).unwrap().fab.unwrap()
 }
 
-fn instruction(ttl: Duration) -> Message {
+const RUN: u64 = 12_345;
+
+fn instruction_of(run: u64, ttl: Duration) -> Message {
     let arrays = [(
         "0".to_string(),
         Array::from_f32(vec![2], &[1.5, -4.0]).unwrap(),
@@ -51,7 +54,7 @@ fn instruction(ttl: Duration) -> Message {
         );
     Message {
         metadata: Metadata {
-            run_id: RunId(12_345),
+            run_id: RunId(run),
             message_id: MessageId::random(),
             src_node_id: NodeId(1),
             dst_node_id: NodeId(NODE),
@@ -66,10 +69,19 @@ fn instruction(ttl: Duration) -> Message {
 }
 
 async fn apps(program: PathBuf, home: &std::path::Path) -> Arc<FlowerClientApps> {
+    apps_warm(program, home, WarmLimits::default()).await
+}
+
+async fn apps_warm(
+    program: PathBuf,
+    home: &std::path::Path,
+    warm: WarmLimits,
+) -> Arc<FlowerClientApps> {
     FlowerClientApps::start(
         "127.0.0.1:0".parse().unwrap(),
         Some(program),
         home.to_path_buf(),
+        warm,
         CancellationToken::new(),
     )
     .await
@@ -77,6 +89,15 @@ async fn apps(program: PathBuf, home: &std::path::Path) -> Arc<FlowerClientApps>
 }
 
 async fn answer(apps: &FlowerClientApps, run_config: &ConfigRecord, ttl: Duration) -> MessageBody {
+    answer_in(apps, RUN, run_config, ttl).await
+}
+
+async fn answer_in(
+    apps: &FlowerClientApps,
+    run: u64,
+    run_config: &ConfigRecord,
+    ttl: Duration,
+) -> MessageBody {
     let fab = fab();
     let job = FlowerJob {
         node_id: NodeId(NODE),
@@ -85,8 +106,100 @@ async fn answer(apps: &FlowerClientApps, run_config: &ConfigRecord, ttl: Duratio
         fab: &fab,
         hash: hash_of(FAB),
     };
-    apps.answer(&job, &instruction(ttl), Arc::new(AtomicBool::new(false)))
-        .await
+    apps.answer(
+        &job,
+        &instruction_of(run, ttl),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await
+}
+
+/// The doubled values of a reply of the echo app with `factor` 3.
+fn scaled(body: MessageBody) -> Vec<f32> {
+    let MessageBody::Content(content) = body else {
+        panic!("an error reply: {body:?}");
+    };
+    let arrays = content.arrays("arrays").unwrap();
+    arrays.iter().next().unwrap().1.to_f32().unwrap()
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_instructions_share_one_warm_process_and_runs_do_not() {
+    let home = tempfile::tempdir().unwrap();
+    let apps = apps(flowers_clientapp(), home.path()).await;
+    let factor = ConfigRecord::new().with("factor", ConfigValue::Float(3.0));
+    let ttl = Duration::from_secs(120);
+    assert_eq!(scaled(answer(&apps, &factor, ttl).await), [4.5, -12.0]);
+    let first = apps.warm_process_id(RUN).expect("the run's process waits");
+    assert_eq!(scaled(answer(&apps, &factor, ttl).await), [4.5, -12.0]);
+    assert_eq!(apps.warm_process_id(RUN), Some(first), "the same process");
+    // Another run gets a process (and FLWR_HOME) of its own.
+    assert_eq!(
+        scaled(answer_in(&apps, RUN + 1, &factor, ttl).await),
+        [4.5, -12.0]
+    );
+    let other = apps.warm_process_id(RUN + 1).unwrap();
+    assert_ne!(other, first);
+    // A stopped run's process ends.
+    apps.end_run(RUN);
+    assert_eq!(apps.warm_process_id(RUN), None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(first) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!alive(first), "the stopped run's process is gone");
+    assert!(alive(other));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_process_that_dies_between_instructions_costs_nothing_and_idle_ones_end() {
+    let home = tempfile::tempdir().unwrap();
+    let limits = WarmLimits {
+        runs: 4,
+        idle: Duration::from_secs(3),
+    };
+    let apps = apps_warm(flowers_clientapp(), home.path(), limits).await;
+    let factor = ConfigRecord::new().with("factor", ConfigValue::Float(3.0));
+    let ttl = Duration::from_secs(120);
+    assert_eq!(scaled(answer(&apps, &factor, ttl).await), [4.5, -12.0]);
+    let killed = apps.warm_process_id(RUN).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(killed as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // The next instruction finds it gone and is served by a fresh one.
+    assert_eq!(scaled(answer(&apps, &factor, ttl).await), [4.5, -12.0]);
+    let fresh = apps.warm_process_id(RUN).unwrap();
+    assert_ne!(fresh, killed);
+    // Idle past the limit, it is ended, and its FLWR_HOME with it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (alive(fresh) || apps.warm_process_id(RUN).is_some()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!alive(fresh), "the idle process is gone");
+    assert_eq!(std::fs::read_dir(home.path()).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_warm_runs_every_instruction_gets_a_fresh_process() {
+    let home = tempfile::tempdir().unwrap();
+    let limits = WarmLimits {
+        runs: 0,
+        ..WarmLimits::default()
+    };
+    let apps = apps_warm(flowers_clientapp(), home.path(), limits).await;
+    let factor = ConfigRecord::new().with("factor", ConfigValue::Float(3.0));
+    assert_eq!(
+        scaled(answer(&apps, &factor, Duration::from_secs(120)).await),
+        [4.5, -12.0]
+    );
+    assert_eq!(apps.warm_process_id(RUN), None);
+    assert_eq!(std::fs::read_dir(home.path()).unwrap().count(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

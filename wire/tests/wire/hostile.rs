@@ -88,8 +88,15 @@ fn decode_within(
 
 #[test]
 fn two_hundred_thousand_one_byte_arrays_are_refused_at_the_head_within_100_ms() {
-    // About 1.8 MB of head: well inside the 8 MiB frame limit.
-    let bytes = stream::encode_message_bytes(&many_tiny_arrays(200_000), 1 << 20).unwrap();
+    // About 1.8 MB of head: well inside the 8 MiB frame limit. Written as a peer would, past
+    // the encoder, which refuses to write what no decoder takes.
+    let mut head = many_tiny_arrays(200_000);
+    if let wire::MessageBody::Content(content) = &mut head.body
+        && let Some(wire::Record::Arrays(arrays)) = content.get_mut("arrays")
+    {
+        arrays.iter_mut().for_each(|(_, array)| array.data.clear());
+    }
+    let bytes = wire::frame::encode(&head).unwrap();
     let started = std::time::Instant::now();
     let result = decode_within(
         bytes,
@@ -207,6 +214,33 @@ fn duplicate_array_names_are_refused() {
         matches!(error, WireError::Invalid(ref why) if why.contains("duplicate")),
         "{error}"
     );
+}
+
+#[test]
+fn a_serialised_array_not_described_as_its_bytes_is_refused_on_the_head() {
+    let message = samples::message();
+    let head = |array: &[u8]| {
+        let mut bytes = postcard::to_stdvec(&message.metadata).unwrap();
+        // Body::Content, 1 record "r" of Arrays with one entry "a", then the array.
+        bytes.extend_from_slice(&[0, 1, 1, b'r', 0, 1, 1, b'a']);
+        bytes.extend_from_slice(array);
+        bytes
+    };
+    // F32 of shape [1], no bytes in the head, serialised as ("", [], ""): not U8 [length].
+    let as_floats = head(&[0, 1, 1, 0, 1, 0, 0, 0]);
+    // U8 of shape [1], serialised with a dtype name of 2,000 bytes.
+    let mut long_name = vec![7, 1, 1, 0, 1];
+    long_name.extend_from_slice(&[0xd0, 0x0f]);
+    long_name.extend(std::iter::repeat_n(b'x', 2000));
+    long_name.extend_from_slice(&[0, 0]);
+    for bytes in [as_floats, head(&long_name)] {
+        let mut assembler = MessageAssembler::new(Limits::default());
+        let error = assembler.feed(&bytes).unwrap_err();
+        assert!(
+            matches!(error, WireError::Invalid(ref why) if why.contains("serialised array")),
+            "{error}"
+        );
+    }
 }
 
 #[test]

@@ -9,6 +9,11 @@
 //! Nothing the app does can take the node down: a missing program, a crash, a process that never
 //! connects or hangs past the instruction's time to live each cost that instruction an error
 //! reply, and the process group is killed whatever happens.
+//!
+//! By default a run's process stays warm between its instructions ([`warm`]): the FAB is
+//! installed and the app imported once per run on each node, not once per instruction.
+
+pub mod warm;
 
 use crate::isolation::{CLIENT_APP_OUTPUT, stopped};
 use app_bundle::Fab;
@@ -24,6 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use warm::{Warm, WarmLimits, WarmPool};
 use wire::message::{ErrorCode, MessageError};
 use wire::{BundleHash, ConfigRecord, Message, MessageBody, NodeId};
 
@@ -50,6 +56,8 @@ pub struct FlowerClientApps {
     home: PathBuf,
     /// Each run's context state.
     states: ContextStates,
+    /// Runs' processes waiting for their next instruction.
+    warm: Arc<WarmPool>,
 }
 
 /// What one instruction's task is given besides the instruction.
@@ -68,11 +76,13 @@ pub struct FlowerJob<'a> {
 
 impl FlowerClientApps {
     /// Serves the runtime API on `address` until `shutdown`; processes install FABs under
-    /// `home`, and are `program` when given, else Flower's `flwr-clientapp` on `PATH`.
+    /// `home`, are `program` when given, else Flower's `flwr-clientapp` on `PATH`, and stay warm
+    /// between a run's instructions within `warm`.
     pub async fn start(
         address: SocketAddr,
         program: Option<PathBuf>,
         home: PathBuf,
+        warm: WarmLimits,
         shutdown: CancellationToken,
     ) -> std::io::Result<Arc<Self>> {
         let listener = tokio::net::TcpListener::bind(address).await?;
@@ -81,15 +91,30 @@ impl FlowerClientApps {
         tokio::spawn(flower_runtime::server::serve(
             listener,
             tasks.clone(),
-            shutdown,
+            shutdown.clone(),
         ));
+        let warm = Arc::new(WarmPool::new(warm));
+        if warm.enabled() {
+            tokio::spawn(reap_idle(warm.clone(), shutdown));
+        }
         Ok(Arc::new(FlowerClientApps {
             program,
             address,
             tasks,
             home,
             states: ContextStates::default(),
+            warm,
         }))
+    }
+
+    /// The run stopped: its waiting process, if any, is killed.
+    pub fn end_run(&self, run_id: u64) {
+        self.warm.end_run(run_id);
+    }
+
+    /// The process id of `run_id`'s warm process waiting for its next instruction, if any.
+    pub fn warm_process_id(&self, run_id: u64) -> Option<u32> {
+        self.warm.process_id(run_id)
     }
 
     /// Where the runtime API listens.
@@ -153,9 +178,16 @@ impl FlowerClientApps {
         .map_err(|e| format!("the instruction cannot be given to a Flower app: {e}"))?;
         let task = ClientAppTask::new(input, metadata, deflated, MAX_REPLY_BYTES);
         let admitted = self.tasks.admit_scoped(task.clone());
-        let outcome = self
-            .run_process(&program, admitted.token(), &task, instruction, &cancelled)
-            .await?;
+        let outcome = match warm::python_of(&program).filter(|_| self.warm.enabled()) {
+            Some(python) => {
+                self.run_warm(&python, admitted.token(), &task, instruction, &cancelled)
+                    .await?
+            }
+            None => {
+                self.run_process(&program, admitted.token(), &task, instruction, &cancelled)
+                    .await?
+            }
+        };
         self.states.keep(run_id.0, &outcome);
         let Some(reply) = outcome.reply else {
             let status = outcome.sub_status.as_deref().unwrap_or("no output");
@@ -176,6 +208,63 @@ impl FlowerClientApps {
         Ok(body_from_objects(reply.body))
     }
 
+    /// Hands the task of `token` to the run's warm process (started when it has none, or when
+    /// the one it had is gone) and waits for the task's outcome. The process goes back to wait
+    /// for the run's next instruction; one that crashed, or that the run's stop or the
+    /// instruction's time to live interrupted, is killed with its group.
+    async fn run_warm(
+        &self,
+        python: &Path,
+        token: &str,
+        task: &ClientAppTask,
+        instruction: &Message,
+        cancelled: &AtomicBool,
+    ) -> Result<TaskOutcome, String> {
+        let run_id = instruction.metadata.run_id.0;
+        let start = || Warm::start(python, self.address, &self.home, flower_output());
+        let ttl = Duration::from_millis(instruction.metadata.ttl_ms);
+        // A waiting process may have died, or die as it is handed the task: as long as the task
+        // was not taken, a fresh process gets it.
+        let mut waiting = self.warm.take(run_id);
+        loop {
+            let reused = waiting.is_some();
+            let mut warm = match waiting.take() {
+                Some(warm) => warm,
+                None => start()?,
+            };
+            if let Err(error) = warm.feed(token).await {
+                if reused {
+                    continue;
+                }
+                return Err(format!(
+                    "cannot hand the task to the ClientApp process: {error}"
+                ));
+            }
+            match warm
+                .process
+                .until(task.finished(), interruption(ttl, cancelled), OUTPUT_GRACE)
+                .await
+            {
+                Ended::Reported(outcome) => {
+                    self.warm.put(run_id, warm);
+                    return Ok(outcome);
+                }
+                Ended::Exited(_) if reused && !task.started() => continue,
+                Ended::Exited(status) => {
+                    task.abandon();
+                    return Err(warm
+                        .process
+                        .crash_report(status, "the client app process", "before replying")
+                        .await);
+                }
+                Ended::Interrupted(reason) => {
+                    task.abandon();
+                    return Err(reason);
+                }
+            }
+        }
+    }
+
     /// Starts `program` for the task of `token` and waits for the task's outcome; kills the
     /// process group when the run is stopped or the instruction's time to live runs out.
     async fn run_process(
@@ -190,28 +279,14 @@ impl FlowerClientApps {
         // to its install, no later one runs.
         let execution = Execution::create(&self.home, token)
             .map_err(|e| format!("cannot make the Flower app's directory: {e}"))?;
-        // Flower's program prints the app's own output on stdout: both streams are the node's log.
-        let output = Output {
-            stdout: true,
-            ..CLIENT_APP_OUTPUT
-        };
         let mut process = AppProcess::spawn(
             &mut flower_runtime::launch::app_command(program, self.address, &execution),
-            output,
+            flower_output(),
         )
         .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
         let ttl = Duration::from_millis(instruction.metadata.ttl_ms);
-        let interruption = async {
-            tokio::select! {
-                () = tokio::time::sleep(ttl) => format!(
-                    "the Flower ClientApp did not finish within the instruction's time to live \
-                     ({ttl:?}); its process was killed"
-                ),
-                () = stopped(cancelled) => "run stopped".to_string(),
-            }
-        };
         let outcome = match process
-            .until(task.finished(), interruption, OUTPUT_GRACE)
+            .until(task.finished(), interruption(ttl, cancelled), OUTPUT_GRACE)
             .await
         {
             Ended::Reported(outcome) => outcome,
@@ -228,6 +303,43 @@ impl FlowerClientApps {
         };
         process.exit_within(EXIT_GRACE).await;
         Ok(outcome)
+    }
+}
+
+/// Flower's program prints the app's own output on stdout: both streams are the node's log.
+fn flower_output() -> Output {
+    Output {
+        stdout: true,
+        ..CLIENT_APP_OUTPUT
+    }
+}
+
+/// Resolves when the node stops waiting for a task: the instruction's time to live `ttl` ran
+/// out, or the run was stopped; in words.
+async fn interruption(ttl: Duration, cancelled: &AtomicBool) -> String {
+    tokio::select! {
+        () = tokio::time::sleep(ttl) => format!(
+            "the Flower ClientApp did not finish within the instruction's time to live \
+             ({ttl:?}); its process was killed"
+        ),
+        () = stopped(cancelled) => "run stopped".to_string(),
+    }
+}
+
+/// Kills the processes that idled past the limit, now and then, until `shutdown`.
+async fn reap_idle(pool: Arc<WarmPool>, shutdown: CancellationToken) {
+    let period = (pool.limits().idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut ticks = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {
+                let reaped = pool.reap();
+                if reaped > 0 {
+                    tracing::debug!(reaped, "warm ClientApp processes idle past the limit ended");
+                }
+            }
+        }
     }
 }
 
