@@ -33,7 +33,7 @@ const MAX_LOG_LINE: usize = 4096;
 const MAX_OUTSTANDING: usize = 1 << 20;
 
 /// Most instructions whose objects may be arriving at once.
-const MAX_PUSHING: usize = 16_384;
+pub const MAX_PUSHING: usize = 16_384;
 
 /// Most push sessions open at once.
 const MAX_SESSIONS: usize = 1024;

@@ -320,6 +320,31 @@ fn pulled_error(task: &ServerAppTask, pulled: &proto::PullAppMessagesResponse) -
 }
 
 #[test]
+fn a_serverapp_that_floods_instructions_is_refused_and_loses_nothing_else() {
+    let (task, federation) = task();
+    let (message, deflated) = instruction(10, &records(&[1.0]));
+    let count = flower_runtime::serverapp::MAX_PUSHING + 1;
+    let flood = proto::PushAppMessagesRequest {
+        messages_list: vec![message; count],
+        message_object_trees: vec![deflated.tree; count],
+    };
+    let error = task
+        .answer(Endpoint::PushMessages, &flood.encode_to_vec())
+        .unwrap_err();
+    assert_eq!(
+        (error.status, error.detail.as_str()),
+        (503, "Too many instructions in flight.")
+    );
+    // Nothing of the flood is kept, and the app's next push goes out as usual.
+    let messages = [instruction(11, &records(&[2.0]))];
+    let response = push(&task, &messages);
+    push_objects(&task, &response, &objects_of(&messages));
+    let sent = federation.sent.lock().unwrap();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].dst_node_id, 11);
+}
+
+#[test]
 fn instructions_the_app_may_not_send_are_refused_one_by_one() {
     let (task, federation) = task();
     let content = records(&[1.0]);

@@ -244,6 +244,20 @@ fn a_serialised_array_not_described_as_its_bytes_is_refused_on_the_head() {
 }
 
 #[test]
+fn a_value_of_an_unknown_kind_is_refused() {
+    let message = samples::message();
+    for (record, value) in [(2u8, 12u8), (1, 6)] {
+        let mut bytes = postcard::to_stdvec(&message.metadata).unwrap();
+        // Body::Content, 1 record "r" (config or metrics) of one entry "v" whose value is of a
+        // kind past the last one this version knows (ConfigValue 12, MetricValue 6).
+        bytes.extend_from_slice(&[0, 1, 1, b'r', record, 1, 1, b'v', value, 0]);
+        let mut assembler = MessageAssembler::new(Limits::default());
+        let error = assembler.feed(&bytes).unwrap_err();
+        assert!(matches!(error, WireError::Malformed(_)), "{error}");
+    }
+}
+
+#[test]
 fn an_oversized_frame_prefix_is_refused() {
     assert!(matches!(
         frame::payload_len(u32::MAX.to_le_bytes(), frame::DEFAULT_MAX_FRAME),
