@@ -200,10 +200,11 @@ def flower(bins, work, data, learning_rate, threads):
         processes.stop()
 
 
-def flower_on_ours(bins, flower_bins, work, data, learning_rate, threads):
+def flower_on_ours(bins, flower_bins, work, data, learning_rate, threads, warm=True):
     """Flower's app on flower-rs: our SuperLink and SuperNodes with authentication on, Flower's
-    flwr-serverapp and flwr-clientapp from the virtual environment, app bench/flower-app."""
-    home = work / "flower-on-ours" / data["name"]
+    flwr-serverapp and flwr-clientapp from the virtual environment, app bench/flower-app. The
+    nodes keep a warm ClientApp process per run, or (`warm` false) start one per instruction."""
+    home = work / ("flower-on-ours" if warm else "flower-on-ours-cold") / data["name"]
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     flwr = f"{bins}/flwr"
@@ -240,7 +241,8 @@ def flower_on_ours(bins, flower_bins, work, data, learning_rate, threads):
             + ["--root-certificates", str(certificates / "ca.crt")]
             + ["--auth-supernode-private-key", str(home / "keys" / f"client_credentials_{i}")]
             + ["--clientappio-api-address", "127.0.0.1:0", "--apps-dir", str(home / f"node{i}")]
-            + ["--flwr-clientapp", f"{flower_bins}/flwr-clientapp"],
+            + ["--flwr-clientapp", f"{flower_bins}/flwr-clientapp"]
+            + ([] if warm else ["--flwr-clientapp-warm-runs", "0"]),
             env,
         )
         argv = [flwr, "run", app, "bench", "--stream"]
@@ -254,7 +256,8 @@ def flower_on_ours(bins, flower_bins, work, data, learning_rate, threads):
 SYSTEMS = {
     "ours": "flower-rs with its native CNN",
     "flower": "Flower's Deployment Engine with bench/flower-app",
-    "flower-on-ours": "bench/flower-app on flower-rs (Flower's app programs)",
+    "flower-on-ours": "bench/flower-app on flower-rs (Flower's app programs, a warm ClientApp per run)",
+    "flower-on-ours-cold": "bench/flower-app on flower-rs (Flower's app programs, a ClientApp per instruction)",
 }
 
 
@@ -301,6 +304,9 @@ def main():
             "flower": lambda: flower(args.flower_bin, work, data, args.learning_rate, args.flower_threads),
             "flower-on-ours": lambda: flower_on_ours(
                 args.ours_bin, args.flower_bin, work, data, args.learning_rate, args.flower_threads
+            ),
+            "flower-on-ours-cold": lambda: flower_on_ours(
+                args.ours_bin, args.flower_bin, work, data, args.learning_rate, args.flower_threads, warm=False
             ),
         }
         results["datasets"][name] = {system: runs[system]() for system in systems}

@@ -143,15 +143,18 @@ pub fn app_command(
     command
 }
 
-/// The command that starts a warm runner: `python` on the runner's `script`, against the
-/// runtime API at `address`, for `execution` (a [`Execution::create_untokened`] one). Its
-/// environment and process group are `flwr-clientapp`'s ([`app_command`]); the tasks' tokens
-/// are the caller's to write on its stdin, one a line.
+/// The command that starts a warm runner for the tasks of run `run_id` with the FAB `fab_hash`:
+/// `python` on the runner's `script`, against the runtime API at `address`, for `execution` (a
+/// [`Execution::create_untokened`] one). Its environment and process group are
+/// `flwr-clientapp`'s ([`app_command`]); the tasks' tokens are the caller's to write on its
+/// stdin, one a line.
 pub fn warm_command(
     python: &Path,
     script: &Path,
     address: SocketAddr,
     execution: &Execution,
+    run_id: u64,
+    fab_hash: &str,
 ) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(python);
     // Unbuffered, so the app's output reaches the daemon's log as it is written.
@@ -159,7 +162,9 @@ pub fn warm_command(
         .arg("-u")
         .arg(script)
         .arg(address.to_string())
-        .arg(std::process::id().to_string());
+        .arg(std::process::id().to_string())
+        .arg(run_id.to_string())
+        .arg(fab_hash);
     with_flower_environment(&mut command, execution);
     command
 }

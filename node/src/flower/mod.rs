@@ -58,6 +58,9 @@ pub struct FlowerClientApps {
     states: ContextStates,
     /// Runs' processes waiting for their next instruction.
     warm: Arc<WarmPool>,
+    /// Set when a warm process could not start (its Python's Flower is not what the runner
+    /// needs): every instruction then gets a `flwr-clientapp` of its own.
+    warm_failed: std::sync::atomic::AtomicBool,
 }
 
 /// What one instruction's task is given besides the instruction.
@@ -104,6 +107,7 @@ impl FlowerClientApps {
             home,
             states: ContextStates::default(),
             warm,
+            warm_failed: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -178,11 +182,24 @@ impl FlowerClientApps {
         .map_err(|e| format!("the instruction cannot be given to a Flower app: {e}"))?;
         let task = ClientAppTask::new(input, metadata, deflated, MAX_REPLY_BYTES);
         let admitted = self.tasks.admit_scoped(task.clone());
-        let outcome = match warm::python_of(&program).filter(|_| self.warm.enabled()) {
+        let warm = warm::python_of(&program).filter(|_| self.warm_usable());
+        let warmed = match warm {
             Some(python) => {
-                self.run_warm(&python, admitted.token(), &task, instruction, &cancelled)
-                    .await?
+                let fab = (run_id.0, hash.as_str());
+                self.run_warm(
+                    &python,
+                    fab,
+                    admitted.token(),
+                    &task,
+                    instruction,
+                    &cancelled,
+                )
+                .await?
             }
+            None => None,
+        };
+        let outcome = match warmed {
+            Some(outcome) => outcome,
             None => {
                 self.run_process(&program, admitted.token(), &task, instruction, &cancelled)
                     .await?
@@ -208,23 +225,31 @@ impl FlowerClientApps {
         Ok(body_from_objects(reply.body))
     }
 
+    /// Whether warm processes are kept, and starting one has not failed.
+    fn warm_usable(&self) -> bool {
+        self.warm.enabled() && !self.warm_failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Hands the task of `token` to the run's warm process (started when it has none, or when
-    /// the one it had is gone) and waits for the task's outcome. The process goes back to wait
-    /// for the run's next instruction; one that crashed, or that the run's stop or the
-    /// instruction's time to live interrupted, is killed with its group.
+    /// the one it had is gone or stuck) and waits for the task's outcome. A process whose task
+    /// completed goes back to wait for the run's next instruction; one whose task failed, or
+    /// that crashed, or that the run's stop or the instruction's time to live interrupted, is
+    /// killed with its group. `None` when a fresh process exited before taking the task (a
+    /// Python whose Flower is not 1.42's, say): warm processes are then given up with a
+    /// warning, and the task is the caller's to run in a process of its own.
     async fn run_warm(
         &self,
         python: &Path,
+        fab: (u64, &str),
         token: &str,
         task: &ClientAppTask,
         instruction: &Message,
         cancelled: &AtomicBool,
-    ) -> Result<TaskOutcome, String> {
-        let run_id = instruction.metadata.run_id.0;
-        let start = || Warm::start(python, self.address, &self.home, flower_output());
+    ) -> Result<Option<TaskOutcome>, String> {
+        let run_id = fab.0;
+        let start = || Warm::start(python, self.address, &self.home, fab, flower_output());
         let ttl = Duration::from_millis(instruction.metadata.ttl_ms);
-        // A waiting process may have died, or die as it is handed the task: as long as the task
-        // was not taken, a fresh process gets it.
+        let deadline = tokio::time::Instant::now() + ttl;
         let mut waiting = self.warm.take(run_id);
         loop {
             let reused = waiting.is_some();
@@ -232,24 +257,38 @@ impl FlowerClientApps {
                 Some(warm) => warm,
                 None => start()?,
             };
-            if let Err(error) = warm.feed(token).await {
+            let fed = warm.feed(token).await;
+            if fed.is_err() || (reused && !taken_within(&mut warm, task).await) {
                 if reused {
+                    // Gone, or stuck since its last task: a fresh process gets the task.
                     continue;
                 }
-                return Err(format!(
-                    "cannot hand the task to the ClientApp process: {error}"
-                ));
+                return Err("the ClientApp process does not take its tasks".into());
             }
+            let interruption = interruption_at(deadline, ttl, cancelled);
             match warm
                 .process
-                .until(task.finished(), interruption(ttl, cancelled), OUTPUT_GRACE)
+                .until(task.finished(), interruption, OUTPUT_GRACE)
                 .await
             {
                 Ended::Reported(outcome) => {
-                    self.warm.put(run_id, warm);
-                    return Ok(outcome);
+                    let completed = outcome.reply.is_some()
+                        && outcome.sub_status.as_deref() == Some("completed");
+                    if completed && !cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+                        self.warm.put(run_id, warm);
+                    }
+                    return Ok(Some(outcome));
                 }
-                Ended::Exited(_) if reused && !task.started() => continue,
+                Ended::Exited(_) if !task.started() && !reused => {
+                    tracing::warn!(
+                        python = %python.display(),
+                        "a warm Flower ClientApp process exited before taking its task; \
+                         this node starts flwr-clientapp for every instruction from now on"
+                    );
+                    self.warm_failed
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(None);
+                }
                 Ended::Exited(status) => {
                     task.abandon();
                     return Err(warm
@@ -317,13 +356,41 @@ fn flower_output() -> Output {
 /// Resolves when the node stops waiting for a task: the instruction's time to live `ttl` ran
 /// out, or the run was stopped; in words.
 async fn interruption(ttl: Duration, cancelled: &AtomicBool) -> String {
+    interruption_at(tokio::time::Instant::now() + ttl, ttl, cancelled).await
+}
+
+/// [`interruption`] with the time to live running out at `deadline`.
+async fn interruption_at(
+    deadline: tokio::time::Instant,
+    ttl: Duration,
+    cancelled: &AtomicBool,
+) -> String {
     tokio::select! {
-        () = tokio::time::sleep(ttl) => format!(
+        () = tokio::time::sleep_until(deadline) => format!(
             "the Flower ClientApp did not finish within the instruction's time to live \
              ({ttl:?}); its process was killed"
         ),
         () = stopped(cancelled) => "run stopped".to_string(),
     }
+}
+
+/// How long a process that served an earlier task has to take the next one before it counts as
+/// stuck.
+const TAKE_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Whether `warm` takes `task` within [`TAKE_PATIENCE`] (and has not exited meanwhile).
+async fn taken_within(warm: &mut Warm, task: &ClientAppTask) -> bool {
+    let taken = async {
+        while !task.started() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    matches!(
+        warm.process
+            .until(taken, tokio::time::sleep(TAKE_PATIENCE), Duration::ZERO)
+            .await,
+        Ended::Reported(())
+    )
 }
 
 /// Kills the processes that idled past the limit, now and then, until `shutdown`.

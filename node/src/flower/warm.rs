@@ -4,14 +4,15 @@
 //! instructions a round. The process runs `warm_clientapp.py`, Flower's `flwr-clientapp` task
 //! loop, and is fed each instruction's task token on its stdin.
 //!
-//! Isolation stays per run: a run's process serves that run alone, with a `FLWR_HOME` of its
-//! own, and is killed when the run stops, when it has idled past the limit, or when more runs'
-//! processes idle than the limit allows (the longest idle goes first). A process that crashes or
-//! hangs costs the instruction it was serving; the next one starts a fresh process.
+//! Isolation is per run, not per instruction as with a process per instruction: a run's process
+//! serves that run's tasks alone (it refuses any other), with a `FLWR_HOME` of its own, and is
+//! killed when the run stops, when it has idled past the limit, or when more runs' processes
+//! idle than the limit allows (the longest idle goes first). A process whose task failed, crashed
+//! or hung is not used again: the next instruction gets a fresh process.
 
 use flower_runtime::launch::Execution;
 use ops::app_process::AppProcess;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -52,12 +53,13 @@ pub struct Warm {
 }
 
 impl Warm {
-    /// Starts the runner with `python` against the runtime API at `address`, in a fresh
-    /// execution directory under `home`.
+    /// Starts the runner for the tasks of run `run_id` with the FAB `fab_hash`, with `python`
+    /// against the runtime API at `address`, in a fresh execution directory under `home`.
     pub fn start(
         python: &Path,
         address: std::net::SocketAddr,
         home: &Path,
+        (run_id, fab_hash): (u64, &str),
         output: ops::app_process::Output,
     ) -> Result<Warm, String> {
         let execution = Execution::create_untokened(home)
@@ -65,8 +67,9 @@ impl Warm {
         let script = execution
             .write_private("warm_clientapp.py", RUNNER.as_bytes())
             .map_err(|e| format!("cannot write the warm ClientApp runner: {e}"))?;
-        let mut command =
-            flower_runtime::launch::warm_command(python, &script, address, &execution);
+        let mut command = flower_runtime::launch::warm_command(
+            python, &script, address, &execution, run_id, fab_hash,
+        );
         let (process, stdin) = AppProcess::spawn_fed(&mut command, output)
             .map_err(|e| format!("cannot start {}: {e}", python.display()))?;
         Ok(Warm {
@@ -77,12 +80,33 @@ impl Warm {
         })
     }
 
-    /// Hands the process the task of `token`; an error means the process is gone.
+    /// Hands the process the task of `token`; an error means the process is gone, or has not
+    /// read its tokens for [`FEED_PATIENCE`] (a full pipe).
     pub async fn feed(&mut self, token: &str) -> std::io::Result<()> {
-        self.stdin
-            .write_all(format!("{token}\n").as_bytes())
-            .await?;
-        self.stdin.flush().await
+        let write = async {
+            self.stdin
+                .write_all(format!("{token}\n").as_bytes())
+                .await?;
+            self.stdin.flush().await
+        };
+        tokio::time::timeout(FEED_PATIENCE, write)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    }
+}
+
+/// How long a process may take to read the token it is handed.
+const FEED_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Ends `warms` (kills their process groups, removes their directories) off the async runtime's
+/// threads where there is one.
+fn end(warms: Vec<Warm>) {
+    if warms.is_empty() {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(move || drop(warms))),
+        Err(_) => drop(warms),
     }
 }
 
@@ -91,7 +115,14 @@ impl Warm {
 #[derive(Default)]
 pub struct WarmPool {
     limits: WarmLimits,
-    idle: Mutex<HashMap<u64, Warm>>,
+    idle: Mutex<Idle>,
+}
+
+#[derive(Default)]
+struct Idle {
+    waiting: HashMap<u64, Warm>,
+    /// Runs that stopped: a process that finishes a task of one is not kept.
+    ended: HashSet<u64>,
 }
 
 impl WarmPool {
@@ -113,7 +144,7 @@ impl WarmPool {
         self.limits
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Warm>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Idle> {
         self.idle
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -121,8 +152,12 @@ impl WarmPool {
 
     /// `run`'s waiting process, if it is still alive.
     pub fn take(&self, run: u64) -> Option<Warm> {
-        let mut warm = self.idle().remove(&run)?;
-        (!warm.process.has_exited()).then_some(warm)
+        let mut warm = self.idle().waiting.remove(&run)?;
+        if warm.process.has_exited() {
+            end(vec![warm]);
+            return None;
+        }
+        Some(warm)
     }
 
     /// Keeps `warm` for `run`'s next instruction, within the limits: a run keeps one process
@@ -132,31 +167,38 @@ impl WarmPool {
         warm.idle_since = Instant::now();
         let evicted = {
             let mut idle = self.idle();
-            if idle.contains_key(&run) {
-                return;
+            if idle.ended.contains(&run) || idle.waiting.contains_key(&run) {
+                vec![warm]
+            } else {
+                idle.waiting.insert(run, warm);
+                let mut evicted = Vec::new();
+                while idle.waiting.len() > self.limits.runs {
+                    let Some(oldest) = idle
+                        .waiting
+                        .iter()
+                        .min_by_key(|(_, warm)| warm.idle_since)
+                        .map(|(run, _)| *run)
+                    else {
+                        break;
+                    };
+                    evicted.extend(idle.waiting.remove(&oldest));
+                }
+                evicted
             }
-            idle.insert(run, warm);
-            let mut evicted = Vec::new();
-            while idle.len() > self.limits.runs {
-                let Some(oldest) = idle
-                    .iter()
-                    .min_by_key(|(_, warm)| warm.idle_since)
-                    .map(|(run, _)| *run)
-                else {
-                    break;
-                };
-                evicted.extend(idle.remove(&oldest));
-            }
-            evicted
         };
-        // Killed outside the lock.
-        drop(evicted);
+        // Ended outside the lock.
+        end(evicted);
     }
 
-    /// Kills `run`'s waiting process (the run stopped).
+    /// Kills `run`'s waiting process, and any that finishes a task of it later (the run
+    /// stopped).
     pub fn end_run(&self, run: u64) {
-        let ended = self.idle().remove(&run);
-        drop(ended);
+        let ended = {
+            let mut idle = self.idle();
+            idle.ended.insert(run);
+            idle.waiting.remove(&run)
+        };
+        end(ended.into_iter().collect());
     }
 
     /// Kills the processes idle past the limit; how many.
@@ -164,57 +206,59 @@ impl WarmPool {
         let reaped: Vec<Warm> = {
             let mut idle = self.idle();
             let expired: Vec<u64> = idle
+                .waiting
                 .iter()
                 .filter(|(_, warm)| warm.idle_since.elapsed() >= self.limits.idle)
                 .map(|(run, _)| *run)
                 .collect();
             expired
                 .into_iter()
-                .filter_map(|run| idle.remove(&run))
+                .filter_map(|run| idle.waiting.remove(&run))
                 .collect()
         };
-        reaped.len()
+        let count = reaped.len();
+        end(reaped);
+        count
+    }
+
+    /// The runs with a process waiting, in order.
+    pub fn waiting_runs(&self) -> Vec<u64> {
+        let mut runs: Vec<u64> = self.idle().waiting.keys().copied().collect();
+        runs.sort_unstable();
+        runs
     }
 
     /// The process id of `run`'s waiting process, if any.
     pub fn process_id(&self, run: u64) -> Option<u32> {
-        self.idle().get(&run).and_then(|warm| warm.process.id())
+        self.idle()
+            .waiting
+            .get(&run)
+            .and_then(|warm| warm.process.id())
     }
 }
 
-/// The Python that has Flower beside `program` (Flower's `flwr-clientapp` script): the
-/// interpreter its `#!` line names, as pip writes it for the environment it installed into, or
-/// `python3` in the same directory. `None` when neither is there (a wrapper, a binary): the node
-/// then starts `flwr-clientapp` for every instruction.
+/// The Python of `program` when it is Flower's own `flwr-clientapp` as pip installs it: a
+/// script whose `#!` line names a Python by its absolute path and which runs Flower's
+/// `flwr_clientapp` entry point. The runner then runs with that Python, which has Flower. Any
+/// other program (a wrapper that sandboxes the app, changes user or sets up devices; a binary)
+/// is started as it is for every instruction, so that warm processes never go around it.
 pub fn python_of(program: &Path) -> Option<PathBuf> {
     use std::io::Read as _;
-    let mut head = [0u8; 512];
+    let mut head = [0u8; 1024];
     let read = std::fs::File::open(program)
         .and_then(|mut file| file.read(&mut head))
         .unwrap_or(0);
-    let first_line = head[..read]
-        .split(|&b| b == b'\n')
-        .next()
-        .unwrap_or_default();
-    let named = first_line
-        .strip_prefix(b"#!")
-        .and_then(|rest| std::str::from_utf8(rest).ok())
-        .and_then(|rest| rest.split_whitespace().next())
-        .map(PathBuf::from)
-        .filter(|interpreter| {
-            interpreter.is_absolute()
-                && interpreter.is_file()
-                && interpreter
-                    .file_name()
-                    .is_some_and(|name| name.to_string_lossy().starts_with("python"))
-        });
-    named.or_else(|| {
-        let dir = program.parent()?;
-        ["python3", "python"]
-            .iter()
-            .map(|name| dir.join(name))
-            .find(|candidate| candidate.is_file())
-    })
+    let text = std::str::from_utf8(&head[..read]).ok()?;
+    let (first_line, rest) = text.split_once('\n')?;
+    let interpreter = PathBuf::from(first_line.strip_prefix("#!")?.split_whitespace().next()?);
+    let runs_flower = rest
+        .lines()
+        .any(|line| line.trim() == "from flwr.supernode.cli import flwr_clientapp");
+    let is_python = interpreter
+        .file_name()
+        .is_some_and(|name| name.to_string_lossy().starts_with("python"));
+    (runs_flower && is_python && interpreter.is_absolute() && interpreter.is_file())
+        .then_some(interpreter)
 }
 
 #[cfg(test)]
@@ -229,27 +273,80 @@ mod tests {
         path
     }
 
+    #[tokio::test]
+    async fn a_stopped_runs_process_is_not_kept_and_beyond_the_limit_the_longest_idle_goes() {
+        let home = tempfile::tempdir().unwrap();
+        // Any program stands in for the runner here: the pool only keeps and ends processes.
+        let warm = |run| {
+            Warm::start(
+                Path::new("/bin/cat"),
+                "127.0.0.1:1".parse().unwrap(),
+                home.path(),
+                (run, "hash"),
+                crate::isolation::CLIENT_APP_OUTPUT,
+            )
+            .unwrap()
+        };
+        let pool = WarmPool::new(WarmLimits {
+            runs: 2,
+            idle: Duration::from_secs(60),
+        });
+        for run in [1, 2, 3] {
+            pool.put(run, warm(run));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(pool.waiting_runs(), [2, 3]);
+        // A run's second process is not kept beside its first.
+        pool.put(3, warm(3));
+        assert_eq!(pool.waiting_runs(), [2, 3]);
+        // A stopped run keeps nothing, even a process that finishes one of its tasks later.
+        pool.end_run(2);
+        pool.put(2, warm(2));
+        assert_eq!(pool.waiting_runs(), [3]);
+        let quick = WarmPool::new(WarmLimits {
+            runs: 2,
+            idle: Duration::from_millis(1),
+        });
+        quick.put(7, warm(7));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(quick.reap(), 1);
+        assert!(quick.waiting_runs().is_empty());
+    }
+
     #[test]
-    fn the_python_is_the_scripts_own_or_the_one_beside_it() {
+    fn only_flowers_own_script_runs_warm_with_its_python() {
         let dir = tempfile::tempdir().unwrap();
         let python = script(dir.path(), "python3.11", "");
-        let program = script(
+        let pip_script = |interpreter: &Path| {
+            format!(
+                "#!{}\n# -*- coding: utf-8 -*-\nimport re\nimport sys\n\
+                 from flwr.supernode.cli import flwr_clientapp\n\
+                 if __name__ == '__main__':\n    sys.exit(flwr_clientapp())\n",
+                interpreter.display()
+            )
+        };
+        let program = script(dir.path(), "flwr-clientapp", &pip_script(&python));
+        assert_eq!(python_of(&program), Some(python.clone()));
+        // A wrapper beside a python (a sandbox, another user, devices) is run as it is.
+        let wrapper = script(
             dir.path(),
-            "flwr-clientapp",
-            &format!("#!{} -s\nimport sys\n", python.display()),
+            "flwr-clientapp-jail",
+            "#!/bin/sh\nexec bwrap --ro-bind / / flwr-clientapp \"$@\"\n",
         );
-        assert_eq!(python_of(&program), Some(python));
-        // pip's form for long paths runs /bin/sh: the python beside the script is taken.
-        let other = tempfile::tempdir().unwrap();
-        let beside = script(other.path(), "python3", "");
-        let program = script(
-            other.path(),
-            "flwr-clientapp",
-            "#!/bin/sh\n'''exec' \"/very/long/bin/python3\" \"$0\" \"$@\"\n' '''\n",
+        assert_eq!(python_of(&wrapper), None);
+        // So is a Python script that does more than Flower's entry point.
+        let own = script(
+            dir.path(),
+            "flwr-clientapp-seccomp",
+            &format!("#!{}\nimport seccomp\n", python.display()),
         );
-        assert_eq!(python_of(&program), Some(beside));
-        let lone = tempfile::tempdir().unwrap();
-        let program = script(lone.path(), "flwr-clientapp", "#!/bin/sh\nexit 1\n");
-        assert_eq!(python_of(&program), None);
+        assert_eq!(python_of(&own), None);
+        // And Flower's script whose Python is gone.
+        let missing = script(
+            dir.path(),
+            "flwr-clientapp-stale",
+            &pip_script(&dir.path().join("python3.9")),
+        );
+        assert_eq!(python_of(&missing), None);
     }
 }

@@ -6,10 +6,17 @@ Each task is what `flwr-clientapp` does for its one task, through the same funct
 pull the task's message, context, run and FAB from the node's runtime API with that task's
 token, run the ClientApp, push its reply (or Flower's error reply) and the task's status and
 context. What is kept from one task to the next is only what makes a fresh process slow: the
-FAB's install and the loaded ClientApp (module state persists, as in Flower's simulation).
-The runner exits when standard input closes or the node's process goes away.
+FAB's install and the loaded ClientApp (module state persists, as in Flower's simulation). A
+task of another run or another FAB than the one the runner was started for is refused.
+
+The tokens come on a descriptor of the runner's own: standard input is /dev/null for the app,
+as for `flwr-clientapp`, so an app that reads it cannot take the next task's token. The runner
+exits when the tokens end, on SIGINT or SIGTERM, or when the node's process goes away.
 """
 
+import ctypes
+import os
+import signal
 import sys
 from logging import ERROR
 
@@ -48,21 +55,33 @@ def runtime_client(address, token):
     )
 
 
-def run_task(address, token, loaded):
-    """One task, as `flwr-clientapp` runs it; `loaded` keeps ClientApps by FAB."""
-    client = runtime_client(address, token)
+class Runner:
+    """The run's ClientApp, loaded by its first task."""
+
+    def __init__(self, address, run_id, fab_hash):
+        self.address, self.run_id, self.fab_hash = address, run_id, fab_hash
+        self.app = None
+
+    def load(self, run, fab):
+        if run.run_id != self.run_id or fab.hash_str != self.fab_hash:
+            raise RuntimeError("a task of another run or FAB than this process serves")
+        if self.app is None:
+            install_from_fab(fab.content, skip_prompt=True)
+            load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
+            self.app = load(run.fab_id, run.fab_version, fab.hash_str)
+        return self.app
+
+
+def run_task(runner, token):
+    """One task, as `flwr-clientapp` runs it."""
+    client = runtime_client(runner.address, token)
     heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
     heartbeat.start()
     message = context = reply = None
     sub_status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
     try:
         message, context, run, fab = pull_task_input(client)
-        key = (run.fab_id, run.fab_version, fab.hash_str)
-        if key not in loaded:
-            install_from_fab(fab.content, skip_prompt=True)
-            load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
-            loaded[key] = load(*key)
-        reply = loaded[key](message=message, context=context)
+        reply = runner.load(run, fab)(message=message, context=context)
         sub_status, details = SubStatus.COMPLETED, ""
     except Exception as ex:  # pylint: disable=broad-exception-caught
         code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
@@ -80,18 +99,40 @@ def run_task(address, token, loaded):
         except Exception as ex:  # pylint: disable=broad-exception-caught
             log(ERROR, "Failed to push reply message", exc_info=ex)
         push_task_output(client, context, sub_status, details)
-        heartbeat.stop()
+        if heartbeat.is_running:
+            heartbeat.stop()
         client.close()
+
+
+def tokens():
+    """The task tokens, from what was standard input; standard input itself becomes /dev/null."""
+    fd = os.dup(0)
+    os.set_inheritable(fd, False)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    sys.stdin = open(os.devnull, encoding="utf-8")
+    return os.fdopen(fd, encoding="utf-8")
 
 
 def main():
     address, parent_pid = sys.argv[1], int(sys.argv[2])
+    run_id, fab_hash = int(sys.argv[3]), sys.argv[4]
+    # Ended at once, as the node ends it: no retries of a task's output to a node that is gone.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: os._exit(1))
+    # Not dumpable: other processes of the same user (another run's app) cannot open this one's
+    # descriptors or memory through /proc.
+    try:
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
+    except (OSError, AttributeError):
+        pass
     start_parent_process_monitor(parent_pid)
-    loaded = {}
-    for line in sys.stdin:
+    runner = Runner(address, run_id, fab_hash)
+    for line in tokens():
         token = line.strip()
         if token:
-            run_task(address, token, loaded)
+            run_task(runner, token)
 
 
 if __name__ == "__main__":

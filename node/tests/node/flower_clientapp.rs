@@ -222,6 +222,8 @@ async fn flowers_clientapp_answers_and_a_raising_app_reports_flowers_error() {
     // Flower's own code and reason, as Flower's ClientApp gave them.
     assert_eq!(error.code, ErrorCode::ClientAppRaisedException);
     assert!(error.reason.contains("factor"), "{}", error.reason);
+    // A process whose task failed is not used again: the next instruction gets a fresh one.
+    assert_eq!(apps.warm_process_id(RUN), None);
 }
 
 #[tokio::test]
