@@ -31,3 +31,17 @@ pub fn quoted(last_words: &[String]) -> String {
         format!("; its last words: {}", last_words.join(" | "))
     }
 }
+
+/// The run-log line for a node's error reply, if `reply` is one: every kind of app's run log
+/// says it, whatever the app does with the reply.
+pub(crate) fn node_error_line(reply: &wire::Message) -> Option<String> {
+    match &reply.body {
+        wire::MessageBody::Error(error) => Some(format!(
+            "node {} answered with an error ({}): {}",
+            reply.metadata.src_node_id,
+            error.code,
+            wire::text::sanitize(&error.reason, 4096)
+        )),
+        wire::MessageBody::Content(_) => None,
+    }
+}

@@ -326,13 +326,7 @@ impl Serving {
     /// Writes a node's error reply in the run's log, as for every kind of app: the program hears
     /// of it, and may say nothing of it.
     fn log_error(&self, reply: &wire::Message) {
-        if let MessageBody::Error(error) = &reply.body {
-            let line = format!(
-                "node {} answered with an error ({}): {}",
-                reply.metadata.src_node_id,
-                error.code,
-                wire::text::sanitize(&error.reason, 4096)
-            );
+        if let Some(line) = crate::runs::output::node_error_line(reply) {
             let grid = self.grid.clone();
             // Tracked like every write of the program's: awaited before the run ends.
             self.writes.spawn_blocking(move || grid.log(&line));

@@ -16,31 +16,25 @@ fn document() -> String {
 
 /// Every example block of the document, by name, as bytes.
 fn examples(text: &str) -> Vec<(String, Vec<u8>)> {
-    let mut examples = Vec::new();
-    let mut current: Option<(String, Vec<u8>)> = None;
-    for line in text.lines() {
-        if let Some(name) = line.trim().strip_prefix("# example: ") {
-            examples.extend(current.take());
-            current = Some((name.trim().to_string(), Vec::new()));
-            continue;
-        }
-        if line.trim_start().starts_with("```") {
-            examples.extend(current.take());
-            continue;
-        }
-        let Some((_, bytes)) = current.as_mut() else {
-            continue;
-        };
-        let hex = line.split('|').next().unwrap_or_default();
-        for pair in hex.split_whitespace() {
-            let byte = u8::from_str_radix(pair, 16)
-                .unwrap_or_else(|_| panic!("{pair:?} in {line:?} is not a hex byte"));
-            assert_eq!(pair.len(), 2, "{pair:?} in {line:?}");
-            bytes.push(byte);
-        }
-    }
-    examples.extend(current);
-    examples
+    annotated_examples(text)
+        .into_iter()
+        .map(|(name, fields)| {
+            let hex: String = fields.iter().map(|(hex, _)| hex.as_str()).collect();
+            assert!(
+                hex.len().is_multiple_of(2),
+                "{name}: an odd number of hex digits"
+            );
+            let bytes = (0..hex.len())
+                .step_by(2)
+                .map(|i| {
+                    u8::from_str_radix(&hex[i..i + 2], 16).unwrap_or_else(|_| {
+                        panic!("{name}: {:?} is not a hex byte", &hex[i..i + 2])
+                    })
+                })
+                .collect();
+            (name, bytes)
+        })
+        .collect()
 }
 
 /// Every example block of the document with its lines, by name: each line's hex (spaces removed)
@@ -62,6 +56,9 @@ fn annotated_examples(text: &str) -> Vec<(String, Vec<(String, String)>)> {
             continue;
         };
         let (hex, note) = line.split_once('|').unwrap_or((line, ""));
+        for pair in hex.split_whitespace() {
+            assert_eq!(pair.len(), 2, "{pair:?} in {line:?} is not one hex byte");
+        }
         let hex: String = hex.split_whitespace().collect();
         fields.push((hex, note.trim().to_string()));
     }

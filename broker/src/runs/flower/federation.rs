@@ -134,14 +134,7 @@ impl Federation for BrokerFederation {
         tokio::spawn(async move {
             let result = grid
                 .send_indexed(sendable, ttl, |index, reply| {
-                    if let MessageBody::Error(error) = &reply.body {
-                        // The app may say nothing of it: the run's log does.
-                        let line = format!(
-                            "node {} answered with an error ({}): {}",
-                            reply.metadata.src_node_id,
-                            error.code,
-                            wire::text::sanitize(&error.reason, 4096)
-                        );
+                    if let Some(line) = crate::runs::output::node_error_line(&reply) {
                         let _ = logs.try_send(LogWork::Lines(vec![line]));
                     }
                     if let Some(id) = ids.get(index).cloned() {
