@@ -68,6 +68,8 @@ pub struct BrokerConfig {
     pub limits: wire::stream::Limits,
     /// Where to serve Prometheus metrics (off when `None`).
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Where to serve the operators' dashboard (off when `None`).
+    pub dashboard: Option<crate::dashboard::DashboardConfig>,
     /// Where server app programs connect (the ServerAppIo API; port 0 picks a free one).
     pub serverappio_address: std::net::SocketAddr,
     /// Where server app programs run: one fresh workspace per run, removed afterwards.
@@ -106,6 +108,7 @@ impl BrokerConfig {
                 ..wire::stream::Limits::default()
             },
             metrics_address: None,
+            dashboard: None,
             // A free port: brokers embedded in tests and tools never compete for Flower's 9091,
             // which the binary binds by default.
             serverappio_address: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),

@@ -245,6 +245,10 @@ fn answer(shared: &Arc<Shared>, operator: &str, request: ControlRequest) -> Cont
             runner::stop(shared, run_id, operator).map(|()| ControlResponse::RunStopped { run_id })
         }
         ControlRequest::PullArtifacts { run_id } => artifacts(shared, run_id),
+        ControlRequest::DashboardLink => Ok(match &shared.dashboard {
+            Some(dashboard) => dashboard.link(operator),
+            None => crate::dashboard::not_served(),
+        }),
         // Served by send_log, which may answer with many frames.
         ControlRequest::Log { run_id, .. } => {
             Err(ControlError::Internal(format!("log of {run_id} misrouted")))

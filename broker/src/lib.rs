@@ -29,6 +29,7 @@ pub mod bundle_sender;
 pub mod bundles;
 pub mod config;
 pub mod control;
+pub mod dashboard;
 pub mod delivery;
 pub mod fleet;
 pub mod flower_api;

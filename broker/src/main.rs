@@ -82,6 +82,14 @@ async fn main() -> ExitCode {
     };
     tracing::info!(address = %broker.fleet_addr, "Fleet API listening");
     tracing::info!(address = %broker.control_addr, "Control API listening");
+    if let Some(address) = broker.dashboard_addr {
+        let scheme = if address.ip().is_loopback() {
+            "http"
+        } else {
+            "https"
+        };
+        tracing::info!(%address, "dashboard at {scheme}://{address}/");
+    }
     if let Some(address) = broker.metrics_addr {
         tracing::info!(%address, "Prometheus metrics at http://{address}/metrics");
     }

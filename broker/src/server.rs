@@ -29,6 +29,9 @@ pub enum BrokerError {
     /// The operator key list cannot be used as it is.
     #[error("--control-auth-public-keys: {0}")]
     OperatorKeys(String),
+    /// The dashboard could not start.
+    #[error(transparent)]
+    Dashboard(#[from] crate::dashboard::DashboardError),
     /// The apps directory could be changed by other users.
     #[error("--apps-dir: {0}")]
     AppsDir(#[from] ops::private_dir::NotPrivate),
@@ -54,6 +57,8 @@ pub struct RunningBroker {
     pub metrics_addr: Option<SocketAddr>,
     /// Where server app programs connect.
     pub serverappio_addr: SocketAddr,
+    /// Where the dashboard listens, if enabled.
+    pub dashboard_addr: Option<SocketAddr>,
     /// Shared state, for inspection by tests and the binary.
     pub shared: Arc<Shared>,
     /// Cancels everything.
@@ -62,6 +67,8 @@ pub struct RunningBroker {
     task: tokio::task::JoinHandle<()>,
     /// The metrics endpoint, when enabled.
     metrics_task: Option<tokio::task::JoinHandle<()>>,
+    /// The dashboard, when enabled.
+    dashboard_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningBroker {
@@ -75,6 +82,9 @@ impl RunningBroker {
         let _ = self.task.await;
         if let Some(metrics) = self.metrics_task {
             let _ = metrics.await;
+        }
+        if let Some(dashboard) = self.dashboard_task {
+            let _ = dashboard.await;
         }
     }
 }
@@ -250,6 +260,15 @@ pub fn start(
             source,
         }
     })?;
+    let dashboard = match &config.dashboard {
+        Some(dashboard) => Some(crate::dashboard::bind(
+            dashboard,
+            &config.operator_auth,
+            config.chain.clone(),
+            config.key.clone_key(),
+        )?),
+        None => None,
+    };
     let apps = config.apps.clone();
     let shared = Arc::new(Shared {
         store,
@@ -262,6 +281,7 @@ pub fn start(
         bundle_sender: crate::bundle_sender::BundleSender::default(),
         serverappio,
         flower,
+        dashboard: dashboard.as_ref().map(|bound| bound.dashboard.clone()),
     });
     match crate::runs::runner::resume_interrupted_runs(&shared) {
         Ok(0) => {}
@@ -292,6 +312,8 @@ pub fn start(
         }
         None => (None, None),
     };
+    let dashboard_addr = dashboard.as_ref().map(|bound| bound.dashboard.address);
+    let dashboard_task = dashboard.map(|bound| bound.spawn(shared.clone(), shutdown.clone()));
     let task = tokio::spawn(serve(
         shared.clone(),
         fleet_endpoint,
@@ -303,10 +325,12 @@ pub fn start(
         control_addr,
         metrics_addr,
         serverappio_addr: shared.serverappio.address(),
+        dashboard_addr,
         shared,
         shutdown,
         task,
         metrics_task,
+        dashboard_task,
     })
 }
 

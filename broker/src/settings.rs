@@ -71,6 +71,12 @@ pub struct Args {
     /// Serve Prometheus metrics over plain HTTP on this address (off by default).
     #[arg(long, value_name = "ADDR")]
     pub metrics_address: Option<SocketAddr>,
+    /// Serve the operators' dashboard here, e.g. 127.0.0.1:9095 (off by default). Plain HTTP on
+    /// a loopback address, HTTPS with the SuperLink's certificate on any other; without
+    /// --control-auth-public-keys it answers loopback clients only, with them a browser signs in
+    /// with a link from `flwr dashboard`.
+    #[arg(long, value_name = "ADDR")]
+    pub dashboard_address: Option<SocketAddr>,
     /// Serve a health endpoint over plain HTTP on this address: `GET /health` answers `SERVING`
     /// (Flower serves gRPC health checking here; an HTTP probe is what load balancers and
     /// orchestrators ask by default).
@@ -194,6 +200,9 @@ impl Args {
             return Err("--heartbeat-timeout must be longer than --heartbeat-interval".into());
         }
         config.metrics_address = self.metrics_address;
+        config.dashboard = self
+            .dashboard_address
+            .map(crate::dashboard::DashboardConfig::at);
         config.serverappio_address = self.serverappio_api_address;
         if let Some(program) = &self.flwr_serverapp {
             crate::runs::flower::find_program(Some(program))?;

@@ -31,4 +31,6 @@ pub struct Shared {
     pub bundle_sender: crate::bundle_sender::BundleSender,
     /// Where Flower's `flwr-serverapp` processes connect.
     pub flower: crate::flower_api::FlowerRuntime,
+    /// The operators' dashboard, when served.
+    pub dashboard: Option<Arc<crate::dashboard::Dashboard>>,
 }

@@ -109,6 +109,16 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Open the SuperLink's dashboard: asks the SuperLink, signed in with the operator key, for
+    /// a one-time login link (valid two minutes), then opens it in a browser or prints it.
+    Dashboard {
+        /// App directory and federation.
+        #[command(flatten)]
+        target: Target,
+        /// Print the link only; do not start a browser.
+        #[arg(long)]
+        no_open: bool,
+    },
 }
 
 /// `flwr app ...`

@@ -78,6 +78,19 @@ fn frame_error(error: FrameIoError, connection: &quinn::Connection, address: &st
     ))
 }
 
+/// The dashboard's address and login token, as the SuperLink gave them.
+#[derive(Debug, Clone)]
+pub struct DashboardLink {
+    /// Where it is bound.
+    pub address: std::net::SocketAddr,
+    /// Whether it serves HTTPS.
+    pub tls: bool,
+    /// The one-time login token, when operators sign in with keys.
+    pub token: Option<String>,
+    /// How long the token works.
+    pub expires_in_seconds: u64,
+}
+
 impl ControlClient {
     /// Connects to `federation`, authenticating with its operator key if it names one.
     pub async fn connect(federation: &Federation) -> Result<Self, CliError> {
@@ -342,6 +355,24 @@ impl ControlClient {
     pub async fn pull(&mut self, run_id: RunId) -> Result<Vec<Artifact>, CliError> {
         match self.call(ControlRequest::PullArtifacts { run_id }).await? {
             ControlResponse::Artifacts(artifacts) => Ok(artifacts),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Where the dashboard is, with a one-time login token when it asks for one.
+    pub async fn dashboard_link(&mut self) -> Result<DashboardLink, CliError> {
+        match self.call(ControlRequest::DashboardLink).await? {
+            ControlResponse::DashboardLink {
+                address,
+                tls,
+                token,
+                expires_in_seconds,
+            } => Ok(DashboardLink {
+                address,
+                tls,
+                token,
+                expires_in_seconds,
+            }),
             other => Err(unexpected(other)),
         }
     }

@@ -1,7 +1,6 @@
 //! Output for people (tables, colour on a terminal only) and for programs (`--format json`).
 
 use std::io::IsTerminal as _;
-use std::time::{Duration, UNIX_EPOCH};
 
 /// How a command prints its data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -57,19 +56,7 @@ pub fn print_paged(text: &str) {
     print!("{text}");
 }
 
-/// `YYYY-MM-DD HH:MM:SSZ` for a Unix time in milliseconds.
-pub fn timestamp(ms: u64) -> String {
-    let time = UNIX_EPOCH + Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(time)
-        .to_string()
-        .replace('T', " ")
-}
-
-/// `HH:MM:SS` (hours may exceed 24) between two Unix times in milliseconds.
-pub fn elapsed(from_ms: u64, to_ms: u64) -> String {
-    let secs = to_ms.saturating_sub(from_ms) / 1000;
-    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
-}
+pub use wire::control_json::{elapsed, timestamp};
 
 /// Wraps `text` in an ANSI colour when stdout is a terminal and `NO_COLOR` is unset.
 pub fn paint(text: &str, colour: u8) -> String {

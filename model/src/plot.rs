@@ -51,10 +51,15 @@ struct Line {
     points: Vec<(f64, f64)>,
 }
 
+/// A series' points; its metric may be named with dashes too (`train-loss`), as some apps do.
 fn series(history: &[Value], name: &str) -> Vec<(f64, f64)> {
+    let dashed = name.replace('_', "-");
     history
         .iter()
-        .filter_map(|entry| Some((entry["round"].as_f64()?, entry[name].as_f64()?)))
+        .filter_map(|entry| {
+            let value = entry[name].as_f64().or_else(|| entry[&dashed].as_f64())?;
+            Some((entry["round"].as_f64()?, value))
+        })
         .filter(|(x, y)| x.is_finite() && y.is_finite())
         .collect()
 }
@@ -263,6 +268,16 @@ mod tests {
         assert!(svg.starts_with("<svg"), "{svg}");
         assert!(
             svg.contains("eval_acc") && !svg.contains("train_loss"),
+            "{svg}"
+        );
+    }
+
+    #[test]
+    fn metrics_named_with_dashes_draw_as_their_series() {
+        let history = vec![json!({"round": 1, "train-loss": 1.0, "eval-acc": 0.5})];
+        let svg = svg(&history);
+        assert!(
+            svg.contains("train_loss") && svg.contains("eval_acc") && !svg.contains("eval_loss"),
             "{svg}"
         );
     }

@@ -26,21 +26,33 @@ pub const MAX_PER_SOURCE: usize = 4;
 /// How long a client has to send its request's headers (a probe sends them at once).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Connections open per source address; an entry leaves with its last connection.
-#[derive(Default)]
-struct Sources(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+/// Connections open per source address, each source held to a bound; an entry leaves with its
+/// last connection.
+pub struct Sources {
+    per_source: usize,
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
 
 /// One connection's share of its source's allowance, returned on drop.
-struct SourceSlot {
+pub struct SourceSlot {
     sources: Arc<Sources>,
     ip: std::net::IpAddr,
 }
 
 impl Sources {
-    fn claim(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<SourceSlot> {
-        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+    /// At most `per_source` at once from one address.
+    pub fn new(per_source: usize) -> Arc<Self> {
+        Arc::new(Sources {
+            per_source,
+            open: Default::default(),
+        })
+    }
+
+    /// A slot for one more from `ip`, or `None` when it holds its bound already.
+    pub fn claim(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<SourceSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let count = open.entry(ip).or_insert(0);
-        if *count >= MAX_PER_SOURCE {
+        if *count >= self.per_source {
             return None;
         }
         *count += 1;
@@ -53,7 +65,7 @@ impl Sources {
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
-        let mut open = self.sources.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.sources.open.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(count) = open.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {
@@ -103,7 +115,7 @@ pub type Handler = Arc<dyn Fn(&str) -> PageFuture + Send + Sync>;
 /// Serves `handler` on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, handler: Handler, shutdown: CancellationToken) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let sources = Arc::new(Sources::default());
+    let sources = Sources::new(MAX_PER_SOURCE);
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -159,6 +159,9 @@ pub enum ControlRequest {
         /// The run config: `[app.config]` with overrides fused in.
         config: ConfigRecord,
     },
+    /// Where the SuperLink's dashboard is, and, when operators sign in with keys, a one-time
+    /// login link for this operator's browser.
+    DashboardLink,
 }
 
 /// Lifecycle of a run. Variants are only ever appended.
@@ -326,6 +329,8 @@ pub enum ControlError {
     /// The run config cannot be a run's (a list where Flower's run config holds single values,
     /// a name beyond the bounds), and why.
     InvalidRunConfig(String),
+    /// The SuperLink serves no dashboard (it starts with `--dashboard-address`).
+    NoDashboard,
 }
 
 impl std::fmt::Display for ControlError {
@@ -347,6 +352,10 @@ impl std::fmt::Display for ControlError {
                 write!(f, "The SuperLink has no app bundle {hash}")
             }
             ControlError::InvalidRunConfig(why) => write!(f, "The run config is not valid: {why}"),
+            ControlError::NoDashboard => write!(
+                f,
+                "The SuperLink serves no dashboard: start it with --dashboard-address"
+            ),
         }
     }
 }
@@ -401,6 +410,19 @@ pub enum ControlResponse {
     BundleStored {
         /// Its hash.
         hash: BundleHash,
+    },
+    /// Where the dashboard listens, and how to get in.
+    DashboardLink {
+        /// The address it is bound to (an unspecified IP means: the host the Control API was
+        /// reached at).
+        address: std::net::SocketAddr,
+        /// Whether it serves HTTPS (with the SuperLink's certificate).
+        tls: bool,
+        /// A one-time login token, when the dashboard asks for one (operator keys); the link is
+        /// `/login?token=...`.
+        token: Option<String>,
+        /// Seconds the token stays valid.
+        expires_in_seconds: u64,
     },
 }
 

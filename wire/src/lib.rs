@@ -29,6 +29,8 @@ pub mod bundle;
 pub mod clientappio;
 pub mod close;
 pub mod control;
+#[cfg(feature = "json")]
+pub mod control_json;
 pub mod error;
 pub mod fleet;
 pub mod frame;

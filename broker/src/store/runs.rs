@@ -222,6 +222,22 @@ impl Store {
         Ok(names)
     }
 
+    /// Names and sizes of a run's artifacts.
+    pub fn artifact_sizes(&self, run_id: RunId) -> Result<Vec<(String, u64)>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let artifacts = txn.open_table(tables::ARTIFACTS).map_err(storage)?;
+        let mut sizes = Vec::new();
+        for entry in artifacts.range((run_id.0, "")..).map_err(storage)? {
+            let (key, value) = entry.map_err(storage)?;
+            let (run, name) = key.value();
+            if run != run_id.0 {
+                break;
+            }
+            sizes.push((name.to_string(), value.value().len() as u64));
+        }
+        Ok(sizes)
+    }
+
     /// Replaces a run's checkpoint.
     pub fn save_checkpoint(&self, run_id: RunId, state: &[u8]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(storage)?;

@@ -3,6 +3,7 @@
 pub mod app;
 pub mod certs;
 pub mod config;
+pub mod dashboard;
 pub mod dataset;
 pub mod demo;
 pub mod keys;
@@ -34,7 +35,8 @@ pub fn format_of(command: &Command) -> Format {
         | Command::Run { target, .. }
         | Command::Ls { target, .. }
         | Command::Log { target, .. }
-        | Command::Stop { target, .. } => target.format,
+        | Command::Stop { target, .. }
+        | Command::Dashboard { target, .. } => target.format,
     }
 }
 
@@ -72,6 +74,7 @@ pub async fn run(command: Command) -> Result<(), CliError> {
             show,
         } => runs::log(&target, run_id, !show).await,
         Command::Stop { run_id, target } => runs::stop(&target, run_id).await,
+        Command::Dashboard { target, no_open } => dashboard::open(&target, no_open).await,
     }
 }
 

@@ -7,30 +7,9 @@ use crate::control_client::ControlClient;
 use crate::output::{self, Format, colour};
 use serde_json::json;
 use std::io::Write as _;
+use wire::RunId;
 use wire::control::{LogLine, RunInfo, RunStatus};
 use wire::message::now_ms;
-use wire::{ConfigRecord, ConfigValue, RunId};
-
-fn config_json(config: &ConfigRecord) -> serde_json::Value {
-    let entries = config.iter().map(|(key, value)| {
-        let value = match value {
-            ConfigValue::Int(v) => json!(v),
-            ConfigValue::Float(v) => json!(v),
-            ConfigValue::Bool(v) => json!(v),
-            ConfigValue::Str(v) => json!(v),
-            ConfigValue::Bytes(v) => json!(v),
-            ConfigValue::UInt(v) => json!(v),
-            ConfigValue::IntList(v) => json!(v),
-            ConfigValue::UIntList(v) => json!(v),
-            ConfigValue::FloatList(v) => json!(v),
-            ConfigValue::BoolList(v) => json!(v),
-            ConfigValue::StrList(v) => json!(v),
-            ConfigValue::BytesList(v) => json!(v),
-        };
-        (key.to_string(), value)
-    });
-    serde_json::Value::Object(entries.collect())
-}
 
 /// What `flwr run` sends with a run: a FAB or a bundle.
 struct Shipped {
@@ -163,10 +142,7 @@ fn finish(
 
 fn print_line(line: &LogLine, format: Format) {
     match format {
-        Format::Json => println!(
-            "{}",
-            json!({"index": line.index, "at": output::timestamp(line.at_ms), "text": line.text})
-        ),
+        Format::Json => println!("{}", wire::control_json::log_line(line)),
         // Escaped again here: a broker older than the escaping may have stored raw text.
         Format::Default => println!("{}", wire::text::escape_controls(&line.text)),
     }
@@ -251,13 +227,6 @@ fn status_cell(status: RunStatus) -> String {
 }
 
 /// Elapsed time of a run: from starting to finished, or to now while it is active.
-fn run_elapsed(run: &RunInfo, now: u64) -> String {
-    match run.starting_at_ms {
-        Some(start) => output::elapsed(start, run.finished_at_ms.unwrap_or(now)),
-        None => output::elapsed(0, 0),
-    }
-}
-
 /// The app cell: name, version, and the bundle's short hash (`built-in` without a bundle).
 fn app_cell(run: &RunInfo) -> String {
     let hash = run
@@ -276,7 +245,7 @@ pub fn run_table(runs: &[RunInfo], now: u64) -> String {
                 run.run_id.to_string(),
                 app_cell(run),
                 status_cell(run.status),
-                run_elapsed(run, now),
+                wire::control_json::run_elapsed(run, now),
                 output::timestamp(run.status_changed_at_ms()),
             ]
         })
@@ -285,29 +254,6 @@ pub fn run_table(runs: &[RunInfo], now: u64) -> String {
         &["Run ID", "App", "Status", "Elapsed", "Status Changed @"],
         &rows,
     )
-}
-
-/// One run as JSON: Flower's keys first, with ids as strings (they exceed 2^53, where JSON
-/// numbers lose digits in jq and JavaScript), then ours.
-pub fn run_json(run: &RunInfo, now: u64) -> serde_json::Value {
-    let time = |ms: Option<u64>| ms.map(output::timestamp);
-    json!({
-        "run-id": run.run_id.to_string(),
-        "fab-id": run.app_name,
-        "fab-name": run.app_name,
-        "fab-version": run.app_version,
-        "fab-hash": run.bundle.map(|hash| hash.to_string()).unwrap_or_default(),
-        "status": run.status.as_str(),
-        "status-details": run.details,
-        "elapsed": run_elapsed(run, now),
-        "pending-at": output::timestamp(run.pending_at_ms),
-        "starting-at": time(run.starting_at_ms),
-        "running-at": time(run.running_at_ms),
-        "finished-at": time(run.finished_at_ms),
-        "owner": run.owner,
-        "status-changed-at": output::timestamp(run.status_changed_at_ms()),
-        "run-config": config_json(&run.config),
-    })
 }
 
 /// `flwr ls`.
@@ -329,7 +275,7 @@ pub async fn list(
     match (target.format, run_id, runs.first()) {
         (Format::Json, _, _) => super::print_json(&json!({
             "success": true,
-            "runs": runs.iter().map(|run| run_json(run, now)).collect::<Vec<_>>(),
+            "runs": runs.iter().map(|run| wire::control_json::run(run, now)).collect::<Vec<_>>(),
         })),
         (Format::Default, Some(_), Some(run)) => {
             let time = |ms: Option<u64>| ms.map(output::timestamp).unwrap_or_else(|| "-".into());
@@ -349,7 +295,7 @@ pub async fn list(
                     },
                 ],
                 vec!["Owner".into(), run.owner.clone()],
-                vec!["Elapsed".into(), run_elapsed(run, now)],
+                vec!["Elapsed".into(), wire::control_json::run_elapsed(run, now)],
                 vec!["Pending @".into(), output::timestamp(run.pending_at_ms)],
                 vec!["Starting @".into(), time(run.starting_at_ms)],
                 vec!["Running @".into(), time(run.running_at_ms)],
@@ -408,6 +354,7 @@ pub async fn pull(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wire::ConfigRecord;
 
     #[test]
     fn a_run_in_json_has_flowers_keys_first_and_its_id_as_a_string() {
@@ -427,7 +374,7 @@ mod tests {
             finished_at_ms: Some(1_700_000_003_000),
             bundle: Some(wire::BundleHash([0xab; 32])),
         };
-        let value = run_json(&run, 1_700_000_004_000);
+        let value = wire::control_json::run(&run, 1_700_000_004_000);
         assert_eq!(value["fab-hash"], "ab".repeat(32));
         assert!(app_cell(&run).ends_with("(abababab)"));
         assert_eq!(value["run-id"], "18234121980552467268");

@@ -52,7 +52,7 @@ pub async fn run(command: SupernodeCommand) -> Result<(), CliError> {
             match target.format {
                 Format::Json => super::print_json(&json!({
                     "success": true,
-                    "nodes": nodes.iter().map(|n| node_json(n, now)).collect::<Vec<_>>(),
+                    "nodes": nodes.iter().map(|n| wire::control_json::node(n, now)).collect::<Vec<_>>(),
                 })),
                 Format::Default => crate::output::print_paged(&node_table(&nodes, now)),
             }
@@ -91,30 +91,6 @@ pub fn node_table(nodes: &[NodeInfo], now: u64) -> String {
     )
 }
 
-/// One node as JSON: Flower's keys first, with the id as a string (it exceeds 2^53, where JSON
-/// numbers lose digits in jq and JavaScript), then ours.
-pub fn node_json(node: &NodeInfo, now: u64) -> serde_json::Value {
-    let time = |ms: Option<u64>| ms.map(output::timestamp);
-    let online_elapsed = match (node.status, node.online_at_ms) {
-        (NodeStatus::Online, Some(at)) => Some(output::elapsed(at, now)),
-        _ => None,
-    };
-    json!({
-        "node-id": node.node_id.to_string(),
-        "owner-name": node.owner,
-        "status": node.status.as_str(),
-        "created-at": output::timestamp(node.registered_at_ms),
-        "online-at": time(node.online_at_ms),
-        "online-elapsed": online_elapsed,
-        "offline-at": time(node.offline_at_ms),
-        "deleted-at": time(node.unregistered_at_ms),
-        "elapsed": output::elapsed(node.status_changed_at_ms, now),
-        "elapsed-seconds": now.saturating_sub(node.status_changed_at_ms) / 1000,
-        "status-changed-at": output::timestamp(node.status_changed_at_ms),
-        "key-fingerprint": node.key_fingerprint,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,7 +108,7 @@ mod tests {
             unregistered_at_ms: None,
             status_changed_at_ms: 1_700_000_001_000,
         };
-        let value = node_json(&node, 1_700_000_002_000);
+        let value = wire::control_json::node(&node, 1_700_000_002_000);
         assert_eq!(value["node-id"], "18234121980552467268");
         let text = value.to_string();
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();

@@ -6,6 +6,7 @@
 
 mod bundles;
 mod crash;
+mod dashboard;
 mod flower_apps;
 mod flower_corpus;
 mod hostile;
