@@ -1,7 +1,7 @@
 //! The operators' dashboard: what a person sees in a real browser (headless Chromium, Debian's
 //! `chromium-headless-shell`, installed by `scripts/install-test-deps`) during a live run, and who
-//! may look. Set `DASHBOARD_SCREENSHOTS` to a directory to have the browser test save a screenshot
-//! of each page there (how the ones in `docs/` are made).
+//! may look. Set `DASHBOARD_SCREENSHOTS` to a directory (an absolute path) to have the browser
+//! test save a screenshot of each page there: `docs/dashboard/` holds the ones it made.
 
 use broker::config::{BrokerConfig, NodeAuth};
 use broker::dashboard::DashboardConfig;
@@ -305,7 +305,7 @@ async fn an_operator_sees_nodes_a_live_run_its_chart_and_a_failure_in_a_browser(
     screenshot(
         &format!("{base}/runs/{run_id}"),
         profile.path(),
-        "dashboard-run-live",
+        "run-live",
     )
     .await;
 
@@ -368,13 +368,13 @@ async fn an_operator_sees_nodes_a_live_run_its_chart_and_a_failure_in_a_browser(
     assert!(page.contains("Why it failed"), "{page}");
     assert!(page.contains("2 of the 3"), "{page}");
 
-    screenshot(&format!("{base}/"), profile.path(), "dashboard-overview").await;
-    screenshot(&format!("{base}/nodes"), profile.path(), "dashboard-nodes").await;
-    screenshot(&format!("{base}/runs"), profile.path(), "dashboard-runs").await;
+    screenshot(&format!("{base}/"), profile.path(), "overview").await;
+    screenshot(&format!("{base}/nodes"), profile.path(), "nodes").await;
+    screenshot(&format!("{base}/runs"), profile.path(), "runs").await;
     screenshot(
         &format!("{base}/runs/{run_id}"),
         profile.path(),
-        "dashboard-run",
+        "run",
     )
     .await;
     for node in nodes {
