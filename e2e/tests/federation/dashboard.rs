@@ -302,12 +302,7 @@ async fn an_operator_sees_nodes_a_live_run_its_chart_and_a_failure_in_a_browser(
     let page = dom(&format!("{base}/runs"), profile.path()).await;
     assert!(page.contains(&run_id.to_string()), "{page}");
     assert!(page.contains(">running<"), "{page}");
-    screenshot(
-        &format!("{base}/runs/{run_id}"),
-        profile.path(),
-        "run-live",
-    )
-    .await;
+    screenshot(&format!("{base}/runs/{run_id}"), profile.path(), "run-live").await;
 
     wait_for(&federation, run_id, RunStatus::is_finished).await;
     assert_eq!(status_of(&federation, run_id).await, RunStatus::Completed);
@@ -371,12 +366,7 @@ async fn an_operator_sees_nodes_a_live_run_its_chart_and_a_failure_in_a_browser(
     screenshot(&format!("{base}/"), profile.path(), "overview").await;
     screenshot(&format!("{base}/nodes"), profile.path(), "nodes").await;
     screenshot(&format!("{base}/runs"), profile.path(), "runs").await;
-    screenshot(
-        &format!("{base}/runs/{run_id}"),
-        profile.path(),
-        "run",
-    )
-    .await;
+    screenshot(&format!("{base}/runs/{run_id}"), profile.path(), "run").await;
     for node in nodes {
         node.stop().await.unwrap();
     }
@@ -574,4 +564,26 @@ async fn event_streams_and_connections_are_bounded_per_source() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (status, _, _) = get(address, "/nodes", "").await;
     assert_eq!(status, 200, "the allowance came back with the connections");
+}
+
+#[tokio::test]
+async fn flwr_dashboards_link_signs_in_and_a_superlink_without_one_says_how_to_serve_it() {
+    let federation =
+        Federation::start_tuned(NodeAuth::Automatic, true, Db::Memory, on_loopback).await;
+    let port = dashboard(&federation).port();
+    let mut client = federation.operator().await.unwrap();
+    let link = client.dashboard_link().await.unwrap();
+    client.close().await;
+    let url = cli::commands::dashboard::url(&link, "ignored.example");
+    let prefix = format!("http://127.0.0.1:{port}/login?token=");
+    assert!(url.starts_with(&prefix), "{url}");
+    assert_eq!(link.expires_in_seconds, 120);
+    let path = &url[url.find("/login").unwrap()..];
+    let (status, _, _) = get(dashboard(&federation), path, "").await;
+    assert_eq!(status, 303);
+
+    let plain = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let mut client = plain.operator().await.unwrap();
+    let error = client.dashboard_link().await.unwrap_err();
+    assert!(error.to_string().contains("--dashboard-address"), "{error}");
 }
