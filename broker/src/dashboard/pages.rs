@@ -12,6 +12,9 @@ use wire::control_json::{elapsed, run_elapsed, timestamp};
 /// Most log lines a run's page starts with (the newest); the whole log is in its JSON.
 pub const MAX_LOG_LINES: usize = 2000;
 
+/// Most bytes of log text a run's page starts with.
+pub const MAX_LOG_BYTES: usize = 1 << 20;
+
 /// Most runs the overview lists (the newest).
 const OVERVIEW_RUNS: usize = 10;
 

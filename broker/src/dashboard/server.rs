@@ -511,7 +511,7 @@ async fn route(context: &Context, request: &Request<Incoming>, path: &str) -> Re
         && let Some((id, tail)) = rest.split_once('/')
         && let Ok(id) = id.parse::<u64>()
     {
-        return run_file(context, RunId(id), tail).await;
+        return run_file(context, request, RunId(id), tail).await;
     }
     let (page, as_json) = match path.strip_suffix(".json") {
         Some(page) => (page, true),
@@ -528,7 +528,11 @@ async fn route(context: &Context, request: &Request<Incoming>, path: &str) -> Re
         let snapshot = snapshot(&shared, &dashboard, view)?;
         // A run's page starts with its newest log lines; its event stream goes on from there.
         let log = match (view, as_json) {
-            (View::Run(id), false) => Some(shared.store.logs(id, 0)?),
+            (View::Run(id), false) => Some(shared.store.logs_tail(
+                id,
+                pages::MAX_LOG_LINES,
+                pages::MAX_LOG_BYTES,
+            )?),
             _ => None,
         };
         Ok((snapshot, log, dashboard))
@@ -551,10 +555,9 @@ async fn route(context: &Context, request: &Request<Incoming>, path: &str) -> Re
     let (after, events) = match (log, &snapshot.run) {
         (Some(lines), Some(run)) => {
             let next = lines.last().map_or(0, |line| line.index + 1);
-            let skipped = lines.len() > pages::MAX_LOG_LINES;
-            let shown = &lines[lines.len().saturating_sub(pages::MAX_LOG_LINES)..];
+            let skipped = lines.first().is_some_and(|line| line.index > 0);
             (
-                pages::log(shown, skipped, &run.run),
+                pages::log(&lines, skipped, &run.run),
                 format!("{}?from={next}", view.events()),
             )
         }
@@ -570,23 +573,36 @@ async fn route(context: &Context, request: &Request<Incoming>, path: &str) -> Re
     ))
 }
 
-/// `/runs/{id}/log.json` and `/runs/{id}/artifacts/{name}`.
-async fn run_file(context: &Context, run_id: RunId, tail: &str) -> Response<Body> {
+/// Most log text one page of `/runs/{id}/log.json` carries, as the Control API pages it.
+const LOG_PAGE_BYTES: usize = 1 << 20;
+
+/// `/runs/{id}/log.json[?after=N]` and `/runs/{id}/artifacts/{name}`.
+async fn run_file(
+    context: &Context,
+    request: &Request<Incoming>,
+    run_id: RunId,
+    tail: &str,
+) -> Response<Body> {
     let shared = context.shared.clone();
     if tail == "log.json" {
+        let after: u64 = query_value(request.uri().query(), "after")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
         let read = blocking(move || {
             shared
                 .store
                 .run(run_id)?
                 .ok_or_else(|| Failure::NotFound(format!("no run {run_id}")))?;
-            Ok(shared.store.logs(run_id, 0)?)
+            Ok(shared.store.logs_page(run_id, after, LOG_PAGE_BYTES)?)
         })
         .await;
         return match read {
-            Ok(lines) => json_page(&json!({
+            Ok((lines, more)) => json_page(&json!({
                 "success": true,
                 "run-id": run_id.to_string(),
                 "lines": lines.iter().map(wire::control_json::log_line).collect::<Vec<_>>(),
+                "next": lines.last().map_or(after, |line| line.index + 1),
+                "more": more,
             })),
             Err(failure) => failure.response(),
         };

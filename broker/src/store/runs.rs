@@ -188,6 +188,36 @@ impl Store {
         Ok((lines, false))
     }
 
+    /// The last lines of `run_id`'s log, at most `max_lines` of them and `max_bytes` of text (at
+    /// least one line when there is one), in order; reads only what it returns.
+    pub fn logs_tail(
+        &self,
+        run_id: RunId,
+        max_lines: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<LogLine>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let logs = txn.open_table(tables::RUN_LOGS).map_err(storage)?;
+        let mut lines: Vec<LogLine> = Vec::new();
+        let mut bytes = 0;
+        for entry in logs
+            .range((run_id.0, 0)..=(run_id.0, u64::MAX))
+            .map_err(storage)?
+            .rev()
+            .take(max_lines)
+        {
+            let (_, value) = entry.map_err(storage)?;
+            let line: LogLine = decode("log line", value.value())?;
+            if !lines.is_empty() && bytes + line.text.len() > max_bytes {
+                break;
+            }
+            bytes += line.text.len();
+            lines.push(line);
+        }
+        lines.reverse();
+        Ok(lines)
+    }
+
     /// Stores (or replaces) an artifact of a run.
     pub fn save_artifact(&self, run_id: RunId, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(storage)?;
@@ -317,5 +347,12 @@ mod tests {
             store.logs_page(run, 3_000, 1 << 20).unwrap(),
             (vec![], false)
         );
+        let tail = store.logs_tail(run, 100, 1 << 20).unwrap();
+        let indices: Vec<u64> = tail.iter().map(|l| l.index).collect();
+        assert_eq!(indices, (2_900..3_000).collect::<Vec<_>>());
+        // A 4 MiB line past the byte bound ends the tail, unless it is the only line.
+        let tail = store.logs_tail(run, 3_000, 1 << 20).unwrap();
+        assert_eq!(tail.first().map(|l| l.index), Some(2_001));
+        assert_eq!(store.logs_tail(RunId(2), 10, 10).unwrap(), vec![]);
     }
 }

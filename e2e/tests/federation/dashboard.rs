@@ -350,6 +350,17 @@ async fn an_operator_sees_nodes_a_live_run_its_chart_and_a_failure_in_a_browser(
     assert_eq!(json["runs"][0]["run-id"], run_id.to_string());
     assert_eq!(json["runs"][0]["status"], "finished:completed");
     assert_eq!(json["rounds"].as_array().unwrap().len(), 3);
+    let (_, _, json) = get(address, &format!("/runs/{run_id}/log.json?after=1"), "").await;
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["lines"][0]["index"], 1);
+    assert!(
+        json["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["text"] == "[ROUND 3/3]")
+    );
+    assert_eq!(json["more"], false);
     let (_, _, json) = get(address, "/nodes.json", "").await;
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(json["nodes"].as_array().unwrap().len(), 2);
