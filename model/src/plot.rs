@@ -26,6 +26,13 @@ fn register_font() {
 /// Size of the chart in pixels.
 const SIZE: (u32, u32) = (720, 405);
 
+/// The largest metric value drawn (by magnitude): beyond it a point is left out, so that an axis
+/// never spans a range its arithmetic overflows (plotters loops forever on an infinite one).
+const MAX_VALUE: f64 = 1e12;
+
+/// The last round drawn.
+const MAX_ROUND: f64 = 1e6;
+
 /// Most round labels on the x axis.
 const MAX_ROUND_LABELS: usize = 10;
 
@@ -60,7 +67,7 @@ fn series(history: &[Value], name: &str) -> Vec<(f64, f64)> {
             let value = entry[name].as_f64().or_else(|| entry[&dashed].as_f64())?;
             Some((entry["round"].as_f64()?, value))
         })
-        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .filter(|(x, y)| (0.0..=MAX_ROUND).contains(x) && y.is_finite() && y.abs() <= MAX_VALUE)
         .collect()
 }
 
@@ -270,6 +277,23 @@ mod tests {
             svg.contains("eval_acc") && !svg.contains("train_loss"),
             "{svg}"
         );
+    }
+
+    #[test]
+    fn values_whose_axis_would_overflow_are_left_out_and_the_chart_is_drawn() {
+        let history = vec![
+            json!({"round": 1, "train_loss": 1.7e308, "eval_acc": 0.5}),
+            json!({"round": 1e300, "train_loss": 1.0}),
+            json!({"round": 2, "train_loss": 0.5, "eval_acc": 0.6}),
+        ];
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || sender.send(svg(&history)));
+        let svg = receiver
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("drawn in time");
+        assert!(svg.starts_with("<svg"), "{svg}");
+        // train_loss keeps round 2 only, eval_acc both rounds.
+        assert_eq!(svg.matches("<circle").count(), 3, "{svg}");
     }
 
     #[test]

@@ -26,11 +26,26 @@ pub const MAX_PER_SOURCE: usize = 4;
 /// How long a client has to send its request's headers (a probe sends them at once).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Connections open per source address, each source held to a bound; an entry leaves with its
-/// last connection.
+/// Connections open per source, each source held to a bound; an entry leaves with its last
+/// connection. A source is an IPv4 address (an IPv4-mapped IPv6 address counts as its IPv4
+/// address) or an IPv6 /64, the least one host is given: counting single IPv6 addresses would let
+/// one host hold every slot.
 pub struct Sources {
     per_source: usize,
     open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// The source an address belongs to.
+fn source_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => std::net::IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                v6.to_bits() & !((1u128 << 64) - 1),
+            )),
+        },
+        v4 => v4,
+    }
 }
 
 /// One connection's share of its source's allowance, returned on drop.
@@ -50,6 +65,7 @@ impl Sources {
 
     /// A slot for one more from `ip`, or `None` when it holds its bound already.
     pub fn claim(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<SourceSlot> {
+        let ip = source_of(ip);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let count = open.entry(ip).or_insert(0);
         if *count >= self.per_source {
@@ -203,6 +219,21 @@ pub async fn start_health(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_64_is_one_source_and_a_mapped_ipv4_address_its_ipv4_one() {
+        let sources = Sources::new(2);
+        let a: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8::ffff:2".parse().unwrap();
+        let c: std::net::IpAddr = "2001:db8::3".parse().unwrap();
+        let _held = (sources.claim(a).unwrap(), sources.claim(b).unwrap());
+        assert!(sources.claim(c).is_none(), "a third from the same /64");
+        assert!(sources.claim("2001:db8:0:1::1".parse().unwrap()).is_some());
+        let v4: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: std::net::IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let _more = (sources.claim(v4).unwrap(), sources.claim(mapped).unwrap());
+        assert!(sources.claim(v4).is_none());
+    }
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     async fn exchange(address: std::net::SocketAddr, request: &str) -> String {

@@ -28,8 +28,18 @@ pub const MAX_LINKS: usize = 64;
 /// Most sessions at once; the oldest goes when another starts.
 pub const MAX_SESSIONS: usize = 256;
 
-/// The session cookie's name.
+/// The session cookie's name over plain HTTP (loopback).
 pub const COOKIE: &str = "flwr-dashboard";
+
+/// Its name over HTTPS: the `__Host-` prefix makes browsers keep it to this host, `Secure`, with
+/// `Path=/` and no `Domain`, so a sibling subdomain or another service cannot plant one that
+/// shadows it.
+pub const SECURE_COOKIE: &str = "__Host-flwr-dashboard";
+
+/// The cookie's name with or without TLS.
+pub fn cookie_name(tls: bool) -> &'static str {
+    if tls { SECURE_COOKIE } else { COOKIE }
+}
 
 /// A token's digest: what the tables keep.
 type Digest = [u8; 32];
@@ -145,19 +155,21 @@ impl Logins {
     }
 }
 
-/// The session token in a `Cookie` header, if there is one.
-pub fn session_cookie(header: &str) -> Option<&str> {
-    header.split(';').find_map(|pair| {
-        let (name, value) = pair.trim().split_once('=')?;
-        (name == COOKIE).then_some(value)
+/// Every value a `Cookie` header gives the session cookie `name`: other services on the host can
+/// set one of that name too (without TLS), and a browser sends all of them.
+pub fn session_cookies<'a>(header: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> {
+    header.split(';').filter_map(move |pair| {
+        let (key, value) = pair.trim().split_once('=')?;
+        (key == name).then_some(value)
     })
 }
 
 /// The `Set-Cookie` value that starts a session.
-pub fn set_cookie(token: &str, lifetime: Duration, secure: bool) -> String {
-    let secure = if secure { "; Secure" } else { "" };
+pub fn set_cookie(token: &str, lifetime: Duration, tls: bool) -> String {
+    let secure = if tls { "; Secure" } else { "" };
     format!(
-        "{COOKIE}={token}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict{secure}",
+        "{}={token}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict{secure}",
+        cookie_name(tls),
         lifetime.as_secs()
     )
 }
@@ -192,8 +204,10 @@ mod tests {
         assert_eq!(logins.session(&session).as_deref(), Some("alice"));
         assert!(logins.session(&link).is_none(), "a link is not a session");
         assert!(logins.session("00").is_none());
-        let header = format!("theme=dark; {COOKIE}={session}");
-        assert_eq!(session_cookie(&header), Some(session.as_str()));
+        let header = format!("theme=dark; {COOKIE}=planted; {COOKIE}={session}");
+        let values: Vec<&str> = session_cookies(&header, COOKIE).collect();
+        assert_eq!(values, ["planted", session.as_str()]);
+        assert!(values.iter().any(|v| logins.session(v).is_some()));
     }
 
     #[test]
@@ -243,6 +257,7 @@ mod tests {
     #[test]
     fn the_cookie_is_http_only_strict_and_secure_over_tls() {
         let cookie = set_cookie("abc", SESSION_LIFETIME, true);
+        assert!(cookie.starts_with("__Host-flwr-dashboard=abc; Path=/;"));
         assert!(cookie.contains("HttpOnly"));
         assert!(cookie.contains("SameSite=Strict"));
         assert!(cookie.ends_with("; Secure"));

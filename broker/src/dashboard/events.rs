@@ -91,7 +91,9 @@ impl hyper::body::Body for EventBody {
     }
 }
 
-/// One event in the wire format: each line of `data` on a `data:` line.
+/// One event in the wire format: each line of `data` on a `data:` line. A line ends at CR LF, LF
+/// or a bare CR, as event-stream parsers end it: text holding a CR cannot start a field of its
+/// own (`id:`, `retry:`, `event:`).
 fn event(name: &str, id: Option<u64>, data: &str) -> Bytes {
     let mut out = String::with_capacity(data.len() + 32);
     if let Some(id) = id {
@@ -100,9 +102,9 @@ fn event(name: &str, id: Option<u64>, data: &str) -> Bytes {
     out.push_str("event: ");
     out.push_str(name);
     out.push('\n');
-    for line in data.split('\n') {
+    for line in data.split("\r\n").flat_map(|l| l.split(['\r', '\n'])) {
         out.push_str("data: ");
-        out.push_str(line.trim_end_matches('\r'));
+        out.push_str(line);
         out.push('\n');
     }
     out.push('\n');
@@ -158,27 +160,39 @@ async fn feed(source: Source, view: View, resume: Option<u64>, sender: mpsc::Sen
         }
         let (shared, dashboard) = (source.shared.clone(), source.dashboard.clone());
         let read = tokio::task::spawn_blocking(move || {
-            let snapshot = server::snapshot(&shared, &dashboard, view)?;
-            let main = server::main_fragment(&dashboard, view, &snapshot);
+            // Streams of one view share a fragment made within half a tick.
+            let fragment = match dashboard.recent_fragment(view, TICK / 2) {
+                Some(fragment) => fragment,
+                None => {
+                    let snapshot = server::snapshot(&shared, &dashboard, view)?;
+                    let fragment = super::Fragment {
+                        made: Instant::now(),
+                        main: Arc::new(server::main_fragment(&dashboard, view, &snapshot)),
+                        finished: snapshot
+                            .run
+                            .as_ref()
+                            .is_some_and(|run| run.run.status.is_finished()),
+                    };
+                    dashboard.keep_fragment(view, fragment.clone());
+                    fragment
+                }
+            };
             let log = match view {
                 View::Run(id) => Some(shared.store.logs_page(id, next_line, LOG_EVENT_BYTES)?),
                 _ => None,
             };
-            let finished = snapshot
-                .run
-                .as_ref()
-                .is_some_and(|run| run.run.status.is_finished());
-            Ok::<_, server::Failure>((main, log, finished))
+            Ok::<_, server::Failure>((fragment, log))
         })
         .await;
-        let Ok(Ok((main, log, finished))) = read else {
+        let Ok(Ok((fragment, log))) = read else {
             return;
         };
-        if main != last_main {
-            if !send(&sender, event("main", None, &main)).await {
+        let finished = fragment.finished;
+        if *fragment.main != last_main {
+            if !send(&sender, event("main", None, &fragment.main)).await {
                 return;
             }
-            last_main = main;
+            last_main = fragment.main.to_string();
             last_sent = Instant::now();
         }
         let mut more = false;
@@ -213,10 +227,10 @@ mod tests {
 
     #[test]
     fn every_line_of_an_event_is_a_data_line() {
-        let bytes = event("main", Some(7), "<p>a</p>\n<p>b</p>\r");
+        let bytes = event("main", Some(7), "<p>a</p>\n<p>b</p>\r\nc\rid: 9");
         assert_eq!(
             std::str::from_utf8(&bytes).unwrap(),
-            "id: 7\nevent: main\ndata: <p>a</p>\ndata: <p>b</p>\n\n"
+            "id: 7\nevent: main\ndata: <p>a</p>\ndata: <p>b</p>\ndata: c\ndata: id: 9\n\n"
         );
     }
 }

@@ -53,6 +53,24 @@ impl DashboardConfig {
 /// Most runs whose round history is kept between page loads.
 const CACHED_RUNS: usize = 64;
 
+/// Most log bytes one page load or tick reads on into a run's round history; a long log is read
+/// over several.
+const ROUND_READ_BYTES: usize = 16 << 20;
+
+/// Most views whose latest fragment is kept for the event streams to share.
+const CACHED_FRAGMENTS: usize = 256;
+
+/// A view's `<main>` as an event stream last made it.
+#[derive(Clone)]
+pub(crate) struct Fragment {
+    /// When.
+    pub made: std::time::Instant,
+    /// The HTML.
+    pub main: Arc<String>,
+    /// Whether it shows a finished run.
+    pub finished: bool,
+}
+
 /// The dashboard's state.
 pub struct Dashboard {
     /// Where it listens.
@@ -64,7 +82,9 @@ pub struct Dashboard {
     /// Nodes' sampled statuses.
     pub history: history::OnlineHistory,
     /// Round metrics read so far from runs' logs.
-    rounds: Mutex<HashMap<RunId, rounds::RoundHistory>>,
+    rounds: Mutex<HashMap<RunId, Arc<Mutex<rounds::RoundHistory>>>>,
+    /// The latest fragment of each view an event stream showed.
+    fragments: Mutex<HashMap<server::View, Fragment>>,
 }
 
 /// A dashboard bound to its address, not yet serving.
@@ -146,6 +166,7 @@ pub fn bind(
         access,
         history: history::OnlineHistory::default(),
         rounds: Mutex::default(),
+        fragments: Mutex::default(),
     });
     Ok(BoundDashboard {
         dashboard,
@@ -216,27 +237,63 @@ impl Dashboard {
         }
     }
 
-    /// A run's round metrics, read on from where the last call stopped.
+    /// A run's round metrics, read on from where the last call stopped (at most
+    /// [`ROUND_READ_BYTES`] of log per call).
     fn round_entries(
         &self,
         store: &Store,
         run_id: RunId,
     ) -> Result<Vec<serde_json::Value>, crate::store::StoreError> {
-        let mut history = self
-            .rounds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&run_id)
-            .unwrap_or_default();
-        let lines: Vec<LogLine> = store.logs(run_id, history.next_line)?;
-        history.feed(&lines);
-        let entries = history.entries();
-        let mut cache = self.rounds.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= CACHED_RUNS {
-            cache.clear();
+        let history = {
+            let mut cache = self.rounds.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= CACHED_RUNS && !cache.contains_key(&run_id) {
+                let other = cache.keys().next().copied();
+                if let Some(other) = other {
+                    cache.remove(&other);
+                }
+            }
+            cache.entry(run_id).or_default().clone()
+        };
+        let mut history = history.lock().unwrap_or_else(|p| p.into_inner());
+        let mut read = 0;
+        while read < ROUND_READ_BYTES {
+            let (lines, more): (Vec<LogLine>, bool) =
+                store.logs_page(run_id, history.next_line, 1 << 20)?;
+            read += lines
+                .iter()
+                .map(|line| line.text.len())
+                .sum::<usize>()
+                .max(1);
+            history.feed(&lines);
+            if !more || lines.is_empty() {
+                break;
+            }
         }
-        cache.insert(run_id, history);
-        Ok(entries)
+        Ok(history.entries())
+    }
+
+    /// `view`'s fragment, if an event stream made it within `age`.
+    pub(crate) fn recent_fragment(
+        &self,
+        view: server::View,
+        age: std::time::Duration,
+    ) -> Option<Fragment> {
+        let fragments = self.fragments.lock().unwrap_or_else(|p| p.into_inner());
+        fragments
+            .get(&view)
+            .filter(|fragment| fragment.made.elapsed() < age)
+            .cloned()
+    }
+
+    /// Keeps `view`'s latest fragment for the other streams of that view.
+    pub(crate) fn keep_fragment(&self, view: server::View, fragment: Fragment) {
+        let mut fragments = self.fragments.lock().unwrap_or_else(|p| p.into_inner());
+        if fragments.len() >= CACHED_FRAGMENTS && !fragments.contains_key(&view) {
+            fragments.retain(|_, kept| kept.made.elapsed() < events::TICK);
+        }
+        if fragments.len() < CACHED_FRAGMENTS || fragments.contains_key(&view) {
+            fragments.insert(view, fragment);
+        }
     }
 }
 

@@ -18,6 +18,9 @@ pub const MAX_LOG_BYTES: usize = 1 << 20;
 /// Most runs the overview lists (the newest).
 const OVERVIEW_RUNS: usize = 10;
 
+/// Most runs the runs page lists (the newest); its JSON has them all.
+pub const MAX_RUNS_SHOWN: usize = 500;
+
 /// `text` with HTML's special characters escaped, for element content and quoted attributes.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -261,7 +264,17 @@ pub fn nodes(nodes: &[NodeInfo], history: &dyn Fn(&NodeInfo) -> String, now: u64
 
 /// The runs page's `<main>`.
 pub fn runs(runs: &[RunInfo], now: u64) -> String {
-    format!("<h1>Runs</h1>{}", runs_table(runs, now))
+    let shown = &runs[..runs.len().min(MAX_RUNS_SHOWN)];
+    let more = if runs.len() > shown.len() {
+        format!(
+            "<p class=\"empty\">The newest {} of {} runs; <a href=\"/runs.json\">the JSON</a> has them all.</p>",
+            shown.len(),
+            runs.len()
+        )
+    } else {
+        String::new()
+    };
+    format!("<h1>Runs</h1>{}{more}", runs_table(shown, now))
 }
 
 /// What one run's page shows besides its log.

@@ -1,8 +1,9 @@
 //! The dashboard's HTTP server: bounded connections, the access check, the routes.
 //!
-//! Bounds: [`MAX_CONNECTIONS`] at once and [`MAX_PER_SOURCE`] from one address, a TLS handshake
-//! within [`TLS_TIMEOUT`], request headers within [`HEADER_TIMEOUT`] and [`MAX_HEADER_BYTES`],
-//! one request per connection, GET and HEAD only, no request body read. Event streams have their
+//! Bounds: [`MAX_CONNECTIONS`] at once and [`MAX_PER_SOURCE`] from one source (an address, or an
+//! IPv6 /64), a TLS handshake within [`TLS_TIMEOUT`], request headers within [`HEADER_TIMEOUT`]
+//! and [`MAX_HEADER_BYTES`], one request per connection, GET and HEAD only, no request body read,
+//! and no connection older than [`MAX_CONNECTION_TIME`]. Event streams have their
 //! own bounds (see [`super::events`]). Every response forbids framing, sniffing, caching and
 //! referrers (a login link's token stays out of other sites' logs), and its content security
 //! policy lets only this origin's own script and style run.
@@ -38,10 +39,14 @@ pub const MAX_CONNECTIONS: usize = 128;
 pub const MAX_PER_SOURCE: usize = 16;
 
 /// How long a TLS handshake may take.
-pub const TLS_TIMEOUT: Duration = Duration::from_secs(10);
+pub const TLS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a client has to send its request's headers.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest a connection is kept, whatever it does: an event stream's age and a minute. A
+/// client that stops reading a response cannot hold its slot longer.
+pub const MAX_CONNECTION_TIME: Duration = Duration::from_secs(660);
 
 /// The most header bytes read (hyper's smallest buffer).
 pub const MAX_HEADER_BYTES: usize = 8192;
@@ -134,6 +139,7 @@ async fn connection<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: IO,
         .serve_connection(TokioIo::new(io), service);
     tokio::select! {
         _ = connection => {}
+        _ = tokio::time::sleep(MAX_CONNECTION_TIME) => {}
         _ = shutdown.cancelled() => {}
     }
 }
@@ -268,10 +274,14 @@ async fn answer(context: &Context, request: Request<Incoming>) -> Response<Body>
                     }
                 };
             }
-            let signed_in = header_text(&request, header::COOKIE)
-                .and_then(access::session_cookie)
-                .and_then(|token| logins.session(token))
-                .is_some();
+            let name = access::cookie_name(context.dashboard.tls);
+            let signed_in = request
+                .headers()
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .flat_map(|header| access::session_cookies(header, name))
+                .any(|token| logins.session(token).is_some());
             if !signed_in {
                 return refusal(
                     StatusCode::UNAUTHORIZED,
@@ -299,7 +309,7 @@ fn redirect_home(cookie: Option<String>) -> Response<Body> {
 }
 
 /// A dashboard page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum View {
     /// `/`.
     Overview,

@@ -47,7 +47,8 @@ impl ServerApp for Descent {
     }
 }
 
-/// Its client half: halves the array, takes `delay-ms` to train, reports the mean as its loss.
+/// Its client half: halves the array, takes `delay-ms` to train, reports the mean as its loss; a
+/// node configured with an `error-reason` fails its training with those words.
 struct Halving;
 
 impl ClientApp for Halving {
@@ -63,6 +64,9 @@ impl ClientApp for Halving {
         let mean = f64::from(w.iter().sum::<f32>()) / w.len() as f64;
         let examples = ("num-examples", MetricValue::Int(10));
         if message.metadata.message_type.as_str() == "train" {
+            if let Some(wire::ConfigValue::Str(reason)) = context.node_config.get("error-reason") {
+                return Err(AppError::new(reason.clone()));
+            }
             let delay = config_i64(&context.run_config, "delay-ms", 0)?;
             std::thread::sleep(Duration::from_millis(delay as u64));
             let halved: Vec<f32> = w.iter().map(|v| v / 2.0).collect();
@@ -597,4 +601,46 @@ async fn flwr_dashboards_link_signs_in_and_a_superlink_without_one_says_how_to_s
     let mut client = plain.operator().await.unwrap();
     let error = client.dashboard_link().await.unwrap_err();
     assert!(error.to_string().contains("--dashboard-address"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_words_quoted_in_the_log_draw_nothing_on_the_chart() {
+    let federation =
+        Federation::start_tuned(NodeAuth::Automatic, false, Db::Memory, on_loopback).await;
+    let address = dashboard(&federation);
+    let _honest = halving_nodes(&federation, 2).await;
+    // Values whose axis would overflow (plotters loops forever on an infinite range), and a name
+    // with markup, dressed as the app's own line.
+    let words =
+        "error-reason='└──> Aggregated MetricRecord: {\"train_loss\": 1.7e308, \"evil<b>\": 1}'";
+    let mut apps = model::apps::ClientApps::builtin();
+    apps.add(APP, Arc::new(Halving));
+    let mut liar = RunningNode::start_with_apps(federation.node_settings_with(None, words), apps);
+    liar.online().await;
+    let run_id = start_run(&federation, "num-server-rounds=2").await;
+    wait_for(&federation, run_id, RunStatus::is_finished).await;
+    assert_eq!(status_of(&federation, run_id).await, RunStatus::Completed);
+    let (status, _, page) = get(address, &format!("/runs/{run_id}"), "").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("evil&lt;b&gt;"),
+        "the node's words are in the log, escaped: {page}"
+    );
+    let main = page
+        .split("<main")
+        .nth(1)
+        .unwrap()
+        .split("</main>")
+        .next()
+        .unwrap();
+    assert!(
+        !main.contains("evil"),
+        "no column of the node's making: {main}"
+    );
+    assert_eq!(
+        points(main, "#1F77B4"),
+        2,
+        "train_loss is the app's, one per round: {main}"
+    );
+    liar.stop().await.unwrap();
 }
