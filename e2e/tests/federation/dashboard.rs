@@ -47,8 +47,9 @@ impl ServerApp for Descent {
     }
 }
 
-/// Its client half: halves the array, takes `delay-ms` to train, reports the mean as its loss; a
-/// node configured with an `error-reason` fails its training with those words.
+/// Its client half: halves the array and reports the mean as its loss; from round 2 on it trains
+/// only once the file the run config's `gate` names exists (so a test sees a run mid-way for as
+/// long as it needs); a node configured with an `error-reason` fails its training with those words.
 struct Halving;
 
 impl ClientApp for Halving {
@@ -67,8 +68,17 @@ impl ClientApp for Halving {
             if let Some(wire::ConfigValue::Str(reason)) = context.node_config.get("error-reason") {
                 return Err(AppError::new(reason.clone()));
             }
-            let delay = config_i64(&context.run_config, "delay-ms", 0)?;
-            std::thread::sleep(Duration::from_millis(delay as u64));
+            let round = content
+                .config("config")
+                .map_or(Ok(0), |config| config_i64(config, "server-round", 0))?;
+            if let Some(wire::ConfigValue::Str(gate)) = context.run_config.get("gate")
+                && round >= 2
+            {
+                let deadline = Instant::now() + PATIENCE * 2;
+                while !std::path::Path::new(gate).exists() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
             let halved: Vec<f32> = w.iter().map(|v| v / 2.0).collect();
             let mut arrays = ArrayRecord::new();
             arrays.insert("w", Array::from_f32(vec![4], &halved).unwrap());
@@ -296,18 +306,39 @@ async fn an_operator_sees_nodes_a_live_run_its_chart_and_a_failure_in_a_browser(
     // The script ran (it marks the page live): the content security policy lets it.
     assert!(page.contains("class=\"live"), "{page}");
 
-    let run_id = start_run(&federation, "num-server-rounds=3 delay-ms=400").await;
+    let gate = profile.path().join("gate");
+    let overrides = format!("num-server-rounds=3 gate=\"{}\"", gate.display());
+    let run_id = start_run(&federation, &overrides).await;
     let events = tokio::spawn(read_events(
         address,
         format!("/events/runs/{run_id}"),
         "event: end",
     ));
-    wait_for(&federation, run_id, |s| s == RunStatus::Running).await;
+    // Round 1 finishes; round 2 waits at the gate.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, _, json) = get(address, &format!("/runs/{run_id}.json"), "").await;
+        let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+        if json["rounds"].as_array().is_some_and(|r| r.len() == 1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "round 1 never finished: {json}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let page = dom(&format!("{base}/runs"), profile.path()).await;
     assert!(page.contains(&run_id.to_string()), "{page}");
     assert!(page.contains(">running<"), "{page}");
+    let page = dom(&format!("{base}/"), profile.path()).await;
+    assert!(page.contains("<b>1</b> runs going"), "{page}");
+    for id in &node_ids {
+        assert!(page.contains(id), "node {id} missing: {page}");
+    }
+    let page = dom(&format!("{base}/runs/{run_id}"), profile.path()).await;
+    assert!(page.contains(">running<"), "{page}");
+    assert_eq!(points(&page, "#2CA02C"), 1, "one finished round: {page}");
     screenshot(&format!("{base}/runs/{run_id}"), profile.path(), "run-live").await;
 
+    std::fs::write(&gate, b"").unwrap();
     wait_for(&federation, run_id, RunStatus::is_finished).await;
     assert_eq!(status_of(&federation, run_id).await, RunStatus::Completed);
     let page = dom_after_events(&format!("{base}/runs/{run_id}"), profile.path()).await;
