@@ -22,6 +22,7 @@ pub mod apps;
 pub mod bundles;
 pub mod clientapp;
 pub mod daemon;
+pub mod ended_runs;
 pub mod flower;
 pub mod isolation;
 pub mod logging;

@@ -9,7 +9,7 @@ use crate::trust::TrustedApps;
 use app_bundle::Component;
 use flwr_sdk::app::ClientContext;
 use model::apps::ClientApps;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,8 +37,8 @@ pub struct Worker {
     limits: Limits,
     /// Cancellation flags of runs with work in progress.
     running: Mutex<HashMap<RunId, Arc<AtomicBool>>>,
-    /// Runs the broker stopped: their instructions are refused.
-    stopped: Mutex<HashSet<RunId>>,
+    /// Runs the broker said ended: their instructions are refused.
+    stopped: Mutex<crate::ended_runs::EndedRuns>,
     /// Replies not yet accepted by the broker.
     outbox: Mutex<Vec<Message>>,
     /// Set when apps run in child processes.
@@ -118,9 +118,9 @@ impl Worker {
         self
     }
 
-    /// The broker stopped `run_id`: abandon its work.
+    /// The broker says `run_id` ended (stopped, completed or failed): abandon its work.
     pub fn stop_run(&self, run_id: RunId) {
-        lock(&self.stopped).insert(run_id);
+        lock(&self.stopped).insert(run_id.0);
         if let Some(flag) = lock(&self.running).get(&run_id) {
             flag.store(true, Ordering::Relaxed);
         }
@@ -129,7 +129,7 @@ impl Worker {
         }
         tracing::info!(
             run_id = run_id.0,
-            "run stopped by the SuperLink; abandoning its work"
+            "run ended at the SuperLink; abandoning its work"
         );
     }
 
@@ -178,7 +178,7 @@ impl Worker {
         }
         let _ = send.finish();
         let run_id = instruction.metadata.run_id;
-        if lock(&self.stopped).contains(&run_id) {
+        if lock(&self.stopped).contains(run_id.0) {
             return;
         }
         tracing::info!(

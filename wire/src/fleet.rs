@@ -48,7 +48,8 @@ pub enum BrokerFrame {
         /// The heartbeat's sequence number.
         seq: u64,
     },
-    /// The run was stopped: abandon its work.
+    /// The run ended (an operator stopped it, or it completed or failed): abandon its work and
+    /// free what it holds (a warm app process, say).
     RunStopped {
         /// The run.
         run_id: RunId,

@@ -17,7 +17,9 @@ pub fn log(shared: &Shared, run_id: RunId, text: &str) {
     shared.runs.log(&shared.store, run_id, text);
 }
 
-/// Records the final status (unless an operator already stopped the run) and tells followers.
+/// Records the final status (unless an operator already stopped the run), tells followers, and
+/// tells every node, so that none keeps anything of the run (a warm app process, an instruction
+/// still running after its round gave up on it).
 fn finish(shared: &Shared, run_id: RunId, status: RunStatus, details: &str) {
     let stored = shared
         .store
@@ -30,6 +32,7 @@ fn finish(shared: &Shared, run_id: RunId, status: RunStatus, details: &str) {
         }
     };
     forget_checkpoint(shared, run_id);
+    shared.sessions.push_all(BrokerFrame::RunStopped { run_id });
     shared
         .runs
         .publish(run_id, RunEvent::Finished(final_status));

@@ -541,3 +541,51 @@ async fn a_flower_app_directory_runs_from_its_pyproject_toml() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn every_node_hears_that_a_run_ended_so_none_keeps_anything_of_it() {
+    let federation = Federation::start(NodeAuth::Automatic, false, Db::Memory).await;
+    let _worker = nodes_with_values(&federation, &["value=1"]).await;
+    // A second node that never answers, reading what the SuperLink tells it.
+    let key = certs::IdentityKey::generate();
+    let tls = certs::tls::client_config(
+        &crate::refusals::roots(&federation),
+        Some(&key),
+        wire::alpn::FLEET,
+    )
+    .unwrap();
+    let connection = crate::refusals::connect(federation.broker().fleet_addr, tls)
+        .await
+        .unwrap();
+    let (mut send, mut recv, _) = crate::refusals::authenticate(&connection, &key).await;
+    let heartbeats = tokio::spawn(async move {
+        for seq in 0.. {
+            let beat = wire::fleet::NodeFrame::Heartbeat { seq };
+            if wire::io::write_value(&mut send, &beat).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let run_id = start_run(
+        &federation,
+        "num-server-rounds=1 min-nodes=1 round-timeout=0.5",
+    )
+    .await;
+    let (lines, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Completed, "{lines:#?}");
+    let told = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match wire::io::read_value::<wire::fleet::BrokerFrame, _>(&mut recv, 1 << 16).await {
+                Ok(wire::fleet::BrokerFrame::RunStopped { run_id: ended }) if ended == run_id => {
+                    return true;
+                }
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(told, Ok(true), "the node was told the run ended");
+    heartbeats.abort();
+}

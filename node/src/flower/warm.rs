@@ -12,7 +12,7 @@
 
 use flower_runtime::launch::Execution;
 use ops::app_process::AppProcess;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -121,8 +121,8 @@ pub struct WarmPool {
 #[derive(Default)]
 struct Idle {
     waiting: HashMap<u64, Warm>,
-    /// Runs that stopped: a process that finishes a task of one is not kept.
-    ended: HashSet<u64>,
+    /// Runs that ended: a process that finishes a task of one is not kept.
+    ended: crate::ended_runs::EndedRuns,
 }
 
 impl WarmPool {
@@ -167,7 +167,7 @@ impl WarmPool {
         warm.idle_since = Instant::now();
         let evicted = {
             let mut idle = self.idle();
-            if idle.ended.contains(&run) || idle.waiting.contains_key(&run) {
+            if idle.ended.contains(run) || idle.waiting.contains_key(&run) {
                 vec![warm]
             } else {
                 idle.waiting.insert(run, warm);
