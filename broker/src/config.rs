@@ -68,6 +68,9 @@ pub struct BrokerConfig {
     pub limits: wire::stream::Limits,
     /// Where to serve Prometheus metrics (off when `None`).
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Where Flower's own `flwr` reaches the Control API over HTTP (off when `None`; never
+    /// served with operator keys).
+    pub flower_http: Option<crate::flower_control::FlowerHttp>,
     /// Where to serve the operators' dashboard (off when `None`).
     pub dashboard: Option<crate::dashboard::DashboardConfig>,
     /// Where server app programs connect (the ServerAppIo API; port 0 picks a free one).
@@ -109,6 +112,7 @@ impl BrokerConfig {
             },
             metrics_address: None,
             dashboard: None,
+            flower_http: None,
             // A free port: brokers embedded in tests and tools never compete for Flower's 9091,
             // which the binary binds by default.
             serverappio_address: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),

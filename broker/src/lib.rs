@@ -33,6 +33,7 @@ pub mod dashboard;
 pub mod delivery;
 pub mod fleet;
 pub mod flower_api;
+pub mod flower_control;
 pub mod metrics;
 pub mod rounds;
 pub mod runs;

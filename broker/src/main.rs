@@ -82,6 +82,9 @@ async fn main() -> ExitCode {
     };
     tracing::info!(address = %broker.fleet_addr, "Fleet API listening");
     tracing::info!(address = %broker.control_addr, "Control API listening");
+    if let Some(address) = broker.flower_http_addr {
+        tracing::info!(%address, "Flower's HTTP Control API listening (flwr ls, stop, log)");
+    }
     if let Some(address) = broker.dashboard_addr {
         let scheme = if address.ip().is_loopback() {
             "http"

@@ -59,6 +59,8 @@ pub struct RunningBroker {
     pub serverappio_addr: SocketAddr,
     /// Where the dashboard listens, if enabled.
     pub dashboard_addr: Option<SocketAddr>,
+    /// Where Flower's HTTP API listens, if served.
+    pub flower_http_addr: Option<SocketAddr>,
     /// Shared state, for inspection by tests and the binary.
     pub shared: Arc<Shared>,
     /// Cancels everything.
@@ -69,6 +71,8 @@ pub struct RunningBroker {
     metrics_task: Option<tokio::task::JoinHandle<()>>,
     /// The dashboard, when enabled.
     dashboard_task: Option<tokio::task::JoinHandle<()>>,
+    /// Flower's HTTP API, when served.
+    flower_http_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningBroker {
@@ -85,6 +89,9 @@ impl RunningBroker {
         }
         if let Some(dashboard) = self.dashboard_task {
             let _ = dashboard.await;
+        }
+        if let Some(flower_http) = self.flower_http_task {
+            let _ = flower_http.await;
         }
     }
 }
@@ -269,6 +276,22 @@ pub fn start(
         )?),
         None => None,
     };
+    let flower_http = match (config.flower_http, &config.operator_auth) {
+        (Some(http), OperatorAuth::LoopbackOnly) => {
+            crate::flower_control::bind(http).map_err(|source| BrokerError::Bind {
+                api: "Flower HTTP",
+                address: http.address,
+                source,
+            })?
+        }
+        (Some(_), OperatorAuth::Keys(_)) => {
+            tracing::info!(
+                "Flower's HTTP Control API is off: operators sign in with keys, with flower-rs's flwr"
+            );
+            None
+        }
+        (None, _) => None,
+    };
     let apps = config.apps.clone();
     let shared = Arc::new(Shared {
         store,
@@ -312,6 +335,19 @@ pub fn start(
         }
         None => (None, None),
     };
+    let flower_http_addr = flower_http.as_ref().and_then(|l| l.local_addr().ok());
+    let flower_http_task = match flower_http {
+        Some(listener) => Some(
+            crate::flower_control::spawn(listener, &shared, shutdown.clone()).map_err(
+                |source| BrokerError::Bind {
+                    api: "Flower HTTP",
+                    address: flower_http_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
+                    source,
+                },
+            )?,
+        ),
+        None => None,
+    };
     let dashboard_addr = dashboard.as_ref().map(|bound| bound.dashboard.address);
     let dashboard_task = dashboard.map(|bound| bound.spawn(shared.clone(), shutdown.clone()));
     let task = tokio::spawn(serve(
@@ -326,11 +362,13 @@ pub fn start(
         metrics_addr,
         serverappio_addr: shared.serverappio.address(),
         dashboard_addr,
+        flower_http_addr,
         shared,
         shutdown,
         task,
         metrics_task,
         dashboard_task,
+        flower_http_task,
     })
 }
 

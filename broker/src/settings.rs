@@ -71,6 +71,15 @@ pub struct Args {
     /// Serve Prometheus metrics over plain HTTP on this address (off by default).
     #[arg(long, value_name = "ADDR")]
     pub metrics_address: Option<SocketAddr>,
+    /// Flower's HTTP API host (Flower 1.42's flag): where Flower's own `flwr ls`, `flwr stop`
+    /// and `flwr log` reach this SuperLink, loopback clients only; not served with
+    /// --control-auth-public-keys [default: 127.0.0.1].
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<std::net::IpAddr>,
+    /// Flower's HTTP API port [default: 8000; when it is taken and neither flag was given, the
+    /// API is off with a warning].
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
     /// Serve the operators' dashboard here, e.g. 127.0.0.1:9095 (off by default). Plain HTTP on
     /// a loopback address, HTTPS with the SuperLink's certificate on any other; without
     /// --control-auth-public-keys it answers loopback clients only, with them a browser signs in
@@ -200,6 +209,13 @@ impl Args {
             return Err("--heartbeat-timeout must be longer than --heartbeat-interval".into());
         }
         config.metrics_address = self.metrics_address;
+        config.flower_http = Some(crate::flower_control::FlowerHttp {
+            address: SocketAddr::from((
+                self.host.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+                self.port.unwrap_or(8000),
+            )),
+            required: self.host.is_some() || self.port.is_some(),
+        });
         config.dashboard = self
             .dashboard_address
             .map(crate::dashboard::DashboardConfig::at);

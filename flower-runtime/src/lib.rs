@@ -11,6 +11,7 @@
 //! - [`records`], [`npy`], [`messages`]: records, arrays and message metadata, both ways, exactly.
 //! - [`objects`]: messages as Flower's content-addressed object trees (deflate, inflate, ids).
 //! - [`server`]: the runtime API over HTTP/1.1 and the connection bounds, for any task.
+//! - [`control`]: the Control API over HTTP as Flower's own `flwr` calls it (`ls`, `stop`, `log`).
 //! - [`tasks`]: what both tasks share: the registry of tasks by token, a task's input, the
 //!   protobuf coding.
 //! - [`clientapp`]: a `flwr-clientapp` task, and each run's context state on a node.
@@ -19,6 +20,7 @@
 //!   environment they may see).
 
 pub mod clientapp;
+pub mod control;
 pub mod launch;
 pub mod messages;
 pub mod npy;

@@ -8,6 +8,7 @@ mod bundles;
 mod crash;
 mod dashboard;
 mod flower_apps;
+mod flower_cli;
 mod flower_corpus;
 mod hostile;
 mod isolation;

@@ -1,0 +1,158 @@
+//! Flower 1.42's own `flwr` (from PyPI, in `target/flower-venv`) against flower-superlink's
+//! HTTP Control API: `flwr ls`, `flwr log` and `flwr stop`, unchanged, with Flower's config file.
+
+use crate::runs::{follow, start_run};
+use broker::config::{BrokerConfig, NodeAuth};
+use broker::flower_control::FlowerHttp;
+use e2e::{Db, Federation, PATIENCE, RunningNode, flower_program};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use wire::RunId;
+use wire::control::{ControlRequest, ControlResponse, RunStatus};
+
+fn with_flower_http(config: &mut BrokerConfig) {
+    config.flower_http = Some(FlowerHttp {
+        address: SocketAddr::from(([127, 0, 0, 1], 0)),
+        required: true,
+    });
+}
+
+/// Flower's `flwr` with a `FLWR_HOME` whose config names this SuperLink as the default.
+struct FlowerCli {
+    home: tempfile::TempDir,
+}
+
+impl FlowerCli {
+    fn for_superlink(address: SocketAddr) -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let config = format!(
+            "[superlink]\ndefault = \"flower-rs\"\n\n[superlink.flower-rs]\naddress = \"{address}\"\ninsecure = true\n"
+        );
+        std::fs::write(home.path().join("config.toml"), config).unwrap();
+        FlowerCli { home }
+    }
+
+    /// Runs `flwr args...`: its exit status and what it printed (stdout, then stderr).
+    async fn run(&self, args: &[&str]) -> (bool, String) {
+        let (ok, stdout, stderr) = self.run_apart(args).await;
+        (ok, format!("{stdout}{stderr}"))
+    }
+
+    /// Runs `flwr args...`: its exit status, its stdout and its stderr.
+    async fn run_apart(&self, args: &[&str]) -> (bool, String, String) {
+        let output = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new(flower_program("flwr"))
+                .args(args)
+                .env("FLWR_HOME", self.home.path())
+                .current_dir(self.home.path())
+                .env("NO_COLOR", "1")
+                .env("COLUMNS", "200")
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("flwr finished within a minute")
+        .expect("flwr started");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
+async fn status_of(federation: &Federation, run_id: RunId) -> RunStatus {
+    match federation
+        .request(ControlRequest::ListRuns {
+            run_id: Some(run_id),
+        })
+        .await
+    {
+        ControlResponse::Runs(runs) => runs[0].status,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flowers_own_flwr_lists_shows_the_log_of_and_stops_runs() {
+    let federation =
+        Federation::start_tuned(NodeAuth::Automatic, false, Db::Memory, with_flower_http).await;
+    let address = federation.broker().flower_http_addr.expect("served");
+    let flwr = FlowerCli::for_superlink(address);
+    let mut node = RunningNode::start(federation.node_settings_with(None, "value=1"));
+    node.online().await;
+
+    let done = start_run(&federation, "num-server-rounds=2 min-nodes=1").await;
+    let (_, status) = follow(&federation, done).await;
+    assert_eq!(status, RunStatus::Completed);
+
+    let (ok, out, err) = flwr.run_apart(&["ls", "--format", "json"]).await;
+    assert!(ok, "{out}{err}");
+    let json: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(json["runs"][0]["run-id"], done.to_string(), "{out}");
+    assert_eq!(json["runs"][0]["status"], "finished:completed", "{out}");
+    let (ok, out) = flwr.run(&["ls", "--run-id", &done.to_string()]).await;
+    assert!(ok && out.contains("finished:completed"), "{out}");
+
+    let (ok, out) = flwr.run(&["log", &done.to_string(), "--show"]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("[ROUND 2/2]"), "the run's log: {out}");
+
+    // A run that waits for nodes it will never have, stopped by Flower's flwr.
+    let waiting = start_run(&federation, "min-nodes=5 node-wait-timeout=60").await;
+    let (ok, out) = flwr.run(&["stop", &waiting.to_string()]).await;
+    assert!(ok, "{out}");
+    let deadline = Instant::now() + PATIENCE;
+    while status_of(&federation, waiting).await != RunStatus::Stopped {
+        assert!(Instant::now() < deadline, "the run was not stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Flower's errors, as Flower's flwr prints them.
+    let (ok, out) = flwr.run(&["stop", &done.to_string()]).await;
+    assert!(!ok && out.contains("already finished"), "{out}");
+    let (ok, out) = flwr.run(&["ls", "--run-id", "12345"]).await;
+    assert!(!ok && out.contains("not found"), "{out}");
+    node.stop().await.unwrap();
+}
+
+fn on_every_interface(config: &mut BrokerConfig) {
+    config.flower_http = Some(FlowerHttp {
+        address: SocketAddr::from(([0, 0, 0, 0], 0)),
+        required: true,
+    });
+}
+
+#[tokio::test]
+async fn flowers_http_control_api_answers_loopback_only_and_never_beside_operator_keys() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let federation =
+        Federation::start_tuned(NodeAuth::Automatic, false, Db::Memory, on_every_interface).await;
+    let port = federation.broker().flower_http_addr.expect("served").port();
+    let ask = |ip: std::net::IpAddr| async move {
+        let mut stream = tokio::net::TcpStream::connect((ip, port)).await.unwrap();
+        let request = "POST /v1/control/list-runs HTTP/1.1\r\nHost: x\r\n\
+                       Content-Type: application/protobuf\r\nContent-Length: 0\r\n\
+                       Connection: close\r\n\r\n";
+        let _ = stream.write_all(request.as_bytes()).await;
+        let mut response = Vec::new();
+        let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response)).await;
+        String::from_utf8_lossy(&response).into_owned()
+    };
+    let answer = ask(std::net::Ipv4Addr::LOCALHOST.into()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let outward = {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket
+            .connect("192.0.2.1:9")
+            .expect("a route off this machine");
+        socket.local_addr().unwrap().ip()
+    };
+    let answer = ask(outward).await;
+    assert!(answer.is_empty(), "{outward}: {answer}");
+
+    let keyed =
+        Federation::start_tuned(NodeAuth::Automatic, true, Db::Memory, with_flower_http).await;
+    assert_eq!(keyed.broker().flower_http_addr, None);
+}

@@ -1,0 +1,495 @@
+//! Flower's Control API over HTTP, as Flower 1.42's own `flwr ls`, `flwr stop` and `flwr log`
+//! call it: `POST /v1/control/<call>` with a protobuf body, Flower's JSON errors, and for
+//! `stream-logs` a stream of protobuf frames, each after its length in four big-endian bytes
+//! (`application/flower-protobuf-stream`). What a call does is the [`ControlHost`]'s, in this
+//! project's own types; this layer checks what Flower's router checks (method, path, content
+//! type, versions, a body within [`MAX_BODY`]) and translates.
+//!
+//! Flower's open-source SuperLink has no accounts, so neither has this API: whoever reaches it
+//! is an operator. It therefore answers loopback clients only (others are closed unanswered), at
+//! most [`MAX_CONNECTIONS`] at once, each request's headers and body within [`HEADER_TIMEOUT`],
+//! and a log stream polls the host every [`LOG_POLL`] until its run has finished.
+
+use crate::proto;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prost::Message as _;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use wire::RunId;
+use wire::control::{ControlError, LogLine, RunInfo, RunStatus};
+
+/// The largest request body read (every call's request is a few numbers).
+pub const MAX_BODY: usize = 64 << 10;
+
+/// Most connections at once; more wait.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client has to send a request's headers, and then its body.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a log stream looks for new lines.
+pub const LOG_POLL: Duration = Duration::from_millis(500);
+
+/// Most log text one stream frame carries: `flwr log --show` prints the first frame only, which
+/// holds a whole finished log up to this size.
+const LOG_FRAME_BYTES: usize = 16 << 20;
+
+const PREFIX: &str = "/v1/control/";
+const PROTOBUF: &str = "application/protobuf";
+const PROTOBUF_STREAM: &str = "application/flower-protobuf-stream";
+
+/// What answers the calls: the SuperLink's runs and logs. Its methods read the store, so they are
+/// called off the async workers.
+pub trait ControlHost: Send + Sync + 'static {
+    /// Every run, or the one run `run_id`.
+    fn runs(&self, run_id: Option<RunId>) -> Result<Vec<RunInfo>, ControlError>;
+
+    /// Stops a run.
+    fn stop(&self, run_id: RunId) -> Result<(), ControlError>;
+
+    /// A run's log lines from index `after` on (within about `max_bytes`), whether more follow,
+    /// and the run's status.
+    fn logs(
+        &self,
+        run_id: RunId,
+        after: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<LogLine>, bool, RunStatus), ControlError>;
+}
+
+/// An error answer: HTTP status, Flower's code (`ApiErrorCode`), what `flwr` prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ApiError {
+    status: u16,
+    code: u32,
+    detail: String,
+}
+
+impl ApiError {
+    fn new(status: u16, code: u32, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Flower's code and status for this project's Control API errors.
+fn api_error(error: ControlError) -> ApiError {
+    match error {
+        ControlError::UnknownRun(id) => ApiError::new(404, 16, format!("Run ID {id} not found.")),
+        ControlError::RunFinished(id) => {
+            ApiError::new(412, 18, format!("Run {id} is already finished."))
+        }
+        other => ApiError::new(500, 0, other.to_string()),
+    }
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn respond(status: u16, content_type: &'static str, body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)).boxed());
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn error_response(error: &ApiError) -> Response<Body> {
+    let body = serde_json::json!({"code": error.code, "detail": error.detail});
+    respond(
+        error.status,
+        "application/json",
+        body.to_string().into_bytes(),
+    )
+}
+
+/// A time as Flower writes it: ISO 8601, UTC, `+00:00`.
+pub fn iso(ms: u64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(time)
+        .to_string()
+        .replace('Z', "+00:00")
+}
+
+/// A run as Flower's `Run` message.
+pub fn run_to_proto(run: &RunInfo) -> proto::Run {
+    let time = |ms: Option<u64>| ms.map(iso).unwrap_or_default();
+    let (status, sub_status) = match run.status.as_str().split_once(':') {
+        Some((status, sub)) => (status.to_string(), sub.to_string()),
+        None => (run.status.as_str().to_string(), String::new()),
+    };
+    proto::Run {
+        run_id: run.run_id.0,
+        fab_id: run.app_name.clone(),
+        fab_version: run.app_version.clone(),
+        fab_hash: run.bundle.map(|hash| hash.to_string()).unwrap_or_default(),
+        override_config: run
+            .config
+            .iter()
+            .filter_map(|(name, value)| Some((name.to_string(), crate::records::scalar_of(value)?)))
+            .collect(),
+        pending_at: iso(run.pending_at_ms),
+        starting_at: time(run.starting_at_ms),
+        running_at: time(run.running_at_ms),
+        finished_at: time(run.finished_at_ms),
+        status: Some(proto::RunStatus {
+            status,
+            sub_status,
+            details: run.details.clone(),
+        }),
+        account_name: run.owner.clone(),
+        ..proto::Run::default()
+    }
+}
+
+/// Serves `host` on `listener` until `shutdown`, to loopback clients only.
+pub async fn serve(listener: TcpListener, host: Arc<dyn ControlHost>, shutdown: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "Flower Control API accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        if !peer.ip().is_loopback() {
+            tracing::warn!(%peer, "Flower Control API: a client off loopback, closed");
+            continue;
+        }
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+        };
+        let host = host.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let stream_shutdown = shutdown.clone();
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let host = host.clone();
+                let shutdown = stream_shutdown.clone();
+                async move { Ok::<_, Infallible>(answer(host, request, shutdown).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// The calls served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    ListRuns,
+    StopRun,
+    StreamLogs,
+}
+
+impl Call {
+    fn of_path(path: &str) -> Option<Call> {
+        match path.strip_prefix(PREFIX)? {
+            "list-runs" => Some(Call::ListRuns),
+            "stop-run" => Some(Call::StopRun),
+            "stream-logs" => Some(Call::StreamLogs),
+            _ => None,
+        }
+    }
+}
+
+/// Runs a host call off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ControlError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(api_error),
+        Err(_) => Err(ApiError::new(500, 0, "the SuperLink failed to answer")),
+    }
+}
+
+async fn answer(
+    host: Arc<dyn ControlHost>,
+    request: Request<Incoming>,
+    shutdown: CancellationToken,
+) -> Response<Body> {
+    let path = request.uri().path();
+    let Some(call) = Call::of_path(path) else {
+        let detail = if path.starts_with(PREFIX) {
+            "flower-superlink serves `flwr ls`, `flwr stop` and `flwr log` of Flower's CLI; use \
+             flower-rs's `flwr` for the rest"
+        } else {
+            "Not Found"
+        };
+        return error_response(&ApiError::new(404, 0, detail));
+    };
+    if request.method() != Method::POST {
+        return error_response(&ApiError::new(405, 0, "Method Not Allowed"));
+    }
+    let content_type = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type.split(';').next().map(str::trim) != Some(PROTOBUF) {
+        return error_response(&ApiError::new(
+            415,
+            0,
+            format!("Content-Type must be {PROTOBUF}."),
+        ));
+    }
+    let read = Limited::new(request.into_body(), MAX_BODY).collect();
+    let body = match tokio::time::timeout(HEADER_TIMEOUT, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(_)) => {
+            return error_response(&ApiError::new(
+                413,
+                0,
+                format!("Bodies are limited to {MAX_BODY} bytes."),
+            ));
+        }
+        Err(_) => return error_response(&ApiError::new(408, 0, "The body took too long.")),
+    };
+    let bad_body = |why: prost::DecodeError| {
+        error_response(&ApiError::new(
+            400,
+            0,
+            format!("Invalid request body: {why}"),
+        ))
+    };
+    let result = match call {
+        Call::ListRuns => match proto::ListRunsRequest::decode(body) {
+            Ok(request) => list_runs(host, request).await,
+            Err(why) => return bad_body(why),
+        },
+        Call::StopRun => match proto::StopRunRequest::decode(body) {
+            Ok(request) => {
+                let run_id = RunId(request.run_id);
+                blocking(move || host.stop(run_id))
+                    .await
+                    .map(|()| proto::StopRunResponse { success: true }.encode_to_vec())
+            }
+            Err(why) => return bad_body(why),
+        },
+        Call::StreamLogs => match proto::StreamLogsRequest::decode(body) {
+            Ok(request) => return stream_logs(host, request, shutdown).await,
+            Err(why) => return bad_body(why),
+        },
+    };
+    match result {
+        Ok(bytes) => respond(200, PROTOBUF, bytes),
+        Err(error) => error_response(&error),
+    }
+}
+
+async fn list_runs(
+    host: Arc<dyn ControlHost>,
+    request: proto::ListRunsRequest,
+) -> Result<Vec<u8>, ApiError> {
+    let wanted = request.run_id.map(RunId);
+    let mut runs = blocking(move || host.runs(wanted)).await?;
+    if wanted.is_none() {
+        // Flower's order and page: newest first, 20 unless asked otherwise.
+        runs.sort_by_key(|run| std::cmp::Reverse(run.pending_at_ms));
+        let skip = usize::try_from(request.skip.unwrap_or(0)).unwrap_or(usize::MAX);
+        let limit = usize::try_from(request.limit.unwrap_or(20)).unwrap_or(usize::MAX);
+        runs = runs.into_iter().skip(skip).take(limit).collect();
+    }
+    let response = proto::ListRunsResponse {
+        run_dict: runs
+            .iter()
+            .map(|run| (run.run_id.0, run_to_proto(run)))
+            .collect(),
+        now: iso(wire::message::now_ms()),
+    };
+    Ok(response.encode_to_vec())
+}
+
+/// A response body fed by a channel.
+struct StreamBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for StreamBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
+    }
+}
+
+/// One stream frame: the message's length in four big-endian bytes, then the message.
+fn frame(message: &impl prost::Message) -> Bytes {
+    let encoded = message.encode_to_vec();
+    let mut out = Vec::with_capacity(encoded.len() + 4);
+    out.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    out.extend_from_slice(&encoded);
+    Bytes::from(out)
+}
+
+/// The index of the first line after `after_timestamp` (seconds): where a reconnecting `flwr
+/// log` goes on.
+fn first_after(lines: &[LogLine], after_timestamp: f64) -> Option<u64> {
+    lines
+        .iter()
+        .find(|line| line.at_ms as f64 / 1000.0 > after_timestamp)
+        .map(|line| line.index)
+}
+
+async fn stream_logs(
+    host: Arc<dyn ControlHost>,
+    request: proto::StreamLogsRequest,
+    shutdown: CancellationToken,
+) -> Response<Body> {
+    let run_id = RunId(request.run_id);
+    // The run must exist before the stream's status line says 200.
+    let probe = host.clone();
+    if let Err(error) = blocking(move || probe.runs(Some(run_id))).await {
+        return error_response(&error);
+    }
+    let (sender, receiver) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut next = 0u64;
+        let mut positioned = request.after_timestamp <= 0.0;
+        loop {
+            let reader = host.clone();
+            let after = next;
+            let read = blocking(move || reader.logs(run_id, after, LOG_FRAME_BYTES)).await;
+            let Ok((lines, more, status)) = read else {
+                return;
+            };
+            let lines = if positioned {
+                lines
+            } else {
+                // Skip what the client has, by its timestamp, once.
+                match first_after(&lines, request.after_timestamp) {
+                    Some(first) => {
+                        positioned = true;
+                        lines.into_iter().filter(|l| l.index >= first).collect()
+                    }
+                    None if more => {
+                        next = lines.last().map_or(next, |l| l.index + 1);
+                        continue;
+                    }
+                    None => {
+                        next = lines.last().map_or(next, |l| l.index + 1);
+                        Vec::new()
+                    }
+                }
+            };
+            if let Some(last) = lines.last() {
+                next = last.index + 1;
+                let mut output = String::new();
+                for line in &lines {
+                    output.push_str(&line.text);
+                    output.push('\n');
+                }
+                let message = proto::StreamLogsResponse {
+                    log_output: output,
+                    latest_timestamp: last.at_ms as f64 / 1000.0,
+                };
+                if sender.send(frame(&message)).await.is_err() {
+                    return;
+                }
+            }
+            if more {
+                continue;
+            }
+            if status.is_finished() {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(LOG_POLL) => {}
+                _ = sender.closed() => return,
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    });
+    let mut response = respond(200, PROTOBUF_STREAM, Vec::new());
+    *response.body_mut() = StreamBody(receiver).boxed();
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_flowers_iso_8601_in_utc() {
+        assert_eq!(iso(1_700_000_000_123), "2023-11-14T22:13:20.123+00:00");
+    }
+
+    #[test]
+    fn a_run_carries_flowers_status_and_sub_status() {
+        let run = RunInfo {
+            run_id: RunId(7),
+            app_name: "flwrlabs/echo".into(),
+            app_version: "1.0.0".into(),
+            config: wire::ConfigRecord::new().with("lr", wire::ConfigValue::Float(0.1)),
+            status: RunStatus::Failed,
+            details: "why".into(),
+            owner: "local".into(),
+            pending_at_ms: 1_700_000_000_000,
+            starting_at_ms: Some(1_700_000_001_000),
+            running_at_ms: None,
+            finished_at_ms: Some(1_700_000_002_000),
+            bundle: Some(wire::BundleHash([0xab; 32])),
+        };
+        let proto = run_to_proto(&run);
+        let status = proto.status.unwrap();
+        assert_eq!(
+            (status.status.as_str(), status.sub_status.as_str()),
+            ("finished", "failed")
+        );
+        assert_eq!(status.details, "why");
+        assert_eq!(proto.running_at, "");
+        assert_eq!(proto.fab_hash, "ab".repeat(32));
+        assert!(proto.override_config.contains_key("lr"));
+    }
+
+    #[test]
+    fn a_stream_frame_is_its_length_then_its_message() {
+        let message = proto::StreamLogsResponse {
+            log_output: "a\n".into(),
+            latest_timestamp: 1.5,
+        };
+        let bytes = frame(&message);
+        let length = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        assert_eq!(length, bytes.len() - 4);
+        assert_eq!(
+            proto::StreamLogsResponse::decode(&bytes[4..]).unwrap(),
+            message
+        );
+    }
+}
