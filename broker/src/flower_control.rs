@@ -37,6 +37,50 @@ fn store_error(error: crate::store::StoreError) -> ControlError {
 }
 
 impl flower_runtime::control::ControlHost for Host {
+    fn start_run(
+        &self,
+        archive: Vec<u8>,
+        overrides: wire::ConfigRecord,
+    ) -> Result<RunId, ControlError> {
+        let shared = self.0.upgrade().ok_or_else(gone)?;
+        if archive.len() as u64 > app_bundle::MAX_BUNDLE_BYTES {
+            return Err(ControlError::InvalidBundle(format!(
+                "the FAB is {} bytes, over the limit of {} bytes",
+                archive.len(),
+                app_bundle::MAX_BUNDLE_BYTES
+            )));
+        }
+        if !app_bundle::fab::is_fab(&archive) {
+            return Err(ControlError::InvalidBundle("the app is not a FAB".into()));
+        }
+        // Flower's SuperLink fuses the FAB's own config with the overrides; so does this one,
+        // refusing a key the app does not have (a typo would leave the default in place).
+        let bad = |e: app_bundle::BundleError| ControlError::InvalidBundle(e.to_string());
+        let defaults = app_bundle::fab::app_config(&archive).map_err(bad)?;
+        let mut config = flwr_sdk::config::from_table(&defaults)
+            .map_err(|e| ControlError::InvalidRunConfig(format!("the app's config: {e}")))?;
+        for (key, value) in overrides.iter() {
+            let Some(slot) = config.get_mut(key) else {
+                let known: Vec<&str> = config.names().collect();
+                return Err(ControlError::InvalidRunConfig(format!(
+                    "unknown key {key:?}; the app's config has: {}",
+                    known.join(", ")
+                )));
+            };
+            *slot = value.clone();
+        }
+        let hash = app_bundle::hash_of(&archive);
+        if !shared.store.has_bundle(hash).map_err(store_error)? {
+            app_bundle::Bundle::open(&archive, hash).map_err(bad)?;
+            shared
+                .store
+                .put_bundle(hash, &archive)
+                .map_err(store_error)?;
+            tracing::info!(%hash, "FAB stored from Flower's flwr run");
+        }
+        runner::start_bundled(&shared, OPERATOR, hash, config).map(|info| info.run_id)
+    }
+
     fn runs(&self, run_id: Option<RunId>) -> Result<Vec<RunInfo>, ControlError> {
         let shared = self.0.upgrade().ok_or_else(gone)?;
         match run_id {

@@ -30,8 +30,11 @@ use tokio_util::sync::CancellationToken;
 use wire::RunId;
 use wire::control::{ControlError, LogLine, RunInfo, RunStatus};
 
-/// The largest request body read (every call's request is a few numbers).
+/// The largest request body read, but `start-run`'s (every other call's request is a few numbers).
 pub const MAX_BODY: usize = 64 << 10;
+
+/// The largest `start-run` body: a FAB at Flower's limit (10 MiB) and its run config.
+pub const MAX_START_RUN_BODY: usize = 11 << 20;
 
 /// Most connections at once; more wait.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -53,6 +56,13 @@ const PROTOBUF_STREAM: &str = "application/flower-protobuf-stream";
 /// What answers the calls: the SuperLink's runs and logs. Its methods read the store, so they are
 /// called off the async workers.
 pub trait ControlHost: Send + Sync + 'static {
+    /// Starts a run of the FAB `archive` with its config's defaults and `overrides`.
+    fn start_run(
+        &self,
+        archive: Vec<u8>,
+        overrides: wire::ConfigRecord,
+    ) -> Result<RunId, ControlError>;
+
     /// Every run, or the one run `run_id`.
     fn runs(&self, run_id: Option<RunId>) -> Result<Vec<RunInfo>, ControlError>;
 
@@ -94,6 +104,14 @@ fn api_error(error: ControlError) -> ApiError {
         ControlError::RunFinished(id) => {
             ApiError::new(412, 18, format!("Run {id} is already finished."))
         }
+        ControlError::InvalidRunConfig(why) => {
+            ApiError::new(412, 15, format!("Invalid run configuration: {why}"))
+        }
+        ControlError::InvalidBundle(why) | ControlError::UnknownApp(why) => ApiError::new(
+            500,
+            14,
+            format!("Failed to create or initialize the run: {why}"),
+        ),
         other => ApiError::new(500, 0, other.to_string()),
     }
 }
@@ -209,6 +227,7 @@ pub async fn serve(listener: TcpListener, host: Arc<dyn ControlHost>, shutdown: 
 /// The calls served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Call {
+    StartRun,
     ListRuns,
     StopRun,
     StreamLogs,
@@ -217,6 +236,7 @@ enum Call {
 impl Call {
     fn of_path(path: &str) -> Option<Call> {
         match path.strip_prefix(PREFIX)? {
+            "start-run" => Some(Call::StartRun),
             "list-runs" => Some(Call::ListRuns),
             "stop-run" => Some(Call::StopRun),
             "stream-logs" => Some(Call::StreamLogs),
@@ -243,8 +263,8 @@ async fn answer(
     let path = request.uri().path();
     let Some(call) = Call::of_path(path) else {
         let detail = if path.starts_with(PREFIX) {
-            "flower-superlink serves `flwr ls`, `flwr stop` and `flwr log` of Flower's CLI; use \
-             flower-rs's `flwr` for the rest"
+            "flower-superlink serves `flwr run`, `flwr ls`, `flwr stop` and `flwr log` of \
+             Flower's CLI; use flower-rs's `flwr` for the rest"
         } else {
             "Not Found"
         };
@@ -265,14 +285,19 @@ async fn answer(
             format!("Content-Type must be {PROTOBUF}."),
         ));
     }
-    let read = Limited::new(request.into_body(), MAX_BODY).collect();
+    let limit = if call == Call::StartRun {
+        MAX_START_RUN_BODY
+    } else {
+        MAX_BODY
+    };
+    let read = Limited::new(request.into_body(), limit).collect();
     let body = match tokio::time::timeout(HEADER_TIMEOUT, read).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(_)) => {
             return error_response(&ApiError::new(
                 413,
                 0,
-                format!("Bodies are limited to {MAX_BODY} bytes."),
+                format!("Bodies are limited to {limit} bytes."),
             ));
         }
         Err(_) => return error_response(&ApiError::new(408, 0, "The body took too long.")),
@@ -285,6 +310,10 @@ async fn answer(
         ))
     };
     let result = match call {
+        Call::StartRun => match proto::StartRunRequest::decode(body) {
+            Ok(request) => start_run(host, request).await,
+            Err(why) => return bad_body(why),
+        },
         Call::ListRuns => match proto::ListRunsRequest::decode(body) {
             Ok(request) => list_runs(host, request).await,
             Err(why) => return bad_body(why),
@@ -307,6 +336,43 @@ async fn answer(
         Ok(bytes) => respond(200, PROTOBUF, bytes),
         Err(error) => error_response(&error),
     }
+}
+
+async fn start_run(
+    host: Arc<dyn ControlHost>,
+    request: proto::StartRunRequest,
+) -> Result<Vec<u8>, ApiError> {
+    if !request.app_spec.is_empty() {
+        return Err(ApiError::new(
+            400,
+            33,
+            "flower-superlink runs apps sent along as FABs: give `flwr run` the app's directory",
+        ));
+    }
+    let fab = request.fab.unwrap_or_default();
+    let archive = fab.content;
+    let hash = crate::objects::object_id(&archive);
+    if !fab.hash_str.is_empty() && fab.hash_str != hash {
+        return Err(ApiError::new(
+            500,
+            14,
+            "Failed to create or initialize the run: the FAB does not hash to its hash_str",
+        ));
+    }
+    let mut overrides = wire::ConfigRecord::new();
+    let mut names: Vec<&String> = request.override_config.keys().collect();
+    names.sort();
+    for name in names {
+        let value = crate::records::config_value_of(name, &request.override_config[name])
+            .map_err(|e| ApiError::new(412, 15, format!("Invalid run configuration: {e}")))?;
+        overrides.insert(name.clone(), value);
+    }
+    let run_id = blocking(move || host.start_run(archive, overrides)).await?;
+    let response = proto::StartRunResponse {
+        run_id: Some(run_id.0),
+        ..proto::StartRunResponse::default()
+    };
+    Ok(response.encode_to_vec())
 }
 
 async fn list_runs(

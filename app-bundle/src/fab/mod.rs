@@ -400,6 +400,40 @@ fn component(table: &toml::Table, key: &str) -> Result<Component, BundleError> {
     }
 }
 
+/// A FAB's run config defaults, `[tool.flwr.app.config]` of its `pyproject.toml`, with nested
+/// tables flattened into dotted keys as Flower flattens them (`a.b = 1` is `{"a.b": 1}`).
+pub fn app_config(bytes: &[u8]) -> Result<toml::Table, BundleError> {
+    let files = unzip(bytes)?;
+    let pyproject = files
+        .get(PYPROJECT)
+        .ok_or_else(|| malformed(format!("has no {PYPROJECT} at its root")))?;
+    let text = std::str::from_utf8(pyproject).map_err(|_| invalid("it is not UTF-8"))?;
+    let table: toml::Table = toml::from_str(text).map_err(|e| invalid(e.message()))?;
+    let config = ["tool", "flwr", "app", "config"]
+        .iter()
+        .try_fold(&table, |table, key| table.get(*key)?.as_table());
+    fn walk(prefix: &str, table: &toml::Table, out: &mut toml::Table) {
+        for (key, value) in table {
+            let key = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match value {
+                toml::Value::Table(inner) => walk(&key, inner, out),
+                other => {
+                    out.insert(key, other.clone());
+                }
+            }
+        }
+    }
+    let mut flat = toml::Table::new();
+    if let Some(config) = config {
+        walk("", config, &mut flat);
+    }
+    Ok(flat)
+}
+
 /// Opens a FAB: its files checked against `.info/CONTENT`, and its `pyproject.toml` read.
 pub fn open(bytes: &[u8]) -> Result<(Manifest, Fab), BundleError> {
     let files = unzip(bytes)?;

@@ -147,6 +147,19 @@ fn a_written_fab_opens() {
     open(&bytes).unwrap();
 }
 
+#[test]
+fn a_fabs_config_defaults_come_flattened_into_dotted_keys() {
+    let pyproject = format!("{PYPROJECT_TEXT}\n[tool.flwr.app.config.optimizer]\nlr = 0.1\n");
+    let bytes = fab_of(&[(PYPROJECT, pyproject.as_bytes()), ("echo_app/x.py", b"")]);
+    let config = fab::app_config(&bytes).unwrap();
+    assert_eq!(
+        config.get("optimizer.lr").and_then(toml::Value::as_float),
+        Some(0.1)
+    );
+    let flowers = fab::app_config(FLOWER_FAB).unwrap();
+    assert!(flowers.contains_key("factor"), "{flowers:?}");
+}
+
 fn refusal(bytes: &[u8]) -> String {
     open(bytes).unwrap_err().to_string()
 }

@@ -13,7 +13,7 @@ use wire::control::RunStatus;
 
 /// Doubles the arrays it is sent (times the run config's `factor`); its ServerApp runs one
 /// round of FedAvg from `[0, 1, 2, 3]` and prints the result.
-fn echo_app() -> PathBuf {
+pub(crate) fn echo_app() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../flower-runtime/tests/fixtures/echo-app")
 }
 

@@ -156,3 +156,43 @@ async fn flowers_http_control_api_answers_loopback_only_and_never_beside_operato
         Federation::start_tuned(NodeAuth::Automatic, true, Db::Memory, with_flower_http).await;
     assert_eq!(keyed.broker().flower_http_addr, None);
 }
+
+fn with_flower_http_and_serverapp(config: &mut BrokerConfig) {
+    with_flower_http(config);
+    crate::flower_apps::with_flower_serverapp(config);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flowers_own_flwr_runs_a_flower_app_directory_with_its_config_and_overrides() {
+    let federation = Federation::start_tuned(
+        NodeAuth::Automatic,
+        false,
+        Db::Memory,
+        with_flower_http_and_serverapp,
+    )
+    .await;
+    let flwr = FlowerCli::for_superlink(federation.broker().flower_http_addr.expect("served"));
+    let _nodes = crate::flower_apps::flower_nodes(&federation, 2).await;
+    let app = crate::flower_apps::echo_app();
+    let app = app.to_str().unwrap();
+
+    let (ok, out) = flwr.run(&["run", app, "--run-config", "nope=1"]).await;
+    assert!(!ok && out.contains("unknown key \"nope\""), "{out}");
+
+    let (ok, out, err) = flwr
+        .run_apart(&["run", app, "--format", "json", "--run-config", "factor=3.0"])
+        .await;
+    assert!(ok, "{out}{err}");
+    let json: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    let run_id = RunId(json["run-id"].as_str().unwrap().parse().unwrap());
+    let (lines, status) = crate::flower_apps::follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Completed, "{lines:#?}");
+    // The app's own config (its rounds, its defaults) with factor 3 fused in: 3 times [0, 1, 2, 3].
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("final [0.0, 3.0, 6.0, 9.0]")),
+        "{lines:#?}"
+    );
+}
