@@ -396,7 +396,11 @@ async fn send_log(
     }
 }
 
-fn register(shared: &Shared, operator: &str, text: &str) -> Result<ControlResponse, ControlError> {
+pub(crate) fn register(
+    shared: &Shared,
+    operator: &str,
+    text: &str,
+) -> Result<ControlResponse, ControlError> {
     let line = certs::load::parse_public_key(text).map_err(ControlError::InvalidKey)?;
     // Node keys and operator keys are disjoint: an operator key registered as a node would pass
     // TLS on both APIs.
@@ -415,7 +419,7 @@ fn register(shared: &Shared, operator: &str, text: &str) -> Result<ControlRespon
     })
 }
 
-fn unregister(
+pub(crate) fn unregister(
     shared: &Shared,
     operator: &str,
     node_id: wire::NodeId,

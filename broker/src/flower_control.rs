@@ -10,7 +10,7 @@ use crate::state::Shared;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use wire::RunId;
-use wire::control::{ControlError, LogLine, RunInfo, RunStatus};
+use wire::control::{ControlError, LogLine, NodeInfo, RunInfo, RunStatus};
 
 /// Where Flower's HTTP API listens, and whether failing to bind it fails the start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +95,25 @@ impl flower_runtime::control::ControlHost for Host {
     fn stop(&self, run_id: RunId) -> Result<(), ControlError> {
         let shared = self.0.upgrade().ok_or_else(gone)?;
         runner::stop(&shared, run_id, OPERATOR)
+    }
+
+    fn register_node(&self, public_key: &str) -> Result<wire::NodeId, ControlError> {
+        let shared = self.0.upgrade().ok_or_else(gone)?;
+        match crate::control::register(&shared, OPERATOR, public_key)? {
+            wire::control::ControlResponse::NodeRegistered { node_id } => Ok(node_id),
+            other => Err(ControlError::Internal(format!("unexpected {other:?}"))),
+        }
+    }
+
+    fn nodes(&self) -> Result<(Vec<NodeInfo>, std::time::Duration), ControlError> {
+        let shared = self.0.upgrade().ok_or_else(gone)?;
+        let nodes = shared.store.list_nodes().map_err(store_error)?;
+        Ok((nodes, shared.config.heartbeat_interval))
+    }
+
+    fn unregister_node(&self, node_id: wire::NodeId) -> Result<(), ControlError> {
+        let shared = self.0.upgrade().ok_or_else(gone)?;
+        crate::control::unregister(&shared, OPERATOR, node_id).map(|_| ())
     }
 
     fn logs(

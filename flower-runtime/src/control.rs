@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wire::RunId;
-use wire::control::{ControlError, LogLine, RunInfo, RunStatus};
+use wire::control::{ControlError, LogLine, NodeInfo, RunInfo, RunStatus};
 
 /// The largest request body read, but `start-run`'s (every other call's request is a few numbers).
 pub const MAX_BODY: usize = 64 << 10;
@@ -69,6 +69,15 @@ pub trait ControlHost: Send + Sync + 'static {
     /// Stops a run.
     fn stop(&self, run_id: RunId) -> Result<(), ControlError>;
 
+    /// Registers a node's public key (PEM or an OpenSSH line); its new id.
+    fn register_node(&self, public_key: &str) -> Result<wire::NodeId, ControlError>;
+
+    /// Every node in the registry, and how often nodes send heartbeats.
+    fn nodes(&self) -> Result<(Vec<NodeInfo>, Duration), ControlError>;
+
+    /// Unregisters a node.
+    fn unregister_node(&self, node_id: wire::NodeId) -> Result<(), ControlError>;
+
     /// A run's log lines from index `after` on (within about `max_bytes`), whether more follow,
     /// and the run's status.
     fn logs(
@@ -104,6 +113,20 @@ fn api_error(error: ControlError) -> ApiError {
         ControlError::RunFinished(id) => {
             ApiError::new(412, 18, format!("Run {id} is already finished."))
         }
+        ControlError::InvalidKey(why) => ApiError::new(
+            412,
+            22,
+            format!("The provided public key is not valid: {why}"),
+        ),
+        ControlError::KeyInUse => ApiError::new(412, 23, "Public key already in use."),
+        ControlError::UnknownNode(id) | ControlError::AlreadyUnregistered(id) => {
+            ApiError::new(404, 24, format!("Node ID {id} not found."))
+        }
+        ControlError::NotOwner(id) => ApiError::new(
+            412,
+            28,
+            format!("Node {id} not found or you are not its owner."),
+        ),
         ControlError::InvalidRunConfig(why) => {
             ApiError::new(412, 15, format!("Invalid run configuration: {why}"))
         }
@@ -176,6 +199,22 @@ pub fn run_to_proto(run: &RunInfo) -> proto::Run {
     }
 }
 
+/// A node as Flower's `NodeInfo` message.
+pub fn node_to_proto(node: &NodeInfo, heartbeat_interval: Duration) -> proto::NodeInfo {
+    proto::NodeInfo {
+        node_id: node.node_id.0,
+        owner_aid: node.owner.clone(),
+        owner_name: node.owner.clone(),
+        status: node.status.as_str().to_string(),
+        registered_at: iso(node.registered_at_ms),
+        last_activated_at: node.online_at_ms.map(iso),
+        last_deactivated_at: node.offline_at_ms.map(iso),
+        unregistered_at: node.unregistered_at_ms.map(iso),
+        heartbeat_interval: heartbeat_interval.as_secs_f64(),
+        ..proto::NodeInfo::default()
+    }
+}
+
 /// Serves `host` on `listener` until `shutdown`, to loopback clients only.
 pub async fn serve(listener: TcpListener, host: Arc<dyn ControlHost>, shutdown: CancellationToken) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -227,6 +266,9 @@ pub async fn serve(listener: TcpListener, host: Arc<dyn ControlHost>, shutdown: 
 /// The calls served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Call {
+    RegisterNode,
+    ListNodes,
+    UnregisterNode,
     StartRun,
     ListRuns,
     StopRun,
@@ -236,6 +278,9 @@ enum Call {
 impl Call {
     fn of_path(path: &str) -> Option<Call> {
         match path.strip_prefix(PREFIX)? {
+            "register-node" => Some(Call::RegisterNode),
+            "list-nodes" => Some(Call::ListNodes),
+            "unregister-node" => Some(Call::UnregisterNode),
             "start-run" => Some(Call::StartRun),
             "list-runs" => Some(Call::ListRuns),
             "stop-run" => Some(Call::StopRun),
@@ -263,8 +308,8 @@ async fn answer(
     let path = request.uri().path();
     let Some(call) = Call::of_path(path) else {
         let detail = if path.starts_with(PREFIX) {
-            "flower-superlink serves `flwr run`, `flwr ls`, `flwr stop` and `flwr log` of \
-             Flower's CLI; use flower-rs's `flwr` for the rest"
+            "flower-superlink serves `flwr run`, `ls`, `stop`, `log` and `supernode register`, \
+             `list` and `unregister` of Flower's CLI; use flower-rs's `flwr` for the rest"
         } else {
             "Not Found"
         };
@@ -310,6 +355,44 @@ async fn answer(
         ))
     };
     let result = match call {
+        Call::RegisterNode => match proto::RegisterNodeRequest::decode(body) {
+            Ok(request) => {
+                let Ok(key) = String::from_utf8(request.public_key) else {
+                    return error_response(&ApiError::new(
+                        412,
+                        22,
+                        "The provided public key is not valid: not text",
+                    ));
+                };
+                blocking(move || host.register_node(&key))
+                    .await
+                    .map(|node_id| {
+                        proto::RegisterNodeResponse { node_id: node_id.0 }.encode_to_vec()
+                    })
+            }
+            Err(why) => return bad_body(why),
+        },
+        Call::ListNodes => match proto::ListNodesRequest::decode(body) {
+            Ok(_) => blocking(move || host.nodes())
+                .await
+                .map(|(nodes, interval)| {
+                    proto::ListNodesResponse {
+                        nodes_info: nodes.iter().map(|n| node_to_proto(n, interval)).collect(),
+                        now: iso(wire::message::now_ms()),
+                    }
+                    .encode_to_vec()
+                }),
+            Err(why) => return bad_body(why),
+        },
+        Call::UnregisterNode => match proto::UnregisterNodeRequest::decode(body) {
+            Ok(request) => {
+                let node_id = wire::NodeId(request.node_id);
+                blocking(move || host.unregister_node(node_id))
+                    .await
+                    .map(|()| proto::UnregisterNodeResponse {}.encode_to_vec())
+            }
+            Err(why) => return bad_body(why),
+        },
         Call::StartRun => match proto::StartRunRequest::decode(body) {
             Ok(request) => start_run(host, request).await,
             Err(why) => return bad_body(why),

@@ -1,5 +1,6 @@
 //! Flower 1.42's own `flwr` (from PyPI, in `target/flower-venv`) against flower-superlink's
-//! HTTP Control API: `flwr ls`, `flwr log` and `flwr stop`, unchanged, with Flower's config file.
+//! HTTP Control API, unchanged, with Flower's config file: `flwr run`, `ls`, `log`, `stop`, and
+//! `supernode register`, `list` and `unregister`.
 
 use crate::runs::{follow, start_run};
 use broker::config::{BrokerConfig, NodeAuth};
@@ -195,4 +196,46 @@ async fn flowers_own_flwr_runs_a_flower_app_directory_with_its_config_and_overri
             .any(|line| line.contains("final [0.0, 3.0, 6.0, 9.0]")),
         "{lines:#?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flowers_own_flwr_registers_lists_and_unregisters_supernodes() {
+    use wire::control::NodeStatus;
+    let federation =
+        Federation::start_tuned(NodeAuth::Registered, false, Db::Memory, with_flower_http).await;
+    let flwr = FlowerCli::for_superlink(federation.broker().flower_http_addr.expect("served"));
+    let key = federation.path("keys/client_credentials_1.pub");
+    let key = key.to_str().unwrap();
+
+    let (ok, out, err) = flwr
+        .run_apart(&["supernode", "register", key, "--format", "json"])
+        .await;
+    assert!(ok, "{out}{err}");
+    let json: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    let node_id = wire::NodeId(json["node-id"].as_u64().expect("a node id"));
+    // The key Flower's flwr registered is one this SuperLink admits.
+    let mut node = RunningNode::start(federation.node_settings(Some("client_credentials_1")));
+    assert_eq!(node.online().await, node_id);
+
+    let (ok, out, err) = flwr
+        .run_apart(&["supernode", "list", "--format", "json"])
+        .await;
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains(&node_id.to_string()) && out.contains("online"),
+        "{out}"
+    );
+
+    let (ok, out) = flwr.run(&["supernode", "register", key]).await;
+    assert!(!ok && out.contains("already in use"), "{out}");
+
+    let (ok, out) = flwr
+        .run(&["supernode", "unregister", &node_id.to_string()])
+        .await;
+    assert!(ok, "{out}");
+    federation
+        .wait_for_status(node_id, NodeStatus::Unregistered)
+        .await;
+    assert!(node.finished().await.is_err(), "the node is cut off");
 }
