@@ -14,7 +14,9 @@
 //! - [`admission`]: who may start a handshake (Retry, per-source and loopback rules).
 //! - [`authentication`]: TLS deadline and handshake failures, shared by both APIs.
 //! - [`fleet`], [`delivery`]: a node's connection; instructions out and replies in.
-//! - [`control`]: an operator's connection.
+//! - [`control`]: an operator's connection; [`flower_control`]: Flower's own `flwr` over HTTP
+//!   (loopback, no accounts), answered with the same store and runner.
+//! - [`dashboard`]: the operators' read-only dashboard in a browser.
 //! - [`serverappio`]: where server app programs connect, each with its run's token;
 //!   [`flower_api`]: where Flower's `flwr-serverapp` connects, each with its task's token.
 //! - [`bundles`]: app bundles received from operators, served to nodes, read for a run's app;

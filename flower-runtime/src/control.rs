@@ -3,12 +3,15 @@
 //! `stream-logs` a stream of protobuf frames, each after its length in four big-endian bytes
 //! (`application/flower-protobuf-stream`). What a call does is the [`ControlHost`]'s, in this
 //! project's own types; this layer checks what Flower's router checks (method, path, content
-//! type, versions, a body within [`MAX_BODY`]) and translates.
+//! type, a body within [`MAX_BODY`]) and translates.
 //!
 //! Flower's open-source SuperLink has no accounts, so neither has this API: whoever reaches it
-//! is an operator. It therefore answers loopback clients only (others are closed unanswered), at
-//! most [`MAX_CONNECTIONS`] at once, each request's headers and body within [`HEADER_TIMEOUT`],
-//! and a log stream polls the host every [`LOG_POLL`] until its run has finished.
+//! is an operator. It therefore answers loopback clients only (others are closed unanswered),
+//! and only requests that name a loopback host and, when a browser sends one, a loopback origin:
+//! a web page elsewhere that rebinds its own name to 127.0.0.1 cannot drive it through its
+//! visitor's browser. At most [`MAX_CONNECTIONS`] at once, [`MAX_UPLOADS`] FABs being read and
+//! [`MAX_LOG_STREAMS`] log streams, each request's headers and body within [`HEADER_TIMEOUT`];
+//! a log stream polls the host every [`LOG_POLL`] until its run has finished.
 
 use crate::proto;
 use bytes::Bytes;
@@ -42,12 +45,21 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// How long a client has to send a request's headers, and then its body.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most `start-run` bodies (FABs) read at once.
+pub const MAX_UPLOADS: usize = 4;
+
+/// Most log streams at once: the other calls always have connections left.
+pub const MAX_LOG_STREAMS: usize = 32;
+
 /// How often a log stream looks for new lines.
 pub const LOG_POLL: Duration = Duration::from_millis(500);
 
-/// Most log text one stream frame carries: `flwr log --show` prints the first frame only, which
-/// holds a whole finished log up to this size.
-const LOG_FRAME_BYTES: usize = 16 << 20;
+/// Most log text a stream's first frame carries: `flwr log --show` prints the first frame only,
+/// which holds a whole finished log up to this size.
+const FIRST_LOG_FRAME_BYTES: usize = 16 << 20;
+
+/// Most log text each later frame carries.
+const LOG_FRAME_BYTES: usize = 1 << 20;
 
 const PREFIX: &str = "/v1/control/";
 const PROTOBUF: &str = "application/protobuf";
@@ -215,9 +227,20 @@ pub fn node_to_proto(node: &NodeInfo, heartbeat_interval: Duration) -> proto::No
     }
 }
 
+/// The allowances calls share.
+#[derive(Clone)]
+struct Allowances {
+    uploads: Arc<tokio::sync::Semaphore>,
+    log_streams: Arc<tokio::sync::Semaphore>,
+}
+
 /// Serves `host` on `listener` until `shutdown`, to loopback clients only.
 pub async fn serve(listener: TcpListener, host: Arc<dyn ControlHost>, shutdown: CancellationToken) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let allowances = Allowances {
+        uploads: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS)),
+        log_streams: Arc::new(tokio::sync::Semaphore::new(MAX_LOG_STREAMS)),
+    };
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -230,7 +253,7 @@ pub async fn serve(listener: TcpListener, host: Arc<dyn ControlHost>, shutdown: 
                 }
             },
         };
-        if !peer.ip().is_loopback() {
+        if !peer.ip().to_canonical().is_loopback() {
             tracing::warn!(%peer, "Flower Control API: a client off loopback, closed");
             continue;
         }
@@ -243,13 +266,15 @@ pub async fn serve(listener: TcpListener, host: Arc<dyn ControlHost>, shutdown: 
         };
         let host = host.clone();
         let shutdown = shutdown.clone();
+        let allowances = allowances.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let stream_shutdown = shutdown.clone();
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let host = host.clone();
                 let shutdown = stream_shutdown.clone();
-                async move { Ok::<_, Infallible>(answer(host, request, shutdown).await) }
+                let allowances = allowances.clone();
+                async move { Ok::<_, Infallible>(answer(host, request, allowances, shutdown).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -300,11 +325,32 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// Whether the request names a loopback host and, if a browser sent one, a loopback origin.
+fn names_loopback(request: &Request<Incoming>) -> bool {
+    let text = |name| {
+        request
+            .headers()
+            .get(name)
+            .map(|value: &HeaderValue| value.to_str().unwrap_or("\u{0}"))
+    };
+    let host_ok = text(hyper::header::HOST).is_some_and(ops::http::is_loopback_host);
+    let origin_ok = text(hyper::header::ORIGIN).is_none_or(ops::http::is_loopback_origin);
+    host_ok && origin_ok
+}
+
 async fn answer(
     host: Arc<dyn ControlHost>,
     request: Request<Incoming>,
+    allowances: Allowances,
     shutdown: CancellationToken,
 ) -> Response<Body> {
+    if !names_loopback(&request) {
+        return error_response(&ApiError::new(
+            403,
+            0,
+            "This API answers requests for a loopback host only (localhost, 127.0.0.1, [::1]).",
+        ));
+    }
     let path = request.uri().path();
     let Some(call) = Call::of_path(path) else {
         let detail = if path.starts_with(PREFIX) {
@@ -323,17 +369,23 @@ async fn answer(
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if content_type.split(';').next().map(str::trim) != Some(PROTOBUF) {
+    let media_type = content_type.split(';').next().map(str::trim);
+    if !media_type.is_some_and(|media| media.eq_ignore_ascii_case(PROTOBUF)) {
         return error_response(&ApiError::new(
             415,
-            0,
+            1002,
             format!("Content-Type must be {PROTOBUF}."),
         ));
     }
-    let limit = if call == Call::StartRun {
-        MAX_START_RUN_BODY
+    // A FAB is read only with one of the few upload permits: a flood of them cannot hold
+    // gigabytes at once.
+    let (limit, _upload) = if call == Call::StartRun {
+        match allowances.uploads.clone().acquire_owned().await {
+            Ok(permit) => (MAX_START_RUN_BODY, Some(permit)),
+            Err(_) => return error_response(&ApiError::new(503, 0, "Shutting down.")),
+        }
     } else {
-        MAX_BODY
+        (MAX_BODY, None)
     };
     let read = Limited::new(request.into_body(), limit).collect();
     let body = match tokio::time::timeout(HEADER_TIMEOUT, read).await {
@@ -350,7 +402,7 @@ async fn answer(
     let bad_body = |why: prost::DecodeError| {
         error_response(&ApiError::new(
             400,
-            0,
+            1003,
             format!("Invalid request body: {why}"),
         ))
     };
@@ -411,7 +463,16 @@ async fn answer(
             Err(why) => return bad_body(why),
         },
         Call::StreamLogs => match proto::StreamLogsRequest::decode(body) {
-            Ok(request) => return stream_logs(host, request, shutdown).await,
+            Ok(request) => {
+                let Ok(permit) = allowances.log_streams.clone().try_acquire_owned() else {
+                    return error_response(&ApiError::new(
+                        503,
+                        0,
+                        format!("At most {MAX_LOG_STREAMS} log streams at once."),
+                    ));
+                };
+                return stream_logs(host, request, permit, shutdown).await;
+            }
             Err(why) => return bad_body(why),
         },
     };
@@ -519,6 +580,7 @@ fn first_after(lines: &[LogLine], after_timestamp: f64) -> Option<u64> {
 async fn stream_logs(
     host: Arc<dyn ControlHost>,
     request: proto::StreamLogsRequest,
+    permit: tokio::sync::OwnedSemaphorePermit,
     shutdown: CancellationToken,
 ) -> Response<Body> {
     let run_id = RunId(request.run_id);
@@ -527,14 +589,17 @@ async fn stream_logs(
     if let Err(error) = blocking(move || probe.runs(Some(run_id))).await {
         return error_response(&error);
     }
-    let (sender, receiver) = mpsc::channel(4);
+    let (sender, receiver) = mpsc::channel(1);
     tokio::spawn(async move {
+        let _permit = permit;
         let mut next = 0u64;
-        let mut positioned = request.after_timestamp <= 0.0;
+        // NaN and anything not after the epoch ask for the whole log.
+        let mut positioned = request.after_timestamp.is_nan() || request.after_timestamp <= 0.0;
+        let mut frame_bytes = FIRST_LOG_FRAME_BYTES;
         loop {
             let reader = host.clone();
             let after = next;
-            let read = blocking(move || reader.logs(run_id, after, LOG_FRAME_BYTES)).await;
+            let read = blocking(move || reader.logs(run_id, after, frame_bytes)).await;
             let Ok((lines, more, status)) = read else {
                 return;
             };
@@ -571,6 +636,7 @@ async fn stream_logs(
                 if sender.send(frame(&message)).await.is_err() {
                     return;
                 }
+                frame_bytes = LOG_FRAME_BYTES;
             }
             if more {
                 continue;

@@ -91,6 +91,30 @@ impl Drop for SourceSlot {
     }
 }
 
+/// Whether a `Host` header names this machine's loopback interface (any port).
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // An IPv6 literal: `[::1]` or `[::1]:8080`.
+        Some(rest) => match rest.split_once(']') {
+            Some((inside, after)) if after.is_empty() || after.starts_with(':') => inside,
+            _ => return false,
+        },
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether an `Origin` header, when a browser sends one, is a page of this machine's loopback
+/// (`http://localhost:8000`, say); programs like Flower's `flwr` send none.
+pub fn is_loopback_origin(origin: &str) -> bool {
+    origin
+        .split_once("://")
+        .is_some_and(|(_, host)| is_loopback_host(host.trim_end_matches('/')))
+}
+
 /// What a path answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
@@ -219,6 +243,38 @@ pub async fn start_health(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loopback_names_pass_the_host_check() {
+        for host in [
+            "localhost",
+            "localhost:8443",
+            "127.0.0.1:80",
+            "[::1]:9",
+            "[::1]",
+            "LOCALHOST",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:80",
+            "10.0.0.1",
+            "[::2]",
+            "[::1]x",
+            "localhost.evil.example",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn only_loopback_origins_pass() {
+        assert!(is_loopback_origin("http://localhost:8000"));
+        assert!(is_loopback_origin("http://127.0.0.1"));
+        assert!(!is_loopback_origin("http://evil.example"));
+        assert!(!is_loopback_origin("null"));
+    }
 
     #[test]
     fn an_ipv6_64_is_one_source_and_a_mapped_ipv4_address_its_ipv4_one() {

@@ -100,6 +100,9 @@ async fn flowers_own_flwr_lists_shows_the_log_of_and_stops_runs() {
     let (ok, out) = flwr.run(&["log", &done.to_string(), "--show"]).await;
     assert!(ok, "{out}");
     assert!(out.contains("[ROUND 2/2]"), "the run's log: {out}");
+    // Streaming a finished run's log ends with its last line.
+    let (ok, out) = flwr.run(&["log", &done.to_string()]).await;
+    assert!(ok && out.contains("finished: finished:completed"), "{out}");
 
     // A run that waits for nodes it will never have, stopped by Flower's flwr.
     let waiting = start_run(&federation, "min-nodes=5 node-wait-timeout=60").await;
@@ -131,18 +134,40 @@ async fn flowers_http_control_api_answers_loopback_only_and_never_beside_operato
     let federation =
         Federation::start_tuned(NodeAuth::Automatic, false, Db::Memory, on_every_interface).await;
     let port = federation.broker().flower_http_addr.expect("served").port();
-    let ask = |ip: std::net::IpAddr| async move {
+    let ask = |ip: std::net::IpAddr, headers: &'static str| async move {
         let mut stream = tokio::net::TcpStream::connect((ip, port)).await.unwrap();
-        let request = "POST /v1/control/list-runs HTTP/1.1\r\nHost: x\r\n\
-                       Content-Type: application/protobuf\r\nContent-Length: 0\r\n\
-                       Connection: close\r\n\r\n";
+        let request = format!(
+            "POST /v1/control/list-runs HTTP/1.1\r\n{headers}Content-Length: 0\r\n\
+             Connection: close\r\n\r\n"
+        );
         let _ = stream.write_all(request.as_bytes()).await;
         let mut response = Vec::new();
         let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response)).await;
         String::from_utf8_lossy(&response).into_owned()
     };
-    let answer = ask(std::net::Ipv4Addr::LOCALHOST.into()).await;
+    let loopback = std::net::Ipv4Addr::LOCALHOST.into();
+    let answer = ask(
+        loopback,
+        "Host: 127.0.0.1:8000\r\nContent-Type: application/protobuf\r\n",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A web page that rebound its own name to this machine: its host, or its origin, gives it
+    // away; a form's content type is not Flower's.
+    let answer = ask(
+        loopback,
+        "Host: rebound.example:8000\r\nContent-Type: application/protobuf\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let answer = ask(
+        loopback,
+        "Host: localhost\r\nOrigin: http://rebound.example\r\nContent-Type: application/protobuf\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let answer = ask(loopback, "Host: localhost\r\nContent-Type: text/plain\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 415"), "{answer}");
     let outward = {
         let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
         socket
@@ -150,7 +175,11 @@ async fn flowers_http_control_api_answers_loopback_only_and_never_beside_operato
             .expect("a route off this machine");
         socket.local_addr().unwrap().ip()
     };
-    let answer = ask(outward).await;
+    let answer = ask(
+        outward,
+        "Host: localhost\r\nContent-Type: application/protobuf\r\n",
+    )
+    .await;
     assert!(answer.is_empty(), "{outward}: {answer}");
 
     let keyed =
