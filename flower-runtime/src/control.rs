@@ -17,15 +17,13 @@ use crate::proto;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prost::Message as _;
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -242,16 +240,9 @@ pub async fn serve(listener: TcpListener, host: Arc<dyn ControlHost>, shutdown: 
         log_streams: Arc::new(tokio::sync::Semaphore::new(MAX_LOG_STREAMS)),
     };
     loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "Flower Control API accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let Some((stream, peer)) = ops::http::accept(&listener, &shutdown, "Flower Control").await
+        else {
+            return;
         };
         if !peer.ip().to_canonical().is_loopback() {
             tracing::warn!(%peer, "Flower Control API: a client off loopback, closed");
@@ -542,23 +533,6 @@ async fn list_runs(
     Ok(response.encode_to_vec())
 }
 
-/// A response body fed by a channel.
-struct StreamBody(mpsc::Receiver<Bytes>);
-
-impl hyper::body::Body for StreamBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
-    }
-}
-
 /// One stream frame: the message's length in four big-endian bytes, then the message.
 fn frame(message: &impl prost::Message) -> Bytes {
     let encoded = message.encode_to_vec();
@@ -652,7 +626,7 @@ async fn stream_logs(
         }
     });
     let mut response = respond(200, PROTOBUF_STREAM, Vec::new());
-    *response.body_mut() = StreamBody(receiver).boxed();
+    *response.body_mut() = ops::http::ChannelBody(receiver).boxed();
     response
 }
 

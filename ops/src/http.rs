@@ -115,6 +115,46 @@ pub fn is_loopback_origin(origin: &str) -> bool {
         .is_some_and(|(_, host)| is_loopback_host(host.trim_end_matches('/')))
 }
 
+/// A response body fed by a channel: what a streaming response (server-sent events, a log
+/// stream) sends as it comes. The body ends when the sender is dropped, and a client that leaves
+/// drops the receiver, which the sender sees.
+pub struct ChannelBody(pub tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|bytes| Ok(hyper::body::Frame::data(bytes))))
+    }
+}
+
+/// The next connection on `listener`, or `None` at shutdown. A failed accept (out of file
+/// descriptors, say) is logged and retried after a pause instead of spinning.
+pub async fn accept(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+    api: &str,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => return Some(accepted),
+                Err(error) => {
+                    tracing::warn!(%error, api, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
 /// What a path answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
@@ -157,17 +197,8 @@ pub async fn serve(listener: TcpListener, handler: Handler, shutdown: Cancellati
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let sources = Sources::new(MAX_PER_SOURCE);
     loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors, say: back off instead of spinning.
-                    tracing::warn!(%error, "HTTP accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let Some((stream, peer)) = accept(&listener, &shutdown, "HTTP").await else {
+            return;
         };
         let Some(source) = sources.claim(peer.ip()) else {
             continue;

@@ -412,6 +412,12 @@ pub fn app_config(bytes: &[u8]) -> Result<toml::Table, BundleError> {
     let config = ["tool", "flwr", "app", "config"]
         .iter()
         .try_fold(&table, |table, key| table.get(*key)?.as_table());
+    Ok(config.map(flatten).unwrap_or_default())
+}
+
+/// A TOML table with its nested tables flattened into dotted keys (`[a] b = 1` is `{"a.b": 1}`),
+/// as Flower flattens a run config.
+pub fn flatten(table: &toml::Table) -> toml::Table {
     fn walk(prefix: &str, table: &toml::Table, out: &mut toml::Table) {
         for (key, value) in table {
             let key = if prefix.is_empty() {
@@ -428,10 +434,8 @@ pub fn app_config(bytes: &[u8]) -> Result<toml::Table, BundleError> {
         }
     }
     let mut flat = toml::Table::new();
-    if let Some(config) = config {
-        walk("", config, &mut flat);
-    }
-    Ok(flat)
+    walk("", table, &mut flat);
+    flat
 }
 
 /// Opens a FAB: its files checked against `.info/CONTENT`, and its `pyproject.toml` read.

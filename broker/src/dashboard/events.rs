@@ -13,13 +13,9 @@ use super::server::{self, Body, View};
 use crate::state::Shared;
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
-use hyper::body::{Frame, SizeHint};
 use hyper::{Response, StatusCode};
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -61,34 +57,14 @@ impl Default for Streams {
     }
 }
 
-/// What a stream reads from.
+/// What a stream reads from (and a request is answered with).
+#[derive(Clone)]
 pub struct Source {
     pub(super) shared: Arc<Shared>,
     pub(super) dashboard: Arc<Dashboard>,
     pub(super) streams: Streams,
     pub(super) peer: SocketAddr,
     pub(super) shutdown: CancellationToken,
-}
-
-/// A response body fed by a channel.
-struct EventBody(mpsc::Receiver<Bytes>);
-
-impl hyper::body::Body for EventBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|event| event.map(|bytes| Ok(Frame::data(bytes))))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
 }
 
 /// One event in the wire format: each line of `data` on a `data:` line. A line ends at CR LF, LF
@@ -133,7 +109,7 @@ pub fn open(source: Source, view: View, resume: Option<u64>) -> Response<Body> {
         feed(source, view, resume, sender).await;
     });
     let mut response = server::respond(StatusCode::OK, "text/event-stream", Bytes::new());
-    *response.body_mut() = EventBody(receiver).boxed();
+    *response.body_mut() = ops::http::ChannelBody(receiver).boxed();
     response
 }
 

@@ -138,6 +138,11 @@ pub fn strip(samples: &[NodeStatus]) -> String {
     svg
 }
 
+/// A time, or `-` when it has not come.
+fn time_or_dash(ms: Option<u64>) -> String {
+    ms.map(timestamp).unwrap_or_else(|| "-".into())
+}
+
 /// When a node was last heard: now, when it went offline, or never.
 fn last_seen(node: &NodeInfo) -> String {
     match (node.status, node.offline_at_ms) {
@@ -192,14 +197,8 @@ fn runs_table(runs: &[RunInfo], now: u64) -> String {
             app = app_cell(run),
             class = run_status_class(run.status),
             status = run.status.as_str(),
-            started = run
-                .starting_at_ms
-                .map(timestamp)
-                .unwrap_or_else(|| "-".into()),
-            ended = run
-                .finished_at_ms
-                .map(timestamp)
-                .unwrap_or_else(|| "-".into()),
+            started = time_or_dash(run.starting_at_ms),
+            ended = time_or_dash(run.finished_at_ms),
             elapsed = run_elapsed(run, now),
             details = escape(&run.details),
         );
@@ -340,14 +339,8 @@ pub fn run(view: &RunView, now: u64) -> String {
         app = app_cell(run),
         owner = escape(&run.owner),
         pending = timestamp(run.pending_at_ms),
-        started = run
-            .starting_at_ms
-            .map(timestamp)
-            .unwrap_or_else(|| "-".into()),
-        ended = run
-            .finished_at_ms
-            .map(timestamp)
-            .unwrap_or_else(|| "-".into()),
+        started = time_or_dash(run.starting_at_ms),
+        ended = time_or_dash(run.finished_at_ms),
         elapsed = run_elapsed(run, now),
     );
     if !run.details.is_empty() {

@@ -22,7 +22,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -72,16 +71,9 @@ pub async fn serve(
     let sources = ops::http::Sources::new(MAX_PER_SOURCE);
     let streams = events::Streams::default();
     loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "dashboard accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let Some((stream, peer)) = ops::http::accept(&listener, &shutdown, "dashboard").await
+        else {
+            return;
         };
         let Some(source) = sources.claim(peer.ip()) else {
             continue;
@@ -115,15 +107,8 @@ pub async fn serve(
     }
 }
 
-/// What a request is answered with.
-#[derive(Clone)]
-struct Context {
-    shared: Arc<Shared>,
-    dashboard: Arc<Dashboard>,
-    streams: events::Streams,
-    peer: SocketAddr,
-    shutdown: CancellationToken,
-}
+/// What a request is answered with: the SuperLink, the dashboard, the streams' allowances.
+type Context = events::Source;
 
 async fn connection<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: IO, context: Context) {
     let shutdown = context.shutdown.clone();
@@ -515,7 +500,7 @@ async fn route(context: &Context, request: &Request<Incoming>, path: &str) -> Re
         let resume = header_text(request, header::HeaderName::from_static("last-event-id"))
             .or_else(|| query_value(request.uri().query(), "from"))
             .and_then(|n| n.parse().ok());
-        return events::open(context.clone().into(), view, resume);
+        return events::open(context.clone(), view, resume);
     }
     if let Some(rest) = path.strip_prefix("/runs/")
         && let Some((id, tail)) = rest.split_once('/')
@@ -665,18 +650,6 @@ fn percent_decode(segment: &str) -> Option<String> {
     }
     let text = String::from_utf8(out).ok()?;
     (!text.contains('/')).then_some(text)
-}
-
-impl From<Context> for events::Source {
-    fn from(context: Context) -> Self {
-        events::Source {
-            shared: context.shared,
-            dashboard: context.dashboard,
-            streams: context.streams,
-            peer: context.peer,
-            shutdown: context.shutdown,
-        }
-    }
 }
 
 #[cfg(test)]

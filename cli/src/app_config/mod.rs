@@ -197,28 +197,7 @@ pub fn toml_error(path: &Path, text: &str, error: &toml::de::Error) -> CliError 
     ))
 }
 
-/// Flattens nested tables into dotted keys (`a = { b = 1 }` becomes `a.b = 1`), as Flower does
-/// with an app's config.
-pub fn flatten(table: &toml::Table) -> toml::Table {
-    fn walk(prefix: &str, table: &toml::Table, out: &mut toml::Table) {
-        for (key, value) in table {
-            let key = if prefix.is_empty() {
-                key.clone()
-            } else {
-                format!("{prefix}.{key}")
-            };
-            match value {
-                toml::Value::Table(inner) => walk(&key, inner, out),
-                other => {
-                    out.insert(key, other.clone());
-                }
-            }
-        }
-    }
-    let mut out = toml::Table::new();
-    walk("", table, &mut out);
-    out
-}
+pub use app_bundle::fab::flatten;
 
 impl AppConfig {
     /// Reads `dir`'s `flwr.toml` and `pyproject.toml` (either may be missing) and the user's

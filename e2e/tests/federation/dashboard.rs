@@ -139,15 +139,7 @@ async fn start_run(federation: &Federation, overrides: &str) -> RunId {
 }
 
 async fn status_of(federation: &Federation, run_id: RunId) -> RunStatus {
-    match federation
-        .request(ControlRequest::ListRuns {
-            run_id: Some(run_id),
-        })
-        .await
-    {
-        ControlResponse::Runs(runs) => runs[0].status,
-        other => panic!("{other:?}"),
-    }
+    crate::runs::run_info(federation, run_id).await.status
 }
 
 async fn wait_for(federation: &Federation, run_id: RunId, wanted: fn(RunStatus) -> bool) {

@@ -9,7 +9,7 @@ use e2e::{Db, Federation, PATIENCE, RunningNode, flower_program};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use wire::RunId;
-use wire::control::{ControlRequest, ControlResponse, RunStatus};
+use wire::control::RunStatus;
 
 fn with_flower_http(config: &mut BrokerConfig) {
     config.flower_http = Some(FlowerHttp {
@@ -64,15 +64,7 @@ impl FlowerCli {
 }
 
 async fn status_of(federation: &Federation, run_id: RunId) -> RunStatus {
-    match federation
-        .request(ControlRequest::ListRuns {
-            run_id: Some(run_id),
-        })
-        .await
-    {
-        ControlResponse::Runs(runs) => runs[0].status,
-        other => panic!("{other:?}"),
-    }
+    crate::runs::run_info(federation, run_id).await.status
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

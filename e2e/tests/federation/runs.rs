@@ -65,7 +65,7 @@ pub async fn follow_for(
     (lines, status)
 }
 
-async fn run_info(federation: &Federation, run_id: RunId) -> RunInfo {
+pub async fn run_info(federation: &Federation, run_id: RunId) -> RunInfo {
     match federation
         .request(ControlRequest::ListRuns {
             run_id: Some(run_id),
