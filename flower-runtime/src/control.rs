@@ -14,6 +14,7 @@
 //! a log stream polls the host every [`LOG_POLL`] until its run has finished.
 
 use crate::proto;
+use crate::server::{ApiError, has_protobuf_body};
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -96,24 +97,6 @@ pub trait ControlHost: Send + Sync + 'static {
         after: u64,
         max_bytes: usize,
     ) -> Result<(Vec<LogLine>, bool, RunStatus), ControlError>;
-}
-
-/// An error answer: HTTP status, Flower's code (`ApiErrorCode`), what `flwr` prints.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ApiError {
-    status: u16,
-    code: u32,
-    detail: String,
-}
-
-impl ApiError {
-    fn new(status: u16, code: u32, detail: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            detail: detail.into(),
-        }
-    }
 }
 
 /// Flower's code and status for this project's Control API errors.
@@ -355,13 +338,7 @@ async fn answer(
     if request.method() != Method::POST {
         return error_response(&ApiError::new(405, 0, "Method Not Allowed"));
     }
-    let content_type = request
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let media_type = content_type.split(';').next().map(str::trim);
-    if !media_type.is_some_and(|media| media.eq_ignore_ascii_case(PROTOBUF)) {
+    if !has_protobuf_body(&request) {
         return error_response(&ApiError::new(
             415,
             1002,

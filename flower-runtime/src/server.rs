@@ -312,6 +312,17 @@ fn error_response(error: &ApiError) -> Response<Full<Bytes>> {
     )
 }
 
+/// Whether the request's body is protobuf, as its `Content-Type` says (parameters and case
+/// aside, as Flower's routers read it).
+pub(crate) fn has_protobuf_body(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case(PROTOBUF))
+}
+
 /// The one value of header `name`, `Ok(None)` when absent, `Err` when repeated or not text.
 fn single_header<'r>(request: &'r Request<Incoming>, name: &str) -> Result<Option<&'r str>, ()> {
     let mut values = request.headers().get_all(name).iter();
@@ -362,12 +373,7 @@ async fn answer(
     if request.method() != Method::POST {
         return error_response(&ApiError::new(405, 0, "Method Not Allowed"));
     }
-    let content_type = request
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if content_type.split(';').next().map(str::trim) != Some(PROTOBUF) {
+    if !has_protobuf_body(&request) {
         return error_response(&ApiError::new(
             415,
             1002,
