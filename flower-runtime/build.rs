@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "control",
         "error",
         "fab",
+        "fleet",
         "log",
         "message",
         "node",

@@ -70,7 +70,7 @@ pub struct BrokerConfig {
     pub metrics_address: Option<std::net::SocketAddr>,
     /// Where Flower's own `flwr` reaches the Control API over HTTP (off when `None`; never
     /// served with operator keys).
-    pub flower_http: Option<crate::flower_control::FlowerHttp>,
+    pub flower_http: Option<crate::flower_http::FlowerHttp>,
     /// Where to serve the operators' dashboard (off when `None`).
     pub dashboard: Option<crate::dashboard::DashboardConfig>,
     /// Where server app programs connect (the ServerAppIo API; port 0 picks a free one).

@@ -102,7 +102,7 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 const REPLY_SLACK: u64 = 16 * 1024 * 1024;
 
 /// The most array bytes a reply to an instruction that carried `sent` may announce, under `cap`.
-fn reply_allowance(sent: u64, cap: u64) -> u64 {
+pub(crate) fn reply_allowance(sent: u64, cap: u64) -> u64 {
     sent.saturating_mul(2).saturating_add(REPLY_SLACK).min(cap)
 }
 
@@ -269,7 +269,7 @@ fn vet_head(
 }
 
 /// Bytes of every array in `content`.
-fn array_bytes(content: &wire::RecordDict) -> u64 {
+pub(crate) fn array_bytes(content: &wire::RecordDict) -> u64 {
     content
         .iter()
         .filter_map(|(_, record)| match record {
@@ -284,7 +284,7 @@ fn array_bytes(content: &wire::RecordDict) -> u64 {
 /// Longest error reason kept from a node, in characters.
 pub const MAX_ERROR_REASON: usize = 512;
 
-fn judge(shared: &Shared, mut reply: wire::Message) -> ReplyOutcome {
+pub(crate) fn judge(shared: &Shared, mut reply: wire::Message) -> ReplyOutcome {
     // A node's words reach logs and terminals: escaped, and short.
     if let wire::MessageBody::Error(error) = &mut reply.body {
         error.reason = wire::text::sanitize(&error.reason, MAX_ERROR_REASON);

@@ -1,5 +1,5 @@
-//! Flower's Control API over HTTP (`--host`, `--port`; 127.0.0.1:8000 as Flower's SuperLink):
-//! where Flower 1.42's own `flwr ls`, `flwr stop` and `flwr log` reach this SuperLink. The
+//! Flower's Control API over HTTP (on [`crate::flower_http`]'s port): where Flower 1.42's own
+//! `flwr run`, `ls`, `stop`, `log` and `supernode` reach this SuperLink. The
 //! protocol is `flower_runtime::control`'s; this is its host: the store's runs and logs, and the
 //! runner's stop. Flower's open-source SuperLink has no accounts, so whoever reaches the port is
 //! an operator: it answers loopback clients only, acting as the local operator, and it is not
@@ -7,19 +7,9 @@
 
 use crate::runs::runner;
 use crate::state::Shared;
-use std::net::SocketAddr;
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use wire::RunId;
 use wire::control::{ControlError, LogLine, NodeInfo, RunInfo, RunStatus};
-
-/// Where Flower's HTTP API listens, and whether failing to bind it fails the start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FlowerHttp {
-    /// The address.
-    pub address: SocketAddr,
-    /// Given on the command line: a bind failure is an error, not a warning.
-    pub required: bool,
-}
 
 /// The operator name calls over this API act as.
 const OPERATOR: &str = "local";
@@ -136,37 +126,4 @@ impl flower_runtime::control::ControlHost for Host {
             .map_err(store_error)?;
         Ok((lines, more, status))
     }
-}
-
-/// Binds Flower's HTTP API; `None` (with a warning) when an address nobody asked for is taken.
-pub fn bind(http: FlowerHttp) -> Result<Option<std::net::TcpListener>, std::io::Error> {
-    match std::net::TcpListener::bind(http.address) {
-        Ok(listener) => {
-            listener.set_nonblocking(true)?;
-            Ok(Some(listener))
-        }
-        Err(error) if !http.required => {
-            tracing::warn!(
-                address = %http.address,
-                %error,
-                "Flower's HTTP API is off (Flower's own flwr cannot reach this SuperLink): give --port"
-            );
-            Ok(None)
-        }
-        Err(error) => Err(error),
-    }
-}
-
-/// Serves Flower's Control API on `listener` until `shutdown`.
-pub fn spawn(
-    listener: std::net::TcpListener,
-    shared: &Arc<Shared>,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    let host: Arc<dyn flower_runtime::control::ControlHost> =
-        Arc::new(Host(Arc::downgrade(shared)));
-    Ok(tokio::spawn(flower_runtime::control::serve(
-        listener, host, shutdown,
-    )))
 }

@@ -14,8 +14,10 @@
 //! - [`admission`]: who may start a handshake (Retry, per-source and loopback rules).
 //! - [`authentication`]: TLS deadline and handshake failures, shared by both APIs.
 //! - [`fleet`], [`delivery`]: a node's connection; instructions out and replies in.
-//! - [`control`]: an operator's connection; [`flower_control`]: Flower's own `flwr` over HTTP
-//!   (loopback, no accounts), answered with the same store and runner.
+//! - [`control`]: an operator's connection.
+//! - [`flower_http`]: Flower's HTTP port, with [`flower_control`] (Flower's own `flwr`:
+//!   loopback, no accounts, the same store and runner) and [`flower_fleet`] (Flower's own
+//!   SuperNodes: the same registry, sessions and rounds).
 //! - [`dashboard`]: the operators' read-only dashboard in a browser.
 //! - [`serverappio`]: where server app programs connect, each with its run's token;
 //!   [`flower_api`]: where Flower's `flwr-serverapp` connects, each with its task's token.
@@ -36,6 +38,8 @@ pub mod delivery;
 pub mod fleet;
 pub mod flower_api;
 pub mod flower_control;
+pub mod flower_fleet;
+pub mod flower_http;
 pub mod metrics;
 pub mod rounds;
 pub mod runs;

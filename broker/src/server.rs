@@ -276,21 +276,13 @@ pub fn start(
         )?),
         None => None,
     };
-    let flower_http = match (config.flower_http, &config.operator_auth) {
-        (Some(http), OperatorAuth::LoopbackOnly) => {
-            crate::flower_control::bind(http).map_err(|source| BrokerError::Bind {
-                api: "Flower HTTP",
-                address: http.address,
-                source,
-            })?
-        }
-        (Some(_), OperatorAuth::Keys(_)) => {
-            tracing::info!(
-                "Flower's HTTP Control API is off: operators sign in with keys, with flower-rs's flwr"
-            );
-            None
-        }
-        (None, _) => None,
+    let flower_http = match config.flower_http {
+        Some(http) => crate::flower_http::bind(http).map_err(|source| BrokerError::Bind {
+            api: "Flower HTTP",
+            address: http.address,
+            source,
+        })?,
+        None => None,
     };
     let apps = config.apps.clone();
     let shared = Arc::new(Shared {
@@ -338,13 +330,13 @@ pub fn start(
     let flower_http_addr = flower_http.as_ref().and_then(|l| l.local_addr().ok());
     let flower_http_task = match flower_http {
         Some(listener) => Some(
-            crate::flower_control::spawn(listener, &shared, shutdown.clone()).map_err(
-                |source| BrokerError::Bind {
+            crate::flower_http::spawn(listener, &shared, shutdown.clone()).map_err(|source| {
+                BrokerError::Bind {
                     api: "Flower HTTP",
                     address: flower_http_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
                     source,
-                },
-            )?,
+                }
+            })?,
         ),
         None => None,
     };

@@ -1,18 +1,47 @@
-//! The live connections of authenticated nodes: who is online, how to wake a node's delivery
-//! loop, how to push a frame on its session stream, and how to close it (unregister, or a newer
-//! connection with the same key).
+//! The live sessions of authenticated nodes: who is online, how to wake a node's delivery loop,
+//! how to push a frame on its session stream, and how to close it (unregister, or a newer
+//! connection with the same key). A node is on one of two links: a QUIC connection (this
+//! project's `flower-supernode`), or Flower's Fleet API over HTTP (Flower's own SuperNode),
+//! which polls and is online while its heartbeats keep coming.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
 use wire::NodeId;
 use wire::fleet::BrokerFrame;
 
-/// One node's live connection.
+/// How a node is connected.
+enum Link {
+    /// A QUIC connection, to close it from outside the connection's task.
+    Quic(quinn::Connection),
+    /// Flower's Fleet API over HTTP: no connection of its own; online until this deadline,
+    /// which each heartbeat moves.
+    Http { online_until: Instant },
+}
+
+/// The protocol a node is online over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// This project's Fleet API over QUIC.
+    Quic,
+    /// Flower's Fleet API over HTTP.
+    Http,
+}
+
+impl Link {
+    fn close(&self, code: u32, reason: &[u8]) {
+        if let Link::Quic(connection) = self {
+            connection.close(code.into(), reason);
+        }
+    }
+}
+
+/// One node's live session.
 struct Session {
-    /// The QUIC connection, to close it from outside the connection's task.
-    connection: quinn::Connection,
+    /// Its link.
+    link: Link,
     /// Distinguishes this connection from an older or newer one of the same node.
     generation: u64,
     /// Wakes the node's delivery loop when instructions are queued for it.
@@ -94,7 +123,7 @@ impl Sessions {
             live.by_node.insert(
                 node,
                 Session {
-                    connection,
+                    link: Link::Quic(connection),
                     generation,
                     wake: wake.clone(),
                     push,
@@ -103,8 +132,8 @@ impl Sessions {
         };
         if let Some(previous) = previous {
             previous
-                .connection
-                .close(replaced_code.into(), b"replaced by a newer connection");
+                .link
+                .close(replaced_code, b"replaced by a newer connection");
             let _ = self.departures.send(node);
         }
         // Anything queued while the node was away goes out now.
@@ -115,6 +144,109 @@ impl Sessions {
             wake,
             pushes,
         })
+    }
+
+    /// Keeps `node` online over Flower's HTTP Fleet API until `online_until`: a new session
+    /// (replacing a QUIC one, closed with `replaced_code`), or the deadline of the one it has
+    /// moved. `None` if the node was revoked; else whether the session is new.
+    pub fn attach_http(
+        &self,
+        node: NodeId,
+        online_until: Instant,
+        replaced_code: u32,
+    ) -> Option<bool> {
+        let previous = {
+            let mut live = self.live();
+            if live.revoked.contains(&node) {
+                return None;
+            }
+            if let Some(Session {
+                link: Link::Http {
+                    online_until: until,
+                },
+                ..
+            }) = live.by_node.get_mut(&node)
+            {
+                *until = online_until;
+                return Some(false);
+            }
+            let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+            // Nothing reads a polling node's pushes or wakes: it asks.
+            let (push, _) = mpsc::unbounded_channel();
+            live.by_node.insert(
+                node,
+                Session {
+                    link: Link::Http { online_until },
+                    generation,
+                    wake: Arc::new(Notify::new()),
+                    push,
+                },
+            )
+        };
+        if let Some(previous) = previous {
+            previous
+                .link
+                .close(replaced_code, b"replaced by a newer connection");
+            let _ = self.departures.send(node);
+        }
+        self.changed();
+        Some(true)
+    }
+
+    /// Ends `node`'s HTTP session, if it has one; returns whether it had.
+    pub fn detach_http(&self, node: NodeId) -> bool {
+        let removed = {
+            let mut live = self.live();
+            match live.by_node.get(&node) {
+                Some(Session {
+                    link: Link::Http { .. },
+                    ..
+                }) => live.by_node.remove(&node).is_some(),
+                _ => false,
+            }
+        };
+        if removed {
+            let _ = self.departures.send(node);
+            self.changed();
+        }
+        removed
+    }
+
+    /// Ends every HTTP session whose heartbeats stopped before `now`; the nodes that went.
+    pub fn expire_http(&self, now: Instant) -> Vec<NodeId> {
+        let gone: Vec<NodeId> = {
+            let mut live = self.live();
+            let gone: Vec<NodeId> = live
+                .by_node
+                .iter()
+                .filter(|(_, session)| {
+                    matches!(session.link, Link::Http { online_until } if online_until <= now)
+                })
+                .map(|(node, _)| *node)
+                .collect();
+            for node in &gone {
+                live.by_node.remove(node);
+            }
+            gone
+        };
+        for node in &gone {
+            let _ = self.departures.send(*node);
+        }
+        if !gone.is_empty() {
+            self.changed();
+        }
+        gone
+    }
+
+    /// The protocol `node` is online over, if it is.
+    pub fn protocol(&self, node: NodeId) -> Option<Protocol> {
+        self.live()
+            .by_node
+            .get(&node)
+            .map(|session| match session.link {
+                Link::Quic(_) => Protocol::Quic,
+                Link::Http { .. } => Protocol::Http,
+            })
     }
 
     /// Forgets `node`'s session if it is still generation `generation`; returns whether it was.
@@ -149,7 +281,7 @@ impl Sessions {
         };
         match session {
             Some(session) => {
-                session.connection.close(code.into(), reason.as_bytes());
+                session.link.close(code, reason.as_bytes());
                 let _ = self.departures.send(node);
                 self.changed();
                 true
@@ -208,9 +340,12 @@ impl Sessions {
         self.live()
             .by_node
             .values()
-            .fold((0, 0), |(rx, tx), session| {
-                let stats = session.connection.stats();
-                (rx + stats.udp_rx.bytes, tx + stats.udp_tx.bytes)
+            .fold((0, 0), |(rx, tx), session| match &session.link {
+                Link::Quic(connection) => {
+                    let stats = connection.stats();
+                    (rx + stats.udp_rx.bytes, tx + stats.udp_tx.bytes)
+                }
+                Link::Http { .. } => (rx, tx),
             })
     }
 

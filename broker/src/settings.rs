@@ -209,12 +209,13 @@ impl Args {
             return Err("--heartbeat-timeout must be longer than --heartbeat-interval".into());
         }
         config.metrics_address = self.metrics_address;
-        config.flower_http = Some(crate::flower_control::FlowerHttp {
+        config.flower_http = Some(crate::flower_http::FlowerHttp {
             address: SocketAddr::from((
                 self.host.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
                 self.port.unwrap_or(8000),
             )),
             required: self.host.is_some() || self.port.is_some(),
+            tls: !self.insecure,
         });
         config.dashboard = self
             .dashboard_address

@@ -196,6 +196,20 @@ impl PublicKey {
         }
     }
 
+    /// The key as a PEM `PUBLIC KEY` (SubjectPublicKeyInfo), as Flower's SuperNode sends it.
+    pub fn to_pem(&self) -> String {
+        use base64::Engine as _;
+        let der = self.to_spki_der();
+        let body = base64::engine::general_purpose::STANDARD.encode(der);
+        let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
+        for line in body.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(line));
+            pem.push('\n');
+        }
+        pem.push_str("-----END PUBLIC KEY-----\n");
+        pem
+    }
+
     /// The canonical SubjectPublicKeyInfo DER: this key's identity in the registry.
     pub fn to_spki_der(&self) -> Vec<u8> {
         let document = match self {
@@ -235,6 +249,28 @@ impl PublicKey {
                 .is_ok_and(|s| key.verify(message, &s).is_ok()),
         }
     }
+
+    /// When `signature` (DER) is a valid ECDSA signature with SHA-256 of `message` by this key,
+    /// as Flower signs on every curve, the one form every encoding of that signature shares (`r`
+    /// and the low `s`, fixed width): an ECDSA signature `(r, s)` is as valid as `(r, n - s)`, so
+    /// a check that each signature is used once must compare this form, not the bytes received.
+    pub fn verify_sha256_canonical(&self, message: &[u8], signature: &[u8]) -> Option<Vec<u8>> {
+        use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(message);
+        match self {
+            PublicKey::P256(key) => {
+                let signature = p256::ecdsa::Signature::from_der(signature).ok()?;
+                key.verify_prehash(&digest, &signature).ok()?;
+                Some(signature.normalize_s().to_bytes().to_vec())
+            }
+            PublicKey::P384(key) => {
+                let signature = p384::ecdsa::Signature::from_der(signature).ok()?;
+                key.verify_prehash(&digest, &signature).ok()?;
+                Some(signature.normalize_s().to_bytes().to_vec())
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -246,6 +282,8 @@ mod tests {
         let key = IdentityKey::generate().public_key();
         let der = key.to_spki_der();
         assert_eq!(PublicKey::from_spki_der(&der).unwrap(), key);
+        let pem = crate::load::parse_public_key(&key.to_pem()).unwrap();
+        assert_eq!(pem.key, key);
     }
 
     #[test]
@@ -256,6 +294,27 @@ mod tests {
         assert!(!a.public_key().verify(b"hellO", &signature));
         assert!(!b.public_key().verify(b"hello", &signature));
         assert!(!a.public_key().verify(b"hello", b"garbage"));
+    }
+
+    #[test]
+    fn both_forms_of_one_signature_share_their_canonical_form() {
+        let key = IdentityKey::generate();
+        let der = key.sign(b"2026-12-06T19:00:00+00:00");
+        let signature = p256::ecdsa::Signature::from_der(&der).unwrap();
+        // The same signature with s and n - s swapped: as valid, other bytes.
+        let (r, s) = (signature.r(), signature.s());
+        let flipped = p256::ecdsa::Signature::from_scalars(r, -*s).unwrap();
+        let flipped = flipped.to_der().as_bytes().to_vec();
+        assert_ne!(der, flipped);
+        let public = key.public_key();
+        let a = public.verify_sha256_canonical(b"2026-12-06T19:00:00+00:00", &der);
+        let b = public.verify_sha256_canonical(b"2026-12-06T19:00:00+00:00", &flipped);
+        assert!(a.is_some());
+        assert_eq!(a, b);
+        assert_eq!(
+            public.verify_sha256_canonical(b"another message", &der),
+            None
+        );
     }
 
     #[test]

@@ -166,6 +166,22 @@ pub fn server_config(
     Ok(config)
 }
 
+/// An HTTPS server configuration presenting `chain`: TLS 1.2 and 1.3 (a browser or Python's
+/// `ssl` may offer either), no client certificates, HTTP/1.1.
+pub fn https_server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<rustls::ServerConfig, CertsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(tls_err)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// A TLS 1.3 client configuration trusting `roots`, presenting a certificate made from `identity`
 /// (if any), speaking `alpn`.
 pub fn client_config(

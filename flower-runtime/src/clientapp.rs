@@ -6,11 +6,13 @@
 //! waits for [`ClientAppTask::finished`] and reads the reply from there, outside any lock
 //! ([`Reply::inflate`]).
 
-use crate::objects::{Deflated, Inflated, ObjectError, inflate, is_object_id, object_id};
+use crate::exchange::Exchange;
+pub use crate::exchange::Reply;
+use crate::objects::Deflated;
 use crate::proto;
 use crate::server::{ApiError, Endpoint};
-use crate::tasks::{Task, TaskInput, collect_ids, decode, encode};
-use std::collections::{HashMap, HashSet};
+use crate::tasks::{Task, TaskInput, decode, encode};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
@@ -64,30 +66,6 @@ impl ContextStates {
     }
 }
 
-/// A reply whose objects all arrived, with the metadata the app pushed (checked then).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reply {
-    metadata: proto::Metadata,
-    objects: HashMap<String, Vec<u8>>,
-}
-
-impl Reply {
-    /// The reply's message, its records no larger than `max_bytes` in all; its objects must hold
-    /// the metadata that was checked when it was pushed.
-    pub fn inflate(&self, max_bytes: u64) -> Result<Inflated, ObjectError> {
-        let root = &self.metadata.message_id;
-        let mut inflated = inflate(root, &self.objects, max_bytes)?;
-        inflated.metadata.message_id.clone_from(root);
-        if inflated.metadata != self.metadata {
-            return Err(ObjectError::Malformed {
-                id: root.clone(),
-                why: "its metadata differs from that of the message pushed".into(),
-            });
-        }
-        Ok(inflated)
-    }
-}
-
 /// How the task ended, as the app reported it (or did not).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TaskOutcome {
@@ -108,31 +86,16 @@ enum Phase {
     Finished,
 }
 
-/// The reply the app is pushing.
-struct PendingReply {
-    metadata: proto::Metadata,
-    response: proto::PushAppMessagesResponse,
-    session: String,
-    pending: HashSet<String>,
-    objects: HashMap<String, Vec<u8>>,
-    bytes: u64,
-}
-
 struct State {
     phase: Phase,
     input: TaskInput,
-    instruction: proto::Message,
-    instruction_tree: proto::ObjectTree,
-    instruction_objects: HashMap<String, Vec<u8>>,
-    handed_out: bool,
-    reply: Option<PendingReply>,
+    exchange: Exchange,
     outcome: Option<TaskOutcome>,
 }
 
 /// One instruction's `flwr-clientapp` task.
 pub struct ClientAppTask {
     state: Mutex<State>,
-    max_reply_bytes: u64,
     finished: watch::Sender<bool>,
 }
 
@@ -145,30 +108,13 @@ impl ClientAppTask {
         deflated: Deflated,
         max_reply_bytes: u64,
     ) -> Arc<Self> {
-        let mut metadata = metadata;
-        metadata.message_id = deflated.tree.object_id.clone();
-        let instruction = proto::Message {
-            metadata: Some(metadata),
-            content: Some(proto::RecordDict::default()),
-            error: None,
-        };
-        let instruction_objects = deflated
-            .objects
-            .into_iter()
-            .map(|object| (object.id, object.bytes))
-            .collect();
         Arc::new(ClientAppTask {
             state: Mutex::new(State {
                 phase: Phase::Starting,
                 input,
-                instruction,
-                instruction_tree: deflated.tree,
-                instruction_objects,
-                handed_out: false,
-                reply: None,
+                exchange: Exchange::new(metadata, deflated, max_reply_bytes),
                 outcome: None,
             }),
-            max_reply_bytes,
             finished: watch::channel(false).0,
         })
     }
@@ -209,17 +155,10 @@ impl ClientAppTask {
 
     /// Ends the task with `outcome` and the reply, if it arrived whole; lets the instruction go.
     fn finish(state: &mut State, mut outcome: TaskOutcome) {
-        outcome.reply = state
-            .reply
-            .take()
-            .filter(|reply| reply.pending.is_empty())
-            .map(|reply| Reply {
-                metadata: reply.metadata,
-                objects: reply.objects,
-            });
+        outcome.reply = state.exchange.take_reply();
         state.outcome = Some(outcome);
         state.phase = Phase::Finished;
-        state.instruction_objects = HashMap::new();
+        state.exchange.release_instruction();
     }
 
     fn call(&self, endpoint: Endpoint, body: &[u8]) -> Result<Vec<u8>, ApiError> {
@@ -267,24 +206,22 @@ impl ClientAppTask {
             )),
             Endpoint::PullMessages => {
                 let _request = decode::<proto::PullAppMessagesRequest>(body)?;
-                let response = if state.handed_out {
-                    proto::PullAppMessagesResponse::default()
-                } else {
-                    state.handed_out = true;
-                    proto::PullAppMessagesResponse {
-                        messages_list: vec![state.instruction.clone()],
-                        message_object_trees: vec![state.instruction_tree.clone()],
-                    }
+                let response = match state.exchange.hand_out() {
+                    Some((message, tree)) => proto::PullAppMessagesResponse {
+                        messages_list: vec![message],
+                        message_object_trees: vec![tree],
+                    },
+                    None => proto::PullAppMessagesResponse::default(),
                 };
                 Ok(encode(&response))
             }
             Endpoint::PullObject => {
                 let request = decode::<proto::PullObjectRequest>(body)?;
-                let found = state.instruction_objects.get(&request.object_id);
+                let found = state.exchange.object(&request.object_id);
                 Ok(encode(&proto::PullObjectResponse {
                     object_found: found.is_some(),
                     object_available: found.is_some(),
-                    object_content: found.cloned().unwrap_or_default(),
+                    object_content: found.map(<[u8]>::to_vec).unwrap_or_default(),
                 }))
             }
             Endpoint::ConfirmMessageReceived => {
@@ -293,11 +230,15 @@ impl ClientAppTask {
             }
             Endpoint::PushMessages => {
                 let request = decode::<proto::PushAppMessagesRequest>(body)?;
-                self.push_messages(&mut state, request)
+                Self::push_messages(&mut state, request)
             }
             Endpoint::PushObject => {
                 let request = decode::<proto::PushObjectRequest>(body)?;
-                let stored = self.push_object(&mut state, request);
+                let stored = state.exchange.accept_object(
+                    &request.session_id,
+                    request.object_id,
+                    request.object_content,
+                );
                 Ok(encode(&proto::PushObjectResponse { stored }))
             }
             Endpoint::PushTaskOutput | Endpoint::GetNodes | Endpoint::PushLogs => Err(
@@ -307,7 +248,6 @@ impl ClientAppTask {
     }
 
     fn push_messages(
-        &self,
         state: &mut State,
         request: proto::PushAppMessagesRequest,
     ) -> Result<Vec<u8>, ApiError> {
@@ -321,78 +261,12 @@ impl ClientAppTask {
                 "Exactly one message and one tree are expected.",
             ));
         };
-        let metadata = message
-            .metadata
-            .as_ref()
-            .ok_or_else(|| ApiError::bad_body("the message has no metadata"))?;
-        if let Some(reply) = &state.reply {
-            // A retry after a lost response gets the same answer; another reply is refused.
-            if reply.metadata == *metadata {
-                return Ok(encode(&reply.response));
-            }
-            return Err(ApiError::new(400, 3013, "The task has already replied."));
-        }
-        let instruction = state.instruction.metadata.as_ref();
-        if Some(metadata.run_id) != instruction.map(|m| m.run_id) {
-            return Err(ApiError::new(
-                403,
-                3014,
-                "The message belongs to another run.",
-            ));
-        }
-        if metadata.reply_to_message_id != state.instruction_tree.object_id {
-            return Err(ApiError::bad_body("the reply answers another message"));
-        }
-        if !is_object_id(&tree.object_id) || metadata.message_id != tree.object_id {
-            return Err(ApiError::bad_body("the message id is not its tree's root"));
-        }
-        let mut pending = HashSet::new();
-        collect_ids(tree, &mut pending)?;
-        let session: [u8; 16] = rand::random();
-        let session: String = session.iter().map(|b| format!("{b:02x}")).collect();
-        let response = proto::PushAppMessagesResponse {
+        let accepted = state.exchange.accept_reply(message, tree)?;
+        Ok(encode(&proto::PushAppMessagesResponse {
             message_ids: vec![tree.object_id.clone()],
-            objects_to_push: pending.iter().cloned().collect(),
-            session_id: session.clone(),
-        };
-        state.reply = Some(PendingReply {
-            metadata: metadata.clone(),
-            response: response.clone(),
-            session,
-            pending,
-            objects: HashMap::new(),
-            bytes: 0,
-        });
-        Ok(encode(&response))
-    }
-
-    /// Stores one of the reply's objects; `false` (which fails the app) for one not asked for,
-    /// not matching its id, or beyond the reply's size limit.
-    fn push_object(&self, state: &mut State, request: proto::PushObjectRequest) -> bool {
-        let Some(reply) = state.reply.as_mut() else {
-            return false;
-        };
-        let id = request.object_id;
-        if reply.session != request.session_id {
-            return false;
-        }
-        if reply.objects.contains_key(&id) {
-            // A retry after a lost response: the same bytes, already kept.
-            return object_id(&request.object_content) == id;
-        }
-        if !reply.pending.contains(&id) || object_id(&request.object_content) != id {
-            return false;
-        }
-        let bytes = reply
-            .bytes
-            .saturating_add(request.object_content.len() as u64);
-        if bytes > self.max_reply_bytes {
-            return false;
-        }
-        reply.bytes = bytes;
-        reply.pending.remove(&id);
-        reply.objects.insert(id, request.object_content);
-        true
+            objects_to_push: accepted.objects_to_push,
+            session_id: accepted.session_id,
+        }))
     }
 }
 

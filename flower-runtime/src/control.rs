@@ -6,27 +6,24 @@
 //! type, a body within [`MAX_BODY`]) and translates.
 //!
 //! Flower's open-source SuperLink has no accounts, so neither has this API: whoever reaches it
-//! is an operator. It therefore answers loopback clients only (others are closed unanswered),
+//! is an operator. It therefore answers loopback clients only ([`crate::link`] sees to that),
 //! and only requests that name a loopback host and, when a browser sends one, a loopback origin:
 //! a web page elsewhere that rebinds its own name to 127.0.0.1 cannot drive it through its
-//! visitor's browser. At most [`MAX_CONNECTIONS`] at once, [`MAX_UPLOADS`] FABs being read and
-//! [`MAX_LOG_STREAMS`] log streams, each request's headers and body within [`HEADER_TIMEOUT`];
-//! a log stream polls the host every [`LOG_POLL`] until its run has finished.
+//! visitor's browser. At most [`MAX_UPLOADS`] FABs being read and [`MAX_LOG_STREAMS`] log
+//! streams, each request's body within [`BODY_TIMEOUT`]; a log stream polls the host every
+//! [`LOG_POLL`] until its run has finished.
 
+use crate::link::{Body, PROTOBUF, error_response, respond};
 use crate::proto;
 use crate::server::{ApiError, has_protobuf_body};
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, Response};
 use prost::Message as _;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wire::RunId;
@@ -38,11 +35,8 @@ pub const MAX_BODY: usize = 64 << 10;
 /// The largest `start-run` body: a FAB at Flower's limit (10 MiB) and its run config.
 pub const MAX_START_RUN_BODY: usize = 11 << 20;
 
-/// Most connections at once; more wait.
-pub const MAX_CONNECTIONS: usize = 64;
-
-/// How long a client has to send a request's headers, and then its body.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client has to send a request's body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most `start-run` bodies (FABs) read at once.
 pub const MAX_UPLOADS: usize = 4;
@@ -60,8 +54,8 @@ const FIRST_LOG_FRAME_BYTES: usize = 16 << 20;
 /// Most log text each later frame carries.
 const LOG_FRAME_BYTES: usize = 1 << 20;
 
-const PREFIX: &str = "/v1/control/";
-const PROTOBUF: &str = "application/protobuf";
+/// Where the calls are.
+pub const PREFIX: &str = "/v1/control/";
 const PROTOBUF_STREAM: &str = "application/flower-protobuf-stream";
 
 /// What answers the calls: the SuperLink's runs and logs. Its methods read the store, so they are
@@ -132,27 +126,6 @@ fn api_error(error: ControlError) -> ApiError {
     }
 }
 
-type Body = BoxBody<Bytes, Infallible>;
-
-fn respond(status: u16, content_type: &'static str, body: Vec<u8>) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(body)).boxed());
-    *response.status_mut() =
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
-
-fn error_response(error: &ApiError) -> Response<Body> {
-    let body = serde_json::json!({"code": error.code, "detail": error.detail});
-    respond(
-        error.status,
-        "application/json",
-        body.to_string().into_bytes(),
-    )
-}
-
 /// A time as Flower writes it: ISO 8601, UTC, `+00:00`.
 pub fn iso(ms: u64) -> String {
     let time = UNIX_EPOCH + Duration::from_millis(ms);
@@ -208,57 +181,31 @@ pub fn node_to_proto(node: &NodeInfo, heartbeat_interval: Duration) -> proto::No
     }
 }
 
-/// The allowances calls share.
-#[derive(Clone)]
-struct Allowances {
+/// The Control API: its host and the allowances its calls share.
+pub struct Control {
+    host: Arc<dyn ControlHost>,
     uploads: Arc<tokio::sync::Semaphore>,
     log_streams: Arc<tokio::sync::Semaphore>,
 }
 
-/// Serves `host` on `listener` until `shutdown`, to loopback clients only.
-pub async fn serve(listener: TcpListener, host: Arc<dyn ControlHost>, shutdown: CancellationToken) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let allowances = Allowances {
-        uploads: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS)),
-        log_streams: Arc::new(tokio::sync::Semaphore::new(MAX_LOG_STREAMS)),
-    };
-    loop {
-        let Some((stream, peer)) = ops::http::accept(&listener, &shutdown, "Flower Control").await
-        else {
-            return;
-        };
-        if !peer.ip().to_canonical().is_loopback() {
-            tracing::warn!(%peer, "Flower Control API: a client off loopback, closed");
-            continue;
-        }
-        let slot = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => return,
-            },
-        };
-        let host = host.clone();
-        let shutdown = shutdown.clone();
-        let allowances = allowances.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let stream_shutdown = shutdown.clone();
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let host = host.clone();
-                let shutdown = stream_shutdown.clone();
-                let allowances = allowances.clone();
-                async move { Ok::<_, Infallible>(answer(host, request, allowances, shutdown).await) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = connection => {}
-                _ = shutdown.cancelled() => {}
-            }
-        });
+impl Control {
+    /// The Control API over `host`.
+    pub fn new(host: Arc<dyn ControlHost>) -> Arc<Self> {
+        Arc::new(Control {
+            host,
+            uploads: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS)),
+            log_streams: Arc::new(tokio::sync::Semaphore::new(MAX_LOG_STREAMS)),
+        })
+    }
+
+    /// Answers one request under [`PREFIX`] from a loopback peer; a log stream ends at
+    /// `shutdown`.
+    pub async fn answer(
+        &self,
+        request: Request<Incoming>,
+        shutdown: CancellationToken,
+    ) -> Response<Body> {
+        answer(self, request, shutdown).await
     }
 }
 
@@ -313,11 +260,11 @@ fn names_loopback(request: &Request<Incoming>) -> bool {
 }
 
 async fn answer(
-    host: Arc<dyn ControlHost>,
+    control: &Control,
     request: Request<Incoming>,
-    allowances: Allowances,
     shutdown: CancellationToken,
 ) -> Response<Body> {
+    let host = control.host.clone();
     if !names_loopback(&request) {
         return error_response(&ApiError::new(
             403,
@@ -348,7 +295,7 @@ async fn answer(
     // A FAB is read only with one of the few upload permits: a flood of them cannot hold
     // gigabytes at once.
     let (limit, _upload) = if call == Call::StartRun {
-        match allowances.uploads.clone().acquire_owned().await {
+        match control.uploads.clone().acquire_owned().await {
             Ok(permit) => (MAX_START_RUN_BODY, Some(permit)),
             Err(_) => return error_response(&ApiError::new(503, 0, "Shutting down.")),
         }
@@ -356,7 +303,7 @@ async fn answer(
         (MAX_BODY, None)
     };
     let read = Limited::new(request.into_body(), limit).collect();
-    let body = match tokio::time::timeout(HEADER_TIMEOUT, read).await {
+    let body = match tokio::time::timeout(BODY_TIMEOUT, read).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(_)) => {
             return error_response(&ApiError::new(
@@ -432,7 +379,7 @@ async fn answer(
         },
         Call::StreamLogs => match proto::StreamLogsRequest::decode(body) {
             Ok(request) => {
-                let Ok(permit) = allowances.log_streams.clone().try_acquire_owned() else {
+                let Ok(permit) = control.log_streams.clone().try_acquire_owned() else {
                     return error_response(&ApiError::new(
                         503,
                         0,

@@ -10,8 +10,12 @@
 //! - [`proto`]: the generated types of Flower's `flwr.proto` package.
 //! - [`records`], [`npy`], [`messages`]: records, arrays and message metadata, both ways, exactly.
 //! - [`objects`]: messages as Flower's content-addressed object trees (deflate, inflate, ids).
+//! - [`exchange`]: one instruction handed out and its reply gathered, object by object.
 //! - [`server`]: the runtime API over HTTP/1.1 and the connection bounds, for any task.
-//! - [`control`]: the Control API over HTTP as Flower's own `flwr` calls it (`ls`, `stop`, `log`).
+//! - [`control`]: the Control API over HTTP as Flower's own `flwr` calls it (`run`, `ls`, `stop`,
+//!   `log`, `supernode`).
+//! - [`fleet`]: the Fleet API over HTTP as Flower's own `flower-supernode` calls it.
+//! - [`link`]: the SuperLink's one HTTP port serving both, over TLS when configured.
 //! - [`tasks`]: what both tasks share: the registry of tasks by token, a task's input, the
 //!   protobuf coding.
 //! - [`clientapp`]: a `flwr-clientapp` task, and each run's context state on a node.
@@ -21,7 +25,10 @@
 
 pub mod clientapp;
 pub mod control;
+pub mod exchange;
+pub mod fleet;
 pub mod launch;
+pub mod link;
 pub mod messages;
 pub mod npy;
 pub mod objects;

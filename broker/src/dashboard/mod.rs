@@ -108,21 +108,7 @@ pub enum DashboardError {
     },
     /// The certificate could not be used for HTTPS.
     #[error("dashboard TLS: {0}")]
-    Tls(#[from] rustls::Error),
-}
-
-/// The HTTPS configuration: the SuperLink's own certificate, HTTP/1.1.
-fn tls_config(
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-) -> Result<rustls::ServerConfig, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    Tls(#[from] certs::CertsError),
 }
 
 /// Binds the dashboard: HTTPS with the SuperLink's certificate unless the address is loopback;
@@ -142,9 +128,9 @@ pub fn bind(
     let tls = if bound.ip().is_loopback() {
         None
     } else {
-        Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(
-            chain, key,
-        )?)))
+        Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+            certs::tls::https_server_config(chain, key)?,
+        )))
     };
     let access = match operator_auth {
         OperatorAuth::Keys(_) => {

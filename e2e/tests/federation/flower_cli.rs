@@ -4,7 +4,7 @@
 
 use crate::runs::{follow, start_run};
 use broker::config::{BrokerConfig, NodeAuth};
-use broker::flower_control::FlowerHttp;
+use broker::flower_http::FlowerHttp;
 use e2e::{Db, Federation, PATIENCE, RunningNode, flower_program};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ fn with_flower_http(config: &mut BrokerConfig) {
     config.flower_http = Some(FlowerHttp {
         address: SocketAddr::from(([127, 0, 0, 1], 0)),
         required: true,
+        tls: false,
     });
 }
 
@@ -117,6 +118,7 @@ fn on_every_interface(config: &mut BrokerConfig) {
     config.flower_http = Some(FlowerHttp {
         address: SocketAddr::from(([0, 0, 0, 0], 0)),
         required: true,
+        tls: false,
     });
 }
 
@@ -167,16 +169,28 @@ async fn flowers_http_control_api_answers_loopback_only_and_never_beside_operato
             .expect("a route off this machine");
         socket.local_addr().unwrap().ip()
     };
+    // The port serves Flower's SuperNodes everywhere; its Control API only to loopback peers.
     let answer = ask(
         outward,
         "Host: localhost\r\nContent-Type: application/protobuf\r\n",
     )
     .await;
-    assert!(answer.is_empty(), "{outward}: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 403"), "{outward}: {answer}");
+    assert!(answer.contains("loopback only"), "{answer}");
 
+    // Beside operator keys, the port serves Flower's SuperNodes and no Control API at all.
     let keyed =
         Federation::start_tuned(NodeAuth::Automatic, true, Db::Memory, with_flower_http).await;
-    assert_eq!(keyed.broker().flower_http_addr, None);
+    let port = keyed.broker().flower_http_addr.expect("served").port();
+    let mut stream = tokio::net::TcpStream::connect((loopback, port)).await.unwrap();
+    let request = "POST /v1/control/list-runs HTTP/1.1\r\nHost: localhost\r\n\
+                   Content-Type: application/protobuf\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response)).await;
+    let answer = String::from_utf8_lossy(&response);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(answer.contains("sign in with keys"), "{answer}");
 }
 
 fn with_flower_http_and_serverapp(config: &mut BrokerConfig) {
