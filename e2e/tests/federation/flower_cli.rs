@@ -182,7 +182,9 @@ async fn flowers_http_control_api_answers_loopback_only_and_never_beside_operato
     let keyed =
         Federation::start_tuned(NodeAuth::Automatic, true, Db::Memory, with_flower_http).await;
     let port = keyed.broker().flower_http_addr.expect("served").port();
-    let mut stream = tokio::net::TcpStream::connect((loopback, port)).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect((loopback, port))
+        .await
+        .unwrap();
     let request = "POST /v1/control/list-runs HTTP/1.1\r\nHost: localhost\r\n\
                    Content-Type: application/protobuf\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
     stream.write_all(request.as_bytes()).await.unwrap();

@@ -10,6 +10,7 @@ mod dashboard;
 mod flower_apps;
 mod flower_cli;
 mod flower_corpus;
+mod flower_supernodes;
 mod hostile;
 mod isolation;
 mod learning;
