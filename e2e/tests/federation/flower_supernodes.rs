@@ -179,3 +179,361 @@ async fn a_run_mixes_flowers_own_supernodes_and_a_flower_rs_supernode() {
         "{lines:#?}"
     );
 }
+
+fn with_flower_http(config: &mut BrokerConfig) {
+    with_flower_serverapp(config);
+    config.flower_http = Some(FlowerHttp {
+        address: SocketAddr::from(([127, 0, 0, 1], 0)),
+        required: true,
+        tls: false,
+    });
+}
+
+/// A SuperNode written by hand: every request Flower's would send, and the ones it never would.
+struct HandmadeSuperNode {
+    key: certs::IdentityKey,
+    address: SocketAddr,
+}
+
+/// An HTTP answer: its status and body.
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn decode<M: prost::Message + Default>(&self) -> M {
+        assert_eq!(self.status, 200, "{}", String::from_utf8_lossy(&self.body));
+        M::decode(self.body.as_slice()).unwrap()
+    }
+
+    fn code(&self) -> i64 {
+        let json: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_default();
+        json["code"].as_i64().unwrap_or(-1)
+    }
+}
+
+impl HandmadeSuperNode {
+    fn new(federation: &Federation, key: &str) -> Self {
+        HandmadeSuperNode {
+            key: certs::load::load_identity_key(&federation.path(&format!("keys/{key}"))).unwrap(),
+            address: federation.broker().flower_http_addr.expect("served"),
+        }
+    }
+
+    fn pem(&self) -> Vec<u8> {
+        self.key.public_key().to_pem().into_bytes()
+    }
+
+    /// The signature headers of `signer` over the time `ms` (and a unique microsecond: the
+    /// same time signed twice is the same signature, which is refused the second time),
+    /// presenting this node's key.
+    fn headers_at(&self, ms: u64, signer: &certs::IdentityKey) -> String {
+        use base64::Engine as _;
+        static MICROS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let micros = MICROS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1000;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let timestamp =
+            flower_runtime::control::iso(ms).replace("+00:00", &format!("{micros:03}+00:00"));
+        format!(
+            "flwr-public-key: {}\r\nflwr-timestamp: {timestamp}\r\nflwr-signature: {}\r\n",
+            b64(&self.pem()),
+            b64(&signer.sign(timestamp.as_bytes()))
+        )
+    }
+
+    fn headers(&self) -> String {
+        self.headers_at(wire::message::now_ms(), &self.key)
+    }
+
+    /// One request on a fresh connection.
+    async fn send(&self, call: &str, headers: &str, body: &[u8]) -> Answer {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(self.address).await.unwrap();
+        // A length in `headers` is a claim the body does not keep.
+        let length = if headers.contains("Content-Length") {
+            String::new()
+        } else {
+            format!("Content-Length: {}\r\n", body.len())
+        };
+        let head = format!(
+            "POST /v1/fleet/{call} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/protobuf\r\n\
+             {headers}{length}Connection: close\r\n\r\n",
+            self.address,
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let _ = stream.write_all(body).await;
+        let mut response = Vec::new();
+        let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response)).await;
+        let text = String::from_utf8_lossy(&response);
+        let status = text
+            .get(9..12)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0);
+        let split = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(response.len(), |at| at + 4);
+        Answer {
+            status,
+            body: response[split..].to_vec(),
+        }
+    }
+
+    async fn call(&self, call: &str, request: &impl prost::Message) -> Answer {
+        self.send(call, &self.headers(), &request.encode_to_vec())
+            .await
+    }
+}
+
+fn node(id: NodeId) -> Option<flower_runtime::proto::Node> {
+    Some(flower_runtime::proto::Node { node_id: id.0 })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_api_refuses_forged_stale_replayed_and_foreign_requests_and_bad_objects() {
+    use flower_runtime::proto;
+    use prost::Message as _;
+    let federation =
+        Federation::start_tuned(NodeAuth::Registered, false, Db::Memory, with_flower_http).await;
+    let first_id = federation.register("client_credentials_1").await;
+    let second_id = federation.register("client_credentials_2").await;
+    let first = HandmadeSuperNode::new(&federation, "client_credentials_1");
+    let second = HandmadeSuperNode::new(&federation, "client_credentials_2");
+    let stranger = HandmadeSuperNode::new(&federation, "client_credentials_3");
+    let activate = |who: &HandmadeSuperNode| proto::ActivateNodeRequest {
+        public_key: who.pem(),
+        heartbeat_interval: 30.0,
+    };
+
+    // A signed activation, then the same bytes again: a replay.
+    let headers = first.headers();
+    let body = activate(&first).encode_to_vec();
+    let answer = first.send("activate-node", &headers, &body).await;
+    let activated: proto::ActivateNodeResponse = answer.decode();
+    assert_eq!(activated.node_id, first_id.0);
+    assert_eq!(
+        first.send("activate-node", &headers, &body).await.status,
+        401
+    );
+    // Signed too long ago, or ahead of the clock, or by another key.
+    let now = wire::message::now_ms();
+    let stale = first.headers_at(now - 400_000, &first.key);
+    assert_eq!(first.send("activate-node", &stale, &body).await.status, 401);
+    let ahead = first.headers_at(now + 60_000, &first.key);
+    assert_eq!(first.send("activate-node", &ahead, &body).await.status, 401);
+    let forged = first.headers_at(now, &second.key);
+    assert_eq!(
+        first.send("activate-node", &forged, &body).await.status,
+        401
+    );
+    // Another key in the body than the one that signed.
+    let answer = first.call("activate-node", &activate(&second)).await;
+    assert_eq!(answer.status, 401);
+    // A key nobody registered may neither register itself nor come online.
+    let answer = stranger
+        .call(
+            "register-node",
+            &proto::RegisterNodeFleetRequest {
+                public_key: stranger.pem(),
+            },
+        )
+        .await;
+    assert_eq!((answer.status, answer.code()), (412, 2001));
+    let answer = stranger.call("activate-node", &activate(&stranger)).await;
+    assert_eq!((answer.status, answer.code()), (412, 2004));
+    // A registered node speaking for another one.
+    second
+        .call("activate-node", &activate(&second))
+        .await
+        .decode::<proto::ActivateNodeResponse>();
+    let answer = second
+        .call(
+            "pull-messages",
+            &proto::PullMessagesRequest {
+                node: node(first_id),
+                message_ids: Vec::new(),
+            },
+        )
+        .await;
+    assert_eq!(answer.status, 401);
+    // Heartbeats outside Flower's bounds; a run the node holds nothing of.
+    let answer = first
+        .call(
+            "send-node-heartbeat",
+            &proto::SendNodeHeartbeatRequest {
+                node: node(first_id),
+                heartbeat_interval: 1.0,
+            },
+        )
+        .await;
+    assert_eq!((answer.status, answer.code()), (400, 2003));
+    let answer = first
+        .call(
+            "get-run",
+            &proto::GetRunRequest {
+                node: node(first_id),
+                run_id: 12345,
+            },
+        )
+        .await;
+    assert_eq!((answer.status, answer.code()), (403, 2008));
+    // A body over its bound is refused before it is read.
+    let answer = first
+        .send(
+            "push-messages",
+            &format!("{}Content-Length: 2097152\r\n", first.headers()),
+            b"",
+        )
+        .await;
+    assert_eq!(answer.status, 413);
+
+    // A run for both: each pulls its instruction.
+    let run_id = start_flower_app(&federation, &echo_app(), &[]).await;
+    // Before it holds one of its instructions, a node may not read the run.
+    let answer = first
+        .call(
+            "get-run",
+            &proto::GetRunRequest {
+                node: node(first_id),
+                run_id: run_id.0,
+            },
+        )
+        .await;
+    assert_eq!((answer.status, answer.code()), (403, 2008));
+    let pull = |who: &'static str, id: NodeId| {
+        let supernode = if who == "first" { &first } else { &second };
+        async move {
+            let deadline = tokio::time::Instant::now() + PATIENCE * 4;
+            loop {
+                let pulled: proto::PullMessagesResponse = supernode
+                    .call(
+                        "pull-messages",
+                        &proto::PullMessagesRequest {
+                            node: node(id),
+                            message_ids: Vec::new(),
+                        },
+                    )
+                    .await
+                    .decode();
+                if let (Some(message), Some(tree)) = (
+                    pulled.messages_list.first(),
+                    pulled.message_object_trees.first(),
+                ) {
+                    return (message.metadata.clone().unwrap(), tree.clone());
+                }
+                assert!(tokio::time::Instant::now() < deadline, "no instruction");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let (instruction, _) = pull("first", first_id).await;
+    let (_, _) = pull("second", second_id).await;
+    assert_eq!(instruction.run_id, run_id.0);
+    // The run, but not another: and objects only of what it holds.
+    let run: proto::GetRunResponse = first
+        .call(
+            "get-run",
+            &proto::GetRunRequest {
+                node: node(first_id),
+                run_id: run_id.0,
+            },
+        )
+        .await
+        .decode();
+    assert_eq!(run.run.unwrap().run_id, run_id.0);
+    let answer = first
+        .call(
+            "pull-object",
+            &proto::PullObjectRequest {
+                node: node(first_id),
+                run_id: run_id.0,
+                object_id: "0".repeat(64),
+            },
+        )
+        .await;
+    let missing: proto::PullObjectResponse = answer.decode();
+    assert!(!missing.object_found);
+
+    // A reply whose object does not hash to its id is not stored; the right bytes are.
+    let mut metadata = proto::Metadata {
+        run_id: run_id.0,
+        message_id: String::new(),
+        src_node_id: first_id.0,
+        dst_node_id: instruction.src_node_id,
+        reply_to_message_id: instruction.message_id.clone(),
+        group_id: instruction.group_id.clone(),
+        ttl: instruction.ttl,
+        message_type: instruction.message_type.clone(),
+        created_at: wire::message::now_ms() as f64 / 1000.0,
+        src_task_id: None,
+        dst_task_id: None,
+    };
+    let deflated = flower_runtime::objects::deflate(
+        &metadata,
+        &flower_runtime::objects::Body::Content(wire::RecordDict::default()),
+    )
+    .unwrap();
+    metadata.message_id = deflated.tree.object_id.clone();
+    let pushed: proto::PushMessagesResponse = first
+        .call(
+            "push-messages",
+            &proto::PushMessagesRequest {
+                node: node(first_id),
+                messages_list: vec![proto::Message {
+                    metadata: Some(metadata),
+                    content: None,
+                    error: None,
+                }],
+                message_object_trees: vec![deflated.tree.clone()],
+                clientapp_runtime_list: vec![0.1],
+            },
+        )
+        .await
+        .decode();
+    assert_eq!(pushed.objects_to_push.len(), deflated.objects.len());
+    let push_object = |id: String, content: Vec<u8>| proto::PushObjectRequest {
+        node: node(first_id),
+        run_id: run_id.0,
+        object_id: id,
+        object_content: content,
+        session_id: pushed.session_id.clone(),
+    };
+    let root = deflated.objects.last().unwrap();
+    let tampered: proto::PushObjectResponse = first
+        .call(
+            "push-object",
+            &push_object(root.id.clone(), b"not the object".to_vec()),
+        )
+        .await
+        .decode();
+    assert!(!tampered.stored);
+    for object in &deflated.objects {
+        let stored: proto::PushObjectResponse = first
+            .call(
+                "push-object",
+                &push_object(object.id.clone(), object.bytes.clone()),
+            )
+            .await
+            .decode();
+        assert!(stored.stored, "object {}", object.id);
+    }
+
+    // The second never replies; the run is stopped, and what it would push now is refused.
+    federation
+        .request(wire::control::ControlRequest::StopRun { run_id })
+        .await;
+    let answer = second
+        .call(
+            "push-object",
+            &proto::PushObjectRequest {
+                node: node(second_id),
+                run_id: run_id.0,
+                object_id: root.id.clone(),
+                object_content: root.bytes.clone(),
+                session_id: String::new(),
+            },
+        )
+        .await;
+    assert_eq!((answer.status, answer.code()), (403, 2007));
+}
