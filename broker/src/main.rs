@@ -83,7 +83,7 @@ async fn main() -> ExitCode {
     tracing::info!(address = %broker.fleet_addr, "Fleet API listening");
     tracing::info!(address = %broker.control_addr, "Control API listening");
     if let Some(address) = broker.flower_http_addr {
-        tracing::info!(%address, "Flower's HTTP Control API listening (flwr ls, stop, log)");
+        tracing::info!(%address, "Flower's HTTP API listening (Flower's own flower-supernode, and flwr from loopback)");
     }
     if let Some(address) = broker.dashboard_addr {
         let scheme = if address.ip().is_loopback() {

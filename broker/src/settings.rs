@@ -71,9 +71,10 @@ pub struct Args {
     /// Serve Prometheus metrics over plain HTTP on this address (off by default).
     #[arg(long, value_name = "ADDR")]
     pub metrics_address: Option<SocketAddr>,
-    /// Flower's HTTP API host (Flower 1.42's flag): where Flower's own `flwr ls`, `flwr stop`
-    /// and `flwr log` reach this SuperLink, loopback clients only; not served with
-    /// --control-auth-public-keys [default: 127.0.0.1].
+    /// Flower's HTTP API host (Flower 1.42's flag): where Flower's own `flower-supernode`
+    /// joins this SuperLink (the Fleet API), and Flower's own `flwr` from loopback (the Control
+    /// API, not served with --control-auth-public-keys). HTTPS unless --insecure
+    /// [default: 127.0.0.1].
     #[arg(long, value_name = "HOST")]
     pub host: Option<std::net::IpAddr>,
     /// Flower's HTTP API port [default: 8000; when it is taken and neither flag was given, the
