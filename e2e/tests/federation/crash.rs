@@ -25,7 +25,9 @@ const CONTROL_VAR: &str = "FLWR_TEST_BROKER_CONTROL";
 /// Its heartbeat interval in milliseconds (the timeout is three times that); the harness's fast
 /// heartbeats when unset.
 const HEARTBEAT_VAR: &str = "FLWR_TEST_BROKER_HEARTBEAT_MS";
-/// Where it announces the addresses it bound: "fleet control".
+/// Set: it also serves Flower's HTTP port (plain HTTP, on any free loopback port).
+const FLOWER_HTTP_VAR: &str = "FLWR_TEST_BROKER_FLOWER_HTTP";
+/// Where it announces the addresses it bound: "fleet control [flower-http]".
 const ANNOUNCE_FILE: &str = "broker.addresses";
 
 #[test]
@@ -42,6 +44,13 @@ fn broker_process() {
             config.heartbeat_interval = Duration::from_millis(ms.parse().unwrap());
             config.heartbeat_timeout = config.heartbeat_interval * 3;
         }
+        if std::env::var_os(FLOWER_HTTP_VAR).is_some() {
+            config.flower_http = Some(broker::flower_http::FlowerHttp {
+                address: SocketAddr::from(([127, 0, 0, 1], 0)),
+                required: true,
+                tls: false,
+            });
+        }
         let store = Store::open(&dir.join("state.redb")).unwrap();
         let broker = broker::server::start(
             config,
@@ -52,9 +61,13 @@ fn broker_process() {
         )
         .unwrap();
         let staged = dir.join(format!("{ANNOUNCE_FILE}.part"));
+        let flower_http = broker
+            .flower_http_addr
+            .map(|address| format!(" {address}"))
+            .unwrap_or_default();
         std::fs::write(
             &staged,
-            format!("{} {}", broker.fleet_addr, broker.control_addr),
+            format!("{} {}{flower_http}", broker.fleet_addr, broker.control_addr),
         )
         .unwrap();
         std::fs::rename(staged, dir.join(ANNOUNCE_FILE)).unwrap();
@@ -67,12 +80,14 @@ pub struct BrokerProcess {
     pub child: Child,
     pub fleet: SocketAddr,
     pub control: SocketAddr,
+    /// Flower's HTTP port, when asked for.
+    pub flower_http: Option<SocketAddr>,
 }
 
 impl BrokerProcess {
     /// Starts a broker on `dir`'s database and waits until it has bound its ports.
     pub fn spawn(dir: &Path, fleet: SocketAddr, control: SocketAddr) -> Self {
-        Self::spawn_with(dir, fleet, control, None)
+        Self::spawn_with(dir, fleet, control, None, false)
     }
 
     /// [`BrokerProcess::spawn`] with a heartbeat interval of its own.
@@ -81,12 +96,16 @@ impl BrokerProcess {
         fleet: SocketAddr,
         control: SocketAddr,
         heartbeat: Option<Duration>,
+        flower_http: bool,
     ) -> Self {
         let announce = dir.join(ANNOUNCE_FILE);
         let _ = std::fs::remove_file(&announce);
         let mut command = Command::new(std::env::current_exe().unwrap());
         if let Some(heartbeat) = heartbeat {
             command.env(HEARTBEAT_VAR, heartbeat.as_millis().to_string());
+        }
+        if flower_http {
+            command.env(FLOWER_HTTP_VAR, "1");
         }
         let child = command
             .args(["--exact", "crash::broker_process", "--ignored", "--quiet"])
@@ -105,11 +124,12 @@ impl BrokerProcess {
             assert!(Instant::now() < deadline, "the broker process never bound");
             std::thread::sleep(Duration::from_millis(20));
         };
-        let (fleet, control) = text.split_once(' ').unwrap();
+        let mut addresses = text.split(' ').map(|a| a.parse::<SocketAddr>().unwrap());
         BrokerProcess {
             child,
-            fleet: fleet.parse().unwrap(),
-            control: control.parse().unwrap(),
+            fleet: addresses.next().unwrap(),
+            control: addresses.next().unwrap(),
+            flower_http: addresses.next(),
         }
     }
 

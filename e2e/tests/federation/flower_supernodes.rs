@@ -3,6 +3,7 @@
 //! and beside this project's, and an unregistered key cut off.
 
 use crate::flower_apps::{echo_app, flower_nodes, follow, start_flower_app, with_flower_serverapp};
+use crate::handmade_supernode::{HandmadeSuperNode, node};
 use broker::config::{BrokerConfig, NodeAuth};
 use broker::flower_http::FlowerHttp;
 use e2e::{Db, Federation, PATIENCE, flower_program};
@@ -187,107 +188,6 @@ fn with_flower_http(config: &mut BrokerConfig) {
         required: true,
         tls: false,
     });
-}
-
-/// A SuperNode written by hand: every request Flower's would send, and the ones it never would.
-struct HandmadeSuperNode {
-    key: certs::IdentityKey,
-    address: SocketAddr,
-}
-
-/// An HTTP answer: its status and body.
-struct Answer {
-    status: u16,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn decode<M: prost::Message + Default>(&self) -> M {
-        assert_eq!(self.status, 200, "{}", String::from_utf8_lossy(&self.body));
-        M::decode(self.body.as_slice()).unwrap()
-    }
-
-    fn code(&self) -> i64 {
-        let json: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_default();
-        json["code"].as_i64().unwrap_or(-1)
-    }
-}
-
-impl HandmadeSuperNode {
-    fn new(federation: &Federation, key: &str) -> Self {
-        HandmadeSuperNode {
-            key: certs::load::load_identity_key(&federation.path(&format!("keys/{key}"))).unwrap(),
-            address: federation.broker().flower_http_addr.expect("served"),
-        }
-    }
-
-    fn pem(&self) -> Vec<u8> {
-        self.key.public_key().to_pem().into_bytes()
-    }
-
-    /// The signature headers of `signer` over the time `ms` (and a unique microsecond: the
-    /// same time signed twice is the same signature, which is refused the second time),
-    /// presenting this node's key.
-    fn headers_at(&self, ms: u64, signer: &certs::IdentityKey) -> String {
-        use base64::Engine as _;
-        static MICROS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let micros = MICROS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1000;
-        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
-        let timestamp =
-            flower_runtime::control::iso(ms).replace("+00:00", &format!("{micros:03}+00:00"));
-        format!(
-            "flwr-public-key: {}\r\nflwr-timestamp: {timestamp}\r\nflwr-signature: {}\r\n",
-            b64(&self.pem()),
-            b64(&signer.sign(timestamp.as_bytes()))
-        )
-    }
-
-    fn headers(&self) -> String {
-        self.headers_at(wire::message::now_ms(), &self.key)
-    }
-
-    /// One request on a fresh connection.
-    async fn send(&self, call: &str, headers: &str, body: &[u8]) -> Answer {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut stream = tokio::net::TcpStream::connect(self.address).await.unwrap();
-        // A length in `headers` is a claim the body does not keep.
-        let length = if headers.contains("Content-Length") {
-            String::new()
-        } else {
-            format!("Content-Length: {}\r\n", body.len())
-        };
-        let head = format!(
-            "POST /v1/fleet/{call} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/protobuf\r\n\
-             {headers}{length}Connection: close\r\n\r\n",
-            self.address,
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let _ = stream.write_all(body).await;
-        let mut response = Vec::new();
-        let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response)).await;
-        let text = String::from_utf8_lossy(&response);
-        let status = text
-            .get(9..12)
-            .and_then(|code| code.parse().ok())
-            .unwrap_or(0);
-        let split = response
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map_or(response.len(), |at| at + 4);
-        Answer {
-            status,
-            body: response[split..].to_vec(),
-        }
-    }
-
-    async fn call(&self, call: &str, request: &impl prost::Message) -> Answer {
-        self.send(call, &self.headers(), &request.encode_to_vec())
-            .await
-    }
-}
-
-fn node(id: NodeId) -> Option<flower_runtime::proto::Node> {
-    Some(flower_runtime::proto::Node { node_id: id.0 })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

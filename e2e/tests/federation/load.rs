@@ -1,7 +1,9 @@
 //! A thousand nodes on one broker: light in-process clients (one UDP socket, one QUIC connection
 //! each, the real handshake, heartbeats and the real vector-add client app) against a broker in a
-//! process of its own, so its memory and CPU can be read from /proc. Ignored in `cargo test` (it
-//! holds the nodes for a minute); `scripts/load-test` runs it and prints the figures.
+//! process of its own, so its memory and CPU can be read from /proc; and a thousand Flower
+//! SuperNodes polling Flower's HTTP Fleet API as Flower's own does (a signed pull every 3 s, a
+//! heartbeat every 30 s, one connection kept open each). Ignored in `cargo test` (each holds its
+//! nodes for a minute); `scripts/load-test` runs them and prints the figures.
 //!
 //! `FLWR_LOAD_NODES` (1000) and `FLWR_LOAD_HOLD_SECS` (60) change the size; with
 //! `FLWR_LOAD_REPORT=path` the figures are also written there as JSON.
@@ -172,7 +174,7 @@ async fn a_thousand_nodes_stay_online_and_finish_a_round() {
     let hold = Duration::from_secs(env_or("FLWR_LOAD_HOLD_SECS", 60));
     let federation = Federation::prepare(NodeAuth::Automatic, false, Db::File);
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    let broker = BrokerProcess::spawn_with(federation.dir.path(), any, any, Some(HEARTBEAT));
+    let broker = BrokerProcess::spawn_with(federation.dir.path(), any, any, Some(HEARTBEAT), false);
     federation.write_flwr_toml(broker.control, None);
     let pid = broker.child.id();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -280,6 +282,175 @@ async fn a_thousand_nodes_stay_online_and_finish_a_round() {
         "round_seconds": round_time.as_secs_f64(),
         "broker_cpu_seconds_in_round": cpu_after_round - cpu_before_round,
         "node_list_ms_median": median_listing * 1e3,
+    });
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    if let Ok(path) = std::env::var("FLWR_LOAD_REPORT") {
+        std::fs::write(path, report.to_string()).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    tasks.abort_all();
+    drop(broker);
+}
+
+/// How often Flower's SuperNode polls for instructions, and its heartbeat interval (Flower 1.42's
+/// defaults).
+const FLOWER_POLL: Duration = Duration::from_secs(3);
+const FLOWER_HEARTBEAT: Duration = Duration::from_secs(30);
+
+/// One polling Flower SuperNode: registers its key (automatic mode), activates, then (after
+/// `phase` of an interval, so that polls spread) pulls every [`FLOWER_POLL`] and sends a heartbeat every [`FLOWER_HEARTBEAT`] until `stop`; a refused or
+/// failed call is counted in `lost` and ends it.
+async fn polling_node(
+    supernode: crate::handmade_supernode::HandmadeSuperNode,
+    phase: f64,
+    connecting: Arc<tokio::sync::Semaphore>,
+    online: Arc<AtomicU64>,
+    requests: Arc<AtomicU64>,
+    lost: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) {
+    use crate::handmade_supernode::node;
+    use flower_runtime::proto;
+    let node_id = {
+        let _slot = connecting.acquire().await.unwrap();
+        let register = proto::RegisterNodeFleetRequest {
+            public_key: supernode.pem(),
+        };
+        let activate = proto::ActivateNodeRequest {
+            public_key: supernode.pem(),
+            heartbeat_interval: FLOWER_HEARTBEAT.as_secs_f64(),
+        };
+        let registered = supernode.call_kept("register-node", &register).await;
+        assert_eq!(registered.map(|a| a.status), Some(200));
+        let activated = supernode
+            .call_kept("activate-node", &activate)
+            .await
+            .unwrap();
+        NodeId(activated.decode::<proto::ActivateNodeResponse>().node_id)
+    };
+    online.fetch_add(1, Ordering::Relaxed);
+    // Polls spread over the interval, as SuperNodes started at different times are.
+    tokio::time::sleep(FLOWER_POLL.mul_f64(phase)).await;
+    let mut poll = tokio::time::interval(FLOWER_POLL);
+    let mut beat = tokio::time::interval(FLOWER_HEARTBEAT);
+    while !stop.load(Ordering::Relaxed) {
+        let answer = tokio::select! {
+            _ = poll.tick() => {
+                let pull = proto::PullMessagesRequest { node: node(node_id), message_ids: Vec::new() };
+                supernode.call_kept("pull-messages", &pull).await
+            }
+            _ = beat.tick() => {
+                let heartbeat = proto::SendNodeHeartbeatRequest {
+                    node: node(node_id),
+                    heartbeat_interval: FLOWER_HEARTBEAT.as_secs_f64(),
+                };
+                supernode.call_kept("send-node-heartbeat", &heartbeat).await
+            }
+        };
+        requests.fetch_add(1, Ordering::Relaxed);
+        if answer.is_none_or(|answer| answer.status != 200) {
+            lost.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "holds 1,000 polling Flower SuperNodes for a minute: run by scripts/load-test"]
+async fn a_thousand_polling_flower_supernodes_stay_online() {
+    let nodes = env_or("FLWR_LOAD_NODES", 1000) as usize;
+    let hold = Duration::from_secs(env_or("FLWR_LOAD_HOLD_SECS", 60));
+    let federation = Federation::prepare(NodeAuth::Automatic, false, Db::File);
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let broker = BrokerProcess::spawn_with(federation.dir.path(), any, any, None, true);
+    federation.write_flwr_toml(broker.control, None);
+    let address = broker.flower_http.expect("Flower's port served");
+    let pid = broker.child.id();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (idle_rss, _) = process_usage(pid);
+
+    let online = Arc::new(AtomicU64::new(0));
+    let requests = Arc::new(AtomicU64::new(0));
+    let lost = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let connecting = Arc::new(tokio::sync::Semaphore::new(CONNECTING_AT_ONCE));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..nodes {
+        // Each from an address of its own, as SuperNodes at separate sites are: the port holds
+        // one source to 64 connections.
+        let source = std::net::Ipv4Addr::new(127, 1, (index / 250) as u8, (index % 250 + 1) as u8);
+        let supernode = crate::handmade_supernode::HandmadeSuperNode::with_key(
+            IdentityKey::generate(),
+            address,
+        )
+        .with_source(source);
+        tasks.spawn(polling_node(
+            supernode,
+            index as f64 / nodes as f64,
+            connecting.clone(),
+            online.clone(),
+            requests.clone(),
+            lost.clone(),
+            stop.clone(),
+        ));
+    }
+    while online.load(Ordering::Relaxed) < nodes as u64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "only {} SuperNodes activated",
+            online.load(Ordering::Relaxed)
+        );
+        assert_eq!(lost.load(Ordering::Relaxed), 0, "a SuperNode was refused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let connect_time = started.elapsed();
+    // Every SuperNode's first poll, then the figures of a steady state.
+    tokio::time::sleep(FLOWER_POLL).await;
+    let (connected_rss, cpu_before) = process_usage(pid);
+    let requests_before = requests.load(Ordering::Relaxed);
+
+    let hold_started = Instant::now();
+    let mut lowest_online = usize::MAX;
+    let mut listing_times = Vec::new();
+    while hold_started.elapsed() < hold {
+        tokio::time::sleep(Duration::from_secs(5).min(hold)).await;
+        let listing = Instant::now();
+        let listed = federation.nodes(false).await;
+        listing_times.push(listing.elapsed().as_secs_f64());
+        let online_now = listed
+            .iter()
+            .filter(|n| n.status == NodeStatus::Online)
+            .count();
+        lowest_online = lowest_online.min(online_now);
+        assert_eq!(
+            lost.load(Ordering::Relaxed),
+            0,
+            "a SuperNode was refused during the hold"
+        );
+    }
+    let held_for = hold_started.elapsed().as_secs_f64();
+    let (held_rss, cpu_after) = process_usage(pid);
+    let served = requests.load(Ordering::Relaxed) - requests_before;
+    assert_eq!(
+        lowest_online, nodes,
+        "every SuperNode listed online throughout"
+    );
+
+    listing_times.sort_by(f64::total_cmp);
+    let report = serde_json::json!({
+        "protocol": "flower-http",
+        "nodes": nodes,
+        "connect_seconds": connect_time.as_secs_f64(),
+        "hold_seconds": held_for,
+        "requests_per_second": served as f64 / held_for,
+        "broker_idle_rss_mib": idle_rss as f64 / 1048576.0,
+        "broker_connected_rss_mib": connected_rss as f64 / 1048576.0,
+        "broker_held_rss_mib": held_rss as f64 / 1048576.0,
+        "broker_kib_per_node": connected_rss.saturating_sub(idle_rss) as f64 / nodes as f64 / 1024.0,
+        "broker_cpu_share_during_hold": (cpu_after - cpu_before) / held_for,
+        "broker_cpu_ms_per_node_per_second": (cpu_after - cpu_before) / held_for / nodes as f64 * 1e3,
+        "node_list_ms_median": listing_times.get(listing_times.len() / 2).copied().unwrap_or(f64::NAN) * 1e3,
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
     if let Ok(path) = std::env::var("FLWR_LOAD_REPORT") {

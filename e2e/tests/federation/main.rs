@@ -11,6 +11,7 @@ mod flower_apps;
 mod flower_cli;
 mod flower_corpus;
 mod flower_supernodes;
+mod handmade_supernode;
 mod hostile;
 mod isolation;
 mod learning;
