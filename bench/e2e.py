@@ -4,6 +4,9 @@ through Flower's Deployment Engine (bench/flower-app). Both run in development m
 so that each does the same work; flower-rs's authenticated mode adds a handshake per node, not per
 round.
 
+Another keeps all of Flower's deployment but its SuperLink: Flower's own SuperNodes and `flwr`,
+unchanged, against flower-rs's SuperLink on Flower's HTTP port (`flower-supernodes-on-ours`).
+
 A third system runs Flower's own app, bench/flower-app, unchanged on flower-rs: its ServerApp in
 Flower's flwr-serverapp on our SuperLink and its ClientApp in Flower's flwr-clientapp on our
 SuperNodes, with SuperNode authentication on (TLS, registered keys, the signed challenge). Its
@@ -165,10 +168,12 @@ def ours(bins, work, data, learning_rate):
         processes.stop()
 
 
-def flower(bins, work, data, learning_rate, threads):
+def flower(bins, work, data, learning_rate, threads, superlink=None):
     """Flower: flower-superlink, flower-supernode and flwr from the virtual environment, app
-    bench/flower-app, a SuperLink connection in a private FLWR_HOME."""
-    home = work / "flower" / data["name"]
+    bench/flower-app, a SuperLink connection in a private FLWR_HOME. With `superlink` (flower-rs's
+    binaries), that SuperLink replaces Flower's, and everything else stays Flower's: its
+    SuperNodes, its `flwr`, its ServerApp and ClientApp programs."""
+    home = work / ("flower" if superlink is None else "flower-supernodes-on-ours") / data["name"]
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     (home / "config.toml").write_text(
@@ -183,7 +188,16 @@ def flower(bins, work, data, learning_rate, threads):
     processes = Processes(home)
     try:
         started = time.monotonic()
-        processes.start("superlink", [f"{bins}/flower-superlink", "--insecure"], env)
+        if superlink is None:
+            processes.start("superlink", [f"{bins}/flower-superlink", "--insecure"], env)
+        else:
+            processes.start(
+                "superlink",
+                [f"{superlink}/flower-superlink", "--insecure", "--database", str(home / "state.redb")]
+                + ["--apps-dir", str(home / "apps"), "--serverappio-api-address", "127.0.0.1:0"]
+                + ["--flwr-serverapp", f"{bins}/flwr-serverapp"],
+                env,
+            )
         start_supernodes(
             processes,
             data,
@@ -258,6 +272,7 @@ SYSTEMS = {
     "flower": "Flower's Deployment Engine with bench/flower-app",
     "flower-on-ours": "bench/flower-app on flower-rs (Flower's app programs, a warm ClientApp per run)",
     "flower-on-ours-cold": "bench/flower-app on flower-rs (Flower's app programs, a ClientApp per instruction)",
+    "flower-supernodes-on-ours": "Flower's SuperNodes and flwr with bench/flower-app, on flower-rs's SuperLink",
 }
 
 
@@ -307,6 +322,9 @@ def main():
             ),
             "flower-on-ours-cold": lambda: flower_on_ours(
                 args.ours_bin, args.flower_bin, work, data, args.learning_rate, args.flower_threads, warm=False
+            ),
+            "flower-supernodes-on-ours": lambda: flower(
+                args.flower_bin, work, data, args.learning_rate, args.flower_threads, superlink=args.ours_bin
             ),
         }
         results["datasets"][name] = {system: runs[system]() for system in systems}

@@ -106,6 +106,21 @@ impl flower_runtime::control::ControlHost for Host {
         crate::control::unregister(&shared, OPERATOR, node_id).map(|_| ())
     }
 
+    fn artifacts_archive(&self, run_id: RunId) -> Result<Vec<u8>, ControlError> {
+        let shared = self.0.upgrade().ok_or_else(gone)?;
+        let mut archive = app_bundle::fab::zip::ZipWriter::default();
+        for name in shared.store.artifact_names(run_id).map_err(store_error)? {
+            if let Some(bytes) = shared.store.artifact(run_id, &name).map_err(store_error)? {
+                archive
+                    .add(&name, &bytes)
+                    .map_err(|e| ControlError::Internal(format!("{} is too large", e.0)))?;
+            }
+        }
+        archive
+            .finish()
+            .map_err(|e| ControlError::Internal(format!("{} is too large", e.0)))
+    }
+
     fn logs(
         &self,
         run_id: RunId,

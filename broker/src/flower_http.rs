@@ -53,9 +53,10 @@ pub fn spawn(
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let control = match shared.config.operator_auth {
-        OperatorAuth::LoopbackOnly => Some(Control::new(Arc::new(crate::flower_control::Host(
-            Arc::downgrade(shared),
-        )))),
+        OperatorAuth::LoopbackOnly => Some(Control::new(
+            Arc::new(crate::flower_control::Host(Arc::downgrade(shared))),
+            shared.config.flower_http.is_some_and(|http| http.tls),
+        )),
         OperatorAuth::Keys(_) => {
             tracing::info!(
                 "Flower's HTTP Control API is off: operators sign in with keys, with flower-rs's flwr"

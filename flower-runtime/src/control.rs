@@ -83,6 +83,9 @@ pub trait ControlHost: Send + Sync + 'static {
     /// Unregisters a node.
     fn unregister_node(&self, node_id: wire::NodeId) -> Result<(), ControlError>;
 
+    /// A finished run's artifacts, as one ZIP archive.
+    fn artifacts_archive(&self, run_id: RunId) -> Result<Vec<u8>, ControlError>;
+
     /// A run's log lines from index `after` on (within about `max_bytes`), whether more follow,
     /// and the run's status.
     fn logs(
@@ -186,16 +189,93 @@ pub struct Control {
     host: Arc<dyn ControlHost>,
     uploads: Arc<tokio::sync::Semaphore>,
     log_streams: Arc<tokio::sync::Semaphore>,
+    /// Whether the port speaks HTTPS (download links say so).
+    https: bool,
+    /// Download links handed out by `pull-artifacts`: token, run, until when.
+    downloads: std::sync::Mutex<Vec<(String, RunId, std::time::Instant)>>,
 }
 
+/// Where `flwr pull`'s download links point.
+pub const DOWNLOADS: &str = "/v1/artifacts/";
+
+/// How long a download link works.
+pub const DOWNLOAD_LIFETIME: Duration = Duration::from_secs(600);
+
+/// Most download links alive at once (the oldest gives way).
+pub const MAX_DOWNLOADS: usize = 64;
+
 impl Control {
-    /// The Control API over `host`.
-    pub fn new(host: Arc<dyn ControlHost>) -> Arc<Self> {
+    /// The Control API over `host`, on a port that speaks HTTPS when `https`.
+    pub fn new(host: Arc<dyn ControlHost>, https: bool) -> Arc<Self> {
         Arc::new(Control {
             host,
             uploads: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS)),
             log_streams: Arc::new(tokio::sync::Semaphore::new(MAX_LOG_STREAMS)),
+            https,
+            downloads: std::sync::Mutex::default(),
         })
+    }
+
+    /// A download link for run `run_id`'s artifacts, under the `host` the client named.
+    fn download_link(&self, host: &str, run_id: RunId) -> String {
+        let token: [u8; 16] = rand::random();
+        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        let now = std::time::Instant::now();
+        let mut downloads = self.downloads.lock().unwrap_or_else(|p| p.into_inner());
+        downloads.retain(|(_, _, until)| *until > now);
+        if downloads.len() >= MAX_DOWNLOADS {
+            downloads.remove(0);
+        }
+        downloads.push((token.clone(), run_id, now + DOWNLOAD_LIFETIME));
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{host}{DOWNLOADS}{token}/run-{run_id}-artifacts.zip")
+    }
+
+    /// Serves a download link (`GET` [`DOWNLOADS`]`<token>/<name>`) to a loopback peer: the run's
+    /// artifacts as a ZIP archive.
+    pub async fn download(&self, request: Request<Incoming>) -> Response<Body> {
+        if !names_loopback(&request) {
+            return error_response(&ApiError::new(403, 0, "Loopback hosts only."));
+        }
+        if request.method() != Method::GET {
+            return error_response(&ApiError::new(405, 0, "Method Not Allowed"));
+        }
+        let token = request
+            .uri()
+            .path()
+            .strip_prefix(DOWNLOADS)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_default();
+        let now = std::time::Instant::now();
+        let run_id = {
+            let downloads = self.downloads.lock().unwrap_or_else(|p| p.into_inner());
+            downloads
+                .iter()
+                .find(|(known, _, until)| known == token && *until > now)
+                .map(|(_, run_id, _)| *run_id)
+        };
+        let Some(run_id) = run_id else {
+            return error_response(&ApiError::new(
+                404,
+                0,
+                "No such download link, or it expired: run flwr pull again.",
+            ));
+        };
+        let host = self.host.clone();
+        match blocking(move || host.artifacts_archive(run_id)).await {
+            Ok(archive) => {
+                let mut response = respond(200, "application/zip", archive);
+                if let Ok(disposition) = HeaderValue::from_str(&format!(
+                    "attachment; filename=\"run-{run_id}-artifacts.zip\""
+                )) {
+                    response
+                        .headers_mut()
+                        .insert(hyper::header::CONTENT_DISPOSITION, disposition);
+                }
+                response
+            }
+            Err(error) => error_response(&error),
+        }
     }
 
     /// Answers one request under [`PREFIX`] from a loopback peer; a log stream ends at
@@ -218,6 +298,7 @@ enum Call {
     StartRun,
     ListRuns,
     StopRun,
+    PullArtifacts,
     StreamLogs,
 }
 
@@ -230,6 +311,7 @@ impl Call {
             "start-run" => Some(Call::StartRun),
             "list-runs" => Some(Call::ListRuns),
             "stop-run" => Some(Call::StopRun),
+            "pull-artifacts" => Some(Call::PullArtifacts),
             "stream-logs" => Some(Call::StreamLogs),
             _ => None,
         }
@@ -265,6 +347,12 @@ async fn answer(
     shutdown: CancellationToken,
 ) -> Response<Body> {
     let host = control.host.clone();
+    let named_host = request
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("127.0.0.1")
+        .to_string();
     if !names_loopback(&request) {
         return error_response(&ApiError::new(
             403,
@@ -275,8 +363,8 @@ async fn answer(
     let path = request.uri().path();
     let Some(call) = Call::of_path(path) else {
         let detail = if path.starts_with(PREFIX) {
-            "flower-superlink serves `flwr run`, `ls`, `stop`, `log` and `supernode register`, \
-             `list` and `unregister` of Flower's CLI; use flower-rs's `flwr` for the rest"
+            "flower-superlink serves `flwr run`, `ls`, `stop`, `log`, `pull` and `supernode \
+             register`, `list` and `unregister` of Flower's CLI; use flower-rs's `flwr` for the rest"
         } else {
             "Not Found"
         };
@@ -374,6 +462,29 @@ async fn answer(
                 blocking(move || host.stop(run_id))
                     .await
                     .map(|()| proto::StopRunResponse { success: true }.encode_to_vec())
+            }
+            Err(why) => return bad_body(why),
+        },
+        Call::PullArtifacts => match proto::PullArtifactsRequest::decode(body) {
+            Ok(request) => {
+                let run_id = RunId(request.run_id);
+                let finished = blocking(move || host.runs(Some(run_id)))
+                    .await
+                    .and_then(|runs| match runs.first() {
+                        Some(run) if run.status.is_finished() => Ok(()),
+                        Some(_) => Err(ApiError::new(
+                            412,
+                            21,
+                            "Cannot pull artifacts for an unfinished run.",
+                        )),
+                        None => Err(api_error(ControlError::UnknownRun(run_id))),
+                    });
+                finished.map(|()| {
+                    proto::PullArtifactsResponse {
+                        url: Some(control.download_link(&named_host, run_id)),
+                    }
+                    .encode_to_vec()
+                })
             }
             Err(why) => return bad_body(why),
         },

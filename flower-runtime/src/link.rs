@@ -151,7 +151,7 @@ async fn route(
     {
         return fleet.answer(request).await;
     }
-    if path.starts_with(crate::control::PREFIX) {
+    if path.starts_with(crate::control::PREFIX) || path.starts_with(crate::control::DOWNLOADS) {
         if !peer.ip().to_canonical().is_loopback() {
             return error_response(&ApiError::new(
                 403,
@@ -160,6 +160,9 @@ async fn route(
             ));
         }
         return match link.control {
+            Some(control) if path.starts_with(crate::control::DOWNLOADS) => {
+                control.download(request).await
+            }
             Some(control) => control.answer(request, shutdown).await,
             None => error_response(&ApiError::new(
                 404,

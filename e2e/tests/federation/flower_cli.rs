@@ -233,6 +233,39 @@ async fn flowers_own_flwr_runs_a_flower_app_directory_with_its_config_and_overri
             .any(|line| line.contains("final [0.0, 3.0, 6.0, 9.0]")),
         "{lines:#?}"
     );
+
+    // flwr pull answers with a link; the link gives the run's artifacts as a ZIP archive.
+    let (ok, out) = flwr.run(&["pull", &run_id.to_string()]).await;
+    assert!(ok, "{out}");
+    let url = out
+        .split_whitespace()
+        .find(|word| word.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no link in {out}"));
+    let path = url.split_once("://").unwrap().1;
+    let (authority, path) = path.split_at(path.find('/').unwrap());
+    let (status, archive) = http_get(authority, path).await;
+    assert_eq!(status, 200);
+    let files = app_bundle::fab::unzip(&archive).unwrap();
+    assert!(files.contains_key("final.npy"), "{:?}", files.keys());
+    // Another token is no link.
+    let forged = path.replace(&path[14..20], "000000");
+    assert_eq!(http_get(authority, &forged).await.0, 404);
+}
+
+/// `GET path` from `authority` (host:port): the status and the body.
+async fn http_get(authority: &str, path: &str) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = String::from_utf8_lossy(&response[9..12]).parse().unwrap();
+    let body = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    (status, response[body..].to_vec())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
