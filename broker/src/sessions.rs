@@ -30,6 +30,24 @@ pub enum Protocol {
     Http,
 }
 
+impl Protocol {
+    /// Its name in JSON: `quic` or `flower-http`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Quic => "quic",
+            Protocol::Http => "flower-http",
+        }
+    }
+
+    /// Its name for people: `QUIC` or `Flower HTTP`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Quic => "QUIC",
+            Protocol::Http => "Flower HTTP",
+        }
+    }
+}
+
 impl Link {
     fn close(&self, code: u32, reason: &[u8]) {
         if let Link::Quic(connection) = self {

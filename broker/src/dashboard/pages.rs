@@ -152,7 +152,15 @@ fn last_seen(node: &NodeInfo) -> String {
     }
 }
 
-fn nodes_table(nodes: &[NodeInfo], history: &dyn Fn(&NodeInfo) -> String, now: u64) -> String {
+/// What a node's row shows beside its record.
+pub struct NodeCells<'a> {
+    /// The protocol it is online over (`-` when it is not online).
+    pub protocol: &'a dyn Fn(&NodeInfo) -> &'static str,
+    /// Its online history's strip.
+    pub history: &'a dyn Fn(&NodeInfo) -> String,
+}
+
+fn nodes_table(nodes: &[NodeInfo], cells: &NodeCells<'_>, now: u64) -> String {
     if nodes.is_empty() {
         return "<p class=\"empty\">No SuperNode is registered yet: <code>flwr supernode register</code> adds one.</p>".into();
     }
@@ -164,7 +172,7 @@ fn nodes_table(nodes: &[NodeInfo], history: &dyn Fn(&NodeInfo) -> String, now: u
         let _ = write!(
             html,
             "<tr data-node-id=\"{id}\"><td class=\"id\">{id}</td><td><span class=\"status {class}\">{status}</span></td>\
-             <td title=\"{changed}\">{since}</td><td>{owner}</td><td>QUIC</td><td>{seen}</td><td>{strip}</td></tr>",
+             <td title=\"{changed}\">{since}</td><td>{owner}</td><td>{protocol}</td><td>{seen}</td><td>{strip}</td></tr>",
             id = node.node_id,
             class = node_status_class(node.status),
             status = node.status.as_str(),
@@ -172,7 +180,8 @@ fn nodes_table(nodes: &[NodeInfo], history: &dyn Fn(&NodeInfo) -> String, now: u
             since = elapsed(node.status_changed_at_ms, now),
             owner = escape(&node.owner),
             seen = last_seen(node),
-            strip = history(node),
+            protocol = (cells.protocol)(node),
+            strip = (cells.history)(node),
         );
     }
     html.push_str("</tbody></table>");
@@ -230,12 +239,7 @@ pub fn newest_first(runs: &mut [RunInfo]) {
 }
 
 /// The overview's `<main>`: counts, the nodes, the latest runs.
-pub fn overview(
-    nodes: &[NodeInfo],
-    runs: &[RunInfo],
-    history: &dyn Fn(&NodeInfo) -> String,
-    now: u64,
-) -> String {
+pub fn overview(nodes: &[NodeInfo], runs: &[RunInfo], cells: &NodeCells<'_>, now: u64) -> String {
     let online = nodes
         .iter()
         .filter(|n| n.status == NodeStatus::Online)
@@ -251,14 +255,14 @@ pub fn overview(
          <h2>Nodes</h2>{}<h2>Latest runs</h2>{}",
         nodes.len(),
         runs.len(),
-        nodes_table(nodes, history, now),
+        nodes_table(nodes, cells, now),
         runs_table(&runs[..runs.len().min(OVERVIEW_RUNS)], now),
     )
 }
 
 /// The nodes page's `<main>`.
-pub fn nodes(nodes: &[NodeInfo], history: &dyn Fn(&NodeInfo) -> String, now: u64) -> String {
-    format!("<h1>Nodes</h1>{}", nodes_table(nodes, history, now))
+pub fn nodes(nodes: &[NodeInfo], cells: &NodeCells<'_>, now: u64) -> String {
+    format!("<h1>Nodes</h1>{}", nodes_table(nodes, cells, now))
 }
 
 /// The runs page's `<main>`.

@@ -377,6 +377,8 @@ pub struct Snapshot {
     pub runs: Vec<RunInfo>,
     /// One run's view.
     pub run: Option<RunView>,
+    /// The protocol each online node is on.
+    pub protocols: std::collections::HashMap<wire::NodeId, crate::sessions::Protocol>,
     /// When it was read.
     pub now: u64,
 }
@@ -410,10 +412,15 @@ pub fn snapshot(shared: &Shared, dashboard: &Dashboard, view: View) -> Result<Sn
         }
         _ => None,
     };
+    let protocols = nodes
+        .iter()
+        .filter_map(|node| Some((node.node_id, shared.sessions.protocol(node.node_id)?)))
+        .collect();
     Ok(Snapshot {
         nodes,
         runs,
         run,
+        protocols,
         now: now_ms(),
     })
 }
@@ -426,11 +433,21 @@ pub fn main_fragment(dashboard: &Dashboard, view: View, snapshot: &Snapshot) -> 
         samples.push(node.status);
         pages::strip(&samples)
     };
+    let protocol = |node: &NodeInfo| {
+        snapshot
+            .protocols
+            .get(&node.node_id)
+            .map_or("-", |protocol| protocol.label())
+    };
+    let cells = pages::NodeCells {
+        protocol: &protocol,
+        history: &strip,
+    };
     match (view, &snapshot.run) {
         (View::Overview, _) => {
-            pages::overview(&snapshot.nodes, &snapshot.runs, &strip, snapshot.now)
+            pages::overview(&snapshot.nodes, &snapshot.runs, &cells, snapshot.now)
         }
-        (View::Nodes, _) => pages::nodes(&snapshot.nodes, &strip, snapshot.now),
+        (View::Nodes, _) => pages::nodes(&snapshot.nodes, &cells, snapshot.now),
         (View::Runs, _) => pages::runs(&snapshot.runs, snapshot.now),
         (View::Run(_), Some(run)) => pages::run(run, snapshot.now),
         (View::Run(id), None) => format!("<p>No run {id}.</p>"),
@@ -447,7 +464,11 @@ fn json_of(dashboard: &Dashboard, view: View, snapshot: &Snapshot) -> Value {
             .map(|node| {
                 let mut value = wire::control_json::node(node, now);
                 if let Value::Object(entries) = &mut value {
-                    entries.insert("protocol".into(), "quic".into());
+                    let protocol = snapshot.protocols.get(&node.node_id);
+                    entries.insert(
+                        "protocol".into(),
+                        protocol.map_or(Value::Null, |p| p.as_str().into()),
+                    );
                     entries.insert(
                         "online-history".into(),
                         dashboard

@@ -224,7 +224,7 @@ async fn screenshot(url: &str, profile: &std::path::Path, name: &str) {
 }
 
 /// One plain HTTP/1.1 GET with `headers`: the status code, the response head, the body.
-async fn get(address: SocketAddr, path: &str, headers: &str) -> (u16, String, String) {
+pub(crate) async fn get(address: SocketAddr, path: &str, headers: &str) -> (u16, String, String) {
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();

@@ -15,6 +15,10 @@ use wire::control::{NodeStatus, RunStatus};
 
 fn with_flower_https(config: &mut BrokerConfig) {
     with_flower_serverapp(config);
+    config.dashboard = Some(broker::dashboard::DashboardConfig::at(SocketAddr::from((
+        [127, 0, 0, 1],
+        0,
+    ))));
     config.flower_http = Some(FlowerHttp {
         address: SocketAddr::from(([127, 0, 0, 1], 0)),
         required: true,
@@ -158,6 +162,19 @@ async fn a_run_mixes_flowers_own_supernodes_and_a_flower_rs_supernode() {
     let (_, one) = registered_flower_supernode(&federation, "client_credentials_1").await;
     let (_, two) = registered_flower_supernode(&federation, "client_credentials_2").await;
     let _ours = flower_nodes(&federation, 1).await;
+    // The dashboard tells them apart.
+    let dashboard = federation.broker().dashboard_addr.expect("dashboard on");
+    let (status, _, body) = crate::dashboard::get(dashboard, "/nodes.json", "").await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut protocols: Vec<&str> = json["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|node| node["protocol"].as_str().unwrap_or("-"))
+        .collect();
+    protocols.sort();
+    assert_eq!(protocols, ["flower-http", "flower-http", "quic"], "{body}");
 
     let run_id = start_flower_app(&federation, &echo_app(), &[]).await;
     let (lines, status) = follow(&federation, run_id).await;
