@@ -245,6 +245,14 @@ fn answer(shared: &Arc<Shared>, operator: &str, request: ControlRequest) -> Cont
             runner::stop(shared, run_id, operator).map(|()| ControlResponse::RunStopped { run_id })
         }
         ControlRequest::PullArtifacts { run_id } => artifacts(shared, run_id),
+        ControlRequest::OnlineProtocols => Ok(ControlResponse::OnlineProtocols(
+            shared
+                .sessions
+                .online()
+                .into_iter()
+                .filter_map(|node| Some((node, shared.sessions.protocol(node)?)))
+                .collect(),
+        )),
         ControlRequest::DashboardLink => Ok(match &shared.dashboard {
             Some(dashboard) => dashboard.link(operator),
             None => crate::dashboard::not_served(),

@@ -22,31 +22,7 @@ enum Link {
 }
 
 /// The protocol a node is online over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// This project's Fleet API over QUIC.
-    Quic,
-    /// Flower's Fleet API over HTTP.
-    Http,
-}
-
-impl Protocol {
-    /// Its name in JSON: `quic` or `flower-http`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Quic => "quic",
-            Protocol::Http => "flower-http",
-        }
-    }
-
-    /// Its name for people: `QUIC` or `Flower HTTP`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Protocol::Quic => "QUIC",
-            Protocol::Http => "Flower HTTP",
-        }
-    }
-}
+pub use wire::control::NodeProtocol as Protocol;
 
 impl Link {
     fn close(&self, code: u32, reason: &[u8]) {
@@ -263,7 +239,7 @@ impl Sessions {
             .get(&node)
             .map(|session| match session.link {
                 Link::Quic(_) => Protocol::Quic,
-                Link::Http { .. } => Protocol::Http,
+                Link::Http { .. } => Protocol::FlowerHttp,
             })
     }
 

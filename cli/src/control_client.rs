@@ -247,6 +247,22 @@ impl ControlClient {
         }
     }
 
+    /// The protocol each online node is connected over; `None` from a SuperLink too old to say.
+    pub async fn online_protocols(
+        &mut self,
+    ) -> Result<
+        Option<std::collections::HashMap<wire::NodeId, wire::control::NodeProtocol>>,
+        CliError,
+    > {
+        match self.call(ControlRequest::OnlineProtocols).await {
+            Ok(ControlResponse::OnlineProtocols(protocols)) => {
+                Ok(Some(protocols.into_iter().collect()))
+            }
+            Ok(other) => Err(unexpected(other)),
+            Err(_) => Ok(None),
+        }
+    }
+
     /// Starts a run of an app with its run config; returns the run's id.
     pub async fn start_run(
         &mut self,

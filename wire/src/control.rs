@@ -162,6 +162,35 @@ pub enum ControlRequest {
     /// Where the SuperLink's dashboard is, and, when operators sign in with keys, a one-time
     /// login link for this operator's browser.
     DashboardLink,
+    /// The protocol each online node is connected over.
+    OnlineProtocols,
+}
+
+/// How a node is connected. Variants are only ever appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NodeProtocol {
+    /// This project's Fleet API over QUIC (flower-rs's `flower-supernode`).
+    Quic,
+    /// Flower's Fleet API over HTTP (Flower's own `flower-supernode`, polling).
+    FlowerHttp,
+}
+
+impl NodeProtocol {
+    /// Its name in JSON: `quic` or `flower-http`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeProtocol::Quic => "quic",
+            NodeProtocol::FlowerHttp => "flower-http",
+        }
+    }
+
+    /// Its name for people: `QUIC` or `Flower HTTP`.
+    pub fn label(self) -> &'static str {
+        match self {
+            NodeProtocol::Quic => "QUIC",
+            NodeProtocol::FlowerHttp => "Flower HTTP",
+        }
+    }
 }
 
 /// Lifecycle of a run. Variants are only ever appended.
@@ -424,6 +453,8 @@ pub enum ControlResponse {
         /// Seconds the token stays valid.
         expires_in_seconds: u64,
     },
+    /// The protocol of each online node, by id.
+    OnlineProtocols(Vec<(NodeId, NodeProtocol)>),
 }
 
 /// A named file a run stored.

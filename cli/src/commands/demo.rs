@@ -286,9 +286,11 @@ async fn federation(
         format: Format::Default,
     };
     let nodes = client.list_nodes(false).await?;
+    let protocols = client.online_protocols().await?.unwrap_or_default();
+    let protocol = |node: &wire::control::NodeInfo| protocols.get(&node.node_id).copied();
     print!(
         "{}",
-        super::supernode::node_table(&nodes, wire::message::now_ms())
+        super::supernode::node_table(&nodes, &protocol, wire::message::now_ms())
     );
     client.close().await;
 

@@ -45,16 +45,23 @@ pub async fn run(command: SupernodeCommand) -> Result<(), CliError> {
             }
         }
         SupernodeCommand::List { target, verbose } => {
-            let nodes =
-                ControlClient::once(&target, async |client| client.list_nodes(verbose).await)
-                    .await?;
+            let (nodes, protocols) = ControlClient::once(&target, async |client| {
+                let nodes = client.list_nodes(verbose).await?;
+                Ok((nodes, client.online_protocols().await?.unwrap_or_default()))
+            })
+            .await?;
+            let protocol = |node: &NodeInfo| protocols.get(&node.node_id).copied();
             let now = now_ms();
             match target.format {
                 Format::Json => super::print_json(&json!({
                     "success": true,
-                    "nodes": nodes.iter().map(|n| wire::control_json::node(n, now)).collect::<Vec<_>>(),
+                    "nodes": nodes.iter().map(|n| {
+                        let mut value = wire::control_json::node(n, now);
+                        value["protocol"] = protocol(n).map_or(serde_json::Value::Null, |p| p.as_str().into());
+                        value
+                    }).collect::<Vec<_>>(),
                 })),
-                Format::Default => crate::output::print_paged(&node_table(&nodes, now)),
+                Format::Default => crate::output::print_paged(&node_table(&nodes, &protocol, now)),
             }
         }
     }
@@ -71,8 +78,13 @@ fn status_cell(status: NodeStatus) -> String {
     output::paint(status.as_str(), colour)
 }
 
-/// The node table: Node ID | Owner | Status | Elapsed | Status Changed @.
-pub fn node_table(nodes: &[NodeInfo], now: u64) -> String {
+/// The node table: Node ID | Owner | Status | Protocol | Elapsed | Status Changed @, the protocol
+/// of an online node as `protocol` gives it.
+pub fn node_table(
+    nodes: &[NodeInfo],
+    protocol: &dyn Fn(&NodeInfo) -> Option<wire::control::NodeProtocol>,
+    now: u64,
+) -> String {
     let rows: Vec<Vec<String>> = nodes
         .iter()
         .map(|n| {
@@ -80,13 +92,21 @@ pub fn node_table(nodes: &[NodeInfo], now: u64) -> String {
                 n.node_id.to_string(),
                 n.owner.clone(),
                 status_cell(n.status),
+                protocol(n).map_or("-", |p| p.label()).to_string(),
                 output::elapsed(n.status_changed_at_ms, now),
                 output::timestamp(n.status_changed_at_ms),
             ]
         })
         .collect();
     output::table(
-        &["Node ID", "Owner", "Status", "Elapsed", "Status Changed @"],
+        &[
+            "Node ID",
+            "Owner",
+            "Status",
+            "Protocol",
+            "Elapsed",
+            "Status Changed @",
+        ],
         &rows,
     )
 }
@@ -94,6 +114,29 @@ pub fn node_table(nodes: &[NodeInfo], now: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_names_an_online_nodes_protocol_and_a_dash_for_the_rest() {
+        let node = |id, status| NodeInfo {
+            node_id: NodeId(id),
+            owner: "alice".into(),
+            status,
+            key_fingerprint: "SHA256:abc".into(),
+            registered_at_ms: 1_700_000_000_000,
+            online_at_ms: None,
+            offline_at_ms: None,
+            unregistered_at_ms: None,
+            status_changed_at_ms: 1_700_000_001_000,
+        };
+        let nodes = [node(1, NodeStatus::Online), node(2, NodeStatus::Offline)];
+        let protocol = |n: &NodeInfo| {
+            (n.node_id == NodeId(1)).then_some(wire::control::NodeProtocol::FlowerHttp)
+        };
+        let table = node_table(&nodes, &protocol, 1_700_000_002_000);
+        let rows: Vec<&str> = table.lines().filter(|l| l.contains("alice")).collect();
+        assert!(rows[0].contains("Flower HTTP"), "{table}");
+        assert!(rows[1].contains(" - "), "{table}");
+    }
 
     #[test]
     fn a_node_in_json_has_flowers_keys_first_and_its_id_as_a_string() {

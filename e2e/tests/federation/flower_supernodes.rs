@@ -175,6 +175,16 @@ async fn a_run_mixes_flowers_own_supernodes_and_a_flower_rs_supernode() {
         .collect();
     protocols.sort();
     assert_eq!(protocols, ["flower-http", "flower-http", "quic"], "{body}");
+    // And so does the Control API `flwr supernode list` asks.
+    let wire::control::ControlResponse::OnlineProtocols(online) = federation
+        .request(wire::control::ControlRequest::OnlineProtocols)
+        .await
+    else {
+        panic!("no protocols");
+    };
+    let mut online: Vec<&str> = online.iter().map(|(_, p)| p.as_str()).collect();
+    online.sort();
+    assert_eq!(online, ["flower-http", "flower-http", "quic"]);
 
     let run_id = start_flower_app(&federation, &echo_app(), &[]).await;
     let (lines, status) = follow(&federation, run_id).await;
