@@ -30,8 +30,9 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// outlives the broker must not keep its database open.
 pub struct Host {
     shared: Weak<Shared>,
-    /// Whether each bundle is a FAB (only a FAB's instructions go to a Flower SuperNode).
-    fabs: Mutex<HashMap<BundleHash, bool>>,
+    /// Each bundle read: its FAB, or `None` for a bundle that is no FAB (only a FAB's
+    /// instructions go to a Flower SuperNode). Read once, not at every SuperNode's call.
+    fabs: Mutex<HashMap<BundleHash, Option<Arc<FlowerFab>>>>,
 }
 
 impl Host {
@@ -49,19 +50,38 @@ impl Host {
             .ok_or_else(|| ApiError::new(503, 0, "The SuperLink is shutting down."))
     }
 
-    fn is_fab(&self, shared: &Shared, hash: BundleHash) -> bool {
-        let mut fabs = self.fabs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(known) = fabs.get(&hash) {
-            return *known;
+    /// Bundle `hash` as a FAB, read and cached; `None` when it is not one (or is gone).
+    fn fab(&self, shared: &Shared, hash: BundleHash) -> Result<Option<Arc<FlowerFab>>, ApiError> {
+        if let Some(known) = self
+            .fabs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&hash)
+        {
+            return Ok(known.clone());
         }
-        let Ok(Some(bytes)) = shared.store.bundle(hash) else {
-            return false;
+        let Some(archive) = shared.store.bundle(hash).map_err(internal)? else {
+            return Ok(None);
         };
-        let is_fab = app_bundle::fab::is_fab(&bytes);
-        fabs.insert(hash, is_fab);
-        is_fab
+        let fab = app_bundle::fab::open(&archive).ok().map(|(_, fab)| {
+            Arc::new(FlowerFab {
+                fab_id: fab.fab_id,
+                version: fab.version,
+                hash: hash.to_string(),
+                archive: Arc::new(fab.archive),
+            })
+        });
+        let mut fabs = self.fabs.lock().unwrap_or_else(|p| p.into_inner());
+        if fabs.len() >= KEPT_FABS {
+            fabs.clear();
+        }
+        fabs.insert(hash, fab.clone());
+        Ok(fab)
     }
 }
+
+/// Most bundles whose reading is kept.
+const KEPT_FABS: usize = 16;
 
 fn internal(error: StoreError) -> ApiError {
     tracing::error!(%error, "Flower Fleet API: the store failed");
@@ -177,6 +197,10 @@ impl flower_runtime::fleet::FleetHost for Host {
 
     fn next_instruction(&self, node: NodeId) -> Option<Instruction> {
         let shared = self.shared().ok()?;
+        // Unregistered since its request was checked: nothing more of any run.
+        if shared.sessions.is_revoked(node) {
+            return None;
+        }
         for id in shared.rounds.queued_for(node) {
             let Some(pending) = shared.rounds.instruction(id) else {
                 continue;
@@ -189,10 +213,10 @@ impl flower_runtime::fleet::FleetHost for Host {
                 metadata: pending.metadata,
                 body: MessageBody::Content((*pending.content).clone()),
             };
-            let is_fab = pending
-                .header
-                .bundle
-                .is_some_and(|hash| self.is_fab(&shared, hash));
+            let is_fab = match pending.header.bundle {
+                Some(hash) => matches!(self.fab(&shared, hash), Ok(Some(_))),
+                None => false,
+            };
             if !is_fab {
                 // Flower's SuperNode runs Flower apps only: answered in its place, at once.
                 let reason =
@@ -220,7 +244,7 @@ impl flower_runtime::fleet::FleetHost for Host {
         None
     }
 
-    fn run(&self, run_id: RunId) -> Result<(RunInfo, FlowerFab), ApiError> {
+    fn run(&self, run_id: RunId) -> Result<(RunInfo, Arc<FlowerFab>), ApiError> {
         let shared = self.shared()?;
         let refused = |why: &str| ApiError::new(403, 2008, format!("Failed to get run: {why}"));
         let info = shared
@@ -229,22 +253,10 @@ impl flower_runtime::fleet::FleetHost for Host {
             .map_err(internal)?
             .ok_or_else(|| refused("no such run"))?;
         let hash = info.bundle.ok_or_else(|| refused("the run has no FAB"))?;
-        let archive = shared
-            .store
-            .bundle(hash)
-            .map_err(internal)?
-            .ok_or_else(|| refused("the run's FAB is gone"))?;
-        let (_, fab) = app_bundle::fab::open(&archive)
-            .map_err(|e| refused(&format!("the run's app is no FAB: {e}")))?;
-        Ok((
-            info,
-            FlowerFab {
-                fab_id: fab.fab_id,
-                version: fab.version,
-                hash: hash.to_string(),
-                archive: fab.archive,
-            },
-        ))
+        let fab = self
+            .fab(&shared, hash)?
+            .ok_or_else(|| refused("the run's app is no FAB"))?;
+        Ok((info, fab))
     }
 
     fn is_running(&self, run_id: RunId) -> bool {
@@ -288,17 +300,29 @@ fn mark_offline(shared: &Shared, node: NodeId) {
 
 /// Every [`SWEEP_EVERY`] until `shutdown`: Flower SuperNodes whose heartbeats stopped go
 /// offline (and what they held is dropped), and instructions held past their time to live are
-/// dropped.
+/// dropped; and at once, what a node that went away (unregistered, or replaced by a QUIC
+/// session) held.
 pub async fn sweep(
     shared: Weak<Shared>,
     fleet: Arc<flower_runtime::fleet::Fleet>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let mut ticks = tokio::time::interval(SWEEP_EVERY);
+    let mut departures = match shared.upgrade() {
+        Some(shared) => shared.sessions.departures(),
+        None => return,
+    };
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
+            // Unregistered, or on QUIC now: what it held over HTTP goes.
+            departed = departures.recv() => {
+                if let Ok(node) = departed {
+                    fleet.forget_node(node);
+                }
+                continue;
+            }
         }
         let Some(shared) = shared.upgrade() else {
             return;

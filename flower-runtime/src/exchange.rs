@@ -174,6 +174,18 @@ impl Exchange {
     /// Stores one of the reply's objects; `false` for one not asked for, under another session,
     /// not matching its id, or beyond the reply's size limit.
     pub fn accept_object(&mut self, session_id: &str, id: String, content: Vec<u8>) -> bool {
+        let hashed = object_id(&content);
+        self.accept_hashed_object(session_id, id, content, &hashed)
+    }
+
+    /// [`Exchange::accept_object`] for `content` whose id, `hashed`, the caller computed.
+    pub fn accept_hashed_object(
+        &mut self,
+        session_id: &str,
+        id: String,
+        content: Vec<u8>,
+        hashed: &str,
+    ) -> bool {
         let Some(reply) = self.reply.as_mut() else {
             return false;
         };
@@ -182,9 +194,9 @@ impl Exchange {
         }
         if reply.objects.contains_key(&id) {
             // A retry after a lost response: the same bytes, already kept.
-            return object_id(&content) == id;
+            return hashed == id;
         }
-        if !reply.pending.contains(&id) || object_id(&content) != id {
+        if !reply.pending.contains(&id) || hashed != id {
             return false;
         }
         let bytes = reply.bytes.saturating_add(content.len() as u64);

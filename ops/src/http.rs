@@ -96,10 +96,22 @@ pub fn is_loopback_host(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
         // An IPv6 literal: `[::1]` or `[::1]:8080`.
         Some(rest) => match rest.split_once(']') {
-            Some((inside, after)) if after.is_empty() || after.starts_with(':') => inside,
+            Some((inside, after))
+                if after.is_empty()
+                    || after
+                        .strip_prefix(':')
+                        .is_some_and(|port| port.bytes().all(|b| b.is_ascii_digit())) =>
+            {
+                inside
+            }
             _ => return false,
         },
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+        None => match host.rsplit_once(':') {
+            // A port is digits, or nothing else may follow the name (`localhost:1@evil.example`).
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            Some(_) => return false,
+            None => host,
+        },
     };
     name.eq_ignore_ascii_case("localhost")
         || name
@@ -294,6 +306,8 @@ mod tests {
             "[::2]",
             "[::1]x",
             "localhost.evil.example",
+            "localhost:1@evil.example",
+            "[::1]:1@evil.example",
         ] {
             assert!(!is_loopback_host(host), "{host}");
         }

@@ -269,6 +269,22 @@ async fn the_fleet_api_refuses_forged_stale_replayed_and_foreign_requests_and_ba
     assert_eq!((answer.status, answer.code()), (412, 2001));
     let answer = stranger.call("activate-node", &activate(&stranger)).await;
     assert_eq!((answer.status, answer.code()), (412, 2004));
+    // Nothing of its body is waited for: a stranger announcing a body and sending none is
+    // answered at once, not when the body's time runs out.
+    let started = std::time::Instant::now();
+    let answer = stranger
+        .send(
+            "push-messages",
+            &format!("{}Content-Length: 1000\r\n", stranger.headers()),
+            b"",
+        )
+        .await;
+    assert_eq!(answer.status, 401);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     // A registered node speaking for another one.
     second
         .call("activate-node", &activate(&second))

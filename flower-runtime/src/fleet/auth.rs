@@ -27,6 +27,11 @@ pub const MAX_AGE: Duration = Duration::from_secs(305);
 /// thousand nodes keep about a hundred thousand.
 pub const MAX_REMEMBERED: usize = 1 << 20;
 
+/// Most signatures of one key remembered at once: Flower's SuperNode sends about a hundred
+/// requests in a window (a pull every 3 s), and a few thousand more to push a large model's
+/// objects. A key beyond it is refused until its oldest signatures expire; the others are not.
+pub const MAX_REMEMBERED_PER_KEY: usize = 8192;
+
 /// Why a request's signature is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -42,7 +47,7 @@ pub enum AuthError {
     /// The signature was accepted before.
     #[error("the signature was used before")]
     Replayed,
-    /// Too many signatures are remembered to tell a replay.
+    /// Too many signatures are remembered (of this key, or in all) to tell a replay.
     #[error("too many requests to check for replays")]
     Full,
 }
@@ -145,9 +150,11 @@ pub struct SeenSignatures {
 #[derive(Default)]
 struct Seen {
     signatures: HashSet<Vec<u8>>,
-    /// When each may be forgotten, in the order they came (nearly sorted: every entry's validity
-    /// ends within the same window of its arrival).
-    expiries: VecDeque<(SystemTime, Vec<u8>)>,
+    /// When each may be forgotten, with its key, in the order they came (nearly sorted: every
+    /// entry's validity ends within the same window of its arrival).
+    expiries: VecDeque<(SystemTime, Vec<u8>, Vec<u8>)>,
+    /// How many each key has remembered.
+    per_key: std::collections::HashMap<Vec<u8>, usize>,
 }
 
 impl SeenSignatures {
@@ -158,25 +165,34 @@ impl SeenSignatures {
             .seen
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        while let Some((expiry, _)) = seen.expiries.front() {
+        while let Some((expiry, _, _)) = seen.expiries.front() {
             // An entry stays until the newest possible expiry passed: the window bounds how
             // much later an entry behind it may expire.
             if *expiry + MAX_AGE + CLOCK_SKEW > now {
                 break;
             }
-            if let Some((_, signature)) = seen.expiries.pop_front() {
+            if let Some((_, signature, key)) = seen.expiries.pop_front() {
                 seen.signatures.remove(&signature);
+                if let Some(count) = seen.per_key.get_mut(&key) {
+                    *count -= 1;
+                    if *count == 0 {
+                        seen.per_key.remove(&key);
+                    }
+                }
             }
         }
         if seen.signatures.contains(&signed.signature) {
             return Err(AuthError::Replayed);
         }
-        if seen.signatures.len() >= MAX_REMEMBERED {
+        let key = signed.key.to_spki_der();
+        let of_key = seen.per_key.get(&key).copied().unwrap_or(0);
+        if seen.signatures.len() >= MAX_REMEMBERED || of_key >= MAX_REMEMBERED_PER_KEY {
             return Err(AuthError::Full);
         }
         seen.signatures.insert(signed.signature.clone());
+        seen.per_key.insert(key.clone(), of_key + 1);
         seen.expiries
-            .push_back((signed.valid_until, signed.signature.clone()));
+            .push_back((signed.valid_until, signed.signature.clone(), key));
         Ok(())
     }
 
@@ -293,5 +309,31 @@ mod tests {
         let later = now + MAX_AGE * 3;
         assert_eq!(seen.admit_once(&first, later), Ok(()));
         assert_eq!(seen.len(), 1);
+    }
+
+    #[test]
+    fn a_key_over_its_quota_is_refused_and_the_others_are_not() {
+        let (busy, quiet) = (
+            certs::IdentityKey::generate(),
+            certs::IdentityKey::generate(),
+        );
+        let now = at("2026-12-06T19:00:00+00:00");
+        let seen = SeenSignatures::default();
+        let signed = |key: &certs::IdentityKey, n: usize| {
+            let time = format!(
+                "2026-12-06T18:59:{:02}.{:06}+00:00",
+                n / 1_000_000,
+                n % 1_000_000
+            );
+            verify(&signed_headers(key, &time), now).unwrap()
+        };
+        for n in 0..MAX_REMEMBERED_PER_KEY {
+            seen.admit_once(&signed(&busy, n), now).unwrap();
+        }
+        let over = signed(&busy, MAX_REMEMBERED_PER_KEY);
+        assert_eq!(seen.admit_once(&over, now), Err(AuthError::Full));
+        seen.admit_once(&signed(&quiet, 0), now).unwrap();
+        // Once its signatures expire, the busy key may go on.
+        assert_eq!(seen.admit_once(&over, now + MAX_AGE * 3), Ok(()));
     }
 }

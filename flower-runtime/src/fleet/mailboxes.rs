@@ -29,6 +29,24 @@ impl Held {
 #[derive(Default)]
 pub struct Mailboxes {
     nodes: Mutex<HashMap<NodeId, HashMap<String, Held>>>,
+    /// The nodes a pull is under way for.
+    pulling: Mutex<std::collections::HashSet<NodeId>>,
+}
+
+/// A pull under way for one node; the next may start when it is dropped.
+pub struct Pulling<'a> {
+    mailboxes: &'a Mailboxes,
+    node: NodeId,
+}
+
+impl Drop for Pulling<'_> {
+    fn drop(&mut self) {
+        self.mailboxes
+            .pulling
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.node);
+    }
 }
 
 impl Mailboxes {
@@ -39,14 +57,26 @@ impl Mailboxes {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Whether `node` may pull another instruction (it holds fewer than [`MAX_HELD`] live ones).
-    pub fn has_room(&self, node: NodeId, now_ms: u64) -> bool {
-        let mut nodes = self.lock();
-        let Some(held) = nodes.get_mut(&node) else {
-            return true;
-        };
-        held.retain(|_, held| !held.expired(now_ms));
-        held.len() < MAX_HELD
+    /// Starts a pull for `node`, unless one is under way or it holds [`MAX_HELD`] live
+    /// instructions already.
+    pub fn begin_pull(&self, node: NodeId, now_ms: u64) -> Option<Pulling<'_>> {
+        {
+            let mut nodes = self.lock();
+            if let Some(held) = nodes.get_mut(&node) {
+                held.retain(|_, held| !held.expired(now_ms));
+                if held.len() >= MAX_HELD {
+                    return None;
+                }
+            }
+        }
+        let mut pulling = self
+            .pulling
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        pulling.insert(node).then_some(Pulling {
+            mailboxes: self,
+            node,
+        })
     }
 
     /// Keeps `held` for `node`.

@@ -49,6 +49,9 @@ pub const MAX_OBJECT_BODY: usize = crate::objects::MAX_CHUNK + (64 << 10);
 /// Most push-object bodies read at once.
 pub const MAX_OBJECT_UPLOADS: usize = 32;
 
+/// Most signatures checked at once (in the blocking pool).
+pub const MAX_VERIFYING: usize = 8;
+
 /// How long a body may take to arrive.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -72,7 +75,7 @@ pub struct FlowerFab {
     /// Its SHA-256, in hex.
     pub hash: String,
     /// The archive.
-    pub archive: Vec<u8>,
+    pub archive: Arc<Vec<u8>>,
 }
 
 /// What answers the calls: the SuperLink's registry, liveness and rounds. Its methods may read
@@ -104,7 +107,7 @@ pub trait FleetHost: Send + Sync + 'static {
     fn next_instruction(&self, node: NodeId) -> Option<Instruction>;
 
     /// Run `run_id` and its FAB.
-    fn run(&self, run_id: RunId) -> Result<(RunInfo, FlowerFab), ApiError>;
+    fn run(&self, run_id: RunId) -> Result<(RunInfo, Arc<FlowerFab>), ApiError>;
 
     /// Whether run `run_id` takes messages and objects (it is running).
     fn is_running(&self, run_id: RunId) -> bool;
@@ -182,6 +185,8 @@ pub struct Fleet {
     mailboxes: Mailboxes,
     seen: SeenSignatures,
     object_uploads: Arc<tokio::sync::Semaphore>,
+    /// Signatures being checked at once.
+    verifying: tokio::sync::Semaphore,
 }
 
 /// Runs a host call off the async workers.
@@ -205,6 +210,7 @@ impl Fleet {
             mailboxes: Mailboxes::default(),
             seen: SeenSignatures::default(),
             object_uploads: Arc::new(tokio::sync::Semaphore::new(MAX_OBJECT_UPLOADS)),
+            verifying: tokio::sync::Semaphore::new(MAX_VERIFYING),
         })
     }
 
@@ -247,11 +253,51 @@ impl Fleet {
                 format!("Content-Type must be {}.", crate::link::PROTOBUF),
             ));
         }
-        // The signature first: nothing of an unsigned request is read.
-        let signed = auth::verify(request.headers(), SystemTime::now()).map_err(|why| {
-            tracing::warn!(call = ?call, reason = %why, "Fleet request refused");
-            unauthenticated()
-        })?;
+        // The signature first, off the async workers and a few at a time: nothing of an
+        // unsigned request is read, and a flood of signatures to check holds no worker.
+        let headers = request.headers().clone();
+        let signed = {
+            let _turn = self
+                .verifying
+                .acquire()
+                .await
+                .map_err(|_| ApiError::new(503, 0, "Shutting down."))?;
+            blocking(move || Ok(auth::verify(&headers, SystemTime::now())))
+                .await?
+                .map_err(|why| refused(call, &why))?
+        };
+        // Then the registry: a key registered (and not revoked) may go on; an unknown key only
+        // registers itself, where the SuperLink lets it. Only a registered key's signatures are
+        // remembered, each key within a quota of its own, and only its bodies are read.
+        let host = self.host.clone();
+        let key = signed.key;
+        let registered = blocking(move || host.node_of_key(&key)).await?;
+        match (call, registered) {
+            (Call::RegisterNode, _) if !self.host.self_registration() => {
+                return Err(ApiError::new(
+                    412,
+                    2001,
+                    "SuperNode authentication is enabled. All SuperNodes must be registered via the CLI.",
+                ));
+            }
+            // A replayed registration finds its key in use: nothing to remember.
+            (Call::RegisterNode, _) => {}
+            (Call::ActivateNode, None) => {
+                return Err(ApiError::new(
+                    412,
+                    2004,
+                    "Failed to activate SuperNode: its key is not registered.",
+                ));
+            }
+            (_, None) => {
+                tracing::warn!(call = ?call, "Fleet request refused: its key is not a registered node's");
+                return Err(unauthenticated());
+            }
+            (_, Some(_)) => self
+                .seen
+                .admit_once(&signed, SystemTime::now())
+                .map_err(|why| refused(call, &why))?,
+        }
         let _upload = if call == Call::PushObject {
             Some(
                 self.object_uploads
@@ -264,47 +310,8 @@ impl Fleet {
             None
         };
         let body = read_body(request, call.max_body()).await?;
-        let node = self.identify(call, &signed, &body).await?;
-        self.seen
-            .admit_once(&signed, SystemTime::now())
-            .map_err(|why| {
-                tracing::warn!(call = ?call, reason = %why, "Fleet request refused");
-                match why {
-                    AuthError::Full => ApiError::new(503, 0, "Too many requests; try again."),
-                    _ => unauthenticated(),
-                }
-            })?;
+        let node = identify(call, &signed, registered, &body)?;
         self.dispatch(call, node, signed.key, body).await
-    }
-
-    /// The node the request is from: for register and activate, the key in the body must be
-    /// the key that signed; for the rest, the node named must be the one the key is.
-    async fn identify(
-        &self,
-        call: Call,
-        signed: &auth::Signed,
-        body: &Bytes,
-    ) -> Result<Option<NodeId>, ApiError> {
-        if call.names_key() {
-            let key = match call {
-                Call::RegisterNode => decode::<proto::RegisterNodeFleetRequest>(body)?.public_key,
-                _ => decode::<proto::ActivateNodeRequest>(body)?.public_key,
-            };
-            if key != signed.pem {
-                tracing::warn!(call = ?call, "Fleet request refused: the key in its body is not the key that signed it");
-                return Err(unauthenticated());
-            }
-            return Ok(None);
-        }
-        let claimed = claimed_node(call, body)?;
-        let host = self.host.clone();
-        let key = signed.key;
-        let registered = blocking(move || host.node_of_key(&key)).await?;
-        if registered != Some(claimed) {
-            tracing::warn!(call = ?call, node_id = claimed.0, "Fleet request refused: its key is not that node's (or the node was unregistered)");
-            return Err(unauthenticated());
-        }
-        Ok(Some(claimed))
     }
 
     async fn dispatch(
@@ -318,31 +325,13 @@ impl Fleet {
         let node = node.unwrap_or(NodeId(0));
         match call {
             Call::RegisterNode => {
-                if !host.self_registration() {
-                    return Err(ApiError::new(
-                        412,
-                        2001,
-                        "SuperNode authentication is enabled. All SuperNodes must be registered via the CLI.",
-                    ));
-                }
                 let node_id = blocking(move || host.register(&key)).await?;
                 Ok(proto::RegisterNodeFleetResponse { node_id: node_id.0 }.encode_to_vec())
             }
             Call::ActivateNode => {
                 let request = decode::<proto::ActivateNodeRequest>(&body)?;
                 let interval = heartbeat_interval(request.heartbeat_interval)?;
-                let node = blocking(move || {
-                    let node = host.node_of_key(&key)?.ok_or_else(|| {
-                        ApiError::new(
-                            412,
-                            2004,
-                            "Failed to activate SuperNode: its key is not registered.",
-                        )
-                    })?;
-                    host.activate(node, interval)?;
-                    Ok(node)
-                })
-                .await?;
+                blocking(move || host.activate(node, interval)).await?;
                 tracing::info!(node_id = node.0, "Flower SuperNode activated");
                 Ok(proto::ActivateNodeResponse { node_id: node.0 }.encode_to_vec())
             }
@@ -433,49 +422,49 @@ impl Fleet {
     /// nothing when it has none, or holds as many unanswered as it may.
     async fn pull_messages(&self, node: NodeId) -> Result<Vec<u8>, ApiError> {
         let empty = || proto::PullMessagesResponse::default().encode_to_vec();
-        if !self.mailboxes.has_room(node, now_ms()) {
+        // One pull of a node at a time, and only with room: what it holds stays bounded.
+        let Some(_pulling) = self.mailboxes.begin_pull(node, now_ms()) else {
             return Ok(empty());
-        }
+        };
         let host = self.host.clone();
-        let Some(instruction) = blocking(move || Ok(host.next_instruction(node))).await? else {
-            return Ok(empty());
-        };
-        let MessageBody::Content(content) = &instruction.message.body else {
-            return Ok(empty());
-        };
-        let metadata = metadata_to_proto(&instruction.message);
-        let deflated = match deflate(&metadata, &ObjectsBody::Content(content.clone())) {
-            Ok(deflated) => deflated,
-            Err(error) => {
-                // Answered in the node's place: its records have no form in Flower's.
-                let reason =
-                    format!("the instruction cannot be given to a Flower SuperNode: {error}");
-                tracing::warn!(node_id = node.0, %reason, "instruction not handed out");
-                let reply = instruction.message.reply(
-                    MessageBody::Error(wire::message::MessageError {
-                        code: wire::message::ErrorCode::ClientAppRaisedException,
-                        reason,
-                    }),
-                    now_ms(),
-                );
-                let host = self.host.clone();
-                blocking(move || {
+        // The instruction is taken and turned into Flower's objects (hashing every array) off
+        // the async workers.
+        let held = blocking(move || {
+            let Some(instruction) = host.next_instruction(node) else {
+                return Ok(None);
+            };
+            let MessageBody::Content(content) = &instruction.message.body else {
+                return Ok(None);
+            };
+            let metadata = metadata_to_proto(&instruction.message);
+            match deflate(&metadata, &ObjectsBody::Content(content.clone())) {
+                Ok(deflated) => Ok(Some(Held {
+                    exchange: Exchange::new(metadata, deflated, instruction.max_reply_bytes),
+                    instruction: instruction.message.metadata,
+                })),
+                Err(error) => {
+                    // Answered in the node's place: its records have no form in Flower's.
+                    let reason =
+                        format!("the instruction cannot be given to a Flower SuperNode: {error}");
+                    tracing::warn!(node_id = node.0, %reason, "instruction not handed out");
+                    let reply = instruction.message.reply(
+                        MessageBody::Error(wire::message::MessageError {
+                            code: wire::message::ErrorCode::ClientAppRaisedException,
+                            reason,
+                        }),
+                        now_ms(),
+                    );
                     host.reply(node, reply);
-                    Ok(())
-                })
-                .await?;
-                return Ok(empty());
+                    Ok(None)
+                }
             }
+        })
+        .await?;
+        let Some(mut held) = held else {
+            return Ok(empty());
         };
-        let mut exchange = Exchange::new(metadata, deflated, instruction.max_reply_bytes);
-        let (message, tree) = exchange.hand_out().unwrap_or_default();
-        self.mailboxes.hold(
-            node,
-            Held {
-                instruction: instruction.message.metadata,
-                exchange,
-            },
-        );
+        let (message, tree) = held.exchange.hand_out().unwrap_or_default();
+        self.mailboxes.hold(node, held);
         Ok(proto::PullMessagesResponse {
             reconnect: None,
             messages_list: vec![message],
@@ -528,15 +517,23 @@ impl Fleet {
         self.running(request.run_id).await?;
         let session = request.session_id;
         let id = request.object_id;
-        let content = request.object_content;
         let run_id = request.run_id;
+        // Hashed off the async workers and outside the mailboxes' lock: up to 5 MiB.
+        let content = request.object_content;
+        let (content, hashed) = blocking(move || {
+            let hashed = crate::objects::object_id(&content);
+            Ok((content, hashed))
+        })
+        .await?;
         // The reply this session belongs to: its instruction's id.
         let outcome = self.mailboxes.with(
             node,
             now_ms(),
             |held| held.exchange.run_id() == run_id && held.exchange.has_session(&session),
             |held| {
-                let stored = held.exchange.accept_object(&session, id, content);
+                let stored = held
+                    .exchange
+                    .accept_hashed_object(&session, id, content, &hashed);
                 (
                     stored,
                     held.exchange.message_id().to_string(),
@@ -609,9 +606,9 @@ impl Fleet {
         match hash {
             None => {
                 let mut run = crate::control::run_to_proto(&info);
-                run.fab_id = fab.fab_id;
-                run.fab_version = fab.version;
-                run.fab_hash = fab.hash;
+                run.fab_id.clone_from(&fab.fab_id);
+                run.fab_version.clone_from(&fab.version);
+                run.fab_hash.clone_from(&fab.hash);
                 // Flower's SuperNode keeps a context per series: one series per run here.
                 run.series_id = run_id;
                 Ok(proto::GetRunResponse { run: Some(run) }.encode_to_vec())
@@ -619,13 +616,52 @@ impl Fleet {
             Some(hash) if hash != fab.hash => Err(refused("that is not the run's FAB")),
             Some(_) => Ok(proto::GetFabResponse {
                 fab: Some(proto::Fab {
-                    hash_str: fab.hash,
-                    content: fab.archive,
+                    hash_str: fab.hash.clone(),
+                    content: fab.archive.to_vec(),
                     ..proto::Fab::default()
                 }),
             }
             .encode_to_vec()),
         }
+    }
+}
+
+/// The node the request is from: for register and activate, the key in the body must be the key
+/// that signed; for the rest, the node the body names must be the one the key is registered as.
+fn identify(
+    call: Call,
+    signed: &auth::Signed,
+    registered: Option<NodeId>,
+    body: &Bytes,
+) -> Result<Option<NodeId>, ApiError> {
+    if call.names_key() {
+        let key = match call {
+            Call::RegisterNode => decode::<proto::RegisterNodeFleetRequest>(body)?.public_key,
+            _ => decode::<proto::ActivateNodeRequest>(body)?.public_key,
+        };
+        if key != signed.pem {
+            tracing::warn!(call = ?call, "Fleet request refused: the key in its body is not the key that signed it");
+            return Err(unauthenticated());
+        }
+        // Activation names the node its key is; registration makes one.
+        return Ok(registered.filter(|_| call == Call::ActivateNode));
+    }
+    let claimed = claimed_node(call, body)?;
+    if registered != Some(claimed) {
+        tracing::warn!(call = ?call, node_id = claimed.0, "Fleet request refused: it names a node its key is not");
+        return Err(unauthenticated());
+    }
+    Ok(Some(claimed))
+}
+
+/// The answer to a request whose signature is refused, logged.
+fn refused(call: Call, why: &AuthError) -> ApiError {
+    tracing::warn!(call = ?call, reason = %why, "Fleet request refused");
+    match why {
+        AuthError::Full => {
+            ApiError::new(429, 0, "Too many requests from this SuperNode; slow down.")
+        }
+        _ => unauthenticated(),
     }
 }
 
