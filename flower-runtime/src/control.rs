@@ -299,6 +299,7 @@ enum Call {
     ListRuns,
     StopRun,
     PullArtifacts,
+    GetLoginDetails,
     StreamLogs,
 }
 
@@ -312,6 +313,7 @@ impl Call {
             "list-runs" => Some(Call::ListRuns),
             "stop-run" => Some(Call::StopRun),
             "pull-artifacts" => Some(Call::PullArtifacts),
+            "get-login-details" => Some(Call::GetLoginDetails),
             "stream-logs" => Some(Call::StreamLogs),
             _ => None,
         }
@@ -465,6 +467,12 @@ async fn answer(
             }
             Err(why) => return bad_body(why),
         },
+        // What `flwr login` asks first: Flower's open-source SuperLink has no accounts either.
+        Call::GetLoginDetails => Err(ApiError::new(
+            501,
+            19,
+            "ControlServicer initialized without account authentication.",
+        )),
         Call::PullArtifacts => match proto::PullArtifactsRequest::decode(body) {
             Ok(request) => {
                 let run_id = RunId(request.run_id);

@@ -162,6 +162,18 @@ async fn flowers_http_control_api_answers_loopback_only_and_never_beside_operato
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     let answer = ask(loopback, "Host: localhost\r\nContent-Type: text/plain\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 415"), "{answer}");
+    // `flwr login` hears what Flower's own SuperLink says: there are no accounts.
+    let mut stream = tokio::net::TcpStream::connect((loopback, port))
+        .await
+        .unwrap();
+    let request = "POST /v1/control/get-login-details HTTP/1.1\r\nHost: localhost\r\n\
+                   Content-Type: application/protobuf\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response)).await;
+    let answer = String::from_utf8_lossy(&response);
+    assert!(answer.starts_with("HTTP/1.1 501"), "{answer}");
+    assert!(answer.contains("\"code\":19"), "{answer}");
     let outward = {
         let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
         socket
