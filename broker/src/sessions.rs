@@ -124,12 +124,7 @@ impl Sessions {
                 },
             )
         };
-        if let Some(previous) = previous {
-            previous
-                .link
-                .close(replaced_code, b"replaced by a newer connection");
-            let _ = self.departures.send(node);
-        }
+        self.close_replaced(node, previous, replaced_code);
         // Anything queued while the node was away goes out now.
         wake.notify_one();
         self.changed();
@@ -177,14 +172,18 @@ impl Sessions {
                 },
             )
         };
-        if let Some(previous) = previous {
-            previous
-                .link
-                .close(replaced_code, b"replaced by a newer connection");
-            let _ = self.departures.send(node);
-        }
+        self.close_replaced(node, previous, replaced_code);
         self.changed();
         Some(true)
+    }
+
+    /// Closes the session a newer one of `node` replaced, if any, with `code`: the node left,
+    /// as far as its unanswered instructions are concerned.
+    fn close_replaced(&self, node: NodeId, previous: Option<Session>, code: u32) {
+        if let Some(previous) = previous {
+            previous.link.close(code, b"replaced by a newer connection");
+            let _ = self.departures.send(node);
+        }
     }
 
     /// Ends `node`'s HTTP session, if it has one; returns whether it had.

@@ -167,6 +167,33 @@ async fn light_node(
     connection.close(0u32.into(), b"done");
 }
 
+/// Holds the nodes for `hold`, listing them every 5 s as `flwr supernode list` does (connect,
+/// authenticate, list every node, close) and failing with `lost_why` if one is lost: the fewest
+/// listed online, and each listing's time in seconds.
+async fn hold_nodes(
+    federation: &Federation,
+    hold: Duration,
+    lost: &AtomicU64,
+    lost_why: &str,
+) -> (usize, Vec<f64>) {
+    let started = Instant::now();
+    let mut lowest_online = usize::MAX;
+    let mut listing_times = Vec::new();
+    while started.elapsed() < hold {
+        tokio::time::sleep(Duration::from_secs(5).min(hold)).await;
+        let listing = Instant::now();
+        let listed = federation.nodes(false).await;
+        listing_times.push(listing.elapsed().as_secs_f64());
+        let online_now = listed
+            .iter()
+            .filter(|n| n.status == NodeStatus::Online)
+            .count();
+        lowest_online = lowest_online.min(online_now);
+        assert_eq!(lost.load(Ordering::Relaxed), 0, "{lost_why}");
+    }
+    (lowest_online, listing_times)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "holds 1,000 nodes for a minute: run by scripts/load-test"]
 async fn a_thousand_nodes_stay_online_and_finish_a_round() {
@@ -217,25 +244,8 @@ async fn a_thousand_nodes_stay_online_and_finish_a_round() {
     let (connected_rss, cpu_before) = process_usage(pid);
 
     let hold_started = Instant::now();
-    let mut lowest_online = usize::MAX;
-    // What `flwr supernode list` waits for: connect, authenticate, list every node, close.
-    let mut listing_times = Vec::new();
-    while hold_started.elapsed() < hold {
-        tokio::time::sleep(Duration::from_secs(5).min(hold)).await;
-        let listing = Instant::now();
-        let listed = federation.nodes(false).await;
-        listing_times.push(listing.elapsed().as_secs_f64());
-        let online_now = listed
-            .iter()
-            .filter(|n| n.status == NodeStatus::Online)
-            .count();
-        lowest_online = lowest_online.min(online_now);
-        assert_eq!(
-            lost.load(Ordering::Relaxed),
-            0,
-            "a session ended during the hold"
-        );
-    }
+    let (lowest_online, mut listing_times) =
+        hold_nodes(&federation, hold, &lost, "a session ended during the hold").await;
     let (held_rss, cpu_after) = process_usage(pid);
     let cpu_share = (cpu_after - cpu_before) / hold_started.elapsed().as_secs_f64();
     assert_eq!(lowest_online, nodes, "every node listed online throughout");
@@ -411,24 +421,13 @@ async fn a_thousand_polling_flower_supernodes_stay_online() {
     let requests_before = requests.load(Ordering::Relaxed);
 
     let hold_started = Instant::now();
-    let mut lowest_online = usize::MAX;
-    let mut listing_times = Vec::new();
-    while hold_started.elapsed() < hold {
-        tokio::time::sleep(Duration::from_secs(5).min(hold)).await;
-        let listing = Instant::now();
-        let listed = federation.nodes(false).await;
-        listing_times.push(listing.elapsed().as_secs_f64());
-        let online_now = listed
-            .iter()
-            .filter(|n| n.status == NodeStatus::Online)
-            .count();
-        lowest_online = lowest_online.min(online_now);
-        assert_eq!(
-            lost.load(Ordering::Relaxed),
-            0,
-            "a SuperNode was refused during the hold"
-        );
-    }
+    let (lowest_online, mut listing_times) = hold_nodes(
+        &federation,
+        hold,
+        &lost,
+        "a SuperNode was refused during the hold",
+    )
+    .await;
     let held_for = hold_started.elapsed().as_secs_f64();
     let (held_rss, cpu_after) = process_usage(pid);
     let served = requests.load(Ordering::Relaxed) - requests_before;
