@@ -34,11 +34,6 @@ impl Reply {
         }
         Ok(inflated)
     }
-
-    /// The metadata pushed with the reply.
-    pub fn metadata(&self) -> &proto::Metadata {
-        &self.metadata
-    }
 }
 
 /// What the sender of an accepted reply is told: the objects to push, under which session.

@@ -151,14 +151,4 @@ impl Mailboxes {
             !held.is_empty()
         });
     }
-
-    /// How many instructions are held, over all nodes.
-    pub fn len(&self) -> usize {
-        self.lock().values().map(HashMap::len).sum()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

@@ -224,11 +224,6 @@ impl Fleet {
         self.mailboxes.sweep(now_ms());
     }
 
-    /// How many instructions SuperNodes hold, and how many signatures are remembered.
-    pub fn held(&self) -> (usize, usize) {
-        (self.mailboxes.len(), self.seen.len())
-    }
-
     /// Answers one request under [`PREFIX`].
     pub async fn answer(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
         match self.answer_call(request).await {
