@@ -77,6 +77,8 @@ pub struct BrokerConfig {
     pub serverappio_address: std::net::SocketAddr,
     /// Where server app programs run: one fresh workspace per run, removed afterwards.
     pub apps_dir: std::path::PathBuf,
+    /// `--simulation`: each run on a virtual federation of its own.
+    pub simulation: Option<crate::simulation::SimulationConfig>,
     /// Flower's `flwr-serverapp`, which runs Flower apps' ServerApps (`None`: the one on
     /// `PATH`).
     pub flwr_serverapp: Option<std::path::PathBuf>,
@@ -119,6 +121,7 @@ impl BrokerConfig {
             // The user's own: a fixed name another user created first would be refused.
             apps_dir: std::env::temp_dir()
                 .join(format!("flower-superlink-apps-{}", nix::unistd::geteuid())),
+            simulation: None,
             flwr_serverapp: None,
             flower_app_patience: Duration::from_secs(90),
         }

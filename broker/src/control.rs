@@ -213,6 +213,22 @@ fn answer(shared: &Arc<Shared>, operator: &str, request: ControlRequest) -> Cont
                 )
             })
             .map_err(store_error),
+        ControlRequest::StartRun { .. } | ControlRequest::StartBundledRun { .. }
+            if shared.simulations.is_some() =>
+        {
+            Err(ControlError::Simulation(
+                "This SuperLink runs simulations (--simulation), each on virtual SuperNodes of \
+                 its own: start the run from a simulation federation (options.num-supernodes)"
+                    .into(),
+            ))
+        }
+        ControlRequest::StartSimulation { run, simulation } => {
+            runner::start_simulation(shared, operator, run, simulation).map(|info| {
+                ControlResponse::RunStarted {
+                    run_id: info.run_id,
+                }
+            })
+        }
         ControlRequest::StartRun {
             app_name,
             app_version,

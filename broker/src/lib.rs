@@ -23,6 +23,7 @@
 //!   [`flower_api`]: where Flower's `flwr-serverapp` connects, each with its task's token.
 //! - [`bundles`]: app bundles received from operators, served to nodes, read for a run's app;
 //!   [`bundle_sender`]: the bounds on sending them (slots, one shared copy, progress).
+//! - [`simulation`]: `--simulation`'s virtual federations, one per run, one at a time.
 //! - [`server`]: binds the endpoints and runs the accept loops until shutdown.
 
 #![forbid(unsafe_code)]
@@ -47,5 +48,6 @@ pub mod server;
 pub mod serverappio;
 pub mod sessions;
 pub mod settings;
+pub mod simulation;
 pub mod state;
 pub mod store;

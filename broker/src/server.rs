@@ -45,6 +45,14 @@ pub enum BrokerError {
         /// Why.
         source: std::io::Error,
     },
+    /// `--simulation`'s directory could not be prepared.
+    #[error("cannot prepare the simulations' directory {}: {source}", dir.display())]
+    Simulation {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// A broker running in this process.
@@ -284,6 +292,17 @@ pub fn start(
         })?,
         None => None,
     };
+    let simulations = match &config.simulation {
+        Some(simulation) => Some(
+            crate::simulation::Simulations::prepare(simulation.clone(), fleet_addr).map_err(
+                |source| BrokerError::Simulation {
+                    dir: simulation.dir.clone(),
+                    source,
+                },
+            )?,
+        ),
+        None => None,
+    };
     let apps = config.apps.clone();
     let shared = Arc::new(Shared {
         store,
@@ -297,6 +316,7 @@ pub fn start(
         serverappio,
         flower,
         dashboard: dashboard.as_ref().map(|bound| bound.dashboard.clone()),
+        simulations,
     });
     match crate::runs::runner::resume_interrupted_runs(&shared) {
         Ok(0) => {}

@@ -92,6 +92,19 @@ pub struct Args {
     /// orchestrators ask by default).
     #[arg(long, value_name = "ADDR")]
     pub health_server_address: Option<SocketAddr>,
+    /// Run simulations, as Flower's local simulation SuperLink does: each run on virtual
+    /// SuperNodes this SuperLink starts for it (`flwr run` on a simulation federation starts
+    /// such a SuperLink by itself). Runs take turns; deployment runs are refused.
+    #[arg(long)]
+    pub simulation: bool,
+    /// With --simulation: `flower-supernode`, which hosts the virtual SuperNodes [default: the
+    /// one beside this executable].
+    #[arg(long, value_name = "FILE", requires = "simulation")]
+    pub simulation_supernode: Option<PathBuf>,
+    /// With --simulation: Flower's `flwr-clientapp` for the virtual SuperNodes' Flower apps
+    /// [default: `flwr-clientapp` on PATH].
+    #[arg(long, value_name = "FILE", requires = "simulation")]
+    pub flwr_clientapp: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -160,6 +173,7 @@ impl Args {
             .filter(|(_, v)| v.is_none())
             .map(|(n, _)| *n)
             .collect();
+        let mut roots = Vec::new();
         let (chain, key) = if self.insecure {
             if missing.len() < tls_flags.len() {
                 return Err("--insecure cannot be combined with --ssl-* certificate flags".into());
@@ -178,7 +192,7 @@ impl Args {
             else {
                 return Err("TLS flags incomplete".into());
             };
-            certs::load::load_certificates(ca).map_err(|e| e.to_string())?;
+            roots = certs::load::load_certificates(ca).map_err(|e| e.to_string())?;
             let chain = certs::load::load_certificates(cert).map_err(|e| e.to_string())?;
             let key = certs::load::load_tls_private_key(key).map_err(|e| e.to_string())?;
             (chain, key)
@@ -231,6 +245,39 @@ impl Args {
                 .parent()
                 .map_or_else(|| PathBuf::from("apps"), |dir| dir.join("apps"))
         });
+        if self.simulation {
+            let supernode = match self.simulation_supernode {
+                Some(program) => program,
+                None => std::env::current_exe()
+                    .map_err(|e| format!("cannot locate this executable: {e}"))?
+                    .with_file_name(crate::simulation::SUPERNODE),
+            };
+            if !supernode.is_file() {
+                return Err(format!(
+                    "--simulation hosts virtual SuperNodes with {}, which does not exist: give \
+                     --simulation-supernode FILE",
+                    supernode.display()
+                ));
+            }
+            let mut node_args = Vec::new();
+            if let Some(program) = self.flwr_clientapp {
+                node_args.push("--flwr-clientapp".into());
+                node_args.push(program.into_os_string());
+            }
+            config.simulation = Some(crate::simulation::SimulationConfig {
+                supernode,
+                dir: config.apps_dir.join("simulation"),
+                // The self-signed certificate of --insecure is its own root.
+                roots: if roots.is_empty() {
+                    config.chain.clone()
+                } else {
+                    roots
+                },
+                node_args,
+            });
+            // Every virtual node connects from this host: let them handshake together.
+            config.max_pending_per_source = config.max_pending_per_source.max(64);
+        }
         if self.max_reply_mib == 0 {
             return Err("--max-reply-mib must be at least 1".into());
         }

@@ -33,4 +33,6 @@ pub struct Shared {
     pub flower: crate::flower_api::FlowerRuntime,
     /// The operators' dashboard, when served.
     pub dashboard: Option<Arc<crate::dashboard::Dashboard>>,
+    /// Virtual federations, on a SuperLink started with `--simulation`.
+    pub simulations: Option<crate::simulation::Simulations>,
 }

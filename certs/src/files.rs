@@ -68,6 +68,27 @@ pub fn write_file(path: &Path, contents: &[u8], secrecy: Secrecy) -> Result<(), 
     result.map_err(io)
 }
 
+/// `der` as one PEM block labelled `label`, in lines of 64 characters.
+pub fn pem_block(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str(&format!("-----END {label}-----\n"));
+    pem
+}
+
+/// Certificates as PEM `CERTIFICATE` blocks, one after another.
+pub fn certificates_pem(certificates: &[rustls_pki_types::CertificateDer<'_>]) -> String {
+    certificates
+        .iter()
+        .map(|certificate| pem_block("CERTIFICATE", certificate))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

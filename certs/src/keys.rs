@@ -76,6 +76,27 @@ impl IdentityKey {
         IdentityKey::P256(p256::ecdsa::SigningKey::generate_from_rng(&mut rand::rng()))
     }
 
+    /// The P-256 key number `index` of the family `secret` stands for: the same secret and index
+    /// always give the same key, and knowing some of a family's keys tells nothing of the others
+    /// nor of the secret (each scalar is a SHA-256 of the secret, the index and a counter, the
+    /// counter stepping past the rare digest that is no valid scalar).
+    pub fn derived(secret: &[u8], index: u64) -> Self {
+        use sha2::Digest as _;
+        (0u32..)
+            .find_map(|counter| {
+                let scalar = sha2::Sha256::new()
+                    .chain_update(b"flower-rs derived identity key\0")
+                    .chain_update((secret.len() as u64).to_be_bytes())
+                    .chain_update(secret)
+                    .chain_update(index.to_be_bytes())
+                    .chain_update(counter.to_be_bytes())
+                    .finalize();
+                p256::ecdsa::SigningKey::from_slice(&scalar).ok()
+            })
+            .map(IdentityKey::P256)
+            .unwrap_or_else(IdentityKey::generate)
+    }
+
     /// Builds a key from its curve and big-endian private scalar.
     pub fn from_scalar(curve: Curve, scalar: &[u8]) -> Result<Self, CertsError> {
         let bad = |_| CertsError::Key(format!("invalid {} private scalar", curve.ssh_name()));
@@ -198,16 +219,7 @@ impl PublicKey {
 
     /// The key as a PEM `PUBLIC KEY` (SubjectPublicKeyInfo), as Flower's SuperNode sends it.
     pub fn to_pem(&self) -> String {
-        use base64::Engine as _;
-        let der = self.to_spki_der();
-        let body = base64::engine::general_purpose::STANDARD.encode(der);
-        let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
-        for line in body.as_bytes().chunks(64) {
-            pem.push_str(&String::from_utf8_lossy(line));
-            pem.push('\n');
-        }
-        pem.push_str("-----END PUBLIC KEY-----\n");
-        pem
+        crate::files::pem_block("PUBLIC KEY", &self.to_spki_der())
     }
 
     /// The canonical SubjectPublicKeyInfo DER: this key's identity in the registry.
@@ -276,6 +288,18 @@ impl PublicKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_keys_are_the_same_for_the_same_secret_and_index_only() {
+        let key = |secret: &[u8], index| IdentityKey::derived(secret, index).public_key();
+        assert_eq!(key(b"seed", 7), key(b"seed", 7));
+        assert_ne!(key(b"seed", 7), key(b"seed", 8));
+        assert_ne!(key(b"seed", 7), key(b"seef", 7));
+        // The secret's length is bound in: no secret and index pair shifts into another.
+        assert_ne!(key(b"", 7), key(b"\0", 7));
+        let signature = IdentityKey::derived(b"seed", 7).sign(b"message");
+        assert!(key(b"seed", 7).verify(b"message", &signature));
+    }
 
     #[test]
     fn spki_round_trip_is_canonical() {

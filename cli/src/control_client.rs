@@ -94,6 +94,11 @@ pub struct DashboardLink {
 impl ControlClient {
     /// Connects to `federation`, authenticating with its operator key if it names one.
     pub async fn connect(federation: &Federation) -> Result<Self, CliError> {
+        if let Some(simulation) = &federation.simulation {
+            let local =
+                crate::local_superlink::ensure(simulation.in_memory, &federation.source).await?;
+            return Box::pin(Self::connect(&local)).await;
+        }
         let address = federation.address.as_str();
         let (host, _) = address.rsplit_once(':').ok_or_else(|| {
             CliError::Config(format!("federation address {address:?} is not HOST:PORT"))
@@ -317,6 +322,21 @@ impl ControlClient {
     ) -> Result<RunId, CliError> {
         match self
             .call(ControlRequest::StartBundledRun { bundle, config })
+            .await?
+        {
+            ControlResponse::RunStarted { run_id } => Ok(run_id),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Starts `run` on a virtual federation of `simulation`'s shape (a simulation SuperLink).
+    pub async fn start_simulation(
+        &mut self,
+        run: wire::control::SimulatedRun,
+        simulation: wire::control::Simulation,
+    ) -> Result<RunId, CliError> {
+        match self
+            .call(ControlRequest::StartSimulation { run, simulation })
             .await?
         {
             ControlResponse::RunStarted { run_id } => Ok(run_id),

@@ -6,6 +6,8 @@
 //!   `$FLWR_HOME/config.toml`.
 //! - [`run_config`]: the app's config with `--run-config` values fused in.
 //! - [`control_client`]: an authenticated connection to a broker's Control API.
+//! - [`local_superlink`]: the local simulation SuperLink `flwr` starts for a simulation
+//!   federation; [`simulation`]: that federation's options, read.
 //! - [`fab`]: Flower App Bundles, built as Flower's `flwr build` builds them.
 //! - [`bundle`]: this project's app bundles, packed from an app directory for `flwr run`.
 //! - [`download`]: fetching CIFAR-10 with progress, resume and checksum.
@@ -22,7 +24,9 @@ pub mod control_client;
 pub mod download;
 pub mod error;
 pub mod fab;
+pub mod local_superlink;
 pub mod output;
 pub mod run_config;
+pub mod simulation;
 
 pub use error::CliError;

@@ -284,6 +284,8 @@ pub fn node_settings(fleet: SocketAddr, trust: ServerTrust, key: Option<&Path>) 
         flwr_clientapp: None,
         flwr_clientapp_warm: node::flower::warm::WarmLimits::default(),
         native_clientapps: Default::default(),
+        virtual_nodes: None,
+        max_workers: None,
     }
 }
 

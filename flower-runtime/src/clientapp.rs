@@ -16,19 +16,24 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
-/// Each run's context state on a node: what a run's ClientApp left in its context is what the
-/// run's next task there receives, as on Flower's SuperNode. Bounded: beyond [`KEPT_STATES`]
-/// runs, the oldest run's state is dropped.
+/// Each run's context state on each node: what a run's ClientApp left in its context is what the
+/// run's next task on that node receives, as on Flower's SuperNode (and for each virtual node of
+/// a simulation). Bounded: beyond [`KEPT_STATES`] states, the oldest is dropped.
 #[derive(Debug, Default)]
 pub struct ContextStates {
+    /// Each (run, node)'s state, and the order they were first kept in.
     states: Mutex<(
-        HashMap<u64, proto::RecordDict>,
-        std::collections::VecDeque<u64>,
+        HashMap<RunNode, proto::RecordDict>,
+        std::collections::VecDeque<RunNode>,
     )>,
 }
 
-/// Most runs whose context state is kept.
-pub const KEPT_STATES: usize = 256;
+/// A run's id and a node's.
+type RunNode = (u64, u64);
+
+/// Most (run, node) context states kept: a simulation's thousands of virtual nodes each keep
+/// theirs across its rounds.
+pub const KEPT_STATES: usize = 16_384;
 
 /// Locks `mutex`; the maps behind it change by single inserts and removals, so one a panicking
 /// thread left behind is still consistent.
@@ -39,14 +44,19 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ContextStates {
-    /// The state run `run_id` left on this node (empty for its first task here).
-    pub(crate) fn of(&self, run_id: u64) -> proto::RecordDict {
+    /// The state run `run_id` left on node `node_id` (empty for its first task there).
+    pub(crate) fn of(&self, run_id: u64, node_id: u64) -> proto::RecordDict {
         let states = lock(&self.states);
-        states.0.get(&run_id).cloned().unwrap_or_default()
+        states
+            .0
+            .get(&(run_id, node_id))
+            .cloned()
+            .unwrap_or_default()
     }
 
-    /// Keeps the state a completed task of run `run_id` ended with; a failed task's is not kept.
-    pub fn keep(&self, run_id: u64, outcome: &TaskOutcome) {
+    /// Keeps the state a completed task of run `run_id` on node `node_id` ended with; a failed
+    /// task's is not kept.
+    pub fn keep(&self, run_id: u64, node_id: u64, outcome: &TaskOutcome) {
         if outcome.sub_status.as_deref() != Some("completed") {
             return;
         }
@@ -55,8 +65,8 @@ impl ContextStates {
         };
         let mut states = lock(&self.states);
         let (map, order) = &mut *states;
-        if map.insert(run_id, state).is_none() {
-            order.push_back(run_id);
+        if map.insert((run_id, node_id), state).is_none() {
+            order.push_back((run_id, node_id));
             if order.len() > KEPT_STATES
                 && let Some(oldest) = order.pop_front()
             {

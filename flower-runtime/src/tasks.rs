@@ -118,7 +118,7 @@ impl TaskInput {
                 node_id,
                 node_config: scalars("node config", node_config)?,
                 run_config: scalars("run config", run_config)?,
-                state: Some(state.of(run_id)),
+                state: Some(state.of(run_id, node_id)),
                 ..proto::Context::default()
             },
             run: fab.run(run_id, HashMap::new()),

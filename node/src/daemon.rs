@@ -5,7 +5,7 @@
 use crate::isolation::{ClientAppIo, Isolation, Launch};
 use crate::session::{self, SessionEnd, SessionError};
 use crate::settings::NodeSettings;
-use crate::work::Isolated;
+use crate::work::{Isolated, Worker};
 use rand::RngExt as _;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -89,18 +89,61 @@ impl Backoff {
     }
 }
 
-/// Runs the node until `shutdown` fires (`Ok`) or it must stop (`Err`). `state` follows along.
+/// Runs the node until `shutdown` fires (`Ok`) or it must stop (`Err`). `state` follows along
+/// (for virtual nodes, the first one's).
 pub async fn run(
     settings: NodeSettings,
     apps: model::apps::ClientApps,
     shutdown: CancellationToken,
     state: watch::Sender<NodeState>,
 ) -> Result<(), NodeError> {
+    let worker = std::sync::Arc::new(worker(&settings, apps, &shutdown).await?);
+    let (_, address) = session::resolve(&settings.superlink)
+        .await
+        .map_err(|e| NodeError::Setup(e.to_string()))?;
+    let endpoint = certs::quic::client_endpoint(address)
+        .map_err(|e| NodeError::Setup(format!("cannot open a UDP socket: {e}")))?;
+    let result = match &settings.virtual_nodes {
+        None => {
+            let node = Node {
+                identity: &settings.identity,
+                config: std::sync::Arc::new(settings.node_config.clone()),
+                connecting: None,
+            };
+            serve_node(&settings, node, &worker, &endpoint, &shutdown, &state).await
+        }
+        Some(virtual_nodes) => {
+            crate::simulation::host(
+                &settings,
+                virtual_nodes,
+                &worker,
+                &endpoint,
+                &shutdown,
+                &state,
+            )
+            .await
+        }
+    };
+    let _ = state.send(NodeState::Stopped);
+    // Let close frames reach the broker before the socket goes away.
+    let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
+    result
+}
+
+/// The node's work, set up from its settings: the APIs its app processes use, its bundles,
+/// Flower's ClientApps, its trusted apps and its bound on workers.
+async fn worker(
+    settings: &NodeSettings,
+    apps: model::apps::ClientApps,
+    shutdown: &CancellationToken,
+) -> Result<Worker, NodeError> {
     // Apps run from here as the node's user: nobody else may change it, nor its path.
     ops::private_dir::create_private_dir(&settings.apps_dir)
         .map_err(|e| NodeError::Setup(format!("--apps-dir: {e}")))?;
-    let mut worker = crate::work::Worker::new(apps, settings.node_config.clone())
-        .native_clientapps(settings.native_clientapps.clone());
+    let mut worker = Worker::new(apps).native_clientapps(settings.native_clientapps.clone());
+    if let Some(workers) = settings.max_workers {
+        worker = worker.max_workers(workers);
+    }
     let launch = match &settings.isolation {
         Isolation::InProcess => None,
         Isolation::Subprocess { program, args } => Some(Launch::Child(
@@ -187,22 +230,44 @@ pub async fn run(
             "this node runs every app its SuperLink sends (restrict it with --trusted-apps FILE)"
         ),
     }
-    let worker = std::sync::Arc::new(worker);
-    let (_, address) = session::resolve(&settings.superlink)
-        .await
-        .map_err(|e| NodeError::Setup(e.to_string()))?;
-    let endpoint = certs::quic::client_endpoint(address)
-        .map_err(|e| NodeError::Setup(format!("cannot open a UDP socket: {e}")))?;
+    Ok(worker)
+}
+
+/// One node's session with the SuperLink: its key, its config, and for virtual nodes the bound
+/// on handshakes in flight they share.
+pub(crate) struct Node<'a> {
+    /// Its key.
+    pub identity: &'a certs::IdentityKey,
+    /// Given to its apps.
+    pub config: std::sync::Arc<wire::ConfigRecord>,
+    /// Held while connecting, when nodes of one process connect together.
+    pub connecting: Option<&'a tokio::sync::Semaphore>,
+}
+
+/// Keeps `node` connected and serving, reconnecting with backoff, until `shutdown` (`Ok`) or
+/// until it must stop (`Err`).
+pub(crate) async fn serve_node(
+    settings: &NodeSettings,
+    node: Node<'_>,
+    worker: &std::sync::Arc<Worker>,
+    endpoint: &quinn::Endpoint,
+    shutdown: &CancellationToken,
+    state: &watch::Sender<NodeState>,
+) -> Result<(), NodeError> {
     let mut heartbeat = DEFAULT_HEARTBEAT;
     let mut backoff = Backoff::new();
-    let result = loop {
+    loop {
         let _ = state.send(NodeState::Connecting);
         let attempt = async {
-            let config = session::client_config(&settings, heartbeat)?;
-            session::open(&endpoint, &settings, config).await
+            let _turn = match node.connecting {
+                Some(connecting) => connecting.acquire().await.ok(),
+                None => None,
+            };
+            let config = session::client_config(settings, node.identity, heartbeat)?;
+            session::open(endpoint, settings, node.identity, config).await
         };
         let opened = tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
+            _ = shutdown.cancelled() => return Ok(()),
             opened = attempt => opened,
         };
         let failure = match opened {
@@ -211,32 +276,31 @@ pub async fn run(
                 heartbeat = session.heartbeat_interval;
                 tracing::info!(node_id = session.node_id.0, "connected to the SuperLink");
                 let _ = state.send(NodeState::Online(session.node_id));
-                match session.run(worker.clone(), shutdown.clone()).await {
-                    Ok(SessionEnd::Shutdown) => break Ok(()),
+                match session
+                    .run(worker.clone(), node.config.clone(), shutdown.clone())
+                    .await
+                {
+                    Ok(SessionEnd::Shutdown) => return Ok(()),
                     Err(error) => error,
                 }
             }
             Err(error) => error,
         };
         match failure {
-            SessionError::Permanent(reason) => break Err(NodeError::Refused(reason)),
+            SessionError::Permanent(reason) => return Err(NodeError::Refused(reason)),
             SessionError::Transient(reason) => {
-                let Some(wait) = backoff.next(&settings) else {
-                    break Err(NodeError::GaveUp {
+                let Some(wait) = backoff.next(settings) else {
+                    return Err(NodeError::GaveUp {
                         attempts: backoff.attempts,
                         last: reason,
                     });
                 };
                 tracing::warn!(%reason, retry_in = ?wait, "connection to the SuperLink failed");
                 tokio::select! {
-                    _ = shutdown.cancelled() => break Ok(()),
+                    _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(wait) => {}
                 }
             }
         }
-    };
-    let _ = state.send(NodeState::Stopped);
-    // Let close frames reach the broker before the socket goes away.
-    let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
-    result
+    }
 }

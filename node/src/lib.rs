@@ -15,6 +15,7 @@
 //! - [`clientapp`]: that process's side (the `flwr-clientapp` binary).
 //! - [`logging`]: log output of both executables.
 //! - [`daemon`]: the reconnect loop around sessions, and the node's observable state.
+//! - [`simulation`]: a simulation's virtual nodes, hosted in one process (`--virtual-nodes`).
 
 #![forbid(unsafe_code)]
 
@@ -28,5 +29,6 @@ pub mod isolation;
 pub mod logging;
 pub mod session;
 pub mod settings;
+pub mod simulation;
 pub mod trust;
 pub mod work;

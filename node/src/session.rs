@@ -118,17 +118,18 @@ pub async fn resolve(superlink: &str) -> Result<(String, SocketAddr), SessionErr
     Ok((host, address))
 }
 
-/// The QUIC client configuration for this node.
+/// The QUIC client configuration for the node whose key is `identity`.
 pub fn client_config(
     settings: &NodeSettings,
+    identity: &certs::IdentityKey,
     heartbeat: Duration,
 ) -> Result<quinn::ClientConfig, SessionError> {
     let tls = match &settings.trust {
         ServerTrust::Roots(roots) => {
-            certs::tls::client_config(roots, Some(&settings.identity), wire::alpn::FLEET)
+            certs::tls::client_config(roots, Some(identity), wire::alpn::FLEET)
         }
         ServerTrust::Insecure => {
-            certs::tls::insecure_client_config(Some(&settings.identity), wire::alpn::FLEET)
+            certs::tls::insecure_client_config(Some(identity), wire::alpn::FLEET)
         }
     }
     .map_err(|e| SessionError::Permanent(e.to_string()))?;
@@ -150,10 +151,11 @@ pub struct Session {
     recv: quinn::RecvStream,
 }
 
-/// Connects and authenticates.
+/// Connects and authenticates with `identity`.
 pub async fn open(
     endpoint: &quinn::Endpoint,
     settings: &NodeSettings,
+    identity: &certs::IdentityKey,
     config: quinn::ClientConfig,
 ) -> Result<Session, SessionError> {
     let (host, address) = resolve(&settings.superlink).await?;
@@ -162,7 +164,7 @@ pub async fn open(
         .map_err(|e| SessionError::Permanent(format!("cannot connect to {address}: {e}")))?;
     let handshake = async {
         let connection = connecting.await.map_err(|e| classify(&e))?;
-        let session = authenticate(&connection, settings).await;
+        let session = authenticate(&connection, identity).await;
         if session.is_err() {
             // TLS 1.3 lets the client finish before the server judged its certificate: a refusal
             // shows up as the connection closing. Prefer that reason when there is one.
@@ -185,12 +187,12 @@ pub async fn open(
 
 async fn authenticate(
     connection: &quinn::Connection,
-    settings: &NodeSettings,
+    identity: &certs::IdentityKey,
 ) -> Result<Session, SessionError> {
     let exporter = certs::quic::exporter(connection, EXPORTER_LABEL)
         .ok_or_else(|| SessionError::Transient("no TLS exporter on this connection".into()))?;
     let (mut send, mut recv) = connection.open_bi().await.map_err(|e| classify(&e))?;
-    let sign = |message: &[u8]| settings.identity.sign(message);
+    let sign = |message: &[u8]| identity.sign(message);
     let welcome = client_handshake::<Fleet, _, _>(
         &mut send,
         &mut recv,
@@ -223,11 +225,12 @@ pub enum SessionEnd {
 }
 
 impl Session {
-    /// Sends heartbeats and serves instructions until shutdown (then says goodbye) or until the
-    /// connection fails.
+    /// Sends heartbeats and serves instructions, whose apps get `node_config`, until shutdown
+    /// (then says goodbye) or until the connection fails.
     pub async fn run(
         self,
         worker: Arc<Worker>,
+        node_config: Arc<wire::ConfigRecord>,
         shutdown: CancellationToken,
     ) -> Result<SessionEnd, SessionError> {
         let Session {
@@ -244,7 +247,7 @@ impl Session {
         {
             let worker = worker.clone();
             let connection = connection.clone();
-            work.spawn(async move { worker.flush_outbox(&connection).await });
+            work.spawn(async move { worker.flush_outbox(node_id, &connection).await });
         }
         // Reads happen in their own task: a read cancelled halfway would lose part of a frame.
         let (acks, mut ack_rx) = tokio::sync::mpsc::channel::<Result<BrokerFrame, SessionError>>(8);
@@ -285,7 +288,7 @@ impl Session {
                 }
                 stream = connection.accept_bi() => match stream {
                     Ok((stream_send, stream_recv)) => {
-                        work.spawn(worker.clone().serve(node_id, connection.clone(), stream_send, stream_recv));
+                        work.spawn(worker.clone().serve(node_id, node_config.clone(), connection.clone(), stream_send, stream_recv));
                     }
                     Err(error) => break Err(classify(&error)),
                 },

@@ -93,6 +93,20 @@ pub struct Args {
     /// Give up after trying to (re)connect for this many seconds in a row (default: never).
     #[arg(long, value_name = "SECS")]
     pub max_wait_time: Option<f64>,
+    /// Host this many virtual SuperNodes in this one process, as `flower-superlink --simulation`
+    /// starts it for a simulation run: each its own session with the SuperLink and its own key
+    /// (derived from --virtual-node-seed), with Flower's `partition-id` and `num-partitions` in
+    /// its node config; their client apps share --max-workers workers.
+    #[arg(long, value_name = "N", requires = "virtual_node_seed", value_parser = clap::value_parser!(u32).range(1..=MAX_VIRTUAL_NODES as i64))]
+    pub virtual_nodes: Option<u32>,
+    /// A private file whose bytes the virtual nodes' keys derive from: node i gets the same key
+    /// (and so the same node id) in every simulation that uses this file.
+    #[arg(long, value_name = "FILE", requires = "virtual_nodes")]
+    pub virtual_node_seed: Option<PathBuf>,
+    /// Most instructions whose client apps run at once; the rest wait, received and
+    /// acknowledged [default: no bound; with --virtual-nodes, the number of cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_workers: Option<u32>,
     /// Serve a health endpoint over plain HTTP on this address: `GET /health` answers `SERVING`
     /// (Flower serves gRPC health checking here; an HTTP probe is what orchestrators ask by
     /// default).
@@ -123,6 +137,36 @@ pub struct RuntimeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Most virtual SuperNodes one process hosts.
+pub const MAX_VIRTUAL_NODES: u32 = 100_000;
+
+/// The virtual SuperNodes this process hosts (`--virtual-nodes`).
+#[derive(Debug, Clone)]
+pub struct VirtualNodes {
+    /// How many.
+    pub count: u32,
+    /// What their keys derive from.
+    pub seed: Vec<u8>,
+}
+
+impl VirtualNodes {
+    /// Virtual node `index`'s key.
+    pub fn identity(&self, index: u32) -> IdentityKey {
+        IdentityKey::derived(&self.seed, u64::from(index))
+    }
+
+    /// Virtual node `index`'s node config: `base` with Flower's `partition-id` and
+    /// `num-partitions`, as Flower's simulation gives each of its virtual nodes.
+    pub fn node_config(&self, index: u32, base: &ConfigRecord) -> ConfigRecord {
+        base.clone()
+            .with("partition-id", wire::ConfigValue::Int(i64::from(index)))
+            .with(
+                "num-partitions",
+                wire::ConfigValue::Int(i64::from(self.count)),
+            )
+    }
 }
 
 /// How the node verifies the broker.
@@ -169,6 +213,10 @@ pub struct NodeSettings {
     pub flwr_clientapp_warm: crate::flower::warm::WarmLimits,
     /// `--native-clientapp`: the built-in client app that answers each Flower app, by FAB id.
     pub native_clientapps: std::collections::BTreeMap<String, String>,
+    /// `--virtual-nodes`: this process hosts a simulation's virtual nodes.
+    pub virtual_nodes: Option<VirtualNodes>,
+    /// `--max-workers`: most client apps running at once; `None`: no bound.
+    pub max_workers: Option<usize>,
 }
 
 impl Args {
@@ -187,6 +235,13 @@ impl Args {
             }
         };
         let (identity, ephemeral_identity) = match &self.auth_supernode_private_key {
+            Some(_) if self.virtual_nodes.is_some() => {
+                return Err(
+                    "--auth-supernode-private-key and --virtual-nodes exclude each other: \
+                     virtual nodes' keys derive from --virtual-node-seed"
+                        .into(),
+                );
+            }
             Some(_) if self.insecure => {
                 return Err("--auth-supernode-private-key needs TLS: drop --insecure and give --root-certificates".into());
             }
@@ -227,8 +282,27 @@ impl Args {
         if let Some(program) = &self.flwr_clientapp {
             crate::flower::find_program(Some(program))?;
         }
+        let virtual_nodes = match (self.virtual_nodes, &self.virtual_node_seed) {
+            (Some(count), Some(path)) => Some(VirtualNodes {
+                count,
+                seed: read_seed(path)?,
+            }),
+            _ => None,
+        };
+        let max_workers = match (self.max_workers, &virtual_nodes) {
+            (Some(workers), _) => Some(workers as usize),
+            (None, Some(_)) => Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            (None, None) => None,
+        };
         let flwr_clientapp_warm = crate::flower::warm::WarmLimits {
             runs: self.flwr_clientapp_warm_runs,
+            // A simulation's workers each keep a process of the run: one process answers many
+            // virtual nodes' instructions in turn.
+            per_run: if virtual_nodes.is_some() {
+                max_workers.unwrap_or(1)
+            } else {
+                1
+            },
             idle: Duration::try_from_secs_f64(self.flwr_clientapp_idle_timeout)
                 .ok()
                 .filter(|idle| !idle.is_zero())
@@ -261,8 +335,38 @@ impl Args {
             flwr_clientapp: self.flwr_clientapp,
             flwr_clientapp_warm,
             native_clientapps,
+            virtual_nodes,
+            max_workers,
         })
     }
+}
+
+/// Longest seed file read.
+const MAX_SEED_LEN: u64 = 4096;
+
+/// The bytes of `--virtual-node-seed`: a private file of 32 to 4,096 bytes.
+fn read_seed(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let what = || format!("--virtual-node-seed {}", path.display());
+    if let Some(exposure) = certs::load::exposure(path) {
+        return Err(format!("--virtual-node-seed: {exposure}"));
+    }
+    let mut seed = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(
+            std::fs::File::open(path).map_err(|e| format!("{}: {e}", what()))?,
+            MAX_SEED_LEN + 1,
+        ),
+        &mut seed,
+    )
+    .map_err(|e| format!("{}: {e}", what()))?;
+    if !(32..=MAX_SEED_LEN as usize).contains(&seed.len()) {
+        return Err(format!(
+            "{}: a seed holds 32 to {MAX_SEED_LEN} bytes, this one {}",
+            what(),
+            seed.len()
+        ));
+    }
+    Ok(seed)
 }
 
 /// `$FLWR_HOME/apps`, else `~/.flwr/apps`, as Flower keeps installed apps.

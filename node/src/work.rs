@@ -31,8 +31,9 @@ const OUTCOME_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Worker {
     /// Client apps by name.
     apps: ClientApps,
-    /// `--node-config`, given to every app.
-    node_config: ConfigRecord,
+    /// At most this many instructions are answered at once; the rest wait their turn, read and
+    /// acknowledged (`--max-workers`). `None`: no bound.
+    slots: Option<tokio::sync::Semaphore>,
     /// Limits on instructions received.
     limits: Limits,
     /// Cancellation flags of runs with work in progress.
@@ -79,10 +80,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Worker {
     /// A worker with `apps`.
-    pub fn new(apps: ClientApps, node_config: ConfigRecord) -> Self {
+    pub fn new(apps: ClientApps) -> Self {
         Worker {
             apps,
-            node_config,
+            slots: None,
             limits: Limits::default(),
             running: Mutex::default(),
             stopped: Mutex::default(),
@@ -92,6 +93,12 @@ impl Worker {
             trusted: None,
             native: BTreeMap::new(),
         }
+    }
+
+    /// Answers at most `workers` instructions at once.
+    pub fn max_workers(mut self, workers: usize) -> Self {
+        self.slots = Some(tokio::sync::Semaphore::new(workers.max(1)));
+        self
     }
 
     /// Answers the Flower apps in `native` (by FAB id) with these built-in client apps.
@@ -138,9 +145,16 @@ impl Worker {
         lock(&self.outbox).len()
     }
 
-    /// Sends every reply in the outbox over `connection`; those that fail stay.
-    pub async fn flush_outbox(&self, connection: &quinn::Connection) {
-        let pending: Vec<Message> = std::mem::take(&mut *lock(&self.outbox));
+    /// Sends node `node_id`'s replies in the outbox over `connection`; those that fail stay.
+    pub async fn flush_outbox(&self, node_id: NodeId, connection: &quinn::Connection) {
+        let pending: Vec<Message> = {
+            let mut outbox = lock(&self.outbox);
+            let (mine, others) = std::mem::take(&mut *outbox)
+                .into_iter()
+                .partition(|reply| reply.metadata.src_node_id == node_id);
+            *outbox = others;
+            mine
+        };
         for reply in pending {
             if let Err(reply) = self.send_reply(connection, reply).await {
                 lock(&self.outbox).push(reply);
@@ -148,10 +162,12 @@ impl Worker {
         }
     }
 
-    /// Serves one instruction stream opened by the broker.
+    /// Serves one instruction stream opened by the broker to node `node_id`, whose apps are
+    /// given `node_config`.
     pub async fn serve(
         self: Arc<Self>,
         node_id: NodeId,
+        node_config: Arc<ConfigRecord>,
         connection: quinn::Connection,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
@@ -192,15 +208,25 @@ impl Worker {
             .entry(run_id)
             .or_insert_with(|| Arc::new(AtomicBool::new(false)))
             .clone();
+        // Held while the app runs (the semaphore is never closed: acquiring only waits).
+        let slot = match &self.slots {
+            Some(slots) => slots.acquire().await.ok(),
+            None => None,
+        };
+        if cancelled.load(Ordering::Relaxed) {
+            return;
+        }
         let body = self
             .execute(
                 node_id,
+                &node_config,
                 &connection,
                 &header,
                 &instruction,
                 cancelled.clone(),
             )
             .await;
+        drop(slot);
         if cancelled.load(Ordering::Relaxed) {
             return;
         }
@@ -215,6 +241,7 @@ impl Worker {
     async fn execute(
         &self,
         node_id: NodeId,
+        node_config: &ConfigRecord,
         connection: &quinn::Connection,
         header: &InstructionHeader,
         instruction: &Message,
@@ -246,7 +273,7 @@ impl Worker {
         }
         let Some(hash) = header.bundle else {
             return self
-                .execute_builtin(node_id, header, instruction, cancelled)
+                .execute_builtin(node_id, node_config, header, instruction, cancelled)
                 .await;
         };
         let Some(programs) = &self.programs else {
@@ -306,12 +333,12 @@ impl Worker {
                         ..header.clone()
                     };
                     return self
-                        .execute_builtin(node_id, &header, instruction, cancelled)
+                        .execute_builtin(node_id, node_config, &header, instruction, cancelled)
                         .await;
                 }
                 let job = crate::flower::FlowerJob {
                     node_id,
-                    node_config: &self.node_config,
+                    node_config,
                     run_config: &header.run_config,
                     fab,
                     hash,
@@ -324,7 +351,7 @@ impl Worker {
                     ..header.clone()
                 };
                 return self
-                    .execute_builtin(node_id, &header, instruction, cancelled)
+                    .execute_builtin(node_id, node_config, &header, instruction, cancelled)
                     .await;
             }
             Component::Program(program) => program.clone(),
@@ -346,7 +373,7 @@ impl Worker {
         };
         let job = AppJob {
             node_id,
-            node_config: self.node_config.clone(),
+            node_config: node_config.clone(),
             header: header.clone(),
         };
         let started = std::time::Instant::now();
@@ -367,6 +394,7 @@ impl Worker {
     async fn execute_builtin(
         &self,
         node_id: NodeId,
+        node_config: &ConfigRecord,
         header: &InstructionHeader,
         instruction: &Message,
         cancelled: Arc<AtomicBool>,
@@ -374,7 +402,7 @@ impl Worker {
         if let Some(isolated) = &self.isolated {
             let job = AppJob {
                 node_id,
-                node_config: self.node_config.clone(),
+                node_config: node_config.clone(),
                 header: header.clone(),
             };
             let started = std::time::Instant::now();
@@ -389,7 +417,7 @@ impl Worker {
         }
         let context = ClientContext {
             node_id,
-            node_config: self.node_config.clone(),
+            node_config: node_config.clone(),
             run_config: header.run_config.clone(),
             cancelled,
         };

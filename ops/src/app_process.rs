@@ -168,6 +168,12 @@ impl AppProcess {
         }
     }
 
+    /// Asks the process's group to stop (SIGTERM); [`AppProcess::exit_within`] then bounds how
+    /// long it may take.
+    pub fn terminate(&self) {
+        self.group.terminate();
+    }
+
     /// Kills the process's whole group now (a stopped run, a process of no more use, or one
     /// whose files are about to be read: none is left to change them).
     pub fn kill(&mut self) {

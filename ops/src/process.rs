@@ -63,12 +63,18 @@ impl ProcessGroup {
 
     /// Kills every process of the group now.
     pub fn kill(&self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+
+    /// Asks every process of the group to stop (SIGTERM), as a daemon stops: cleanly.
+    pub fn terminate(&self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
         if let Some(pid) = self.0.and_then(|pid| i32::try_from(pid).ok()) {
             // The group may be gone already (every member exited): nothing to do then.
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), signal);
         }
     }
 }

@@ -164,6 +164,74 @@ pub enum ControlRequest {
     DashboardLink,
     /// The protocol each online node is connected over.
     OnlineProtocols,
+    /// Start a run on virtual SuperNodes the SuperLink hosts for it (a SuperLink started with
+    /// `--simulation` only).
+    StartSimulation {
+        /// The app and its run config.
+        run: SimulatedRun,
+        /// The virtual federation.
+        simulation: Simulation,
+    },
+}
+
+/// What a simulation runs: an app the SuperLink has, or a stored bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SimulatedRun {
+    /// A built-in app, as [`ControlRequest::StartRun`] names it.
+    App {
+        /// App name.
+        app_name: String,
+        /// App version.
+        app_version: String,
+        /// The run config.
+        config: ConfigRecord,
+    },
+    /// A stored bundle, as [`ControlRequest::StartBundledRun`] names it.
+    Bundle {
+        /// The bundle.
+        bundle: BundleHash,
+        /// The run config.
+        config: ConfigRecord,
+    },
+}
+
+/// A simulation's virtual federation: Flower's `options.*` of a simulation federation, as they
+/// mean something here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Simulation {
+    /// Virtual SuperNodes (`options.num-supernodes`), 1 to [`Simulation::MAX_NODES`].
+    pub num_supernodes: u32,
+    /// Client apps running at once, 1 to [`Simulation::MAX_WORKERS`] (from
+    /// `options.backend.client-resources.num-cpus` and `init-args.num-cpus`).
+    pub workers: u32,
+}
+
+impl Simulation {
+    /// Most virtual SuperNodes in one simulation: each is a session with its own key on both
+    /// sides, about 100 KiB together, so 50,000 fit in about 5 GiB.
+    pub const MAX_NODES: u32 = 50_000;
+
+    /// Most workers.
+    pub const MAX_WORKERS: u32 = 1024;
+
+    /// Why these options cannot be simulated, if they cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=Self::MAX_NODES).contains(&self.num_supernodes) {
+            return Err(format!(
+                "num-supernodes is {}: a simulation has 1 to {} virtual SuperNodes",
+                self.num_supernodes,
+                Self::MAX_NODES
+            ));
+        }
+        if !(1..=Self::MAX_WORKERS).contains(&self.workers) {
+            return Err(format!(
+                "{} workers: a simulation runs 1 to {} client apps at once",
+                self.workers,
+                Self::MAX_WORKERS
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// How a node is connected. Variants are only ever appended.
@@ -360,6 +428,9 @@ pub enum ControlError {
     InvalidRunConfig(String),
     /// The SuperLink serves no dashboard (it starts with `--dashboard-address`).
     NoDashboard,
+    /// A simulation asked of a SuperLink that runs deployments, or a deployment's run of a
+    /// simulation SuperLink; or simulation options it cannot run, and why.
+    Simulation(String),
 }
 
 impl std::fmt::Display for ControlError {
@@ -385,6 +456,7 @@ impl std::fmt::Display for ControlError {
                 f,
                 "The SuperLink serves no dashboard: start it with --dashboard-address"
             ),
+            ControlError::Simulation(why) => write!(f, "{why}"),
         }
     }
 }

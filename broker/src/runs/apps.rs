@@ -31,6 +31,12 @@ pub fn check_server_app(shared: &Shared, manifest: &Manifest) -> Result<(), Cont
                 shared.apps.names().join(", ")
             )))
         }
+        // Refused before a run exists: without Flower's runtime here it could only fail.
+        Component::Flower(_) => {
+            super::flower::find_program(shared.config.flwr_serverapp.as_deref())
+                .map(|_| ())
+                .map_err(|reason| ControlError::InvalidBundle(wire::text::sanitize(&reason, 512)))
+        }
         _ => Ok(()),
     }
 }

@@ -6,8 +6,9 @@ use super::apps::AppRun;
 use super::grid::BrokerGrid;
 use crate::state::Shared;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
-use wire::control::{ControlError, RunInfo, RunStatus};
+use wire::control::{ControlError, RunInfo, RunStatus, SimulatedRun, Simulation};
 use wire::fleet::BrokerFrame;
 use wire::message::now_ms;
 use wire::{BundleHash, ConfigRecord, RunId};
@@ -60,7 +61,7 @@ pub fn start(
             &app_name, 256,
         )));
     }
-    create(shared, operator, app_name, app_version, config, None)
+    create(shared, operator, app_name, app_version, config, None, None)
 }
 
 /// Accepts a run of the stored bundle `bundle`, when this broker can run its server app, and
@@ -80,7 +81,64 @@ pub fn start_bundled(
         manifest.version,
         config,
         Some(bundle),
+        None,
     )
+}
+
+/// Accepts a run on a virtual federation of `simulation`'s shape, when this SuperLink runs
+/// simulations and can run the app, and starts it in the background.
+pub fn start_simulation(
+    shared: &Arc<Shared>,
+    operator: &str,
+    run: SimulatedRun,
+    simulation: Simulation,
+) -> Result<RunInfo, ControlError> {
+    if shared.simulations.is_none() {
+        return Err(ControlError::Simulation(
+            "This SuperLink runs deployments, not simulations: run the app on a deployment \
+             federation, or on a simulation federation (flwr starts a local simulation SuperLink \
+             for those)"
+                .into(),
+        ));
+    }
+    simulation
+        .check()
+        .map_err(|why| ControlError::Simulation(wire::text::sanitize(&why, 256)))?;
+    match run {
+        SimulatedRun::App {
+            app_name,
+            app_version,
+            config,
+        } => {
+            if shared.apps.get(&app_name).is_none() {
+                return Err(ControlError::UnknownApp(wire::text::sanitize(
+                    &app_name, 256,
+                )));
+            }
+            create(
+                shared,
+                operator,
+                app_name,
+                app_version,
+                config,
+                None,
+                Some(&simulation),
+            )
+        }
+        SimulatedRun::Bundle { bundle, config } => {
+            let manifest = super::apps::bundle(shared, bundle)?.manifest;
+            super::apps::check_server_app(shared, &manifest)?;
+            create(
+                shared,
+                operator,
+                manifest.name,
+                manifest.version,
+                config,
+                Some(bundle),
+                Some(&simulation),
+            )
+        }
+    }
 }
 
 /// Stores a new pending run and starts it.
@@ -106,6 +164,7 @@ fn create(
     app_version: String,
     config: ConfigRecord,
     bundle: Option<BundleHash>,
+    simulation: Option<&Simulation>,
 ) -> Result<RunInfo, ControlError> {
     check_run_config(&config)?;
     let info = RunInfo {
@@ -124,7 +183,7 @@ fn create(
     };
     let info = shared
         .store
-        .create_run(info)
+        .create_run_on(info, simulation)
         .map_err(|e| ControlError::Internal(e.to_string()))?;
     launch(shared, info.clone());
     Ok(info)
@@ -162,6 +221,45 @@ async fn execute(shared: Arc<Shared>, info: RunInfo) {
     {
         tracing::error!(%error, "could not record the run as starting");
     }
+    let simulation = match shared.store.simulation(run_id) {
+        Ok(simulation) => simulation,
+        Err(error) => {
+            let reason = format!("cannot read the run's simulation: {error}");
+            log(&shared, run_id, &format!("ERROR: {reason}"));
+            finish(&shared, run_id, RunStatus::Failed, &reason);
+            return;
+        }
+    };
+    let Some(simulation) = simulation else {
+        return execute_app(shared, info, cancel).await;
+    };
+    let Some(simulations) = &shared.simulations else {
+        let reason = "the run is a simulation, and this SuperLink was started without --simulation";
+        log(&shared, run_id, &format!("ERROR: {reason}"));
+        finish(&shared, run_id, RunStatus::Failed, reason);
+        return;
+    };
+    match simulations
+        .start(&shared, run_id, simulation, &cancel)
+        .await
+    {
+        Ok(federation) => {
+            execute_app(shared.clone(), info, cancel).await;
+            federation.end(&shared).await;
+        }
+        // Stopped meanwhile: stop() recorded it, or the SuperLink is shutting down.
+        Err(_) if cancel.is_cancelled() => {}
+        Err(reason) => {
+            log(&shared, run_id, &format!("ERROR: {reason}"));
+            finish(&shared, run_id, RunStatus::Failed, &reason);
+        }
+    }
+}
+
+/// Runs a started run's server app to its end (on the simulation's virtual federation, when it
+/// is one) and records how it ended.
+async fn execute_app(shared: Arc<Shared>, info: RunInfo, cancel: CancellationToken) {
+    let run_id = info.run_id;
     let app = match super::apps::server_app_of(&shared, &info, &cancel) {
         Ok(app) => app,
         Err(reason) => {

@@ -195,6 +195,7 @@ impl Store {
             txn.open_table(tables::RUN_LOGS).map_err(storage)?;
             txn.open_table(tables::ARTIFACTS).map_err(storage)?;
             txn.open_table(tables::CHECKPOINTS).map_err(storage)?;
+            txn.open_table(tables::SIMULATIONS).map_err(storage)?;
             for retired in tables::RETIRED {
                 let table: redb::TableDefinition<u128, &[u8]> = redb::TableDefinition::new(retired);
                 txn.delete_table(table).map_err(storage)?;

@@ -3,11 +3,21 @@
 use super::{Store, StoreError, decode, encode, storage, tables};
 use redb::{ReadableDatabase as _, ReadableTable as _};
 use wire::RunId;
-use wire::control::{LogLine, RunInfo, RunStatus};
+use wire::control::{LogLine, RunInfo, RunStatus, Simulation};
 
 impl Store {
     /// Records a new run (pending) under a fresh id.
-    pub fn create_run(&self, mut info: RunInfo) -> Result<RunInfo, StoreError> {
+    pub fn create_run(&self, info: RunInfo) -> Result<RunInfo, StoreError> {
+        self.create_run_on(info, None)
+    }
+
+    /// Stores a new run on the virtual federation `simulation`, as [`Store::create_run`] does,
+    /// with its federation in the same transaction.
+    pub fn create_run_on(
+        &self,
+        mut info: RunInfo,
+        simulation: Option<&Simulation>,
+    ) -> Result<RunInfo, StoreError> {
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut runs = txn.open_table(tables::RUNS).map_err(storage)?;
@@ -19,6 +29,12 @@ impl Store {
             };
             runs.insert(info.run_id.0, encode(&info)?.as_slice())
                 .map_err(storage)?;
+            if let Some(simulation) = simulation {
+                let mut simulations = txn.open_table(tables::SIMULATIONS).map_err(storage)?;
+                simulations
+                    .insert(info.run_id.0, encode(simulation)?.as_slice())
+                    .map_err(storage)?;
+            }
         }
         let tally = self.tallies.runs.hold();
         txn.commit().map_err(storage)?;
@@ -284,6 +300,16 @@ impl Store {
         let checkpoints = txn.open_table(tables::CHECKPOINTS).map_err(storage)?;
         let value = checkpoints.get(run_id.0).map_err(storage)?;
         Ok(value.map(|bytes| bytes.value().to_vec()))
+    }
+
+    /// The virtual federation of run `run_id`, when it is a simulation.
+    pub fn simulation(&self, run_id: RunId) -> Result<Option<Simulation>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let simulations = txn.open_table(tables::SIMULATIONS).map_err(storage)?;
+        let value = simulations.get(run_id.0).map_err(storage)?;
+        value
+            .map(|bytes| decode("simulation", bytes.value()))
+            .transpose()
     }
 
     /// Whether a run has a checkpoint (without reading it).

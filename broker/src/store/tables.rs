@@ -35,6 +35,10 @@ pub const ARTIFACTS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new(
 /// which the run resumes after a restart.
 pub const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints_v1");
 
+/// Run id -> postcard-encoded `wire::control::Simulation`: the virtual federation of a run
+/// started on a simulation SuperLink (written with the run, in one transaction).
+pub const SIMULATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("simulations_v1");
+
 /// Tables earlier versions wrote and this one no longer reads, deleted when a database is opened:
 /// rounds in flight (instructions, their contents, queues, replies and reply receipts), which no
 /// reader needs after a restart: an interrupted round is sent again from the run's checkpoint, and

@@ -54,7 +54,27 @@ pub struct Federation {
     pub insecure: bool,
     /// The file it was read from.
     pub source: PathBuf,
+    /// A simulation federation: its runs go to the local simulation SuperLink `flwr` starts
+    /// ([`crate::local_superlink`]), on virtual SuperNodes; `address` is the one written.
+    pub simulation: Option<LocalSimulation>,
 }
+
+/// A simulation federation, as Flower writes one: `options.num-supernodes` without an address
+/// (Flower's older form), or the address `:local:` or `:local-in-memory:`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalSimulation {
+    /// Its `options` table as written (`num-supernodes`, `backend.client-resources.num-cpus`,
+    /// ...), read by [`crate::simulation`].
+    pub options: toml::Table,
+    /// `:local-in-memory:`: a SuperLink started for it keeps its state in memory only.
+    pub in_memory: bool,
+}
+
+/// Flower's address of its local simulation SuperLink.
+pub const LOCAL: &str = ":local:";
+
+/// [`LOCAL`], keeping nothing on disk.
+pub const LOCAL_IN_MEMORY: &str = ":local-in-memory:";
 
 /// One federation table as written in any of the three files.
 #[derive(Debug, Clone, Deserialize)]
@@ -118,19 +138,32 @@ impl FederationSource {
                 here()
             )));
         }
+        let simulation = match entry.address.as_deref() {
+            None if entry.options.is_some() => Some(false),
+            Some(LOCAL) => Some(false),
+            Some(LOCAL_IN_MEMORY) => Some(true),
+            _ => None,
+        };
+        if let Some(in_memory) = simulation {
+            return Ok(Federation {
+                address: entry.address.clone().unwrap_or_else(|| LOCAL.into()),
+                root_certificates: None,
+                operator_key: None,
+                insecure: false,
+                source: self.path.clone(),
+                simulation: Some(LocalSimulation {
+                    options: entry.options.clone().unwrap_or_default(),
+                    in_memory,
+                }),
+            });
+        }
         let Some(address) = entry.address.clone() else {
-            let hint = if entry.options.is_some() {
-                " (it is a simulation federation: flower-rs runs a deployment, give it the \
-                 SuperLink's Control API address)"
-            } else {
-                ""
-            };
-            return Err(CliError::Config(format!("{} has no address{hint}", here())));
+            return Err(CliError::Config(format!("{} has no address", here())));
         };
         if address.starts_with(':') {
             return Err(CliError::Config(format!(
-                "{}: {address} is Flower's local simulation SuperLink, which flwr starts for \
-                 itself there; give the address of a flower-superlink's Control API instead",
+                "{}: {address} is no address; Flower's local simulation SuperLink is {LOCAL} or \
+                 {LOCAL_IN_MEMORY}",
                 here()
             )));
         }
@@ -147,6 +180,7 @@ impl FederationSource {
             operator_key: entry.operator_key.as_ref().map(resolve),
             insecure: entry.insecure,
             source: self.path.clone(),
+            simulation: None,
         })
     }
 }
@@ -455,11 +489,13 @@ mod tests {
              [tool.flwr.federations.cloud]\naddress='x:1'\nenable-account-auth=true\n",
         );
         let config = AppConfig::load_with_home(dir.path(), None).unwrap();
-        let simulation = config
-            .federation(Some("local-simulation"))
-            .unwrap_err()
-            .to_string();
-        assert!(simulation.contains("simulation federation"), "{simulation}");
+        let simulation = config.federation(Some("local-simulation")).unwrap().1;
+        let local = simulation.simulation.unwrap();
+        assert_eq!(
+            local.options.get("num-supernodes").unwrap().as_integer(),
+            Some(10)
+        );
+        assert!(!local.in_memory);
         let account = config.federation(Some("cloud")).unwrap_err().to_string();
         assert!(account.contains("operator-key"), "{account}");
     }
@@ -491,8 +527,13 @@ mod tests {
                 ("sim".to_string(), Some(":local-in-memory:".to_string()))
             ]
         );
-        let error = config.federation(Some("sim")).unwrap_err().to_string();
-        assert!(error.contains("local simulation SuperLink"), "{error}");
+        let sim = config
+            .federation(Some("sim"))
+            .unwrap()
+            .1
+            .simulation
+            .unwrap();
+        assert!(sim.in_memory);
     }
 
     #[test]

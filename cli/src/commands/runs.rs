@@ -8,7 +8,7 @@ use crate::output::{self, Format, colour};
 use serde_json::json;
 use std::io::Write as _;
 use wire::RunId;
-use wire::control::{LogLine, RunInfo, RunStatus};
+use wire::control::{LogLine, RunInfo, RunStatus, SimulatedRun};
 use wire::message::now_ms;
 
 /// What `flwr run` sends with a run: a FAB or a bundle.
@@ -54,8 +54,22 @@ pub async fn start(target: &Target, overrides: &[String], stream: bool) -> Resul
         None
     };
     let (_, federation) = config.federation(target.federation.as_deref())?;
+    // Read before connecting: options that cannot be simulated start no SuperLink.
+    let simulation = match &federation.simulation {
+        Some(local) => {
+            let (simulation, warning) = crate::simulation::from_options(&local.options)?;
+            if let Some(warning) = warning {
+                eprintln!(
+                    "{}",
+                    output::paint(&format!("Warning: {warning}"), colour::YELLOW)
+                );
+            }
+            Some(simulation)
+        }
+        None => None,
+    };
     let mut client = ControlClient::connect(&federation).await?;
-    let run_id = match &shipped {
+    let bundle = match &shipped {
         Some(shipped) => {
             let signatures = crate::bundle::signatures_for(&target.app, shipped.hash)?;
             let signed = signatures.len();
@@ -78,9 +92,33 @@ pub async fn start(target: &Target, overrides: &[String], stream: bool) -> Resul
                     shipped.bytes.len()
                 );
             }
-            client.start_bundled_run(shipped.hash, run_config).await?
+            Some(shipped.hash)
         }
-        None => {
+        None => None,
+    };
+    let run_id = match (simulation, bundle) {
+        (Some(simulation), bundle) => {
+            let run = match bundle {
+                Some(bundle) => SimulatedRun::Bundle {
+                    bundle,
+                    config: run_config,
+                },
+                None => SimulatedRun::App {
+                    app_name: app.name.clone(),
+                    app_version: app.version.clone(),
+                    config: run_config,
+                },
+            };
+            if target.format == Format::Default {
+                eprintln!(
+                    "Simulating {} virtual SuperNodes, {} client apps at once",
+                    simulation.num_supernodes, simulation.workers
+                );
+            }
+            client.start_simulation(run, simulation).await?
+        }
+        (None, Some(bundle)) => client.start_bundled_run(bundle, run_config).await?,
+        (None, None) => {
             client
                 .start_run(app.name.clone(), app.version.clone(), run_config)
                 .await?

@@ -317,9 +317,13 @@ async fn a_node_gets_a_bundle_only_for_an_instruction_it_was_sent() {
     // An authenticated node with no work asks for the stored bundle by its hash.
     let settings = federation.node_settings_with(None, "");
     let endpoint = certs::quic::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-    let config =
-        node::session::client_config(&settings, std::time::Duration::from_secs(2)).unwrap();
-    let session = node::session::open(&endpoint, &settings, config)
+    let config = node::session::client_config(
+        &settings,
+        &settings.identity,
+        std::time::Duration::from_secs(2),
+    )
+    .unwrap();
+    let session = node::session::open(&endpoint, &settings, &settings.identity, config)
         .await
         .unwrap();
     let (mut send, mut recv) = session.connection.open_bi().await.unwrap();

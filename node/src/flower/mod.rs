@@ -205,7 +205,7 @@ impl FlowerClientApps {
                     .await?
             }
         };
-        self.states.keep(run_id.0, &outcome);
+        self.states.keep(run_id.0, job.node_id.0, &outcome);
         let Some(reply) = outcome.reply else {
             let status = outcome.sub_status.as_deref().unwrap_or("no output");
             let details = wire::text::sanitize(&outcome.details, 4096);

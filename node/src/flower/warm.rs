@@ -30,6 +30,10 @@ pub struct WarmLimits {
     pub runs: usize,
     /// How long a process may wait for its run's next instruction.
     pub idle: Duration,
+    /// Most processes one run keeps waiting: 1 on a SuperNode, which answers a run's
+    /// instructions one after another; a simulation's worker count, where one process answers
+    /// many virtual nodes' instructions in turn.
+    pub per_run: usize,
 }
 
 impl Default for WarmLimits {
@@ -37,6 +41,7 @@ impl Default for WarmLimits {
         WarmLimits {
             runs: 4,
             idle: Duration::from_secs(60),
+            per_run: 1,
         }
     }
 }
@@ -111,7 +116,8 @@ fn end(warms: Vec<Warm>) {
 }
 
 /// The runs' processes waiting for their next instruction. A process is taken out while it
-/// serves one, so an instruction that arrives meanwhile starts a process of its own.
+/// serves one, so an instruction that arrives meanwhile takes another waiting one or starts a
+/// process of its own.
 #[derive(Default)]
 pub struct WarmPool {
     limits: WarmLimits,
@@ -120,9 +126,17 @@ pub struct WarmPool {
 
 #[derive(Default)]
 struct Idle {
-    waiting: HashMap<u64, Warm>,
+    /// Each run's waiting processes, the most recently idle last.
+    waiting: HashMap<u64, Vec<Warm>>,
     /// Runs that ended: a process that finishes a task of one is not kept.
     ended: crate::ended_runs::EndedRuns,
+}
+
+impl Idle {
+    /// When `run`'s most recently idle process went idle.
+    fn last_idle(&self, run: u64) -> Option<Instant> {
+        self.waiting.get(&run)?.last().map(|warm| warm.idle_since)
+    }
 }
 
 impl WarmPool {
@@ -150,38 +164,53 @@ impl WarmPool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// `run`'s waiting process, if it is still alive.
+    /// One of `run`'s waiting processes that is still alive, if any.
     pub fn take(&self, run: u64) -> Option<Warm> {
-        let mut warm = self.idle().waiting.remove(&run)?;
-        if warm.process.has_exited() {
-            end(vec![warm]);
-            return None;
-        }
-        Some(warm)
+        let mut exited = Vec::new();
+        let taken = {
+            let mut idle = self.idle();
+            let waiting = idle.waiting.get_mut(&run)?;
+            let mut taken = None;
+            while let Some(mut warm) = waiting.pop() {
+                if warm.process.has_exited() {
+                    exited.push(warm);
+                } else {
+                    taken = Some(warm);
+                    break;
+                }
+            }
+            if waiting.is_empty() {
+                idle.waiting.remove(&run);
+            }
+            taken
+        };
+        end(exited);
+        taken
     }
 
-    /// Keeps `warm` for `run`'s next instruction, within the limits: a run keeps one process
-    /// (another one already waiting stays, this one goes), and beyond the limit of runs the
-    /// longest idle goes.
+    /// Keeps `warm` for `run`'s next instruction, within the limits: a run keeps
+    /// [`WarmLimits::per_run`] processes (beyond them, this one goes), and beyond the limit of
+    /// runs the run idle longest loses its processes.
     pub fn put(&self, run: u64, mut warm: Warm) {
         warm.idle_since = Instant::now();
         let evicted = {
             let mut idle = self.idle();
-            if idle.ended.contains(run) || idle.waiting.contains_key(&run) {
+            let kept = idle.waiting.get(&run).map_or(0, Vec::len);
+            if idle.ended.contains(run) || kept >= self.limits.per_run.max(1) {
                 vec![warm]
             } else {
-                idle.waiting.insert(run, warm);
+                idle.waiting.entry(run).or_default().push(warm);
                 let mut evicted = Vec::new();
                 while idle.waiting.len() > self.limits.runs {
                     let Some(oldest) = idle
                         .waiting
-                        .iter()
-                        .min_by_key(|(_, warm)| warm.idle_since)
-                        .map(|(run, _)| *run)
+                        .keys()
+                        .copied()
+                        .min_by_key(|run| idle.last_idle(*run))
                     else {
                         break;
                     };
-                    evicted.extend(idle.waiting.remove(&oldest));
+                    evicted.extend(idle.waiting.remove(&oldest).unwrap_or_default());
                 }
                 evicted
             }
@@ -190,7 +219,7 @@ impl WarmPool {
         end(evicted);
     }
 
-    /// Kills `run`'s waiting process, and any that finishes a task of it later (the run
+    /// Kills `run`'s waiting processes, and any that finishes a task of it later (the run
     /// stopped).
     pub fn end_run(&self, run: u64) {
         let ended = {
@@ -198,23 +227,23 @@ impl WarmPool {
             idle.ended.insert(run);
             idle.waiting.remove(&run)
         };
-        end(ended.into_iter().collect());
+        end(ended.unwrap_or_default());
     }
 
     /// Kills the processes idle past the limit; how many.
     pub fn reap(&self) -> usize {
         let reaped: Vec<Warm> = {
             let mut idle = self.idle();
-            let expired: Vec<u64> = idle
-                .waiting
-                .iter()
-                .filter(|(_, warm)| warm.idle_since.elapsed() >= self.limits.idle)
-                .map(|(run, _)| *run)
-                .collect();
-            expired
-                .into_iter()
-                .filter_map(|run| idle.waiting.remove(&run))
-                .collect()
+            let mut reaped = Vec::new();
+            for waiting in idle.waiting.values_mut() {
+                let (expired, kept): (Vec<Warm>, Vec<Warm>) = std::mem::take(waiting)
+                    .into_iter()
+                    .partition(|warm| warm.idle_since.elapsed() >= self.limits.idle);
+                *waiting = kept;
+                reaped.extend(expired);
+            }
+            idle.waiting.retain(|_, waiting| !waiting.is_empty());
+            reaped
         };
         let count = reaped.len();
         end(reaped);
@@ -228,11 +257,12 @@ impl WarmPool {
         runs
     }
 
-    /// The process id of `run`'s waiting process, if any.
+    /// The process id of one of `run`'s waiting processes, if any.
     pub fn process_id(&self, run: u64) -> Option<u32> {
         self.idle()
             .waiting
             .get(&run)
+            .and_then(|waiting| waiting.last())
             .and_then(|warm| warm.process.id())
     }
 }
@@ -290,6 +320,7 @@ mod tests {
         let pool = WarmPool::new(WarmLimits {
             runs: 2,
             idle: Duration::from_secs(60),
+            per_run: 1,
         });
         for run in [1, 2, 3] {
             pool.put(run, warm(run));
@@ -306,11 +337,45 @@ mod tests {
         let quick = WarmPool::new(WarmLimits {
             runs: 2,
             idle: Duration::from_millis(1),
+            per_run: 1,
         });
         quick.put(7, warm(7));
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(quick.reap(), 1);
         assert!(quick.waiting_runs().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_simulations_run_keeps_one_process_per_worker() {
+        let home = tempfile::tempdir().unwrap();
+        let warm = |run| {
+            Warm::start(
+                Path::new("/bin/cat"),
+                "127.0.0.1:1".parse().unwrap(),
+                home.path(),
+                (run, "hash"),
+                crate::isolation::CLIENT_APP_OUTPUT,
+            )
+            .unwrap()
+        };
+        let pool = WarmPool::new(WarmLimits {
+            runs: 1,
+            idle: Duration::from_secs(60),
+            per_run: 2,
+        });
+        let (first, second) = (warm(5), warm(5));
+        let ids = [first.process.id(), second.process.id()];
+        pool.put(5, first);
+        pool.put(5, second);
+        // A third is beyond the run's workers.
+        pool.put(5, warm(5));
+        let taken = [pool.take(5), pool.take(5)];
+        let mut taken_ids: Vec<_> = taken.iter().flatten().map(|w| w.process.id()).collect();
+        taken_ids.sort();
+        let mut kept = ids.to_vec();
+        kept.sort();
+        assert_eq!(taken_ids, kept);
+        assert!(pool.take(5).is_none());
     }
 
     #[test]

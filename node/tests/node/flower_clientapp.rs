@@ -161,6 +161,7 @@ async fn a_warm_process_that_dies_between_instructions_costs_nothing_and_idle_on
     let limits = WarmLimits {
         runs: 4,
         idle: Duration::from_secs(3),
+        per_run: 1,
     };
     let apps = apps_warm(flowers_clientapp(), home.path(), limits).await;
     let factor = ConfigRecord::new().with("factor", ConfigValue::Float(3.0));

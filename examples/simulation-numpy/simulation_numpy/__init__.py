@@ -1,0 +1,1 @@
+"""simulation-numpy: a Flower app to simulate."""
