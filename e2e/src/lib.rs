@@ -289,6 +289,23 @@ pub fn node_settings(fleet: SocketAddr, trust: ServerTrust, key: Option<&Path>) 
     }
 }
 
+/// This workspace's executable `name` (`flower-supernode`, ...), which `cargo test --workspace`
+/// builds beside the test binaries' directory.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let program = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join(name))
+        .unwrap();
+    assert!(
+        program.is_file(),
+        "no {name} at {}: build it with cargo build --bins",
+        program.display()
+    );
+    program
+}
+
 /// Flower's program `name` (`flwr-serverapp`, `flwr-clientapp`) in the virtual environment
 /// `scripts/flower-venv` makes (`target/flower-venv`), or in `$FLOWER_VENV`.
 pub fn flower_program(name: &str) -> PathBuf {

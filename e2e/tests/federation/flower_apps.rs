@@ -129,20 +129,36 @@ async fn a_clientapp_that_raises_puts_flowers_error_in_the_run_log() {
 }
 
 #[tokio::test]
-async fn a_superlink_without_flwr_serverapp_fails_the_run_saying_what_to_install() {
+async fn a_superlink_without_flwr_serverapp_refuses_a_flower_app_saying_what_to_install() {
     fn missing(config: &mut BrokerConfig) {
         config.flwr_serverapp = Some("/nonexistent/flwr-serverapp".into());
     }
     let federation = Federation::start_tuned(NodeAuth::Automatic, false, Db::Memory, missing).await;
-    let run_id = start_flower_app(&federation, &echo_app(), &[]).await;
-    let (lines, status) = follow(&federation, run_id).await;
-    assert_eq!(status, RunStatus::Failed, "{lines:#?}");
-    assert!(
-        lines
-            .iter()
-            .any(|line| line.contains("pip install 'flwr==1.42.*'")),
-        "{lines:#?}"
-    );
+    let dir = echo_app();
+    let config = AppConfig::load(&dir).unwrap();
+    let run_config = cli::run_config::fuse(config.app.as_ref().unwrap(), &[]).unwrap();
+    let fab = cli::fab::build(&dir).unwrap();
+    let hash = app_bundle::hash_of(&fab.fab.archive);
+    let mut client = federation.operator().await.unwrap();
+    client
+        .offer_bundle(hash, &fab.fab.archive, Vec::new())
+        .await
+        .unwrap();
+    let error = client
+        .start_bundled_run(hash, run_config)
+        .await
+        .unwrap_err()
+        .to_string();
+    client.close().await;
+    assert!(error.contains("pip install 'flwr==1.42.*'"), "{error}");
+    // Refused before a run exists: nothing in `flwr ls`.
+    match federation
+        .request(wire::control::ControlRequest::ListRuns { run_id: None })
+        .await
+    {
+        wire::control::ControlResponse::Runs(runs) => assert!(runs.is_empty(), "{runs:?}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 /// The echo app's ClientApp in Rust: every array times the run config's `factor`.

@@ -21,3 +21,4 @@ mod metrics;
 mod operators;
 mod refusals;
 mod runs;
+mod simulation;

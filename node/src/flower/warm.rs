@@ -348,9 +348,11 @@ mod tests {
     #[tokio::test]
     async fn a_simulations_run_keeps_one_process_per_worker() {
         let home = tempfile::tempdir().unwrap();
+        // Alive until killed, as a runner waiting for its next task.
+        let waiting = script(home.path(), "python3", "#!/bin/sh\nexec sleep 60\n");
         let warm = |run| {
             Warm::start(
-                Path::new("/bin/cat"),
+                &waiting,
                 "127.0.0.1:1".parse().unwrap(),
                 home.path(),
                 (run, "hash"),
