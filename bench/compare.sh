@@ -13,7 +13,8 @@ venv="${COMPARE_VENV:-target/compare-venv}"
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install --quiet "flwr==${FLOWER_VERSION:-1.42.*}" torch numpy
+# flwr[simulation] brings Ray, on which bench/simulation.py runs Flower's simulations.
+"$venv/bin/pip" install --quiet "flwr[simulation]==${FLOWER_VERSION:-1.42.*}" torch numpy
 
 quick=(--warm-up-time 1 --measurement-time 3)
 cargo bench -p bench --bench aggregation -- "${quick[@]}" '(62k|10M)x(2|10)/fedavg'

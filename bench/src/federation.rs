@@ -183,6 +183,7 @@ impl Federation {
             PROBE.into(),
             "1.0.0".into(),
             wire::ConfigRecord::new(),
+            None,
         )?;
         Ok(Federation {
             _dir: dir,

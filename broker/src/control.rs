@@ -213,15 +213,6 @@ fn answer(shared: &Arc<Shared>, operator: &str, request: ControlRequest) -> Cont
                 )
             })
             .map_err(store_error),
-        ControlRequest::StartRun { .. } | ControlRequest::StartBundledRun { .. }
-            if shared.simulations.is_some() =>
-        {
-            Err(ControlError::Simulation(
-                "This SuperLink runs simulations (--simulation), each on virtual SuperNodes of \
-                 its own: start the run from a simulation federation (options.num-supernodes)"
-                    .into(),
-            ))
-        }
         ControlRequest::StartSimulation { run, simulation } => {
             runner::start_simulation(shared, operator, run, simulation).map(|info| {
                 ControlResponse::RunStarted {
@@ -233,13 +224,13 @@ fn answer(shared: &Arc<Shared>, operator: &str, request: ControlRequest) -> Cont
             app_name,
             app_version,
             config,
-        } => runner::start(shared, operator, app_name, app_version, config).map(|info| {
+        } => runner::start(shared, operator, app_name, app_version, config, None).map(|info| {
             ControlResponse::RunStarted {
                 run_id: info.run_id,
             }
         }),
         ControlRequest::StartBundledRun { bundle, config } => {
-            runner::start_bundled(shared, operator, bundle, config).map(|info| {
+            runner::start_bundled(shared, operator, bundle, config, None).map(|info| {
                 ControlResponse::RunStarted {
                     run_id: info.run_id,
                 }

@@ -68,7 +68,7 @@ impl flower_runtime::control::ControlHost for Host {
                 .map_err(store_error)?;
             tracing::info!(%hash, "FAB stored from Flower's flwr run");
         }
-        runner::start_bundled(&shared, OPERATOR, hash, config).map(|info| info.run_id)
+        runner::start_bundled(&shared, OPERATOR, hash, config, None).map(|info| info.run_id)
     }
 
     fn runs(&self, run_id: Option<RunId>) -> Result<Vec<RunInfo>, ControlError> {

@@ -97,7 +97,10 @@ impl flower_runtime::fleet::FleetHost for Host {
     fn self_registration(&self) -> bool {
         self.shared
             .upgrade()
-            .is_some_and(|shared| shared.config.node_auth == NodeAuth::Automatic)
+            // A simulation's nodes are its virtual ones: nobody registers over HTTP there.
+            .is_some_and(|shared| {
+                shared.config.node_auth == NodeAuth::Automatic && shared.simulations.is_none()
+            })
     }
 
     fn node_of_key(&self, key: &certs::PublicKey) -> Result<Option<NodeId>, ApiError> {

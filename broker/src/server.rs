@@ -207,13 +207,24 @@ pub fn start(
     }
     let store = Arc::new(store);
 
+    // A simulation SuperLink admits its current virtual SuperNodes' keys, and no other.
+    let virtual_keys = config
+        .simulation
+        .as_ref()
+        .map(|_| Arc::new(crate::simulation::VirtualKeys::default()));
     let fleet_policy = {
         // Weak: the TLS configuration may outlive the broker inside QUIC's endpoint driver, and
         // must not keep the database open after shutdown.
         let store = Arc::downgrade(&store);
         let node_auth = config.node_auth;
         let operators = config.operator_auth.clone();
+        let virtual_keys = virtual_keys.clone();
         move |key: &PublicKey| {
+            if let Some(virtual_keys) = &virtual_keys
+                && !virtual_keys.admits(key)
+            {
+                return false;
+            }
             store
                 .upgrade()
                 .is_some_and(|store| fleet_key_allowed(&store, node_auth, &operators, key))
@@ -292,16 +303,15 @@ pub fn start(
         })?,
         None => None,
     };
-    let simulations = match &config.simulation {
-        Some(simulation) => Some(
-            crate::simulation::Simulations::prepare(simulation.clone(), fleet_addr).map_err(
-                |source| BrokerError::Simulation {
-                    dir: simulation.dir.clone(),
-                    source,
-                },
-            )?,
+    let simulations = match (&config.simulation, virtual_keys) {
+        (Some(simulation), Some(virtual_keys)) => Some(
+            crate::simulation::Simulations::prepare(simulation.clone(), fleet_addr, virtual_keys)
+                .map_err(|source| BrokerError::Simulation {
+                dir: simulation.dir.clone(),
+                source,
+            })?,
         ),
-        None => None,
+        _ => None,
     };
     let apps = config.apps.clone();
     let shared = Arc::new(Shared {

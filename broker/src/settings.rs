@@ -31,9 +31,10 @@ pub struct Args {
     /// Admit only SuperNodes whose public keys were registered with `flwr supernode register`.
     #[arg(long)]
     pub enable_supernode_auth: bool,
-    /// Fleet API address (SuperNodes connect here).
-    #[arg(long, default_value = "0.0.0.0:9092", value_name = "ADDR")]
-    pub fleet_api_address: SocketAddr,
+    /// Fleet API address (SuperNodes connect here) [default: 0.0.0.0:9092; 127.0.0.1:9092 with
+    /// --simulation, whose SuperNodes are its own].
+    #[arg(long, value_name = "ADDR")]
+    pub fleet_api_address: Option<SocketAddr>,
     /// Control API address (the flwr CLI connects here).
     /// [default: 0.0.0.0:9093 with --control-auth-public-keys, 127.0.0.1:9093 without]
     #[arg(long, value_name = "ADDR")]
@@ -158,6 +159,13 @@ pub fn default_database() -> PathBuf {
 impl Args {
     /// Checks flag combinations and loads every file the broker needs.
     pub fn resolve(self) -> Result<Settings, String> {
+        if self.simulation && self.enable_supernode_auth {
+            return Err(
+                "--simulation admits its own virtual SuperNodes only, whose keys it derives: \
+                 it cannot be combined with --enable-supernode-auth"
+                    .into(),
+            );
+        }
         if self.insecure && self.enable_supernode_auth {
             return Err(
                 "--enable-supernode-auth needs TLS: it cannot be combined with --insecure".into(),
@@ -289,7 +297,14 @@ impl Args {
         };
         Ok(Settings {
             config,
-            fleet_address: self.fleet_api_address,
+            fleet_address: self.fleet_api_address.unwrap_or_else(|| {
+                let host = if self.simulation {
+                    std::net::Ipv4Addr::LOCALHOST
+                } else {
+                    std::net::Ipv4Addr::UNSPECIFIED
+                };
+                SocketAddr::from((host, 9092))
+            }),
             control_address,
             database,
             insecure: self.insecure,

@@ -32,6 +32,10 @@ const ONLINE_PATIENCE_PER_NODE: Duration = Duration::from_millis(50);
 /// How long the virtual nodes have to say goodbye once asked to stop.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// How long the virtual nodes try to reach a SuperLink that went away before they give up: they
+/// must not outlive a SuperLink that crashed.
+const ORPHAN_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Lines of the host's output kept to explain its end.
 const KEPT_LINES: usize = 20;
 
@@ -49,6 +53,26 @@ pub struct SimulationConfig {
     pub node_args: Vec<OsString>,
 }
 
+/// The keys of the virtual SuperNodes up now: on a simulation SuperLink, the only keys the Fleet
+/// API admits.
+#[derive(Debug, Default)]
+pub struct VirtualKeys {
+    /// Their SubjectPublicKeyInfo DER.
+    keys: std::sync::RwLock<std::collections::HashSet<Vec<u8>>>,
+}
+
+impl VirtualKeys {
+    /// Whether `key` is one of the virtual SuperNodes' up now.
+    pub fn admits(&self, key: &certs::PublicKey) -> bool {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        keys.contains(&key.to_spki_der())
+    }
+
+    fn set(&self, keys: std::collections::HashSet<Vec<u8>>) {
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+    }
+}
+
 /// The SuperLink's simulations: what they are started with, and the turn they take.
 pub struct Simulations {
     config: SimulationConfig,
@@ -60,13 +84,19 @@ pub struct Simulations {
     roots: PathBuf,
     /// Held by the simulation whose federation is up.
     turn: tokio::sync::Mutex<()>,
+    /// The keys the Fleet API admits.
+    keys: Arc<VirtualKeys>,
 }
 
 impl Simulations {
     /// Prepares `config.dir`: a private directory holding the virtual nodes' seed (made once,
     /// kept for later simulations) and the certificates they verify this SuperLink with. `fleet`
     /// is the Fleet API's bound address.
-    pub fn prepare(config: SimulationConfig, fleet: SocketAddr) -> std::io::Result<Self> {
+    pub fn prepare(
+        config: SimulationConfig,
+        fleet: SocketAddr,
+        keys: Arc<VirtualKeys>,
+    ) -> std::io::Result<Self> {
         ops::private_dir::create_private_dir(&config.dir).map_err(std::io::Error::other)?;
         let seed = config.dir.join("virtual-nodes.seed");
         if !seed.exists() {
@@ -92,7 +122,25 @@ impl Simulations {
             seed,
             roots,
             turn: tokio::sync::Mutex::new(()),
+            keys,
         })
+    }
+
+    /// The public keys of virtual nodes `0..nodes`, as the host derives them from the seed.
+    async fn derive_keys(&self, nodes: u32) -> Result<std::collections::HashSet<Vec<u8>>, String> {
+        let seed = std::fs::read(&self.seed)
+            .map_err(|e| format!("cannot read {}: {e}", self.seed.display()))?;
+        tokio::task::spawn_blocking(move || {
+            (0..nodes)
+                .map(|index| {
+                    certs::IdentityKey::derived(&seed, u64::from(index))
+                        .public_key()
+                        .to_spki_der()
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| format!("deriving the virtual nodes' keys failed: {e}"))
     }
 
     /// Starts run `run_id`'s virtual federation once the previous simulation's is gone, and
@@ -121,6 +169,7 @@ impl Simulations {
             }
         };
         let nodes = simulation.num_supernodes;
+        self.keys.set(self.derive_keys(nodes).await?);
         crate::runs::runner::log(
             shared,
             run_id,
@@ -145,13 +194,26 @@ impl Simulations {
             .args(["--clientappio-api-address", "127.0.0.1:0"])
             .arg("--apps-dir")
             .arg(self.config.dir.join("apps"))
+            .arg("--max-wait-time")
+            .arg(ORPHAN_PATIENCE.as_secs().to_string())
             .args(&self.config.node_args);
-        let mut process = AppProcess::spawn(&mut command, HOST_OUTPUT).map_err(|e| {
+        let process = AppProcess::spawn(&mut command, HOST_OUTPUT).map_err(|e| {
             format!(
                 "cannot start {} to host the virtual SuperNodes: {e}",
                 self.config.supernode.display()
             )
-        })?;
+        });
+        let mut federation = VirtualFederation {
+            process: match process {
+                Ok(process) => process,
+                Err(reason) => {
+                    self.keys.set(Default::default());
+                    return Err(reason);
+                }
+            },
+            keys: &self.keys,
+            _turn: turn,
+        };
         let patience = ONLINE_PATIENCE + ONLINE_PATIENCE_PER_NODE * nodes;
         let online = all_online(shared, run_id, nodes);
         let interrupt = async {
@@ -162,35 +224,34 @@ impl Simulations {
                 ),
             }
         };
-        match process.until(online, interrupt, Duration::ZERO).await {
-            Ended::Reported(()) => {}
-            Ended::Interrupted(reason) => {
-                let federation = VirtualFederation {
-                    process,
-                    _turn: turn,
-                };
-                federation.end(shared).await;
-                return Err(reason);
-            }
-            Ended::Exited(status) => {
-                return Err(process
+        let outcome = federation
+            .process
+            .until(online, interrupt, Duration::ZERO)
+            .await;
+        let failure = match outcome {
+            Ended::Reported(()) => None,
+            Ended::Interrupted(reason) => Some(reason),
+            Ended::Exited(status) => Some(
+                federation
+                    .process
                     .crash_report(
                         status,
                         "the virtual SuperNodes' process",
                         "before all were online",
                     )
-                    .await);
-            }
+                    .await,
+            ),
+        };
+        if let Some(reason) = failure {
+            federation.end(shared).await;
+            return Err(reason);
         }
         crate::runs::runner::log(
             shared,
             run_id,
             &format!("{nodes} virtual SuperNodes online"),
         );
-        Ok(VirtualFederation {
-            process,
-            _turn: turn,
-        })
+        Ok(federation)
     }
 }
 
@@ -221,13 +282,28 @@ async fn all_online(shared: &Shared, run_id: RunId, nodes: u32) {
 /// it, their process group is killed.
 pub struct VirtualFederation<'a> {
     process: AppProcess,
+    /// Emptied when the federation ends: its nodes cannot come back.
+    keys: &'a VirtualKeys,
     _turn: tokio::sync::MutexGuard<'a, ()>,
 }
 
 impl VirtualFederation<'_> {
+    /// Resolves if the virtual nodes' process exits before the federation is ended, saying how.
+    pub async fn exited(&mut self) -> String {
+        let status = self.process.exited().await;
+        self.process
+            .crash_report(
+                status,
+                "the virtual SuperNodes' process",
+                "before the run ended",
+            )
+            .await
+    }
+
     /// Stops the virtual nodes (they say goodbye), killing what is left after a grace, and waits
     /// until the SuperLink holds none of their sessions: the next simulation starts with none.
     pub async fn end(mut self, shared: &Shared) {
+        self.keys.set(Default::default());
         self.process.terminate();
         if self.process.exit_within(STOP_GRACE).await.is_none() {
             tracing::warn!("the virtual SuperNodes did not stop within {STOP_GRACE:?}; killed");

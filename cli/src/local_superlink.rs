@@ -1,16 +1,17 @@
 //! The local simulation SuperLink: what `flwr` talks to for a simulation federation, started by
 //! `flwr` itself the first time one needs it and left running for the next command, as Flower's
 //! `flwr` does for `:local:`. It is `flower-superlink --simulation` (found beside `flwr`, else on
-//! `PATH`), listening on loopback only, with a certificate authority of its own made here on
-//! first use, so `flwr` verifies it like any SuperLink. Its files live in
-//! `$FLWR_HOME/local-superlink-rs/`:
+//! `PATH`), listening on loopback only, with a certificate authority and an operator key of its
+//! own made here on first use: `flwr` verifies it like any SuperLink, and only the holder of the
+//! key (this user) may start runs on it. Its files live in `$FLWR_HOME/local-superlink-rs/`:
 //!
 //! | file | what it is |
 //! | --- | --- |
 //! | `certificates/` | its CA and server certificate |
+//! | `operator`, `operator.pub` | the operator key `flwr` signs in with |
 //! | `state.redb` | its database (not with `:local-in-memory:`) |
 //! | `superlink.log` | its log |
-//! | `superlink.toml` | where the running one listens |
+//! | `superlink.toml` | the running one: its process id, where it listens, whether in memory |
 //! | `apps/` | its apps directory, the virtual SuperNodes' included |
 //! | `lock` | held while one `flwr` checks or starts it |
 
@@ -26,17 +27,29 @@ const PROGRAM: &str = "flower-superlink";
 /// How long a starting SuperLink has to answer, as Flower's `flwr` waits for its own.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// How long a health probe may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a health probe may take: a simulation keeps every core busy.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Where a running local SuperLink listens, as `superlink.toml` records it.
+/// The running local SuperLink, as `superlink.toml` records it.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 struct Endpoints {
+    /// Its process.
+    pid: u32,
     /// Its Control API.
     control: SocketAddr,
     /// Its health endpoint (plain HTTP), which says it is up.
     health: SocketAddr,
+    /// Whether it keeps its state in memory only (`:local-in-memory:`).
+    in_memory: bool,
+}
+
+impl Endpoints {
+    /// Whether its process is still a `flower-superlink` (a process id is reused once it ends).
+    fn alive(&self) -> bool {
+        std::fs::read(format!("/proc/{}/cmdline", self.pid))
+            .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(PROGRAM))
+    }
 }
 
 /// The directory of the local SuperLink's files.
@@ -61,7 +74,7 @@ pub async fn ensure(in_memory: bool, source: &Path) -> Result<Federation, CliErr
     let federation = |endpoints: Endpoints| Federation {
         address: endpoints.control.to_string(),
         root_certificates: Some(dir.join("certificates").join("ca.crt")),
-        operator_key: None,
+        operator_key: Some(dir.join("operator")),
         insecure: false,
         source: source.to_path_buf(),
         simulation: None,
@@ -73,10 +86,30 @@ pub async fn ensure(in_memory: bool, source: &Path) -> Result<Federation, CliErr
         .await
         .map_err(|e| CliError::Io(e.to_string()))?
         .map_err(|e| CliError::Io(format!("cannot lock {}: {e}", dir.display())))?;
-    if let Some(endpoints) = running(&dir).await {
-        return Ok(federation(endpoints));
-    }
-    let endpoints = start(&dir, in_memory).await?;
+    let endpoints = match recorded(&dir) {
+        Some(running) if running.alive() => {
+            if running.in_memory != in_memory {
+                let (asked, runs) = if in_memory {
+                    (":local-in-memory:", "keeps its state on disk")
+                } else {
+                    (":local:", "keeps its state in memory only")
+                };
+                return Err(CliError::Config(format!(
+                    "this federation asks for {asked}, and the local simulation SuperLink running \
+                     (process {}) {runs}: end it (kill {}) to start the other kind",
+                    running.pid, running.pid
+                )));
+            }
+            answering(running).await.ok_or_else(|| {
+                CliError::Connect(format!(
+                    "the local simulation SuperLink (process {}) does not answer; see {}",
+                    running.pid,
+                    dir.join("superlink.log").display()
+                ))
+            })?
+        }
+        _ => start(&dir, in_memory).await?,
+    };
     drop(lock);
     Ok(federation(endpoints))
 }
@@ -93,11 +126,22 @@ fn private_dir(dir: &Path) -> Result<(), CliError> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(failed)
 }
 
-/// The endpoints of the local SuperLink `superlink.toml` records, if it answers.
-async fn running(dir: &Path) -> Option<Endpoints> {
-    let text = std::fs::read_to_string(dir.join("superlink.toml")).ok()?;
-    let endpoints: Endpoints = toml::from_str(&text).ok()?;
-    healthy(endpoints.health).await.then_some(endpoints)
+/// The local SuperLink `superlink.toml` records, if it does.
+fn recorded(dir: &Path) -> Option<Endpoints> {
+    toml::from_str(&std::fs::read_to_string(dir.join("superlink.toml")).ok()?).ok()
+}
+
+/// `running`, once its health endpoint answers (it may be starting, or busy), within
+/// [`STARTUP_TIMEOUT`].
+async fn answering(running: Endpoints) -> Option<Endpoints> {
+    let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+    while tokio::time::Instant::now() < deadline && running.alive() {
+        if healthy(running.health).await {
+            return Some(running);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
 }
 
 /// Whether `GET /health` at `address` answers 200 within [`PROBE_TIMEOUT`].
@@ -124,12 +168,21 @@ async fn healthy(address: SocketAddr) -> bool {
 async fn start(dir: &Path, in_memory: bool) -> Result<Endpoints, CliError> {
     let program = program()?;
     let certificates = dir.join("certificates");
-    if !certificates.join("ca.crt").exists() {
+    let made = ["ca.crt", "server.pem", "server.key"]
+        .iter()
+        .all(|file| certificates.join(file).is_file());
+    if !made {
         certs::generate::generate_certificates(&certificates, &[], true)?;
     }
-    let endpoints = Endpoints {
+    let operator = dir.join("operator");
+    if !operator.is_file() || !certs::generate::public_path(&operator).is_file() {
+        certs::generate::write_key_pair(&operator, "simulation", true)?;
+    }
+    let mut endpoints = Endpoints {
+        pid: 0,
         control: SocketAddr::from(([127, 0, 0, 1], free_port(true)?)),
         health: SocketAddr::from(([127, 0, 0, 1], free_port(false)?)),
+        in_memory,
     };
     let log_path = dir.join("superlink.log");
     let log = std::fs::OpenOptions::new()
@@ -162,6 +215,8 @@ async fn start(dir: &Path, in_memory: bool) -> Result<Endpoints, CliError> {
         .args(["--fleet-api-address", "127.0.0.1:0"])
         .arg("--control-api-address")
         .arg(endpoints.control.to_string())
+        .arg("--control-auth-public-keys")
+        .arg(certs::generate::public_path(&operator))
         .args(["--serverappio-api-address", "127.0.0.1:0"])
         // Flower's HTTP port on a free one: Flower's own SuperLink may hold 8000.
         .args(["--host", "127.0.0.1", "--port", "0"])
@@ -173,11 +228,12 @@ async fn start(dir: &Path, in_memory: bool) -> Result<Endpoints, CliError> {
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(log_err);
-    // A session of its own: the terminal's Ctrl-C for this flwr does not reach it.
+    // A process group of its own: the terminal's Ctrl-C for this flwr does not reach it.
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
     let mut child = command
         .spawn()
         .map_err(|e| CliError::Io(format!("cannot start {}: {e}", program.display())))?;
+    endpoints.pid = child.id();
     let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
     loop {
         if healthy(endpoints.health).await {

@@ -286,6 +286,7 @@ pub fn node_settings(fleet: SocketAddr, trust: ServerTrust, key: Option<&Path>) 
         native_clientapps: Default::default(),
         virtual_nodes: None,
         max_workers: None,
+        clientapp_memory_limit: None,
     }
 }
 

@@ -31,9 +31,9 @@ pub struct ContextStates {
 /// A run's id and a node's.
 type RunNode = (u64, u64);
 
-/// Most (run, node) context states kept: a simulation's thousands of virtual nodes each keep
-/// theirs across its rounds.
-pub const KEPT_STATES: usize = 16_384;
+/// Most (run, node) context states kept: each of a simulation's virtual nodes (50,000 at most)
+/// keeps its own across its rounds.
+pub const KEPT_STATES: usize = 65_536;
 
 /// Locks `mutex`; the maps behind it change by single inserts and removals, so one a panicking
 /// thread left behind is still consistent.
@@ -52,6 +52,14 @@ impl ContextStates {
             .get(&(run_id, node_id))
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Forgets every state run `run_id` left: the run ended.
+    pub fn forget_run(&self, run_id: u64) {
+        let mut states = lock(&self.states);
+        let (map, order) = &mut *states;
+        map.retain(|(run, _), _| *run != run_id);
+        order.retain(|(run, _)| *run != run_id);
     }
 
     /// Keeps the state a completed task of run `run_id` on node `node_id` ended with; a failed

@@ -209,6 +209,7 @@ async fn worker(
         settings.flwr_clientapp.clone(),
         settings.apps_dir.join("flwr-home"),
         settings.flwr_clientapp_warm,
+        settings.clientapp_memory_limit,
         shutdown.clone(),
     )
     .await

@@ -107,6 +107,11 @@ pub struct Args {
     /// acknowledged [default: no bound; with --virtual-nodes, the number of cores].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_workers: Option<u32>,
+    /// Kill a Flower ClientApp process whose resident memory passes this many MiB: its
+    /// instruction gets an error reply saying so [default: no limit; with --virtual-nodes, 80%
+    /// of this machine's memory shared among the --max-workers].
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(64..))]
+    pub max_clientapp_memory: Option<u64>,
     /// Serve a health endpoint over plain HTTP on this address: `GET /health` answers `SERVING`
     /// (Flower serves gRPC health checking here; an HTTP probe is what orchestrators ask by
     /// default).
@@ -139,8 +144,8 @@ pub struct RuntimeArgs {
     pub log_format: LogFormat,
 }
 
-/// Most virtual SuperNodes one process hosts.
-pub const MAX_VIRTUAL_NODES: u32 = 100_000;
+/// Most virtual SuperNodes one process hosts: as many as a simulation has.
+pub const MAX_VIRTUAL_NODES: u32 = wire::control::Simulation::MAX_NODES;
 
 /// The virtual SuperNodes this process hosts (`--virtual-nodes`).
 #[derive(Debug, Clone)]
@@ -217,6 +222,8 @@ pub struct NodeSettings {
     pub virtual_nodes: Option<VirtualNodes>,
     /// `--max-workers`: most client apps running at once; `None`: no bound.
     pub max_workers: Option<usize>,
+    /// `--max-clientapp-memory`, in bytes.
+    pub clientapp_memory_limit: Option<u64>,
 }
 
 impl Args {
@@ -294,6 +301,14 @@ impl Args {
             (None, Some(_)) => Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
             (None, None) => None,
         };
+        let clientapp_memory_limit = match (self.max_clientapp_memory, &virtual_nodes) {
+            (Some(mib), _) => Some(mib << 20),
+            // At least 1 GiB each: a Python ClientApp that imports PyTorch holds half of that.
+            (None, Some(_)) => ops::process::total_memory_bytes().map(|total| {
+                (total / 10 * 8 / max_workers.unwrap_or(1).max(1) as u64).max(1 << 30)
+            }),
+            (None, None) => None,
+        };
         let flwr_clientapp_warm = crate::flower::warm::WarmLimits {
             runs: self.flwr_clientapp_warm_runs,
             // A simulation's workers each keep a process of the run: one process answers many
@@ -337,6 +352,7 @@ impl Args {
             native_clientapps,
             virtual_nodes,
             max_workers,
+            clientapp_memory_limit,
         })
     }
 }

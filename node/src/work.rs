@@ -149,8 +149,12 @@ impl Worker {
     pub async fn flush_outbox(&self, node_id: NodeId, connection: &quinn::Connection) {
         let pending: Vec<Message> = {
             let mut outbox = lock(&self.outbox);
+            // A reply past its time to live would be refused: it is dropped, whoever it is from
+            // (a node id this process no longer has would keep it for ever otherwise).
+            let now = now_ms();
             let (mine, others) = std::mem::take(&mut *outbox)
                 .into_iter()
+                .filter(|reply| !reply.metadata.is_expired(now))
                 .partition(|reply| reply.metadata.src_node_id == node_id);
             *outbox = others;
             mine
@@ -178,6 +182,14 @@ impl Worker {
                 tracing::warn!(%error, "unreadable instruction header");
                 return;
             }
+        };
+        // A worker's slot is taken before the instruction's arrays are read: instructions waiting
+        // for one stay in the sender's flow control, so this process holds the arrays of the
+        // instructions being answered only, however many of its nodes were sent one (held while
+        // the app runs; the semaphore is never closed, so acquiring only waits).
+        let slot = match &self.slots {
+            Some(slots) => slots.acquire().await.ok(),
+            None => None,
         };
         let instruction = match read_message(&mut recv, self.limits).await {
             Ok(message) => message,
@@ -208,14 +220,6 @@ impl Worker {
             .entry(run_id)
             .or_insert_with(|| Arc::new(AtomicBool::new(false)))
             .clone();
-        // Held while the app runs (the semaphore is never closed: acquiring only waits).
-        let slot = match &self.slots {
-            Some(slots) => slots.acquire().await.ok(),
-            None => None,
-        };
-        if cancelled.load(Ordering::Relaxed) {
-            return;
-        }
         let body = self
             .execute(
                 node_id,

@@ -156,6 +156,11 @@ impl AppProcess {
         }
     }
 
+    /// Waits for the process to exit, however long it takes.
+    pub async fn exited(&mut self) -> std::io::Result<ExitStatus> {
+        self.child.wait().await
+    }
+
     /// Waits up to `grace` for the process to exit, then kills its group. Returns how it
     /// exited; `None` if it had to be killed.
     pub async fn exit_within(&mut self, grace: Duration) -> Option<std::io::Result<ExitStatus>> {

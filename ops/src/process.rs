@@ -85,6 +85,23 @@ impl Drop for ProcessGroup {
     }
 }
 
+/// The resident memory of process `pid`, in bytes (Linux's `/proc/PID/status`); `None` when
+/// it is gone or this is not Linux.
+pub fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// This machine's memory, in bytes (Linux's `/proc/meminfo`); `None` elsewhere.
+pub fn total_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// How a child ended, in words: `exited with status 3`, `was killed by signal 9 (SIGKILL)`.
 pub fn describe_exit(status: std::io::Result<std::process::ExitStatus>) -> String {
     let status = match status {

@@ -54,14 +54,24 @@ pub fn start(
     app_name: String,
     app_version: String,
     config: ConfigRecord,
+    simulation: Option<&Simulation>,
 ) -> Result<RunInfo, ControlError> {
     // Refused before any run exists: a run that could only fail would be noise in `flwr ls`.
+    check_kind(shared, simulation)?;
     if shared.apps.get(&app_name).is_none() {
         return Err(ControlError::UnknownApp(wire::text::sanitize(
             &app_name, 256,
         )));
     }
-    create(shared, operator, app_name, app_version, config, None, None)
+    create(
+        shared,
+        operator,
+        app_name,
+        app_version,
+        config,
+        None,
+        simulation,
+    )
 }
 
 /// Accepts a run of the stored bundle `bundle`, when this broker can run its server app, and
@@ -71,7 +81,9 @@ pub fn start_bundled(
     operator: &str,
     bundle: BundleHash,
     config: ConfigRecord,
+    simulation: Option<&Simulation>,
 ) -> Result<RunInfo, ControlError> {
+    check_kind(shared, simulation)?;
     let manifest = super::apps::bundle(shared, bundle)?.manifest;
     super::apps::check_server_app(shared, &manifest)?;
     create(
@@ -81,7 +93,7 @@ pub fn start_bundled(
         manifest.version,
         config,
         Some(bundle),
-        None,
+        simulation,
     )
 }
 
@@ -93,14 +105,6 @@ pub fn start_simulation(
     run: SimulatedRun,
     simulation: Simulation,
 ) -> Result<RunInfo, ControlError> {
-    if shared.simulations.is_none() {
-        return Err(ControlError::Simulation(
-            "This SuperLink runs deployments, not simulations: run the app on a deployment \
-             federation, or on a simulation federation (flwr starts a local simulation SuperLink \
-             for those)"
-                .into(),
-        ));
-    }
     simulation
         .check()
         .map_err(|why| ControlError::Simulation(wire::text::sanitize(&why, 256)))?;
@@ -109,35 +113,36 @@ pub fn start_simulation(
             app_name,
             app_version,
             config,
-        } => {
-            if shared.apps.get(&app_name).is_none() {
-                return Err(ControlError::UnknownApp(wire::text::sanitize(
-                    &app_name, 256,
-                )));
-            }
-            create(
-                shared,
-                operator,
-                app_name,
-                app_version,
-                config,
-                None,
-                Some(&simulation),
-            )
-        }
+        } => start(
+            shared,
+            operator,
+            app_name,
+            app_version,
+            config,
+            Some(&simulation),
+        ),
         SimulatedRun::Bundle { bundle, config } => {
-            let manifest = super::apps::bundle(shared, bundle)?.manifest;
-            super::apps::check_server_app(shared, &manifest)?;
-            create(
-                shared,
-                operator,
-                manifest.name,
-                manifest.version,
-                config,
-                Some(bundle),
-                Some(&simulation),
-            )
+            start_bundled(shared, operator, bundle, config, Some(&simulation))
         }
+    }
+}
+
+/// Refuses a run on the wrong kind of SuperLink: a simulation on one that runs deployments, a
+/// deployment's run on one that simulates (its nodes are each simulation's own).
+fn check_kind(shared: &Shared, simulation: Option<&Simulation>) -> Result<(), ControlError> {
+    match (shared.simulations.is_some(), simulation.is_some()) {
+        (false, true) => Err(ControlError::Simulation(
+            "This SuperLink runs deployments, not simulations: run the app on a deployment \
+             federation, or on a simulation federation (flwr starts a local simulation SuperLink \
+             for those)"
+                .into(),
+        )),
+        (true, false) => Err(ControlError::Simulation(
+            "This SuperLink runs simulations (--simulation), each on virtual SuperNodes of its \
+             own: start the run from a simulation federation (options.num-supernodes)"
+                .into(),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -231,6 +236,13 @@ async fn execute(shared: Arc<Shared>, info: RunInfo) {
         }
     };
     let Some(simulation) = simulation else {
+        if shared.simulations.is_some() {
+            // Left by a database this SuperLink once ran deployments on.
+            let reason = "the run is a deployment's, and this SuperLink runs simulations";
+            log(&shared, run_id, &format!("ERROR: {reason}"));
+            finish(&shared, run_id, RunStatus::Failed, reason);
+            return;
+        }
         return execute_app(shared, info, cancel).await;
     };
     let Some(simulations) = &shared.simulations else {
@@ -333,6 +345,24 @@ async fn execute_app(shared: Arc<Shared>, info: RunInfo, cancel: CancellationTok
 /// Stops a run: recorded as finished:stopped at once, its queued instructions dropped, its server
 /// app cancelled, and every node told to abandon its work.
 pub fn stop(shared: &Shared, run_id: RunId, operator: &str) -> Result<(), ControlError> {
+    end_now(
+        shared,
+        run_id,
+        RunStatus::Stopped,
+        &format!("stopped by {operator}"),
+        &format!("Run {run_id} stopped by {operator}"),
+    )
+}
+
+/// Ends a run before its server app did: `status` with `details` recorded at once, `line` in its
+/// log, its queued instructions dropped, its server app cancelled, every node told.
+fn end_now(
+    shared: &Shared,
+    run_id: RunId,
+    status: RunStatus,
+    details: &str,
+    line: &str,
+) -> Result<(), ControlError> {
     let internal = |e: crate::store::StoreError| ControlError::Internal(e.to_string());
     let info = shared
         .store
@@ -344,25 +374,14 @@ pub fn stop(shared: &Shared, run_id: RunId, operator: &str) -> Result<(), Contro
     }
     shared
         .store
-        .set_run_status(
-            run_id,
-            RunStatus::Stopped,
-            &format!("stopped by {operator}"),
-            now_ms(),
-        )
+        .set_run_status(run_id, status, details, now_ms())
         .map_err(internal)?;
     shared.runs.cancel(run_id);
     shared.rounds.stop_run(run_id);
     forget_checkpoint(shared, run_id);
     shared.sessions.push_all(BrokerFrame::RunStopped { run_id });
-    log(
-        shared,
-        run_id,
-        &format!("Run {run_id} stopped by {operator}"),
-    );
-    shared
-        .runs
-        .publish(run_id, RunEvent::Finished(RunStatus::Stopped));
+    log(shared, run_id, line);
+    shared.runs.publish(run_id, RunEvent::Finished(status));
     shared.runs.remove(run_id);
     Ok(())
 }

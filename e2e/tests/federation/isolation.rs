@@ -50,6 +50,7 @@ fn start_vector_add(federation: &Federation, config: ConfigRecord) -> RunId {
         model::apps::vector_add::NAME.into(),
         "1.0.0".into(),
         config,
+        None,
     )
     .unwrap()
     .run_id

@@ -155,6 +155,53 @@ async fn virtual_supernodes_that_cannot_start_fail_the_run_with_the_reason() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulation_superlink_admits_its_virtual_supernodes_and_nobody_else() {
+    use flower_runtime::proto;
+    fn with_flower_http(config: &mut BrokerConfig) {
+        simulating(config);
+        config.flower_http = Some(broker::flower_http::FlowerHttp {
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            required: true,
+            tls: false,
+        });
+    }
+    let federation =
+        Federation::start_tuned(NodeAuth::Automatic, false, Db::Memory, with_flower_http).await;
+    // A SuperNode with a key of its own, in automatic mode: refused during TLS, for good.
+    let mut settings = federation.node_settings(None);
+    settings.max_retries = Some(1);
+    let stranger = e2e::RunningNode::start(settings);
+    let outcome = tokio::time::timeout(e2e::PATIENCE, stranger.finished())
+        .await
+        .expect("the stranger gave up");
+    assert!(
+        matches!(&outcome, Err(node::daemon::NodeError::Refused(why)) if why.contains("TLS")),
+        "{outcome:?}"
+    );
+    // Nor does a key register itself over Flower's HTTP (Flower's code 2001).
+    let key = certs::IdentityKey::generate();
+    let http = crate::handmade_supernode::HandmadeSuperNode::with_key(
+        key,
+        federation.broker().flower_http_addr.expect("served"),
+    );
+    let answer = http
+        .call(
+            "register-node",
+            &proto::RegisterNodeFleetRequest {
+                public_key: http.pem(),
+            },
+        )
+        .await;
+    assert_eq!((answer.status, answer.code()), (412, 2001));
+    assert!(federation.nodes(true).await.is_empty());
+    // While a simulation runs, its virtual nodes are the only ones online.
+    let run_id = simulate(&federation, vector_add(1), 3).await.unwrap();
+    let (lines, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Completed, "{lines:#?}");
+    assert_eq!(federation.nodes(true).await.len(), 3);
+}
+
 fn simulation_numpy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/simulation-numpy")
 }

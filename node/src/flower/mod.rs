@@ -61,6 +61,9 @@ pub struct FlowerClientApps {
     /// Set when a warm process could not start (its Python's Flower is not what the runner
     /// needs): every instruction then gets a `flwr-clientapp` of its own.
     warm_failed: std::sync::atomic::AtomicBool,
+    /// A process whose resident memory passes this many bytes is killed, and its instruction
+    /// answered with an error (`--max-clientapp-memory`).
+    memory_limit: Option<u64>,
 }
 
 /// What one instruction's task is given besides the instruction.
@@ -79,13 +82,14 @@ pub struct FlowerJob<'a> {
 
 impl FlowerClientApps {
     /// Serves the runtime API on `address` until `shutdown`; processes install FABs under
-    /// `home`, are `program` when given, else Flower's `flwr-clientapp` on `PATH`, and stay warm
-    /// between a run's instructions within `warm`.
+    /// `home`, are `program` when given, else Flower's `flwr-clientapp` on `PATH`, stay warm
+    /// between a run's instructions within `warm`, and are killed beyond `memory_limit` bytes.
     pub async fn start(
         address: SocketAddr,
         program: Option<PathBuf>,
         home: PathBuf,
         warm: WarmLimits,
+        memory_limit: Option<u64>,
         shutdown: CancellationToken,
     ) -> std::io::Result<Arc<Self>> {
         let listener = tokio::net::TcpListener::bind(address).await?;
@@ -108,12 +112,14 @@ impl FlowerClientApps {
             states: ContextStates::default(),
             warm,
             warm_failed: std::sync::atomic::AtomicBool::new(false),
+            memory_limit,
         }))
     }
 
     /// The run stopped: its waiting process, if any, is killed.
     pub fn end_run(&self, run_id: u64) {
         self.warm.end_run(run_id);
+        self.states.forget_run(run_id);
     }
 
     /// The process id of `run_id`'s warm process waiting for its next instruction, if any.
@@ -265,7 +271,7 @@ impl FlowerClientApps {
                 }
                 return Err("the ClientApp process does not take its tasks".into());
             }
-            let interruption = interruption_at(deadline, ttl, cancelled);
+            let interruption = self.interruption_at(deadline, ttl, cancelled, warm.process.id());
             match warm
                 .process
                 .until(task.finished(), interruption, OUTPUT_GRACE)
@@ -324,8 +330,10 @@ impl FlowerClientApps {
         )
         .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
         let ttl = Duration::from_millis(instruction.metadata.ttl_ms);
+        let deadline = tokio::time::Instant::now() + ttl;
+        let interruption = self.interruption_at(deadline, ttl, cancelled, process.id());
         let outcome = match process
-            .until(task.finished(), interruption(ttl, cancelled), OUTPUT_GRACE)
+            .until(task.finished(), interruption, OUTPUT_GRACE)
             .await
         {
             Ended::Reported(outcome) => outcome,
@@ -353,24 +361,50 @@ fn flower_output() -> Output {
     }
 }
 
-/// Resolves when the node stops waiting for a task: the instruction's time to live `ttl` ran
-/// out, or the run was stopped; in words.
-async fn interruption(ttl: Duration, cancelled: &AtomicBool) -> String {
-    interruption_at(tokio::time::Instant::now() + ttl, ttl, cancelled).await
+impl FlowerClientApps {
+    /// Resolves when the node stops waiting for a task, saying why: the instruction's time to
+    /// live `ttl` ran out at `deadline`, the run was stopped, or the process `pid` passed the
+    /// memory limit.
+    async fn interruption_at(
+        &self,
+        deadline: tokio::time::Instant,
+        ttl: Duration,
+        cancelled: &AtomicBool,
+        pid: Option<u32>,
+    ) -> String {
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => format!(
+                "the Flower ClientApp did not finish within the instruction's time to live \
+                 ({ttl:?}); its process was killed"
+            ),
+            () = stopped(cancelled) => "run stopped".to_string(),
+            reason = memory_exceeded(pid, self.memory_limit) => reason,
+        }
+    }
 }
 
-/// [`interruption`] with the time to live running out at `deadline`.
-async fn interruption_at(
-    deadline: tokio::time::Instant,
-    ttl: Duration,
-    cancelled: &AtomicBool,
-) -> String {
-    tokio::select! {
-        () = tokio::time::sleep_until(deadline) => format!(
-            "the Flower ClientApp did not finish within the instruction's time to live \
-             ({ttl:?}); its process was killed"
-        ),
-        () = stopped(cancelled) => "run stopped".to_string(),
+/// How often a ClientApp's memory is looked at.
+const MEMORY_CHECK: Duration = Duration::from_millis(250);
+
+/// Resolves when the process `pid`'s resident memory passes `limit` bytes, saying so; never
+/// without both.
+async fn memory_exceeded(pid: Option<u32>, limit: Option<u64>) -> String {
+    let (Some(pid), Some(limit)) = (pid, limit) else {
+        return std::future::pending().await;
+    };
+    let mut ticks = tokio::time::interval(MEMORY_CHECK);
+    loop {
+        ticks.tick().await;
+        if let Some(resident) = ops::process::resident_bytes(pid)
+            && resident > limit
+        {
+            return format!(
+                "the Flower ClientApp's process used {} MiB, beyond this node's limit of {} MiB \
+                 per client app (--max-clientapp-memory); it was killed",
+                resident >> 20,
+                limit >> 20
+            );
+        }
     }
 }
 

@@ -77,11 +77,21 @@ async fn apps_warm(
     home: &std::path::Path,
     warm: WarmLimits,
 ) -> Arc<FlowerClientApps> {
+    apps_within(program, home, warm, None).await
+}
+
+async fn apps_within(
+    program: PathBuf,
+    home: &std::path::Path,
+    warm: WarmLimits,
+    memory_limit: Option<u64>,
+) -> Arc<FlowerClientApps> {
     FlowerClientApps::start(
         "127.0.0.1:0".parse().unwrap(),
         Some(program),
         home.to_path_buf(),
         warm,
+        memory_limit,
         CancellationToken::new(),
     )
     .await
@@ -258,6 +268,33 @@ async fn a_process_that_never_connects_is_killed_at_the_time_to_live() {
     };
     assert!(error.reason.contains("time to live"), "{}", error.reason);
     assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[tokio::test]
+async fn a_clientapp_that_leaks_memory_is_killed_at_the_limit_with_an_error_reply_saying_so() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let home = tempfile::tempdir().unwrap();
+    // Stands in for a ClientApp that leaks: it holds more and more memory and never replies.
+    let program = home.path().join("leaks");
+    std::fs::write(
+        &program,
+        "#!/usr/bin/env python3\nimport time\nheld = []\nwhile True:\n    \
+         held.append(b'x' * (16 << 20))\n    time.sleep(0.05)\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let apps = apps_within(program, home.path(), WarmLimits::default(), Some(128 << 20)).await;
+    let started = Instant::now();
+    let body = answer(&apps, &ConfigRecord::new(), Duration::from_secs(120)).await;
+    let MessageBody::Error(error) = body else {
+        panic!("content from a process that leaked: {body:?}");
+    };
+    assert!(
+        error.reason.contains("--max-clientapp-memory"),
+        "{}",
+        error.reason
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
 }
 
 #[tokio::test]

@@ -1,0 +1,1 @@
+"""simulation-pytorch: a PyTorch Flower app to simulate."""
