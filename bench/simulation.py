@@ -15,8 +15,11 @@ Both systems run the app unchanged; the only difference in the app directory is 
 Flower runs each virtual node's ClientApp in Ray actors (its default of 2 CPUs per client: one at a
 time on two cores); flower-rs in warm flwr-clientapp processes, one per core.
 
-Run through bench/compare.sh, or:
-    python bench/simulation.py --flower-bin VENV/bin --ours-bin target/release [--nodes 10 100 1000] [--json]
+With `--app pytorch`, examples/simulation-pytorch instead (a small PyTorch classifier, 10% of the
+nodes each round); `--systems` picks either system alone.
+
+Run with bench/compare.sh's virtual environment (it installs flwr[simulation] and torch):
+    python bench/simulation.py --flower-bin VENV/bin --ours-bin target/release [--nodes 10 100 1000] [--app numpy|pytorch] [--json]
 """
 
 import argparse
@@ -33,7 +36,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-APP = REPO / "examples" / "simulation-numpy"
+APPS = {
+    "numpy": REPO / "examples" / "simulation-numpy",
+    "pytorch": REPO / "examples" / "simulation-pytorch",
+}
+FEDERATION_SIZE = re.compile(r"options\.num-supernodes = \d+")
 STRATEGY = re.compile(r"Strategy execution finished in ([0-9.]+)s")
 RECEIVED = re.compile(r"Received (\d+) results and 0 failures")
 
@@ -67,13 +74,13 @@ class PeakMemory:
         return self.peak
 
 
-def app_copy(work, nodes):
-    """The app, with `nodes` virtual SuperNodes in its simulation federation."""
-    target = work / f"simulation-numpy-{nodes}"
-    shutil.copytree(APP, target)
+def app_copy(app, system, work, nodes):
+    """A copy of the app `app` for `system` (Flower's `flwr` moves a pyproject.toml's federations
+    into its own config, commenting them out), with `nodes` virtual SuperNodes."""
+    target = work / system / f"{app.name}-{nodes}"
+    shutil.copytree(app, target)
     pyproject = target / "pyproject.toml"
-    text = pyproject.read_text()
-    pyproject.write_text(text.replace("options.num-supernodes = 50", f"options.num-supernodes = {nodes}"))
+    pyproject.write_text(FEDERATION_SIZE.sub(f"options.num-supernodes = {nodes}", pyproject.read_text()))
     return target
 
 
@@ -86,10 +93,10 @@ def end_local_superlinks(home):
     subprocess.run(["pkill", "-KILL", "-f", "ray::"], check=False)
 
 
-def measure(system, flwr, path_dirs, nodes, work):
+def measure(system, flwr, path_dirs, app, nodes, work):
     home = work / f"home-{system}-{nodes}"
     home.mkdir()
-    app = app_copy(work, nodes)
+    app = app_copy(app, system, work, nodes)
     env = dict(os.environ, FLWR_HOME=str(home), NO_COLOR="1", COLUMNS="200")
     env["PATH"] = os.pathsep.join([str(d) for d in path_dirs] + [env.get("PATH", "")])
     # Flower's Ray workers use one thread each, as flower-rs's do.
@@ -127,6 +134,8 @@ def main():
     parser.add_argument("--flower-bin", type=Path, required=True, help="a venv's bin with flwr[simulation] 1.42")
     parser.add_argument("--ours-bin", type=Path, required=True, help="flower-rs's binaries")
     parser.add_argument("--nodes", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--app", choices=sorted(APPS), default="numpy")
+    parser.add_argument("--systems", nargs="+", choices=["flower-ray", "flower-rs"], default=["flower-ray", "flower-rs"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="simulation-bench-"))
@@ -134,10 +143,13 @@ def main():
     for nodes in args.nodes:
         # Flower's first: its SuperLink and Ray from the venv; ours with the same venv's Flower
         # runtime for the app's Python.
-        results.append(measure("flower-ray", args.flower_bin / "flwr", [args.flower_bin], nodes, work))
-        results.append(measure("flower-rs", args.ours_bin / "flwr", [args.ours_bin, args.flower_bin], nodes, work))
-        for result in results[-2:]:
-            print(json.dumps(result), file=sys.stderr)
+        app = APPS[args.app]
+        if "flower-ray" in args.systems:
+            results.append(measure("flower-ray", args.flower_bin / "flwr", [args.flower_bin], app, nodes, work))
+            print(json.dumps(results[-1]), file=sys.stderr)
+        if "flower-rs" in args.systems:
+            results.append(measure("flower-rs", args.ours_bin / "flwr", [args.ours_bin, args.flower_bin], app, nodes, work))
+            print(json.dumps(results[-1]), file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -145,9 +157,11 @@ def main():
     for r in results:
         print(f"{r['nodes']:>6} {r['system']:>11} {r['wall_s']:>8} {r['strategy_s']:>11} {r['replies']:>8} {r['peak_mib']:>9}")
     for nodes in args.nodes:
-        flower, ours = [r for r in results if r["nodes"] == nodes]
-        print(f"N = {nodes}: flower-rs {flower['wall_s'] / ours['wall_s']:.1f}x sooner, "
-              f"{flower['peak_mib'] / max(ours['peak_mib'], 1):.1f}x less memory")
+        pair = {r["system"]: r for r in results if r["nodes"] == nodes}
+        if len(pair) == 2:
+            flower, ours = pair["flower-ray"], pair["flower-rs"]
+            print(f"N = {nodes}: flower-rs {flower['wall_s'] / ours['wall_s']:.1f}x sooner, "
+                  f"{flower['peak_mib'] / max(ours['peak_mib'], 1):.1f}x less memory")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ async fn main() -> ExitCode {
             "INSECURE MODE: the SuperLink's certificate is not verified. Development only."
         );
     }
-    if settings.ephemeral_identity {
+    if settings.ephemeral_identity && settings.virtual_nodes.is_none() {
         tracing::warn!(
             "no --auth-supernode-private-key: using an ephemeral key (only a SuperLink without --enable-supernode-auth accepts it)"
         );
@@ -54,7 +54,11 @@ async fn main() -> ExitCode {
     let (state, _) = tokio::sync::watch::channel(NodeState::Connecting);
     let cnn = std::sync::Arc::new(node::apps::CnnClient::new(settings.backend));
     // In process, the node itself trains: set the device up now, so a missing one stops it here.
-    if matches!(settings.isolation, node::isolation::Isolation::InProcess) {
+    // Virtual SuperNodes set it up when a native app first needs it: most simulations run
+    // Flower's apps, which bring their own.
+    if matches!(settings.isolation, node::isolation::Isolation::InProcess)
+        && settings.virtual_nodes.is_none()
+    {
         match cnn.prepare() {
             Ok(device) => tracing::info!(%device, "training device"),
             Err(reason) => {

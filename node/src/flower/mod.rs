@@ -414,9 +414,11 @@ const TAKE_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Whether `warm` takes `task` within [`TAKE_PATIENCE`] (and has not exited meanwhile).
 async fn taken_within(warm: &mut Warm, task: &ClientAppTask) -> bool {
+    // Looked at every millisecond: a warm process takes its task within a few, and in a
+    // simulation every instruction waits for this.
     let taken = async {
         while !task.started() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     };
     matches!(
