@@ -8,8 +8,8 @@ use broker::config::{BrokerConfig, NodeAuth};
 use cli::app_config::AppConfig;
 use e2e::{Db, Federation, RunningNode, flower_program};
 use std::path::{Path, PathBuf};
-use wire::RunId;
 use wire::control::RunStatus;
+use wire::{BundleHash, ConfigRecord, RunId};
 
 /// Doubles the arrays it is sent (times the run config's `factor`); its ServerApp runs one
 /// round of FedAvg from `[0, 1, 2, 3]` and prints the result.
@@ -27,12 +27,13 @@ pub(crate) async fn follow(federation: &Federation, run_id: RunId) -> (Vec<Strin
     follow_for(federation, run_id, std::time::Duration::from_secs(300)).await
 }
 
-/// Builds the app's FAB, offers it and starts a run with its config and `overrides`.
-pub(crate) async fn start_flower_app(
+/// Builds the app's FAB and offers it, as `flwr run` does: a session on which to start it, the
+/// FAB's hash, and its run config with `overrides`.
+pub(crate) async fn offer_flower_app(
     federation: &Federation,
     dir: &Path,
     overrides: &[String],
-) -> RunId {
+) -> (cli::control_client::ControlClient, BundleHash, ConfigRecord) {
     let config = AppConfig::load(dir).unwrap();
     let app = config.app.as_ref().unwrap();
     let run_config = cli::run_config::fuse(app, overrides).unwrap();
@@ -43,6 +44,16 @@ pub(crate) async fn start_flower_app(
         .offer_bundle(hash, &fab.fab.archive, Vec::new())
         .await
         .unwrap();
+    (client, hash, run_config)
+}
+
+/// Builds the app's FAB, offers it and starts a run with its config and `overrides`.
+pub(crate) async fn start_flower_app(
+    federation: &Federation,
+    dir: &Path,
+    overrides: &[String],
+) -> RunId {
+    let (mut client, hash, run_config) = offer_flower_app(federation, dir, overrides).await;
     let run_id = client.start_bundled_run(hash, run_config).await.unwrap();
     client.close().await;
     run_id
@@ -134,16 +145,7 @@ async fn a_superlink_without_flwr_serverapp_refuses_a_flower_app_saying_what_to_
         config.flwr_serverapp = Some("/nonexistent/flwr-serverapp".into());
     }
     let federation = Federation::start_tuned(NodeAuth::Automatic, false, Db::Memory, missing).await;
-    let dir = echo_app();
-    let config = AppConfig::load(&dir).unwrap();
-    let run_config = cli::run_config::fuse(config.app.as_ref().unwrap(), &[]).unwrap();
-    let fab = cli::fab::build(&dir).unwrap();
-    let hash = app_bundle::hash_of(&fab.fab.archive);
-    let mut client = federation.operator().await.unwrap();
-    client
-        .offer_bundle(hash, &fab.fab.archive, Vec::new())
-        .await
-        .unwrap();
+    let (mut client, hash, run_config) = offer_flower_app(&federation, &echo_app(), &[]).await;
     let error = client
         .start_bundled_run(hash, run_config)
         .await

@@ -2,7 +2,7 @@
 //! hosts for that run in a real `flower-supernode --virtual-nodes` process: a native app, and a
 //! Flower app in the shape of Flower's quickstarts at N = 50 with its own `flwr-clientapp`.
 
-use crate::flower_apps::follow;
+use crate::flower_apps::{follow, offer_flower_app};
 use crate::runs::run_info;
 use broker::config::{BrokerConfig, NodeAuth};
 use cli::app_config::AppConfig;
@@ -217,14 +217,7 @@ async fn flowers_quickstart_shaped_app_trains_on_fifty_virtual_supernodes_each_w
     let options = simulation_federation.simulation.unwrap().options;
     let (simulation, _) = cli::simulation::from_options(&options).unwrap();
     assert_eq!(simulation.num_supernodes, 50);
-    let run_config = cli::run_config::fuse(config.app.as_ref().unwrap(), &[]).unwrap();
-    let fab = cli::fab::build(&dir).unwrap();
-    let hash = app_bundle::hash_of(&fab.fab.archive);
-    let mut client = federation.operator().await.unwrap();
-    client
-        .offer_bundle(hash, &fab.fab.archive, Vec::new())
-        .await
-        .unwrap();
+    let (mut client, hash, run_config) = offer_flower_app(&federation, &dir, &[]).await;
     let run = SimulatedRun::Bundle {
         bundle: hash,
         config: run_config,

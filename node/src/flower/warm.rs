@@ -303,20 +303,23 @@ mod tests {
         path
     }
 
+    /// `program` started as run `run`'s warm process, in an execution directory under `home`.
+    fn started(program: &Path, home: &Path, run: u64) -> Warm {
+        Warm::start(
+            program,
+            "127.0.0.1:1".parse().unwrap(),
+            home,
+            (run, "hash"),
+            crate::isolation::CLIENT_APP_OUTPUT,
+        )
+        .unwrap()
+    }
+
     #[tokio::test]
     async fn a_stopped_runs_process_is_not_kept_and_beyond_the_limit_the_longest_idle_goes() {
         let home = tempfile::tempdir().unwrap();
         // Any program stands in for the runner here: the pool only keeps and ends processes.
-        let warm = |run| {
-            Warm::start(
-                Path::new("/bin/cat"),
-                "127.0.0.1:1".parse().unwrap(),
-                home.path(),
-                (run, "hash"),
-                crate::isolation::CLIENT_APP_OUTPUT,
-            )
-            .unwrap()
-        };
+        let warm = |run| started(Path::new("/bin/cat"), home.path(), run);
         let pool = WarmPool::new(WarmLimits {
             runs: 2,
             idle: Duration::from_secs(60),
@@ -350,16 +353,7 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         // Alive until killed, as a runner waiting for its next task.
         let waiting = script(home.path(), "python3", "#!/bin/sh\nexec sleep 60\n");
-        let warm = |run| {
-            Warm::start(
-                &waiting,
-                "127.0.0.1:1".parse().unwrap(),
-                home.path(),
-                (run, "hash"),
-                crate::isolation::CLIENT_APP_OUTPUT,
-            )
-            .unwrap()
-        };
+        let warm = |run| started(&waiting, home.path(), run);
         let pool = WarmPool::new(WarmLimits {
             runs: 1,
             idle: Duration::from_secs(60),
