@@ -208,7 +208,7 @@ pub struct Simulation {
 
 impl Simulation {
     /// Most virtual SuperNodes in one simulation: each is a session with its own key on both
-    /// sides, about 100 KiB together, so 50,000 fit in about 5 GiB.
+    /// sides, under 200 KiB together, so 50,000 fit in under 10 GiB.
     pub const MAX_NODES: u32 = 50_000;
 
     /// Most workers.
