@@ -255,8 +255,19 @@ async fn execute(shared: Arc<Shared>, info: RunInfo) {
         .start(&shared, run_id, simulation, &cancel)
         .await
     {
-        Ok(federation) => {
-            execute_app(shared.clone(), info, cancel).await;
+        Ok(mut federation) => {
+            let app = execute_app(shared.clone(), info, cancel.clone());
+            tokio::pin!(app);
+            tokio::select! {
+                () = &mut app => {}
+                reason = federation.exited() => {
+                    // Its nodes are gone: the run cannot go on, and says why now rather than
+                    // after its rounds' timeouts.
+                    let line = format!("ERROR: {reason}");
+                    let _ = end_now(&shared, run_id, RunStatus::Failed, &reason, &line);
+                    app.await;
+                }
+            }
             federation.end(&shared).await;
         }
         // Stopped meanwhile: stop() recorded it, or the SuperLink is shutting down.

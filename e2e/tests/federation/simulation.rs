@@ -202,6 +202,48 @@ async fn a_simulation_superlink_admits_its_virtual_supernodes_and_nobody_else() 
     assert_eq!(federation.nodes(true).await.len(), 3);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_supernodes_that_die_mid_run_fail_it_at_once_with_the_reason() {
+    fn dying(config: &mut BrokerConfig) {
+        use std::os::unix::fs::PermissionsExt as _;
+        simulating(config);
+        let script = config.apps_dir.parent().unwrap().join("dying-supernode");
+        let real = workspace_binary("flower-supernode");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n\"{}\" \"$@\" &\nsleep 4\nkill -9 $!\necho 'out of memory' >&2\nexit 9\n",
+                real.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if let Some(simulation) = &mut config.simulation {
+            simulation.supernode = script;
+        }
+    }
+    let federation = Federation::start_tuned(NodeAuth::Automatic, false, Db::Memory, dying).await;
+    // Rounds enough to outlast the process; each waits long for nodes that are gone.
+    let run = SimulatedRun::App {
+        app_name: APP.into(),
+        app_version: "1.0.0".into(),
+        config: ConfigRecord::new()
+            .with("num-server-rounds", ConfigValue::Int(100_000))
+            .with("vector-length", ConfigValue::Int(4))
+            .with("min-nodes", ConfigValue::Int(1))
+            .with("round-timeout", ConfigValue::Float(600.0))
+            .with("node-wait-timeout", ConfigValue::Float(600.0)),
+    };
+    let run_id = simulate(&federation, run, 3).await.unwrap();
+    let (lines, status) = follow(&federation, run_id).await;
+    assert_eq!(status, RunStatus::Failed, "{lines:#?}");
+    let details = run_info(&federation, run_id).await.details;
+    assert!(
+        details.contains("before the run ended") && details.contains("out of memory"),
+        "{details}"
+    );
+}
+
 fn simulation_numpy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/simulation-numpy")
 }
