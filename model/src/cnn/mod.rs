@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod conv_block;
 pub mod convert;
 pub mod module;
 pub mod train;
@@ -61,6 +62,138 @@ mod tests {
             accuracy > 0.2,
             "accuracy {accuracy} is no better than chance"
         );
+    }
+}
+
+/// The fused CPU kernels against Burn's own convolution, ReLU and pooling, on the same seed and
+/// data: the forward pass, every gradient, and a whole epoch of training.
+#[cfg(test)]
+mod fused_kernel_tests {
+    use super::backend::{BackendChoice, select};
+    use super::convert::from_arrays;
+    use super::module::Net;
+    use super::train::{TrainConfig, input_shape, train_with};
+    use crate::data::sources::synthetic;
+    use crate::net::{InputShape, initial_parameters};
+    use burn::prelude::*;
+    use burn::tensor::{Distribution, TensorData};
+
+    const TOLERANCE: f32 = 1e-4;
+
+    fn assert_close(what: &str, got: TensorData, want: TensorData) {
+        let got = got.try_to_vec::<f32>().expect("f32 values");
+        let want = want.try_to_vec::<f32>().expect("f32 values");
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        for (index, (got, want)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (got - want).abs() <= TOLERANCE * want.abs().max(1.0),
+                "{what}[{index}]: fused {got}, Burn's operations {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_fused_blocks_match_burns_operations_forward_and_in_every_gradient() {
+        let device = select(BackendChoice::Cpu).unwrap().device.autodiff();
+        let fashion_mnist = InputShape {
+            channels: 1,
+            height: 28,
+            width: 28,
+            classes: 10,
+        };
+        for (input, seed) in [(InputShape::CIFAR10, 3), (fashion_mnist, 4)] {
+            let arrays = initial_parameters(input, seed).unwrap();
+            let net: Net = from_arrays(&arrays, input, &device).unwrap();
+            let images = Tensor::<4>::random(
+                [5, input.channels, input.height, input.width],
+                Distribution::Uniform(-1.0, 1.0),
+                &device,
+            );
+            assert!(
+                super::conv_block::fusable(&images, &net.conv1, &net.pool),
+                "the first block would not run the fused kernels"
+            );
+            let fused = net.forward(images.clone());
+            let reference = net.forward_reference(images);
+            assert_close("logits", fused.to_data(), reference.to_data());
+            let fused_grads = (fused * 1.5).sum().backward();
+            let reference_grads = (reference * 1.5).sum().backward();
+            for (name, fused, reference) in [
+                ("conv1.weight", &net.conv1.weight, &net.conv1.weight),
+                ("conv2.weight", &net.conv2.weight, &net.conv2.weight),
+            ] {
+                assert_close(
+                    name,
+                    fused.grad(&fused_grads).unwrap().to_data(),
+                    reference.grad(&reference_grads).unwrap().to_data(),
+                );
+            }
+            for (name, fused, reference) in [
+                ("conv1.bias", &net.conv1.bias, &net.conv1.bias),
+                ("conv2.bias", &net.conv2.bias, &net.conv2.bias),
+            ] {
+                let (fused, reference) = (fused.as_ref().unwrap(), reference.as_ref().unwrap());
+                assert_close(
+                    name,
+                    fused.grad(&fused_grads).unwrap().to_data(),
+                    reference.grad(&reference_grads).unwrap().to_data(),
+                );
+            }
+            assert_close(
+                "fc1.weight",
+                net.fc1.weight.grad(&fused_grads).unwrap().to_data(),
+                net.fc1.weight.grad(&reference_grads).unwrap().to_data(),
+            );
+        }
+    }
+
+    #[test]
+    fn an_epoch_on_the_fused_kernels_matches_burns_operations_step_by_step() {
+        let device = select(BackendChoice::Cpu).unwrap().device;
+        let data = synthetic(256, 11);
+        let arrays = initial_parameters(input_shape(&data), 5).unwrap();
+        let config = TrainConfig {
+            learning_rate: 0.01,
+            momentum: 0.9,
+            epochs: 1,
+            batch_size: 32,
+            seed: 2,
+        };
+        let run = |forward: fn(&Net, Tensor<4>) -> Tensor<2>| {
+            let mut losses = Vec::new();
+            let (arrays, loss) = train_with(
+                forward,
+                &arrays,
+                &data,
+                &config,
+                &device,
+                &mut |progress| losses.push(progress.loss),
+                &|| false,
+            )
+            .unwrap();
+            (arrays, loss, losses)
+        };
+        let (fused, fused_loss, fused_losses) = run(Net::forward);
+        let (reference, reference_loss, reference_losses) = run(Net::forward_reference);
+        assert_eq!(fused_losses.len(), 8);
+        for (step, (fused, reference)) in fused_losses.iter().zip(&reference_losses).enumerate() {
+            assert!(
+                (fused - reference).abs() <= 1e-4,
+                "step {}: mean loss {fused} fused, {reference} through Burn's operations",
+                step + 1
+            );
+        }
+        assert!((fused_loss - reference_loss).abs() <= 1e-4);
+        assert_ne!(fused, arrays, "training changed nothing");
+        for ((name, fused), (_, reference)) in fused.iter().zip(reference.iter()) {
+            let (fused, reference) = (fused.to_f32().unwrap(), reference.to_f32().unwrap());
+            for (index, (got, want)) in fused.iter().zip(&reference).enumerate() {
+                assert!(
+                    (got - want).abs() <= TOLERANCE,
+                    "{name}[{index}] after an epoch: fused {got}, Burn's operations {want}"
+                );
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The network, shaped by its input (see [`crate::net`]).
 
+use super::conv_block;
 use crate::net::InputShape;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
@@ -40,12 +41,25 @@ impl Net {
         })
     }
 
-    /// Logits for a batch of normalised images `[batch, channels, height, width]`.
+    /// Logits for a batch of normalised images `[batch, channels, height, width]`. On the CPU each
+    /// convolution block runs as one fused operation ([`conv_block`]).
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        let x = self
-            .pool
-            .forward(self.relu.forward(self.conv1.forward(images)));
-        let x = self.pool.forward(self.relu.forward(self.conv2.forward(x)));
+        self.forward_with(images, conv_block::conv_relu_max_pool)
+    }
+
+    /// [`Net::forward`] through Burn's own convolution, ReLU and pooling operations: the path the
+    /// fused kernels are tested against.
+    pub fn forward_reference(&self, images: Tensor<4>) -> Tensor<2> {
+        self.forward_with(images, conv_block::reference)
+    }
+
+    fn forward_with(
+        &self,
+        images: Tensor<4>,
+        block: fn(Tensor<4>, &Conv2d, &MaxPool2d) -> Tensor<4>,
+    ) -> Tensor<2> {
+        let x = block(images, &self.conv1, &self.pool);
+        let x = block(x, &self.conv2, &self.pool);
         let [batch, channels, height, width] = x.dims();
         let x = x.reshape([batch, channels * height * width]);
         let x = self.relu.forward(self.fc1.forward(x));

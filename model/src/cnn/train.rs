@@ -83,6 +83,28 @@ pub fn train(
     report: &mut dyn FnMut(Progress),
     cancelled: &dyn Fn() -> bool,
 ) -> Result<(ArrayRecord, f64), AppError> {
+    train_with(
+        Net::forward,
+        arrays,
+        data,
+        config,
+        device,
+        report,
+        cancelled,
+    )
+}
+
+/// [`train`] through `forward`: [`Net::forward`], or Burn's own operations in the tests that hold
+/// the fused kernels to them.
+pub(crate) fn train_with(
+    forward: fn(&Net, Tensor<4>) -> Tensor<2>,
+    arrays: &ArrayRecord,
+    data: &Dataset,
+    config: &TrainConfig,
+    device: &Device,
+    report: &mut dyn FnMut(Progress),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<(ArrayRecord, f64), AppError> {
     if data.is_empty() {
         return Err(AppError::new("no training data"));
     }
@@ -111,7 +133,7 @@ pub fn train(
                 return Err(AppError::new("training cancelled"));
             }
             let (images, targets) = batch(data, chunk, &device);
-            let logits = net.forward(images);
+            let logits = forward(&net, images);
             let loss = loss_fn.forward(logits, targets);
             let value = f64::from(loss.clone().into_scalar::<f32>());
             if !value.is_finite() {
