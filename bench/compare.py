@@ -114,6 +114,28 @@ def pytorch_training(threads):
     return TRAIN_SAMPLES / best_of(3, epoch), torch.__version__, torch.get_num_threads()
 
 
+def pytorch_inference(threads):
+    """Samples per second of evaluating TRAIN_SAMPLES CIFAR-shaped images at batch 32 (loss and
+    accuracy, as our inference baseline does; best of 3), on `threads` threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(1)
+    images = torch.rand(TRAIN_SAMPLES, 3, 32, 32) * 2 - 1
+    labels = torch.randint(0, 10, (TRAIN_SAMPLES,))
+    net = Net.build()
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def evaluate():
+        with torch.no_grad():
+            for start in range(0, TRAIN_SAMPLES, 32):
+                logits = net(images[start : start + 32])
+                loss_fn(logits, labels[start : start + 32]).item()
+                (logits.argmax(1) == labels[start : start + 32]).sum().item()
+
+    return TRAIN_SAMPLES / best_of(3, evaluate)
+
+
 def criterion_seconds(root, group, function):
     path = Path(root) / group / function / "new" / "estimates.json"
     if not path.exists():
@@ -142,16 +164,24 @@ def main():
                     "flower": flower,
                 }
             )
-    burn = criterion_seconds(args.criterion, "training_CPU (Burn Flex backend)", "one epoch, batch 32")
     for threads in (1, 2):
-        torch_rate, torch_version, threads = pytorch_training(threads)
-        rows.append(
-            {
-                "workload": f"CNN training, CPU, batch 32, samples/s (PyTorch {torch_version}, {threads} thread(s))",
-                "ours": TRAIN_SAMPLES / burn if burn else None,
-                "flower": torch_rate,
-            }
-        )
+        group = f"training_CPU (Burn Flex backend), {threads} thread(s)"
+        torch_rate, torch_version, torch_threads = pytorch_training(threads)
+        torch_inference = pytorch_inference(threads)
+        pytorch = f"PyTorch {torch_version}, {torch_threads} thread(s)"
+        for function, label, theirs in [
+            ("one epoch, batch 32", "CNN training", torch_rate),
+            ("one epoch, batch 32, Burn's operations (before)", "CNN training, Burn's operations (before)", torch_rate),
+            ("inference only (baseline)", "CNN inference", torch_inference),
+        ]:
+            ours = criterion_seconds(args.criterion, group, function)
+            rows.append(
+                {
+                    "workload": f"{label}, CPU, batch 32, samples/s ({pytorch})",
+                    "ours": TRAIN_SAMPLES / ours if ours else None,
+                    "flower": theirs,
+                }
+            )
     if args.e2e:
         e2e = json.loads(Path(args.e2e).read_text())
         setup = f"lr {e2e['learning_rate']}, Flower nodes {e2e['flower_threads']} thread(s)"

@@ -94,10 +94,13 @@ pub fn train(
     )
 }
 
-/// [`train`] through `forward`: [`Net::forward`], or Burn's own operations in the tests that hold
-/// the fused kernels to them.
-pub(crate) fn train_with(
-    forward: fn(&Net, Tensor<4>) -> Tensor<2>,
+/// How a network turns images into logits: [`Net::forward`], or [`Net::forward_reference`]
+/// (Burn's own operations), which the tests and the training bench hold the fused kernels to.
+pub type Forward = fn(&Net, Tensor<4>) -> Tensor<2>;
+
+/// [`train`] through `forward`.
+pub fn train_with(
+    forward: Forward,
     arrays: &ArrayRecord,
     data: &Dataset,
     config: &TrainConfig,
