@@ -17,8 +17,8 @@
 //! depends on the thread count only through float rounding, and is the same from one run to the
 //! next.
 
-use crate::lanes::{LANES, Lanes, Patches, correlate, dot_rows, sum_lanes};
-use crate::scratch::{Scratch, sized, with_scratch};
+use crate::lanes::{LANES, Patches, correlate, dot_rows, sum_lanes};
+use crate::scratch::{Scratch, sized, sized_lanes, with_scratch};
 use rayon::prelude::*;
 use std::fmt;
 
@@ -90,6 +90,34 @@ impl ConvPoolShape {
                 "a {kernel_height}x{kernel_width} kernel does not fit a {height}x{width} image"
             )));
         }
+        let too_large = || ShapeError(format!("{dims:?} is too large to address"));
+        let plane = height.checked_mul(width).ok_or_else(too_large)?;
+        let taps = [in_channels, kernel_height, kernel_width]
+            .into_iter()
+            .try_fold(1usize, usize::checked_mul)
+            .ok_or_else(too_large)?;
+        // Every buffer the kernels make, in f32s: the input and the output gradient's padded
+        // planes, the weight's lane-wide sums, and the padded image copy. The conv output and
+        // the pooled output are smaller than these.
+        let padded_plane = plane.checked_mul(3).and_then(|len| len.checked_add(LANES));
+        let buffers = [
+            plane
+                .checked_mul(in_channels)
+                .and_then(|image| image.checked_mul(batch)),
+            plane
+                .checked_mul(in_channels)
+                .and_then(|image| image.checked_add(LANES)),
+            padded_plane.and_then(|padded| padded.checked_mul(out_channels)),
+            taps.checked_mul(out_channels)
+                .and_then(|weight| weight.checked_mul(LANES)),
+            plane
+                .checked_mul(out_channels)
+                .and_then(|output| output.checked_mul(batch)),
+        ];
+        let limit = isize::MAX as usize / std::mem::size_of::<f32>();
+        if buffers.iter().any(|len| len.is_none_or(|len| len > limit)) {
+            return Err(too_large());
+        }
         let shape = ConvPoolShape {
             batch,
             in_channels,
@@ -105,18 +133,6 @@ impl ConvPoolShape {
                 shape.conv_height(),
                 shape.conv_width()
             )));
-        }
-        let lengths = [
-            batch.checked_mul(in_channels * height * width),
-            batch.checked_mul(out_channels * height * width),
-            out_channels.checked_mul(shape.patch_len()),
-            out_channels.checked_mul(shape.padded_span()),
-        ];
-        if lengths
-            .iter()
-            .any(|len| len.is_none_or(|len| len > isize::MAX as usize / 4))
-        {
-            return Err(ShapeError(format!("{dims:?} is too large to address")));
         }
         Ok(shape)
     }
@@ -372,15 +388,18 @@ fn forward_image(
         for y in 0..pooled_height {
             for x in 0..pooled_width {
                 let window = shape.window(y, x);
+                // The first maximum wins, and NaN beats everything, as in Burn's max pooling
+                // and ReLU: a diverged model's NaN reaches the loss, where training catches it.
                 let (mut best, mut value) = (0, conv[window[0]]);
                 for (position, &offset) in window.iter().enumerate().skip(1) {
-                    if conv[offset] > value {
-                        (best, value) = (position, conv[offset]);
+                    let candidate = conv[offset];
+                    if candidate > value || (candidate.is_nan() && !value.is_nan()) {
+                        (best, value) = (position, candidate);
                     }
                 }
                 let value = value + bias[channel];
                 let at = plane + y * pooled_width + x;
-                if value > 0.0 {
+                if value > 0.0 || value.is_nan() {
                     output[at] = value;
                     winners[at] = best as Winner;
                 } else {
@@ -417,10 +436,7 @@ pub fn backward(
     let images = shape.images_per_chunk();
     let chunks = shape.batch.div_ceil(images);
     let chunk_range = |chunk: usize| chunk * images..((chunk + 1) * images).min(shape.batch);
-    let taps = Taps {
-        offsets: shape.tap_offsets(),
-        weights: Vec::new(),
-    };
+    let taps = shape.tap_offsets();
     let flipped = Taps {
         offsets: shape.flipped_tap_offsets(),
         weights: shape.flipped_taps_by_input(weight),
@@ -468,14 +484,15 @@ fn backward_chunk(
     shape: &ConvPoolShape,
     images: std::ops::Range<usize>,
     (input, winners, output_grad): (&[f32], &[Winner], &[f32]),
-    (taps, flipped): (&Taps, &Taps),
+    (taps, flipped): (&[usize], &Taps),
     mut input_grad: Option<&mut [f32]>,
     scratch: &mut Scratch,
 ) -> (Vec<f32>, Vec<f32>) {
     let (span, reach, padded) = (shape.span(), shape.reach(), shape.padded_span());
     let (pooled_height, pooled_width) = (shape.pooled_height(), shape.pooled_width());
     let pooled = shape.pooled_image_len();
-    let mut weight_lanes: Vec<Lanes> = vec![[0.0; LANES]; shape.weight_len()];
+    let weight_lanes = sized_lanes(&mut scratch.weight_lanes, shape.weight_len());
+    weight_lanes.fill([0.0; LANES]);
     let mut bias_grad = vec![0.0; shape.out_channels];
     let first = images.start;
     for image in images {
@@ -502,13 +519,13 @@ fn backward_chunk(
             .copy_from_slice(&input[image * shape.image_len()..][..shape.image_len()]);
         image_values[shape.image_len()..].fill(0.0);
         dot_rows(
-            &mut weight_lanes,
+            weight_lanes,
             shape.out_channels,
             &conv_grad[reach..],
             padded,
             Patches {
                 src: image_values,
-                offsets: &taps.offsets,
+                offsets: taps,
                 len: shape.rounded_span(),
             },
         );
@@ -529,7 +546,7 @@ fn backward_chunk(
         }
     }
     let mut weight_grad = vec![0.0; shape.weight_len()];
-    sum_lanes(&weight_lanes, &mut weight_grad);
+    sum_lanes(weight_lanes, &mut weight_grad);
     (weight_grad, bias_grad)
 }
 

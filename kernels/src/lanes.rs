@@ -6,9 +6,11 @@
 //! - [`dot_rows`]: `into[o][k] += Σ_p rows[o][p] · src[offset[k] + p]`, its weight gradient.
 //!
 //! Both are plain Rust over fixed-size arrays, which the compiler turns into vector code. Which
-//! build runs is decided once per call by asking the CPU: AVX-512, else AVX2 with FMA, else the
-//! portable build (SSE2 on x86-64, NEON on aarch64). The portable build multiplies and adds
-//! separately, since `mul_add` without an FMA unit is a slow library call.
+//! build runs is decided per call by asking the CPU ([`Build`]): AVX-512, else AVX2 with FMA,
+//! else the portable build (SSE2 on x86-64, NEON on aarch64). The portable build on x86-64
+//! multiplies and adds separately, since `mul_add` without an FMA unit is a slow library call;
+//! aarch64 always has FMA. Fused and separate multiply-adds round differently, so results agree
+//! across machines to float rounding, not bit for bit.
 
 /// Positions per block: one AVX-512 register, two AVX2 ones.
 pub(crate) const LANES: usize = 16;
@@ -37,12 +39,69 @@ impl MulAdd for Fused {
 }
 
 /// Two roundings: for CPUs without FMA.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Separate;
 
 impl MulAdd for Separate {
     #[inline(always)]
     fn mul_add(a: f32, b: f32, c: f32) -> f32 {
         a * b + c
+    }
+}
+
+/// The portable build's multiply-add: separate on x86-64, whose baseline has no FMA; fused on
+/// aarch64, whose baseline has it.
+#[cfg(target_arch = "x86_64")]
+type Portable = Separate;
+#[cfg(not(target_arch = "x86_64"))]
+type Portable = Fused;
+
+/// Which compiled build of a loop runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Build {
+    /// AVX-512F and FMA (x86-64).
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    /// AVX2 and FMA (x86-64).
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// The target's baseline.
+    Portable,
+}
+
+impl Build {
+    /// Every build this CPU can run, fastest first: the tests run them all.
+    #[cfg(test)]
+    fn available() -> Vec<Build> {
+        let mut builds = Vec::with_capacity(3);
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("fma") {
+                builds.push(Build::Avx512);
+            }
+            if has!("avx2") && has!("fma") {
+                builds.push(Build::Avx2);
+            }
+        }
+        builds.push(Build::Portable);
+        builds
+    }
+
+    /// The fastest build this CPU can run. The standard library caches what the CPU said, so
+    /// asking on every call costs a load and a branch.
+    fn detected() -> Build {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("fma") {
+                return Build::Avx512;
+            }
+            if has!("avx2") && has!("fma") {
+                return Build::Avx2;
+            }
+        }
+        Build::Portable
     }
 }
 
@@ -89,26 +148,31 @@ pub(crate) fn correlate(
         outs == 0 || (outs - 1) * out_stride + patches.len <= out.len(),
         "correlate: output too short"
     );
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            #[allow(unsafe_code)]
-            // SAFETY: the CPU has just said it supports AVX-512F, the only requirement of calling
-            // a function compiled for it.
-            unsafe {
-                return correlate_avx512(out, out_stride, outs, patches, weights);
-            }
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            #[allow(unsafe_code)]
-            // SAFETY: as above, for AVX2 and FMA.
-            unsafe {
-                return correlate_avx2(out, out_stride, outs, patches, weights);
-            }
-        }
+    correlate_on(Build::detected(), out, out_stride, outs, patches, weights)
+}
+
+/// [`correlate`] on a given build.
+fn correlate_on(
+    build: Build,
+    out: &mut [f32],
+    out_stride: usize,
+    outs: usize,
+    patches: Patches<'_>,
+    weights: &[f32],
+) {
+    match build {
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        // SAFETY: a `Build` other than `Portable` is only made by `Build::detected` and
+        // `Build::available`, after the CPU has said it has every feature the function was
+        // compiled for (AVX-512F and FMA here); that is the only requirement of calling it.
+        Build::Avx512 => unsafe { correlate_avx512(out, out_stride, outs, patches, weights) },
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        // SAFETY: as above.
+        Build::Avx2 => unsafe { correlate_avx2(out, out_stride, outs, patches, weights) },
+        Build::Portable => correlate_in::<Portable>(out, out_stride, outs, patches, weights),
     }
-    correlate_in::<Separate>(out, out_stride, outs, patches, weights)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -275,26 +339,29 @@ pub(crate) fn dot_rows(
         outs == 0 || (outs - 1) * row_stride + patches.len <= rows.len(),
         "dot_rows: rows too short"
     );
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            #[allow(unsafe_code)]
-            // SAFETY: the CPU has just said it supports AVX-512F, the only requirement of calling
-            // a function compiled for it.
-            unsafe {
-                return dot_rows_avx512(into, outs, rows, row_stride, patches);
-            }
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            #[allow(unsafe_code)]
-            // SAFETY: as above, for AVX2 and FMA.
-            unsafe {
-                return dot_rows_avx2(into, outs, rows, row_stride, patches);
-            }
-        }
+    dot_rows_on(Build::detected(), into, outs, rows, row_stride, patches)
+}
+
+/// [`dot_rows`] on a given build.
+fn dot_rows_on(
+    build: Build,
+    into: &mut [Lanes],
+    outs: usize,
+    rows: &[f32],
+    row_stride: usize,
+    patches: Patches<'_>,
+) {
+    match build {
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        // SAFETY: as in `correlate_on`.
+        Build::Avx512 => unsafe { dot_rows_avx512(into, outs, rows, row_stride, patches) },
+        #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
+        // SAFETY: as in `correlate_on`.
+        Build::Avx2 => unsafe { dot_rows_avx2(into, outs, rows, row_stride, patches) },
+        Build::Portable => dot_rows_in::<Portable>(into, outs, rows, row_stride, patches),
     }
-    dot_rows_in::<Separate>(into, outs, rows, row_stride, patches)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -492,7 +559,7 @@ mod tests {
     #[test]
     fn both_loops_match_their_definitions_at_every_width_and_group() {
         for len in [1, 7, 16, 17, 40] {
-            for outs in [1, 3, 4, 6] {
+            for outs in [1, 3, 4, 5, 6, 7, 8, 9] {
                 let src = values(len + 30, 0.37);
                 let offsets = [0, 3, 11, 30];
                 let patches = Patches {
@@ -502,38 +569,40 @@ mod tests {
                 };
                 let weights = values(offsets.len() * outs, 0.11);
                 let stride = len + 2;
-                let mut out = vec![f32::NAN; outs * stride];
-                correlate(&mut out, stride, outs, patches, &weights);
-                for o in 0..outs {
-                    for p in 0..len {
-                        let want: f32 = offsets
-                            .iter()
-                            .enumerate()
-                            .map(|(k, off)| weights[k * outs + o] * src[off + p])
-                            .sum();
-                        let got = out[o * stride + p];
-                        assert!(
-                            (got - want).abs() < 1e-5,
-                            "correlate {len} {outs}: {got} {want}"
-                        );
+                for build in Build::available() {
+                    let mut out = vec![f32::NAN; outs * stride];
+                    correlate_on(build, &mut out, stride, outs, patches, &weights);
+                    for o in 0..outs {
+                        for p in 0..len {
+                            let want: f32 = offsets
+                                .iter()
+                                .enumerate()
+                                .map(|(k, off)| weights[k * outs + o] * src[off + p])
+                                .sum();
+                            let got = out[o * stride + p];
+                            assert!(
+                                (got - want).abs() < 1e-5,
+                                "correlate {build:?} {len} {outs}: {got} {want}"
+                            );
+                        }
                     }
-                }
-                let rows = values(outs * stride, 0.23);
-                let mut lanes = vec![[0.0; LANES]; outs * offsets.len()];
-                dot_rows(&mut lanes, outs, &rows, stride, patches);
-                let mut into = vec![1.0; outs * offsets.len()];
-                sum_lanes(&lanes, &mut into);
-                for o in 0..outs {
-                    for (k, off) in offsets.iter().enumerate() {
-                        let want: f32 = 1.0
-                            + (0..len)
-                                .map(|p| rows[o * stride + p] * src[off + p])
-                                .sum::<f32>();
-                        let got = into[o * offsets.len() + k];
-                        assert!(
-                            (got - want).abs() < 1e-4,
-                            "dot_rows {len} {outs}: {got} {want}"
-                        );
+                    let rows = values(outs * stride, 0.23);
+                    let mut lanes = vec![[0.0; LANES]; outs * offsets.len()];
+                    dot_rows_on(build, &mut lanes, outs, &rows, stride, patches);
+                    let mut into = vec![1.0; outs * offsets.len()];
+                    sum_lanes(&lanes, &mut into);
+                    for o in 0..outs {
+                        for (k, off) in offsets.iter().enumerate() {
+                            let want: f32 = 1.0
+                                + (0..len)
+                                    .map(|p| rows[o * stride + p] * src[off + p])
+                                    .sum::<f32>();
+                            let got = into[o * offsets.len() + k];
+                            assert!(
+                                (got - want).abs() < 1e-4,
+                                "dot_rows {build:?} {len} {outs}: {got} {want}"
+                            );
+                        }
                     }
                 }
             }

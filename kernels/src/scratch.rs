@@ -1,6 +1,8 @@
-//! Buffers each thread keeps from one call to the next, so that training's steady state allocates
-//! (and page-faults) nothing for its convolutions' intermediate results.
+//! Buffers each thread keeps from one call to the next, so that the convolutions' per-image
+//! intermediate results (the largest ones) are not allocated, and page-faulted, on every step.
+//! They grow to the largest block a thread has run and are kept for the thread's life.
 
+use crate::lanes::Lanes;
 use std::cell::RefCell;
 
 /// One thread's buffers.
@@ -12,6 +14,8 @@ pub(crate) struct Scratch {
     pub conv_grad: Vec<f32>,
     /// One image, padded with zeros.
     pub image: Vec<f32>,
+    /// A chunk's weight gradient, lane-wide.
+    pub weight_lanes: Vec<Lanes>,
 }
 
 thread_local! {
@@ -28,6 +32,14 @@ pub(crate) fn with_scratch<R>(work: impl FnOnce(&mut Scratch) -> R) -> R {
 pub(crate) fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if buffer.len() < len {
         buffer.resize(len, 0.0);
+    }
+    &mut buffer[..len]
+}
+
+/// [`sized`] for lane-wide sums.
+pub(crate) fn sized_lanes(buffer: &mut Vec<Lanes>, len: usize) -> &mut [Lanes] {
+    if buffer.len() < len {
+        buffer.resize(len, [0.0; crate::lanes::LANES]);
     }
     &mut buffer[..len]
 }

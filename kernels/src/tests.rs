@@ -29,7 +29,7 @@ impl Case {
     }
 }
 
-const CASES: [Case; 4] = [
+const CASES: [Case; 5] = [
     // The seed's first block on CIFAR-10 and its second, then odd sizes and a batch that does not
     // split evenly.
     Case {
@@ -47,6 +47,10 @@ const CASES: [Case; 4] = [
     Case {
         input: [1, 1, 3, 3],
         weight: [2, 1, 2, 2],
+    },
+    Case {
+        input: [2, 3, 6, 7],
+        weight: [4, 3, 1, 1],
     },
 ];
 
@@ -261,6 +265,31 @@ fn the_weight_gradient_agrees_with_finite_differences() {
 }
 
 #[test]
+fn a_nan_in_the_input_or_the_bias_reaches_the_output_as_in_burn() {
+    let shape = CASES[2].shape();
+    let mut input = values(shape.input_len(), 1);
+    let weight = values(shape.weight_len(), 2);
+    let mut bias = values(CASES[2].weight[0], 3);
+    // A NaN in the second position of the first image's first window; the first position is then
+    // the one a naive `>` would keep.
+    input[1] = f32::NAN;
+    let pooled = conv_pool::forward(&shape, &input, &weight, &bias);
+    assert!(pooled.output[0].is_nan(), "{}", pooled.output[0]);
+    assert_ne!(pooled.winners[0], NO_WINNER);
+    let clean = conv_pool::forward(&shape, &values(shape.input_len(), 1), &weight, &bias);
+    assert!(clean.output.iter().all(|value| value.is_finite()));
+    bias[0] = f32::NAN;
+    let pooled = conv_pool::forward(&shape, &values(shape.input_len(), 1), &weight, &bias);
+    let plane = shape.output_len() / CASES[2].input[0] / CASES[2].weight[0];
+    assert!(pooled.output[..plane].iter().all(|value| value.is_nan()));
+    assert!(
+        pooled.output[plane..2 * plane]
+            .iter()
+            .all(|value| value.is_finite())
+    );
+}
+
+#[test]
 fn shapes_that_cannot_run_are_refused_with_the_reason() {
     let error = |input, weight| ConvPoolShape::new(input, weight).unwrap_err().to_string();
     assert!(error([1, 3, 4, 4], [6, 3, 5, 5]).contains("does not fit"));
@@ -268,4 +297,6 @@ fn shapes_that_cannot_run_are_refused_with_the_reason() {
     assert!(error([0, 3, 8, 8], [6, 3, 5, 5]).contains("zero"));
     assert!(error([1, 3, 5, 5], [6, 3, 5, 5]).contains("too small to pool"));
     assert!(error([usize::MAX / 2, 3, 8, 8], [6, 3, 5, 5]).contains("too large"));
+    assert!(error([1, 1 << 54, 32, 32], [1, 1 << 54, 11, 11]).contains("too large"));
+    assert!(error([1, 3, 1 << 33, 1 << 33], [6, 3, 5, 5]).contains("too large"));
 }

@@ -22,7 +22,6 @@ use burn::nn::pool::MaxPool2d;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 use cpu_kernels::conv_pool::{self, ConvPoolShape, Winner};
-use std::sync::Arc;
 
 /// Flex's tensor primitive.
 type FlexTensor = FloatTensor<Flex>;
@@ -59,6 +58,11 @@ pub fn fusable(input: &Tensor<4>, conv: &Conv2d, pool: &MaxPool2d) -> bool {
     );
     on_flex
         && input.dtype() == DType::F32
+        && conv.weight.val().dtype() == DType::F32
+        && conv
+            .bias
+            .as_ref()
+            .is_some_and(|bias| bias.val().dtype() == DType::F32)
         && conv.stride == [1, 1]
         && conv.dilation == [1, 1]
         && conv.groups == 1
@@ -96,7 +100,7 @@ impl ConvPoolOps for Flex {
 struct Saved {
     input: FlexTensor,
     weight: FlexTensor,
-    winners: Arc<Vec<Winner>>,
+    winners: Vec<Winner>,
     shape: ConvPoolShape,
 }
 
@@ -159,7 +163,7 @@ impl<C: CheckpointStrategy> ConvPoolOps for Autodiff<Flex, C> {
                 let saved = Saved {
                     input,
                     weight,
-                    winners: Arc::new(pooled.winners),
+                    winners: pooled.winners,
                     shape,
                 };
                 prep.finish(saved, tensor(pooled.output, shape.output_dims()))

@@ -114,8 +114,17 @@ mod fused_kernel_tests {
                 "the first block would not run the fused kernels"
             );
             let fused = net.forward(images.clone());
-            let reference = net.forward_reference(images);
+            let reference = net.forward_reference(images.clone());
             assert_close("logits", fused.to_data(), reference.to_data());
+            // Without autodiff, as evaluation runs.
+            let plain = device.clone().inner();
+            let plain_net: Net = from_arrays(&arrays, input, &plain).unwrap();
+            let plain_images = Tensor::<4>::from_data(images.to_data(), &plain);
+            assert_close(
+                "logits without autodiff",
+                plain_net.forward(plain_images.clone()).to_data(),
+                plain_net.forward_reference(plain_images).to_data(),
+            );
             let fused_grads = (fused * 1.5).sum().backward();
             let reference_grads = (reference * 1.5).sum().backward();
             for (name, fused, reference) in [
@@ -173,6 +182,12 @@ mod fused_kernel_tests {
             .unwrap();
             (arrays, loss, losses)
         };
+        let probe = Tensor::<4>::zeros([1, 3, 32, 32], &device);
+        let net: Net = from_arrays(&arrays, input_shape(&data), &device).unwrap();
+        assert!(
+            super::conv_block::fusable(&probe, &net.conv1, &net.pool),
+            "training would not run the fused kernels"
+        );
         let (fused, fused_loss, fused_losses) = run(Net::forward);
         let (reference, reference_loss, reference_losses) = run(Net::forward_reference);
         assert_eq!(fused_losses.len(), 8);
