@@ -424,27 +424,32 @@ async fn serve(
         config.max_pending_per_source,
         matches!(config.operator_auth, OperatorAuth::LoopbackOnly),
     );
+    // The connections close on a token of their own, cancelled only once every run is stopped:
+    // closing them first would show each round its nodes departing, and a round whose nodes all
+    // depart fails instead of resuming after the restart.
+    let connections = CancellationToken::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             incoming = fleet_endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 if let Some((incoming, slot)) = admit(&shared, incoming, &fleet_gate, "Fleet") {
-                    tasks.spawn(fleet::handle(shared.clone(), incoming, slot, shutdown.child_token()));
+                    tasks.spawn(fleet::handle(shared.clone(), incoming, slot, connections.child_token()));
                 }
             }
             incoming = control_endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 if let Some((incoming, slot)) = admit(&shared, incoming, &control_gate, "Control") {
-                    tasks.spawn(control::handle(shared.clone(), incoming, slot, shutdown.child_token()));
+                    tasks.spawn(control::handle(shared.clone(), incoming, slot, connections.child_token()));
                 }
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
-    // Connection tasks watch the same token: they close their connections with SHUTDOWN.
     shutdown.cancel();
     shared.runs.cancel_all();
+    // Connection tasks close their connections with SHUTDOWN.
+    connections.cancel();
     while tasks.join_next().await.is_some() {}
     // A stopped run's app returns at its next grid call; its run stays active in the store, so
     // the next start resumes it.
