@@ -1,7 +1,8 @@
 //! Binds the two QUIC endpoints and runs their accept loops until the shutdown token fires.
 //!
-//! Shutdown order: stop accepting, close every connection with a "shutting down" code, wait for
-//! the connection tasks, then let the endpoints drain.
+//! Shutdown order: stop accepting, signal every run to stop, close every QUIC connection with a
+//! "shutting down" code, wait for the connection tasks and (a few seconds at most) for the runs'
+//! server apps, then let the endpoints drain.
 
 use crate::admission::{Gate, Slot, Turned};
 use crate::config::{BrokerConfig, NodeAuth, OperatorAuth};
@@ -424,9 +425,10 @@ async fn serve(
         config.max_pending_per_source,
         matches!(config.operator_auth, OperatorAuth::LoopbackOnly),
     );
-    // The connections close on a token of their own, cancelled only once every run is stopped:
-    // closing them first would show each round its nodes departing, and a round whose nodes all
-    // depart fails instead of resuming after the restart.
+    // The connections close on a token of their own, cancelled only once every run has been told
+    // to stop: closing them first would show each round its nodes departing, and a round whose
+    // nodes all depart fails instead of resuming after the restart. A round that sees both takes
+    // the stop (the grid checks its run's token first).
     let connections = CancellationToken::new();
     loop {
         tokio::select! {

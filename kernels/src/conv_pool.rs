@@ -10,9 +10,10 @@
 //! adding a per-channel bias, which is what lets the three fuse.
 //!
 //! The backward pass scatters the output gradient to each window's winner (where ReLU let it
-//! through), takes the weight gradient as one dot product per (output channel, tap) against the
-//! input read in place, and the input gradient as the same in-place convolution of the (padded)
-//! output gradient with the kernel flipped. The batch is split into one contiguous chunk per thread
+//! through), takes the weight gradient as one dot product per (output channel, tap) against a
+//! zero-padded copy of the image read in place (whole blocks of lanes, no partial last block), and
+//! the input gradient as the same in-place convolution of the (padded) output gradient with the
+//! kernel flipped. The batch is split into one contiguous chunk per thread
 //! of rayon's pool; weight and bias gradients are summed chunk by chunk in order, so a result
 //! depends on the thread count only through float rounding, and is the same from one run to the
 //! next.

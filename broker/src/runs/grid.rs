@@ -154,6 +154,10 @@ impl BrokerGrid {
             .filter(|m| !self.shared.sessions.wake(m.dst_node_id))
             .cloned()
             .collect();
+        // A shutting-down broker stops its runs before it closes their nodes' connections: a node
+        // found absent here while the run is stopping is absent because of the stop, and the
+        // round must end stopped, not answered with errors in the nodes' place.
+        self.check()?;
         Self::give_up_on(
             &round,
             absent,

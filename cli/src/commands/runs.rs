@@ -179,12 +179,21 @@ fn finish(
 }
 
 fn print_line(line: &LogLine, format: Format) {
-    match format {
-        Format::Json => println!("{}", wire::control_json::log_line(line)),
+    let text = match format {
+        Format::Json => wire::control_json::log_line(line).to_string(),
         // Escaped again here: a broker older than the escaping may have stored raw text.
-        Format::Default => println!("{}", wire::text::escape_controls(&line.text)),
+        Format::Default => wire::text::escape_controls(&line.text).to_string(),
+    };
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        // The reader went away (`flwr log RUN --show | head`): stop quietly, as Unix tools do,
+        // where `println!` would panic.
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("flwr: cannot write the run's log: {error}");
+        std::process::exit(1);
     }
-    let _ = std::io::stdout().flush();
 }
 
 /// Prints a run's log as it grows until the run finishes; returns its final status.

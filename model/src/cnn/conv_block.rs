@@ -5,7 +5,7 @@
 //!
 //! [`conv_relu_max_pool`] is the entry point, for the seed's CNN and for any app's network built
 //! from Burn's `Conv2d` and `MaxPool2d`: on Burn's Flex (CPU) backend, with a stride-1 unpadded
-//! convolution and 2x2 stride-2 pooling, it runs the fused kernels; anywhere else (wgpu, other
+//! f32 convolution with a bias and 2x2 stride-2 pooling, it runs the fused kernels; anywhere else (wgpu, other
 //! shapes) it composes Burn's own operations, exactly as before.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
