@@ -127,56 +127,28 @@ mod fused_kernel_tests {
             );
             let fused_grads = (fused * 1.5).sum().backward();
             let reference_grads = (reference * 1.5).sum().backward();
-            let weights = [
-                (
-                    "conv1.weight",
-                    net.conv1.weight.grad(&fused_grads),
-                    net.conv1.weight.grad(&reference_grads),
-                ),
-                (
-                    "conv2.weight",
-                    net.conv2.weight.grad(&fused_grads),
-                    net.conv2.weight.grad(&reference_grads),
-                ),
-            ];
-            for (name, fused, reference) in weights {
-                assert_close(name, fused.unwrap().to_data(), reference.unwrap().to_data());
+            // Every parameter's gradient, through both paths.
+            macro_rules! assert_gradients_close {
+                ($($name:literal => $param:expr),+ $(,)?) => {$(
+                    assert_close(
+                        $name,
+                        $param.grad(&fused_grads).unwrap().to_data(),
+                        $param.grad(&reference_grads).unwrap().to_data(),
+                    );
+                )+};
             }
-            let linears = [
-                (
-                    "fc1.weight",
-                    net.fc1.weight.grad(&fused_grads),
-                    net.fc1.weight.grad(&reference_grads),
-                ),
-                (
-                    "fc2.weight",
-                    net.fc2.weight.grad(&fused_grads),
-                    net.fc2.weight.grad(&reference_grads),
-                ),
-                (
-                    "fc3.weight",
-                    net.fc3.weight.grad(&fused_grads),
-                    net.fc3.weight.grad(&reference_grads),
-                ),
-            ];
-            for (name, fused, reference) in linears {
-                assert_close(name, fused.unwrap().to_data(), reference.unwrap().to_data());
-            }
-            let biases = [
-                ("conv1.bias", &net.conv1.bias),
-                ("conv2.bias", &net.conv2.bias),
-                ("fc1.bias", &net.fc1.bias),
-                ("fc2.bias", &net.fc2.bias),
-                ("fc3.bias", &net.fc3.bias),
-            ];
-            for (name, bias) in biases {
-                let bias = bias.as_ref().unwrap();
-                assert_close(
-                    name,
-                    bias.grad(&fused_grads).unwrap().to_data(),
-                    bias.grad(&reference_grads).unwrap().to_data(),
-                );
-            }
+            assert_gradients_close!(
+                "conv1.weight" => net.conv1.weight,
+                "conv1.bias" => net.conv1.bias.as_ref().unwrap(),
+                "conv2.weight" => net.conv2.weight,
+                "conv2.bias" => net.conv2.bias.as_ref().unwrap(),
+                "fc1.weight" => net.fc1.weight,
+                "fc1.bias" => net.fc1.bias.as_ref().unwrap(),
+                "fc2.weight" => net.fc2.weight,
+                "fc2.bias" => net.fc2.bias.as_ref().unwrap(),
+                "fc3.weight" => net.fc3.weight,
+                "fc3.bias" => net.fc3.bias.as_ref().unwrap(),
+            );
         }
     }
 
